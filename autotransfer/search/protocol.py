@@ -1,0 +1,208 @@
+"""A fine-tuning protocol (one point of the search space) and the space it is drawn from."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol as TypingProtocol
+
+__all__ = ["Protocol", "ProtocolSpace", "ParamRange", "SEARCHED", "freeze_depth", "reinit_count"]
+
+#: The searched parameters, in the order they are suggested.
+SEARCHED = (
+    "log10_elr",
+    "momentum",
+    "head_lr_mult",
+    "freeze_frac",
+    "reinit_frac",
+    "layer_decay",
+    "weight_decay",
+    "bn_mode",
+    "l2sp",
+)
+
+
+def freeze_depth(freeze_frac: float, num_groups: int) -> int:
+    """``f``: the number of frozen depth groups for a fraction of ``G`` (rounded)."""
+    if not 0.0 <= freeze_frac <= 1.0:
+        raise ValueError(f"freeze_frac must lie in [0, 1], but got {freeze_frac!r}")
+    return int(round(freeze_frac * num_groups))
+
+
+def reinit_count(reinit_frac: float, num_groups: int, freeze: int) -> int:
+    """``r``: re-initialised groups, a fraction of the ``G - f`` groups left trainable."""
+    if not 0.0 <= reinit_frac <= 1.0:
+        raise ValueError(f"reinit_frac must lie in [0, 1], but got {reinit_frac!r}")
+    return int(round(reinit_frac * (num_groups - freeze)))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One fine-tuning protocol in the study's vocabulary (DESIGN.md).
+
+    ``lr`` follows from the effective learning rate: ``lr = 10**log10_elr * (1 - momentum)``
+    (Li et al., ICLR 2020). Freeze and reinit are fractions; ``integers(G)`` gives ``(f, r)``.
+    """
+
+    log10_elr: float = -1.5
+    momentum: float = 0.9
+    head_lr_mult: float = 10.0
+    freeze_frac: float = 0.0
+    reinit_frac: float = 0.0
+    layer_decay: float = 1.0
+    weight_decay: float = 1e-5
+    bn_mode: str = "adapt"
+    l2sp: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), but got {self.momentum!r}")
+        if self.bn_mode not in ("adapt", "frozen"):
+            raise ValueError(f"bn_mode must be 'adapt' or 'frozen', but got {self.bn_mode!r}")
+        for name in ("head_lr_mult", "layer_decay"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, but got {getattr(self, name)!r}")
+        for name in ("weight_decay", "l2sp"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, but got {getattr(self, name)!r}")
+        freeze_depth(self.freeze_frac, 1)
+        reinit_count(self.reinit_frac, 1, 0)
+
+    @property
+    def elr(self) -> float:
+        """The effective learning rate ``lr / (1 - momentum)``."""
+        return 10.0**self.log10_elr
+
+    @property
+    def lr(self) -> float:
+        """The optimizer learning rate that gives this ELR at this momentum."""
+        return self.elr * (1.0 - self.momentum)
+
+    def integers(self, num_groups: int) -> tuple[int, int]:
+        """``(f, r)``: frozen groups and re-initialised groups for a backbone with ``G`` groups."""
+        f = freeze_depth(self.freeze_frac, num_groups)
+        return f, reinit_count(self.reinit_frac, num_groups, f)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Protocol":
+        """Build from a mapping; unknown keys are ignored, missing ones take defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    """A search range for one float parameter (``log`` = sample on a log scale)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise ValueError(f"range low must be <= high, but got [{self.low!r}, {self.high!r}]")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, but got {self.low!r}")
+
+    def clip(self, value: float) -> float:
+        return min(max(value, self.low), self.high)
+
+
+class _Suggester(TypingProtocol):
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+def _default_ranges() -> dict[str, ParamRange]:
+    # Wide ranges: DESIGN.md notes that with short budgets the best SGD lr sat at the top of a
+    # 0.001-0.03 grid, so ELR must reach well above 0.03*10 (lr 0.03 at momentum 0.9).
+    return {
+        "log10_elr": ParamRange(-3.5, 0.5),
+        "momentum": ParamRange(0.0, 0.95),
+        "head_lr_mult": ParamRange(1.0, 100.0, log=True),
+        "freeze_frac": ParamRange(0.0, 1.0),
+        "reinit_frac": ParamRange(0.0, 1.0),
+        "layer_decay": ParamRange(0.5, 1.0),
+        "weight_decay": ParamRange(1e-6, 1e-2, log=True),
+        "l2sp": ParamRange(0.0, 0.1),
+    }
+
+
+@dataclass
+class ProtocolSpace:
+    """Search ranges for every searched parameter, plus the BN-mode choices.
+
+    A parameter whose range has ``low == high`` is fixed (suggested as a one-value range).
+    """
+
+    ranges: dict[str, ParamRange] = field(default_factory=_default_ranges)
+    bn_modes: tuple[str, ...] = ("adapt", "frozen")
+
+    def __post_init__(self) -> None:
+        missing = set(SEARCHED) - {"bn_mode"} - set(self.ranges)
+        if missing:
+            raise ValueError(f"ProtocolSpace is missing ranges for {sorted(missing)!r}")
+
+    def suggest(self, trial: _Suggester) -> Protocol:
+        """Draw one protocol through an optuna-style ``trial`` (``suggest_float`` ...)."""
+        values: dict[str, Any] = {}
+        for name in SEARCHED:
+            if name == "bn_mode":
+                values[name] = trial.suggest_categorical(name, list(self.bn_modes))
+                continue
+            rng = self.ranges[name]
+            values[name] = trial.suggest_float(name, rng.low, rng.high, log=rng.log)
+        return Protocol(**values)
+
+    def clip(self, protocol: Protocol) -> Protocol:
+        """The nearest protocol inside the ranges (for enqueueing fixed protocols)."""
+        values = protocol.to_dict()
+        for name, rng in self.ranges.items():
+            values[name] = rng.clip(float(values[name]))
+        if values["bn_mode"] not in self.bn_modes:
+            values["bn_mode"] = self.bn_modes[0]
+        return Protocol(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ranges": {k: [r.low, r.high, r.log] for k, r in self.ranges.items()},
+            "bn_modes": list(self.bn_modes),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ProtocolSpace":
+        ranges = {k: ParamRange(float(v[0]), float(v[1]), bool(v[2])) for k, v in values["ranges"].items()}
+        return cls(ranges=ranges, bn_modes=tuple(values["bn_modes"]))
+
+    @staticmethod
+    def centred(
+        centre: Protocol,
+        widths: dict[str, float],
+        bounds: "ProtocolSpace | None" = None,
+    ) -> "ProtocolSpace":
+        """Ranges ``centre ± width`` per parameter (log params: ± width in log10), clipped to ``bounds``.
+
+        Parameters without a width keep the bounds' full range.
+        """
+        bounds = bounds or ProtocolSpace()
+        ranges: dict[str, ParamRange] = {}
+        for name, outer in bounds.ranges.items():
+            if name not in widths:
+                ranges[name] = outer
+                continue
+            c = float(getattr(centre, name))
+            w = float(widths[name])
+            if outer.log:
+                lo, hi = c / 10.0**w, c * 10.0**w
+            else:
+                lo, hi = c - w, c + w
+            lo, hi = max(lo, outer.low), min(hi, outer.high)
+            if lo > hi:  # centre outside the bounds: collapse onto the nearest bound
+                lo = hi = outer.clip(c)
+            ranges[name] = ParamRange(lo, hi, outer.log)
+        return ProtocolSpace(ranges=ranges, bn_modes=bounds.bn_modes)
+
+
