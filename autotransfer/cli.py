@@ -112,7 +112,7 @@ def models_cmd(
         f"[bold]{name}[/bold]: G = {backbone.num_groups} depth groups ({backbone.adapter}),"
         f" input {pre.input_size}px {pre.interpolation}, mean {pre.mean}, std {pre.std}"
     )
-    if groups or True:
+    if groups or fmt is OutputFormat.table:
         table = Table()
         table.add_column("#", justify="right")
         table.add_column("group")
@@ -120,6 +120,147 @@ def models_cmd(
         for i, (group_name, count) in enumerate(rows):
             table.add_row(str(i), group_name, f"{count:,}")
         console.print(table)
+
+
+@app.command("estimate")
+def estimate_cmd(
+    target: str = typer.Argument(..., help="dataset spec: builtin:NAME[?classes=..], folder:PATH or a path"),
+    model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="model spec"),
+    source: Optional[str] = typer.Option(None, "--source", help="a source-domain sample (any dataset spec)"),
+    n: Optional[int] = typer.Option(None, "--n", help="estimate on a stratified subsample of N images"),
+    max_images: int = typer.Option(1000, "--max-images", help="cap on images per side for features"),
+    seed: int = typer.Option(0, "--seed"),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
+) -> None:
+    """Measure a target task: size, divergence by depth, transferability, placement and prior.
+
+    Examples:
+      autotransfer estimate builtin:animals --n 500
+      autotransfer estimate builtin:fashion-mnist?classes=5-9 --model fashion-source --source builtin:fashion-mnist?classes=0-4
+    """
+    from autotransfer.data import load_dataset, stratified_subsample
+    from autotransfer.estimate import TaskEstimator
+
+    dataset = load_dataset(target, require_labels=True)
+    if n is not None:
+        dataset = stratified_subsample(dataset, n, seed=seed)
+    profile = TaskEstimator(max_images=max_images, seed=seed, progress=fmt is OutputFormat.table).fit(
+        dataset, model, source=source
+    )
+    if fmt is OutputFormat.json:
+        _print_json(profile.to_dict())
+        return
+    from autotransfer.report.profile_table import profile_tables
+
+    for table in profile_tables(profile):
+        console.print(table)
+
+
+@app.command("tune")
+def tune_cmd(
+    target: Optional[str] = typer.Argument(None, help="dataset spec; omitted: the embedded default demo"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec (default efficientnet_lite0)"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="finished search trials, controls excluded"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
+    study: Optional[str] = typer.Option(None, "--study", help="study name (default: from target, model, n, seed)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///studies/autotransfer.db)"),
+    n: Optional[int] = typer.Option(None, "--n", help="stratified subsample of N images"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="training input size in px"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="budget in optimizer steps (default from size)"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (default) or adamw"),
+    prior: Optional[str] = typer.Option(None, "--prior", help="quadrant (default) or none"),
+    warm_start: Optional[str] = typer.Option(None, "--warm-start", help="enqueue the top protocols of an earlier study"),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="successive-halving pruning"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
+) -> None:
+    """Search the best fine-tuning protocol for TARGET with real trials; export it and the model.
+
+    Runs: estimate → prior → controls + search → retrain the best on train+val → test → export.
+    Re-running the same study resumes it.
+
+    Examples:
+      autotransfer tune                       # the embedded demo (~5 min on 2 CPU cores)
+      autotransfer tune builtin:elpv --n 600 --trials 20 --resolution 64
+      autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
+    """
+    from autotransfer.search import demo
+    from autotransfer.search.progress import NullUI, RichUI
+    from autotransfer.search.settings import StudySettings
+    from autotransfer.search.job import tune
+
+    base = demo.DEFAULT_SETTINGS if target is None else StudySettings(target=target)
+    overrides = {
+        "model": model, "trials": trials, "n": n, "resolution": resolution, "batch_size": batch_size,
+        "steps": steps, "optimizer": optimizer, "prior": prior, "device": device, "seed": seed,
+    }
+    values = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "prune": prune}
+    if target is None and not prune:
+        values["prune"] = False
+    settings = StudySettings.from_dict(values)
+    if settings.prior not in ("quadrant", "none"):
+        from autotransfer.errors import UserError
+
+        raise UserError(f"--prior must be quadrant or none, but got {settings.prior!r}")
+    ui = RichUI() if fmt is OutputFormat.table else NullUI()
+    result = tune(settings, study_name=study, storage=storage, timeout=timeout, warm_start=warm_start, ui=ui)
+    if fmt is OutputFormat.json:
+        _print_json(result.to_dict())
+        return
+    from autotransfer.report.summary import summary_table
+
+    console.print(summary_table(result))
+
+
+@app.command("export")
+def export_cmd(
+    study: str = typer.Argument(..., help="study name"),
+    fmt: str = typer.Option("yaml", "--format", help="yaml, json or timm (an args file for timm's train.py)"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="file to write (default: stdout)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
+) -> None:
+    """Write a study's best protocol with its provenance.
+
+    Examples:
+      autotransfer export animals-efficientnet_lite0-n600-s0 -o best.yaml
+      autotransfer export my-study --format timm -o args.yaml
+    """
+    import tempfile
+    from pathlib import Path
+
+    from autotransfer.export import export_payload, write_export
+    from autotransfer.search.storage import open_storage
+    from autotransfer.search.study import load_study
+
+    payload = export_payload(load_study(study, open_storage(storage, heartbeat=False)))
+    if output:
+        path = write_export(payload, output, fmt)
+        err_console.print(f"wrote {path}")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        typer.echo(write_export(payload, Path(tmp) / "export", fmt).read_text(), nl=False)
+
+
+@app.command("train")
+def train_cmd(
+    config: str = typer.Option(..., "--config", "-c", help="an export written by `autotransfer export`"),
+    output: str = typer.Option("studies/runs/final", "-o", "--output", help="directory for model.safetensors + metrics.json"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+) -> None:
+    """Reproduce the final model from an exported protocol: train on train+val, test, save.
+
+    Example: autotransfer train --config best.yaml -o runs/best
+    """
+    from autotransfer.export import read_export
+    from autotransfer.search.reproduce import train_from_config
+
+    metrics = train_from_config(read_export(config), output, device=device)
+    console.print(
+        f"test {metrics['metric']} = [bold]{metrics['test_score']:.4f}[/bold]"
+        f" (at export: {metrics['exported_test_score']}); wrote {output}/model.safetensors and metrics.json"
+    )
 
 
 def main() -> None:

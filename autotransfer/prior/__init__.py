@@ -1,1 +1,39 @@
-"""autotransfer.prior."""
+"""autotransfer.prior: place a task on the survey's size x similarity map and derive a prior.
+
+Plested & Gedeon, "Deep transfer learning for image classification: a survey", arXiv 2205.09904.
+"""
+from __future__ import annotations
+
+from autotransfer.prior.none import wide_prior
+from autotransfer.prior.placement import (
+    DECISION_TABLE,
+    Placement,
+    place,
+    similarity_from_excess,
+    size_score,
+)
+from autotransfer.prior.quadrant import (
+    Prior,
+    less_similar_protocol,
+    linear_probe_protocol,
+    probe_control_protocols,
+    quadrant_prior,
+    recommended_protocol,
+    scratch_protocols,
+)
+
+__all__ = [
+    "DECISION_TABLE",
+    "Placement",
+    "Prior",
+    "less_similar_protocol",
+    "linear_probe_protocol",
+    "place",
+    "probe_control_protocols",
+    "quadrant_prior",
+    "recommended_protocol",
+    "scratch_protocols",
+    "similarity_from_excess",
+    "size_score",
+    "wide_prior",
+]

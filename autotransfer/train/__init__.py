@@ -1,1 +1,21 @@
-"""autotransfer.train."""
+"""autotransfer.train: the fine-tuning trial loop (no optuna), frozen-prefix caching, evaluation."""
+from __future__ import annotations
+
+from autotransfer.train.config import TrainConfig, resolve_device
+from autotransfer.train.loop import DivergedError, TrainResult, lr_lambda, train_protocol
+from autotransfer.train.metrics import METRICS, evaluate, score
+from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "DivergedError",
+    "train_protocol",
+    "evaluate",
+    "score",
+    "METRICS",
+    "PrefixCache",
+    "CachedPrefix",
+    "lr_lambda",
+    "resolve_device",
+]

@@ -1,0 +1,166 @@
+"""Seeded stratified subsampling and train/val/test splits of an ImageDataset."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from autotransfer.data.types import ImageDataset
+from autotransfer.errors import UserError
+
+__all__ = ["DataSplits", "stratified_subsample", "stratified_split", "allocate"]
+
+
+class DataSplits(NamedTuple):
+    """Disjoint train / validation / test parts of one dataset."""
+
+    train: ImageDataset
+    val: ImageDataset
+    test: ImageDataset
+
+
+def _round(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def allocate(counts: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Split ``n`` draws over classes with ``counts`` ``(C,)`` proportionally.
+
+    Largest-remainder rounding; every non-empty class gets at least 1 when ``n`` allows it;
+    no class gets more than it has. Ties are broken by a seeded random order.
+    Returns ``(C,)`` int64 summing to ``min(n, counts.sum())``.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    n = min(int(n), total)
+    if total == 0 or n <= 0:
+        return np.zeros_like(counts)
+    tiebreak = np.random.default_rng(seed).random(len(counts))
+    ideal = n * counts / total
+    alloc = np.minimum(np.floor(ideal).astype(np.int64), counts)
+    nonempty = counts > 0
+    floor_one = n >= int(nonempty.sum())
+    if floor_one:
+        alloc[nonempty] = np.maximum(alloc[nonempty], 1)
+    while alloc.sum() > n:  # only after the >=1 bumps: take from the most over-served
+        allowed = alloc > (1 if floor_one else 0)
+        order = np.lexsort((tiebreak, -(alloc - ideal)))
+        i = next(j for j in order if allowed[j])
+        alloc[i] -= 1
+    while alloc.sum() < n:  # give to the largest remainder that still has images
+        allowed = alloc < counts
+        order = np.lexsort((tiebreak, -(ideal - alloc)))
+        i = next(j for j in order if allowed[j])
+        alloc[i] += 1
+    return alloc
+
+
+def _suffix(spec: str, n: int, seed: int) -> str:
+    if "?" in spec and "n=" not in spec.rpartition("?")[2]:
+        return f"&n={n}&seed={seed}"
+    if "?" not in spec:
+        return f"?n={n}&seed={seed}"
+    return f"|n={n}&seed={seed}"
+
+
+def stratified_subsample(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
+    """A seeded subset of ``n`` images with class proportions kept.
+
+    Every class keeps at least one image when ``n`` >= the number of classes. When
+    ``n >= len(ds)`` all images are returned and a note says the request was capped.
+    Unlabelled datasets get a plain seeded random subset. Indices keep dataset order.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise UserError(f"subsample size must be a positive integer but got {n!r}")
+    n = int(n)
+    total = len(ds)
+    if n >= total:
+        out = ds.subset(np.arange(total))
+        if n > total:
+            out.notes.append(f"requested {n}, capped at {total} (all the dataset has)")
+        return out
+    rng = np.random.default_rng(seed)
+    if ds.labels is None:
+        chosen = np.sort(rng.choice(total, size=n, replace=False))
+        return ds.subset(chosen, _suffix(ds.spec, n, seed))
+    labels = np.asarray(ds.labels)
+    alloc = allocate(np.bincount(labels, minlength=len(ds.classes)), n, seed)
+    parts = []
+    for label, take in enumerate(alloc):
+        if take:
+            members = np.flatnonzero(labels == label)
+            parts.append(rng.choice(members, size=int(take), replace=False))
+    chosen = np.sort(np.concatenate(parts))
+    return ds.subset(chosen, _suffix(ds.spec, n, seed))
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if not isinstance(value, (int, float, np.floating)) or not 0.0 <= float(value) < 1.0:
+        raise UserError(f"{name} fraction must be in [0, 1) but got {value!r}")
+    return float(value)
+
+
+def _class_parts(count: int, val: float, test: float) -> tuple[int, int]:
+    """How many of a class's ``count`` images go to (val, test); the rest train."""
+    if count >= 3:
+        n_val = max(1, _round(count * val)) if val > 0 else 0
+        n_test = max(1, _round(count * test)) if test > 0 else 0
+        while count - n_val - n_test < 1:
+            if n_val >= n_test and n_val > (1 if val > 0 else 0):
+                n_val -= 1
+            elif n_test > (1 if test > 0 else 0):
+                n_test -= 1
+            else:  # pragma: no cover - impossible for count >= 3
+                break
+        return n_val, n_test
+    if count == 2:
+        return (1, 0) if val > 0 else (0, 1)
+    return 0, 0
+
+
+def stratified_split(
+    ds: ImageDataset, val: float = 0.15, test: float = 0.15, seed: int = 0
+) -> DataSplits:
+    """Seeded, stratified, disjoint train/val/test splits that together cover ``ds``.
+
+    Every class with >= 3 images appears in each non-empty split; a class with 2 images
+    goes to train and val (or test when ``val`` is 0). Raises UserError when a class has
+    fewer than 2 images (and a val or test split is asked for).
+    """
+    val = _check_fraction("val", val)
+    test = _check_fraction("test", test)
+    if val + test >= 1.0:
+        raise UserError(f"val + test must be below 1 but got {val} + {test} = {val + test}")
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    if ds.labels is None:
+        perm = rng.permutation(len(ds))
+        n_val, n_test = _round(len(ds) * val), _round(len(ds) * test)
+        parts["val"].append(perm[:n_val])
+        parts["test"].append(perm[n_val : n_val + n_test])
+        parts["train"].append(perm[n_val + n_test :])
+    else:
+        labels = np.asarray(ds.labels)
+        counts = np.bincount(labels, minlength=len(ds.classes))
+        if val + test > 0:
+            for label, count in enumerate(counts):
+                if count < 2:
+                    raise UserError(
+                        f"class {ds.classes[label]!r} of {ds.spec} has {count} image(s); a "
+                        "train/val/test split needs at least 2 per class: add images or leave "
+                        "the class out with ?classes="
+                    )
+        for label, count in enumerate(counts):
+            members = rng.permutation(np.flatnonzero(labels == label))
+            n_val, n_test = _class_parts(int(count), val, test)
+            parts["val"].append(members[:n_val])
+            parts["test"].append(members[n_val : n_val + n_test])
+            parts["train"].append(members[n_val + n_test :])
+    subsets = {
+        name: ds.subset(
+            np.sort(np.concatenate(chunks)).astype(np.int64) if chunks else np.zeros(0, np.int64),
+            f"#{name}",
+        )
+        for name, chunks in parts.items()
+    }
+    return DataSplits(subsets["train"], subsets["val"], subsets["test"])

@@ -1,0 +1,43 @@
+"""The end-of-tune summary as a rich table (numbers come from ``TuneResult``)."""
+from __future__ import annotations
+
+from rich.table import Table
+
+__all__ = ["summary_table"]
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def summary_table(result) -> Table:
+    """Best protocol, its validation and test scores, controls, negative transfer, where things are."""
+    metric = result.settings.metric or "score"
+    table = Table(title=f"autotransfer: study {result.study_name}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    if result.best_protocol is None:
+        table.add_row("best protocol", "none completed")
+    else:
+        p = result.best_protocol
+        f, r = result.integers or (None, None)
+        table.add_row("best protocol", f"trial {result.best_trial}")
+        table.add_row("  ELR / lr", f"{p.elr:.4g} / {p.lr:.4g} (momentum {p.momentum:.2f})")
+        table.add_row("  freeze / reinit", f"f={f} (frac {p.freeze_frac:.2f}), r={r} (frac {p.reinit_frac:.2f})")
+        table.add_row("  head lr ×, layer decay", f"{p.head_lr_mult:.3g}, {p.layer_decay:.3g}")
+        table.add_row("  weight decay, L2-SP, BN", f"{p.weight_decay:.2g}, {p.l2sp:.3g}, {p.bn_mode}")
+    table.add_row(f"validation {metric}", _fmt(result.val_score))
+    table.add_row(f"test {metric} (retrained on train+val)", _fmt(result.test_score))
+    table.add_row("control: from scratch (best of 3)", _fmt(result.controls.get("scratch")))
+    table.add_row("control: linear probe (best of 2)", _fmt(result.controls.get("probe")))
+    table.add_row(
+        "negative transfer",
+        "[red]YES: from scratch beats every transfer protocol[/red]" if result.negative_transfer else "no",
+    )
+    table.add_row("search trials", str(result.n_search_trials))
+    table.add_row("study", f"{result.study_name} in {result.storage}")
+    table.add_row("exported config", str(result.export_path or "—"))
+    table.add_row("fine-tuned model", str(result.model_path or "—"))
+    for note in result.notes:
+        table.add_row("note", note)
+    return table

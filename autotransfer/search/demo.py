@@ -1,0 +1,19 @@
+"""The embedded default job that ``autotransfer tune`` runs with no target (~5 min on 2 CPU cores)."""
+from __future__ import annotations
+
+from autotransfer.search.settings import StudySettings
+
+__all__ = ["DEFAULT_SETTINGS"]
+
+#: Animal silhouettes (real, package-shipped) on the package-shipped EfficientNet-Lite0
+#: ImageNet weights: 64 px, 600 images, 7 search trials + 5 controls = 12 trials.
+DEFAULT_SETTINGS = StudySettings(
+    target="builtin:animals",
+    model="efficientnet_lite0",
+    n=600,
+    seed=0,
+    resolution=64,
+    batch_size=32,
+    steps=None,
+    trials=7,
+)

@@ -1,0 +1,433 @@
+"""The main job: estimate → prior → controls + search → retrain the best → test → export."""
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+import torch
+
+from autotransfer.errors import UserError
+from autotransfer.search.protocol import Protocol, ProtocolSpace
+from autotransfer.search.settings import StudySettings
+from autotransfer.search.storage import open_storage, storage_location
+from autotransfer.search.study import (
+    ATTR,
+    CONTROL_ATTR,
+    SOURCE_ATTR,
+    FINISHED,
+    best_transfer_trial,
+    check_compatible,
+    control_trials,
+    create_study,
+    load_study,
+    make_pruner,
+    make_sampler,
+    read_settings,
+    read_space,
+    search_trials,
+    study_exists,
+)
+
+__all__ = ["PreparedData", "prepare_data", "default_study_name", "TuneResult", "tune", "run_search", "retrain_and_test"]
+
+
+@dataclass
+class PreparedData:
+    """A study's data: the seeded subsample, its splits, and device-resident batch sources."""
+
+    dataset: Any
+    train: Any
+    val: Any
+    test: Any
+    fingerprint: str
+    device: torch.device
+    batches: dict[str, Any] = field(default_factory=dict)
+
+
+def default_study_name(settings: StudySettings) -> str:
+    """``<target>-<model>-n<N>-s<seed>``, with characters Optuna dashboards like."""
+    n = f"n{settings.n}" if settings.n else "all"
+    raw = f"{settings.target.removeprefix('builtin:')}-{settings.model}-{n}-s{settings.seed}"
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw).strip("_")
+
+
+def prepare_data(settings: StudySettings, *, device: torch.device | None = None) -> PreparedData:
+    """Load the target, subsample (seeded, stratified), split, and put each split on the device."""
+    from autotransfer.data import load_dataset, stratified_split, stratified_subsample
+    from autotransfer.train import resolve_device
+
+    dataset = load_dataset(settings.target, require_labels=True)
+    if settings.n is not None:
+        dataset = stratified_subsample(dataset, settings.n, seed=settings.seed)
+    splits = stratified_split(dataset, val=settings.val_frac, test=settings.test_frac, seed=settings.seed)
+    return PreparedData(
+        dataset=dataset,
+        train=splits.train,
+        val=splits.val,
+        test=splits.test,
+        fingerprint=dataset.fingerprint,
+        device=device or resolve_device(settings.device),
+    )
+
+
+def _batches(prepared: PreparedData, which: str, settings: StudySettings, preprocessing) -> Any:
+    """``DeviceBatches`` for a split (``train``, ``val``, ``test`` or ``trainval``), built once."""
+    from autotransfer.data import to_array
+    from autotransfer.data.device import DeviceBatches
+
+    if which not in prepared.batches:
+        if which == "trainval":
+            parts = [prepared.train, prepared.val]
+            images = np.concatenate([to_array(p, settings.resolution) for p in parts])
+            labels = np.concatenate([p.labels for p in parts])
+            flip = prepared.train.flip
+        else:
+            split = getattr(prepared, which)
+            images, labels, flip = to_array(split, settings.resolution), split.labels, split.flip
+        prepared.batches[which] = DeviceBatches(
+            images,
+            labels,
+            device=prepared.device,
+            out_size=settings.resolution,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            flip=flip,
+        )
+    return prepared.batches[which]
+
+
+def _fixed_protocols(prior, num_groups: int, *, mode: str) -> list[tuple[Protocol, dict[str, Any]]]:
+    """Controls first, then (with a prior) the prior, the survey's two protocols and a linear probe."""
+    from autotransfer.prior import (
+        less_similar_protocol,
+        linear_probe_protocol,
+        probe_control_protocols,
+        recommended_protocol,
+        scratch_protocols,
+    )
+
+    fixed: list[tuple[Protocol, dict[str, Any]]] = []
+    for i, p in enumerate(scratch_protocols()):
+        fixed.append((p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}))
+    for i, p in enumerate(probe_control_protocols()):
+        fixed.append((p, {CONTROL_ATTR: "probe", SOURCE_ATTR: f"control:probe#{i}"}))
+    if mode != "none" and prior is not None:
+        fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
+        fixed.append((recommended_protocol(), {SOURCE_ATTR: "survey:recommended"}))
+        fixed.append((less_similar_protocol(num_groups), {SOURCE_ATTR: "survey:less-similar"}))
+        fixed.append((linear_probe_protocol(), {SOURCE_ATTR: "linear-probe"}))
+    return fixed
+
+
+def _warm_start_protocols(storage, name: str, top: int = 3) -> list[tuple[Protocol, dict[str, Any]]]:
+    """The top protocols (parameters only) of an earlier study, to enqueue in a new one."""
+    earlier = load_study(name, storage)
+    ranked = sorted(
+        (t for t in search_trials(earlier, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None),
+        key=lambda t: t.value,
+        reverse=True,
+    )[:top]
+    return [(Protocol.from_dict(t.params), {SOURCE_ATTR: f"warm-start:{name}#{t.number}"}) for t in ranked]
+
+
+class _SearchBudget:
+    """Stops ``optimize`` once the study holds ``trials`` finished search trials (controls excluded)."""
+
+    def __init__(self, trials: int, on_trial_end: Callable[[int], None] | None = None) -> None:
+        self.trials = trials
+        self.on_trial_end = on_trial_end
+
+    def remaining(self, study: optuna.Study) -> int:
+        return max(0, self.trials - len(search_trials(study)))
+
+    def pending_controls(self, study: optuna.Study) -> int:
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        return sum(1 for t in waiting if CONTROL_ATTR in t.user_attrs)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.on_trial_end:
+            self.on_trial_end(len(search_trials(study)))
+        if self.remaining(study) == 0 and self.pending_controls(study) == 0:
+            study.stop()
+
+
+def run_search(
+    study: optuna.Study,
+    runner,
+    trials: int,
+    *,
+    timeout: float | None = None,
+    on_trial_end: Callable[[int], None] | None = None,
+) -> None:
+    """Run trials until ``trials`` finished search trials exist (and the controls ran), or timeout.
+
+    Failed trials (NaN loss, out of memory) are recorded with their reason and the study
+    goes on; Ctrl-C stops at once, keeping every completed trial.
+    """
+    from autotransfer.search.objective import TrialFailed
+
+    budget = _SearchBudget(trials, on_trial_end)
+    if budget.remaining(study) == 0 and budget.pending_controls(study) == 0:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        study.optimize(runner, timeout=timeout, callbacks=[budget], catch=(TrialFailed,), gc_after_trial=False)
+
+
+@dataclass
+class TuneResult:
+    """What ``tune`` hands back (the CLI prints it)."""
+
+    study_name: str
+    storage: str
+    settings: StudySettings
+    best_protocol: Protocol | None
+    best_trial: int | None
+    val_score: float | None
+    test_score: float | None
+    controls: dict[str, float | None]
+    negative_transfer: bool
+    export_path: Path | None
+    model_path: Path | None
+    n_search_trials: int
+    profile: dict[str, Any] | None
+    prior: dict[str, Any] | None
+    integers: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study_name,
+            "storage": self.storage,
+            "metric": self.settings.metric,
+            "best_protocol": self.best_protocol.to_dict() if self.best_protocol else None,
+            "best_trial": self.best_trial,
+            "freeze_reinit": list(self.integers) if self.integers else None,
+            "val_score": self.val_score,
+            "test_score": self.test_score,
+            "controls": self.controls,
+            "negative_transfer": self.negative_transfer,
+            "export": str(self.export_path) if self.export_path else None,
+            "model": str(self.model_path) if self.model_path else None,
+            "search_trials": self.n_search_trials,
+            "settings": self.settings.to_dict(),
+            "notes": self.notes,
+        }
+
+
+def control_scores(study: optuna.Study) -> dict[str, float | None]:
+    """Best score of each control kind (from scratch: best of 3 ELRs; linear probe: best of 2)."""
+    scores: dict[str, float | None] = {"scratch": None, "probe": None}
+    for t in control_trials(study):
+        kind = t.user_attrs[CONTROL_ATTR]
+        if t.value is not None and (scores.get(kind) is None or t.value > scores[kind]):
+            scores[kind] = float(t.value)
+    return scores
+
+
+def retrain_and_test(
+    protocol: Protocol,
+    settings: StudySettings,
+    prepared: PreparedData,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """Train ``protocol`` on train+val for the study's budget; score it on the held-out test split.
+
+    Returns ``(backbone, test_score, train_result)``.
+    """
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.objective import train_config_for
+    from autotransfer.train import train_protocol
+
+    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+    config = train_config_for(protocol, settings, backbone.num_groups)
+    config = config.replace(eval_every=config.steps)
+    trainval = _batches(prepared, "trainval", settings, backbone.preprocessing)
+    test = _batches(prepared, "test", settings, backbone.preprocessing)
+    result = train_protocol(backbone, trainval, test, config, metric=settings.metric, progress=progress)
+    return backbone, float(result.final_score), result
+
+
+def tune(
+    settings: StudySettings,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    timeout: float | None = None,
+    warm_start: str | None = None,
+    export_dir: str | Path = "studies/exports",
+    runs_dir: str | Path = "studies/runs",
+    estimator_kwargs: dict[str, Any] | None = None,
+    ui=None,
+) -> TuneResult:
+    """Run (or resume) a protocol search for ``settings`` and return its summary.
+
+    Steps, in order: load + split the data; estimate the task (size, divergence,
+    transferability) and derive the prior; create the study (ranges centred on the prior;
+    controls, prior and survey protocols enqueued) or resume it after checking the data
+    fingerprint and model; run controls + search; retrain the best protocol on train+val;
+    score it on the held-out test split; save the model; export the config.
+    ``ui`` (see ``autotransfer.search.progress``) draws progress; ``None`` is silent.
+    """
+    from autotransfer.backbones import create_backbone
+    from autotransfer.estimate import TaskEstimator
+    from autotransfer.search.objective import TrialRunner
+    from autotransfer.train import PrefixCache
+
+    from autotransfer.search.progress import NullUI
+
+    ui = ui or NullUI()
+    url = storage_location(storage)
+    store = open_storage(url)
+    name = study_name or default_study_name(settings)
+
+    ui.stage("loading data")
+    prepared = prepare_data(settings)
+    probe_backbone = create_backbone(settings.model, num_classes=len(prepared.dataset.classes))
+    num_groups = probe_backbone.num_groups
+
+    existing = study_exists(store, name)
+    if existing:
+        study = load_study(name, store)
+        stored = read_settings(study)
+        settings = settings.resolved(
+            fingerprint=prepared.fingerprint,
+            metric=stored.metric,
+            num_classes=stored.num_classes,
+            n_train=len(prepared.train),
+        )
+        check_compatible(study, settings)
+        # resume with the stored budget and options; only --trials may grow
+        settings = type(settings).from_dict({**stored.to_dict(), "trials": settings.trials, "device": settings.device})
+        profile_dict = study.user_attrs.get(ATTR["profile"])
+        prior_dict = study.user_attrs.get(ATTR["prior"])
+        ui.note(f"resuming study {name!r}: {len(search_trials(study))} finished search trials")
+    else:
+        ui.stage("estimating the task")
+        estimator = TaskEstimator(**(estimator_kwargs or {}))
+        profile = estimator.fit(prepared.dataset, probe_backbone)
+        metric = profile.size.metric
+        settings = settings.resolved(
+            fingerprint=prepared.fingerprint,
+            metric=metric,
+            num_classes=len(prepared.dataset.classes),
+            n_train=len(prepared.train),
+        )
+        prior = profile.prior if settings.prior != "none" else None
+        if settings.prior == "none":
+            from autotransfer.prior import wide_prior
+
+            space = wide_prior()
+        else:
+            space = prior.space
+        fixed = _fixed_protocols(prior, num_groups, mode=settings.prior)
+        if warm_start:
+            fixed += _warm_start_protocols(store, warm_start)
+        profile_dict = profile.to_dict()
+        prior_dict = prior.to_dict() if prior is not None else None
+        study = create_study(
+            name, store, settings, profile=profile_dict, prior=prior_dict, space=space, enqueue=fixed
+        )
+        ui.note(f"created study {name!r} in {url}")
+
+    study = load_study(name, store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))
+    space = read_space(study)
+
+    ui.stage("controls + search")
+    train_b = _batches(prepared, "train", settings, probe_backbone.preprocessing)
+    val_b = _batches(prepared, "val", settings, probe_backbone.preprocessing)
+    runner = TrialRunner(
+        settings=settings,
+        space=space,
+        make_backbone=lambda: create_backbone(settings.model, num_classes=settings.num_classes),
+        train=train_b,
+        val=val_b,
+        prefix_cache=PrefixCache(),
+        on_progress=ui.trial_progress,
+        on_trial_start=ui.trial_start,
+    )
+    ui.search_start(total=settings.trials, done=len(search_trials(study)))
+    run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
+    ui.search_end()
+
+    best = best_transfer_trial(study)
+    controls = control_scores(study)
+    result = TuneResult(
+        study_name=name,
+        storage=url,
+        settings=settings,
+        best_protocol=None,
+        best_trial=None,
+        val_score=None,
+        test_score=None,
+        controls=controls,
+        negative_transfer=False,
+        export_path=None,
+        model_path=None,
+        n_search_trials=len(search_trials(study)),
+        profile=profile_dict,
+        prior=prior_dict,
+    )
+    if best is None:
+        result.notes.append("no transfer trial completed: nothing to retrain or export")
+        return result
+    protocol = Protocol.from_dict(best.params)
+    result.best_protocol, result.best_trial, result.val_score = protocol, best.number, float(best.value)
+    result.integers = (int(best.user_attrs.get("freeze", 0)), int(best.user_attrs.get("reinit", 0)))
+    scratch = controls.get("scratch")
+    result.negative_transfer = scratch is not None and scratch > result.val_score
+
+    final = study.user_attrs.get(ATTR["final"]) or {}
+    model_dir = Path(runs_dir) / name
+    model_path = model_dir / "model.safetensors"
+    if final.get("trial") == best.number and model_path.exists():
+        result.test_score = final.get("test_score")
+        result.notes.append("the best protocol was already retrained and tested: kept that result")
+    else:
+        ui.stage(f"retraining trial {best.number} on train+val")
+        backbone, test_score, train_result = retrain_and_test(
+            protocol, settings, prepared, progress=ui.trial_progress
+        )
+        result.test_score = test_score
+        _save_model(backbone, model_path, settings, protocol, test_score)
+        study.set_user_attr(
+            ATTR["final"],
+            {
+                "trial": best.number,
+                "test_score": test_score,
+                "model": str(model_path),
+                "train_images_per_s": float(train_result.images_per_s),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+    result.model_path = model_path
+
+    from autotransfer.export import export_payload, write_export
+
+    result.export_path = write_export(export_payload(study), Path(export_dir) / f"{name}.yaml", "yaml")
+    return result
+
+
+def _save_model(backbone, path: Path, settings: StudySettings, protocol: Protocol, test_score: float) -> None:
+    """Write the fine-tuned weights as safetensors with the metadata needed to load them back."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
+    meta = {
+        "model": settings.model,
+        "num_classes": str(settings.num_classes),
+        "protocol": json.dumps(protocol.to_dict()),
+        "test_score": str(test_score),
+        "metric": settings.metric,
+    }
+    save_file(state, str(path), metadata=meta)

@@ -1,0 +1,80 @@
+"""Progress display for long searches: a bar for the whole study and one for the trial in flight."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+__all__ = ["NullUI", "RichUI"]
+
+
+class NullUI:
+    """Silent progress (library use, tests)."""
+
+    def stage(self, text: str) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def search_start(self, total: int, done: int) -> None: ...
+
+    def search_advance(self, done: int) -> None: ...
+
+    def search_end(self) -> None: ...
+
+    def trial_start(self, trial: Any, protocol: Any) -> None: ...
+
+    def trial_progress(self, step: int, total: int) -> None: ...
+
+
+class RichUI(NullUI):
+    """Rich progress bars on stderr: the study (finished search trials) and the running trial (steps)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.study_task = None
+        self.trial_task = None
+
+    def stage(self, text: str) -> None:
+        self.console.print(f"[bold cyan]»[/bold cyan] {text}")
+
+    def note(self, text: str) -> None:
+        self.console.print(f"  {text}", highlight=False)
+
+    def search_start(self, total: int, done: int) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.study_task = self.progress.add_task("search trials", total=total, completed=min(done, total))
+        self.trial_task = self.progress.add_task("trial", total=1, completed=0)
+
+    def search_advance(self, done: int) -> None:
+        if self.progress is not None:
+            total = self.progress.tasks[0].total or done
+            self.progress.update(self.study_task, completed=min(done, total))
+
+    def search_end(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def trial_start(self, trial: Any, protocol: Any) -> None:
+        label = trial.user_attrs.get("source") or "tpe"
+        f, r = trial.user_attrs.get("freeze"), trial.user_attrs.get("reinit")
+        text = f"trial {trial.number} [{label}] elr={protocol.elr:.3g} f={f} r={r}"
+        if self.progress is not None:
+            self.progress.update(self.trial_task, description=text, completed=0)
+        else:
+            self.note(text)
+
+    def trial_progress(self, step: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.trial_task, completed=step, total=total)

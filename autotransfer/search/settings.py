@@ -1,0 +1,96 @@
+"""Study-level settings: fixed for every trial of a study and recorded as its provenance."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from autotransfer.errors import UserError
+
+__all__ = ["StudySettings", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL"]
+
+#: The embedded default job: built-in data and built-in weights, ~5 minutes on 2 CPU cores.
+DEFAULT_TARGET = "builtin:animals"
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def default_steps(n_train: int, batch_size: int) -> int:
+    """The budget in optimizer steps, from the dataset size (BiT-HyperRule style).
+
+    BiT (Kolesnikov et al. 2020) fixes the schedule by dataset size: 500 steps below 20k
+    images, 10k below 500k, 20k above, at batch 512. Our targets are far smaller and our
+    batches too, so we keep the idea (a size-bucketed schedule, the same for every trial)
+    and express it as epochs: ~20 epochs for tiny sets, fewer as they grow, at least 60
+    steps so a trial sees enough updates, at most 5,000.
+    """
+    if n_train <= 0 or batch_size <= 0:
+        raise ValueError(f"need n_train > 0 and batch_size > 0, but got {n_train!r}, {batch_size!r}")
+    epochs = 20 if n_train < 1000 else 12 if n_train < 5000 else 6 if n_train < 20000 else 3
+    return int(min(5000, max(60, math.ceil(epochs * n_train / batch_size))))
+
+
+@dataclass
+class StudySettings:
+    """Everything a trial needs besides its protocol; stored in the study's user attributes.
+
+    ``fingerprint``, ``metric``, ``steps`` and ``eval_every`` are filled in when the data is
+    known (``resolved``) and then checked on resume.
+    """
+
+    target: str = DEFAULT_TARGET
+    model: str = DEFAULT_MODEL
+    n: int | None = None
+    seed: int = 0
+    resolution: int = 64
+    batch_size: int = 32
+    steps: int | None = None
+    eval_every: int | None = None
+    optimizer: str = "sgd"
+    augment: bool = True
+    views: int = 8
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    trials: int = 20
+    prune: bool = True
+    prior: str = "quadrant"
+    device: str = "auto"
+    fingerprint: str = ""
+    metric: str = ""
+    num_classes: int = 0
+    n_train: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n is not None and self.n < 4:
+            raise UserError(f"--n must be at least 4 images, but got {self.n!r}")
+        if self.resolution < 8:
+            raise UserError(f"--resolution must be at least 8 px, but got {self.resolution!r}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, but got {self.batch_size!r}")
+        if self.trials < 1:
+            raise UserError(f"--trials must be >= 1, but got {self.trials!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise UserError(f"--optimizer must be sgd or adamw, but got {self.optimizer!r}")
+        if not (0 < self.val_frac < 0.5 and 0 < self.test_frac < 0.5):
+            raise UserError(f"val/test fractions must lie in (0, 0.5), but got {self.val_frac!r}, {self.test_frac!r}")
+
+    def resolved(self, *, fingerprint: str, metric: str, num_classes: int, n_train: int) -> "StudySettings":
+        """A copy with the data-dependent fields filled (budget defaulted from ``n_train``)."""
+        steps = self.steps or default_steps(n_train, self.batch_size)
+        eval_every = self.eval_every or max(1, steps // 6)
+        return replace(
+            self,
+            fingerprint=fingerprint,
+            metric=metric,
+            num_classes=num_classes,
+            n_train=n_train,
+            steps=steps,
+            eval_every=min(eval_every, steps),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "StudySettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

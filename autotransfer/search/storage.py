@@ -1,0 +1,93 @@
+"""Opening Optuna storages from a URL: SQLite by default, PostgreSQL or a journal file on request."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from autotransfer.errors import UserError
+
+__all__ = ["DEFAULT_STORAGE", "open_storage", "storage_location", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
+
+#: One SQLite file for all studies (an RDB storage, so heartbeats work).
+DEFAULT_STORAGE = "sqlite:///studies/autotransfer.db"
+#: Seconds between a running trial's heartbeats, and after which a silent trial is stale.
+HEARTBEAT_INTERVAL = int(os.environ.get("AUTOTRANSFER_HEARTBEAT", "20"))
+GRACE_PERIOD = int(os.environ.get("AUTOTRANSFER_GRACE", str(3 * HEARTBEAT_INTERVAL)))
+#: A killed worker's running trial is retried (as a new trial) at most this many times.
+MAX_RETRY = 2
+
+
+def storage_location(url: str | None) -> str:
+    """The URL actually used (the default when ``url`` is None); plain paths become URLs."""
+    if not url:
+        return DEFAULT_STORAGE
+    if "://" not in url:
+        if url.endswith((".log", ".jsonl", ".journal")):
+            return url
+        return f"sqlite:///{url}"
+    return url
+
+
+def _check_sqlite_file(url: str) -> None:
+    path = Path(url[len("sqlite:///") :])
+    if str(path) in ("", ":memory:"):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if header != b"SQLite format 3\x00":
+            raise UserError(
+                f"storage {str(path)!r} is not an SQLite database (corrupt or another file):"
+                " move it aside or pass another --storage"
+            )
+
+
+def open_storage(url: str | None = None, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """Open the storage at ``url`` (default ``studies/autotransfer.db``).
+
+    RDB storages (SQLite, PostgreSQL, MySQL) get heartbeats and
+    ``RetryHeartbeatStaleTrialCallback``: a trial whose worker dies is marked FAIL and
+    re-queued with its original parameters. A path ending in ``.log``/``.jsonl`` opens a
+    journal file instead (no heartbeats). Any failure to open is a one-line ``UserError``.
+    """
+    location = storage_location(url)
+    if "://" not in location:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return JournalStorage(JournalFileBackend(location))
+        except Exception as err:  # noqa: BLE001 - any open failure is the user's storage
+            raise UserError(f"cannot open journal storage {location!r}: {_one_line(err)}") from err
+    if location.startswith("sqlite:///"):
+        _check_sqlite_file(location)
+    kwargs: dict = {}
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        kwargs = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            heartbeat_stale_trial_callback=retry,
+        )
+    engine_kwargs = {"connect_args": {"connect_timeout": 10}} if location.startswith("postgresql") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(location, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors vary
+        raise UserError(
+            f"cannot open storage {location!r}: {_one_line(err)} — check the URL, that the database"
+            " is reachable, and that the file is an Optuna storage"
+        ) from err
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__

@@ -1,0 +1,197 @@
+"""Creating, resuming and reading autotransfer studies (an Optuna study plus its provenance)."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import warnings
+from typing import Any, Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotransfer.errors import UserError
+from autotransfer.search.protocol import Protocol, ProtocolSpace
+from autotransfer.search.settings import StudySettings
+
+__all__ = [
+    "ATTR",
+    "CONTROL_ATTR",
+    "make_sampler",
+    "make_pruner",
+    "create_study",
+    "load_study",
+    "study_exists",
+    "read_settings",
+    "read_space",
+    "read_attr",
+    "check_compatible",
+    "search_trials",
+    "control_trials",
+    "best_transfer_trial",
+    "package_versions",
+    "FINISHED",
+]
+
+#: Study user-attribute keys: everything a worker needs is stored in the study.
+ATTR = {
+    "settings": "autotransfer.settings",
+    "profile": "autotransfer.profile",
+    "prior": "autotransfer.prior",
+    "space": "autotransfer.space",
+    "versions": "autotransfer.versions",
+    "final": "autotransfer.final",
+}
+#: Trial user attribute naming a control ("scratch" or "probe"); absent on search trials.
+CONTROL_ATTR = "control"
+#: Trial user attribute naming where an enqueued protocol came from ("prior", "recommended"...).
+SOURCE_ATTR = "source"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+_VERSIONED = ("autotransfer", "torch", "torchvision", "timm", "optuna", "pot", "scikit-learn", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a trial's result (recorded; checked by workers)."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def make_sampler(seed: int, *, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE, seeded; ``constant_liar`` keeps parallel workers apart."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            multivariate=True, seed=seed, n_startup_trials=n_startup_trials, constant_liar=True
+        )
+
+
+def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
+    """Successive halving with optimizer steps as the resource (``NopPruner`` with --no-prune).
+
+    DESIGN.md: with HyperbandPruner TPE only learns within a bracket and wants ~10 start-up
+    trials per bracket, so small budgets prefer SuccessiveHalvingPruner.
+    """
+    if not settings.prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=int(settings.eval_every or 1), reduction_factor=3, min_early_stopping_rate=0
+    )
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+
+
+def load_study(
+    name: str, storage: optuna.storages.BaseStorage, *, sampler=None, pruner=None
+) -> optuna.Study:
+    """Load an existing study, or raise a one-line ``UserError`` listing the known names."""
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    if name not in names:
+        known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "") if names else "none"
+        raise UserError(f"no study named {name!r} in this storage (known studies: {known})")
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    if ATTR["settings"] not in study.user_attrs:
+        raise UserError(f"study {name!r} was not made by autotransfer (it has no settings attribute)")
+    return study
+
+
+def create_study(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    settings: StudySettings,
+    *,
+    profile: dict[str, Any] | None,
+    prior: dict[str, Any] | None,
+    space: ProtocolSpace,
+    enqueue: Iterable[tuple[Protocol, dict[str, Any]]] = (),
+) -> optuna.Study:
+    """Create the study, store its provenance, and enqueue fixed protocols (once, at creation)."""
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=make_sampler(settings.seed),
+        pruner=make_pruner(settings),
+    )
+    study.set_user_attr(ATTR["settings"], settings.to_dict())
+    study.set_user_attr(ATTR["space"], space.to_dict())
+    study.set_user_attr(ATTR["versions"], package_versions())
+    if profile is not None:
+        study.set_user_attr(ATTR["profile"], json.loads(json.dumps(profile, default=_jsonable)))
+    if prior is not None:
+        study.set_user_attr(ATTR["prior"], json.loads(json.dumps(prior, default=_jsonable)))
+    for protocol, attrs in enqueue:
+        study.enqueue_trial(protocol.to_dict(), user_attrs=attrs)
+    return study
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)
+
+
+def read_attr(study: optuna.Study, key: str) -> Any:
+    return study.user_attrs.get(ATTR[key])
+
+
+def read_settings(study: optuna.Study) -> StudySettings:
+    return StudySettings.from_dict(study.user_attrs[ATTR["settings"]])
+
+
+def read_space(study: optuna.Study) -> ProtocolSpace:
+    return ProtocolSpace.from_dict(study.user_attrs[ATTR["space"]])
+
+
+_MUST_MATCH = ("target", "model", "n", "seed", "resolution", "batch_size", "optimizer", "augment", "views")
+
+
+def check_compatible(study: optuna.Study, settings: StudySettings) -> None:
+    """Refuse to resume a study with other data or another model: one line saying what differs."""
+    stored = read_settings(study)
+    if settings.fingerprint and stored.fingerprint and settings.fingerprint != stored.fingerprint:
+        raise UserError(
+            f"study {study.study_name!r} was made on other data (dataset fingerprint"
+            f" {stored.fingerprint[:12]} != {settings.fingerprint[:12]} for {settings.target!r}):"
+            " use another --study name, or the same data"
+        )
+    for key in _MUST_MATCH:
+        a, b = getattr(stored, key), getattr(settings, key)
+        if a != b:
+            raise UserError(
+                f"study {study.study_name!r} was made with {key}={a!r}, but this run asks for"
+                f" {key}={b!r}: use another --study name, or the same settings"
+            )
+
+
+def _is_control(trial: FrozenTrial) -> bool:
+    return CONTROL_ATTR in trial.user_attrs
+
+
+def search_trials(study: optuna.Study, states: tuple[TrialState, ...] = FINISHED) -> list[FrozenTrial]:
+    """Finished search trials (COMPLETE or PRUNED), controls excluded: what ``--trials`` counts."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not _is_control(t)]
+
+
+def control_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed control trials (from scratch, linear probe)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _is_control(t)]
+
+
+def best_transfer_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial that transfers (from-scratch controls excluded)."""
+    candidates = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get(CONTROL_ATTR) != "scratch" and t.value is not None
+    ]
+    return max(candidates, key=lambda t: (t.value, -t.number), default=None)

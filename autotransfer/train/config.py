@@ -1,0 +1,180 @@
+"""``TrainConfig``: every setting of one fine-tuning trial, as plain JSON-serialisable values."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from autotransfer.errors import UserError
+
+__all__ = ["TrainConfig", "resolve_device"]
+
+_OPTIMIZERS = ("sgd", "adamw")
+_BN_MODES = ("adapt", "frozen")
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """One trial's protocol and run settings (``asdict`` gives plain JSON values).
+
+    Attributes:
+        lr: base learning rate of the backbone's last trainable group (ELR = lr / (1 - momentum)).
+        momentum: SGD momentum (nesterov off); for AdamW it is beta1.
+        head_lr_mult: the new head's lr is ``lr * head_lr_mult``.
+        freeze: ``f`` in [0, G]: groups 0..f-1 get no gradient and run in eval mode.
+        reinit: ``r`` in [0, G - f]: the last r depth groups are re-initialised.
+        layer_decay: layer-wise lr decay (1 = none); group ``g`` gets ``lr * decay**(G-1-g)``.
+        weight_decay: L2 / decoupled weight decay.
+        bn_mode: ``adapt`` (trainable groups' BN in train mode) or ``frozen`` (eval mode).
+        l2sp: L2-SP strength alpha (0 = off): ``alpha/2 * ||w - w0||^2`` on the pretrained,
+            trainable, non-re-initialised backbone weights (Li et al. 2018).
+        optimizer: ``sgd`` or ``adamw``.
+        batch_size: images per optimizer step.
+        resolution: input size in pixels (the data side must produce this size).
+        steps: the budget, in optimizer steps.
+        eval_every: validate every this many steps (and always at the end).
+        warmup_frac: fraction of ``steps`` spent in a linear lr warmup before the cosine decay.
+        views: ``V``, the size of the augmentation bank for cached frozen prefixes.
+        augment: random-resized-crop + flip (False: the plain resized image).
+        seed: seeds re-initialisation, batch sampling, augmentation and the view bank.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        channels_last: memory format; ``None`` = auto (on; faster on CPU and GPU here).
+        amp: mixed precision; ``None`` = auto (bf16 autocast on CUDA only).
+        cache_prefix: cache the frozen prefix's outputs when ``freeze > 0``.
+    """
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    head_lr_mult: float = 10.0
+    freeze: int = 0
+    reinit: int = 0
+    layer_decay: float = 1.0
+    weight_decay: float = 0.0
+    bn_mode: str = "adapt"
+    l2sp: float = 0.0
+    optimizer: str = "sgd"
+    batch_size: int = 32
+    resolution: int = 64
+    steps: int = 100
+    eval_every: int = 50
+    warmup_frac: float = 0.0
+    views: int = 8
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool | None = None
+    amp: bool | None = None
+    cache_prefix: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, num_groups: int | None = None) -> "TrainConfig":
+        """Check every value; with ``num_groups`` (G) also check ``freeze`` and ``reinit``.
+
+        Raises:
+            UserError: naming the first bad value.
+        """
+        _positive("lr", self.lr)
+        _in_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _positive("head_lr_mult", self.head_lr_mult)
+        _in_range("layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
+        _in_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        _in_range("l2sp", self.l2sp, 0.0, math.inf)
+        _in_range("warmup_frac", self.warmup_frac, 0.0, 1.0, high_open=True)
+        _choice("bn_mode", self.bn_mode, _BN_MODES)
+        _choice("optimizer", self.optimizer, _OPTIMIZERS)
+        _choice("device", self.device, _DEVICES)
+        for name in ("batch_size", "resolution", "steps", "eval_every", "views"):
+            _int_at_least(name, getattr(self, name), 1)
+        for name in ("freeze", "reinit", "seed"):
+            _int_at_least(name, getattr(self, name), 0)
+        for name in ("augment", "cache_prefix"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"TrainConfig.{name} must be true or false, but got {getattr(self, name)!r}")
+        for name in ("channels_last", "amp"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise UserError(
+                    f"TrainConfig.{name} must be true, false or null (auto), but got {value!r}"
+                )
+        if num_groups is not None:
+            if self.freeze > num_groups:
+                raise UserError(
+                    f"TrainConfig.freeze must be in [0, {num_groups}] (the model has {num_groups} "
+                    f"depth groups), but got {self.freeze!r}"
+                )
+            if self.reinit > num_groups - self.freeze:
+                raise UserError(
+                    f"TrainConfig.reinit must be in [0, G - freeze] = [0, {num_groups - self.freeze}], "
+                    f"but got {self.reinit!r}"
+                )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (``dataclasses.asdict``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """The inverse of ``to_dict``; unknown keys are a ``UserError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"unknown TrainConfig field(s) {unknown!r}; known fields are {sorted(known)!r}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+    @property
+    def elr(self) -> float:
+        """Effective learning rate ``lr / (1 - momentum)`` (Li et al., ICLR 2020)."""
+        return self.lr / (1.0 - self.momentum)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ``UserError``."""
+    _choice("device", device, _DEVICES)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(device)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"TrainConfig.{name} must be a finite number, but got {value!r}")
+    return float(value)
+
+
+def _positive(name: str, value: Any) -> None:
+    if _number(name, value) <= 0:
+        raise UserError(f"TrainConfig.{name} must be > 0, but got {value!r}")
+
+
+def _in_range(
+    name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    v = _number(name, value)
+    bad = v < low or v > high or (low_open and v == low) or (high_open and v == high)
+    if bad:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise UserError(f"TrainConfig.{name} must be in {lo}{low}, {high}{hi}, but got {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"TrainConfig.{name} must be one of {list(choices)!r}, but got {value!r}")
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"TrainConfig.{name} must be an integer >= {low}, but got {value!r}")

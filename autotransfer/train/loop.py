@@ -1,0 +1,407 @@
+"""The trial loop: fine-tune a ``Backbone`` under one ``TrainConfig``, validating as it goes."""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from autotransfer.backbones import freeze as freeze_groups
+from autotransfer.backbones import param_groups, reinit, run_groups, train_mode
+from autotransfer.errors import UserError
+from autotransfer.train.config import TrainConfig, resolve_device
+from autotransfer.train.metrics import check_metric, evaluate, predict_logits, score
+from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
+
+__all__ = ["DivergedError", "TrainResult", "train_protocol", "lr_lambda"]
+
+#: On CUDA the loss is checked for NaN/inf every this many steps (a host sync); on CPU every step.
+CUDA_CHECK_EVERY = 16
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite at ``step`` (1-based); the trial has failed."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        self.step = int(step)
+        self.loss = float(loss)
+        super().__init__(f"training diverged: loss became {self.loss} at step {self.step}; lower the learning rate")
+
+    def __reduce__(self):
+        return (DivergedError, (self.step, self.loss))
+
+
+@dataclass
+class TrainResult:
+    """What one trial produced.
+
+    Attributes:
+        backbone: the trained ``Backbone`` (``.model`` holds the weights).
+        config: the ``TrainConfig`` it ran.
+        metric: ``accuracy`` or ``balanced_accuracy``.
+        steps_done: optimizer steps taken (``< config.steps`` when stopped early).
+        stopped_early: True when ``report`` asked to stop (the search layer prunes the trial).
+        history: ``[(step, validation score)]`` in step order.
+        train_loss: ``[(step, mean training loss since the previous validation)]``.
+        final_score / best_score / best_step: last and best validation score (``None`` without val).
+        wall_time_s: the whole call, cache building and validation included.
+        images_per_s: training images processed per second of ``wall_time_s``.
+        peak_memory_bytes: ``torch.cuda.max_memory_allocated`` on GPU; the process RSS
+            high-water mark (``getrusage``) on CPU.
+        cached: whether the frozen prefix was served from a ``PrefixCache``; ``cache_hit``:
+            whether the entry already existed; ``cache_build_s``: time spent building it here.
+        notes: human-readable notes (cache skipped, dtype fallbacks...).
+    """
+
+    backbone: object
+    config: TrainConfig
+    metric: str
+    steps_done: int
+    stopped_early: bool
+    history: list[tuple[int, float]]
+    train_loss: list[tuple[int, float]]
+    final_score: float | None
+    best_score: float | None
+    best_step: int | None
+    wall_time_s: float
+    images_per_s: float
+    peak_memory_bytes: int
+    device: str
+    amp: bool
+    channels_last: bool
+    cached: bool
+    cache_hit: bool
+    cache_build_s: float
+    eval_time_s: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The trained model (``backbone.model``)."""
+        return self.backbone.model
+
+    def attrs(self) -> dict:
+        """Plain JSON values for trial attributes (everything but the model)."""
+        return {
+            "config": asdict(self.config),
+            "metric": self.metric,
+            "steps_done": self.steps_done,
+            "stopped_early": self.stopped_early,
+            "history": [list(h) for h in self.history],
+            "train_loss": [list(h) for h in self.train_loss],
+            "final_score": self.final_score,
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "wall_time_s": self.wall_time_s,
+            "images_per_s": self.images_per_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "device": self.device,
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "cached": self.cached,
+            "cache_hit": self.cache_hit,
+            "cache_build_s": self.cache_build_s,
+            "eval_time_s": self.eval_time_s,
+            "notes": list(self.notes),
+        }
+
+
+def lr_lambda(steps: int, warmup_frac: float) -> Callable[[int], float]:
+    """The lr multiplier at scheduler step ``t`` (0-based): linear warmup over
+    ``round(warmup_frac * steps)`` steps, then cosine decay from 1 to 0 at ``steps``."""
+    warmup = int(round(warmup_frac * steps))
+
+    def factor(t: int) -> float:
+        if warmup and t < warmup:
+            return (t + 1) / warmup
+        span = max(1, steps - warmup)
+        progress = min(1.0, (t - warmup) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def train_protocol(
+    backbone,
+    train,
+    val,
+    config: TrainConfig,
+    *,
+    metric: str = "accuracy",
+    report: Callable[[int, float], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cache: PrefixCache | None = None,
+) -> TrainResult:
+    """Fine-tune ``backbone`` on ``train`` for ``config.steps`` optimizer steps; validate on ``val``.
+
+    Order: freeze groups ``0..f-1`` -> re-initialise the last ``r`` groups -> optimizer (SGD with
+    momentum, nesterov off, or AdamW) over ``param_groups`` with linear warmup + cosine decay
+    over ``steps`` -> train with groups in ``train_mode(f, bn_mode)`` -> validate every
+    ``eval_every`` steps and at the end. When ``f > 0`` and the backbone chains, the frozen
+    prefix's outputs come from ``cache`` (see ``prefix_cache``; a private one when ``None``).
+
+    Args:
+        backbone: a fresh ``Backbone`` (its model is modified in place and returned).
+        train: training ``DeviceBatches`` (uint8 images on the run's device).
+        val: validation ``DeviceBatches``, or ``None`` to skip validation.
+        config: the protocol and run settings; ``freeze``/``reinit`` are checked against ``G``.
+        metric: ``accuracy`` or ``balanced_accuracy``.
+        report: called as ``report(step, score)`` after each validation; returning True stops
+            training (``stopped_early``); the search layer turns that into a pruned trial.
+        progress: called as ``progress(step, steps)`` after every optimizer step.
+        cache: a ``PrefixCache`` kept alive across trials to reuse frozen-prefix features.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite (``.step``, ``.loss``).
+        UserError: a config value does not fit this backbone or device.
+    """
+    start = time.perf_counter()
+    config.validate(backbone.num_groups)
+    check_metric(metric)
+    device = resolve_device(config.device)
+    data_device = train.images.device
+    if data_device.type != device.type:
+        raise UserError(
+            f"the training data is on {str(data_device)!r} but TrainConfig.device resolves to "
+            f"{str(device)!r}; build DeviceBatches with device={str(device)!r}"
+        )
+    device = data_device
+    amp = (device.type == "cuda") if config.amp is None else config.amp
+    channels_last = True if config.channels_last is None else config.channels_last
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    notes: list[str] = []
+    f, r, G = config.freeze, config.reinit, backbone.num_groups
+
+    model = backbone.model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    freeze_groups(backbone, f)
+    if r:
+        reinit(backbone, r, seed=config.seed)
+
+    # L2-SP (Li et al. 2018): alpha/2 ||w - w0||^2 on pretrained, trainable, kept backbone weights;
+    # as in the paper it replaces weight decay on those weights (decay stays on head and reinit).
+    sp_params = _l2sp_params(backbone, f, r) if config.l2sp > 0 else []
+    sp_start = [p.detach().clone() for p in sp_params]
+    groups = param_groups(
+        backbone,
+        f,
+        lr=config.lr,
+        head_lr_mult=config.head_lr_mult,
+        layer_decay=config.layer_decay,
+        weight_decay=config.weight_decay,
+    )
+    if sp_params:
+        groups = _without_decay(groups, sp_params)
+    optimizer = _optimizer(groups, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.steps, config.warmup_frac))
+
+    entry: CachedPrefix | None = None
+    cache_hit = False
+    cache_build_s = 0.0
+    if f > 0 and config.cache_prefix:
+        if not backbone.chain:
+            notes.append(f"frozen-prefix cache off: {backbone.spec!r} does not chain its groups")
+        else:
+            cache = cache if cache is not None else PrefixCache()
+            t0 = time.perf_counter()
+            hits_before = cache.hits
+            entry, note = cache.get(
+                backbone, f, train, val, views=config.views, seed=config.seed, augment=config.augment,
+                amp=amp, channels_last=channels_last,
+            )
+            cache_hit = cache.hits > hits_before
+            cache_build_s = 0.0 if cache_hit else time.perf_counter() - t0
+            if note:
+                notes.append(note)
+            if entry is not None:
+                notes.extend(n for n in entry.notes if n not in notes)
+
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    compute_dtype = torch.float32
+
+    def forward_cached(x: torch.Tensor) -> torch.Tensor:
+        if channels_last and x.dim() == 4 and not entry.pooled:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if f < G:
+            x = run_groups(backbone, x, f, G)
+        return backbone.forward_head(x)
+
+    def validate() -> float:
+        if entry is not None and entry.val is not None:
+            model.eval()
+            logits, labels = predict_logits(
+                forward_cached, entry.val_batches(256, compute_dtype), amp=amp, channels_last=False
+            )
+            return score(labels, logits.argmax(1), metric)
+        return evaluate(backbone, val, metric, amp=amp, channels_last=channels_last)
+
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    sampler = _EpochSampler(len(train.labels), gen, device)
+    labels = train.labels.to(device=device, dtype=torch.long)
+    history: list[tuple[int, float]] = []
+    losses: list[tuple[int, float]] = []
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bad_loss = torch.zeros((), device=device)
+    check_every = CUDA_CHECK_EVERY if device.type == "cuda" else 1
+    eval_time = 0.0
+    stopped = False
+    step = 0
+
+    train_mode(backbone, f, config.bn_mode)
+    for step in range(1, config.steps + 1):
+        idx = sampler.next(config.batch_size)
+        if entry is not None:
+            view_idx = torch.randint(entry.views, (len(idx),), generator=gen, device=device)
+            x = entry.batch(idx, view_idx, compute_dtype)
+            y = entry.train_labels[idx]
+            forward = forward_cached
+        else:
+            x = train.augment(idx, gen) if config.augment else train.plain(idx)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels[idx]
+            forward = model
+        with autocast():
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if sp_params:
+            _add_l2sp_grad(sp_params, sp_start, config.l2sp)
+        optimizer.step()
+        scheduler.step()
+
+        detached = loss.detach()
+        finite = torch.isfinite(detached)
+        first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, step), first_bad)
+        bad_loss = torch.where(finite, bad_loss, detached)
+        loss_sum += torch.where(finite, detached, torch.zeros_like(detached))
+        loss_count += 1
+        is_eval = val is not None and (step % config.eval_every == 0 or step == config.steps)
+        if step % check_every == 0 or is_eval or step == config.steps:
+            if int(first_bad) >= 0:
+                raise DivergedError(int(first_bad), float(bad_loss))
+        if progress is not None:
+            progress(step, config.steps)
+        if is_eval:
+            losses.append((step, float(loss_sum) / max(1, loss_count)))
+            loss_sum.zero_()
+            loss_count = 0
+            t0 = time.perf_counter()
+            value = validate()
+            eval_time += time.perf_counter() - t0
+            history.append((step, value))
+            train_mode(backbone, f, config.bn_mode)
+            if report is not None and report(step, value):
+                stopped = step < config.steps
+                break
+    if loss_count:
+        losses.append((step, float(loss_sum) / loss_count))
+
+    model.eval()
+    wall = time.perf_counter() - start
+    best = max(history, key=lambda h: h[1]) if history else None
+    return TrainResult(
+        backbone=backbone,
+        config=config,
+        metric=metric,
+        steps_done=step,
+        stopped_early=stopped,
+        history=history,
+        train_loss=losses,
+        final_score=history[-1][1] if history else None,
+        best_score=best[1] if best else None,
+        best_step=best[0] if best else None,
+        wall_time_s=wall,
+        images_per_s=step * config.batch_size / wall if wall > 0 else float("nan"),
+        peak_memory_bytes=_peak_memory(device),
+        device=str(device),
+        amp=amp,
+        channels_last=channels_last,
+        cached=entry is not None,
+        cache_hit=cache_hit,
+        cache_build_s=cache_build_s,
+        eval_time_s=eval_time,
+        notes=notes,
+    )
+
+
+class _EpochSampler:
+    """Batches of indices walking through a fresh random permutation per epoch (every image
+    once per epoch), with state local to one trial so equal seeds give equal batches."""
+
+    def __init__(self, n: int, generator: torch.Generator, device: torch.device) -> None:
+        self.n, self.generator, self.device = n, generator, device
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        parts, need = [], batch_size
+        while need > 0:
+            if self.perm is None or self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.generator, device=self.device)
+                self.pos = 0
+            take = min(need, self.n - self.pos)
+            parts.append(self.perm[self.pos : self.pos + take])
+            self.pos += take
+            need -= take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999),
+                             weight_decay=config.weight_decay)
+
+
+def _l2sp_params(backbone, f: int, r: int) -> list[torch.nn.Parameter]:
+    """Trainable backbone parameters that keep their pretrained values (groups ``f..G-r-1``)."""
+    named = dict(backbone.model.named_parameters())
+    out = []
+    for group in backbone.groups[f : backbone.num_groups - r]:
+        out.extend(named[name] for name in group.params if named[name].requires_grad)
+    return out
+
+
+def _without_decay(groups: list[dict], sp_params: list[torch.nn.Parameter]) -> list[dict]:
+    """Split optimizer groups so that L2-SP parameters get ``weight_decay = 0``."""
+    sp_ids = {id(p) for p in sp_params}
+    out = []
+    for group in groups:
+        params = list(group["params"])
+        sp = [p for p in params if id(p) in sp_ids]
+        rest = [p for p in params if id(p) not in sp_ids]
+        if rest:
+            out.append({**group, "params": rest})
+        if sp:
+            out.append({**group, "params": sp, "weight_decay": 0.0})
+    return out
+
+
+def _add_l2sp_grad(params: list[torch.nn.Parameter], start: list[torch.Tensor], alpha: float) -> None:
+    """``grad += alpha * (w - w0)``: the gradient of ``alpha/2 ||w - w0||^2``."""
+    with_grad = [(p, w0) for p, w0 in zip(params, start)]
+    for p, _ in with_grad:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    ps = [p.detach() for p, _ in with_grad]
+    grads = [p.grad for p, _ in with_grad]
+    diffs = torch._foreach_sub(ps, [w0 for _, w0 in with_grad])
+    torch._foreach_add_(grads, diffs, alpha=alpha)
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,0 +1,100 @@
+"""Validation metrics (accuracy, balanced accuracy) and ``evaluate`` over device-resident batches."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from autotransfer.errors import UserError
+
+__all__ = ["METRICS", "score", "check_metric", "evaluate", "predict_logits"]
+
+METRICS = ("accuracy", "balanced_accuracy")
+
+
+def check_metric(metric: str) -> str:
+    """Return ``metric`` if known, else raise ``UserError`` naming it."""
+    if metric not in METRICS:
+        raise UserError(f"metric must be one of {list(METRICS)!r}, but got {metric!r}")
+    return metric
+
+
+def score(y_true: np.ndarray | torch.Tensor, y_pred: np.ndarray | torch.Tensor, metric: str) -> float:
+    """``metric`` of predictions ``y_pred`` ``(N,)`` against labels ``y_true`` ``(N,)``.
+
+    Balanced accuracy is the mean per-class recall over the classes present in ``y_true``
+    (scikit-learn's definition, without chance adjustment).
+    """
+    check_metric(metric)
+    y_true = _numpy(y_true)
+    y_pred = _numpy(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must both be (N,), but got {y_true.shape} and {y_pred.shape}")
+    if len(y_true) == 0:
+        raise ValueError("cannot score an empty set of predictions")
+    if metric == "accuracy":
+        return float(accuracy_score(y_true, y_pred))
+    return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def predict_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``forward`` over ``(x, y)`` batches without gradients: ``(logits (N, K) float32, labels (N,))``."""
+    logits, labels = [], []
+    with torch.no_grad():
+        for x, y in batches:
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else nullcontext()
+            with ctx:
+                out = forward(x)
+            logits.append(out.float())
+            labels.append(y)
+    if not logits:
+        raise ValueError("no batches to evaluate")
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(
+    backbone,
+    batches,
+    metric: str = "accuracy",
+    *,
+    batch_size: int = 256,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+) -> float:
+    """Score ``backbone.model`` (eval mode, no grad) on every image of ``batches`` (a ``DeviceBatches``).
+
+    Args:
+        backbone: a ``Backbone``; its model is put in eval mode.
+        batches: ``DeviceBatches`` whose ``eval_batches(batch_size)`` yields plain normalised
+            ``(B, 3, S, S)`` float images with ``(B,)`` labels.
+        metric: ``accuracy`` or ``balanced_accuracy``.
+        amp: bf16 autocast; ``None`` = on for CUDA inputs only.
+        channels_last: ``None`` = on.
+    """
+    check_metric(metric)
+    model = backbone.model
+    model.eval()
+    device = next(model.parameters()).device
+    amp = (device.type == "cuda") if amp is None else amp
+    channels_last = True if channels_last is None else channels_last
+    logits, labels = predict_logits(
+        model, batches.eval_batches(batch_size), amp=amp, channels_last=channels_last
+    )
+    return score(labels, logits.argmax(1), metric)
+
+
+def _numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)

@@ -1,0 +1,385 @@
+"""Frozen-prefix feature caching: run the frozen depth groups once, train the rest on their outputs.
+
+With freeze depth ``f > 0`` the groups ``0..f-1`` get no gradient and run in eval mode
+(frozen BN statistics, no dropout), so their output is a fixed function of the input image.
+For a backbone whose groups chain (``Backbone.chain``) we run that prefix **once** per
+(frozen weights, f, dataset, augmentation view) and keep the outputs; each training step then
+runs only groups ``f..G-1`` and the head on the stored tensors. At ``f = G`` training is a
+linear probe on stored final features; when the head starts with global average pooling
+(checked numerically, not assumed) the final maps are stored already pooled, ``(C, 1, 1)``
+per image, which makes the probe cheap in time and memory.
+
+**Augmentation equivalence (a finite view bank).** On-the-fly augmentation draws a fresh
+random-resized-crop + flip of every image at every step, which a cache cannot store. We
+instead build a fixed bank of ``V`` augmented views per image: view ``v`` of the whole training
+set is ``DeviceBatches.augment`` over the images in index order, in chunks, with a generator
+seeded by ``(seed, v)``; the prefix outputs of all ``V`` views are stored, shape
+``(V, N, *feature_shape)``. At each step every image in the batch is paired with one of its
+``V`` views drawn uniformly at random. Each image's augmentation distribution is thus the
+empirical distribution of ``V`` independent draws from the on-the-fly distribution: a
+finite-bank approximation that becomes exact as ``V`` grows. With the default ``V = 8`` and
+budgets of a few hundred steps most views are seen only a few times per image, and the
+benchmark (``benchmarks/bench_trial_loop.py``) checks that final accuracy does not drop
+against an uncached on-the-fly reference. Without augmentation ``V = 1`` (the plain view).
+Validation features are cached too (plain view, ``(M, *feature_shape)``).
+
+The cache is a small ``PrefixCache`` object that the search layer keeps alive between trials:
+entries are keyed by (a digest of the frozen prefix's weights and buffers, f, V, seed,
+augment, resolution, train data identity, val data identity, storage dtype), so trials with the
+same ``f`` reuse one entry, and a different model or dataset can never hit a stale one. It is
+LRU with a byte cap; an entry that alone would exceed the cap is not built and the trial runs
+uncached (``PrefixCache.get`` returns ``None`` and a note saying why).
+
+Storage is float16 by default (bfloat16 if float16 would overflow), converted back to the
+compute dtype per batch; pass ``dtype=torch.float32`` for bit-faithful features.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import weakref
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from autotransfer.backbones import run_groups
+
+__all__ = ["PrefixCache", "CachedPrefix", "prefix_digest", "data_identity", "view_seed"]
+
+_POOL_RTOL = 1e-4
+
+
+def view_seed(seed: int, view: int) -> int:
+    """The generator seed of augmentation view ``view`` for a run seeded by ``seed``."""
+    digest = hashlib.blake2b(f"autotransfer-view:{seed}:{view}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class CachedPrefix:
+    """Stored prefix outputs for one (weights, f, data, views) key.
+
+    Attributes:
+        freeze: ``f``, the number of groups run to produce the features.
+        train: ``(V, N, *shape)`` features of ``V`` augmented views of the ``N`` training images.
+        train_labels: ``(N,)`` int64 labels on the same device.
+        val: ``(M, *shape)`` features of the plain validation images, or ``None``.
+        val_labels: ``(M,)`` labels, or ``None``.
+        pooled: True when ``shape`` is ``(C, 1, 1)``: globally average-pooled final maps.
+        build_time_s: seconds spent computing the features.
+        hits: how many trials have used it after the one that built it.
+    """
+
+    key: tuple
+    freeze: int
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    val: torch.Tensor | None
+    val_labels: torch.Tensor | None
+    pooled: bool
+    build_time_s: float
+    hits: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def views(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def num_train(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        total = self.train.numel() * self.train.element_size()
+        if self.val is not None:
+            total += self.val.numel() * self.val.element_size()
+        return total
+
+    def batch(self, idx: torch.Tensor, view_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Features of images ``idx`` ``(B,)`` at views ``view_idx`` ``(B,)``: ``(B, *shape)`` in ``dtype``."""
+        return self.train[view_idx, idx].to(dtype)
+
+    def val_batches(self, batch_size: int, dtype: torch.dtype) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(features (B, *shape), labels (B,))`` over the whole validation set, in order."""
+        if self.val is None or self.val_labels is None:
+            raise ValueError("this cache entry has no validation features")
+        for start in range(0, self.val.shape[0], batch_size):
+            yield self.val[start : start + batch_size].to(dtype), self.val_labels[start : start + batch_size]
+
+
+class PrefixCache:
+    """An LRU of ``CachedPrefix`` entries under a byte cap, kept alive across trials.
+
+    Args:
+        max_bytes: cap on the summed size of all entries; ``None`` = auto (on CUDA 30% of the
+            GPU's memory, on CPU a quarter of physical RAM, at most 4 GiB).
+        dtype: storage dtype; ``None`` = float16 (bfloat16 where float16 overflows).
+        chunk_size: images per forward pass while building.
+    """
+
+    def __init__(self, max_bytes: int | None = None, dtype: torch.dtype | None = None, chunk_size: int = 128):
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0, but got {max_bytes!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, but got {chunk_size!r}")
+        self.max_bytes = max_bytes
+        self.dtype = dtype
+        self.chunk_size = chunk_size
+        self._entries: OrderedDict[tuple, CachedPrefix] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all entries."""
+        return sum(e.nbytes for e in self._entries.values())
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+
+    def cap_bytes(self, device: torch.device) -> int:
+        """The byte cap in force for entries on ``device``."""
+        if self.max_bytes is not None:
+            return self.max_bytes
+        if device.type == "cuda":
+            return int(0.3 * torch.cuda.get_device_properties(device).total_memory)
+        try:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            ram = 8 << 30
+        return int(min(ram // 4, 4 << 30))
+
+    def get(
+        self,
+        backbone,
+        freeze: int,
+        train,
+        val=None,
+        *,
+        views: int,
+        seed: int,
+        augment: bool,
+        amp: bool = False,
+        channels_last: bool = False,
+    ) -> tuple[CachedPrefix | None, str | None]:
+        """The entry for this key, built if missing: ``(entry, None)``, or ``(None, note)`` when
+        it would not fit under the cap (the caller then trains uncached).
+
+        Args:
+            backbone: a chaining ``Backbone`` (``backbone.chain``) whose groups ``0..freeze-1``
+                are frozen.
+            freeze: ``f`` in ``[1, G]``.
+            train: training ``DeviceBatches``; ``val``: validation ``DeviceBatches`` or ``None``.
+            views: ``V`` (forced to 1 when ``augment`` is False).
+            seed: seeds the view bank (view ``v`` uses ``view_seed(seed, v)``).
+        """
+        if not getattr(backbone, "chain", False):
+            raise ValueError(f"backbone {backbone.spec!r} does not chain its groups; it cannot be cached")
+        if not 1 <= freeze <= backbone.num_groups:
+            raise ValueError(f"freeze must be in [1, {backbone.num_groups}], but got {freeze!r}")
+        views = views if augment else 1
+        device = train.images.device
+        dtype = self.dtype or torch.float16
+        key = (
+            backbone.spec,
+            prefix_digest(backbone, freeze),
+            freeze,
+            views,
+            seed if augment else None,
+            augment,
+            _resolution(train),
+            data_identity(train),
+            None if val is None else data_identity(val),
+            str(dtype),
+            str(device),
+        )
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            entry.hits += 1
+            self.hits += 1
+            return entry, None
+        self.misses += 1
+
+        model = backbone.model
+        was_training = model.training
+        model.eval()
+        try:
+            probe = train.plain(torch.arange(min(2, len(train.labels)), device=device))
+            pooled = freeze == backbone.num_groups and _head_pools(backbone, probe, freeze)
+            with torch.no_grad():
+                shape = tuple(self._prefix(backbone, probe, freeze, pooled, amp, channels_last).shape[1:])
+            per_image = _numel(shape) * torch.empty((), dtype=dtype).element_size()
+            need = per_image * (views * len(train.labels) + (0 if val is None else len(val.labels)))
+            cap = self.cap_bytes(device)
+            if need > cap:
+                return None, (
+                    f"frozen-prefix cache skipped: f={freeze}, {views} view(s) of {len(train.labels)} "
+                    f"images need {need / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB cap; trained uncached"
+                )
+            while self._entries and self.nbytes + need > cap:
+                self._entries.popitem(last=False)
+            entry = self._build(key, backbone, freeze, train, val, views, seed, augment, pooled, shape,
+                                dtype, amp, channels_last)
+        finally:
+            model.train(was_training)
+        self._entries[key] = entry
+        return entry, None
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _prefix(self, backbone, x, freeze, pooled, amp, channels_last) -> torch.Tensor:
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else nullcontext()
+        with ctx:
+            out = run_groups(backbone, x, 0, freeze)
+        if pooled:
+            out = out.float().mean(dim=(2, 3), keepdim=True)
+        return out
+
+    def _build(self, key, backbone, freeze, train, val, views, seed, augment, pooled, shape, dtype,
+               amp, channels_last) -> CachedPrefix:
+        start = time.perf_counter()
+        device = train.images.device
+        n = len(train.labels)
+        notes: list[str] = []
+
+        def fill(store: torch.Tensor, make_batch, count: int) -> bool:
+            for lo in range(0, count, self.chunk_size):
+                idx = torch.arange(lo, min(lo + self.chunk_size, count), device=device)
+                out = self._prefix(backbone, make_batch(idx), freeze, pooled, amp, channels_last)
+                cast = out.to(store.dtype)
+                if store.dtype == torch.float16 and not bool(torch.isfinite(cast).all()):
+                    return False
+                store[lo : lo + len(idx)] = cast
+            return True
+
+        for attempt_dtype in (dtype, torch.bfloat16):
+            ok = True
+            feats = torch.empty((views, n, *shape), dtype=attempt_dtype, device=device)
+            val_feats = None if val is None else torch.empty((len(val.labels), *shape), dtype=attempt_dtype,
+                                                             device=device)
+            with torch.no_grad():
+                for v in range(views):
+                    if augment:
+                        gen = torch.Generator(device=device).manual_seed(view_seed(seed, v))
+                        ok = fill(feats[v], lambda idx, g=gen: train.augment(idx, g), n)
+                    else:
+                        ok = fill(feats[v], train.plain, n)
+                    if not ok:
+                        break
+                if ok and val is not None:
+                    ok = fill(val_feats, val.plain, len(val.labels))
+            if ok:
+                break
+            notes.append(f"float16 overflowed in the f={freeze} prefix outputs; stored as bfloat16")
+        return CachedPrefix(
+            key=key,
+            freeze=freeze,
+            train=feats,
+            train_labels=train.labels.to(device=device, dtype=torch.long),
+            val=val_feats,
+            val_labels=None if val is None else val.labels.to(device=device, dtype=torch.long),
+            pooled=pooled,
+            build_time_s=time.perf_counter() - start,
+            notes=notes,
+        )
+
+
+def _head_pools(backbone, probe: torch.Tensor, freeze: int) -> bool:
+    """True when ``forward_head`` gives the same logits on the final maps and on their global
+    average (``(B, C, 1, 1)``), checked with a temporarily randomised head (the real head is
+    zero-initialised, which would make any check pass)."""
+    with torch.no_grad():
+        maps = run_groups(backbone, probe.float(), 0, freeze)
+        if maps.dim() != 4:
+            return False
+        head = backbone.model.get_submodule(backbone.head_name)
+        saved = {k: v.clone() for k, v in head.state_dict().items()}
+        gen = torch.Generator(device="cpu").manual_seed(1234)
+        try:
+            for p in head.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen).to(p))
+            full = backbone.forward_head(maps).float()
+            pooled = backbone.forward_head(maps.mean(dim=(2, 3), keepdim=True)).float()
+        except Exception:
+            return False
+        finally:
+            head.load_state_dict(saved)
+        if full.shape != pooled.shape:
+            return False
+        scale = full.abs().max().clamp_min(1e-6)
+        return bool(((full - pooled).abs().max() / scale) < _POOL_RTOL)
+
+
+def prefix_digest(backbone, freeze: int) -> str:
+    """A digest of the parameters and buffers of depth groups ``0..freeze-1``."""
+    digest = hashlib.blake2b(digest_size=16)
+    model = backbone.model
+    for group in backbone.groups[:freeze]:
+        for name in group.modules:
+            module = model.get_submodule(name) if name else model
+            for key, value in module.state_dict().items():
+                digest.update(f"{name}.{key}:{tuple(value.shape)}:{value.dtype}".encode())
+                digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                              if value.numel() else b"")
+    return digest.hexdigest()
+
+
+_IDENTITIES: dict[int, str] = {}
+
+
+def data_identity(batches) -> str:
+    """A content key for a ``DeviceBatches``: its own ``fingerprint`` when it has one, else a
+    digest of its uint8 images, labels and augmentation settings (memoised per object)."""
+    own = getattr(batches, "fingerprint", None)
+    settings = _settings(batches)
+    if isinstance(own, str) and own:
+        return own + "|" + settings
+    cached = _IDENTITIES.get(id(batches))
+    if cached is not None:
+        return cached
+    digest = hashlib.blake2b(digest_size=16)
+    images = batches.images.detach().cpu().contiguous()
+    digest.update(str(tuple(images.shape)).encode())
+    digest.update(images.view(torch.uint8).numpy().tobytes())
+    digest.update(batches.labels.detach().cpu().to(torch.int64).numpy().tobytes())
+    digest.update(settings.encode())
+    ident = digest.hexdigest()
+    _IDENTITIES[id(batches)] = ident
+    try:
+        weakref.finalize(batches, _IDENTITIES.pop, id(batches), None)
+    except TypeError:  # not weak-referenceable: do not memoise (ids may be reused)
+        _IDENTITIES.pop(id(batches), None)
+    return ident
+
+
+def _settings(batches) -> str:
+    parts: list[Any] = []
+    for name in ("out_size", "mean", "std", "_mul", "_add", "flip", "scale", "ratio", "interpolation"):
+        value = getattr(batches, name, None)
+        if isinstance(value, torch.Tensor):
+            value = tuple(round(float(v), 6) for v in value.flatten().tolist())
+        parts.append(f"{name}={value!r}")
+    return ";".join(parts)
+
+
+def _resolution(batches) -> int | None:
+    return getattr(batches, "out_size", None)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
