@@ -51,12 +51,13 @@ class BuiltinInfo:
     """What ``autotransfer datasets`` shows about one built-in dataset.
 
     ``installed`` is checked cheaply (module spec or file existence), without loading data.
-    ``image_size`` is the native ``(height, width)``; ``grey`` whether the source is grey.
+    ``image_size`` is the native ``(height, width)``; ``grey`` whether the source is grey;
+    ``splits`` the official splits ``?split=NAME`` selects (e.g. fashion-mnist train/test).
     """
 
     name: str
     package: str
-    install: str
+    install_hint: str
     installed: bool
     licence: str
     num_images: int
@@ -65,6 +66,7 @@ class BuiltinInfo:
     description: str
     flip: bool = True
     grey: bool = True
+    splits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class _Builtin:
     is_installed: Callable[[], bool]
     load: Callable[[], tuple[np.ndarray, np.ndarray, list[str]]]
     note: str = ""
+    # official splits, ``?split=NAME``: name -> (start, stop) rows of the loaded arrays
+    splits: tuple[tuple[str, int, int], ...] = ()
 
 
 def _has_module(name: str) -> bool:
@@ -252,11 +256,15 @@ _REGISTRY: dict[str, _Builtin] = {
             num_images=70000,
             num_classes=10,
             image_size=(28, 28),
-            description="Zalando clothing photos, 28x28 grey; train (60k) then test (10k)",
+            description=(
+                "Zalando clothing photos, 28x28 grey; train (60k) then test (10k), "
+                "?split=train|test picks one"
+            ),
             flip=True,
             grey=True,
             is_installed=_fashion_installed,
             load=_load_fashion,
+            splits=(("train", 0, 60000), ("test", 60000, 70000)),
         ),
         _Builtin(
             name="mnist5k",
@@ -339,13 +347,14 @@ _REGISTRY: dict[str, _Builtin] = {
             name="imagenet-photos",
             package="foolbox",
             install="pip install foolbox",
-            licence="ImageNet terms of access (non-commercial research); shipped by foolbox",
+            licence="ImageNet terms (non-commercial research)",
             num_images=20,
             num_classes=19,
             image_size=(512, 512),
             description=(
-                "the 20 real ImageNet photos foolbox ships, labelled by ImageNet class index; "
-                "a source-domain sample for ImageNet models"
+                "the 20 real ImageNet photos foolbox ships (RGB, 512x512, one 1024 wide x "
+                "683 high), labelled by ImageNet class index; a source-domain sample for "
+                "ImageNet models"
             ),
             flip=True,
             grey=False,
@@ -370,7 +379,7 @@ def list_builtins() -> list[BuiltinInfo]:
         BuiltinInfo(
             name=b.name,
             package=b.package,
-            install=b.install,
+            install_hint=b.install,
             installed=bool(b.is_installed()),
             licence=b.licence,
             num_images=b.num_images,
@@ -379,6 +388,7 @@ def list_builtins() -> list[BuiltinInfo]:
             description=b.description,
             flip=b.flip,
             grey=b.grey,
+            splits=tuple(name for name, _, _ in b.splits),
         )
         for b in _REGISTRY.values()
     ]

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 __all__ = ["to_rgb", "decode_bytes"]
 
 
-def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
+def _scale_to_uint8(array: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
     """Map an integer or float single-channel array onto 0..255 uint8."""
     if array.dtype == np.uint8:
         return array
@@ -18,10 +18,10 @@ def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
         finite = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         top = 1.0 if finite.size and finite.max() <= 1.0 else 255.0
         return np.clip(np.rint(finite * (255.0 / top)), 0, 255).astype(np.uint8)
-    # integer modes ("I;16", "I;16B", "I"): 16-bit data scales by 257 (65535 -> 255);
-    # data that already fits 8 bits (an "I" image of 0..255 values) is kept as is.
+    # "I;16*" modes always scale by 257 (65535 -> 255); a 32-bit "I" image (which is how
+    # some 16-bit PNGs open) scales too unless its values already fit 8 bits.
     wide = array.astype(np.int64)
-    if wide.size and wide.max() > 255:
+    if sixteen_bit or (wide.size and wide.max() > 255):
         wide = (wide + 128) // 257
     return np.clip(wide, 0, 255).astype(np.uint8)
 
@@ -42,7 +42,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         grey = np.asarray(image.convert("L"), dtype=np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode.startswith("I") or mode == "F":
-        grey = _scale_to_uint8(np.asarray(image))
+        grey = _scale_to_uint8(np.asarray(image), sixteen_bit=mode.startswith("I;16"))
         if grey.ndim == 3:  # e.g. "I;16" read as (H, W, 1)
             grey = grey[:, :, 0]
         return np.repeat(grey[:, :, None], 3, axis=2)

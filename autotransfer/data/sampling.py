@@ -1,6 +1,7 @@
 """Seeded stratified subsampling and train/val/test splits of an ImageDataset."""
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import numpy as np
@@ -74,11 +75,13 @@ def stratified_subsample(ds: ImageDataset, n: int, seed: int = 0) -> ImageDatase
         raise UserError(f"subsample size must be a positive integer but got {n!r}")
     n = int(n)
     total = len(ds)
-    if n >= total:
-        out = ds.subset(np.arange(total))
+    if n >= total:  # everything: share the images (and the fingerprint), copy the rest
+        notes = list(ds.notes)
         if n > total:
-            out.notes.append(f"requested {n}, capped at {total} (all the dataset has)")
-        return out
+            notes.append(f"requested {n}, capped at {total} (all the dataset has)")
+        labels = None if ds.labels is None else np.array(ds.labels)
+        images = list(ds.images) if isinstance(ds.images, list) else ds.images
+        return dataclasses.replace(ds, images=images, labels=labels, notes=notes)
     rng = np.random.default_rng(seed)
     if ds.labels is None:
         chosen = np.sort(rng.choice(total, size=n, replace=False))

@@ -19,7 +19,7 @@ from autotransfer.errors import UserError
 __all__ = ["load_dataset", "parse_class_selector", "split_spec"]
 
 _QUERY = re.compile(r"^[a-z_]+=[^&=]*(&[a-z_]+=[^&=]*)*$")
-_KNOWN_KEYS = ("classes", "n", "seed")
+_KNOWN_KEYS = ("classes", "split", "n", "seed")
 _SPEC_HELP = "use folder:PATH (one sub-folder per class), a CSV manifest path, or builtin:NAME"
 
 
@@ -100,9 +100,14 @@ def _grey_fingerprint(grey: np.ndarray, labels: np.ndarray, classes: tuple[str, 
 
 
 @functools.lru_cache(maxsize=32)
-def _builtin_selection(name: str, selection: tuple[int, ...] | None):
-    """Images (read-only RGB view or list), labels, classes and fingerprint of a builtin."""
+def _builtin_selection(
+    name: str, rows: tuple[int, int] | None, selection: tuple[int, ...] | None
+):
+    """Images (read-only RGB view or list), labels, classes and fingerprint of a builtin,
+    restricted to ``rows`` (an official split) and then to the classes in ``selection``."""
     images, labels, classes = load_builtin_arrays(name)
+    if rows is not None:
+        images, labels = images[rows[0] : rows[1]], labels[rows[0] : rows[1]]
     if selection is not None:
         keep, labels = _select(labels, list(selection))
         if isinstance(images, list):
@@ -125,11 +130,21 @@ def _builtin_selection(name: str, selection: tuple[int, ...] | None):
 
 def _load_builtin(name: str, options: dict[str, str], spec: str) -> ImageDataset:
     entry = resolve_builtin(name)
+    rows = None
+    if "split" in options:
+        known = {split: (start, stop) for split, start, stop in entry.splits}
+        if options["split"] not in known:
+            offered = ", ".join(known) if known else "none"
+            raise UserError(
+                f"bad split {options['split']!r} for {spec}; builtin:{entry.name} offers: "
+                f"{offered}"
+            )
+        rows = known[options["split"]]
     selection = None
     if "classes" in options:
         _, _, all_classes = load_builtin_arrays(entry.name)
         selection = tuple(parse_class_selector(options["classes"], all_classes, spec))
-    view, labels, classes, digest = _builtin_selection(entry.name, selection)
+    view, labels, classes, digest = _builtin_selection(entry.name, rows, selection)
     notes = [entry.note] if entry.note else []
     return ImageDataset(
         spec=spec,
@@ -168,6 +183,8 @@ def _load_path(raw_path: str, options: dict[str, str], spec: str, *, require_lab
         raw = load_folder(path, require_labels=require_labels, cache=cache)
     else:
         raise UserError(f"dataset path {path} is neither a folder nor a file; {_SPEC_HELP}")
+    if "split" in options:
+        raise UserError(f"?split= only applies to built-in datasets, not to {path}")
     images: list[np.ndarray] = raw.images
     labels, classes = raw.labels, raw.classes
     if "classes" in options:
@@ -207,8 +224,9 @@ def load_dataset(spec: str, *, require_labels: bool = True, cache: bool = True) 
     Specs: ``builtin:NAME`` (see :func:`list_builtins`), ``folder:PATH`` or a plain path
     (an ImageFolder tree with one sub-folder per class, a folder of images when
     ``require_labels=False``, or a CSV manifest with a ``path,label`` header). Options
-    after ``?``: ``classes=5-9`` / ``classes=0,2,4-6`` / ``classes=cat,dog`` keeps those
-    classes, re-indexed 0..k-1; ``n=500&seed=0`` takes a stratified subsample.
+    after ``?``: ``split=train`` picks a built-in's official split (fashion-mnist: train,
+    test); ``classes=5-9`` / ``classes=0,2,4-6`` / ``classes=cat,dog`` keeps those classes,
+    re-indexed 0..k-1; ``n=500&seed=0`` takes a stratified subsample.
 
     Images come back as RGB uint8; corrupt or non-image files are skipped and counted in
     ``skipped``. With ``cache``, decoded folder images are kept on disk keyed by content.
