@@ -23,7 +23,7 @@ class SourceMeasures:
 
     Attributes:
         mmd, mmd_p: unbiased RBF MMD^2 and its permutation p-value, at the last depth group.
-        sinkhorn: debiased Sinkhorn divergence (POT ``empirical_sinkhorn_divergence``).
+        sinkhorn: split-half debiased entropic OT (POT ``ot.sinkhorn``), in units of the pooled median distance squared.
         emd: exact W2^2 (``ot.emd2``) minus a split-half same-domain baseline.
         sliced: sliced Wasserstein distance (for large sets).
         coral: CORAL distance between feature covariances.

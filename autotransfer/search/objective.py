@@ -110,7 +110,7 @@ class TrialRunner:
                     metric=self.settings.metric,
                     report=report,
                     progress=self.on_progress,
-                    prefix_cache=self.prefix_cache,
+                    cache=self.prefix_cache,
                 )
                 break
             except DivergedError as err:
@@ -131,7 +131,9 @@ class TrialRunner:
 
         trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 3))
         trial.set_user_attr("images_per_s", round(float(result.images_per_s), 1))
-        trial.set_user_attr("peak_memory_mb", round(float(result.peak_memory_mb), 1))
+        trial.set_user_attr("peak_memory_mb", round(result.peak_memory_bytes / 2**20, 1))
+        trial.set_user_attr("device", result.device)
+        trial.set_user_attr("prefix_cached", bool(result.cached))
         trial.set_user_attr("history", [[int(s), float(v)] for s, v in result.history])
         del backbone
         _release_memory()
