@@ -34,7 +34,18 @@ from autotransfer.search.study import (
     study_exists,
 )
 
-__all__ = ["PreparedData", "prepare_data", "default_study_name", "TuneResult", "tune", "run_search", "retrain_and_test"]
+__all__ = [
+    "PreparedData",
+    "prepare_data",
+    "default_study_name",
+    "TuneResult",
+    "tune",
+    "run_search",
+    "build_runner",
+    "join_study",
+    "retrain_and_test",
+    "control_scores",
+]
 
 
 @dataclass
@@ -255,6 +266,81 @@ def retrain_and_test(
     return backbone, float(result.final_score), result
 
 
+def build_runner(study: optuna.Study, settings: StudySettings, prepared: PreparedData, *, ui=None):
+    """The objective for ``study`` over ``prepared`` data (fresh backbone per trial, shared prefix cache)."""
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.objective import TrialRunner
+    from autotransfer.search.progress import NullUI
+    from autotransfer.train import PrefixCache
+
+    ui = ui or NullUI()
+
+    def make_backbone():
+        return create_backbone(settings.model, num_classes=settings.num_classes)
+
+    preprocessing = make_backbone().preprocessing
+    return TrialRunner(
+        settings=settings,
+        space=read_space(study),
+        make_backbone=make_backbone,
+        train=_batches(prepared, "train", settings, preprocessing),
+        val=_batches(prepared, "val", settings, preprocessing),
+        prefix_cache=PrefixCache(),
+        on_progress=ui.trial_progress,
+        on_trial_start=ui.trial_start,
+    )
+
+
+def join_study(
+    study_name: str,
+    storage: str | None,
+    *,
+    device: str | None = None,
+    ui=None,
+    timeout: float | None = None,
+) -> int:
+    """Run trials of an existing study as one more worker until its search budget is met.
+
+    The study holds everything needed (settings, space, budget, data fingerprint); a worker
+    whose data fingerprint or package versions differ from the study's refuses to start.
+    Returns the number of finished search trials when the worker stops.
+    """
+    from autotransfer.search.progress import NullUI
+    from autotransfer.search.study import package_versions, read_attr
+
+    ui = ui or NullUI()
+    url = storage_location(storage)
+    store = open_storage(url)
+    study = load_study(study_name, store)
+    settings = read_settings(study)
+    if device:
+        settings = type(settings).from_dict({**settings.to_dict(), "device": device})
+    stored_versions = read_attr(study, "versions") or {}
+    mine = package_versions()
+    differing = [
+        f"{k} {stored_versions[k]} != {mine.get(k)}"
+        for k in ("torch", "timm", "autotransfer")
+        if k in stored_versions and stored_versions[k] != mine.get(k)
+    ]
+    if differing:
+        raise UserError(
+            f"worker refused for study {study_name!r}: package versions differ from the study's"
+            f" ({'; '.join(differing)}): install the study's versions on this machine"
+        )
+    prepared = prepare_data(settings)
+    if prepared.fingerprint != settings.fingerprint:
+        raise UserError(
+            f"worker refused for study {study_name!r}: dataset {settings.target!r} here has fingerprint"
+            f" {prepared.fingerprint[:12]}, the study's is {settings.fingerprint[:12]}: give this machine the same data"
+        )
+    study = load_study(study_name, store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))
+    runner = build_runner(study, settings, prepared, ui=ui)
+    ui.search_start(total=settings.trials, done=len(search_trials(study)))
+    run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
+    ui.search_end()
+    return len(search_trials(study))
+
+
 def tune(
     settings: StudySettings,
     *,
@@ -278,9 +364,6 @@ def tune(
     """
     from autotransfer.backbones import create_backbone
     from autotransfer.estimate import TaskEstimator
-    from autotransfer.search.objective import TrialRunner
-    from autotransfer.train import PrefixCache
-
     from autotransfer.search.progress import NullUI
 
     ui = ui or NullUI()
@@ -341,18 +424,7 @@ def tune(
     space = read_space(study)
 
     ui.stage("controls + search")
-    train_b = _batches(prepared, "train", settings, probe_backbone.preprocessing)
-    val_b = _batches(prepared, "val", settings, probe_backbone.preprocessing)
-    runner = TrialRunner(
-        settings=settings,
-        space=space,
-        make_backbone=lambda: create_backbone(settings.model, num_classes=settings.num_classes),
-        train=train_b,
-        val=val_b,
-        prefix_cache=PrefixCache(),
-        on_progress=ui.trial_progress,
-        on_trial_start=ui.trial_start,
-    )
+    runner = build_runner(study, settings, prepared, ui=ui)
     ui.search_start(total=settings.trials, done=len(search_trials(study)))
     run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
     ui.search_end()

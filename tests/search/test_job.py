@@ -1,0 +1,124 @@
+"""A real study end to end at tiny scale: controls, search, resume, refusal, export → train, faults."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotransfer.errors import UserError
+from autotransfer.export import export_payload, read_export, write_export
+from autotransfer.search.job import run_search, tune
+from autotransfer.search.protocol import Protocol
+from autotransfer.search.reproduce import train_from_config
+from autotransfer.search.storage import open_storage
+from autotransfer.search.study import CONTROL_ATTR, control_trials, load_study, search_trials
+
+
+@pytest.fixture
+def finished_study(tiny_settings, storage_url, tmp_path):
+    result = tune(
+        tiny_settings,
+        study_name="digits-tiny",
+        storage=storage_url,
+        export_dir=tmp_path / "exports",
+        runs_dir=tmp_path / "runs",
+    )
+    return result
+
+
+def test_study_end_to_end(finished_study, storage_url):
+    result = finished_study
+    study = load_study("digits-tiny", open_storage(storage_url))
+    # --trials counts finished search trials, controls excluded
+    assert len(search_trials(study)) == 2
+    controls = control_trials(study)
+    assert sorted(t.user_attrs[CONTROL_ATTR] for t in controls) == ["probe", "probe", "scratch", "scratch", "scratch"]
+    # controls are never pruned and were run to the full budget
+    for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if CONTROL_ATTR in t.user_attrs:
+            assert t.state == TrialState.COMPLETE
+            assert max(t.intermediate_values) == 12
+    # the first search trial is the enqueued prior protocol
+    first_search = search_trials(study)[0]
+    assert first_search.user_attrs["source"] == "prior"
+    assert result.best_protocol is not None
+    assert 0.0 <= result.test_score <= 1.0
+    assert result.test_score > 0.2  # 10 classes: well above chance after a tiny budget
+    assert result.export_path.exists() and result.model_path.exists()
+    assert set(result.controls) == {"scratch", "probe"}
+    assert isinstance(result.negative_transfer, bool)
+    assert result.negative_transfer == (result.controls["scratch"] > result.val_score)
+    trial = first_search
+    for key in ("wall_time_s", "images_per_s", "peak_memory_mb", "freeze", "reinit", "lr"):
+        assert key in trial.user_attrs
+    json.dumps(result.to_dict())
+
+
+def test_resume_runs_only_the_remainder(finished_study, tiny_settings, storage_url, tmp_path):
+    study = load_study("digits-tiny", open_storage(storage_url))
+    before = {t.number: (t.state, t.value) for t in study.trials}
+    more = replace(tiny_settings, trials=3)
+    tune(more, study_name="digits-tiny", storage=storage_url, export_dir=tmp_path / "e", runs_dir=tmp_path / "runs")
+    study = load_study("digits-tiny", open_storage(storage_url))
+    after = {t.number: (t.state, t.value) for t in study.trials}
+    for number, state_value in before.items():
+        if state_value[0] in (TrialState.COMPLETE, TrialState.PRUNED):
+            assert after[number] == state_value  # every completed trial kept as it was
+    assert len(search_trials(study)) == 3
+    assert len(control_trials(study)) == 5  # controls are not re-run
+
+
+def test_resume_with_other_data_is_refused(finished_study, tiny_settings, storage_url, tmp_path):
+    other = replace(tiny_settings, target="builtin:digits?classes=0-4")
+    with pytest.raises(UserError, match="other data|target"):
+        tune(other, study_name="digits-tiny", storage=storage_url, export_dir=tmp_path / "e", runs_dir=tmp_path / "r")
+
+
+def test_export_then_train_round_trips(finished_study, storage_url, tmp_path):
+    study = load_study("digits-tiny", open_storage(storage_url))
+    payload = export_payload(study)
+    for fmt in ("yaml", "json"):
+        path = write_export(payload, tmp_path / f"best.{fmt}", fmt)
+        back = read_export(path)
+        assert Protocol.from_dict(back["protocol"]) == Protocol.from_dict(payload["protocol"])
+        assert back["settings"]["fingerprint"] == payload["settings"]["fingerprint"]
+    timm_path = write_export(payload, tmp_path / "args.yaml", "timm")
+    assert "lr:" in timm_path.read_text()
+    metrics = train_from_config(read_export(tmp_path / "best.yaml"), tmp_path / "final", device="cpu")
+    assert (tmp_path / "final" / "model.safetensors").exists()
+    saved = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert saved["test_score"] == metrics["test_score"]
+    # same protocol, seed, data and budget on CPU: the retrained model scores the same
+    assert metrics["test_score"] == pytest.approx(finished_study.test_score, abs=1e-6)
+
+
+def test_nan_trial_fails_with_reason_and_study_goes_on(tiny_settings, storage_url, tmp_path):
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.job import _batches, prepare_data
+    from autotransfer.search.objective import TrialRunner
+    from autotransfer.search.protocol import ProtocolSpace
+    from autotransfer.train import PrefixCache
+
+    settings = tiny_settings.resolved(fingerprint="x", metric="accuracy", num_classes=10, n_train=112)
+    settings = replace(settings, trials=2)
+    prepared = prepare_data(settings)
+    make = lambda: create_backbone(settings.model, num_classes=10)  # noqa: E731
+    pre = make().preprocessing
+    space = ProtocolSpace()
+    runner = TrialRunner(
+        settings=settings,
+        space=space,
+        make_backbone=make,
+        train=_batches(prepared, "train", settings, pre),
+        val=_batches(prepared, "val", settings, pre),
+        prefix_cache=PrefixCache(),
+    )
+    study = optuna.create_study(direction="maximize", storage=open_storage(storage_url), study_name="nan")
+    study.enqueue_trial(Protocol(log10_elr=6.0, momentum=0.0, freeze_frac=0.0).to_dict())
+    run_search(study, runner, trials=2)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and "diverged" in failed[0].user_attrs["fail_reason"]
+    assert len(search_trials(study)) == 2  # the study went on past the failure
