@@ -263,8 +263,61 @@ def train_cmd(
     )
 
 
+@app.command("dashboard")
+def dashboard_cmd(
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///studies/autotransfer.db)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: this machine only)"),
+    port: int = typer.Option(8080, "--port", help="port to serve on"),
+    study: Optional[str] = typer.Option(None, "--study", help="attach views to this study only and print its page"),
+) -> None:
+    """Serve optuna-dashboard on the studies, with autotransfer's figures and notes attached.
+
+    Before serving, every autotransfer study gets (under fixed ids, so a restart replaces them):
+    the excess-divergence profile by depth, protocol against score, the controls against the
+    best protocol, the prior against the found protocol, and the surface when one exists. Its
+    task profile and prior become the study's note (the dashboard's Note page).
+
+    Examples:
+      autotransfer dashboard
+      autotransfer dashboard --storage sqlite:///studies/autotransfer.db --port 8081
+      autotransfer dashboard --study animals-efficientnet_lite0-n600-s0
+    """
+    from autotransfer.report.dashboard import run_dashboard
+
+    run_dashboard(
+        storage,
+        study_name=study,
+        host=host,
+        port=port,
+        announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
+    )
+
+
+@app.command("report")
+def report_cmd(
+    study: str = typer.Argument(..., help="study name"),
+    output: str = typer.Option("report.html", "-o", "--output", help="HTML file to write"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
+) -> None:
+    """Write one self-contained HTML page about a study (plotly inline: no network needed to view it).
+
+    It shows the task profile, the prior against the found protocol, the optimisation history,
+    parameter importances, protocol against score, the controls, the held-out test score and
+    the exported config.
+
+    Example: autotransfer report animals-efficientnet_lite0-n600-s0 -o report.html
+    """
+    from autotransfer.report.html import write_study_report
+
+    path = write_study_report(study, output, storage)
+    err_console.print(f"wrote {path}")
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 2."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         app(standalone_mode=False)
     except UserError as err:
