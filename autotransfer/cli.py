@@ -169,7 +169,7 @@ def tune_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     steps: Optional[int] = typer.Option(None, "--steps", help="budget in optimizer steps (default from size)"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (default) or adamw"),
-    prior: Optional[str] = typer.Option(None, "--prior", help="quadrant (default) or none"),
+    prior: Optional[str] = typer.Option(None, "--prior", help="surface:PATH (default when studies/surface.json has points for the model), quadrant or none"),
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="enqueue the top protocols of an earlier study"),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="successive-halving pruning"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
@@ -200,12 +200,25 @@ def tune_cmd(
     if target is None and not prune:
         values["prune"] = False
     settings = StudySettings.from_dict(values)
-    if settings.prior not in ("quadrant", "none"):
-        from autotransfer.errors import UserError
+    import os
 
-        raise UserError(f"--prior must be quadrant or none, but got {settings.prior!r}")
+    from autotransfer.surface import DEFAULT_STORE, SurfaceStore
+
+    surface_path = os.environ.get("AUTOTRANSFER_SURFACE", DEFAULT_STORE)
+    if prior is None and SurfaceStore(surface_path).exists() and SurfaceStore(surface_path).load(model=settings.model):
+        settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{surface_path}"})
+    if not (settings.prior in ("quadrant", "none") or settings.prior.startswith("surface:")):
+        raise UserError(f"--prior must be quadrant, none or surface:PATH, but got {settings.prior!r}")
     ui = RichUI() if fmt is OutputFormat.table else NullUI()
-    result = tune(settings, study_name=study, storage=storage, timeout=timeout, warm_start=warm_start, ui=ui)
+    result = tune(
+        settings,
+        study_name=study,
+        storage=storage,
+        timeout=timeout,
+        warm_start=warm_start,
+        surface_store=surface_path,
+        ui=ui,
+    )
     if fmt is OutputFormat.json:
         _print_json(result.to_dict())
         return
@@ -263,6 +276,85 @@ def train_cmd(
     )
 
 
+@app.command("surface")
+def surface_cmd(
+    targets: Optional[str] = typer.Option(None, "--targets", help="comma-separated dataset specs"),
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="comma-separated sizes, e.g. 100,300,1000"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    seeds: int = typer.Option(1, "--seeds", help="K seeds: 0..K-1"),
+    trials: Optional[int] = typer.Option(None, "--trials"),
+    resolution: Optional[int] = typer.Option(None, "--resolution"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    spec: Optional[str] = typer.Option(None, "--spec", help="YAML sweep spec (see studies/sweep-small.yaml)"),
+    storage: Optional[str] = typer.Option(None, "--storage"),
+    store: Optional[str] = typer.Option(None, "--store", help="surface store (default studies/surface.json)"),
+    html: Optional[str] = typer.Option(None, "--html", help="write the fitted surface as self-contained HTML"),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format"),
+) -> None:
+    """Sweep targets x sizes x seeds (one study each, resumable), record each best protocol, fit the surface.
+
+    Examples:
+      autotransfer surface --targets builtin:mnist5k,builtin:animals --sizes 100,300,1000 --model fashion-source --seeds 2
+      autotransfer surface --spec studies/sweep-small.yaml --html studies/surface.html
+      autotransfer surface --html studies/surface.html      # only fit + draw the recorded points
+    """
+    from dataclasses import replace
+
+    from autotransfer.search.progress import NullUI, RichUI
+    from autotransfer.surface import DEFAULT_STORE, SurfaceModel, SurfaceStore, write_surface_html
+    from autotransfer.surface.sweep import SweepSpec, load_sweep_spec, run_sweep
+
+    if spec:
+        sweep = load_sweep_spec(spec)
+    elif targets or sizes:
+        if not (targets and sizes and model):
+            raise UserError("a sweep needs --targets, --sizes and --model (or --spec FILE)")
+        try:
+            size_list = [int(s) for s in sizes.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--sizes must be comma-separated integers, but got {sizes!r}") from None
+        sweep = SweepSpec(
+            targets=[t.strip() for t in targets.split(",") if t.strip()],
+            sizes=size_list,
+            model=model,
+            seeds=list(range(seeds)),
+            trials=trials or 20,
+        )
+    else:
+        sweep = None
+    store_path = store or (sweep.store if sweep else None) or DEFAULT_STORE
+    out: dict = {}
+    if sweep is not None:
+        overrides = {k: v for k, v in {"resolution": resolution, "steps": steps, "device": device}.items() if v is not None}
+        base = replace(sweep.base_settings(), **overrides)
+        ui = RichUI() if fmt is OutputFormat.table else NullUI()
+        result = run_sweep(
+            sweep.targets,
+            sweep.sizes,
+            sweep.model,
+            sweep.seeds,
+            trials=trials or sweep.trials,
+            storage=storage or sweep.storage,
+            store_path=store_path,
+            base_settings=base,
+            ui=ui,
+        )
+        out = result.to_dict()
+    points = SurfaceStore(store_path).load(model=(sweep.model if sweep else model))
+    if html:
+        if not points:
+            raise UserError(f"surface {store_path!r} has no points to draw: run a sweep first")
+        out["html"] = str(write_surface_html(SurfaceModel().fit(points), html))
+    out["points"] = len(points)
+    if fmt is OutputFormat.json:
+        _print_json(out)
+        return
+    for entry in out.get("studies", []):
+        console.print(f"{entry['status']:>7}  {entry['study']}  ({entry['seconds']:.0f} s) {'; '.join(entry['notes'])}")
+    console.print(f"{len(points)} surface points in {store_path}" + (f"; wrote {out['html']}" if html else ""))
+
+
 @app.command("dashboard")
 def dashboard_cmd(
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///studies/autotransfer.db)"),
@@ -315,9 +407,13 @@ def report_cmd(
 
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 2."""
+    import signal
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # SIGTERM stops like Ctrl-C: Optuna marks the running trial FAIL, completed trials stay.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         app(standalone_mode=False)
     except UserError as err:

@@ -351,6 +351,7 @@ def tune(
     export_dir: str | Path = "studies/exports",
     runs_dir: str | Path = "studies/runs",
     estimator_kwargs: dict[str, Any] | None = None,
+    surface_store: str | Path | None = None,
     ui=None,
 ) -> TuneResult:
     """Run (or resume) a protocol search for ``settings`` and return its summary.
@@ -361,6 +362,7 @@ def tune(
     fingerprint and model; run controls + search; retrain the best protocol on train+val;
     score it on the held-out test split; save the model; export the config.
     ``ui`` (see ``autotransfer.search.progress``) draws progress; ``None`` is silent.
+    With ``surface_store``, the study's best protocol is recorded on that surface.
     """
     from autotransfer.backbones import create_backbone
     from autotransfer.estimate import TaskEstimator
@@ -403,7 +405,19 @@ def tune(
             num_classes=len(prepared.dataset.classes),
             n_train=len(prepared.train),
         )
-        prior = profile.prior if settings.prior != "none" else None
+        if settings.prior.startswith("surface:"):
+            from autotransfer.surface import prior_from_surface
+
+            prior = prior_from_surface(
+                settings.prior[len("surface:") :],
+                model=settings.model,
+                log10_n=profile.log10_n,
+                similarity=profile.similarity,
+                num_groups=num_groups,
+                quadrant=profile.prior.quadrant if profile.prior else "",
+            )
+        else:
+            prior = profile.prior if settings.prior != "none" else None
         if settings.prior == "none":
             from autotransfer.prior import wide_prior
 
@@ -484,6 +498,10 @@ def tune(
     from autotransfer.export import export_payload, write_export
 
     result.export_path = write_export(export_payload(study), Path(export_dir) / f"{name}.yaml", "yaml")
+    if surface_store:
+        from autotransfer.surface import record_study
+
+        record_study(study, surface_store)
     return result
 
 

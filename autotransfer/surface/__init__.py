@@ -1,1 +1,56 @@
-"""autotransfer.surface."""
+"""The surface of optimal protocols: record each study's best protocol, fit it, draw it, use it as a prior."""
+from __future__ import annotations
+
+from typing import Any
+
+from autotransfer.surface.fit import (
+    FEW_POINTS,
+    PARAMS,
+    SurfaceModel,
+    SurfacePrediction,
+    prior_from_surface,
+    surface_prior,
+)
+from autotransfer.surface.plots import (
+    SurfaceGridInfo,
+    param_figure,
+    surface_figure,
+    surface_grid_info,
+    surface_overview_figure,
+    write_surface_html,
+)
+from autotransfer.surface.store import DEFAULT_STORE, POINT_ATTR, SurfacePoint, SurfaceStore, record_study
+
+__all__ = [
+    "DEFAULT_STORE",
+    "POINT_ATTR",
+    "SurfacePoint",
+    "SurfaceStore",
+    "record_study",
+    "PARAMS",
+    "FEW_POINTS",
+    "SurfaceModel",
+    "SurfacePrediction",
+    "surface_prior",
+    "prior_from_surface",
+    "SurfaceGridInfo",
+    "surface_grid_info",
+    "param_figure",
+    "surface_overview_figure",
+    "write_surface_html",
+    "surface_figure",
+    "SweepSpec",
+    "load_sweep_spec",
+    "run_sweep",
+]
+
+_SWEEP = {"SweepSpec", "load_sweep_spec", "run_sweep"}
+
+
+def __getattr__(name: str) -> Any:
+    # the sweep pulls in the training stack (torch): import it only when asked for
+    if name in _SWEEP:
+        from autotransfer.surface import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module 'autotransfer.surface' has no attribute {name!r}")

@@ -1,0 +1,200 @@
+"""The surface store: one best protocol per study at its (log10 N, similarity) point, in a JSON file."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import optuna
+
+from autotransfer.errors import UserError
+from autotransfer.search.protocol import Protocol
+from autotransfer.search.study import best_transfer_trial, read_attr, read_settings, search_trials
+
+__all__ = ["SurfacePoint", "SurfaceStore", "record_study", "point_from_study", "DEFAULT_STORE", "POINT_ATTR"]
+
+#: The default surface store, beside the default study storage.
+DEFAULT_STORE = "studies/surface.json"
+#: Study user attribute holding the study's own surface point (the same record as in the store).
+POINT_ATTR = "autotransfer.surface_point"
+#: Bumped when the file layout changes incompatibly.
+STORE_VERSION = 1
+
+
+@dataclass
+class SurfacePoint:
+    """One study's optimum at its coordinates on the size x similarity map.
+
+    Attributes:
+        study: the study name (the store's key).
+        target, model, n, seed: what the study measured (``n`` = images actually used).
+        log10_n: log10 of the number of target images (``TaskProfile.log10_n``).
+        similarity: in [0, 1] (``TaskProfile.similarity``).
+        excess: ``(G,)`` excess divergence per depth group (empty when not measured).
+        protocol: the best transfer trial's protocol (every ``Protocol`` field).
+        score: that trial's validation score; ``test_score`` after retraining, if known.
+        metric: ``accuracy`` or ``balanced_accuracy``.
+        num_groups: ``G`` of the model; ``freeze``/``reinit``: the integers of the best trial.
+        trials: finished search trials in the study when recorded.
+        time: when recorded (ISO 8601, local time).
+    """
+
+    study: str
+    target: str
+    model: str
+    n: int
+    seed: int
+    log10_n: float
+    similarity: float
+    protocol: dict[str, Any]
+    score: float
+    metric: str
+    excess: list[float] = field(default_factory=list)
+    test_score: float | None = None
+    num_groups: int = 0
+    freeze: int | None = None
+    reinit: int | None = None
+    trials: int = 0
+    time: str = ""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.log10_n):
+            raise ValueError(f"log10_n must be finite, but got {self.log10_n!r}")
+        if not 0.0 <= self.similarity <= 1.0:
+            raise ValueError(f"similarity must lie in [0, 1], but got {self.similarity!r}")
+        self.protocol = Protocol.from_dict(self.protocol).to_dict()  # validates and fills defaults
+
+    @property
+    def best(self) -> Protocol:
+        return Protocol.from_dict(self.protocol)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SurfacePoint":
+        known = set(cls.__dataclass_fields__)
+        missing = {"study", "target", "model", "log10_n", "similarity", "protocol", "score"} - set(values)
+        if missing:
+            raise ValueError(f"surface point is missing {sorted(missing)!r}, but got keys {sorted(values)!r}")
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class SurfaceStore:
+    """A JSON file of surface points keyed by study name (default ``studies/surface.json``).
+
+    ``add`` replaces a point with the same study name (recording a study twice is idempotent);
+    every write goes to a temporary file in the same folder and is renamed over the old one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE) -> None:
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def load(self, *, model: str | None = None) -> list[SurfacePoint]:
+        """Every point (optionally only those of ``model``), in insertion order; ``[]`` if no file."""
+        if not self.path.is_file():
+            return []
+        try:
+            payload = json.loads(self.path.read_text())
+            version = payload.get("version")
+            if version != STORE_VERSION:
+                raise ValueError(f"store version must be {STORE_VERSION}, but got {version!r}")
+            points = [SurfacePoint.from_dict(p) for p in payload["points"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(
+                f"surface store {str(self.path)!r} is not a valid surface file ({err}): move it aside or"
+                " pass another path"
+            ) from None
+        return [p for p in points if model is None or p.model == model]
+
+    def add(self, points: SurfacePoint | Iterable[SurfacePoint]) -> list[SurfacePoint]:
+        """Add points, replacing any with the same study name; returns the whole store."""
+        new = [points] if isinstance(points, SurfacePoint) else list(points)
+        by_name = {p.study: p for p in self.load()}
+        for p in new:
+            by_name[p.study] = p
+        merged = list(by_name.values())
+        self._write(merged)
+        return merged
+
+    def remove(self, study: str) -> bool:
+        """Drop the point of ``study``; ``True`` if there was one."""
+        points = self.load()
+        kept = [p for p in points if p.study != study]
+        if len(kept) != len(points):
+            self._write(kept)
+        return len(kept) != len(points)
+
+    def _write(self, points: list[SurfacePoint]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"version": STORE_VERSION, "points": [p.to_dict() for p in points]}
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(payload, handle, indent=1, allow_nan=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def point_from_study(study: optuna.Study) -> SurfacePoint | None:
+    """The surface point of a finished study, or ``None`` if no transfer trial completed."""
+    best = best_transfer_trial(study)
+    if best is None:
+        return None
+    settings = read_settings(study)
+    profile = read_attr(study, "profile")
+    if not profile:
+        raise UserError(
+            f"study {study.study_name!r} has no task profile attribute, so it has no surface coordinates:"
+            " record only studies made by `autotransfer tune`"
+        )
+    images = int(profile["size"]["images"])
+    divergence = profile.get("divergence") or {}
+    excess = [float(v) if v is not None else float("nan") for v in divergence.get("excess") or []]
+    final = read_attr(study, "final") or {}
+    return SurfacePoint(
+        study=study.study_name,
+        target=settings.target,
+        model=settings.model,
+        n=images,
+        seed=int(settings.seed),
+        log10_n=math.log10(images),
+        similarity=float(profile["similarity"]),
+        excess=[v if math.isfinite(v) else 0.0 for v in excess],
+        protocol=Protocol.from_dict(best.params).to_dict(),
+        score=float(best.value),
+        test_score=final.get("test_score") if final.get("trial") == best.number else None,
+        metric=settings.metric or str(profile.get("metric", "")),
+        num_groups=int(profile.get("num_groups", 0)),
+        freeze=best.user_attrs.get("freeze"),
+        reinit=best.user_attrs.get("reinit"),
+        trials=len(search_trials(study)),
+        time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+
+
+def record_study(study: optuna.Study, store: SurfaceStore | str | os.PathLike[str] = DEFAULT_STORE) -> SurfacePoint | None:
+    """Write a finished study's point into ``store`` and into the study's ``autotransfer.surface_point``.
+
+    Idempotent: recording again replaces the point. Returns ``None`` (and writes nothing) when
+    the study has no completed transfer trial.
+    """
+    store = store if isinstance(store, SurfaceStore) else SurfaceStore(store)
+    point = point_from_study(study)
+    if point is None:
+        return None
+    store.add(point)
+    study.set_user_attr(POINT_ATTR, point.to_dict())
+    return point
