@@ -148,23 +148,44 @@ def _warm_start_protocols(storage, name: str, top: int = 3) -> list[tuple[Protoc
 
 
 class _SearchBudget:
-    """Stops ``optimize`` once the study holds ``trials`` finished search trials (controls excluded)."""
+    """Stops ``optimize`` once the study holds ``trials`` finished search trials (controls excluded)
+    and no control, and no retry of a dead worker's trial, is left waiting."""
 
-    def __init__(self, trials: int, on_trial_end: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        trials: int,
+        on_trial_end: Callable[[int], None] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
         self.trials = trials
         self.on_trial_end = on_trial_end
+        self.deadline = deadline
 
     def remaining(self, study: optuna.Study) -> int:
         return max(0, self.trials - len(search_trials(study)))
 
-    def pending_controls(self, study: optuna.Study) -> int:
+    def pending(self, study: optuna.Study) -> int:
+        """WAITING trials that must still run: controls, and retries of trials whose worker died."""
+        from autotransfer.search.workers import retried_trial_number
+
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        return sum(1 for t in waiting if CONTROL_ATTR in t.user_attrs)
+        return sum(1 for t in waiting if CONTROL_ATTR in t.user_attrs or retried_trial_number(t) is not None)
+
+    def done(self, study: optuna.Study, *, wait: bool = True) -> bool:
+        """Budget met and nothing pending; first re-queues trials of dead workers (waiting, with
+        ``wait``, until every other running trial is finished or found stale)."""
+        from autotransfer.search.workers import settle_stale_trials
+
+        if self.remaining(study) > 0:
+            return False
+        settle_stale_trials(study, wait=wait, deadline=self.deadline)
+        return self.remaining(study) == 0 and self.pending(study) == 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.on_trial_end:
             self.on_trial_end(len(search_trials(study)))
-        if self.remaining(study) == 0 and self.pending_controls(study) == 0:
+        if self.done(study):
             study.stop()
 
 
@@ -183,8 +204,9 @@ def run_search(
     """
     from autotransfer.search.objective import TrialFailed
 
-    budget = _SearchBudget(trials, on_trial_end)
-    if budget.remaining(study) == 0 and budget.pending_controls(study) == 0:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    budget = _SearchBudget(trials, on_trial_end, deadline=deadline)
+    if budget.done(study, wait=False):
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -333,7 +355,11 @@ def join_study(
             f"worker refused for study {study_name!r}: dataset {settings.target!r} here has fingerprint"
             f" {prepared.fingerprint[:12]}, the study's is {settings.fingerprint[:12]}: give this machine the same data"
         )
-    study = load_study(study_name, store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))
+    sampler = make_sampler(settings.seed)
+    # each worker draws its own random start-up protocols: with the study's seed in every
+    # worker, all of them would propose the same parameters
+    sampler.reseed_rng()
+    study = load_study(study_name, store, sampler=sampler, pruner=make_pruner(settings))
     runner = build_runner(study, settings, prepared, ui=ui)
     ui.search_start(total=settings.trials, done=len(search_trials(study)))
     run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
@@ -353,6 +379,7 @@ def tune(
     estimator_kwargs: dict[str, Any] | None = None,
     surface_store: str | Path | None = None,
     ui=None,
+    workers: int = 1,
 ) -> TuneResult:
     """Run (or resume) a protocol search for ``settings`` and return its summary.
 
@@ -362,12 +389,16 @@ def tune(
     fingerprint and model; run controls + search; retrain the best protocol on train+val;
     score it on the held-out test split; save the model; export the config.
     ``ui`` (see ``autotransfer.search.progress``) draws progress; ``None`` is silent.
+    ``workers`` > 1 runs the search on that many local worker processes
+    (``autotransfer.search.workers.run_local_workers``: one per GPU, or the CPU cores split).
     With ``surface_store``, the study's best protocol is recorded on that surface.
     """
     from autotransfer.backbones import create_backbone
     from autotransfer.estimate import TaskEstimator
     from autotransfer.search.progress import NullUI
 
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, but got {workers!r}")
     ui = ui or NullUI()
     url = storage_location(storage)
     store = open_storage(url)
@@ -391,6 +422,9 @@ def tune(
         check_compatible(study, settings)
         # resume with the stored budget and options; only --trials may grow
         settings = type(settings).from_dict({**stored.to_dict(), "trials": settings.trials, "device": settings.device})
+        if settings.trials != stored.trials:
+            # workers read the budget from the study
+            study.set_user_attr(ATTR["settings"], {**stored.to_dict(), "trials": settings.trials})
         profile_dict = study.user_attrs.get(ATTR["profile"])
         prior_dict = study.user_attrs.get(ATTR["prior"])
         ui.note(f"resuming study {name!r}: {len(search_trials(study))} finished search trials")
@@ -437,11 +471,17 @@ def tune(
     study = load_study(name, store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))
     space = read_space(study)
 
-    ui.stage("controls + search")
-    runner = build_runner(study, settings, prepared, ui=ui)
-    ui.search_start(total=settings.trials, done=len(search_trials(study)))
-    run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
-    ui.search_end()
+    if workers > 1:
+        from autotransfer.search.workers import run_local_workers
+
+        ui.stage(f"controls + search on {workers} local workers")
+        run_local_workers(name, url, workers, device=settings.device, timeout=timeout, ui=ui)
+    else:
+        ui.stage("controls + search")
+        runner = build_runner(study, settings, prepared, ui=ui)
+        ui.search_start(total=settings.trials, done=len(search_trials(study)))
+        run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
+        ui.search_end()
 
     best = best_transfer_trial(study)
     controls = control_scores(study)

@@ -1,6 +1,7 @@
 """Opening Optuna storages from a URL: SQLite by default, PostgreSQL or a journal file on request."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,8 @@ DEFAULT_STORAGE = "sqlite:///studies/autotransfer.db"
 #: Seconds between a running trial's heartbeats, and after which a silent trial is stale.
 HEARTBEAT_INTERVAL = int(os.environ.get("AUTOTRANSFER_HEARTBEAT", "20"))
 GRACE_PERIOD = int(os.environ.get("AUTOTRANSFER_GRACE", str(3 * HEARTBEAT_INTERVAL)))
+#: Seconds an SQLite writer waits for the file's lock (local workers share one file).
+SQLITE_LOCK_TIMEOUT = 60
 #: A killed worker's running trial is retried (as a new trial) at most this many times.
 MAX_RETRY = 2
 
@@ -30,6 +33,30 @@ def storage_location(url: str | None) -> str:
             return url
         return f"sqlite:///{url}"
     return url
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the installed driver named (SQLAlchemy 2.1 defaults to psycopg 3,
+    2.0 to psycopg2; the ``postgres`` extra installs psycopg2-binary)."""
+    if not url.startswith("postgresql://"):
+        return url
+    rest = url[len("postgresql://") :]
+    for module, dialect in (("psycopg2", "postgresql+psycopg2"), ("psycopg", "postgresql+psycopg")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    raise UserError(
+        f"storage {_safe(url)!r} needs a PostgreSQL driver: pip install 'autotransfer[postgres]' (psycopg2-binary)"
+    )
+
+
+def _safe(url: str) -> str:
+    """The URL with its password masked, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a database URL: nothing to mask
+        return url
 
 
 def _check_sqlite_file(url: str) -> None:
@@ -76,14 +103,21 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True) -> optuna.st
             grace_period=GRACE_PERIOD,
             heartbeat_stale_trial_callback=retry,
         )
-    engine_kwargs = {"connect_args": {"connect_timeout": 10}} if location.startswith("postgresql") else None
+    engine_kwargs = None
+    if location.startswith("postgresql"):
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}}
+    elif location.startswith("sqlite"):
+        # several local workers write to one file: wait for its lock instead of failing at 5 s
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(location, engine_kwargs=engine_kwargs, **kwargs)
+            return RDBStorage(_with_driver(location), engine_kwargs=engine_kwargs, **kwargs)
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors vary
         raise UserError(
-            f"cannot open storage {location!r}: {_one_line(err)} — check the URL, that the database"
+            f"cannot open storage {_safe(location)!r}: {_one_line(err)} — check the URL, that the database"
             " is reachable, and that the file is an Optuna storage"
         ) from err
 
