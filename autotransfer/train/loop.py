@@ -54,7 +54,8 @@ class TrainResult:
         peak_memory_bytes: ``torch.cuda.max_memory_allocated`` on GPU; the process RSS
             high-water mark (``getrusage``) on CPU.
         cached: whether the frozen prefix was served from a ``PrefixCache``; ``cache_hit``:
-            whether the entry already existed; ``cache_build_s``: time spent building it here.
+            whether the entry already existed; ``cache_build_s``: time spent computing prefix
+            features in this trial; ``views_built``: augmentation views computed in this trial.
         notes: human-readable notes (cache skipped, dtype fallbacks...).
     """
 
@@ -77,6 +78,7 @@ class TrainResult:
     cached: bool
     cache_hit: bool
     cache_build_s: float
+    views_built: int
     eval_time_s: float
     notes: list[str] = field(default_factory=list)
 
@@ -106,6 +108,7 @@ class TrainResult:
             "cached": self.cached,
             "cache_hit": self.cache_hit,
             "cache_build_s": self.cache_build_s,
+            "views_built": self.views_built,
             "eval_time_s": self.eval_time_s,
             "notes": list(self.notes),
         }
@@ -142,8 +145,11 @@ def train_protocol(
     Order: freeze groups ``0..f-1`` -> re-initialise the last ``r`` groups -> optimizer (SGD with
     momentum, nesterov off, or AdamW) over ``param_groups`` with linear warmup + cosine decay
     over ``steps`` -> train with groups in ``train_mode(f, bn_mode)`` -> validate every
-    ``eval_every`` steps and at the end. When ``f > 0`` and the backbone chains, the frozen
-    prefix's outputs come from ``cache`` (see ``prefix_cache``; a private one when ``None``).
+    ``eval_every`` steps and at the end. Batches walk a fresh random permutation per epoch
+    (sampler state is local to the call: equal seeds give equal runs). When ``f > 0`` and the
+    backbone chains, the frozen prefix's outputs come from ``cache`` (see ``prefix_cache``;
+    a private one when ``None``), epoch ``e < V`` using augmentation view ``e``. On CUDA the
+    default is bf16 autocast and channels_last; the data stays on the device throughout.
 
     Args:
         backbone: a fresh ``Backbone`` (its model is modified in place and returned).
@@ -164,6 +170,8 @@ def train_protocol(
     config.validate(backbone.num_groups)
     check_metric(metric)
     device = resolve_device(config.device)
+    if train.labels is None or (val is not None and val.labels is None):
+        raise UserError("train_protocol needs labelled train and val batches, but got unlabelled ones")
     data_device = train.images.device
     if data_device.type != device.type:
         raise UserError(
@@ -171,6 +179,13 @@ def train_protocol(
             f"{str(device)!r}; build DeviceBatches with device={str(device)!r}"
         )
     device = data_device
+    for name, batches in (("train", train), ("val", val)):
+        size = getattr(batches, "out_size", None) if batches is not None else None
+        if size is not None and size != config.resolution:
+            raise UserError(
+                f"TrainConfig.resolution is {config.resolution!r} but the {name} batches produce "
+                f"{size!r}-px images; build DeviceBatches with out_size={config.resolution!r}"
+            )
     amp = (device.type == "cuda") if config.amp is None else config.amp
     channels_last = True if config.channels_last is None else config.channels_last
     if device.type == "cuda":
@@ -205,6 +220,7 @@ def train_protocol(
     entry: CachedPrefix | None = None
     cache_hit = False
     cache_build_s = 0.0
+    views_built_before = 0
     if f > 0 and config.cache_prefix:
         if not backbone.chain:
             notes.append(f"frozen-prefix cache off: {backbone.spec!r} does not chain its groups")
@@ -218,6 +234,7 @@ def train_protocol(
             )
             cache_hit = cache.hits > hits_before
             cache_build_s = 0.0 if cache_hit else time.perf_counter() - t0
+            views_built_before = 0 if entry is None else sum(entry.built)
             if note:
                 notes.append(note)
             if entry is not None:
@@ -258,9 +275,14 @@ def train_protocol(
 
     train_mode(backbone, f, config.bn_mode)
     for step in range(1, config.steps + 1):
-        idx = sampler.next(config.batch_size)
+        idx, epochs = sampler.next(config.batch_size)
         if entry is not None:
-            view_idx = torch.randint(entry.views, (len(idx),), generator=gen, device=device)
+            view_idx = _view_indices(epochs, entry.views, gen, device)
+            spent = cache.ensure(entry, (e for e, _ in epochs if e < entry.views), backbone, train,
+                                 amp=amp, channels_last=channels_last)
+            if spent:  # building ran the model in eval mode
+                cache_build_s += spent
+                train_mode(backbone, f, config.bn_mode)
             x = entry.batch(idx, view_idx, compute_dtype)
             y = entry.train_labels[idx]
             forward = forward_cached
@@ -330,6 +352,7 @@ def train_protocol(
         cached=entry is not None,
         cache_hit=cache_hit,
         cache_build_s=cache_build_s,
+        views_built=0 if entry is None else sum(entry.built) - views_built_before,
         eval_time_s=eval_time,
         notes=notes,
     )
@@ -343,18 +366,36 @@ class _EpochSampler:
         self.n, self.generator, self.device = n, generator, device
         self.perm: torch.Tensor | None = None
         self.pos = 0
+        self.epoch = -1
 
-    def next(self, batch_size: int) -> torch.Tensor:
-        parts, need = [], batch_size
+    def next(self, batch_size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """``(indices (B,), [(epoch, count), ...])``: the indices and the 0-based epoch(s) they
+        belong to, in order (a batch straddles two epochs at an epoch boundary)."""
+        parts, epochs, need = [], [], batch_size
         while need > 0:
             if self.perm is None or self.pos >= self.n:
                 self.perm = torch.randperm(self.n, generator=self.generator, device=self.device)
                 self.pos = 0
+                self.epoch += 1
             take = min(need, self.n - self.pos)
             parts.append(self.perm[self.pos : self.pos + take])
+            epochs.append((self.epoch, take))
             self.pos += take
             need -= take
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), epochs
+
+
+def _view_indices(epochs: list[tuple[int, int]], views: int, generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """View of each batch element: epoch ``e < V`` uses view ``e`` (fresh augmentations, as
+    on the fly); later epochs draw one of the ``V`` views uniformly per element."""
+    parts = []
+    for epoch, count in epochs:
+        if epoch < views:
+            parts.append(torch.full((count,), epoch, dtype=torch.long, device=device))
+        else:
+            parts.append(torch.randint(views, (count,), generator=generator, device=device))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:

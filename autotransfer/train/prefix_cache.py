@@ -10,28 +10,33 @@ linear probe on stored final features; when the head starts with global average 
 per image, which makes the probe cheap in time and memory.
 
 **Augmentation equivalence (a finite view bank).** On-the-fly augmentation draws a fresh
-random-resized-crop + flip of every image at every step, which a cache cannot store. We
-instead build a fixed bank of ``V`` augmented views per image: view ``v`` of the whole training
-set is ``DeviceBatches.augment`` over the images in index order, in chunks, with a generator
-seeded by ``(seed, v)``; the prefix outputs of all ``V`` views are stored, shape
-``(V, N, *feature_shape)``. At each step every image in the batch is paired with one of its
-``V`` views drawn uniformly at random. Each image's augmentation distribution is thus the
-empirical distribution of ``V`` independent draws from the on-the-fly distribution: a
-finite-bank approximation that becomes exact as ``V`` grows. With the default ``V = 8`` and
-budgets of a few hundred steps most views are seen only a few times per image, and the
-benchmark (``benchmarks/bench_trial_loop.py``) checks that final accuracy does not drop
-against an uncached on-the-fly reference. Without augmentation ``V = 1`` (the plain view).
-Validation features are cached too (plain view, ``(M, *feature_shape)``).
+random-resized-crop + flip of every image in every epoch, which a cache cannot store for ever.
+We keep a fixed bank of ``V`` augmented views per image (default ``V = 8``): view ``v`` of the
+training set is ``DeviceBatches.augment`` over all images in index order, in chunks, with a
+generator seeded by ``(seed, v)`` (``view_seed``); its prefix outputs fill slot ``v`` of a
+``(V, N, *feature_shape)`` tensor. The training loop pairs epoch ``e < V`` with view ``e`` for
+every image, so the first ``V`` epochs see each image under ``V`` independent fresh
+augmentations, exactly as the on-the-fly loop does (only the random draws differ); from
+epoch ``V`` on each image in a batch gets one of its ``V`` views drawn uniformly at random.
+Each image's augmentations are thus ``V`` independent draws of the on-the-fly distribution,
+reused after ``V`` epochs: a finite-bank approximation that is exact up to ``V`` epochs and
+becomes exact as ``V`` grows. Views are computed when first needed (``PrefixCache.ensure``),
+so a short or pruned trial pays only for the epochs it ran and the next trial with the same
+key picks up where it stopped. The benchmark (``benchmarks/bench_trial_loop.py``) checks that
+final accuracy does not drop against the uncached on-the-fly reference. Without augmentation
+``V = 1`` (the plain view). Validation features are cached too (plain view, ``(M, *shape)``).
 
 The cache is a small ``PrefixCache`` object that the search layer keeps alive between trials:
-entries are keyed by (a digest of the frozen prefix's weights and buffers, f, V, seed,
-augment, resolution, train data identity, val data identity, storage dtype), so trials with the
-same ``f`` reuse one entry, and a different model or dataset can never hit a stale one. It is
-LRU with a byte cap; an entry that alone would exceed the cap is not built and the trial runs
-uncached (``PrefixCache.get`` returns ``None`` and a note saying why).
+entries are keyed by (model spec, a digest of the frozen prefix's weights and buffers, f, V,
+seed, augment, resolution, train data identity, val data identity, storage dtype, device), so
+trials with the same ``f`` reuse one entry, and a different model or dataset can never hit a
+stale one. It is LRU with a byte cap (the full ``V``-view size is reserved up front); an entry
+that alone would exceed the cap is not built and the trial runs uncached (``PrefixCache.get``
+returns ``None`` and a note saying why).
 
-Storage is float16 by default (bfloat16 if float16 would overflow), converted back to the
-compute dtype per batch; pass ``dtype=torch.float32`` for bit-faithful features.
+Storage is bfloat16 under bf16 autocast (CUDA), else float16 (bfloat16 if float16 would
+overflow), converted back to the compute dtype per batch; pass ``dtype=torch.float32`` for
+bit-faithful features.
 """
 from __future__ import annotations
 
@@ -65,23 +70,29 @@ class CachedPrefix:
 
     Attributes:
         freeze: ``f``, the number of groups run to produce the features.
-        train: ``(V, N, *shape)`` features of ``V`` augmented views of the ``N`` training images.
+        train: ``(V, N, *shape)`` features of ``V`` augmented views of the ``N`` training
+            images; slot ``v`` is valid once ``built[v]`` is True.
+        built: ``V`` flags: which views have been computed.
         train_labels: ``(N,)`` int64 labels on the same device.
         val: ``(M, *shape)`` features of the plain validation images, or ``None``.
         val_labels: ``(M,)`` labels, or ``None``.
         pooled: True when ``shape`` is ``(C, 1, 1)``: globally average-pooled final maps.
-        build_time_s: seconds spent computing the features.
-        hits: how many trials have used it after the one that built it.
+        augment / seed: how the views are drawn (``view_seed(seed, v)``).
+        build_time_s: seconds spent computing features so far (all views and val).
+        hits: how many trials have used it after the one that created it.
     """
 
     key: tuple
     freeze: int
     train: torch.Tensor
+    built: list[bool]
     train_labels: torch.Tensor
     val: torch.Tensor | None
     val_labels: torch.Tensor | None
     pooled: bool
-    build_time_s: float
+    augment: bool
+    seed: int
+    build_time_s: float = 0.0
     hits: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -101,7 +112,9 @@ class CachedPrefix:
         return total
 
     def batch(self, idx: torch.Tensor, view_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Features of images ``idx`` ``(B,)`` at views ``view_idx`` ``(B,)``: ``(B, *shape)`` in ``dtype``."""
+        """Features of images ``idx`` ``(B,)`` at views ``view_idx`` ``(B,)``: ``(B, *shape)`` in ``dtype``.
+
+        The views must have been built (``PrefixCache.ensure``)."""
         return self.train[view_idx, idx].to(dtype)
 
     def val_batches(self, batch_size: int, dtype: torch.dtype) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -118,7 +131,8 @@ class PrefixCache:
     Args:
         max_bytes: cap on the summed size of all entries; ``None`` = auto (on CUDA 30% of the
             GPU's memory, on CPU a quarter of physical RAM, at most 4 GiB).
-        dtype: storage dtype; ``None`` = float16 (bfloat16 where float16 overflows).
+        dtype: storage dtype; ``None`` = bfloat16 under bf16 autocast (what the groups compute
+            in anyway), else float16 (bfloat16 where float16 overflows).
         chunk_size: images per forward pass while building.
     """
 
@@ -141,6 +155,10 @@ class PrefixCache:
     def nbytes(self) -> int:
         """Bytes held by all entries."""
         return sum(e.nbytes for e in self._entries.values())
+
+    def entries(self) -> list[CachedPrefix]:
+        """The entries, least recently used first."""
+        return list(self._entries.values())
 
     def clear(self) -> None:
         """Drop every entry."""
@@ -171,8 +189,9 @@ class PrefixCache:
         amp: bool = False,
         channels_last: bool = False,
     ) -> tuple[CachedPrefix | None, str | None]:
-        """The entry for this key, built if missing: ``(entry, None)``, or ``(None, note)`` when
-        it would not fit under the cap (the caller then trains uncached).
+        """The entry for this key, created if missing: ``(entry, None)``, or ``(None, note)`` when
+        it would not fit under the cap (the caller then trains uncached). A new entry has its
+        validation features computed; training views are computed by ``ensure`` when needed.
 
         Args:
             backbone: a chaining ``Backbone`` (``backbone.chain``) whose groups ``0..freeze-1``
@@ -188,7 +207,7 @@ class PrefixCache:
             raise ValueError(f"freeze must be in [1, {backbone.num_groups}], but got {freeze!r}")
         views = views if augment else 1
         device = train.images.device
-        dtype = self.dtype or torch.float16
+        dtype = self.dtype or (torch.bfloat16 if amp else torch.float16)
         key = (
             backbone.spec,
             prefix_digest(backbone, freeze),
@@ -214,26 +233,68 @@ class PrefixCache:
         was_training = model.training
         model.eval()
         try:
-            probe = train.plain(torch.arange(min(2, len(train.labels)), device=device))
+            probe = train.plain(torch.arange(min(2, len(train)), device=device))
             pooled = freeze == backbone.num_groups and _head_pools(backbone, probe, freeze)
             with torch.no_grad():
                 shape = tuple(self._prefix(backbone, probe, freeze, pooled, amp, channels_last).shape[1:])
             per_image = _numel(shape) * torch.empty((), dtype=dtype).element_size()
-            need = per_image * (views * len(train.labels) + (0 if val is None else len(val.labels)))
+            need = per_image * (views * len(train) + (0 if val is None else len(val)))
             cap = self.cap_bytes(device)
             if need > cap:
                 return None, (
-                    f"frozen-prefix cache skipped: f={freeze}, {views} view(s) of {len(train.labels)} "
+                    f"frozen-prefix cache skipped: f={freeze}, {views} view(s) of {len(train)} "
                     f"images need {need / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB cap; trained uncached"
                 )
             while self._entries and self.nbytes + need > cap:
                 self._entries.popitem(last=False)
-            entry = self._build(key, backbone, freeze, train, val, views, seed, augment, pooled, shape,
-                                dtype, amp, channels_last)
+            start = time.perf_counter()
+            entry = CachedPrefix(
+                key=key,
+                freeze=freeze,
+                train=torch.empty((views, len(train), *shape), dtype=dtype, device=device),
+                built=[False] * views,
+                train_labels=train.labels.to(device=device, dtype=torch.long),
+                val=None,
+                val_labels=None if val is None else val.labels.to(device=device, dtype=torch.long),
+                pooled=pooled,
+                augment=augment,
+                seed=seed,
+            )
+            if val is not None:
+                entry.val = torch.empty((len(val), *shape), dtype=dtype, device=device)
+                self._fill(entry, "val", backbone, val.plain, len(val), amp, channels_last)
+            entry.build_time_s += time.perf_counter() - start
         finally:
             model.train(was_training)
         self._entries[key] = entry
         return entry, None
+
+    def ensure(self, entry: CachedPrefix, views, backbone, train, *, amp: bool = False,
+               channels_last: bool = False) -> float:
+        """Compute the views in ``views`` (ints) of ``entry`` that are not built yet; returns
+        the seconds spent. ``backbone`` and ``train`` must be those the entry was keyed on
+        (same frozen prefix weights, same data)."""
+        todo = sorted({int(v) for v in views if not entry.built[int(v)]})
+        if not todo:
+            return 0.0
+        start = time.perf_counter()
+        model = backbone.model
+        was_training = model.training
+        model.eval()
+        try:
+            for v in todo:
+                if entry.augment:
+                    gen = torch.Generator(device=train.images.device).manual_seed(view_seed(entry.seed, v))
+                    make = lambda idx, g=gen: train.augment(idx, g)  # noqa: E731
+                else:
+                    make = train.plain
+                self._fill(entry, v, backbone, make, len(train), amp, channels_last)
+                entry.built[v] = True
+        finally:
+            model.train(was_training)
+        spent = time.perf_counter() - start
+        entry.build_time_s += spent
+        return spent
 
     # -- building ---------------------------------------------------------------------------
 
@@ -241,59 +302,29 @@ class PrefixCache:
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else nullcontext()
-        with ctx:
+        with torch.no_grad(), ctx:
             out = run_groups(backbone, x, 0, freeze)
         if pooled:
             out = out.float().mean(dim=(2, 3), keepdim=True)
         return out
 
-    def _build(self, key, backbone, freeze, train, val, views, seed, augment, pooled, shape, dtype,
-               amp, channels_last) -> CachedPrefix:
-        start = time.perf_counter()
-        device = train.images.device
-        n = len(train.labels)
-        notes: list[str] = []
-
-        def fill(store: torch.Tensor, make_batch, count: int) -> bool:
-            for lo in range(0, count, self.chunk_size):
-                idx = torch.arange(lo, min(lo + self.chunk_size, count), device=device)
-                out = self._prefix(backbone, make_batch(idx), freeze, pooled, amp, channels_last)
-                cast = out.to(store.dtype)
-                if store.dtype == torch.float16 and not bool(torch.isfinite(cast).all()):
-                    return False
-                store[lo : lo + len(idx)] = cast
-            return True
-
-        for attempt_dtype in (dtype, torch.bfloat16):
-            ok = True
-            feats = torch.empty((views, n, *shape), dtype=attempt_dtype, device=device)
-            val_feats = None if val is None else torch.empty((len(val.labels), *shape), dtype=attempt_dtype,
-                                                             device=device)
-            with torch.no_grad():
-                for v in range(views):
-                    if augment:
-                        gen = torch.Generator(device=device).manual_seed(view_seed(seed, v))
-                        ok = fill(feats[v], lambda idx, g=gen: train.augment(idx, g), n)
-                    else:
-                        ok = fill(feats[v], train.plain, n)
-                    if not ok:
-                        break
-                if ok and val is not None:
-                    ok = fill(val_feats, val.plain, len(val.labels))
-            if ok:
-                break
-            notes.append(f"float16 overflowed in the f={freeze} prefix outputs; stored as bfloat16")
-        return CachedPrefix(
-            key=key,
-            freeze=freeze,
-            train=feats,
-            train_labels=train.labels.to(device=device, dtype=torch.long),
-            val=val_feats,
-            val_labels=None if val is None else val.labels.to(device=device, dtype=torch.long),
-            pooled=pooled,
-            build_time_s=time.perf_counter() - start,
-            notes=notes,
-        )
+    def _fill(self, entry: CachedPrefix, slot, backbone, make_batch, count: int, amp: bool,
+              channels_last: bool) -> None:
+        """Write the prefix outputs of ``make_batch(idx)`` for all ``count`` images into
+        ``entry.val`` (``slot == "val"``) or ``entry.train[slot]``, switching the entry's
+        storage to bfloat16 if float16 overflows."""
+        device = entry.train.device
+        for lo in range(0, count, self.chunk_size):
+            idx = torch.arange(lo, min(lo + self.chunk_size, count), device=device)
+            out = self._prefix(backbone, make_batch(idx), entry.freeze, entry.pooled, amp, channels_last)
+            if entry.train.dtype == torch.float16 and not bool(torch.isfinite(out.to(torch.float16)).all()):
+                # lossless in range for what is stored so far (all finite float16)
+                entry.train = entry.train.to(torch.bfloat16)
+                if entry.val is not None:
+                    entry.val = entry.val.to(torch.bfloat16)
+                entry.notes.append(f"float16 overflowed in the f={entry.freeze} prefix outputs; stored as bfloat16")
+            target = entry.val if slot == "val" else entry.train[slot]
+            target[lo : lo + len(idx)] = out.to(target.dtype)
 
 
 def _head_pools(backbone, probe: torch.Tensor, freeze: int) -> bool:

@@ -1,0 +1,375 @@
+"""Estimator evidence: validity of the measures against measured transfer gains, and cost.
+
+**Validity.** Three source settings:
+
+- ``efficientnet_lite0`` (ImageNet), source-free (BN-W2 against the stored statistics);
+- ``fashion-source`` (the laboratory, trained on Fashion-MNIST classes 0-4), source-free;
+- ``fashion-source`` with a source sample (``builtin:fashion-mnist?classes=0-4``): MMD by depth.
+
+Targets: every built-in (fashion-mnist?classes=5-9, mnist5k, animals, elpv, digits) at two sizes,
+plus the 20 real ImageNet photos for the ImageNet model (2 pseudo-classes of 10: they have 19
+classes, so only the divergence means anything; their excess over the shipped reference, which
+is built from the same photos, is 0 by construction, so their *raw* BN-W2 is reported beside it).
+
+Measured transfer gain per (model, target): ``train_protocol`` at equal steps on the same ~300
+training images (val: the rest of a stratified subsample), 1 seed:
+
+- fine-tuned: best over {f = 0 (full fine-tune), f = G (linear probe)} x a few ELRs;
+- from scratch: every group re-initialised (r = G), best of 3 higher ELRs;
+- gain = best fine-tuned score - best from-scratch score (accuracy, or balanced accuracy for
+  the imbalanced elpv), both read at the last step on the validation images.
+
+Then the Spearman correlation, over the targets, of each measure with the gain.
+
+**Cost.** A whole ``estimate`` (model creation included) on 1,000 images against one epoch of a
+trial (full fine-tune, the study's default 64 px for lite0, 32 px for the laboratory) on the same
+images and model.
+
+    python benchmarks/bench_estimate.py [--threads 1] [--json /tmp/estimate.json] > section.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from autotransfer.backbones import create_backbone
+from autotransfer.data import DeviceBatches, ImageDataset, load_dataset, stratified_split, stratified_subsample, to_array
+from autotransfer.estimate import TaskEstimator
+from autotransfer.estimate.reference import reference_path
+from autotransfer.estimate.size import size_stats
+from autotransfer.train import PrefixCache, TrainConfig, train_protocol
+
+TARGETS = (
+    "builtin:fashion-mnist?classes=5-9",
+    "builtin:mnist5k",
+    "builtin:animals",
+    "builtin:elpv",
+    "builtin:digits",
+)
+PHOTOS = "builtin:imagenet-photos"
+SOURCE_SAMPLE = "builtin:fashion-mnist?classes=0-4"
+GREY = TARGETS
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    model: str
+    source: str | None
+    train_size: int  # px for the gain trials
+    steps: int
+    ft_lrs: tuple[float, ...]
+    probe_lrs: tuple[float, ...]
+    scratch_lrs: tuple[float, ...]
+
+
+SETTINGS = (
+    Setting("lite0 (source-free)", "efficientnet_lite0", None, 64, 40, (0.01, 0.03), (0.01, 0.1), (0.03, 0.1, 0.3)),
+    Setting("fashion-source (source-free)", "fashion-source", None, 32, 60, (0.01, 0.03), (0.01, 0.1), (0.03, 0.1, 0.3)),
+    Setting("fashion-source (+source 0-4)", "fashion-source", SOURCE_SAMPLE, 32, 60, (), (), ()),
+)
+MOMENTUM = 0.9
+
+
+def short(spec: str) -> str:
+    return spec.replace("builtin:", "")
+
+
+def photos_dataset() -> ImageDataset:
+    """The 20 ImageNet photos with 2 pseudo-classes of 10 (their own 19 classes cannot pass
+    ``size_stats``; labels do not enter the divergence)."""
+    ds = load_dataset(PHOTOS, require_labels=False)
+    labels = np.arange(len(ds)) % 2
+    return ImageDataset(spec=f"{PHOTOS} (2 pseudo-classes)", images=ds.images, labels=labels,
+                        classes=["even", "odd"], flip=ds.flip)
+
+
+def tail(values) -> float:
+    v = [x for x in values]
+    return float(np.mean(v[len(v) // 2:]))
+
+
+def run_estimates(setting: Setting, sizes: tuple[int, ...], seed: int, log) -> list[dict]:
+    backbone = create_backbone(setting.model, num_classes=2)
+    source = None if setting.source is None else load_dataset(setting.source, require_labels=False)
+    rows = []
+    targets = list(TARGETS) + ([PHOTOS] if setting.model.startswith("efficientnet") else [])
+    for spec in targets:
+        for n in ((20,) if spec == PHOTOS else sizes):
+            full = photos_dataset() if spec == PHOTOS else load_dataset(spec)
+            ds = full if n >= len(full) else stratified_subsample(full, n, seed=seed)
+            est = TaskEstimator(max_images=max(n, 4), max_source_images=500, seed=seed)
+            profile = est.fit(ds, backbone, source=source)
+            div, tr = profile.divergence, profile.transferability
+            row = {
+                "setting": setting.name, "model": setting.model, "target": spec, "n": len(ds),
+                "similarity": profile.similarity, "raw_tail": tail(div.raw), "excess_tail": tail(div.excess),
+                "raw": div.raw, "excess": div.excess,
+                "logme": tr.logme, "leep": tr.leep, "hscore": tr.hscore,
+                "mmd_last": None if div.source is None else div.source.mmd,
+                "mmd_p": None if div.source is None else div.source.mmd_p,
+                "sinkhorn": None if div.source is None else div.source.sinkhorn,
+                "quadrant": profile.placement.quadrant, "seconds": profile.timings["total"],
+            }
+            rows.append(row)
+            log(f"  {setting.name:30s} {short(spec):28s} n={len(ds):4d} sim={row['similarity']:.3f} "
+                f"raw_tail={row['raw_tail']:.3f} logme={row['logme']:.3f} ({row['seconds']:.1f} s)")
+    return rows
+
+
+def transfer_gain(setting: Setting, spec: str, n_total: int, val_frac: float, seed: int, log) -> dict:
+    """Best fine-tuned minus best from-scratch validation score at equal steps."""
+    ds = stratified_subsample(load_dataset(spec), n_total, seed=seed)
+    splits = stratified_split(ds, val=val_frac, test=0.0, seed=seed)
+    metric = size_stats(ds).metric
+    C = len(ds.classes)
+    probe = create_backbone(setting.model, C)
+    G, pre, size = probe.num_groups, probe.preprocessing, setting.train_size
+
+    def batches(part):
+        return DeviceBatches(to_array(part, size), part.labels, device="cpu", out_size=size,
+                             mean=pre.mean, std=pre.std, flip=part.flip)
+
+    train, val = batches(splits.train), batches(splits.val)
+    cache = PrefixCache()
+    runs = []
+    arms = [("finetune", 0, 0, setting.ft_lrs), ("probe", G, 0, setting.probe_lrs), ("scratch", 0, G, setting.scratch_lrs)]
+    for arm, f, r, lrs in arms:
+        for lr in lrs:
+            config = TrainConfig(lr=lr, momentum=MOMENTUM, freeze=f, reinit=r, steps=setting.steps,
+                                 eval_every=setting.steps, resolution=size, warmup_frac=0.05,
+                                 weight_decay=1e-5, batch_size=32, seed=seed, device="cpu")
+            tick = time.perf_counter()
+            result = train_protocol(create_backbone(setting.model, C), train, val, config, metric=metric, cache=cache)
+            score = float(result.final_score) if result.final_score is not None else float("nan")
+            runs.append({"arm": arm, "lr": lr, "elr": lr / (1 - MOMENTUM), "score": score,
+                         "seconds": time.perf_counter() - tick})
+    best = lambda arms_: max(r["score"] for r in runs if r["arm"] in arms_)  # noqa: E731
+    out = {
+        "model": setting.model, "target": spec, "metric": metric, "n_train": len(splits.train),
+        "n_val": len(splits.val), "steps": setting.steps, "px": size,
+        "finetune": best(("finetune", "probe")), "full_ft": best(("finetune",)), "probe": best(("probe",)),
+        "scratch": best(("scratch",)), "runs": runs,
+    }
+    out["gain"] = out["finetune"] - out["scratch"]
+    log(f"  gain {setting.model:20s} {short(spec):28s} ft={out['full_ft']:.3f} probe={out['probe']:.3f} "
+        f"scratch={out['scratch']:.3f} gain={out['gain']:+.3f} "
+        f"({sum(r['seconds'] for r in runs):.0f} s)")
+    return out
+
+
+def correlations(rows: list[dict], gains: dict, n: int) -> dict:
+    """Spearman rho (and p) of each measure with the gain, over targets with a gain."""
+    measures = ("similarity", "raw_tail", "logme", "leep", "hscore", "mmd_last")
+    picked = [r for r in rows if r["n"] == n and (r["model"], r["target"]) in gains]
+    out = {}
+    for m in measures:
+        pairs = [(r[m], gains[(r["model"], r["target"])]["gain"]) for r in picked if r[m] is not None]
+        if len(pairs) < 3:
+            continue
+        x, y = zip(*pairs)
+        rho, p = spearmanr(x, y)
+        out[m] = (float(rho), float(p), len(pairs))
+    return out
+
+
+def cost(model: str, spec: str, train_px: int, threads: int, seed: int, log) -> dict:
+    torch.set_num_threads(threads)
+    ds = stratified_subsample(load_dataset(spec), 1000, seed=seed)
+    load = os.getloadavg()[0]
+    tick = time.perf_counter()
+    profile = TaskEstimator(max_images=1000, seed=seed).fit(ds, model)
+    estimate_s = time.perf_counter() - tick
+    backbone = create_backbone(model, len(ds.classes))
+    pre = backbone.preprocessing
+    data = DeviceBatches(to_array(ds, train_px), ds.labels, device="cpu", out_size=train_px,
+                         mean=pre.mean, std=pre.std, flip=ds.flip)
+    steps = math.ceil(len(ds) / 32)
+    config = TrainConfig(lr=0.01, steps=steps, eval_every=steps, resolution=train_px, batch_size=32,
+                         seed=seed, device="cpu")
+    tick = time.perf_counter()
+    train_protocol(backbone, data, None, config)
+    epoch_s = time.perf_counter() - tick
+    out = {"model": model, "target": spec, "threads": threads, "estimate_s": estimate_s, "epoch_s": epoch_s,
+           "epoch_px": train_px, "timings": profile.timings, "load_before": load, "load_after": os.getloadavg()[0]}
+    log(f"  cost {model} threads={threads}: estimate {estimate_s:.1f} s ({profile.timings}), "
+        f"one epoch at {train_px} px {epoch_s:.1f} s, load {load:.1f}->{out['load_after']:.1f}")
+    return out
+
+
+def markdown(rows, gains, corr, costs, calib, meta) -> str:
+    lines = ["## Estimator", "",
+             f"`python benchmarks/bench_estimate.py --threads {meta['threads']}` ({meta['when']}, "
+             f"{meta['wall_min']:.1f} min wall; torch {meta['torch']}, {meta['cpus']} CPU cores shared with "
+             f"other engineers' jobs: 1-min load average {meta['load_start']:.1f} at the start, "
+             f"{meta['load_end']:.1f} at the end, so every time below is inflated by contention).", ""]
+    lines += ["### Validity: similarity ordering", "",
+              "Similarity in [0, 1] (1 = source domain); `raw tail` = mean raw divergence of the last half of the "
+              "depth groups (BN-W2, or MMD² with a source sample), before the reference is subtracted.", ""]
+    for setting in SETTINGS:
+        sub = [r for r in rows if r["setting"] == setting.name]
+        if not sub:
+            continue
+        sizes = sorted({r["n"] for r in sub if r["target"] != PHOTOS})
+        lines += [f"**{setting.name}**", "",
+                  "| target | " + " | ".join(f"sim n={n} | raw tail n={n} | LogME n={n}" for n in sizes) + " |",
+                  "|---|" + "---|---|---|" * len(sizes)]
+        order = sorted({r["target"] for r in sub}, key=lambda t: -max(r["similarity"] for r in sub if r["target"] == t))
+        for t in order:
+            cells = []
+            for i, n in enumerate(sizes):
+                hit = [r for r in sub if r["target"] == t and (r["n"] == n or (t == PHOTOS and i == 0))]
+                if hit:
+                    r = hit[0]
+                    cells.append(f"{r['similarity']:.3f} | {r['raw_tail']:.3f} | {r['logme']:.3f}")
+                else:
+                    cells.append("- | - | -")
+            name = f"{short(t)} (n=20, pseudo-labels)" if t == PHOTOS else short(t)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Validity: measured transfer gain", "",
+              "Validation score at equal steps, best of the grid per arm (1 seed); gain = best of "
+              "{full fine-tune, linear probe} - best from scratch.", "",
+              "| model | target | metric | px | steps | train/val | full FT | probe | scratch | **gain** |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in gains.values():
+        lines.append(f"| {g['model']} | {short(g['target'])} | {g['metric']} | {g['px']} | {g['steps']} | "
+                     f"{g['n_train']}/{g['n_val']} | {g['full_ft']:.3f} | {g['probe']:.3f} | {g['scratch']:.3f} | "
+                     f"**{g['gain']:+.3f}** |")
+    lines += ["", "Grids (lr at momentum 0.9; ELR = 10 lr): "
+              + "; ".join(f"{s.model}: FT {list(s.ft_lrs)}, probe {list(s.probe_lrs)}, scratch {list(s.scratch_lrs)}"
+                          for s in SETTINGS if s.ft_lrs), ""]
+    lines += ["### Validity: Spearman correlation with the gain", "",
+              "rho (p, number of targets). Expected sign if the measure predicts the benefit of pretraining: "
+              "similarity, LogME, LEEP, H-score +; raw divergence, MMD -.", "",
+              "| setting | n | similarity | raw tail | LogME | LEEP | H-score | MMD² (last) |", "|---|---|---|---|---|---|---|---|"]
+    for (name, n), c in corr.items():
+        cell = lambda m: f"{c[m][0]:+.2f} ({c[m][1]:.2f}, {c[m][2]})" if m in c else "-"  # noqa: E731
+        lines.append(f"| {name} | {n} | {cell('similarity')} | {cell('raw_tail')} | {cell('logme')} | "
+                     f"{cell('leep')} | {cell('hscore')} | {cell('mmd_last')} |")
+    lines += ["", "### MMD scale calibration", "",
+              f"Least-squares slope (through 0) of the fashion-source MMD² tail excess on its BN-W2 tail excess "
+              f"over the five targets at n={calib['n']}: **{calib['slope']:.3f}** -> MMD similarity scale "
+              f"{calib['slope']:.3f} x 0.35 = {calib['scale']:.3f} (shipped constant: "
+              f"`MMD_SIMILARITY_SCALE = {calib['shipped']}`).", ""]
+    lines += ["### Cost", "",
+              "| model | threads | whole estimate, 1,000 images (s) | features+BN pass (s) | one epoch of a trial (s) | ratio | load |",
+              "|---|---|---|---|---|---|---|"]
+    for c in costs:
+        lines.append(f"| {c['model']} ({c['timings'].get('resize', 0):.1f} s resize) | {c['threads']} | "
+                     f"{c['estimate_s']:.1f} | {c['timings'].get('features', float('nan')):.1f} | "
+                     f"{c['epoch_s']:.1f} at {c['epoch_px']} px | {c['estimate_s'] / c['epoch_s']:.1f}x | "
+                     f"{c['load_before']:.1f}->{c['load_after']:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100,300", help="target sizes for the estimates")
+    parser.add_argument("--gain-n", type=int, default=500, help="images per gain target (train + val)")
+    parser.add_argument("--val-frac", type=float, default=0.4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cost-threads", default="1,2")
+    parser.add_argument("--skip-estimates", action="store_true", help="only the cost part (with --skip-gains)")
+    parser.add_argument("--skip-gains", action="store_true")
+    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--gains-json", help="reuse the gains of an earlier --json output")
+    parser.add_argument("--models", default="efficientnet_lite0,fashion-source", help="which settings to run")
+    parser.add_argument("--steps-factor", type=float, default=1.0, help="scale the gain trials' steps (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write every number here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    log = lambda text: print(text, flush=True, file=__import__("sys").stderr)  # noqa: E731
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    if not all(reference_path(m).is_file() for m in ("efficientnet_lite0", "fashion-source")):
+        raise SystemExit("run python benchmarks/build_references.py first")
+
+    settings = [s for s in SETTINGS if s.model in args.models.split(",")]
+    rows = []
+    if not args.skip_estimates:
+        log("estimates")
+        rows = [r for s in settings for r in run_estimates(s, sizes, args.seed, log)]
+
+    gains: dict = {}
+    if args.gains_json:
+        for g in json.load(open(args.gains_json))["gains"]:
+            gains[(g["model"], g["target"])] = g
+    elif not args.skip_gains:
+        log("transfer gains")
+        for s in settings:
+            if not s.ft_lrs:
+                continue
+            s = replace(s, steps=max(1, round(s.steps * args.steps_factor)))
+            for spec in TARGETS:
+                gains[(s.model, spec)] = transfer_gain(s, spec, args.gain_n, args.val_frac, args.seed, log)
+
+    corr = {}
+    if gains:
+        for s in settings:
+            for n in sizes:
+                corr[(s.name, n)] = correlations([r for r in rows if r["setting"] == s.name], gains, n)
+
+    n_cal = max(sizes)
+    bn = {r["target"]: r for r in rows if r["setting"] == "fashion-source (source-free)" and r["n"] == n_cal}
+    mm = {r["target"]: r for r in rows if r["setting"] == "fashion-source (+source 0-4)" and r["n"] == n_cal}
+    x = np.array([bn[t]["excess_tail"] for t in TARGETS if t in bn and t in mm])
+    y = np.array([mm[t]["excess_tail"] for t in TARGETS if t in bn and t in mm])
+    slope = float(x @ y / (x @ x)) if len(x) else float("nan")
+    from autotransfer.estimate.estimator import MMD_SIMILARITY_SCALE
+    calib = {"n": n_cal, "slope": slope, "scale": slope * 0.35, "shipped": MMD_SIMILARITY_SCALE}
+
+    costs = []
+    if not args.skip_cost:
+        log("cost")
+        if any(s.model == "efficientnet_lite0" for s in settings):
+            for threads in (int(t) for t in args.cost_threads.split(",")):
+                costs.append(cost("efficientnet_lite0", "builtin:animals", 64, threads, args.seed, log))
+        costs.append(cost("fashion-source", "builtin:animals", 32, args.threads, args.seed, log))
+        torch.set_num_threads(args.threads)
+
+    # the two orderings the issue asks for
+    lite = {r["target"]: r for r in rows if r["setting"].startswith("lite0")}
+    checks = {
+        "photos nearer than every greyscale set (lite0, similarity and raw)": PHOTOS in lite and all(
+            r["similarity"] < lite[PHOTOS]["similarity"] and r["raw_tail"] > lite[PHOTOS]["raw_tail"]
+            for r in rows if r["setting"].startswith("lite0") and r["target"] != PHOTOS
+        ),
+        "fashion 5-9 nearer than elpv (fashion-source, both paths, both sizes)": all(
+            a["similarity"] > b["similarity"]
+            for a in rows for b in rows
+            if a["setting"] == b["setting"] and a["n"] == b["n"] and a["model"] == "fashion-source"
+            and a["target"] == TARGETS[0] and b["target"] == "builtin:elpv"
+        ),
+    }
+    meta = {
+        "threads": args.threads, "when": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+        "cpus": os.cpu_count(), "python": platform.python_version(), "load_start": load_start,
+        "load_end": os.getloadavg()[0], "wall_min": (time.perf_counter() - start) / 60,
+    }
+    text = markdown(rows, gains, corr, costs, calib, meta)
+    text += "\n**Orderings asserted** (also in tests/estimate/test_estimator.py): " + "; ".join(
+        f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()) + "\n"
+    print(text)
+    result = {"rows": rows, "gains": list(gains.values()),
+              "correlations": {f"{k[0]} n={k[1]}": v for k, v in corr.items()},
+              "calibration": calib, "costs": costs, "checks": checks, "meta": meta}
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1, default=float)
+    return result
+
+
+if __name__ == "__main__":
+    main()
