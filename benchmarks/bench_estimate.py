@@ -57,7 +57,6 @@ TARGETS = (
 )
 PHOTOS = "builtin:imagenet-photos"
 SOURCE_SAMPLE = "builtin:fashion-mnist?classes=0-4"
-GREY = TARGETS
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,7 @@ def run_estimates(setting: Setting, sizes: tuple[int, ...], seed: int, log) -> l
                 "setting": setting.name, "model": setting.model, "target": spec, "n": len(ds),
                 "similarity": profile.similarity, "raw_tail": tail(div.raw), "excess_tail": tail(div.excess),
                 "raw": div.raw, "excess": div.excess,
+                "classes": profile.size.classes,
                 "logme": tr.logme, "leep": tr.leep, "hscore": tr.hscore,
                 "mmd_last": None if div.source is None else div.source.mmd,
                 "mmd_p": None if div.source is None else div.source.mmd_p,
@@ -167,9 +167,24 @@ def transfer_gain(setting: Setting, spec: str, n_total: int, val_frac: float, se
     return out
 
 
+def add_class_normalised(row: dict) -> dict:
+    """LEEP and H-score depend on the class count C by construction (LEEP of uninformative
+    source predictions is -ln C; H-score <= C - 1), so targets with 2, 5 and 10 classes are not
+    comparable raw: ``leep_norm = LEEP + ln C`` and ``hscore_norm = H-score / (C - 1)``."""
+    if "classes" not in row:
+        row["classes"] = 2 if row["target"] == PHOTOS else len(load_dataset(row["target"]).classes)
+    C = row["classes"]
+    row["leep_norm"] = None if row["leep"] is None else row["leep"] + math.log(C)
+    row["hscore_norm"] = None if row["hscore"] is None else row["hscore"] / (C - 1)
+    return row
+
+
+MEASURES = ("similarity", "raw_tail", "logme", "leep", "leep_norm", "hscore", "hscore_norm", "mmd_last")
+
+
 def correlations(rows: list[dict], gains: dict, n: int) -> dict:
     """Spearman rho (and p) of each measure with the gain, over targets with a gain."""
-    measures = ("similarity", "raw_tail", "logme", "leep", "hscore", "mmd_last")
+    measures = MEASURES
     picked = [r for r in rows if r["n"] == n and (r["model"], r["target"]) in gains]
     out = {}
     for m in measures:
@@ -249,13 +264,13 @@ def markdown(rows, gains, corr, costs, calib, meta) -> str:
               + "; ".join(f"{s.model}: FT {list(s.ft_lrs)}, probe {list(s.probe_lrs)}, scratch {list(s.scratch_lrs)}"
                           for s in SETTINGS if s.ft_lrs), ""]
     lines += ["### Validity: Spearman correlation with the gain", "",
-              "rho (p, number of targets). Expected sign if the measure predicts the benefit of pretraining: "
+              "rho (p) over the 5 targets. Expected sign if the measure predicts the benefit of pretraining: "
               "similarity, LogME, LEEP, H-score +; raw divergence, MMD -.", "",
-              "| setting | n | similarity | raw tail | LogME | LEEP | H-score | MMD² (last) |", "|---|---|---|---|---|---|---|---|"]
+              "| setting | n | similarity | raw tail | LogME | LEEP | LEEP + ln C | H-score | H-score/(C-1) | MMD² (last) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for (name, n), c in corr.items():
-        cell = lambda m: f"{c[m][0]:+.2f} ({c[m][1]:.2f}, {c[m][2]})" if m in c else "-"  # noqa: E731
-        lines.append(f"| {name} | {n} | {cell('similarity')} | {cell('raw_tail')} | {cell('logme')} | "
-                     f"{cell('leep')} | {cell('hscore')} | {cell('mmd_last')} |")
+        cell = lambda m: f"{c[m][0]:+.2f} ({c[m][1]:.2f})" if m in c else "-"  # noqa: E731
+        lines.append(f"| {name} | {n} | " + " | ".join(cell(m) for m in MEASURES) + " |")
     lines += ["", "### MMD scale calibration", "",
               f"Least-squares slope (through 0) of the fashion-source MMD² tail excess on its BN-W2 tail excess "
               f"over the five targets at n={calib['n']}: **{calib['slope']:.3f}** -> MMD similarity scale "
@@ -284,6 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-gains", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--gains-json", help="reuse the gains of an earlier --json output")
+    parser.add_argument("--reuse", action="append", default=[],
+                        help="re-render from earlier --json outputs (rows, gains, costs); repeatable")
     parser.add_argument("--models", default="efficientnet_lite0,fashion-source", help="which settings to run")
     parser.add_argument("--steps-factor", type=float, default=1.0, help="scale the gain trials' steps (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -297,12 +314,19 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("run python benchmarks/build_references.py first")
 
     settings = [s for s in SETTINGS if s.model in args.models.split(",")]
-    rows = []
+    rows, gains, costs = [], {}, []
+    for path in args.reuse:
+        earlier = json.load(open(path))
+        rows += earlier["rows"]
+        gains.update({(g["model"], g["target"]): g for g in earlier["gains"]})
+        costs += earlier["costs"]
+    if args.reuse:
+        args.skip_estimates = args.skip_gains = args.skip_cost = True
     if not args.skip_estimates:
         log("estimates")
         rows = [r for s in settings for r in run_estimates(s, sizes, args.seed, log)]
 
-    gains: dict = {}
+    rows = [add_class_normalised(r) for r in rows]
     if args.gains_json:
         for g in json.load(open(args.gains_json))["gains"]:
             gains[(g["model"], g["target"])] = g
@@ -330,7 +354,6 @@ def main(argv: list[str] | None = None) -> dict:
     from autotransfer.estimate.estimator import MMD_SIMILARITY_SCALE
     calib = {"n": n_cal, "slope": slope, "scale": slope * 0.35, "shipped": MMD_SIMILARITY_SCALE}
 
-    costs = []
     if not args.skip_cost:
         log("cost")
         if any(s.model == "efficientnet_lite0" for s in settings):
@@ -358,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpus": os.cpu_count(), "python": platform.python_version(), "load_start": load_start,
         "load_end": os.getloadavg()[0], "wall_min": (time.perf_counter() - start) / 60,
     }
+    if args.reuse:  # the numbers are those of the earlier runs: so are their conditions
+        meta = {**json.load(open(args.reuse[0]))["meta"], "reused": list(args.reuse)}
     text = markdown(rows, gains, corr, costs, calib, meta)
     text += "\n**Orderings asserted** (also in tests/estimate/test_estimator.py): " + "; ".join(
         f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()) + "\n"

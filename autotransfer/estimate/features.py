@@ -224,6 +224,9 @@ def extract_group_features(
 def source_probabilities(backbone: Backbone, final_features: np.ndarray) -> np.ndarray | None:
     """Softmax of the pretrained ``source_head`` on the final pooled features, for LEEP.
 
+    Exact for global-average-pooled CNN heads (timm EfficientNet / ResNet, the laboratory);
+    for token models whose head reads the class token, the mean over tokens stands in for it.
+
     Args:
         backbone: a backbone whose ``source_head`` is the pretrained classifier (or ``None``).
         final_features: ``(N, D)`` pooled output of the last depth group.

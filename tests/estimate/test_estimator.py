@@ -214,3 +214,25 @@ def test_cli_json_prints_every_number(monkeypatch, capsys):
     assert len(payload["divergence"]["excess"]) == payload["num_groups"] == 5
     assert all(isinstance(v, float) for v in payload["transferability"].values())
     assert payload["prior"]["centre"]["log10_elr"] < 0
+
+
+def test_model_without_reference_reports_raw_as_excess_and_stale_reference_is_refused(tmp_path):
+    import timm
+
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    backbone = wrap_model(model, 2, spec="resnet10t (random)", preprocessing=Preprocessing((0.5,) * 3, (0.5,) * 3, 32))
+    assert load_reference(backbone) is None
+    target = _subset("builtin:digits?classes=0-1", 20)
+    profile = TaskEstimator(max_images=20).fit(target, backbone)
+    assert profile.divergence.reference is None
+    np.testing.assert_allclose(profile.divergence.excess, np.maximum(profile.divergence.raw, 0.0))
+    assert "no same-domain reference: raw divergence reported as excess" in profile.notes
+
+    stale = tmp_path / "resnet10t-reference.json"
+    stale.write_text(json.dumps({"method": "bn-w2", "groups": ["a", "b"], "values": [0.1, 0.2], "input_size": 32}))
+    backbone.reference_profile = stale
+    with pytest.raises(ValueError, match="does not fit"):
+        load_reference(backbone)
+    profile = TaskEstimator(max_images=20).fit(target, backbone)
+    assert profile.divergence.reference is None
+    assert any("shipped reference ignored" in note for note in profile.notes)
