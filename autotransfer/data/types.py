@@ -1,7 +1,6 @@
 """The in-memory dataset every part of autotransfer passes around."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,18 +43,9 @@ class ImageDataset:
     def fingerprint(self) -> str:
         """sha256 of the content (pixels, labels, class names): equal data, equal key."""
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            if isinstance(self.images, np.ndarray):
-                digest.update(str(self.images.shape).encode())
-                digest.update(np.ascontiguousarray(self.images).tobytes())
-            else:
-                for image in self.images:
-                    digest.update(str(image.shape).encode())
-                    digest.update(np.ascontiguousarray(image).tobytes())
-            if self.labels is not None:
-                digest.update(np.asarray(self.labels, dtype=np.int64).tobytes())
-            digest.update("\x00".join(self.classes).encode())
-            self._fingerprint = digest.hexdigest()
+            from autotransfer.data.cache import fingerprint  # hashes in chunks, never copies whole
+
+            self._fingerprint = fingerprint(self)
         return self._fingerprint
 
     def subset(self, indices: np.ndarray, spec_suffix: str = "") -> "ImageDataset":
