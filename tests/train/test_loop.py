@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from autotransfer.errors import UserError
 from autotransfer.train import DivergedError, PrefixCache, TrainConfig, train_protocol
 
 from .conftest import lite0
@@ -141,3 +142,11 @@ def test_same_seed_same_result_and_balanced_metric(small_batches):
     b = train_protocol(lite0(), train, val, config, cache=cache, metric="balanced_accuracy")
     assert b.cache_hit and not a.cache_hit
     assert a.history == b.history and a.metric == "balanced_accuracy"
+
+
+def test_mismatched_resolution_and_depth_are_user_errors(small_batches):
+    train, val = small_batches
+    with pytest.raises(UserError, match="resolution is 64.*32"):
+        train_protocol(lite0(), train, val, TrainConfig(resolution=64, steps=1))
+    with pytest.raises(UserError, match="freeze.*9"):
+        train_protocol(lite0(), train, val, TrainConfig(resolution=32, freeze=9, steps=1))
