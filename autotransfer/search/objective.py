@@ -118,6 +118,8 @@ class TrialRunner:
                 trial.set_user_attr("fail_reason", reason)
                 raise TrialFailed(reason) from err
             except torch.OutOfMemoryError as err:
+                if self.prefix_cache is not None and hasattr(self.prefix_cache, "clear"):
+                    self.prefix_cache.clear()
                 _release_memory()
                 if batch_size > 1 and not trial.user_attrs.get("oom_retried"):
                     batch_size //= 2
