@@ -20,7 +20,7 @@ The module also gives the survey's fixed protocols and the controls that a study
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from autotransfer.prior.placement import (
@@ -348,33 +348,17 @@ def less_similar_protocol(num_groups: int) -> Protocol:
     groups trainable, the last 2 depth groups re-initialised (1 if ``G`` is 1)."""
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, but got {num_groups!r}")
-    return Protocol(
+    return replace(
+        recommended_protocol(),
         log10_elr=math.log10(0.25),
-        momentum=0.9,
-        head_lr_mult=10.0,
-        freeze_frac=0.0,
         reinit_frac=min(2, num_groups) / num_groups,
-        layer_decay=1.0,
-        weight_decay=_FT_WEIGHT_DECAY,
-        bn_mode="adapt",
-        l2sp=0.0,
     )
 
 
 def linear_probe_protocol() -> Protocol:
     """Feature extraction (survey, small+similar row): every group frozen (``freeze_frac = 1``),
     only the head trains, at head ELR 0.03 x 10 = 0.3."""
-    return Protocol(
-        log10_elr=math.log10(0.03),
-        momentum=0.9,
-        head_lr_mult=10.0,
-        freeze_frac=1.0,
-        reinit_frac=0.0,
-        layer_decay=1.0,
-        weight_decay=_FT_WEIGHT_DECAY,
-        bn_mode="frozen",
-        l2sp=0.0,
-    )
+    return replace(recommended_protocol(), freeze_frac=1.0, bn_mode="frozen")
 
 
 def scratch_protocols() -> list[Protocol]:

@@ -288,7 +288,9 @@ def retrain_and_test(
     return backbone, float(result.final_score), result
 
 
-def build_runner(study: optuna.Study, settings: StudySettings, prepared: PreparedData, *, ui=None):
+def build_runner(
+    study: optuna.Study, settings: StudySettings, prepared: PreparedData, *, ui=None, preprocessing=None
+):
     """The objective for ``study`` over ``prepared`` data (fresh backbone per trial, shared prefix cache)."""
     from autotransfer.backbones import create_backbone
     from autotransfer.search.objective import TrialRunner
@@ -300,7 +302,7 @@ def build_runner(study: optuna.Study, settings: StudySettings, prepared: Prepare
     def make_backbone():
         return create_backbone(settings.model, num_classes=settings.num_classes)
 
-    preprocessing = make_backbone().preprocessing
+    preprocessing = preprocessing or make_backbone().preprocessing
     return TrialRunner(
         settings=settings,
         space=read_space(study),
@@ -478,7 +480,7 @@ def tune(
         run_local_workers(name, url, workers, device=settings.device, timeout=timeout, ui=ui)
     else:
         ui.stage("controls + search")
-        runner = build_runner(study, settings, prepared, ui=ui)
+        runner = build_runner(study, settings, prepared, ui=ui, preprocessing=probe_backbone.preprocessing)
         ui.search_start(total=settings.trials, done=len(search_trials(study)))
         run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
         ui.search_end()

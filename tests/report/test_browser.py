@@ -108,7 +108,7 @@ def dashboard(made_study, tmp_path):
                 status, body = _get(f"{base}/api/studies", timeout=5)
                 if status == 200:
                     break
-            except OSError:
+            except OSError:  # the server is not listening yet: poll again
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"the dashboard did not answer within 180 s:\n{log_path.read_text()}")
