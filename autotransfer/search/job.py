@@ -60,6 +60,26 @@ class PreparedData:
     device: torch.device
     batches: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def trainval(self) -> Any:
+        """Train and validation images together: all the labels a study may look at (never test)."""
+        if "trainval_dataset" not in self.batches:
+            a, b = self.train, self.val
+            images = (
+                np.concatenate([a.images, b.images])
+                if isinstance(a.images, np.ndarray) and isinstance(b.images, np.ndarray) and a.images.shape[1:] == b.images.shape[1:]
+                else [*a.images, *b.images]
+            )
+            self.batches["trainval_dataset"] = type(a)(
+                spec=self.dataset.spec + "#trainval",
+                images=images,
+                labels=np.concatenate([a.labels, b.labels]),
+                classes=list(a.classes),
+                flip=a.flip,
+                notes=list(self.dataset.notes),
+            )
+        return self.batches["trainval_dataset"]
+
 
 def default_study_name(settings: StudySettings) -> str:
     """``<target>-<model>-n<N>-s<seed>``, with characters Optuna dashboards like."""
@@ -433,7 +453,8 @@ def tune(
     else:
         ui.stage("estimating the task")
         estimator = TaskEstimator(**(estimator_kwargs or {}))
-        profile = estimator.fit(prepared.dataset, probe_backbone)
+        # the held-out test split stays unseen: LogME, LEEP and H-score read labels
+        profile = estimator.fit(prepared.trainval, probe_backbone)
         metric = profile.size.metric
         settings = settings.resolved(
             fingerprint=prepared.fingerprint,

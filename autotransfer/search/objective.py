@@ -13,7 +13,7 @@ import torch
 
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.search.settings import StudySettings
-from autotransfer.search.study import CONTROL_ATTR
+from autotransfer.search.study import CONTROL_ATTR, VAL_LOSS_ATTR
 
 __all__ = ["TrialFailed", "TrialRunner", "train_config_for"]
 
@@ -137,6 +137,8 @@ class TrialRunner:
         trial.set_user_attr("device", result.device)
         trial.set_user_attr("prefix_cached", bool(result.cached))
         trial.set_user_attr("history", [[int(s), float(v)] for s, v in result.history])
+        if result.final_val_loss is not None and math.isfinite(result.final_val_loss):
+            trial.set_user_attr(VAL_LOSS_ATTR, round(float(result.final_val_loss), 6))
         del backbone
         _release_memory()
         if result.stopped_early:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import platform
 import warnings
 from typing import Any, Iterable
@@ -17,6 +18,7 @@ from autotransfer.search.settings import StudySettings
 __all__ = [
     "ATTR",
     "CONTROL_ATTR",
+    "VAL_LOSS_ATTR",
     "make_sampler",
     "make_pruner",
     "create_study",
@@ -44,6 +46,8 @@ ATTR = {
 }
 #: Trial user attribute naming a control ("scratch" or "probe"); absent on search trials.
 CONTROL_ATTR = "control"
+#: Trial attribute: mean validation loss at the last validation (breaks ties between equal scores).
+VAL_LOSS_ATTR = "val_loss"
 #: Trial user attribute naming where an enqueued protocol came from ("prior", "recommended"...).
 SOURCE_ATTR = "source"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -194,4 +198,11 @@ def best_transfer_trial(study: optuna.Study) -> FrozenTrial | None:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get(CONTROL_ATTR) != "scratch" and t.value is not None
     ]
-    return max(candidates, key=lambda t: (t.value, -t.number), default=None)
+    # equal scores are common on small validation sets: the lower validation loss wins, then
+    # the earlier trial
+    return max(candidates, key=_rank_key, default=None)
+
+
+def _rank_key(trial: FrozenTrial) -> tuple[float, float, int]:
+    loss = trial.user_attrs.get(VAL_LOSS_ATTR)
+    return (trial.value, -loss if isinstance(loss, (int, float)) else -math.inf, -trial.number)

@@ -15,7 +15,7 @@ from autotransfer.backbones import freeze as freeze_groups
 from autotransfer.backbones import param_groups, reinit, run_groups, train_mode
 from autotransfer.errors import UserError
 from autotransfer.train.config import TrainConfig, resolve_device
-from autotransfer.train.metrics import check_metric, evaluate, predict_logits, score
+from autotransfer.train.metrics import check_metric, predict_logits, score
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 
 __all__ = ["DivergedError", "TrainResult", "train_protocol", "lr_lambda"]
@@ -49,6 +49,8 @@ class TrainResult:
         history: ``[(step, validation score)]`` in step order.
         train_loss: ``[(step, mean training loss since the previous validation)]``.
         final_score / best_score / best_step: last and best validation score (``None`` without val).
+        final_val_loss: mean cross-entropy on the validation set at the last validation; it
+            breaks ties between equal scores, which small validation sets make common.
         wall_time_s: the whole call, cache building and validation included.
         images_per_s: training images processed per second of ``wall_time_s``.
         peak_memory_bytes: ``torch.cuda.max_memory_allocated`` on GPU; the process RSS
@@ -67,6 +69,7 @@ class TrainResult:
     history: list[tuple[int, float]]
     train_loss: list[tuple[int, float]]
     final_score: float | None
+    final_val_loss: float | None
     best_score: float | None
     best_step: int | None
     wall_time_s: float
@@ -97,6 +100,7 @@ class TrainResult:
             "history": [list(h) for h in self.history],
             "train_loss": [list(h) for h in self.train_loss],
             "final_score": self.final_score,
+            "final_val_loss": self.final_val_loss,
             "best_score": self.best_score,
             "best_step": self.best_step,
             "wall_time_s": self.wall_time_s,
@@ -250,14 +254,21 @@ def train_protocol(
             x = run_groups(backbone, x, f, G)
         return backbone.forward_head(x)
 
+    val_loss: list[float] = []
+
     def validate() -> float:
+        """The validation score; the mean validation loss goes to ``val_loss`` (a tie-breaker)."""
+        model.eval()
         if entry is not None and entry.val is not None:
-            model.eval()
             logits, labels = predict_logits(
                 forward_cached, entry.val_batches(256, compute_dtype), amp=amp, channels_last=False
             )
-            return score(labels, logits.argmax(1), metric)
-        return evaluate(backbone, val, metric, amp=amp, channels_last=channels_last)
+        else:
+            logits, labels = predict_logits(
+                model, val.eval_batches(256), amp=amp, channels_last=channels_last
+            )
+        val_loss.append(float(F.cross_entropy(logits, labels.long())))
+        return score(labels, logits.argmax(1), metric)
 
     gen = torch.Generator(device=device).manual_seed(config.seed)
     sampler = _EpochSampler(len(train.labels), gen, device)
@@ -341,6 +352,7 @@ def train_protocol(
         history=history,
         train_loss=losses,
         final_score=history[-1][1] if history else None,
+        final_val_loss=val_loss[-1] if val_loss else None,
         best_score=best[1] if best else None,
         best_step=best[0] if best else None,
         wall_time_s=wall,

@@ -57,3 +57,32 @@ def test_suggest_draws_inside_ranges_and_roundtrips():
         assert Protocol.from_dict(trial.params) == p
         study.tell(trial, 0.0)
     assert ProtocolSpace.from_dict(space.to_dict()) == space
+
+
+def test_best_transfer_trial_breaks_score_ties_on_validation_loss():
+    """Small validation sets make equal scores common: the lower validation loss wins, then
+    the earlier trial; from-scratch controls never count."""
+    import optuna
+
+    from autotransfer.search.study import CONTROL_ATTR, VAL_LOSS_ATTR, best_transfer_trial
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def add(value, loss=None, control=None):
+        attrs = {} if loss is None else {VAL_LOSS_ATTR: loss}
+        if control:
+            attrs[CONTROL_ATTR] = control
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=value, user_attrs=attrs))
+
+    add(0.9, control="scratch")  # the best score, but a from-scratch control
+    add(0.8, loss=0.7)
+    add(0.8, loss=0.4)  # same score, lower loss: the best
+    add(0.8, loss=0.5)
+    add(0.7, loss=0.1)
+    assert best_transfer_trial(study).number == 2
+    # without a recorded loss the earlier trial of equal score wins
+    plain = optuna.create_study(direction="maximize")
+    for v in (0.6, 0.6):
+        plain.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=v))
+    assert best_transfer_trial(plain).number == 0
