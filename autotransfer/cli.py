@@ -329,7 +329,7 @@ def surface_cmd(
     spec: Optional[str] = typer.Option(None, "--spec", help="YAML sweep spec (see studies/sweep-small.yaml)"),
     storage: Optional[str] = typer.Option(None, "--storage"),
     store: Optional[str] = typer.Option(None, "--store", help="surface store (default studies/surface.json)"),
-    html: Optional[str] = typer.Option(None, "--html", help="write the fitted surface as self-contained HTML"),
+    html: Optional[str] = typer.Option(None, "--html", help="write the fitted surface (and, from --storage, accuracy along protocol slices) as self-contained HTML"),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format"),
 ) -> None:
     """Sweep targets x sizes x seeds (one study each, resumable), record each best protocol, fit the surface.
@@ -342,6 +342,7 @@ def surface_cmd(
     from dataclasses import replace
 
     from autotransfer.search.progress import NullUI, RichUI
+    from autotransfer.search.storage import storage_location
     from autotransfer.surface import DEFAULT_STORE, SurfaceModel, SurfaceStore, write_surface_html
     from autotransfer.surface.sweep import SweepSpec, load_sweep_spec, run_sweep
 
@@ -385,7 +386,8 @@ def surface_cmd(
     if html:
         if not points:
             raise UserError(f"surface {store_path!r} has no points to draw: run a sweep first")
-        out["html"] = str(write_surface_html(SurfaceModel().fit(points), html))
+        slices_storage = storage_location(storage or (sweep.storage if sweep else None))
+        out["html"] = str(write_surface_html(SurfaceModel().fit(points), html, storage=slices_storage))
     out["points"] = len(points)
     if fmt is OutputFormat.json:
         _print_json(out)

@@ -14,11 +14,13 @@ from autotransfer.surface.fit import (
 from autotransfer.surface.plots import (
     SurfaceGridInfo,
     param_figure,
+    slices_figure,
     surface_figure,
     surface_grid_info,
     surface_overview_figure,
     write_surface_html,
 )
+from autotransfer.surface.slices import SliceInfo, load_slice_info, slice_info
 from autotransfer.surface.store import DEFAULT_STORE, POINT_ATTR, SurfacePoint, SurfaceStore, record_study
 
 __all__ = [
@@ -39,6 +41,10 @@ __all__ = [
     "surface_overview_figure",
     "write_surface_html",
     "surface_figure",
+    "SliceInfo",
+    "slice_info",
+    "load_slice_info",
+    "slices_figure",
     "SweepSpec",
     "load_sweep_spec",
     "run_sweep",

@@ -9,6 +9,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from autotransfer.surface.fit import PARAMS, SurfaceModel
+from autotransfer.surface.slices import NORMALISATION, SliceInfo, load_slice_info
 from autotransfer.surface.store import DEFAULT_STORE, POINT_ATTR, SurfacePoint, SurfaceStore
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "surface_grid_info",
     "param_figure",
     "surface_overview_figure",
+    "slices_figure",
     "write_surface_html",
     "surface_figure",
     "store_path_for",
@@ -177,14 +179,86 @@ def surface_overview_figure(model: SurfaceModel, *, grid: int = 25, mark: tuple[
     return fig
 
 
-def write_surface_html(model: SurfaceModel, path: str | Path, *, grid: int = 25) -> Path:
-    """A self-contained HTML page (plotly inline): the overview, then surface + contour per parameter."""
+#: Marker symbols for the distinct study sizes N of the slices, smallest N first.
+_SIZE_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "hexagon", "pentagon", "cross", "x")
+
+
+def slices_figure(info: SliceInfo):
+    """Normalised validation score against each protocol knob: one panel per knob, one trace per study.
+
+    Colour: the study's similarity (Viridis, bar on the right); symbol: its size N; open symbols:
+    pruned trials (scored at their last report); outlined star: each study's best.
+    """
+    import plotly.graph_objects as go
+    from plotly.colors import sample_colorscale
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(info.params), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[LABELS.get(p, p) for p in info.params])
+    sims = [s.similarity for s in info.studies]
+    lo, hi = (min(sims), max(sims)) if sims else (0.0, 1.0)
+    span = hi - lo if hi > lo else 1.0
+    sizes = sorted({s.n for s in info.studies})
+    for s in info.studies:
+        colour = sample_colorscale("Viridis", [(s.similarity - lo) / span])[0]
+        symbol = _SIZE_SYMBOLS[sizes.index(s.n) % len(_SIZE_SYMBOLS)]
+        symbols = [symbol + "-open" if p else symbol for p in s.pruned]
+        hover = [
+            f"{s.study}<br>trial {n} [{src}]" + (f" pruned at step {st}" if p else "")
+            + f"<br>{s.metric} {sc:.4f} ({r:+.4f} vs best)"
+            for n, src, p, st, sc, r in zip(s.numbers, s.sources, s.pruned, s.steps, s.score, s.relative)
+        ]
+        name = f"{s.study} (N {s.n}, sim {s.similarity:.2f})"
+        for col, param in enumerate(info.params, start=1):
+            x = s.values[param]
+            fig.add_trace(go.Scatter(x=x, y=s.relative, mode="markers", name=name, legendgroup=s.study,
+                                     showlegend=col == 1, text=hover, hoverinfo="text",
+                                     marker={"size": 9, "color": colour, "symbol": symbols,
+                                             "line": {"width": 1.5, "color": colour}}),
+                          row=1, col=col)
+            b = s.best_index
+            fig.add_trace(go.Scatter(x=[x[b]], y=[s.relative[b]], mode="markers", legendgroup=s.study,
+                                     showlegend=False, hoverinfo="text", name=f"{s.study}: best",
+                                     text=[f"{s.study}: best, trial {s.numbers[b]}, {s.metric} {s.best_score:.4f}"],
+                                     marker={"size": 17, "symbol": "star", "color": "rgba(0,0,0,0)",
+                                             "line": {"width": 2, "color": colour}}),
+                          row=1, col=col)
+    if info.studies:  # the similarity colour bar (an invisible trace carries it)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                                 marker={"color": [lo, hi], "colorscale": "Viridis", "cmin": lo, "cmax": lo + span,
+                                         "showscale": True, "colorbar": {"title": "similarity", "x": 1.02}}),
+                      row=1, col=1)
+    for col, param in enumerate(info.params, start=1):
+        fig.update_xaxes(title=LABELS.get(param, param), row=1, col=col)
+    metrics = sorted({s.metric.replace("_", " ") for s in info.studies}) or ["score"]
+    fig.update_yaxes(title=f"validation {' / '.join(metrics)} − study best", row=1, col=1)
+    fig.update_layout(
+        title={"text": _title(f"accuracy along protocol slices ({len(info.studies)} studies;"
+                              " star: best, open: pruned, symbol: N)"), "x": 0.01},
+        template="plotly_white", height=480, margin={"l": 60, "r": 30, "t": 80, "b": 60},
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
+def write_surface_html(model: SurfaceModel, path: str | Path, *, grid: int = 25, storage: str | None = None) -> Path:
+    """A self-contained HTML page (plotly inline): the overview, surface + contour per parameter, and,
+    with the studies' Optuna ``storage`` URL, the accuracy along protocol slices (``slices_figure``).
+
+    Studies missing from the storage, or a storage that cannot be read, are noted on the page.
+    """
     import plotly.io as pio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figures = [surface_overview_figure(model, grid=grid)]
     figures += [param_figure(surface_grid_info(model, p, grid)) for p in model.gps_]
+    slice_notes: list[str] = []
+    if storage is not None:
+        slices = load_slice_info(model.points_, storage)
+        slice_notes = slices.notes
+        if slices.studies:
+            figures.append(slices_figure(slices))
     parts = [
         pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)
     ]
@@ -192,6 +266,12 @@ def write_surface_html(model: SurfaceModel, path: str | Path, *, grid: int = 25)
     if model.few_points_:
         notes = (f"<p><b>Only {model.n_points_} point(s)</b>: the fit is unreliable and priors from it are"
                  " widened.</p>")
+    if storage is not None:
+        from html import escape
+
+        notes += ("<p>Protocol slices: each study's finished search trials, score normalised as"
+                  f" {escape(NORMALISATION)}.</p>")
+        notes += "".join(f"<p class='slice-note'>{escape(n)}</p>" for n in slice_notes)
     rows = "".join(
         f"<tr><td>{p.study}</td><td>{p.n}</td><td>{p.similarity:.3f}</td><td>{p.protocol['log10_elr']:.2f}</td>"
         f"<td>{p.protocol['freeze_frac']:.2f}</td><td>{p.protocol['reinit_frac']:.2f}</td>"

@@ -1,0 +1,147 @@
+"""Leave-one-target-out: trials to come within 1 point of the best, for the surface prior (fitted
+on the other targets), the quadrant prior and no prior (issue 5).
+
+It reads a finished sweep (``studies/sweep-lab.yaml``: its surface store and its study storage).
+For each target and seed at one size:
+
+- ``quadrant``: the sweep's own study (run with the quadrant prior);
+- ``surface``: a new search-only study centred on the surface fitted to every point of the store
+  except this target's (``prior_from_surface(exclude_targets=...)``), enqueuing what ``tune``
+  enqueues with that prior;
+- ``none``: a new search-only study over the wide ranges, nothing enqueued.
+
+All three share the study settings (data subsample, splits, budget in steps, sampler seed,
+pruner). Controls are not part of the count. The reference is the best validation score any of
+the three reached on that (target, seed); a run that never comes within 1 point of it counts as
+``trials + 1`` (censored, reported). Results are appended to a JSON-lines file as each study ends,
+so the benchmark resumes.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_surface_loto.py --size 300 --seeds 0,1
+    python benchmarks/bench_surface_loto.py --summary
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(__file__).parent / "out"
+PRIORS = ("surface", "quadrant", "none")
+
+
+def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage: str) -> dict:
+    """One search-only study (or, for ``quadrant``, the sweep's study) and its search-trial values."""
+    from dataclasses import replace
+
+    from autotransfer.backbones import create_backbone
+    from autotransfer.estimate.profile import TaskProfile
+    from autotransfer.search.job import default_study_name, prepare_data
+    from autotransfer.search.storage import open_storage, storage_location
+    from autotransfer.search.study import load_study, read_attr, read_settings
+    from autotransfer.surface import prior_from_surface
+    from search_only import run_search_study, search_values
+
+    base = replace(spec.base_settings(), target=target, n=size, seed=seed)
+    sweep_storage = storage_location(spec.storage)
+    sweep_study = load_study(default_study_name(base), open_storage(sweep_storage))
+    settings = read_settings(sweep_study)  # the exact settings of the sweep's study (budget, metric...)
+    record = {"target": target, "seed": seed, "size": size, "prior": prior_kind}
+    if prior_kind == "quadrant":
+        record.update(study=sweep_study.study_name, values=search_values(sweep_study)[: spec.trials])
+        return record
+    prepared = prepare_data(settings)
+    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+    prior = None
+    if prior_kind == "surface":
+        profile = TaskProfile.from_dict(read_attr(sweep_study, "profile"))
+        prior = prior_from_surface(
+            spec.store, model=settings.model, log10_n=profile.log10_n, similarity=profile.similarity,
+            num_groups=backbone.num_groups, exclude_targets=[target],
+        )
+        record["prior_centre"] = prior.centre.to_dict()
+    name = f"loto-{prior_kind}-{sweep_study.study_name}"
+    study = run_search_study(name, storage, settings, prepared, backbone, prior=prior, trials=spec.trials)
+    record.update(study=name, values=search_values(study)[: spec.trials])
+    return record
+
+
+def summary(results: list[dict], trials: int) -> str:
+    """Per target: trials-to-within-1-point for each prior; then means and ratios over all runs."""
+    from search_only import trials_to_within
+
+    groups: dict[tuple[str, int], dict[str, list]] = {}
+    for r in results:
+        groups.setdefault((r["target"], r["seed"]), {})[r["prior"]] = r["values"]
+    rows = ["| target | seed | best val | " + " | ".join(f"{p}: trials (best)" for p in PRIORS) + " |",
+            "|---|---|---|" + "---|" * len(PRIORS)]
+    counts: dict[str, list[int]] = {p: [] for p in PRIORS}
+    censored = {p: 0 for p in PRIORS}
+    for (target, seed), by in sorted(groups.items()):
+        if set(by) != set(PRIORS):
+            continue
+        ref = max(v for vals in by.values() for v in vals if v is not None)
+        cells = []
+        for p in PRIORS:
+            k = trials_to_within(by[p], ref)
+            if k is None:
+                censored[p] += 1
+                k = trials + 1
+            counts[p].append(k)
+            best = max((v for v in by[p] if v is not None), default=float("nan"))
+            cells.append(f"{k if k <= trials else f'>{trials}'} ({best:.3f})")
+        rows.append(f"| {target} | {seed} | {ref:.3f} | " + " | ".join(cells) + " |")
+    if not counts["none"]:
+        return "\n".join(rows)
+    mean = {p: sum(v) / len(v) for p, v in counts.items()}
+    rows += ["", "| prior | mean trials to within 1 point | runs censored at " + str(trials + 1) + " | ratio to no prior |",
+             "|---|---|---|---|"]
+    for p in PRIORS:
+        rows.append(f"| {p} | {mean[p]:.1f} | {censored[p]}/{len(counts[p])} | {mean[p] / mean['none']:.2f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default=str(ROOT / "studies" / "sweep-lab.yaml"))
+    parser.add_argument("--size", type=int, default=300)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--targets", default=None, help="comma-separated; default: every target of the spec")
+    parser.add_argument("--priors", default=",".join(PRIORS))
+    parser.add_argument("--results", default=str(OUT / "surface-loto.jsonl"))
+    parser.add_argument("--summary", action="store_true", help="only print the table of recorded results")
+    args = parser.parse_args()
+
+    import torch
+
+    from autotransfer.surface.sweep import load_sweep_spec
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    os.chdir(ROOT)  # the spec's storage and store paths are relative to the repository
+    spec = load_sweep_spec(args.spec)
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    if not args.summary:
+        storage = f"sqlite:///{results_path.with_suffix('.db')}"
+        have = {(r["target"], r["seed"], r["prior"]) for r in done}
+        targets = args.targets.split(",") if args.targets else spec.targets
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for target in targets:
+                for prior_kind in args.priors.split(","):
+                    if (target, seed, prior_kind) in have:
+                        continue
+                    record = run_prior(target, seed, prior_kind, spec, args.size, storage)
+                    done.append(record)
+                    with results_path.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    print(f"{target} seed {seed} {prior_kind}: best {max((v for v in record['values'] if v is not None), default=float('nan')):.3f}",
+                          flush=True)
+    print(summary(done, spec.trials))
+
+
+if __name__ == "__main__":
+    main()

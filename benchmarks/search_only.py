@@ -1,0 +1,66 @@
+"""Search-only studies for the benchmarks: tune's search trials without controls, retraining or export."""
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+
+def fixed_protocols(prior, num_groups: int) -> list[tuple[Any, dict[str, Any]]]:
+    """What ``tune`` enqueues for ``prior`` (the prior, the survey's two protocols, a linear probe),
+    controls left out; nothing for no prior."""
+    from autotransfer.search.job import _fixed_protocols
+    from autotransfer.search.study import CONTROL_ATTR
+
+    if prior is None:
+        return []
+    return [(p, a) for p, a in _fixed_protocols(prior, num_groups, mode="prior") if CONTROL_ATTR not in a]
+
+
+def run_search_study(
+    name: str,
+    storage: str,
+    settings,
+    prepared,
+    backbone,
+    *,
+    prior,
+    trials: int,
+    timeout: float | None = None,
+) -> optuna.Study:
+    """Create study ``name`` afresh (an older one of that name is deleted) with ``prior``'s ranges
+    and enqueued protocols (wide ranges, nothing enqueued, when ``prior`` is None), then run
+    multivariate TPE with successive-halving pruning for ``trials`` search trials or ``timeout`` s."""
+    from autotransfer.prior import wide_prior
+    from autotransfer.search.job import build_runner, run_search
+    from autotransfer.search.storage import open_storage
+    from autotransfer.search.study import create_study, load_study, make_pruner, make_sampler, study_exists
+
+    store = open_storage(storage)
+    if study_exists(store, name):  # an interrupted run: start it again from nothing
+        optuna.delete_study(study_name=name, storage=store)
+    space = wide_prior() if prior is None else prior.space
+    enqueue = fixed_protocols(prior, backbone.num_groups)
+    create_study(name, store, settings, profile=None, prior=None, space=space, enqueue=enqueue)
+    study = load_study(name, store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))
+    runner = build_runner(study, settings, prepared, preprocessing=backbone.preprocessing)
+    run_search(study, runner, trials, timeout=timeout)
+    return study
+
+
+def search_values(study: optuna.Study) -> list[float | None]:
+    """The search trials in order (controls excluded): a COMPLETE trial's value, else None."""
+    from autotransfer.search.study import search_trials
+
+    return [
+        float(t.value) if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None else None
+        for t in sorted(search_trials(study), key=lambda t: t.number)
+    ]
+
+
+def trials_to_within(values: list[float | None], reference: float, tolerance: float = 0.01) -> int | None:
+    """1-based index of the first value within ``tolerance`` of ``reference``; None if none is."""
+    for k, v in enumerate(values, start=1):
+        if v is not None and v >= reference - tolerance - 1e-9:
+            return k
+    return None
