@@ -42,7 +42,7 @@ class DeviceBatches:
     Attributes:
         images: ``(N, 3, S, S)`` uint8 tensor on ``device``.
         labels: ``(N,)`` int64 tensor on ``device`` (``None`` when unlabelled).
-        epoch: how many index permutations ``sample_indices`` has started.
+        mean, std: the per-channel preprocessing, as given.
     """
 
     def __init__(
@@ -98,9 +98,8 @@ class DeviceBatches:
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._mul = 1.0 / (255.0 * std_t)
         self._add = -mean_t / std_t
-        self._perm: torch.Tensor | None = None
-        self._pos = 0
-        self.epoch = 0
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(v) for v in std)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -219,21 +218,43 @@ class DeviceBatches:
             idx = torch.arange(start, min(start + int(batch_size), len(self)), device=self.device)
             yield self.plain(idx), (None if self.labels is None else self.labels[idx])
 
-    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """``(B,)`` int64 indices on the device, walking through a random permutation and
-        drawing a new one when it runs out: every image is seen once per epoch."""
+
+class EpochSampler:
+    """Batches of indices walking through a fresh random permutation per epoch (every image
+    once per epoch). The state lives here, not in the data, so each trial gets its own sampler
+    and equal seeds give equal batches.
+
+    Args:
+        n: number of images.
+        generator: the ``torch.Generator`` (on ``device``) drawing the permutations.
+        device: where the indices live.
+
+    Attributes:
+        epoch: the 0-based epoch of the last index drawn (-1 before the first draw).
+    """
+
+    def __init__(self, n: int, generator: torch.Generator, device: torch.device | str) -> None:
+        if int(n) < 1:
+            raise ValueError(f"n must be a positive integer but got {n!r}")
+        self.n, self.generator, self.device = int(n), generator, torch.device(device)
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+        self.epoch = -1
+
+    def next(self, batch_size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """``(indices (B,), [(epoch, count), ...])``: the int64 indices and the 0-based epoch(s)
+        they belong to, in order (a batch straddles two epochs at an epoch boundary)."""
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer but got {batch_size!r}")
-        self._check_generator(generator)
-        parts = []
-        need = int(batch_size)
+        parts, epochs, need = [], [], int(batch_size)
         while need > 0:
-            if self._perm is None or self._pos >= len(self):
-                self._perm = torch.randperm(len(self), generator=generator, device=self.device)
-                self._pos = 0
+            if self.perm is None or self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.generator, device=self.device)
+                self.pos = 0
                 self.epoch += 1
-            take = min(need, len(self) - self._pos)
-            parts.append(self._perm[self._pos : self._pos + take])
-            self._pos += take
+            take = min(need, self.n - self.pos)
+            parts.append(self.perm[self.pos : self.pos + take])
+            epochs.append((self.epoch, take))
+            self.pos += take
             need -= take
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), epochs

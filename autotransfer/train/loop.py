@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from autotransfer.backbones import freeze as freeze_groups
 from autotransfer.backbones import param_groups, reinit, run_groups, train_mode
+from autotransfer.data.device import EpochSampler
 from autotransfer.errors import UserError
 from autotransfer.train.config import TrainConfig, resolve_device
 from autotransfer.train.metrics import check_metric, predict_logits, score
@@ -271,7 +272,7 @@ def train_protocol(
         return score(labels, logits.argmax(1), metric)
 
     gen = torch.Generator(device=device).manual_seed(config.seed)
-    sampler = _EpochSampler(len(train.labels), gen, device)
+    sampler = EpochSampler(len(train.labels), gen, device)
     labels = train.labels.to(device=device, dtype=torch.long)
     history: list[tuple[int, float]] = []
     losses: list[tuple[int, float]] = []
@@ -368,33 +369,6 @@ def train_protocol(
         eval_time_s=eval_time,
         notes=notes,
     )
-
-
-class _EpochSampler:
-    """Batches of indices walking through a fresh random permutation per epoch (every image
-    once per epoch), with state local to one trial so equal seeds give equal batches."""
-
-    def __init__(self, n: int, generator: torch.Generator, device: torch.device) -> None:
-        self.n, self.generator, self.device = n, generator, device
-        self.perm: torch.Tensor | None = None
-        self.pos = 0
-        self.epoch = -1
-
-    def next(self, batch_size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """``(indices (B,), [(epoch, count), ...])``: the indices and the 0-based epoch(s) they
-        belong to, in order (a batch straddles two epochs at an epoch boundary)."""
-        parts, epochs, need = [], [], batch_size
-        while need > 0:
-            if self.perm is None or self.pos >= self.n:
-                self.perm = torch.randperm(self.n, generator=self.generator, device=self.device)
-                self.pos = 0
-                self.epoch += 1
-            take = min(need, self.n - self.pos)
-            parts.append(self.perm[self.pos : self.pos + take])
-            epochs.append((self.epoch, take))
-            self.pos += take
-            need -= take
-        return (parts[0] if len(parts) == 1 else torch.cat(parts)), epochs
 
 
 def _view_indices(epochs: list[tuple[int, int]], views: int, generator: torch.Generator,

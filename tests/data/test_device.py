@@ -99,19 +99,22 @@ def test_seeded_generator_is_deterministic(animals):
     assert not torch.allclose(a, c)
 
 
-def test_sample_indices_walk_epochs(animals):
-    db = _batches(animals)
-    g = torch.Generator().manual_seed(0)
-    drawn = torch.cat([db.sample_indices(16, g) for _ in range(5)])  # 80 = two epochs
+def test_epoch_sampler_walks_epochs():
+    from autotransfer.data.device import EpochSampler
+
+    sampler = EpochSampler(40, torch.Generator().manual_seed(0), "cpu")
+    draws = [sampler.next(16) for _ in range(5)]  # 80 = two epochs
+    drawn = torch.cat([idx for idx, _ in draws])
     assert drawn.dtype == torch.int64
     assert sorted(drawn[:40].tolist()) == list(range(40))
     assert sorted(drawn[40:].tolist()) == list(range(40))
-    assert db.epoch == 2
-    other = _batches(animals)
-    g2 = torch.Generator().manual_seed(0)
-    again = torch.cat([other.sample_indices(16, g2) for _ in range(5)])
-    assert torch.equal(drawn, again)
-    assert db.sample_indices(100, g).shape == (100,)
+    assert sampler.epoch == 1
+    assert draws[2][1] == [(0, 8), (1, 8)]  # the batch straddling the epoch boundary
+    again = EpochSampler(40, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(drawn, torch.cat([again.next(16)[0] for _ in range(5)]))
+    assert sampler.next(100)[0].shape == (100,)
+    with pytest.raises(ValueError, match="batch_size"):
+        sampler.next(0)
 
 
 def test_eval_batches_in_order(animals):
