@@ -32,8 +32,10 @@ class SurfacePoint:
 
     Attributes:
         study: the study name (the store's key).
-        target, model, n, seed: what the study measured (``n`` = images actually used).
-        log10_n: log10 of the number of target images (``TaskProfile.log10_n``).
+        target, model, n, seed: what the study measured (``n`` = the study's subsample size,
+            after capping at the dataset's size; every image when the study took all).
+        log10_n: log10 of the labelled images the task estimate saw (``TaskProfile.log10_n``:
+            the train and validation splits; the test split stays unseen).
         similarity: in [0, 1] (``TaskProfile.similarity``).
         excess: ``(G,)`` excess divergence per depth group (empty when not measured).
         protocol: the best transfer trial's protocol (every ``Protocol`` field).
@@ -168,7 +170,7 @@ def point_from_study(study: optuna.Study) -> SurfacePoint | None:
         study=study.study_name,
         target=settings.target,
         model=settings.model,
-        n=images,
+        n=int(settings.n) if settings.n else images,
         seed=int(settings.seed),
         log10_n=math.log10(images),
         similarity=float(profile["similarity"]),

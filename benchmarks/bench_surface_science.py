@@ -1,0 +1,108 @@
+"""What a finished sweep says about the survey's claims (issue 5): does the optimal ELR and the
+re-init fraction rise as similarity falls, and does freezing help more as size falls?
+
+It reads a sweep's surface store and study storage (default: ``studies/sweep-lab.yaml``) and
+prints markdown:
+
+1. every recorded optimum (mean over seeds per target and size): similarity, best log10 ELR,
+   freeze / reinit fractions, validation and test score;
+2. Spearman correlations (with p-values) of each optimal parameter with similarity (pooled
+   over sizes, and within each size) and with log10 N;
+3. the freezing advantage per study: the best COMPLETE search trial with freeze_frac >= 0.5
+   minus the best with freeze_frac < 0.5 (validation score; NaN when a side has no complete
+   trial), and its Spearman correlation with log10 N.
+
+    python benchmarks/bench_surface_science.py [--spec studies/other.yaml]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = ("log10_elr", "reinit_frac", "freeze_frac")
+
+
+def freeze_advantage(study) -> tuple[float, int, int]:
+    """``(best frozen - best unfrozen, #frozen, #unfrozen)`` over COMPLETE search trials."""
+    import optuna
+
+    from autotransfer.search.study import search_trials
+
+    done = [t for t in search_trials(study, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
+    frozen = [t.value for t in done if t.params.get("freeze_frac", 0.0) >= 0.5]
+    unfrozen = [t.value for t in done if t.params.get("freeze_frac", 0.0) < 0.5]
+    if not frozen or not unfrozen:
+        return float("nan"), len(frozen), len(unfrozen)
+    return max(frozen) - max(unfrozen), len(frozen), len(unfrozen)
+
+
+def spearman(x: list[float], y: list[float]) -> str:
+    """``rho (p = ..., n = ...)`` over the pairs where both are finite."""
+    from scipy import stats
+
+    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 4:
+        return f"n = {len(pairs)} (too few)"
+    rho, p = stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+    return f"{rho:+.2f} (p = {p:.3f}, n = {len(pairs)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default=str(ROOT / "studies" / "sweep-lab.yaml"))
+    args = parser.parse_args()
+    os.chdir(ROOT)
+
+    from autotransfer.search.storage import open_storage, storage_location
+    from autotransfer.search.study import load_study
+    from autotransfer.surface import SurfaceStore
+    from autotransfer.surface.sweep import load_sweep_spec
+
+    spec = load_sweep_spec(args.spec)
+    points = SurfaceStore(spec.store).load(model=spec.model)
+    storage = open_storage(storage_location(spec.storage))
+    rows = []
+    for p in points:
+        adv, n_frozen, n_unfrozen = freeze_advantage(load_study(p.study, storage))
+        rows.append({
+            "target": p.target, "n": p.n, "seed": p.seed, "log10_n": p.log10_n, "similarity": p.similarity,
+            "log10_elr": p.protocol["log10_elr"], "reinit_frac": p.protocol["reinit_frac"],
+            "freeze_frac": p.protocol["freeze_frac"], "f": p.freeze, "r": p.reinit, "G": p.num_groups,
+            "score": p.score, "test": p.test_score if p.test_score is not None else float("nan"),
+            "adv": adv, "n_frozen": n_frozen, "n_unfrozen": n_unfrozen,
+        })
+    print(f"{len(rows)} studies of {spec.model} from {spec.store}\n")
+    print("| target | N | seeds | similarity | log10 ELR | freeze_frac (f) | reinit_frac (r) | val | test | freezing advantage |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    keys = sorted({(r["target"], r["n"]) for r in rows},
+                  key=lambda k: (-sum(r["similarity"] for r in rows if r["target"] == k[0]), k[1]))
+    for target, n in keys:
+        group = [r for r in rows if r["target"] == target and r["n"] == n]
+
+        def mean(key: str) -> float:
+            vals = [r[key] for r in group if r[key] is not None and math.isfinite(r[key])]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        fr = "/".join(f"{r['f']}" for r in group)
+        rr = "/".join(f"{r['r']}" for r in group)
+        print(f"| {target.removeprefix('builtin:')} | {n} | {len(group)} | {mean('similarity'):.2f} |"
+              f" {mean('log10_elr'):+.2f} | {mean('freeze_frac'):.2f} ({fr}) | {mean('reinit_frac'):.2f} ({rr}) |"
+              f" {mean('score'):.3f} | {mean('test'):.3f} | {mean('adv'):+.3f} |")
+    print("\n| optimal parameter | Spearman with similarity (all sizes) | "
+          + " | ".join(f"with similarity at N = {n}" for n in sorted({r['n'] for r in rows if r['n'] in spec.sizes}))
+          + " | with log10 N |")
+    sizes = sorted({r["n"] for r in rows if r["n"] in spec.sizes})
+    print("|---|---|" + "---|" * len(sizes) + "---|")
+    for param in PARAMS + ("adv",):
+        label = "freezing advantage" if param == "adv" else param
+        by_size = [spearman([r["similarity"] for r in rows if r["n"] == n], [r[param] for r in rows if r["n"] == n])
+                   for n in sizes]
+        print(f"| {label} | {spearman([r['similarity'] for r in rows], [r[param] for r in rows])} | "
+              + " | ".join(by_size) + f" | {spearman([r['log10_n'] for r in rows], [r[param] for r in rows])} |")
+
+
+if __name__ == "__main__":
+    main()
