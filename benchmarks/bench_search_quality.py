@@ -23,7 +23,6 @@ resumes where it stopped; ``--summary`` prints the table (mean and 95% t-interva
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -146,13 +145,14 @@ def main() -> None:
 
     import torch
 
+    from search_only import ResultLog
+
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    results_path = Path(args.results)
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    log = ResultLog(args.results)
+    done = log.records
     if not args.summary:
-        storage = f"sqlite:///{results_path.with_suffix('.db')}"
-        have = {(r["target"], r["seed"], r["method"]) for r in done}
+        storage = log.storage
+        have = log.keys("target", "seed", "method")
         for seed in range(args.seeds):
             for target in args.targets.split(","):
                 order = METHODS[seed % 3:] + METHODS[: seed % 3]
@@ -160,9 +160,7 @@ def main() -> None:
                     if (target, seed, method) in have:
                         continue
                     record = run_one(target, seed, method, args, storage)
-                    done.append(record)
-                    with results_path.open("a") as fh:
-                        fh.write(json.dumps(record) + "\n")
+                    log.append(record)
                     print(f"{target} seed {seed} {method}: test {record['test_score']:.3f}"
                           f" ({record['trials']} trials, {record['total_s']:.0f} s)", flush=True)
     print(summary(done))

@@ -22,7 +22,6 @@ so the benchmark resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -117,17 +116,18 @@ def main() -> None:
 
     import torch
 
+    from search_only import ResultLog
+
     from autotransfer.surface.sweep import load_sweep_spec
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.chdir(ROOT)  # the spec's storage and store paths are relative to the repository
     spec = load_sweep_spec(args.spec)
-    results_path = Path(args.results)
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    log = ResultLog(args.results)
+    done = log.records
     if not args.summary:
-        storage = f"sqlite:///{results_path.with_suffix('.db')}"
-        have = {(r["target"], r["seed"], r["prior"]) for r in done}
+        storage = log.storage
+        have = log.keys("target", "seed", "prior")
         targets = args.targets.split(",") if args.targets else spec.targets
         for seed in (int(s) for s in args.seeds.split(",")):
             for target in targets:
@@ -135,9 +135,7 @@ def main() -> None:
                     if (target, seed, prior_kind) in have:
                         continue
                     record = run_prior(target, seed, prior_kind, spec, args.size, storage)
-                    done.append(record)
-                    with results_path.open("a") as fh:
-                        fh.write(json.dumps(record) + "\n")
+                    log.append(record)
                     print(f"{target} seed {seed} {prior_kind}: best {max((v for v in record['values'] if v is not None), default=float('nan')):.3f}",
                           flush=True)
     print(summary(done, spec.trials))

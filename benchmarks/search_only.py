@@ -1,6 +1,8 @@
 """Search-only studies for the benchmarks: tune's search trials without controls, retraining or export."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -64,3 +66,24 @@ def trials_to_within(values: list[float | None], reference: float, tolerance: fl
         if v is not None and v >= reference - tolerance - 1e-9:
             return k
     return None
+
+
+class ResultLog:
+    """Benchmark results as JSON lines: what earlier runs recorded, and each new one appended as it
+    ends (so an interrupted benchmark resumes). Its studies live in a SQLite file beside it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        self.records: list[dict[str, Any]] = [json.loads(line) for line in lines if line.strip()]
+        self.storage = f"sqlite:///{self.path.with_suffix('.db')}"
+
+    def keys(self, *fields: str) -> set[tuple]:
+        """The recorded ``fields`` tuples (what a resumed run skips)."""
+        return {tuple(r[f] for f in fields) for r in self.records}
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
