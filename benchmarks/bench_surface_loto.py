@@ -32,21 +32,26 @@ OUT = Path(__file__).parent / "out"
 PRIORS = ("surface", "quadrant", "none")
 
 
-def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage: str) -> dict:
-    """One search-only study (or, for ``quadrant``, the sweep's study) and its search-trial values."""
+def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage: str) -> dict | None:
+    """One search-only study (or, for ``quadrant``, the sweep's study) and its search-trial values;
+    None when the sweep has not finished that study yet."""
     from dataclasses import replace
 
     from autotransfer.backbones import create_backbone
     from autotransfer.estimate.profile import TaskProfile
     from autotransfer.search.job import default_study_name, prepare_data
     from autotransfer.search.storage import open_storage, storage_location
-    from autotransfer.search.study import load_study, read_attr, read_settings
-    from autotransfer.surface import prior_from_surface
+    from autotransfer.search.study import load_study, read_attr, read_settings, study_exists
+    from autotransfer.surface import POINT_ATTR, prior_from_surface
     from search_only import run_search_study, search_values
 
     base = replace(spec.base_settings(), target=target, n=size, seed=seed)
     sweep_storage = storage_location(spec.storage)
-    sweep_study = load_study(default_study_name(base), open_storage(sweep_storage))
+    store = open_storage(sweep_storage)
+    name = default_study_name(base)
+    if not study_exists(store, name) or POINT_ATTR not in load_study(name, store).user_attrs:
+        return None  # the sweep has not finished this study yet
+    sweep_study = load_study(name, store)
     settings = read_settings(sweep_study)  # the exact settings of the sweep's study (budget, metric...)
     record = {"target": target, "seed": seed, "size": size, "prior": prior_kind}
     if prior_kind == "quadrant":
@@ -135,6 +140,9 @@ def main() -> None:
                     if (target, seed, prior_kind) in have:
                         continue
                     record = run_prior(target, seed, prior_kind, spec, args.size, storage)
+                    if record is None:
+                        print(f"{target} seed {seed}: the sweep's study is not finished yet; skipped", flush=True)
+                        continue
                     log.append(record)
                     print(f"{target} seed {seed} {prior_kind}: best {max((v for v in record['values'] if v is not None), default=float('nan')):.3f}",
                           flush=True)
