@@ -26,6 +26,16 @@ trial (full fine-tune, the study's default 64 px for lite0, 32 px for the labora
 images and model.
 
     python benchmarks/bench_estimate.py [--threads 1] [--json /tmp/estimate.json] > section.md
+
+**Session 2.** ``--recorded-gains`` reuses the gains measured on 2026-11-22 (RESULTS.md) instead of
+training again; ``--session2`` then adds the transferability-signal section (LogME over chance,
+its scale, the weight of the combination with similarity); ``--cost-only`` times one estimate
+(1,000 images of builtin:animals, efficientnet_lite0, source-free) and one training epoch at
+``--threads``; ``--score-timing`` times H-score and LogME against their d x d / SVD forms on
+the same model's 1,000 x 1,280 final features.
+
+    python benchmarks/bench_estimate.py --recorded-gains --skip-cost --session2 --json /tmp/est2.json
+    python benchmarks/bench_estimate.py --cost-only --threads 2
 """
 from __future__ import annotations
 
@@ -46,6 +56,12 @@ from autotransfer.data import DeviceBatches, ImageDataset, load_dataset, stratif
 from autotransfer.estimate import TaskEstimator
 from autotransfer.estimate.reference import reference_path
 from autotransfer.estimate.size import size_stats
+from autotransfer.prior.placement import (
+    LOGME_TRANSFER_SCALE,
+    TRANSFER_WEIGHT,
+    effective_similarity,
+    transferability_from_logme,
+)
 from autotransfer.train import PrefixCache, TrainConfig, train_protocol
 
 TARGETS = (
@@ -77,6 +93,22 @@ SETTINGS = (
     Setting("fashion-source (+source 0-4)", "fashion-source", SOURCE_SAMPLE, 32, 60, (), (), ()),
 )
 MOMENTUM = 0.9
+
+#: Transfer gains measured by ``transfer_gain`` on 2026-11-22 (RESULTS.md, "Validity: measured
+#: transfer gain"; 1 seed, 300 train / 200 val images): best fine-tuned (full FT or probe) minus
+#: best from scratch at equal steps. ``--recorded-gains`` uses these instead of training again.
+RECORDED_GAINS = {
+    ("efficientnet_lite0", "builtin:fashion-mnist?classes=5-9"): 0.685,
+    ("efficientnet_lite0", "builtin:mnist5k"): 0.525,
+    ("efficientnet_lite0", "builtin:animals"): 0.610,
+    ("efficientnet_lite0", "builtin:elpv"): 0.0894,
+    ("efficientnet_lite0", "builtin:digits"): 0.6382,
+    ("fashion-source", "builtin:fashion-mnist?classes=5-9"): 0.130,
+    ("fashion-source", "builtin:mnist5k"): 0.205,
+    ("fashion-source", "builtin:animals"): 0.025,
+    ("fashion-source", "builtin:elpv"): 0.023,
+    ("fashion-source", "builtin:digits"): 0.3317,
+}
 
 
 def short(spec: str) -> str:
@@ -115,6 +147,9 @@ def run_estimates(setting: Setting, sizes: tuple[int, ...], seed: int, log) -> l
                 "raw": div.raw, "excess": div.excess,
                 "classes": profile.size.classes,
                 "logme": tr.logme, "leep": tr.leep, "hscore": tr.hscore,
+                "logme_over_chance": tr.logme_over_chance, "n_ref": tr.n_ref,
+                "transfer_score": profile.transferability_score,
+                "effective": effective_similarity(profile.similarity, profile.transferability_score),
                 "mmd_last": None if div.source is None else div.source.mmd,
                 "mmd_p": None if div.source is None else div.source.mmd_p,
                 "sinkhorn": None if div.source is None else div.source.sinkhorn,
@@ -182,13 +217,12 @@ def add_class_normalised(row: dict) -> dict:
 MEASURES = ("similarity", "raw_tail", "logme", "leep", "leep_norm", "hscore", "hscore_norm", "mmd_last")
 
 
-def correlations(rows: list[dict], gains: dict, n: int) -> dict:
+def correlations(rows: list[dict], gains: dict, n: int, measures: tuple[str, ...] = MEASURES) -> dict:
     """Spearman rho (and p) of each measure with the gain, over targets with a gain."""
-    measures = MEASURES
     picked = [r for r in rows if r["n"] == n and (r["model"], r["target"]) in gains]
     out = {}
     for m in measures:
-        pairs = [(r[m], gains[(r["model"], r["target"])]["gain"]) for r in picked if r[m] is not None]
+        pairs = [(r[m], gains[(r["model"], r["target"])]["gain"]) for r in picked if r.get(m) is not None]
         if len(pairs) < 3:
             continue
         x, y = zip(*pairs)
@@ -197,12 +231,12 @@ def correlations(rows: list[dict], gains: dict, n: int) -> dict:
     return out
 
 
-def cost(model: str, spec: str, train_px: int, threads: int, seed: int, log) -> dict:
+def cost(model: str, spec: str, train_px: int, threads: int, seed: int, log, batch_size: int | None = None) -> dict:
     torch.set_num_threads(threads)
     ds = stratified_subsample(load_dataset(spec), 1000, seed=seed)
     load = os.getloadavg()[0]
     tick = time.perf_counter()
-    profile = TaskEstimator(max_images=1000, seed=seed).fit(ds, model)
+    profile = TaskEstimator(max_images=1000, seed=seed, batch_size=batch_size).fit(ds, model)
     estimate_s = time.perf_counter() - tick
     backbone = create_backbone(model, len(ds.classes))
     pre = backbone.preprocessing
@@ -214,10 +248,133 @@ def cost(model: str, spec: str, train_px: int, threads: int, seed: int, log) -> 
     tick = time.perf_counter()
     train_protocol(backbone, data, None, config)
     epoch_s = time.perf_counter() - tick
-    out = {"model": model, "target": spec, "threads": threads, "estimate_s": estimate_s, "epoch_s": epoch_s,
+    out = {"model": model, "target": spec, "threads": threads, "batch_size": batch_size or "auto",
+           "estimate_s": estimate_s, "epoch_s": epoch_s,
            "epoch_px": train_px, "timings": profile.timings, "load_before": load, "load_after": os.getloadavg()[0]}
     log(f"  cost {model} threads={threads}: estimate {estimate_s:.1f} s ({profile.timings}), "
         f"one epoch at {train_px} px {epoch_s:.1f} s, load {load:.1f}->{out['load_after']:.1f}")
+    return out
+
+
+#: The signals the session-2 section compares (``effective`` = what the prior's scalar rules read).
+SIGNALS = ("similarity", "logme", "logme_over_chance", "effective")
+SIGNAL_NAMES = {"similarity": "similarity", "logme": "LogME", "logme_over_chance": "LogME over chance (t)",
+                "effective": f"combined ({1 - TRANSFER_WEIGHT:.1f} s + {TRANSFER_WEIGHT:.1f} t)"}
+SOURCE_FREE = ("lite0 (source-free)", "fashion-source (source-free)")
+
+
+def _rho(values: list[float], targets: list[float]) -> tuple[float, float]:
+    rho, p = spearmanr(values, targets)
+    return float(rho), float(p)
+
+
+def session2_markdown(rows: list[dict], gains: dict, sizes: tuple[int, ...]) -> str:
+    """The transferability signal against the recorded gains: Spearman per setting and pooled,
+    the scale calibration and the weight of the combination (``--session2``)."""
+    rows = [r for r in rows if r.get("logme_over_chance") is not None and (r["model"], r["target"]) in gains]
+    gain = lambda r: gains[(r["model"], r["target"])]["gain"]  # noqa: E731
+    groups = [(name, n, [r for r in rows if r["setting"] == name and r["n"] == n])
+              for name in [s.name for s in SETTINGS] for n in sizes]
+    for n in sizes:
+        pooled = [r for r in rows if r["setting"] in SOURCE_FREE and r["n"] == n]
+        groups.append((f"pooled source-free ({len(pooled)} pairs)", n, pooled))
+    groups = [g for g in groups if len(g[2]) >= 3]
+    lines = ["### Estimator follow-ups (session 2): transferability signal", "",
+             "Spearman rho (p) with the recorded transfer gain (the table above; `--recorded-gains`, no "
+             "retraining). `t` = LogME minus its closed-form chance level `-1/2 (1 + ln 2 pi p_c (1 - p_c))` "
+             "(class proportions p_c), on the estimator's images (<= 300), mapped by "
+             f"`1 - exp(-t / {LOGME_TRANSFER_SCALE})`; combined = the prior's `effective_similarity`.", "",
+             "| setting | n | " + " | ".join(SIGNAL_NAMES[m] for m in SIGNALS) + " |",
+             "|---|---|" + "---|" * len(SIGNALS)]
+    for name, n, sub in groups:
+        cells = [f"{_rho([r[m] for r in sub], [gain(r) for r in sub])[0]:+.2f} "
+                 f"({_rho([r[m] for r in sub], [gain(r) for r in sub])[1]:.2f})" for m in SIGNALS]
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    n_cal = max(sizes)
+    cal = sorted((r["model"], r["target"], r["logme_over_chance"]) for r in rows
+                 if r["setting"] in SOURCE_FREE and r["n"] == n_cal)
+    if cal:
+        values = np.array([c[2] for c in cal])
+        median = float(np.median(values))
+        lines += ["", f"**Scale.** LogME over chance at n={n_cal}, the {len(cal)} source-free (model, target) pairs: "
+                  + ", ".join(f"{c[0].replace('efficientnet_', '')}/{short(c[1])} {c[2]:.3f}" for c in cal)
+                  + f"; range {values.min():.3f}-{values.max():.3f}, median {median:.3f} -> scale = median / ln 2 = "
+                  f"{median / math.log(2):.3f} (shipped `LOGME_TRANSFER_SCALE = {LOGME_TRANSFER_SCALE}`)."]
+    weights = (0.0, 0.5, 0.75, 0.8, 0.85, 0.9, 1.0)
+    lines += ["", "**Weight.** Spearman of `(1 - w) similarity + w transferability` (scale as shipped); "
+              "w = 0 is the similarity alone, w = 1 the transferability alone:", "",
+              "| setting | n | " + " | ".join(f"w={w}" for w in weights) + " |",
+              "|---|---|" + "---|" * len(weights)]
+    for name, n, sub in groups:
+        cells = []
+        for w in weights:
+            values = [(1 - w) * r["similarity"] + w * transferability_from_logme(r["logme_over_chance"]) for r in sub]
+            cells.append(f"{_rho(values, [gain(r) for r in sub])[0]:+.2f}")
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def cost_only(threads: int, seed: int, log, batch_size: int | None = None) -> dict:
+    """``--cost-only``: one whole source-free estimate on 1,000 images of builtin:animals with
+    efficientnet_lite0 (native 224 px) and one training epoch at 64 px, at ``threads``. timm is
+    imported (a backbone created) before the clock starts: ~5 s of Python imports that any
+    process pays once, measured separately as ``import_s``."""
+    torch.set_num_threads(threads)
+    tick = time.perf_counter()
+    create_backbone("efficientnet_lite0", 2)
+    import_s = time.perf_counter() - tick
+    out = cost("efficientnet_lite0", "builtin:animals", 64, threads, seed, log, batch_size=batch_size)
+    out["import_s"] = import_s
+    print(f"estimate_s={out['estimate_s']:.1f} epoch_s={out['epoch_s']:.1f} batch_size={out['batch_size']} "
+          f"ratio={out['estimate_s'] / out['epoch_s']:.2f} threads={threads} import_s={import_s:.1f} "
+          f"load={out['load_before']:.1f}->{out['load_after']:.1f} timings="
+          + json.dumps({k: round(v, 2) for k, v in out["timings"].items()}))
+    return out
+
+
+def score_timing(seed: int, log) -> dict:
+    """``--score-timing``: H-score and LogME on the final features of 1,000 builtin:animals
+    images (efficientnet_lite0, 224 px: 1,000 x 1,280), against the direct forms they replaced:
+    scikit-learn's ``LedoitWolf`` and a d x d pseudo-inverse, and LogME's thin SVD."""
+    from sklearn.covariance import LedoitWolf
+    from threadpoolctl import threadpool_limits
+
+    from autotransfer.estimate.features import extract_group_features, native_array
+    from autotransfer.estimate.transferability import _logme_evidence, h_score, logme
+
+    backbone = create_backbone("efficientnet_lite0", 10)
+    ds = stratified_subsample(load_dataset("builtin:animals"), 1000, seed=seed)
+    F = extract_group_features(backbone, native_array(backbone, ds), batch_size=4)[-1].astype(np.float64)
+    y = np.asarray(ds.labels)
+
+    def h_direct(F, y):
+        F = F - F.mean(0)
+        g = np.zeros_like(F)
+        for c in np.unique(y):
+            g[y == c] = F[y == c].mean(0)
+        cov_f = LedoitWolf(assume_centered=True).fit(F).covariance_
+        return float(np.sum(np.linalg.pinv(cov_f, hermitian=True) * (g.T @ g / len(F))))
+
+    def logme_svd(F, y):
+        n, d = F.shape
+        U, sigma, _ = np.linalg.svd(F, full_matrices=False)
+        keep = sigma > sigma.max() * max(n, d) * np.finfo(np.float64).eps
+        U, sigma = U[:, keep], sigma[keep]
+        return float(np.mean([_logme_evidence(U.T @ (y == c), float(np.sum(y == c)), sigma, n, d,
+                                              max_iter=100, tol=1e-6) / n for c in np.unique(y)]))
+
+    out = {"shape": list(F.shape)}
+    with threadpool_limits(limits=1):
+        for name, fn in (("h_score", h_score), ("h_score_direct", h_direct), ("logme", logme), ("logme_svd", logme_svd)):
+            times = []
+            for _ in range(3):
+                tick = time.perf_counter()
+                value = fn(F, y)
+                times.append(time.perf_counter() - tick)
+            out[name] = {"value": value, "seconds": min(times), "all": times}
+            log(f"  {name}: {value:.10g} in {min(times):.3f} s (best of 3: {[round(t, 3) for t in times]})")
+    print(json.dumps(out))
     return out
 
 
@@ -257,6 +414,10 @@ def markdown(rows, gains, corr, costs, calib, meta) -> str:
               "| model | target | metric | px | steps | train/val | full FT | probe | scratch | **gain** |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for g in gains.values():
+        if "metric" not in g:  # --recorded-gains: only the gain was kept
+            lines.append(f"| {g['model']} | {short(g['target'])} | recorded {g.get('recorded', '')} | - | - | - | - "
+                         f"| - | - | **{g['gain']:+.3f}** |")
+            continue
         lines.append(f"| {g['model']} | {short(g['target'])} | {g['metric']} | {g['px']} | {g['steps']} | "
                      f"{g['n_train']}/{g['n_val']} | {g['full_ft']:.3f} | {g['probe']:.3f} | {g['scratch']:.3f} | "
                      f"**{g['gain']:+.3f}** |")
@@ -305,10 +466,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps-factor", type=float, default=1.0, help="scale the gain trials' steps (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--recorded-gains", action="store_true",
+                        help="use the gains measured on 2026-11-22 (RECORDED_GAINS) instead of training")
+    parser.add_argument("--session2", action="store_true", help="append the transferability-signal section")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="only: seconds of one estimate (1,000 animals, lite0) and one epoch at --threads")
+    parser.add_argument("--cost-batch-size", type=int, default=None,
+                        help="images per forward pass of the timed estimate (default: automatic)")
+    parser.add_argument("--score-timing", action="store_true",
+                        help="only: H-score and LogME timings on 1,000 x 1,280 lite0 features (1 BLAS thread)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    start, load_start = time.perf_counter(), os.getloadavg()[0]
     log = lambda text: print(text, flush=True, file=__import__("sys").stderr)  # noqa: E731
+    if args.cost_only:
+        return cost_only(args.threads, args.seed, log, batch_size=args.cost_batch_size)
+    if args.score_timing:
+        return score_timing(args.seed, log)
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     sizes = tuple(int(s) for s in args.sizes.split(","))
     if not all(reference_path(m).is_file() for m in ("efficientnet_lite0", "fashion-source")):
         raise SystemExit("run python benchmarks/build_references.py first")
@@ -330,6 +504,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.gains_json:
         for g in json.load(open(args.gains_json))["gains"]:
             gains[(g["model"], g["target"])] = g
+    elif args.recorded_gains:
+        gains.update({key: {"model": key[0], "target": key[1], "gain": value, "recorded": "2026-11-22"}
+                      for key, value in RECORDED_GAINS.items()})
     elif not args.skip_gains:
         log("transfer gains")
         for s in settings:
@@ -386,6 +563,8 @@ def main(argv: list[str] | None = None) -> dict:
     text = markdown(rows, gains, corr, costs, calib, meta)
     text += "\n**Orderings asserted** (also in tests/estimate/test_estimator.py): " + "; ".join(
         f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()) + "\n"
+    if args.session2 and gains:
+        text += "\n" + session2_markdown(rows, gains, sizes)
     print(text)
     result = {"rows": rows, "gains": list(gains.values()),
               "correlations": {f"{k[0]} n={k[1]}": v for k, v in corr.items()},

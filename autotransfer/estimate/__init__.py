@@ -17,7 +17,7 @@ from autotransfer.estimate.features import extract_group_features, source_probab
 from autotransfer.estimate.profile import DivergenceProfile, SourceMeasures, TaskProfile, Transferability
 from autotransfer.estimate.reference import load_reference
 from autotransfer.estimate.size import SizeStats, size_stats
-from autotransfer.estimate.transferability import h_score, leep, logme
+from autotransfer.estimate.transferability import h_score, leep, logme, logme_chance, logme_over_chance
 
 __all__ = [
     "BNDivergence",
@@ -38,6 +38,8 @@ __all__ = [
     "leep",
     "load_reference",
     "logme",
+    "logme_chance",
+    "logme_over_chance",
     "median_pairwise_distance",
     "mmd2_unbiased",
     "mmd_permutation_test",

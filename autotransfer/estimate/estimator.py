@@ -18,8 +18,10 @@ classification: a survey", arXiv 2205.09904):
 
 4. ``excess = max(raw - reference, 0)``, ``similarity = similarity_from_excess(excess, scale)``
    with the method's calibrated scale;
-5. LogME, LEEP (with the pretrained source head) and H-score of the final features;
-6. ``place`` on the size × similarity map and ``quadrant_prior``.
+5. LogME, LEEP (with the pretrained source head) and H-score of the final features, and LogME
+   over its chance level on at most 300 of them, mapped to ``transferability_score``;
+6. ``place`` on the size × similarity map and ``quadrant_prior``, whose scalar rules read the
+   similarity combined with the transferability score (``effective_similarity``).
 """
 from __future__ import annotations
 
@@ -54,11 +56,31 @@ from autotransfer.estimate.features import (
 from autotransfer.estimate.profile import DivergenceProfile, SourceMeasures, TaskProfile, Transferability
 from autotransfer.estimate.reference import load_reference
 from autotransfer.estimate.size import size_stats
-from autotransfer.estimate.transferability import h_score, leep, logme
-from autotransfer.prior.placement import BN_W2_SIMILARITY_SCALE, place, similarity_from_excess
+from autotransfer.estimate.transferability import (
+    TRANSFER_REF_IMAGES,
+    h_score,
+    leep,
+    logme,
+    logme_chance,
+    logme_over_chance,
+)
+from autotransfer.prior.placement import (
+    BN_W2_SIMILARITY_SCALE,
+    place,
+    similarity_from_excess,
+    transferability_from_logme,
+)
 from autotransfer.prior.quadrant import quadrant_prior
 
-__all__ = ["TaskEstimator", "MMD_SIMILARITY_SCALE", "PERMUTATIONS", "PERMUTATION_POINTS", "SINKHORN_REGS"]
+__all__ = [
+    "TaskEstimator",
+    "auto_batch_size",
+    "CPU_BATCH_PIXELS",
+    "MMD_SIMILARITY_SCALE",
+    "PERMUTATIONS",
+    "PERMUTATION_POINTS",
+    "SINKHORN_REGS",
+]
 
 #: Scale of the per-group MMD² excess (with ``--source``) for ``similarity = exp(-excess/scale)``.
 #: Calibrated against the BN-W2 scale (``BN_W2_SIMILARITY_SCALE``) on the one model where both
@@ -79,6 +101,26 @@ PERMUTATION_POINTS = 500
 #: iterations gave 0.820, at a tenth of the time.
 SINKHORN_REGS = (0.05, 0.1, 0.2)
 
+#: Input pixels per forward pass on CPU when ``batch_size`` is not given: 4 images at 224 px.
+#: Measured (benchmarks/RESULTS.md, "Estimator follow-ups (session 2)"): EfficientNet-Lite0 at
+#: 224 px on 1 thread, features + BN statistics, ran 13-18 img/s at batch 2-8 against 10-11
+#: img/s at batch 32 (the whole pass 1.32x faster at batch 4, interleaved A/B). At batch 32
+#: every early activation is ~150 MB, above glibc's 32 MB mmap ceiling, so each memory-bound op
+#: (BatchNorm, padding, the statistics hooks) gets fresh, page-faulting memory; at 4 x 224 px
+#: the largest is ~19 MB and is reused.
+CPU_BATCH_PIXELS = 4 * 224 * 224
+#: Largest automatic batch (CPU: small inputs such as the 32-px laboratory; CUDA: always).
+MAX_AUTO_BATCH = 32
+
+
+def auto_batch_size(device: torch.device | str, input_size: int) -> int:
+    """Images per forward pass for ``input_size`` px inputs: ``CPU_BATCH_PIXELS / input_size²``
+    on CPU (1 to ``MAX_AUTO_BATCH``), ``MAX_AUTO_BATCH`` on CUDA."""
+    if torch.device(device).type != "cpu":
+        return MAX_AUTO_BATCH
+    return int(min(max(CPU_BATCH_PIXELS // max(int(input_size), 1) ** 2, 1), MAX_AUTO_BATCH))
+
+
 _NO_REFERENCE_NOTE = "no same-domain reference: raw divergence reported as excess"
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -92,7 +134,10 @@ class TaskEstimator:
         max_source_images: cap on source-sample images (a seeded subsample).
         seed: seeds the subsamples, the split-half reference and the permutations.
         progress: draw a rich progress bar while features are extracted.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; ``None`` picks it (``auto_batch_size``): on CPU
+            about ``CPU_BATCH_PIXELS`` input pixels per batch (4 images at 224 px, 32 at <= 79 px),
+            on CUDA 32. The numbers do not depend on it beyond float rounding (BN moments are
+            summed per image).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
 
     Attributes:
@@ -106,7 +151,7 @@ class TaskEstimator:
         max_source_images: int = 500,
         seed: int = 0,
         progress: bool = False,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         device: str = "auto",
     ) -> None:
         self.max_images = max_images
@@ -121,6 +166,8 @@ class TaskEstimator:
     def _validate(self) -> torch.device:
         for name, low in (("max_images", 4), ("max_source_images", 4), ("batch_size", 1), ("seed", 0)):
             value = getattr(self, name)
+            if name == "batch_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise UserError(f"TaskEstimator {name} must be an integer >= {low}, but got {value!r}")
         if not isinstance(self.progress, bool):
@@ -139,6 +186,11 @@ class TaskEstimator:
         if resolved.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
         return resolved
+
+    def _batch_size(self, device: torch.device, input_size: int) -> int:
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return auto_batch_size(device, input_size)
 
     # -- fit ----------------------------------------------------------------------------------
 
@@ -232,15 +284,16 @@ class TaskEstimator:
                 backbone.model.to(model_device)
 
             tick = time.perf_counter()
-            transferability = self._transferability(backbone, features[-1], capped.labels, notes)
+            transferability = self._transferability(backbone, features[-1], capped.labels, notes, int(self.seed))
             timings["transferability"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
         similarity = similarity_from_excess(divergence.excess, scale)
+        score = transferability_from_logme(transferability.logme_over_chance)
         placement = place(size.images, size.classes, similarity)
         prior = quadrant_prior(
             placement.log10_n, similarity, list(divergence.excess), backbone.num_groups,
-            num_classes=size.classes, scale=scale,
+            num_classes=size.classes, scale=scale, transferability=score,
         )
         timings["prior"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
@@ -252,6 +305,7 @@ class TaskEstimator:
             num_groups=backbone.num_groups,
             size=size,
             similarity=similarity,
+            transferability_score=score,
             divergence=divergence,
             transferability=transferability,
             placement=placement,
@@ -275,7 +329,7 @@ class TaskEstimator:
         label = f"target features + BN statistics ({len(images)} images, {images.shape[1]} px)"
         with progress_bar(label, len(images), self.progress) as bar, GroupFeatureCollector(backbone) as collector:
             batches = image_batches(
-                backbone, images, batch_size=int(self.batch_size), device=device,
+                backbone, images, batch_size=self._batch_size(device, images.shape[1]), device=device,
                 channels_last=True, progress=bar,
             )
             result = bn_divergence(backbone.model, batches, layer_groups=groups)
@@ -320,7 +374,7 @@ class TaskEstimator:
         timings["resize"] = timings.get("resize", 0.0) + time.perf_counter() - tick
 
         tick = time.perf_counter()
-        common = dict(batch_size=int(self.batch_size), progress=self.progress)
+        common = dict(batch_size=self._batch_size(device, images.shape[1]), progress=self.progress)
         features = extract_group_features(
             backbone, images, description=f"target features ({len(images)} images, {images.shape[1]} px)", **common
         )
@@ -389,17 +443,30 @@ class TaskEstimator:
 
     @staticmethod
     def _transferability(
-        backbone: Backbone, final: np.ndarray, labels: np.ndarray, notes: list[str]
+        backbone: Backbone, final: np.ndarray, labels: np.ndarray, notes: list[str], seed: int = 0
     ) -> Transferability:
         probs = source_probabilities(backbone, final)
         if probs is None:
             notes.append(
                 "LEEP not computed: the model has no pretrained classifier that takes the final pooled features"
             )
+        final = np.asarray(final, dtype=np.float64)  # one conversion for the three scores
+        logme_all = logme(final, labels)
+        cap = max(TRANSFER_REF_IMAGES, 2 * len(np.unique(labels)))  # >= 2 images per class
+        if len(final) <= cap:  # the same images: no second LogME
+            over_chance, n_ref = logme_all - logme_chance(labels), len(final)
+        else:
+            over_chance, n_ref = logme_over_chance(final, labels, max_images=cap, seed=seed)
+            notes.append(
+                f"LogME over chance on a stratified subsample of {n_ref} of {len(final)} images "
+                "(its calibration size)"
+            )
         return Transferability(
-            logme=logme(final, labels),
+            logme=logme_all,
             leep=None if probs is None else leep(probs, labels),
             hscore=h_score(final, labels),
+            logme_over_chance=over_chance,
+            n_ref=n_ref,
         )
 
 

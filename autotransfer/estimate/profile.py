@@ -75,14 +75,20 @@ class Transferability:
     """Label-aware transferability of the final features; ``None`` where not computed.
 
     Attributes:
-        logme: LogME evidence per sample (You et al., 2021).
+        logme: LogME evidence per sample (You et al., 2021), on every capped target image.
         leep: LEEP with the source head (Nguyen et al., 2020).
         hscore: H-score (Bao et al., 2019).
+        logme_over_chance: LogME minus its closed-form chance level (``logme_chance``) on
+            ``n_ref`` images (``logme_over_chance``): nats per image the features explain
+            beyond the class frequencies, comparable across class counts and target sizes.
+        n_ref: images ``logme_over_chance`` was measured on (at most ``TRANSFER_REF_IMAGES``).
     """
 
     logme: float | None = None
     leep: float | None = None
     hscore: float | None = None
+    logme_over_chance: float | None = None
+    n_ref: int | None = None
 
 
 @dataclass
@@ -94,7 +100,11 @@ class TaskProfile:
         model: the model spec.
         num_groups: ``G``, depth groups of the model.
         size: images, classes, per-class counts, image sizes and the metric.
-        similarity: in [0, 1] (``autotransfer.prior.placement.similarity_from_excess``).
+        similarity: in [0, 1] (``autotransfer.prior.placement.similarity_from_excess``): the
+            label-blind BN/divergence similarity, the surface coordinate.
+        transferability_score: in [0, 1) (``autotransfer.prior.placement.
+            transferability_from_logme`` of ``transferability.logme_over_chance``), or ``None``;
+            the prior combines it with ``similarity`` (``effective_similarity``).
         divergence: divergence by depth (``None`` if not measured).
         transferability: LogME / LEEP / H-score (``None`` if not measured).
         placement: coordinates and quadrant on the survey's map.
@@ -115,10 +125,14 @@ class TaskProfile:
     prior: Prior | None = None
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    transferability_score: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.similarity <= 1.0:
             raise ValueError(f"similarity must lie in [0, 1], but got {self.similarity!r}")
+        score = self.transferability_score
+        if score is not None and not 0.0 <= score <= 1.0:
+            raise ValueError(f"transferability_score must lie in [0, 1], but got {score!r}")
 
     @property
     def metric(self) -> str:
@@ -141,6 +155,7 @@ class TaskProfile:
             "metric": self.metric,
             "size": self.size.to_dict(),
             "similarity": self.similarity,
+            "transferability_score": self.transferability_score,
             "divergence": None
             if div is None
             else {
@@ -184,6 +199,9 @@ class TaskProfile:
             num_groups=int(values["num_groups"]),
             size=SizeStats.from_dict(values["size"]),
             similarity=float(values["similarity"]),
+            transferability_score=None
+            if values.get("transferability_score") is None
+            else float(values["transferability_score"]),
             divergence=divergence,
             transferability=None if tr is None else _build(Transferability, tr),
             placement=None if values.get("placement") is None else Placement.from_dict(values["placement"]),

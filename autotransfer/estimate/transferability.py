@@ -1,10 +1,18 @@
-"""Label-aware transferability scores of final-layer features: LogME, LEEP, H-score."""
+"""Label-aware transferability scores of final-layer features: LogME (and over chance), LEEP, H-score."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
+import scipy.linalg
 
-__all__ = ["logme", "leep", "h_score"]
+__all__ = ["logme", "logme_chance", "logme_over_chance", "leep", "h_score", "TRANSFER_REF_IMAGES"]
+
+#: Images on which ``logme_over_chance`` is measured (a stratified, seeded subsample when the
+#: target has more). LogME per sample grows with n (its Occam term is spread over more
+#: samples: +0.05 to +0.20 from 100 to 300 images on the benchmark targets), so a fixed n keeps
+#: the signal comparable across target sizes; 300 is the larger size at which it was
+#: calibrated against measured transfer gains (benchmarks/RESULTS.md, "Estimator follow-ups
+#: (session 2)").
+TRANSFER_REF_IMAGES = 300
 
 
 def _as_features(F, name: str = "F") -> np.ndarray:
@@ -77,13 +85,33 @@ def _logme_evidence(
     )
 
 
+def _spectrum(F: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero singular values ``σ`` ``(k,)`` of ``F`` ``(n, d)`` and ``Uᵀ targets`` ``(k, C)``.
+
+    From the eigendecomposition of the smaller Gram matrix, ``FFᵀ = U diag(σ²) Uᵀ`` when
+    ``n <= d`` (else ``FᵀF = V diag(σ²) Vᵀ`` and ``Uᵀ t = diag(1/σ) Vᵀ Fᵀ t``): 4x cheaper than a
+    thin SVD of 1,000 x 1,280 features. Eigenvalues below ``max(n, d) eps`` of the largest
+    (the Gram's rounding level) count as zero; such directions change LogME by ``~σ²/(α/β)``,
+    far below its 1e-3 agreement with the reference implementation.
+    """
+    n, d = F.shape
+    gram = F @ F.T if n <= d else F.T @ F
+    s, vectors = np.linalg.eigh(gram)
+    keep = s > s.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
+    s, vectors = s[keep], vectors[:, keep]
+    sigma = np.sqrt(s)
+    if n <= d:
+        return sigma, vectors.T @ targets
+    return sigma, (vectors.T @ (F.T @ targets)) / sigma[:, None]
+
+
 def logme(F, y, *, max_iter: int = 100, tol: float = 1e-6) -> float:
     """LogME (You et al., ICML 2021): mean over classes of the maximised log evidence / n.
 
     For each class ``c`` the one-hot target ``1[y = c]`` is regressed on the features by
     Bayesian linear regression; its log marginal evidence is maximised over the prior and
     noise precisions (α, β) by MacKay's fixed point (see ``_logme_evidence``), divided by
-    n, and averaged over classes. One thin SVD of F serves every class. The reference
+    n, and averaged over classes. One spectrum of F serves every class (``_spectrum``). The reference
     implementation stops at a relative change of 1e-2 after at most 11 steps; here it
     iterates to ``tol`` (the values agree to ~1e-3). Features are used as given (no
     centring), as in the reference. Higher is better; typical values lie in [-2, 2].
@@ -100,17 +128,65 @@ def logme(F, y, *, max_iter: int = 100, tol: float = 1e-6) -> float:
     F = _as_features(F)
     codes, n_classes = _as_labels(y, F.shape[0])
     n, d = F.shape
-    U, sigma, _ = np.linalg.svd(F, full_matrices=False)
-    keep = sigma > sigma.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
-    U, sigma = U[:, keep], sigma[keep]
-    evidences = []
-    for c in range(n_classes):
-        target = (codes == c).astype(np.float64)
-        evidences.append(
-            _logme_evidence(U.T @ target, float(target @ target), sigma, n, d, max_iter=max_iter, tol=tol)
-            / n
-        )
+    targets = (codes[:, None] == np.arange(n_classes)[None, :]).astype(np.float64)  # (n, C)
+    sigma, projected = _spectrum(F, targets)
+    evidences = [
+        _logme_evidence(projected[:, c], float(counts), sigma, n, d, max_iter=max_iter, tol=tol) / n
+        for c, counts in enumerate(targets.sum(0))
+    ]
     return float(np.mean(evidences))
+
+
+def logme_chance(y) -> float:
+    """LogME of features that carry no label information, in closed form: ``(n,)`` labels -> float.
+
+    With class proportions ``p_c``, the best a feature-free Gaussian model of the one-hot target
+    ``1[y = c]`` can do is its own mean and variance ``p_c (1 - p_c)``: a log likelihood per
+    sample of ``-1/2 (1 + ln(2π p_c (1 - p_c)))``. Its mean over classes is the level LogME falls
+    to for uninformative features (a constant feature reaches it up to an ``O(log n / n)``
+    Occam term). It depends only on the class count and balance: -0.21 for 10 balanced classes,
+    -0.50 for 5, -0.73 for 2 (-0.61 for a 27/73% split).
+    """
+    y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1-d array of labels, but got shape {y.shape}")
+    codes, _ = _as_labels(y, y.shape[0], "y")
+    p = np.bincount(codes) / codes.size
+    return float(np.mean(-0.5 * (1.0 + np.log(2.0 * np.pi * p * (1.0 - p)))))
+
+
+def logme_over_chance(F, y, *, max_images: int = TRANSFER_REF_IMAGES, seed: int = 0) -> tuple[float, int]:
+    """LogME minus its chance level (``logme_chance``) on at most ``max_images`` images.
+
+    LogME's raw value depends on the task (class count and balance set its floor, n its Occam
+    term); over chance, at a fixed number of images, it reads as "nats per image the features
+    explain beyond the class frequencies", comparable across targets. Above ``max_images`` a
+    stratified, seeded subsample (``autotransfer.data.sampling.allocate``) is used.
+
+    Args:
+        F: ``(n, d)`` features (numpy or torch).
+        y: ``(n,)`` class labels (any values, at least 2 distinct).
+        max_images: images used (the calibration size, ``TRANSFER_REF_IMAGES``).
+        seed: seeds the subsample.
+
+    Returns:
+        ``(LogME - chance, images used)``.
+    """
+    from autotransfer.data.sampling import allocate
+
+    F = _as_features(F)
+    codes, n_classes = _as_labels(y, F.shape[0])
+    if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 2 * n_classes:
+        raise ValueError(f"max_images must be an integer >= 2 x classes ({2 * n_classes}), but got {max_images!r}")
+    if F.shape[0] > max_images:
+        rng = np.random.default_rng(seed)
+        counts = np.bincount(codes, minlength=n_classes)
+        take = allocate(counts, int(max_images), seed)
+        rows = np.sort(np.concatenate([
+            rng.choice(np.flatnonzero(codes == c), size=int(k), replace=False) for c, k in enumerate(take) if k
+        ]))
+        F, codes = F[rows], codes[rows]
+    return logme(F, codes) - logme_chance(codes), int(F.shape[0])
 
 
 def leep(source_probs, y) -> float:
@@ -149,14 +225,46 @@ def leep(source_probs, y) -> float:
     return float(np.mean(np.log(eep)))
 
 
+def _ledoit_wolf(sq_norms: np.ndarray, scatter_fro2: float, n: int, d: int) -> tuple[float, float]:
+    """Ledoit-Wolf shrinkage ``a`` and target scale ``mu`` of centred ``(n, d)`` features.
+
+    The same estimate as ``sklearn.covariance.ledoit_wolf_shrinkage(F, assume_centered=True)``
+    (whose shrunk covariance is ``(1 - a) FᵀF/n + a mu I``, ``mu = tr(FᵀF)/(n d)``), written with
+    the only two data terms it needs, so it costs no ``d x d`` product when ``n < d``:
+    ``sq_norms`` ``(n,)`` the squared row norms ``|f_k|²`` and ``scatter_fro2 = |FᵀF|_F² = |FFᵀ|_F²``.
+    """
+    if d == 1:  # one feature: any shrinkage gives the same estimate (sklearn returns 0)
+        return 0.0, float(sq_norms.sum()) / n
+    trace = float(sq_norms.sum()) / n  # tr(S), S = FᵀF / n
+    mu = trace / d
+    delta_ = scatter_fro2 / n**2  # |S|_F²
+    beta = (float(np.sum(sq_norms**2)) / n - delta_) / (d * n)
+    delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d  # |S - mu I|_F² / d
+    beta = min(beta, delta)
+    return (0.0 if beta == 0 else beta / delta), mu
+
+
 def h_score(F, y, *, shrinkage: bool = True) -> float:
     """H-score (Bao et al., ICIP 2019): ``tr(cov(F)⁻¹ cov(E[F | y]))``.
 
     ``cov(E[F | y])`` is the covariance of each sample's class-mean feature. With
-    ``shrinkage`` the feature covariance is Ledoit-Wolf shrunk (scikit-learn) before the
-    inverse, as in the regularised H-score of Ibrahim et al. (ICLR 2023); the inverse is a
-    Hermitian pseudo-inverse either way, so constant features (zero variance) give a finite
-    score. Higher is better; at most ``min(d, C - 1)`` without shrinkage.
+    ``shrinkage`` the feature covariance is Ledoit-Wolf shrunk (the estimate of scikit-learn's
+    ``LedoitWolf``) before the inverse, as in the regularised H-score of Ibrahim et al. (ICLR
+    2023); the inverse is a Hermitian pseudo-inverse (cut-off ``d eps`` of the largest
+    eigenvalue, numpy's default), so constant features (zero variance) give a finite score.
+    Higher is better; at most ``min(d, C - 1)`` without shrinkage.
+
+    Computed without any ``d x d`` matrix when ``n < d``: with centred ``F``, ``B = Y D^-1/2``
+    (``(n, C)`` class indicators over the square roots of the class counts) and
+    ``cov(F) = b FᵀF + c I`` (``b = (1 - a)/n``, ``c = a mu``; ``a = 0`` without shrinkage),
+    ``cov(E[F | y]) = FᵀB BᵀF / n`` and the push-through identity give
+
+        ``H = tr(Bᵀ K (b K + c I)⁻¹ B) / n``, ``K = F Fᵀ`` (``n x n``) when ``n < d``,
+        ``H = tr(BᵀF (b FᵀF + c I)⁻¹ FᵀB) / n`` (``d x d``) otherwise:
+
+    a Cholesky solve when ``c > 0``, an eigendecomposition (pseudo-inverse) when ``c = 0``.
+    1,000 x 1,280 features: 0.2 s instead of 5.6 s for the ``d x d`` form (one thread;
+    benchmarks/RESULTS.md, "Estimator follow-ups (session 2)").
 
     Args:
         F: ``(n, d)`` features (numpy or torch).
@@ -168,15 +276,36 @@ def h_score(F, y, *, shrinkage: bool = True) -> float:
     """
     F = _as_features(F)
     codes, n_classes = _as_labels(y, F.shape[0])
+    n, d = F.shape
     F = F - F.mean(0)
-    if shrinkage:
-        cov_f = LedoitWolf(assume_centered=True).fit(F).covariance_
-    else:
-        cov_f = F.T @ F / F.shape[0]
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
-    class_means = np.zeros((n_classes, F.shape[1]))
-    np.add.at(class_means, codes, F)
-    class_means /= counts[:, None]
-    cov_g = class_means.T @ (class_means * counts[:, None]) / F.shape[0]  # cov of g(x) = E[F | y(x)]
-    inv = np.linalg.pinv(cov_f, hermitian=True)
-    return float(max(0.0, np.sum(inv * cov_g)))
+    B = np.zeros((n, n_classes))
+    B[np.arange(n), codes] = 1.0 / np.sqrt(counts[codes])
+    dual = n < d
+    gram = F @ F.T if dual else F.T @ F  # the smaller of FFᵀ (n x n) and FᵀF (d x d)
+    R = B if dual else F.T @ B  # (n, C) or (d, C)
+    if shrinkage:
+        a, mu = _ledoit_wolf(np.einsum("ij,ij->i", F, F), float(np.sum(gram * gram)), n, d)
+    else:
+        a, mu = 0.0, 0.0
+    b, c = (1.0 - a) / n, a * mu
+    cutoff = d * np.finfo(np.float64).eps  # numpy pinv's default for the d x d cov(F)
+    if c > 0.0:
+        system = b * gram
+        system.flat[:: system.shape[0] + 1] += c
+        try:
+            X = scipy.linalg.cho_solve(scipy.linalg.cho_factor(system, lower=True), R)
+        except np.linalg.LinAlgError:
+            X = None
+        if X is not None and c > cutoff * (b * float(np.trace(gram)) + c):  # well conditioned: no cut-off
+            value = float(np.sum((gram @ R if dual else R) * X)) / n
+            return max(0.0, value)
+    lam, U = np.linalg.eigh(gram)
+    lam = np.clip(lam, 0.0, None)
+    eig = b * lam + c  # eigenvalues of cov(F) on the span of the Gram's eigenvectors
+    keep = eig > cutoff * eig.max(initial=0.0)
+    if not keep.any():
+        return 0.0
+    proj = np.sum((U[:, keep].T @ R) ** 2, axis=1)  # |u_iᵀ R|²
+    weight = (lam[keep] if dual else 1.0) / eig[keep]
+    return float(max(0.0, np.sum(weight * proj) / n))

@@ -8,9 +8,11 @@ from autotransfer.prior.none import wide_prior
 from autotransfer.prior.placement import (
     DECISION_TABLE,
     Placement,
+    effective_similarity,
     place,
     similarity_from_excess,
     size_score,
+    transferability_from_logme,
 )
 from autotransfer.prior.quadrant import (
     Prior,
@@ -25,6 +27,7 @@ from autotransfer.prior.quadrant import (
 __all__ = [
     "DECISION_TABLE",
     "Placement",
+    "effective_similarity",
     "Prior",
     "less_similar_protocol",
     "linear_probe_protocol",
@@ -35,5 +38,6 @@ __all__ = [
     "scratch_protocols",
     "similarity_from_excess",
     "size_score",
+    "transferability_from_logme",
     "wide_prior",
 ]

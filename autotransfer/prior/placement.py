@@ -14,6 +14,9 @@ Coordinates:
 Graded scores used by the continuous prior (``autotransfer.prior.quadrant``):
     ``size_score`` in (0, 1): a logistic in log10 N centred on the "large" threshold.
     ``dissimilarity = 1 - similarity``.
+    ``transferability`` in [0, 1): LogME over chance, mapped by ``transferability_from_logme``
+    (label-aware: how much the pretrained features explain; similarity is label-blind).
+    ``effective_similarity``: the two combined, what the prior's scalar rules consume.
 """
 from __future__ import annotations
 
@@ -34,6 +37,10 @@ __all__ = [
     "LARGE_MIN_PER_CLASS",
     "SIZE_SCORE_WIDTH",
     "BN_W2_SIMILARITY_SCALE",
+    "LOGME_TRANSFER_SCALE",
+    "TRANSFER_WEIGHT",
+    "transferability_from_logme",
+    "effective_similarity",
 ]
 
 #: ``similarity >= 0.5`` reads "similar": the midpoint of the [0, 1] scale. With the BN-W2
@@ -66,6 +73,24 @@ SIZE_SCORE_WIDTH = 0.25
 #: in 0.2-0.5, as the estimator issue asks. Other divergence methods (MMD, Sinkhorn) have their
 #: own units and need their own calibrated scale, passed as ``scale=``.
 BN_W2_SIMILARITY_SCALE = 0.35
+
+#: Scale, in nats per image, of LogME over chance (``autotransfer.estimate.transferability.
+#: logme_over_chance``, 300 images) for ``transferability = 1 - exp(-gain / scale)``.
+#: Measurement (benchmarks/bench_estimate.py, RESULTS.md "Estimator follow-ups (session 2)"):
+#: over the 10 (model, target) pairs of the estimator benchmark at 300 images (ImageNet
+#: EfficientNet-Lite0 and the fashion-source laboratory, 5 greyscale targets each) LogME over
+#: chance spans 0.08-0.78 with median 0.41; scale = median / ln 2 = 0.59 puts that median at
+#: 0.5, as ``SIMILAR_THRESHOLD`` is the midpoint of the similarity scale.
+LOGME_TRANSFER_SCALE = 0.59
+
+#: Weight of transferability in ``effective_similarity = (1 - w) similarity + w transferability``.
+#: Measurement (same benchmark, Spearman over the 5 targets per setting against the measured
+#: transfer gain): similarity +0.10 for the ImageNet model (elpv reads 'similar' yet gains
+#: least), +0.70 for the laboratory; transferability +0.70 and +0.70. Only with w >= 0.85-0.9
+#: (across scales 0.3-0.6) does the combination keep +0.70 in every setting (w = 0.75 drops
+#: the ImageNet model at 100 images to +0.40, w = 0.5 to +0.30), so w = 0.9: similarity keeps a
+#: tenth of the scalar rules and, in full, the depth profile (freeze) and the BN mode.
+TRANSFER_WEIGHT = 0.9
 
 #: The survey's decision table (arXiv 2205.09904), one protocol family per quadrant.
 DECISION_TABLE = {
@@ -126,6 +151,34 @@ def similarity_from_excess(excess: Sequence[float], scale: float = BN_W2_SIMILAR
         raise ValueError(f"scale must be > 0, but got {scale!r}")
     tail = [max(v, 0.0) for v in values[len(values) // 2 :]]
     return float(math.exp(-(sum(tail) / len(tail)) / scale))
+
+
+def transferability_from_logme(over_chance: float, scale: float = LOGME_TRANSFER_SCALE) -> float:
+    """Map LogME over chance (nats per image, ``logme_over_chance``) to [0, 1): 0 at or below
+    chance, ``1 - exp(-gain / scale)`` above; monotone, 0.5 at ``scale x ln 2`` = 0.41."""
+    value = float(over_chance)
+    if not math.isfinite(value):
+        raise ValueError(f"LogME over chance must be finite, but got {over_chance!r}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, but got {scale!r}")
+    return float(1.0 - math.exp(-max(value, 0.0) / scale))
+
+
+def effective_similarity(similarity: float, transferability: float | None, weight: float = TRANSFER_WEIGHT) -> float:
+    """What the prior's scalar rules read as "similar": ``(1 - w) s + w t`` in [0, 1].
+
+    ``s`` = the BN/divergence similarity (label-blind domain distance), ``t`` =
+    ``transferability_from_logme`` (label-aware). Increasing in both; ``s`` when ``t`` is
+    ``None`` (no transferability measured), so older profiles keep their prior.
+    """
+    for name, value in (("similarity", similarity), ("transferability", transferability)):
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], but got {value!r}")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must lie in [0, 1], but got {weight!r}")
+    if transferability is None:
+        return float(similarity)
+    return float((1.0 - weight) * float(similarity) + weight * float(transferability))
 
 
 @dataclass(frozen=True)

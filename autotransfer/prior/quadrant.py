@@ -13,6 +13,12 @@ smooth rule, so that a task between quadrants gets a protocol between theirs:
   excess first crosses ``excess_threshold()``, then scale by size and similarity.
 
 Notation: ``s`` = similarity, ``d = 1 - s``, ``z`` = ``size_score`` (0 small ... 1 large).
+When a transferability ``t`` is given (LogME over chance, ``transferability_from_logme``), the
+scalar rules (ELR, head lr, re-init, freeze scale, L2-SP, layer decay) read the effective
+similarity ``s = effective_similarity(similarity, t)`` instead: measured transfer gains follow
+LogME, not the label-blind similarity (benchmarks/RESULTS.md, "Estimator follow-ups (session
+2)"). The quadrant, the freeze depth along the excess-divergence profile and the BN mode stay
+on the domain similarity: they are about where and how the input statistics differ.
 Every rule below is a module constant or a one-line formula with its source.
 
 The module also gives the survey's fixed protocols and the controls that a study enqueues.
@@ -27,6 +33,8 @@ from autotransfer.prior.placement import (
     BN_W2_SIMILARITY_SCALE,
     DECISION_TABLE,
     SIMILAR_THRESHOLD,
+    TRANSFER_WEIGHT,
+    effective_similarity,
     excess_threshold,
     size_score,
 )
@@ -197,6 +205,7 @@ def quadrant_prior(
     num_classes: int,
     scale: float = BN_W2_SIMILARITY_SCALE,
     bounds: ProtocolSpace | None = None,
+    transferability: float | None = None,
 ) -> Prior:
     """The continuous quadrant prior at ``(log10_n, similarity)`` for a ``G``-group backbone.
 
@@ -210,6 +219,8 @@ def quadrant_prior(
         scale: the divergence method's similarity scale; sets the freeze threshold
             ``excess_threshold(scale)``.
         bounds: outer ranges (default ``ProtocolSpace()``); the centre is clipped into them.
+        transferability: in [0, 1] (``transferability_from_logme``) or ``None``; when given,
+            the scalar rules read ``effective_similarity(similarity, transferability)``.
     """
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, but got {num_groups!r}")
@@ -221,10 +232,14 @@ def quadrant_prior(
             f"but got {len(excess_profile)} values"
         )
     bounds = bounds or ProtocolSpace()
-    s, d = float(similarity), 1.0 - float(similarity)
+    domain_s = float(similarity)
+    # the scalar rules read the effective similarity: mostly LogME over chance, a tenth the
+    # domain similarity (measurement, benchmarks/RESULTS.md "Estimator follow-ups (session 2)")
+    s = effective_similarity(domain_s, transferability)
+    d = 1.0 - s
     z = size_score(log10_n, num_classes)
     size = "large" if z >= 0.5 else "small"
-    domain = "similar" if s >= SIMILAR_THRESHOLD else "dissimilar"
+    domain = "similar" if domain_s >= SIMILAR_THRESHOLD else "dissimilar"
     quadrant = f"{size}+{domain}"
 
     # ELR: log-linear in d between the survey's two lr classes (Li et al. ICLR 2020: the optimal
@@ -237,7 +252,7 @@ def quadrant_prior(
     # (survey: large -> fine-tune everything) and for far ones (survey: dissimilar -> shallower).
     threshold = excess_threshold(scale)
     if excess_profile is None:
-        depth = s * num_groups
+        depth = domain_s * num_groups
     else:
         depth = crossing_depth(excess_profile, threshold, CROSSING_SOFTNESS * scale)
     size_factor = 1.0 - z
@@ -251,8 +266,9 @@ def quadrant_prior(
     # Layer-wise lr decay: protect early layers of small, similar targets (survey).
     layer_decay = 1.0 - (1.0 - LAYER_DECAY_MIN) * s * (1.0 - z)
     # BN: adapt the statistics of trainable groups to a far target (AdaBN, Li et al. 2016);
-    # keep the source's running statistics for a similar one.
-    bn_mode = "frozen" if s >= SIMILAR_THRESHOLD else "adapt"
+    # keep the source's running statistics for a similar one. A question of input statistics,
+    # so the domain similarity decides, not the effective one.
+    bn_mode = "frozen" if domain_s >= SIMILAR_THRESHOLD else "adapt"
 
     raw = Protocol(
         log10_elr=log10_elr,
@@ -270,8 +286,15 @@ def quadrant_prior(
     f, r = centre.integers(num_groups)
     n = 10.0**log10_n
     rationale = [
-        f"placement: N = {n:.0f} (size score {z:.2f}, {size}), similarity {s:.2f} ({domain}) -> "
+        f"placement: N = {n:.0f} (size score {z:.2f}, {size}), similarity {domain_s:.2f} ({domain}) -> "
         f"{quadrant}: {DECISION_TABLE[quadrant]} (survey, arXiv 2205.09904)",
+        (
+            f"effective similarity {s:.2f} = {1 - TRANSFER_WEIGHT:.1f} x similarity {domain_s:.2f} + "
+            f"{TRANSFER_WEIGHT:.1f} x transferability {float(transferability):.2f} (LogME over chance; "
+            "measurement: transfer gains follow LogME, benchmarks/RESULTS.md) drives the scalar rules below"
+            if transferability is not None
+            else "no transferability measured: the scalar rules below read the similarity"
+        ),
         f"log10 ELR {centre.log10_elr:.2f} (ELR {centre.elr:.3g}, lr {centre.lr:.3g} at momentum "
         f"{centre.momentum:.2f}): rises from {ELR_SIMILAR:.2f} (similar) to {ELR_DISSIMILAR:.2f} "
         "(dissimilar) (Li et al., ICLR 2020; survey lr classes 0.003 / 0.025)",

@@ -97,6 +97,9 @@ def _scores_table(profile: TaskProfile) -> Table:
         table.add_row("LogME", _num(tr.logme, ".4f"))
         table.add_row("LEEP", _num(tr.leep, ".4f"))
         table.add_row("H-score", _num(tr.hscore, ".4f"))
+        table.add_row("LogME over chance", f"{_num(tr.logme_over_chance, '.4f')}  (n = {tr.n_ref})")
+    if profile.transferability_score is not None:
+        table.add_row("transferability (0-1)", f"{profile.transferability_score:.3f}")
     return table
 
 

@@ -15,8 +15,9 @@ from autotransfer.data import load_dataset, stratified_subsample
 from autotransfer.data.types import ImageDataset
 from autotransfer.errors import UserError
 from autotransfer.estimate import TaskEstimator, TaskProfile, load_reference
-from autotransfer.estimate.estimator import MMD_SIMILARITY_SCALE
-from autotransfer.prior.placement import BN_W2_SIMILARITY_SCALE, similarity_from_excess
+from autotransfer.estimate.estimator import MMD_SIMILARITY_SCALE, auto_batch_size
+from autotransfer.prior.placement import BN_W2_SIMILARITY_SCALE, similarity_from_excess, transferability_from_logme
+from autotransfer.prior.quadrant import quadrant_prior
 
 GREYSCALE = (
     "builtin:fashion-mnist?classes=5-9",
@@ -83,6 +84,42 @@ def test_source_free_profile_end_to_end_and_json_round_trip(lab):
     text = json.dumps(profile.to_dict())
     again = TaskProfile.from_dict(json.loads(text))
     assert again.to_dict() == profile.to_dict()
+
+
+def test_transferability_score_is_label_aware_and_feeds_the_prior(lab):
+    target = _subset("builtin:fashion-mnist?classes=5-9", 60)
+    shuffled = ImageDataset(spec="shuffled", images=target.images, classes=target.classes,
+                            labels=np.random.default_rng(0).permutation(target.labels))
+    estimator = TaskEstimator(max_images=60)
+    real, noise = estimator.fit(target, lab), estimator.fit(shuffled, lab)
+    for profile in (real, noise):
+        tr = profile.transferability
+        assert tr.n_ref == 60
+        assert profile.transferability_score == pytest.approx(transferability_from_logme(tr.logme_over_chance))
+        expected = quadrant_prior(
+            profile.placement.log10_n, profile.similarity, profile.divergence.excess, lab.num_groups,
+            num_classes=5, transferability=profile.transferability_score,
+        )
+        assert profile.prior.centre == expected.centre
+    # the same images: the same (label-blind) similarity, but shuffled labels carry nothing
+    assert noise.similarity == pytest.approx(real.similarity, abs=1e-9)
+    assert real.transferability.logme_over_chance > 0.1 > abs(noise.transferability.logme_over_chance)
+    assert real.transferability_score > noise.transferability_score
+    assert real.prior.centre.log10_elr < noise.prior.centre.log10_elr
+    assert real.prior.centre.reinit_frac < noise.prior.centre.reinit_frac
+
+
+def test_automatic_batch_size_keeps_the_numbers():
+    assert auto_batch_size("cpu", 224) == 4 and auto_batch_size("cpu", 32) == 32
+    assert auto_batch_size("cpu", 600) == 1 and auto_batch_size("cuda", 224) == 32
+    lite = create_backbone("efficientnet_lite0", num_classes=2)
+    target = _subset("builtin:animals?classes=0-1", 12)
+    auto = TaskEstimator(max_images=12, device="cpu").fit(target, lite)  # 4 images per pass
+    whole = TaskEstimator(max_images=12, device="cpu", batch_size=12).fit(target, lite)
+    np.testing.assert_allclose(auto.divergence.raw, whole.divergence.raw, rtol=1e-5)
+    assert auto.similarity == pytest.approx(whole.similarity, abs=1e-6)
+    for name in ("logme", "leep", "hscore", "logme_over_chance"):
+        assert getattr(auto.transferability, name) == pytest.approx(getattr(whole.transferability, name), abs=1e-5)
 
 
 def test_fashion_source_places_fashion_5_9_nearer_than_elpv(lab):
@@ -212,7 +249,9 @@ def test_cli_json_prints_every_number(monkeypatch, capsys):
     assert payload["size"]["images"] == 60
     assert payload["divergence"]["method"] == "bn-w2"
     assert len(payload["divergence"]["excess"]) == payload["num_groups"] == 5
-    assert all(isinstance(v, float) for v in payload["transferability"].values())
+    tr = payload["transferability"]
+    assert all(isinstance(v, float) for k, v in tr.items() if k != "n_ref") and tr["n_ref"] == 40
+    assert 0.0 <= payload["transferability_score"] <= 1.0
     assert payload["prior"]["centre"]["log10_elr"] < 0
 
 

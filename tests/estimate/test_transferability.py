@@ -10,10 +10,18 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 from scipy.optimize import minimize
+from sklearn.covariance import LedoitWolf
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from autotransfer.estimate.transferability import h_score, leep, logme
+from autotransfer.estimate.transferability import (
+    _spectrum,
+    h_score,
+    leep,
+    logme,
+    logme_chance,
+    logme_over_chance,
+)
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -117,6 +125,33 @@ def test_logme_with_constant_features_is_finite():
     assert logme(torch.from_numpy(X), torch.from_numpy(y)) == pytest.approx(logme(X, y), abs=1e-12)
 
 
+def test_logme_chance_is_the_level_of_a_feature_without_label_information():
+    X, y = digits()
+    # a constant feature explains only the class frequencies: LogME reaches the closed form
+    # up to its O(log n / n) Occam term
+    constant = np.ones((len(y), 1))
+    assert logme(constant, y) == pytest.approx(logme_chance(y), abs=5e-3)
+    assert logme_chance(y) == pytest.approx(-0.215, abs=2e-3)  # 10 nearly balanced classes
+    three = (y == 3).astype(int)  # 2 classes, 10% / 90%
+    assert logme(constant, three) == pytest.approx(logme_chance(three), abs=5e-3)
+    # only the partition matters
+    assert logme_chance(np.array([f"c{v}" for v in y])) == pytest.approx(logme_chance(y), abs=1e-12)
+
+
+def test_logme_over_chance_separates_informative_features_from_shuffled_labels():
+    X, y = digits()
+    gain, used = logme_over_chance(X, y, max_images=300, seed=0)
+    assert used == 300
+    assert gain > 0.2
+    noise, _ = logme_over_chance(X, _shuffled(y), max_images=300, seed=0)
+    assert abs(noise) < 0.05
+    # fewer images than the cap: all of them, and exactly LogME - chance
+    few, n = logme_over_chance(X[:150], y[:150], max_images=300)
+    assert n == 150 and few == pytest.approx(logme(X[:150], y[:150]) - logme_chance(y[:150]), abs=1e-12)
+    with pytest.raises(ValueError, match="max_images"):
+        logme_over_chance(X, y, max_images=10)
+
+
 # ---- LEEP -----------------------------------------------------------------------------
 
 
@@ -176,6 +211,41 @@ def test_h_score_matches_reference_without_shrinkage():
     F = X[:, 20:40]  # full-rank columns: pinv == inverse
     assert h_score(F, y, shrinkage=False) == pytest.approx(_h_score_reference(F, y), rel=1e-9)
     assert h_score(X, y, shrinkage=False) <= min(X.shape[1], 9) + 1e-9
+
+
+@pytest.mark.parametrize("n,d", [(40, 64), (300, 64), (120, 30)])  # n < d (the n x n form), and n > d
+def test_h_score_matches_direct_ledoit_wolf_formula(n, d):
+    """The Gram-form H-score equals ``tr(pinv(LedoitWolf cov) cov_g)`` built in d x d."""
+    X, y = digits()
+    rows = np.random.default_rng(2).choice(len(y), size=n, replace=False)
+    F, labels = X[rows][:, 64 - d :], y[rows] % 4
+    Fc = F - F.mean(0)
+    g = np.zeros_like(Fc)
+    for c in np.unique(labels):
+        g[labels == c] = Fc[labels == c].mean(0)
+    cov_g = g.T @ g / n
+    shrunk = LedoitWolf(assume_centered=True).fit(Fc).covariance_
+    direct = float(np.trace(np.linalg.pinv(shrunk, hermitian=True) @ cov_g))
+    assert h_score(F, labels) == pytest.approx(direct, rel=1e-9)
+    plain = float(np.trace(np.linalg.pinv(Fc.T @ Fc / n, hermitian=True) @ cov_g))
+    assert h_score(F, labels, shrinkage=False) == pytest.approx(plain, rel=1e-9)
+    if n < d:  # n - 1 centred directions hold every class mean: the plain score is at its cap
+        assert h_score(F, labels, shrinkage=False) == pytest.approx(3.0, rel=1e-9)
+
+
+def test_logme_spectrum_matches_thin_svd():
+    X, y = digits()
+    for F in (X[:40], X[:300, 20:44]):  # n < d (Gram n x n) and n > d (d x d)
+        targets = (y[: len(F), None] == np.arange(10)).astype(np.float64)
+        sigma, projected = _spectrum(F, targets)
+        U, s, _ = np.linalg.svd(F, full_matrices=False)
+        k = int(np.sum(s > s[0] * max(F.shape) * np.finfo(float).eps))
+        assert len(sigma) == k
+        np.testing.assert_allclose(np.sort(sigma)[::-1], s[:k], rtol=1e-9)
+        # U is unique up to sign (and rotation within repeated values): compare the projector
+        np.testing.assert_allclose(
+            np.sum(projected**2, axis=0), np.sum((U[:, :k].T @ targets) ** 2, axis=0), rtol=1e-9
+        )
 
 
 def test_h_score_is_higher_for_true_labels_than_shuffled():

@@ -10,7 +10,11 @@ import pytest
 from autotransfer.prior.placement import (
     BN_W2_SIMILARITY_SCALE,
     DECISION_TABLE,
+    LOGME_TRANSFER_SCALE,
+    TRANSFER_WEIGHT,
     Placement,
+    effective_similarity,
+    transferability_from_logme,
     excess_threshold,
     large_threshold,
     place,
@@ -109,3 +113,25 @@ def test_place_bad_input() -> None:
         place(100, 10, 1.2)
     with pytest.raises(ValueError, match="num_images"):
         place(0, 10, 0.5)
+
+
+def test_transferability_scale_and_effective_similarity() -> None:
+    # 0 at or below chance, 0.5 at the calibration median (scale x ln 2), monotone, < 1
+    assert transferability_from_logme(-0.3) == transferability_from_logme(0.0) == 0.0
+    assert transferability_from_logme(LOGME_TRANSFER_SCALE * math.log(2)) == pytest.approx(0.5)
+    values = [transferability_from_logme(g) for g in np.linspace(0, 3, 31)]
+    assert all(a < b for a, b in zip(values, values[1:])) and values[-1] < 1.0
+    # benchmark LogME over chance at 300 images (RESULTS.md, session 2): the ImageNet model's
+    # elpv (least gain) below its Fashion-MNIST 5-9 (most gain)
+    assert transferability_from_logme(0.213) < 0.5 < transferability_from_logme(0.782)
+    with pytest.raises(ValueError, match="finite"):
+        transferability_from_logme(float("nan"))
+    # the combination: increasing in both, the similarity alone without a transferability
+    assert effective_similarity(0.4, None) == 0.4
+    assert effective_similarity(0.4, 0.8) == pytest.approx((1 - TRANSFER_WEIGHT) * 0.4 + TRANSFER_WEIGHT * 0.8)
+    grid = np.linspace(0, 1, 11)
+    for a, b in zip(grid, grid[1:]):
+        assert effective_similarity(a, 0.5) < effective_similarity(b, 0.5)
+        assert effective_similarity(0.5, a) < effective_similarity(0.5, b)
+    with pytest.raises(ValueError, match="transferability"):
+        effective_similarity(0.5, -0.1)

@@ -71,6 +71,34 @@ def test_size_falling_raises_freeze_and_regularisation() -> None:
         assert all(a >= b for a, b in zip(decay, decay[1:]))
 
 
+def test_transferability_moves_the_prior_like_similarity_and_keeps_the_domain_rules() -> None:
+    """Higher LogME-based transferability -> lower ELR, fewer re-initialised groups, deeper
+    freezing; the quadrant, the BN mode and the freeze depth along the profile stay on the
+    domain similarity; no transferability gives the similarity-only prior."""
+    for n, s in ((300, 0.35), (1000, 0.6), (5000, 0.2)):
+        profile = _profile_for(s)
+        priors = [_prior(n, s, profile, transferability=t) for t in (0.05, 0.3, 0.5, 0.7, 0.95)]
+        elr = [p.centre.log10_elr for p in priors]
+        reinit = [p.centre.reinit_frac for p in priors]
+        freeze = [p.centre.freeze_frac for p in priors]
+        assert all(a > b for a, b in zip(elr, elr[1:])), elr
+        assert all(a > b for a, b in zip(reinit, reinit[1:])), reinit
+        assert all(a <= b for a, b in zip(freeze, freeze[1:])), freeze
+        assert elr[0] > elr[-1] + 0.5  # most of the ELR span (0.92 decades) follows t
+        assert len({p.quadrant for p in priors}) == 1 and len({p.centre.bn_mode for p in priors}) == 1
+        plain = _prior(n, s, profile)
+        assert plain.centre == _prior(n, s, profile, transferability=None).centre
+        # t equal to s reproduces the similarity-only prior (effective similarity = s)
+        assert _prior(n, s, profile, transferability=s).centre == plain.centre
+        assert any("effective similarity" in line for line in priors[0].rationale)
+    # similarity still moves the scalar rules (a tenth of them) at fixed transferability
+    fixed = _profile_for(0.5)
+    lo, hi = _prior(500, 0.3, fixed, transferability=0.5), _prior(500, 0.7, fixed, transferability=0.5)
+    assert lo.centre.log10_elr > hi.centre.log10_elr and lo.centre.reinit_frac > hi.centre.reinit_frac
+    with pytest.raises(ValueError, match="transferability"):
+        _prior(500, 0.5, transferability=1.5)
+
+
 def test_freeze_follows_the_excess_profile() -> None:
     # both profiles have the same last half, hence the same similarity; one rises early
     early = [0.30, 0.40, 0.40, 0.40, 0.40, 0.40, 0.40, 0.40]
