@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import optuna
@@ -54,6 +55,9 @@ def test_study_end_to_end(finished_study, storage_url):
     trial = first_search
     for key in ("wall_time_s", "images_per_s", "peak_memory_mb", "freeze", "reinit", "lr"):
         assert key in trial.user_attrs
+    # every completed trial records its validation loss, the tie-breaker between equal scores
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert math.isfinite(t.user_attrs["val_loss"]) and t.user_attrs["val_loss"] > 0
     json.dumps(result.to_dict())
 
 
