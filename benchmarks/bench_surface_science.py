@@ -8,9 +8,12 @@ prints markdown:
    freeze / reinit fractions, validation and test score;
 2. Spearman correlations (with p-values) of each optimal parameter with similarity (pooled
    over sizes, and within each size) and with log10 N;
-3. the freezing advantage per study: the best COMPLETE search trial with freeze_frac >= 0.5
-   minus the best with freeze_frac < 0.5 (validation score; NaN when a side has no complete
-   trial), and its Spearman correlation with log10 N.
+3. the freezing advantage per study: the best COMPLETE search trial or linear-probe control
+   with freeze_frac >= 0.5 minus the best COMPLETE search trial with freeze_frac < 0.5
+   (validation score; NaN when no unfrozen trial completed), and its Spearman correlation
+   with log10 N;
+4. paired by target (same target and seed, N = smallest minus largest size): how each optimal
+   parameter and the freezing advantage change as the target shrinks.
 
     python benchmarks/bench_surface_science.py [--spec studies/other.yaml]
 """
@@ -26,12 +29,16 @@ PARAMS = ("log10_elr", "reinit_frac", "freeze_frac")
 
 
 def freeze_advantage(study) -> tuple[float, int, int]:
-    """``(best frozen - best unfrozen, #frozen, #unfrozen)`` over COMPLETE search trials."""
+    """``(best frozen - best unfrozen, #frozen, #unfrozen)`` over COMPLETE search trials and the
+    linear-probe controls (never pruned; freeze_frac 1)."""
     import optuna
 
-    from autotransfer.search.study import search_trials
+    from autotransfer.search.study import CONTROL_ATTR, search_trials
 
-    done = [t for t in search_trials(study, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    done = [t for t in search_trials(study, states=complete) if t.value is not None]
+    done += [t for t in study.get_trials(deepcopy=False, states=complete)
+             if t.user_attrs.get(CONTROL_ATTR) == "probe" and t.value is not None]
     frozen = [t.value for t in done if t.params.get("freeze_frac", 0.0) >= 0.5]
     unfrozen = [t.value for t in done if t.params.get("freeze_frac", 0.0) < 0.5]
     if not frozen or not unfrozen:
@@ -53,6 +60,7 @@ def spearman(x: list[float], y: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(ROOT / "studies" / "sweep-lab.yaml"))
+    parser.add_argument("--exclude", default="", help="comma-separated targets to leave out (a sensitivity check)")
     args = parser.parse_args()
     os.chdir(ROOT)
 
@@ -62,7 +70,8 @@ def main() -> None:
     from autotransfer.surface.sweep import load_sweep_spec
 
     spec = load_sweep_spec(args.spec)
-    points = SurfaceStore(spec.store).load(model=spec.model)
+    excluded = {t for t in args.exclude.split(",") if t}
+    points = [p for p in SurfaceStore(spec.store).load(model=spec.model) if p.target not in excluded]
     storage = open_storage(storage_location(spec.storage))
     rows = []
     for p in points:
@@ -74,7 +83,8 @@ def main() -> None:
             "score": p.score, "test": p.test_score if p.test_score is not None else float("nan"),
             "adv": adv, "n_frozen": n_frozen, "n_unfrozen": n_unfrozen,
         })
-    print(f"{len(rows)} studies of {spec.model} from {spec.store}\n")
+    print(f"{len(rows)} studies of {spec.model} from {spec.store}"
+          + (f" (left out: {', '.join(sorted(excluded))})" if excluded else "") + "\n")
     print("| target | N | seeds | similarity | log10 ELR | freeze_frac (f) | reinit_frac (r) | val | test | freezing advantage |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     keys = sorted({(r["target"], r["n"]) for r in rows},
@@ -102,6 +112,26 @@ def main() -> None:
                    for n in sizes]
         print(f"| {label} | {spearman([r['similarity'] for r in rows], [r[param] for r in rows])} | "
               + " | ".join(by_size) + f" | {spearman([r['log10_n'] for r in rows], [r[param] for r in rows])} |")
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        print(f"\nPaired by target and seed: value at N = {small} minus value at N = {large}\n")
+        print("| target | " + " | ".join(("freezing advantage" if p == "adv" else p) for p in PARAMS + ("adv",)) + " |")
+        print("|---|" + "---|" * (len(PARAMS) + 1))
+        deltas: dict[str, list[float]] = {p: [] for p in PARAMS + ("adv",)}
+        for target in dict.fromkeys(r["target"] for r in rows):
+            cells = []
+            for param in PARAMS + ("adv",):
+                pairs = [(a[param], b[param]) for a in rows for b in rows
+                         if a["target"] == b["target"] == target and a["seed"] == b["seed"]
+                         and a["n"] == small and b["n"] == large
+                         and math.isfinite(a[param]) and math.isfinite(b[param])]
+                d = [x - y for x, y in pairs]
+                deltas[param] += d
+                cells.append(f"{sum(d) / len(d):+.2f} ({len(d)})" if d else "n/a")
+            print(f"| {target.removeprefix('builtin:')} | " + " | ".join(cells) + " |")
+        print("| **all: mean (pairs, positive/negative)** | " + " | ".join(
+            f"{sum(v) / len(v):+.2f} ({len(v)}, {sum(x > 0 for x in v)}/{sum(x < 0 for x in v)})" if v else "n/a"
+            for v in deltas.values()) + " |")
 
 
 if __name__ == "__main__":
