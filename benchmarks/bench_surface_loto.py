@@ -13,7 +13,8 @@ For each target and seed at one size:
 All three share the study settings (data subsample, splits, budget in steps, sampler seed,
 pruner). Controls are not part of the count. The reference is the best validation score any of
 the three reached on that (target, seed); a run that never comes within 1 point of it counts as
-``trials + 1`` (censored, reported). Results are appended to a JSON-lines file as each study ends,
+``trials + 1`` (censored, reported); the mean gap between the reference and the best-so-far after
+k trials is reported too. Results are appended to a JSON-lines file as each study ends,
 so the benchmark resumes.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_surface_loto.py --size 300 --seeds 0,1
@@ -73,7 +74,7 @@ def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage:
     return record
 
 
-def summary(results: list[dict], trials: int) -> str:
+def summary(results: list[dict], trials: int, tolerance: float = 0.01) -> str:
     """Per target: trials-to-within-1-point for each prior; then means and ratios over all runs."""
     from search_only import trials_to_within
 
@@ -90,7 +91,7 @@ def summary(results: list[dict], trials: int) -> str:
         ref = max(v for vals in by.values() for v in vals if v is not None)
         cells = []
         for p in PRIORS:
-            k = trials_to_within(by[p], ref)
+            k = trials_to_within(by[p], ref, tolerance)
             if k is None:
                 censored[p] += 1
                 k = trials + 1
@@ -101,10 +102,23 @@ def summary(results: list[dict], trials: int) -> str:
     if not counts["none"]:
         return "\n".join(rows)
     mean = {p: sum(v) / len(v) for p, v in counts.items()}
-    rows += ["", "| prior | mean trials to within 1 point | runs censored at " + str(trials + 1) + " | ratio to no prior |",
+    rows += ["", f"| prior | mean trials to within {tolerance * 100:g} point(s) | runs censored at " + str(trials + 1) + " | ratio to no prior |",
              "|---|---|---|---|"]
     for p in PRIORS:
         rows.append(f"| {p} | {mean[p]:.1f} | {censored[p]}/{len(counts[p])} | {mean[p] / mean['none']:.2f} |")
+    # a less all-or-nothing view: how far below the reference the best-so-far is after k trials
+    ks = [k for k in (1, 3, 5, 10, 20) if k <= trials]
+    rows += ["", "| prior | " + " | ".join(f"gap after {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for p in PRIORS:
+        gaps = {k: [] for k in ks}
+        for by in groups.values():
+            if set(by) != set(PRIORS):
+                continue
+            ref = max(v for vals in by.values() for v in vals if v is not None)
+            for k in ks:
+                seen = [v for v in by[p][:k] if v is not None]
+                gaps[k].append(ref - max(seen) if seen else ref)  # nothing completed yet: the whole reference
+        rows.append(f"| {p} | " + " | ".join(f"{sum(g) / len(g):.3f}" for g in gaps.values()) + " |")
     return "\n".join(rows)
 
 
@@ -117,6 +131,7 @@ def main() -> None:
     parser.add_argument("--priors", default=",".join(PRIORS))
     parser.add_argument("--results", default=str(OUT / "surface-loto.jsonl"))
     parser.add_argument("--summary", action="store_true", help="only print the table of recorded results")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="'within' this much of the best (0.01 = 1 point)")
     args = parser.parse_args()
 
     import torch
@@ -146,7 +161,7 @@ def main() -> None:
                     log.append(record)
                     print(f"{target} seed {seed} {prior_kind}: best {max((v for v in record['values'] if v is not None), default=float('nan')):.3f}",
                           flush=True)
-    print(summary(done, spec.trials))
+    print(summary(done, spec.trials, args.tolerance))
 
 
 if __name__ == "__main__":
