@@ -144,6 +144,10 @@ class SurfaceStore:
                 json.dump(payload, handle, indent=1, allow_nan=False)
                 handle.flush()
                 os.fsync(handle.fileno())
+            # mkstemp creates 0600; give the store the permissions a plain open() would
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

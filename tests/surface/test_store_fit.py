@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import numpy as np
@@ -66,6 +67,10 @@ def test_store_round_trips_and_replaces_by_name(tmp_path):
     assert not list(store.path.parent.glob(".surface.json.*"))  # no temp files left behind
     assert store.remove(changed.study) and len(store.load()) == len(points) - 1
     json.loads(store.path.read_text())
+    # the atomic write keeps the permissions a plain open() would give (not mkstemp's 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert store.path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_store_refuses_a_corrupt_file(tmp_path):
