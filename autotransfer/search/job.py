@@ -5,6 +5,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,25 +61,19 @@ class PreparedData:
     device: torch.device
     batches: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def trainval(self) -> Any:
         """Train and validation images together: all the labels a study may look at (never test)."""
-        if "trainval_dataset" not in self.batches:
-            a, b = self.train, self.val
-            images = (
-                np.concatenate([a.images, b.images])
-                if isinstance(a.images, np.ndarray) and isinstance(b.images, np.ndarray) and a.images.shape[1:] == b.images.shape[1:]
-                else [*a.images, *b.images]
-            )
-            self.batches["trainval_dataset"] = type(a)(
-                spec=self.dataset.spec + "#trainval",
-                images=images,
-                labels=np.concatenate([a.labels, b.labels]),
-                classes=list(a.classes),
-                flip=a.flip,
-                notes=list(self.dataset.notes),
-            )
-        return self.batches["trainval_dataset"]
+        a, b = self.train, self.val
+        same_shape = isinstance(a.images, np.ndarray) and isinstance(b.images, np.ndarray) and a.images.shape[1:] == b.images.shape[1:]
+        return type(a)(
+            spec=self.dataset.spec + "#trainval",
+            images=np.concatenate([a.images, b.images]) if same_shape else [*a.images, *b.images],
+            labels=np.concatenate([a.labels, b.labels]),
+            classes=list(a.classes),
+            flip=a.flip,
+            notes=list(self.dataset.notes),
+        )
 
 
 def default_study_name(settings: StudySettings) -> str:
@@ -113,14 +108,8 @@ def _batches(prepared: PreparedData, which: str, settings: StudySettings, prepro
     from autotransfer.data.device import DeviceBatches
 
     if which not in prepared.batches:
-        if which == "trainval":
-            parts = [prepared.train, prepared.val]
-            images = np.concatenate([to_array(p, settings.resolution) for p in parts])
-            labels = np.concatenate([p.labels for p in parts])
-            flip = prepared.train.flip
-        else:
-            split = getattr(prepared, which)
-            images, labels, flip = to_array(split, settings.resolution), split.labels, split.flip
+        split = getattr(prepared, which)  # train, val, test or trainval
+        images, labels, flip = to_array(split, settings.resolution), split.labels, split.flip
         prepared.batches[which] = DeviceBatches(
             images,
             labels,

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 
@@ -16,13 +15,6 @@ def private_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("AUTOTRANSFER_CACHE", str(root))
     return root
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_mixed_tree(root: Path) -> Path:

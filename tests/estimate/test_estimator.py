@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from autotransfer.backbones import Preprocessing, create_backbone, wrap_model
@@ -28,17 +27,6 @@ GREYSCALE = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def lab():
-    return create_backbone("fashion-source", num_classes=5)
 
 
 def _subset(spec: str, n: int, seed: int = 0) -> ImageDataset:

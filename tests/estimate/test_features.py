@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from autotransfer.backbones import create_backbone, group_outputs
+from autotransfer.backbones import group_outputs
 from autotransfer.data import DeviceBatches, load_dataset, stratified_subsample, to_array
 from autotransfer.data.types import ImageDataset
 from autotransfer.estimate.features import (
@@ -17,17 +17,6 @@ from autotransfer.estimate.features import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def lab():
-    return create_backbone("fashion-source", num_classes=5)
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,6 @@ class MadeStudy:
     workdir: Path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_settings(trials: int = 4) -> StudySettings:
     return StudySettings(

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from autotransfer.report.plots import TITLE_PREFIX
-from tests.report.test_dashboard import _cli_has
 
 pytestmark = pytest.mark.browser
 
@@ -77,6 +76,8 @@ def _free_port() -> int:
 
 
 def _get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """GET from the dashboard this test started on 127.0.0.1 (loopback only, never the network)."""
+    assert url.startswith("http://127.0.0.1:"), url
     # the dashboard's /static/bundle.js answers 500 without Accept-Encoding (DESIGN.md); a browser sends one
     request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip, deflate"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -85,16 +86,12 @@ def _get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 
 @pytest.fixture
 def dashboard(made_study, tmp_path):
-    """``autotransfer dashboard`` (or ``run_dashboard`` when the CLI lacks it) on a copy of the study."""
+    """``autotransfer dashboard`` on a copy of the study, served on 127.0.0.1 (no network)."""
     db = tmp_path / "studies.db"
     shutil.copy(made_study.workdir / "studies.db", db)
     url, port = f"sqlite:///{db}", _free_port()
-    if _cli_has("dashboard"):
-        cmd = [sys.executable, "-m", "autotransfer.cli", "dashboard", "--storage", url, "--port", str(port),
-               "--study", made_study.name]
-    else:
-        cmd = [sys.executable, "-c", "from autotransfer.report.dashboard import run_dashboard;"
-               f" run_dashboard({url!r}, study_name={made_study.name!r}, port={port}, announce=print)"]
+    cmd = [sys.executable, "-m", "autotransfer.cli", "dashboard", "--storage", url, "--port", str(port),
+           "--study", made_study.name]
     log_path = tmp_path / "dashboard.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -106,10 +103,10 @@ def dashboard(made_study, tmp_path):
                 pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log_path.read_text()}")
             try:
                 status, body = _get(f"{base}/api/studies", timeout=5)
-                if status == 200:
-                    break
             except OSError:  # the server is not listening yet: poll again
-                pass
+                status = None
+            if status == 200:
+                break
             if time.monotonic() > deadline:
                 pytest.fail(f"the dashboard did not answer within 180 s:\n{log_path.read_text()}")
             time.sleep(0.5)

@@ -119,13 +119,6 @@ def test_port_in_use_is_one_line(storage_copy):
             check_port("127.0.0.1", bad)
 
 
-def _cli_has(command: str) -> bool:
-    from autotransfer.cli import app
-
-    return any((c.name or c.callback.__name__.removesuffix("_cmd")) == command for c in app.registered_commands)
-
-
-@pytest.mark.skipif(not _cli_has("dashboard"), reason="autotransfer.cli has no dashboard command yet")
 def test_cli_dashboard_bad_input_exits_2_with_one_line(made_study, storage_copy, tmp_path):
     cases = [
         ["--storage", f"sqlite:///{tmp_path / 'missing.db'}"],

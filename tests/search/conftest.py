@@ -2,17 +2,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from autotransfer.search.settings import StudySettings
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

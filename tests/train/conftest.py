@@ -12,7 +12,8 @@ SIZE = 32
 
 
 @pytest.fixture(autouse=True)
-def _threads():
+def _torch_threads():
+    """The trial-loop tests run on 2 threads (overrides the test-wide 1)."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
