@@ -135,6 +135,7 @@ def autotransfer_trial(args, train: DeviceBatches, val: DeviceBatches, num_class
         "accuracy": result.final_score, "wall_s": result.wall_time_s, "cpu_s": cpu,
         "cache_build_s": result.cache_build_s, "cached": result.cached, "cache_hit": result.cache_hit,
         "peak_memory_bytes": result.peak_memory_bytes, "notes": result.notes,
+        "prefix_bf16": any("bf16 autocast" in n for n in result.notes),
     }
 
 
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-warm", action="store_true", help="skip the warm-cache trials")
+    parser.add_argument("--compare-fp32-build", action="store_true",
+                        help="also run each frozen cold trial with the prefix built in fp32 (bf16_build=False)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each trial this many times (seeds seed..seed+R-1), interleaved: "
                              "fastest throughput, mean accuracy")
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_image_folder(train_dir, train_x, train_y, ds.classes)
         write_image_folder(val_dir, val_x, val_y, ds.classes)
         for f in depths:
-            runs = {"reference": [], "cold": [], "warm": []}
+            runs = {"reference": [], "cold": [], "warm": [], "cold_fp32": []}
             for rep in range(args.repeats):  # interleaved, so shared-machine load hits all alike
                 seed = args.seed + rep
                 torch.manual_seed(seed)  # the reference's augmentation and the head's dropout
@@ -219,20 +222,30 @@ def main(argv: list[str] | None = None) -> dict:
                 runs["cold"].append(autotransfer_trial(args, train_b, val_b, num_classes, f, cache, seed))
                 if f > 0 and not args.no_warm:
                     runs["warm"].append(autotransfer_trial(args, train_b, val_b, num_classes, f, cache, seed))
-            ref, cold, warm = (_best(runs[k]) for k in ("reference", "cold", "warm"))
+                if f > 0 and args.compare_fp32_build:
+                    runs["cold_fp32"].append(autotransfer_trial(args, train_b, val_b, num_classes, f,
+                                                                PrefixCache(bf16_build=False), seed))
+            ref, cold, warm, cold32 = (_best(runs[k]) for k in ("reference", "cold", "warm", "cold_fp32"))
             row = {"freeze": f, "reference": ref, "cold": cold, "warm": warm,
                    "ratio_cold": cold["images_per_s"] / ref["images_per_s"],
                    "ratio_warm": None if warm is None else warm["images_per_s"] / ref["images_per_s"]}
             rows.append(row)
             row["cpu_ratio_cold"] = cold["images_per_cpu_s"] / ref["images_per_cpu_s"]
             row["cpu_ratio_warm"] = None if warm is None else warm["images_per_cpu_s"] / ref["images_per_cpu_s"]
+            if cold32 is not None:
+                row["cold_fp32"] = cold32
+                row["ratio_cold_fp32"] = cold32["images_per_s"] / ref["images_per_s"]
+            fp32_txt = ("" if cold32 is None else
+                        f" | cold, fp32 prefix build {cold32['images_per_s']:6.0f} img/s ({row['ratio_cold_fp32']:.1f}x),"
+                        f" acc {cold32['accuracy']:.3f}, build {cold32['cache_build_s']:.1f} s")
             warm_txt = ("" if warm is None else
                         f" | warm {warm['images_per_s']:6.0f} img/s ({row['ratio_warm']:.1f}x), "
                         f"{warm['images_per_cpu_s']:6.0f} img/CPU-s ({row['cpu_ratio_warm']:.1f}x)")
             print(f"f={f:2d} | reference {ref['images_per_s']:6.0f} img/s, {ref['images_per_cpu_s']:6.0f} img/CPU-s, "
                   f"acc {ref['accuracy']:.3f} | autotransfer cold {cold['images_per_s']:6.0f} img/s "
                   f"({row['ratio_cold']:.1f}x), {cold['images_per_cpu_s']:6.0f} img/CPU-s ({row['cpu_ratio_cold']:.1f}x), "
-                  f"acc {cold['accuracy']:.3f}, prefix build {cold['cache_build_s']:.1f} s{warm_txt}", flush=True)
+                  f"acc {cold['accuracy']:.3f}, prefix build {cold['cache_build_s']:.1f} s"
+                  f"{' (bf16)' if cold.get('prefix_bf16') else ''}{warm_txt}{fp32_txt}", flush=True)
     out = {
         "header": header, "gpu": gpu, "torch": torch.__version__, "machine": platform.machine(),
         "cpus": os.cpu_count(), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -291,7 +291,7 @@ def train_protocol(
         if entry is not None:
             view_idx = _view_indices(epochs, entry.views, gen, device)
             spent = cache.ensure(entry, (e for e, _ in epochs if e < entry.views), backbone, train,
-                                 amp=amp, channels_last=channels_last)
+                                 channels_last=channels_last)
             if spent:  # building ran the model in eval mode
                 cache_build_s += spent
                 train_mode(backbone, f, config.bn_mode)

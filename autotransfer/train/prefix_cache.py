@@ -34,9 +34,16 @@ stale one. It is LRU with a byte cap (the full ``V``-view size is reserved up fr
 that alone would exceed the cap is not built and the trial runs uncached (``PrefixCache.get``
 returns ``None`` and a note saying why).
 
+**Precision of the build.** The prefix runs under bf16 autocast when the trial does (CUDA)
+and, by default, also on a CPU with native bf16 matrix units (AMX or AVX512-BF16,
+``native_cpu_bf16``): there oneDNN runs the frozen convolutions 1.6-2.9x faster in bf16 than in
+fp32 (``benchmarks/RESULTS.md``, "Trial loop"), while the stored features are half precision
+anyway. Only the frozen prefix is affected: the trainable groups still train in fp32 on CPU
+(bf16 backward is slower there). ``bf16_build=False`` turns this off.
+
 Storage is bfloat16 under bf16 autocast (CUDA), else float16 (bfloat16 if float16 would
 overflow), converted back to the compute dtype per batch; pass ``dtype=torch.float32`` for
-bit-faithful features.
+bit-faithful features (an fp32 store is always built in fp32).
 """
 from __future__ import annotations
 
@@ -53,9 +60,18 @@ import torch
 
 from autotransfer.backbones import run_groups
 
-__all__ = ["PrefixCache", "CachedPrefix", "prefix_digest", "data_identity", "view_seed"]
+__all__ = ["PrefixCache", "CachedPrefix", "prefix_digest", "data_identity", "view_seed", "native_cpu_bf16"]
 
 _POOL_RTOL = 1e-4
+
+
+def native_cpu_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AMX tiles or AVX512-BF16), where
+    oneDNN runs bf16 inference faster than fp32; False when unknown."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # private helpers: absent in other torch builds
+        return False
 
 
 def view_seed(seed: int, view: int) -> int:
@@ -78,6 +94,7 @@ class CachedPrefix:
         val_labels: ``(M,)`` labels, or ``None``.
         pooled: True when ``shape`` is ``(C, 1, 1)``: globally average-pooled final maps.
         augment / seed: how the views are drawn (``view_seed(seed, v)``).
+        bf16: whether the prefix runs under bf16 autocast when building.
         build_time_s: seconds spent computing features so far (all views and val).
         hits: how many trials have used it after the one that created it.
     """
@@ -92,6 +109,7 @@ class CachedPrefix:
     pooled: bool
     augment: bool
     seed: int
+    bf16: bool = False
     build_time_s: float = 0.0
     hits: int = 0
     notes: list[str] = field(default_factory=list)
@@ -134,9 +152,13 @@ class PrefixCache:
         dtype: storage dtype; ``None`` = bfloat16 under bf16 autocast (what the groups compute
             in anyway), else float16 (bfloat16 where float16 overflows).
         chunk_size: images per forward pass while building.
+        bf16_build: run the frozen prefix under bf16 autocast while building; ``None`` = auto
+            (when the trial uses bf16 autocast, or on a CPU with ``native_cpu_bf16``, unless the
+            storage dtype is float32).
     """
 
-    def __init__(self, max_bytes: int | None = None, dtype: torch.dtype | None = None, chunk_size: int = 128):
+    def __init__(self, max_bytes: int | None = None, dtype: torch.dtype | None = None, chunk_size: int = 128,
+                 bf16_build: bool | None = None):
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_bytes must be > 0, but got {max_bytes!r}")
         if chunk_size < 1:
@@ -144,6 +166,7 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self.dtype = dtype
         self.chunk_size = chunk_size
+        self.bf16_build = bf16_build
         self._entries: OrderedDict[tuple, CachedPrefix] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -175,6 +198,15 @@ class PrefixCache:
         except (ValueError, OSError, AttributeError):
             ram = 8 << 30
         return int(min(ram // 4, 4 << 30))
+
+    def builds_in_bf16(self, device: torch.device, amp: bool, dtype: torch.dtype) -> bool:
+        """Whether an entry on ``device`` for a trial with ``amp``, stored as ``dtype``, is built
+        under bf16 autocast."""
+        if self.bf16_build is not None:
+            return self.bf16_build
+        if dtype == torch.float32:
+            return False
+        return amp or (device.type == "cpu" and native_cpu_bf16())
 
     def get(
         self,
@@ -208,6 +240,7 @@ class PrefixCache:
         views = views if augment else 1
         device = train.images.device
         dtype = self.dtype or (torch.bfloat16 if amp else torch.float16)
+        bf16 = self.builds_in_bf16(device, amp, dtype)
         key = (
             backbone.spec,
             prefix_digest(backbone, freeze),
@@ -220,6 +253,7 @@ class PrefixCache:
             None if val is None else data_identity(val),
             str(dtype),
             str(device),
+            bf16,
         )
         entry = self._entries.get(key)
         if entry is not None:
@@ -236,7 +270,7 @@ class PrefixCache:
             probe = train.plain(torch.arange(min(2, len(train)), device=device))
             pooled = freeze == backbone.num_groups and _head_pools(backbone, probe, freeze)
             with torch.no_grad():
-                shape = tuple(self._prefix(backbone, probe, freeze, pooled, amp, channels_last).shape[1:])
+                shape = tuple(self._prefix(backbone, probe, freeze, pooled, bf16, channels_last).shape[1:])
             per_image = _numel(shape) * torch.empty((), dtype=dtype).element_size()
             need = per_image * (views * len(train) + (0 if val is None else len(val)))
             cap = self.cap_bytes(device)
@@ -259,21 +293,23 @@ class PrefixCache:
                 pooled=pooled,
                 augment=augment,
                 seed=seed,
+                bf16=bf16,
             )
+            if bf16 and not amp:
+                entry.notes.append("frozen prefix computed under bf16 autocast (this CPU has native bf16)")
             if val is not None:
                 entry.val = torch.empty((len(val), *shape), dtype=dtype, device=device)
-                self._fill(entry, "val", backbone, val.plain, len(val), amp, channels_last)
+                self._fill(entry, "val", backbone, val.plain, len(val), channels_last)
             entry.build_time_s += time.perf_counter() - start
         finally:
             model.train(was_training)
         self._entries[key] = entry
         return entry, None
 
-    def ensure(self, entry: CachedPrefix, views, backbone, train, *, amp: bool = False,
-               channels_last: bool = False) -> float:
+    def ensure(self, entry: CachedPrefix, views, backbone, train, *, channels_last: bool = False) -> float:
         """Compute the views in ``views`` (ints) of ``entry`` that are not built yet; returns
         the seconds spent. ``backbone`` and ``train`` must be those the entry was keyed on
-        (same frozen prefix weights, same data)."""
+        (same frozen prefix weights, same data). The build precision is the entry's (``entry.bf16``)."""
         todo = sorted({int(v) for v in views if not entry.built[int(v)]})
         if not todo:
             return 0.0
@@ -288,7 +324,7 @@ class PrefixCache:
                     make = lambda idx, g=gen: train.augment(idx, g)  # noqa: E731
                 else:
                     make = train.plain
-                self._fill(entry, v, backbone, make, len(train), amp, channels_last)
+                self._fill(entry, v, backbone, make, len(train), channels_last)
                 entry.built[v] = True
         finally:
             model.train(was_training)
@@ -298,25 +334,24 @@ class PrefixCache:
 
     # -- building ---------------------------------------------------------------------------
 
-    def _prefix(self, backbone, x, freeze, pooled, amp, channels_last) -> torch.Tensor:
+    def _prefix(self, backbone, x, freeze, pooled, bf16, channels_last) -> torch.Tensor:
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else nullcontext()
+        ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         with torch.no_grad(), ctx:
             out = run_groups(backbone, x, 0, freeze)
         if pooled:
             out = out.float().mean(dim=(2, 3), keepdim=True)
         return out
 
-    def _fill(self, entry: CachedPrefix, slot, backbone, make_batch, count: int, amp: bool,
-              channels_last: bool) -> None:
+    def _fill(self, entry: CachedPrefix, slot, backbone, make_batch, count: int, channels_last: bool) -> None:
         """Write the prefix outputs of ``make_batch(idx)`` for all ``count`` images into
         ``entry.val`` (``slot == "val"``) or ``entry.train[slot]``, switching the entry's
         storage to bfloat16 if float16 overflows."""
         device = entry.train.device
         for lo in range(0, count, self.chunk_size):
             idx = torch.arange(lo, min(lo + self.chunk_size, count), device=device)
-            out = self._prefix(backbone, make_batch(idx), entry.freeze, entry.pooled, amp, channels_last)
+            out = self._prefix(backbone, make_batch(idx), entry.freeze, entry.pooled, entry.bf16, channels_last)
             if entry.train.dtype == torch.float16 and not bool(torch.isfinite(out.to(torch.float16)).all()):
                 # lossless in range for what is stored so far (all finite float16)
                 entry.train = entry.train.to(torch.bfloat16)

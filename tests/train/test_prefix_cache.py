@@ -39,7 +39,7 @@ def test_cached_and_uncached_logits_agree(small_batches, depth, dtype, channels_
     model = backbone.model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    cache = PrefixCache(dtype=dtype, chunk_size=10_000)
+    cache = PrefixCache(dtype=dtype, chunk_size=10_000, bf16_build=False)
     entry, note = cache.get(backbone, f, train, val, views=2, seed=3, augment=True, channels_last=channels_last)
     assert note is None and entry.train.shape[:2] == (2, len(train)) and entry.built == [False, False]
     cache.ensure(entry, [0, 1], backbone, train, channels_last=channels_last)
@@ -61,6 +61,32 @@ def test_cached_and_uncached_logits_agree(small_batches, depth, dtype, channels_
         assert (got_val - expected_val).abs().max() <= rtol * expected_val.abs().max()
     # two views of the same image differ: the bank really holds distinct augmentations
     assert not torch.equal(entry.train[0], entry.train[1])
+
+
+def test_bf16_build_is_close_to_fp32_and_keyed_apart(small_batches, monkeypatch):
+    """On a CPU with native bf16 the prefix is built under bf16 autocast: the features stay
+    close to the fp32 ones, the entry says so, and fp32 and bf16 builds never share a key."""
+    import autotransfer.train.prefix_cache as pc
+
+    train, val = small_batches
+    backbone = lite0()
+    f = backbone.num_groups // 2
+    freeze(backbone, f)
+    monkeypatch.setattr(pc, "native_cpu_bf16", lambda: True)
+    cache = PrefixCache()
+    fast, _ = cache.get(backbone, f, train, val, views=1, seed=0, augment=True)
+    assert fast.bf16 and any("bf16" in n for n in fast.notes)
+    assert not cache.builds_in_bf16(torch.device("cpu"), False, torch.float32)  # fp32 store: faithful
+    monkeypatch.setattr(pc, "native_cpu_bf16", lambda: False)
+    exact, _ = cache.get(backbone, f, train, val, views=1, seed=0, augment=True)
+    assert exact is not fast and not exact.bf16 and len(cache) == 2
+    for entry in (fast, exact):
+        cache.ensure(entry, [0], backbone, train)
+    a, b = fast.train[0].float(), exact.train[0].float()
+    assert not torch.equal(a, b)  # really computed in another precision
+    assert float((a - b).norm() / b.norm()) < 0.05
+    assert float((fast.val.float() - exact.val.float()).norm() / exact.val.float().norm()) < 0.05
+    assert PrefixCache(bf16_build=False).builds_in_bf16(torch.device("cpu"), True, torch.float16) is False
 
 
 def test_entries_are_reused_and_keyed_by_weights(small_batches):
