@@ -66,8 +66,12 @@ def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage:
         prior = prior_from_surface(
             spec.store, model=settings.model, log10_n=profile.log10_n, similarity=profile.similarity,
             num_groups=backbone.num_groups, exclude_targets=[target],
+            excess=list(profile.divergence.excess) if profile.divergence else None,
+            num_classes=settings.num_classes or profile.size.classes,
+            transferability=profile.transferability_score,
         )
         record["prior_centre"] = prior.centre.to_dict()
+        record["prior_rationale"] = prior.rationale[0]  # says whether the residual (quadrant + GP) fit was used
     name = f"loto-{prior_kind}-{sweep_study.study_name}"
     study = run_search_study(name, storage, settings, prepared, backbone, prior=prior, trials=spec.trials)
     record.update(study=name, values=search_values(study)[: spec.trials])

@@ -460,6 +460,9 @@ def tune(
                 log10_n=profile.log10_n,
                 similarity=profile.similarity,
                 num_groups=num_groups,
+                excess=list(profile.divergence.excess) if profile.divergence else None,
+                num_classes=settings.num_classes,
+                transferability=profile.transferability_score,
                 quadrant=profile.prior.quadrant if profile.prior else "",
             )
         else:

@@ -1,6 +1,7 @@
 """A Gaussian-process fit of each protocol parameter over (log10 N, similarity), and the prior it gives."""
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from autotransfer.errors import UserError
-from autotransfer.prior.quadrant import WIDTHS, Prior
+from autotransfer.prior.quadrant import WIDTHS, Prior, quadrant_prior
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.surface.store import SurfacePoint, SurfaceStore
 
@@ -25,6 +26,8 @@ __all__ = [
     "SurfacePrediction",
     "surface_prior",
     "prior_from_surface",
+    "quadrant_values",
+    "RESIDUAL_MIN_LENGTH_SCALE",
 ]
 
 #: The fitted parameters, in the units the GP sees (the head multiplier in log10).
@@ -43,6 +46,15 @@ FEW_POINT_STD = {
 #: Smallest input spans used to normalise the coordinates (log10 N in decades, similarity):
 #: points spread less than this are not stretched over the whole unit square.
 MIN_SPAN = {"log10_n": 1.0, "similarity": 0.2}
+#: Shortest RBF length scale of the residual GPs, in normalised units (the measured span is 1).
+#: A much shorter RBF fitted to a few dozen scattered points is indistinguishable from white
+#: noise, and maximum likelihood then sometimes puts the noise into a rough function (zero white
+#: noise, wiggles between the points). Measured on synthetic pure-noise residuals (sd 0.3 in
+#: log10 ELR, 30 points on a 6 x 5 grid, 16 seeds; tests/surface/test_store_fit.py builds
+#: them): worst-seed mean |prediction - quadrant| 0.19 at a bound of 0.15, 0.11 at 0.25; a smooth
+#: correction was recovered as well at either (max error 0.004). A correction to the quadrant
+#: rules that changes within a quarter of the measured span is not one a sweep's points can support.
+RESIDUAL_MIN_LENGTH_SCALE = 0.25
 #: Protocol field and ProtocolSpace width key of each fitted parameter.
 _FIELD = {
     "log10_elr": "log10_elr",
@@ -59,6 +71,57 @@ def _target_value(point: SurfacePoint, param: str) -> float:
     return float(p[param])
 
 
+def quadrant_values(
+    log10_n: float,
+    similarity: float,
+    excess: Sequence[float] | None,
+    num_groups: int,
+    *,
+    num_classes: int,
+    transferability: float | None = None,
+) -> dict[str, float]:
+    """The quadrant prior centre's value of each fitted parameter (``PARAMS`` units: the head
+    multiplier in log10) for one task: the baseline the residual surface is fitted around.
+
+    ``excess``: ``(G,)`` excess divergence per depth group, or ``None``/empty (not measured);
+    non-finite values count as 0, as in the surface store. The BN-W2 similarity scale (the
+    ``quadrant_prior`` default) is used for every task alike, so the baseline is one consistent
+    function of the task's inputs across the points and the query.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, but got {num_classes!r}")
+    profile = [float(v) if math.isfinite(float(v)) else 0.0 for v in excess] if excess else None
+    centre = quadrant_prior(
+        float(log10_n), float(similarity), profile, int(num_groups),
+        num_classes=int(num_classes), transferability=transferability,
+    ).centre
+    return {param: _shown(centre, param) for param in PARAMS}
+
+
+def _point_baseline(point: SurfacePoint) -> dict[str, float] | None:
+    """``quadrant_values`` at a point's own task, or ``None`` when the point lacks the inputs
+    (``num_classes`` or ``num_groups`` unknown, or an excess profile of the wrong length)."""
+    if point.num_classes < 1 or point.num_groups < 1:
+        return None
+    if point.excess and len(point.excess) != point.num_groups:
+        return None
+    return quadrant_values(
+        point.log10_n, point.similarity, point.excess or None, point.num_groups,
+        num_classes=point.num_classes, transferability=point.transferability,
+    )
+
+
+def _latent(gp: GaussianProcessRegressor) -> GaussianProcessRegressor:
+    """A view of a fitted GP whose kernel drops the ``WhiteKernel`` term: the same posterior mean
+    (the white term adds nothing between distinct inputs) and the std of the fitted function."""
+    kernel = gp.kernel_
+    if not (hasattr(kernel, "k2") and isinstance(kernel.k2, WhiteKernel)):
+        return gp
+    latent = copy.copy(gp)
+    latent.kernel_ = kernel.k1
+    return latent
+
+
 @dataclass
 class SurfacePrediction:
     """The surface's protocol at one point and its uncertainty.
@@ -66,11 +129,16 @@ class SurfacePrediction:
     Attributes:
         protocol: the predicted protocol (fitted parameters from the GPs; the others from the
             nearest measured point).
-        std: predictive std per fitted parameter (``PARAMS``), floored with few points.
+        std: per fitted parameter (``PARAMS``), the latent std: the uncertainty of the fitted
+            function, without the GP's white-noise term (see ``SurfaceModel``); floored at
+            ``FEW_POINT_STD`` with few points.
         n_points: how many measured points the fit used.
         few_points: ``n_points < FEW_POINTS``: the ranges are widened.
         log10_n, similarity: where it was predicted.
         notes: human-readable remarks.
+        residual: the fitted parameters are the quadrant prior's values (``baseline``) plus a
+            GP fitted to the residuals of the quadrant rules; ``False``: the plain GP.
+        baseline: the quadrant values at the target (``PARAMS`` units), when ``residual``.
     """
 
     protocol: Protocol
@@ -80,6 +148,8 @@ class SurfacePrediction:
     log10_n: float
     similarity: float
     notes: list[str] = field(default_factory=list)
+    residual: bool = False
+    baseline: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,29 +160,55 @@ class SurfacePrediction:
             "log10_n": self.log10_n,
             "similarity": self.similarity,
             "notes": list(self.notes),
+            "residual": self.residual,
+            "baseline": None if self.baseline is None else dict(self.baseline),
         }
 
 
 class SurfaceModel:
     """One Gaussian process per protocol parameter over normalised (log10 N, similarity).
 
-    Kernel: ``ConstantKernel * RBF(anisotropic) + WhiteKernel`` with ``normalize_y`` (scikit-learn
-    ``GaussianProcessRegressor``). With fewer than ``min_points`` points the kernel
-    hyperparameters are not optimised (too few points to estimate them) and the predicted std
-    is floored at ``FEW_POINT_STD``.
+    Two fits per parameter:
+
+    - the plain GP: ``ConstantKernel * RBF(anisotropic) + WhiteKernel`` on the measured values
+      with ``normalize_y`` (a constant prior mean: the points' average);
+    - the residual GP (when every point records ``num_classes`` and ``num_groups``, see
+      ``SurfacePoint``): the same kernel form on ``y - q(point)``, where ``q`` is the quadrant
+      prior's value at the point's own task (``quadrant_values``), with ``normalize_y=False``,
+      so its prior mean is zero: far from the data, or where the residuals are pure noise, the
+      prediction returns to the quadrant rules. Its kernel is in target units, scaled per
+      parameter by ``s = FEW_POINT_STD`` (the quadrant half-width): amplitude variance
+      ``s²`` in ``[1e-4 s², 9 s²]`` (a residual can vanish, or reach 3 half-widths), noise
+      ``noise * s²`` in ``[1e-5 s², 4 s²]``; RBF length scales from ``RESIDUAL_MIN_LENGTH_SCALE``.
+
+    ``predict`` uses the residual GP when it was fitted and the caller gives the target's
+    quadrant values (``baseline``), else the plain GP (with a note saying why).
+
+    The std it reports is the latent one: the posterior std of the fitted function, with the
+    fitted ``WhiteKernel`` noise left out. Each point is the argmax of a few noisy trials over an
+    often flat optimum, so the white noise measures how far such argmaxes scatter around the
+    optimum, not uncertainty about where to search: counting it would widen every range by the
+    scatter even at a measured point. With fewer than ``min_points`` points the kernel
+    hyperparameters are not optimised (too few points to estimate them) and ``predict`` floors
+    the std at ``FEW_POINT_STD``.
 
     Args:
         params: which parameters to fit (subset of ``PARAMS``).
         min_points: below this, ``few_points`` is true.
         length_scale: initial RBF length scale in normalised units (the unit square).
-        noise: initial WhiteKernel noise level (in units of the normalised targets).
+        noise: initial WhiteKernel noise level, as a share of the signal variance (normalised
+            targets for the plain GP, ``s²`` for the residual GP).
         n_restarts: optimizer restarts per GP.
         random_state: seed for the restarts.
+        residual: fit the residual GPs when the points allow it (``False``: plain GPs only).
 
     Learned attributes: ``points_`` (the records), ``X_`` ``(n, 2)`` raw coordinates,
-    ``x_low_``/``x_span_`` ``(2,)`` the normalisation, ``gps_`` (param -> fitted GP),
-    ``y_`` (param -> ``(n,)`` targets), ``n_points_``, ``few_points_``, ``model_`` (the source
-    model name(s)).
+    ``x_low_``/``x_span_`` ``(2,)`` the normalisation, ``gps_`` (param -> fitted plain GP),
+    ``y_`` (param -> ``(n,)`` measured targets), ``residual_`` (whether residual GPs were
+    fitted), ``residual_gps_`` (param -> fitted residual GP; empty when not ``residual_``),
+    ``baseline_`` (param -> ``(n,)`` quadrant values at the points; empty likewise),
+    ``residual_note_`` (why not, when not), ``n_points_``, ``few_points_``, ``model_`` (the
+    source model name(s)).
     """
 
     def __init__(
@@ -124,6 +220,7 @@ class SurfaceModel:
         noise: float = 0.1,
         n_restarts: int = 2,
         random_state: int = 0,
+        residual: bool = True,
     ) -> None:
         self.params = tuple(params)
         self.min_points = min_points
@@ -131,6 +228,7 @@ class SurfaceModel:
         self.noise = noise
         self.n_restarts = n_restarts
         self.random_state = random_state
+        self.residual = residual
 
     # -- fitting ----------------------------------------------------------------------------
     def _kernel(self):
@@ -138,8 +236,28 @@ class SurfaceModel:
             length_scale=[self.length_scale, self.length_scale], length_scale_bounds=(0.05, 10.0)
         ) + WhiteKernel(self.noise, (1e-5, 1.0))
 
+    def _residual_kernel(self, param: str):
+        var = FEW_POINT_STD[param] ** 2
+        return ConstantKernel(var, (1e-4 * var, 9.0 * var)) * RBF(
+            length_scale=[self.length_scale, self.length_scale],
+            length_scale_bounds=(RESIDUAL_MIN_LENGTH_SCALE, 10.0),
+        ) + WhiteKernel(self.noise * var, (1e-5 * var, 4.0 * var))
+
+    def _gp(self, kernel, Z: np.ndarray, y: np.ndarray, *, normalize_y: bool) -> GaussianProcessRegressor:
+        gp = GaussianProcessRegressor(
+            kernel=kernel,
+            normalize_y=normalize_y,
+            optimizer=None if self.few_points_ else "fmin_l_bfgs_b",
+            n_restarts_optimizer=0 if self.few_points_ else self.n_restarts,
+            random_state=self.random_state,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(Z, y)
+        return gp
+
     def fit(self, records: Sequence[SurfacePoint | dict[str, Any]]) -> "SurfaceModel":
-        """Fit one GP per parameter to the records' best protocols; returns ``self``."""
+        """Fit the GPs of each parameter to the records' best protocols; returns ``self``."""
         unknown = [p for p in self.params if p not in PARAMS]
         if unknown or not self.params:
             raise ValueError(f"params must be a non-empty subset of {PARAMS!r}, but got {self.params!r}")
@@ -164,18 +282,29 @@ class SurfaceModel:
         self.y_: dict[str, np.ndarray] = {}
         for param in self.params:
             y = np.array([_target_value(p, param) for p in points], dtype=float)
-            gp = GaussianProcessRegressor(
-                kernel=self._kernel(),
-                normalize_y=True,
-                optimizer=None if self.few_points_ else "fmin_l_bfgs_b",
-                n_restarts_optimizer=0 if self.few_points_ else self.n_restarts,
-                random_state=self.random_state,
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                gp.fit(Z, y)
-            self.gps_[param] = gp
+            self.gps_[param] = self._gp(self._kernel(), Z, y, normalize_y=True)
             self.y_[param] = y
+        self.residual_gps_: dict[str, GaussianProcessRegressor] = {}
+        self.baseline_: dict[str, np.ndarray] = {}
+        self.residual_note_ = ""
+        baselines = [_point_baseline(p) for p in points] if self.residual else []
+        lacking = [p.study for p, b in zip(points, baselines) if b is None]
+        if not self.residual:
+            self.residual_note_ = "residual fit switched off (SurfaceModel(residual=False))"
+        elif lacking:
+            self.residual_note_ = (
+                f"{len(lacking)} of {len(points)} surface point(s) lack num_classes/num_groups (e.g. study"
+                f" {lacking[0]!r}): fitted a plain GP instead of the residuals of the quadrant rules"
+                " (record the studies again, or run benchmarks/backfill_surface_fields.py)"
+            )
+        else:
+            for param in self.params:
+                q = np.array([b[param] for b in baselines], dtype=float)
+                self.residual_gps_[param] = self._gp(
+                    self._residual_kernel(param), Z, self.y_[param] - q, normalize_y=False
+                )
+                self.baseline_[param] = q
+        self.residual_ = bool(self.residual_gps_)
         return self
 
     def _normalise(self, X: np.ndarray) -> np.ndarray:
@@ -186,17 +315,38 @@ class SurfaceModel:
             raise RuntimeError("this SurfaceModel is not fitted yet: call fit(records) first")
 
     # -- predicting -------------------------------------------------------------------------
-    def predict_param(self, param: str, log10_n: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_param(
+        self,
+        param: str,
+        log10_n: np.ndarray,
+        similarity: np.ndarray,
+        *,
+        baseline: np.ndarray | None = None,
+        noise: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std of ``param`` at ``(m,)`` coordinates; returns two ``(m,)`` arrays.
 
-        The std is the GP's (no floor); fractions are not clipped here.
+        With ``baseline`` (``(m,)`` quadrant values of ``param`` at the queries, ``quadrant_values``)
+        and a residual fit, the mean is ``baseline`` plus the residual GP; otherwise the plain GP
+        (the surface as a function of (log10 N, similarity) alone, which the plots draw). The
+        std is the latent one (the fitted function's, without white noise); ``noise=True`` adds
+        the fitted noise back (the spread of a new noisy optimum). No floor; fractions are not
+        clipped here.
         """
         self._check_fitted()
         if param not in self.gps_:
             raise ValueError(f"param must be one of {tuple(self.gps_)!r}, but got {param!r}")
         X = np.column_stack([np.ravel(log10_n), np.ravel(similarity)]).astype(float)
-        mean, std = self.gps_[param].predict(self._normalise(X), return_std=True)
-        return np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+        use_residual = baseline is not None and self.residual_
+        gp = self.residual_gps_[param] if use_residual else self.gps_[param]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Predicted variances smaller than 0": set to 0
+            mean, std = (gp if noise else _latent(gp)).predict(self._normalise(X), return_std=True)
+        mean = np.asarray(mean, dtype=float)
+        if use_residual:
+            base = np.broadcast_to(np.asarray(baseline, dtype=float).ravel(), mean.shape)
+            mean = mean + base
+        return mean, np.asarray(std, dtype=float)
 
     def nearest(self, log10_n: float, similarity: float) -> SurfacePoint:
         """The measured point closest in normalised coordinates."""
@@ -204,21 +354,32 @@ class SurfaceModel:
         d = np.linalg.norm(self._normalise(self.X_) - self._normalise(np.array([[log10_n, similarity]])), axis=1)
         return self.points_[int(np.argmin(d))]
 
-    def predict(self, log10_n: float, similarity: float) -> SurfacePrediction:
+    def predict(
+        self, log10_n: float, similarity: float, *, baseline: dict[str, float] | None = None
+    ) -> SurfacePrediction:
         """The protocol the surface predicts at ``(log10_n, similarity)``, with its uncertainty.
 
-        Fractions are clipped to [0, 1]; parameters the surface does not model (momentum,
-        weight decay, ...) come from the nearest measured point's best protocol.
+        ``baseline``: the quadrant values of the target task (``quadrant_values``: param ->
+        value in ``PARAMS`` units); with it and a residual fit, each parameter is the quadrant
+        value plus the residual GP; without either, the plain GP (noted). Fractions are clipped
+        to [0, 1]; parameters the surface does not model (momentum, weight decay, ...) come
+        from the nearest measured point's best protocol.
         """
         self._check_fitted()
         if not 0.0 <= similarity <= 1.0:
             raise ValueError(f"similarity must lie in [0, 1], but got {similarity!r}")
+        if baseline is not None:
+            missing = [p for p in self.params if p not in baseline]
+            if missing:
+                raise ValueError(f"baseline must give every fitted parameter, but lacks {missing!r}")
+        residual = self.residual_ and baseline is not None
         near = self.nearest(log10_n, similarity)
         values = dict(near.protocol)
         std: dict[str, float] = {}
         notes: list[str] = []
         for param in self.params:
-            mean, sd = self.predict_param(param, np.array([log10_n]), np.array([similarity]))
+            base = np.array([baseline[param]]) if residual else None
+            mean, sd = self.predict_param(param, np.array([log10_n]), np.array([similarity]), baseline=base)
             m, s = float(mean[0]), float(sd[0])
             if self.few_points_:
                 s = max(s, FEW_POINT_STD[param])
@@ -229,6 +390,18 @@ class SurfaceModel:
                 values[param] = min(max(m, 0.0), 1.0)
             else:
                 values[param] = m
+        if residual:
+            notes.append(
+                "each parameter = the quadrant rules' value for this task + a zero-mean GP fitted to the"
+                " points' residuals from the quadrant rules (far from the points it returns to the rules)"
+            )
+        elif not self.residual_:
+            notes.append(self.residual_note_)
+        else:
+            notes.append(
+                "no quadrant baseline given for the target (its num_classes / excess profile):"
+                " fitted a plain GP instead of the residuals of the quadrant rules"
+            )
         if self.few_points_:
             notes.append(
                 f"only {self.n_points_} surface point(s) (< {self.min_points}): kernel not fitted and the"
@@ -249,6 +422,8 @@ class SurfaceModel:
             log10_n=float(log10_n),
             similarity=float(similarity),
             notes=notes,
+            residual=residual,
+            baseline={p: float(baseline[p]) for p in self.params} if residual else None,
         )
 
 
@@ -262,8 +437,9 @@ def surface_prior(
     """The prior from a surface prediction: centre = predicted protocol, ranges widened by the std.
 
     Each fitted parameter's half-width is ``max(WIDTHS[name], 2 * std)`` (the head multiplier in
-    decades); the others keep the quadrant prior's ``WIDTHS``. The centre is clipped into
-    ``bounds`` (default ``ProtocolSpace()``).
+    decades), with ``std`` the latent std (the fitted function's uncertainty, not the scatter of
+    noisy per-study optima: see ``SurfaceModel``); the others keep the quadrant prior's
+    ``WIDTHS``. The centre is clipped into ``bounds`` (default ``ProtocolSpace()``).
     """
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, but got {num_groups!r}")
@@ -275,12 +451,19 @@ def surface_prior(
     centre = bounds.clip(prediction.protocol)
     space = ProtocolSpace.centred(centre, widths, bounds)
     f, r = centre.integers(num_groups)
+    base = prediction.baseline if prediction.residual else None
+    mode = (
+        "quadrant rules + a Gaussian process per parameter on their residuals"
+        if base is not None
+        else "Gaussian process per parameter, constant mean"
+    )
     rationale = [
         f"surface prior from {prediction.n_points} recorded studies at log10 N {prediction.log10_n:.2f},"
-        f" similarity {prediction.similarity:.2f} (Gaussian process per parameter)",
+        f" similarity {prediction.similarity:.2f} ({mode})",
         *(
-            f"{param} = {_shown(centre, param):.3g} ± {prediction.std[param]:.3g} (1 std);"
-            f" range half-width {widths[_FIELD[param]]:.3g}"
+            f"{param} = {_shown(centre, param):.3g}"
+            + (f" (quadrant {base[param]:.3g}, residual {_shown(centre, param) - base[param]:+.3g})" if base is not None else "")
+            + f" ± {prediction.std[param]:.3g} (1 latent std); range half-width {widths[_FIELD[param]]:.3g}"
             for param in prediction.std
         ),
         f"f = {f}, r = {r} of {num_groups} groups",
@@ -309,17 +492,48 @@ def prior_from_surface(
     log10_n: float,
     similarity: float,
     num_groups: int,
+    excess: Sequence[float] | None = None,
+    num_classes: int = 0,
+    transferability: float | None = None,
     exclude_targets: Sequence[str] = (),
     quadrant: str = "",
     bounds: ProtocolSpace | None = None,
 ) -> Prior:
     """Load the store at ``path``, fit the points of ``model`` (minus ``exclude_targets``), and
-    return the surface prior at ``(log10_n, similarity)``. Raises ``UserError`` if no point fits."""
+    return the surface prior at ``(log10_n, similarity)``. Raises ``UserError`` if no point fits.
+
+    ``excess`` (``(G,)`` or ``None``), ``num_classes`` (0 = unknown) and ``transferability``
+    (``TaskProfile.transferability_score``) describe the target task: with ``num_classes`` the
+    prior is the quadrant rules' value plus the surface's residual GP (``SurfaceModel``); without
+    it, or when a point lacks them, the plain GP (said in the rationale). When no point records a
+    transferability, the target's baseline is computed without one too, so that the baseline is
+    the same function of the task for the points and the target.
+    """
     points = [p for p in SurfaceStore(path).load(model=model) if p.target not in set(exclude_targets)]
     if not points:
         raise UserError(
             f"surface {str(path)!r} has no points for model {model!r}: run `autotransfer surface --model"
             f" {model}` first, or use --prior quadrant"
         )
-    prediction = SurfaceModel().fit(points).predict(log10_n, similarity)
+    if excess is not None and len(excess) and len(excess) != num_groups:
+        raise UserError(
+            f"the target's excess profile has {len(excess)} values but the model has {num_groups} depth"
+            " groups: estimate the target again with this model"
+        )
+    notes = []
+    if transferability is not None and all(p.transferability is None for p in points):
+        # the points' residuals are from the rules read without a transferability: so is the target's baseline
+        transferability = None
+        notes.append(
+            "no surface point records a transferability (profiles made before LogME over chance was"
+            " measured): the target's quadrant baseline reads its similarity alone, like the points'"
+        )
+    baseline = None
+    if num_classes > 0:
+        baseline = quadrant_values(
+            log10_n, similarity, excess, num_groups, num_classes=num_classes, transferability=transferability
+        )
+    prediction = SurfaceModel().fit(points).predict(log10_n, similarity, baseline=baseline)
+    if prediction.residual:
+        prediction.notes.extend(notes)
     return surface_prior(prediction, num_groups, bounds=bounds, quadrant=quadrant)

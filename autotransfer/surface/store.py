@@ -16,7 +16,15 @@ from autotransfer.errors import UserError
 from autotransfer.search.protocol import Protocol
 from autotransfer.search.study import best_transfer_trial, read_attr, read_settings, search_trials
 
-__all__ = ["SurfacePoint", "SurfaceStore", "record_study", "point_from_study", "DEFAULT_STORE", "POINT_ATTR"]
+__all__ = [
+    "SurfacePoint",
+    "SurfaceStore",
+    "record_study",
+    "point_from_study",
+    "fields_from_study",
+    "DEFAULT_STORE",
+    "POINT_ATTR",
+]
 
 #: The default surface store, beside the default study storage.
 DEFAULT_STORE = "studies/surface.json"
@@ -42,6 +50,11 @@ class SurfacePoint:
         score: that trial's validation score; ``test_score`` after retraining, if known.
         metric: ``accuracy`` or ``balanced_accuracy``.
         num_groups: ``G`` of the model; ``freeze``/``reinit``: the integers of the best trial.
+        num_classes: ``C`` of the target (0 = unknown: recorded before this field existed).
+        transferability: the profile's ``TaskProfile.transferability_score`` in [0, 1], or
+            ``None`` (not measured, or unknown). With ``num_classes`` these are the inputs the
+            quadrant rules need, so the surface can fit the residuals of the quadrant prior
+            (``autotransfer.surface.fit``).
         trials: finished search trials in the study when recorded.
         time: when recorded (ISO 8601, local time).
     """
@@ -63,8 +76,15 @@ class SurfacePoint:
     reinit: int | None = None
     trials: int = 0
     time: str = ""
+    num_classes: int = 0
+    transferability: float | None = None
 
     def __post_init__(self) -> None:
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 = unknown), but got {self.num_classes!r}")
+        t = self.transferability
+        if t is not None and not 0.0 <= t <= 1.0:
+            raise ValueError(f"transferability must lie in [0, 1] or be None, but got {t!r}")
         if not math.isfinite(self.log10_n):
             raise ValueError(f"log10_n must be finite, but got {self.log10_n!r}")
         if not 0.0 <= self.similarity <= 1.0:
@@ -188,7 +208,31 @@ def point_from_study(study: optuna.Study) -> SurfacePoint | None:
         reinit=best.user_attrs.get("reinit"),
         trials=len(search_trials(study)),
         time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        num_classes=_num_classes(settings.num_classes, profile),
+        transferability=_transferability(profile),
     )
+
+
+def fields_from_study(study: optuna.Study) -> tuple[int, float | None]:
+    """``(num_classes, transferability)`` of a study's surface point, read from its settings and
+    task profile (``(0, None)`` parts when unknown); used to fill points recorded without them."""
+    profile = read_attr(study, "profile") or {}
+    return _num_classes(read_settings(study).num_classes, profile), _transferability(profile)
+
+
+def _num_classes(resolved: int, profile: dict[str, Any]) -> int:
+    """``C`` from the study's resolved settings, else from the profile's size statistics (0 if neither)."""
+    if resolved:
+        return int(resolved)
+    return int((profile.get("size") or {}).get("classes") or 0)
+
+
+def _transferability(profile: dict[str, Any]) -> float | None:
+    """The profile's ``transferability_score``; ``None`` when absent or not a finite number."""
+    score = profile.get("transferability_score")
+    if score is None or not math.isfinite(float(score)):
+        return None
+    return float(score)
 
 
 def record_study(study: optuna.Study, store: SurfaceStore | str | os.PathLike[str] = DEFAULT_STORE) -> SurfacePoint | None:

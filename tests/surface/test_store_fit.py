@@ -1,4 +1,5 @@
-"""The surface store round-trips; the GP fit recovers a smooth function, widens away from data and with few points."""
+"""The surface store round-trips; the GP fit recovers a smooth function, widens away from data and with few
+points; the residual fit follows the quadrant rules plus what the points add, and falls back to them."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from autotransfer.prior.quadrant import WIDTHS
 from autotransfer.search.protocol import Protocol
 from autotransfer.surface import (
     SurfaceModel,
+    prior_from_surface,
     SurfacePoint,
     SurfaceStore,
     load_sweep_spec,
@@ -20,6 +22,7 @@ from autotransfer.surface import (
     surface_prior,
     write_surface_html,
 )
+from autotransfer.surface.fit import quadrant_values
 
 
 def truth(x: float, s: float) -> dict[str, float]:
@@ -161,3 +164,188 @@ def test_sweep_spec(tmp_path):
         load_sweep_spec(spec_path)
     shipped = load_sweep_spec("studies/sweep-small.yaml")
     assert shipped.sizes == [100, 300, 1000] and shipped.seeds == [0, 1] and shipped.trials == 20
+
+
+# --- the task fields and the residual fit ---------------------------------------------------------
+G = 5  # depth groups of the synthetic model
+
+
+def task_inputs(x: float, s: float) -> dict:
+    """The quadrant rules' inputs of a synthetic task at (log10 N, similarity): an excess profile
+    rising with depth (more for far targets) and a transferability that follows similarity."""
+    return {
+        "excess": [0.02 * (k + 1) * (1.2 - s) for k in range(G)],
+        "num_classes": 10,
+        "transferability": 0.2 + 0.5 * s,
+    }
+
+
+def q_at(x: float, s: float) -> dict[str, float]:
+    inputs = task_inputs(x, s)
+    return quadrant_values(x, s, inputs["excess"], G, num_classes=inputs["num_classes"],
+                           transferability=inputs["transferability"])
+
+
+def offset(x: float, s: float) -> dict[str, float]:
+    """A smooth correction to the quadrant rules (fractions left alone: they must stay in [0, 1])."""
+    return {"log10_elr": 0.6 * math.sin(3.0 * x) * (0.5 + s), "log10_head_lr_mult": -0.4 * math.cos(2.5 * x),
+            "freeze_frac": 0.0, "reinit_frac": 0.0}
+
+
+def task_points(coords, *, with_fields: bool = True, noise: float = 0.0, smooth: bool = True, seed: int = 0):
+    """Points whose best protocol is the quadrant value + ``offset`` (when ``smooth``) + iid noise on the
+    log parameters; ``with_fields=False`` records them as before the task fields existed."""
+    rng = np.random.default_rng(seed)
+    points = []
+    for i, (x, s) in enumerate(coords):
+        q, off = q_at(x, s), offset(x, s)
+        y = {k: q[k] + (off[k] if smooth else 0.0) for k in q}
+        y["log10_elr"] += noise * rng.standard_normal()
+        y["log10_head_lr_mult"] += noise / 2 * rng.standard_normal()
+        protocol = Protocol(log10_elr=y["log10_elr"], head_lr_mult=10 ** y["log10_head_lr_mult"],
+                            freeze_frac=y["freeze_frac"], reinit_frac=y["reinit_frac"])
+        inputs = task_inputs(x, s)
+        points.append(SurfacePoint(
+            study=f"task-{i}", target=f"builtin:t{i}", model="fashion-source", n=int(10**x), seed=0,
+            log10_n=x, similarity=s, protocol=protocol.to_dict(), score=0.5, metric="accuracy",
+            excess=inputs["excess"], num_groups=G,
+            num_classes=inputs["num_classes"] if with_fields else 0,
+            transferability=inputs["transferability"] if with_fields else None,
+        ))
+    return points
+
+
+def task_coords():
+    return [(x, s) for x in np.linspace(1.5, 3.0, 6) for s in np.linspace(0.2, 0.9, 5)]
+
+
+def test_task_fields_round_trip_and_old_points_load(tmp_path):
+    points = task_points(task_coords()[:3])
+    store = SurfaceStore(tmp_path / "surface.json")
+    store.add(points)
+    loaded = store.load()
+    assert [(p.num_classes, p.transferability) for p in loaded] == [(10, p.transferability) for p in points]
+    assert loaded[1].transferability == pytest.approx(task_inputs(1.5, 0.375)["transferability"])
+    # a point written before the fields existed still loads, as "unknown"
+    old = {k: v for k, v in points[0].to_dict().items() if k not in ("num_classes", "transferability")}
+    restored = SurfacePoint.from_dict(old)
+    assert restored.num_classes == 0 and restored.transferability is None
+    payload = json.loads(store.path.read_text())
+    payload["points"] = [old]
+    store.path.write_text(json.dumps(payload))
+    assert store.load()[0].num_classes == 0
+    with pytest.raises(ValueError, match="transferability"):
+        SurfacePoint.from_dict({**points[0].to_dict(), "transferability": 1.5})
+    with pytest.raises(ValueError, match="num_classes"):
+        SurfacePoint.from_dict({**points[0].to_dict(), "num_classes": -1})
+
+
+def test_residual_fit_recovers_the_offset_and_returns_to_the_rules_far_away():
+    model = SurfaceModel().fit(task_points(task_coords()))
+    assert model.residual_ and set(model.residual_gps_) == set(model.params)
+    rng = np.random.default_rng(3)
+    for x, s in [(rng.uniform(1.6, 2.9), rng.uniform(0.25, 0.85)) for _ in range(8)]:
+        q = q_at(x, s)
+        pred = model.predict(x, s, baseline=q)
+        assert pred.residual and pred.baseline == pytest.approx(q)
+        want = {k: q[k] + offset(x, s)[k] for k in q}
+        assert pred.protocol.log10_elr == pytest.approx(want["log10_elr"], abs=0.08), (x, s)
+        assert math.log10(pred.protocol.head_lr_mult) == pytest.approx(want["log10_head_lr_mult"], abs=0.05)
+        assert pred.protocol.freeze_frac == pytest.approx(q["freeze_frac"], abs=1e-3)
+        assert pred.protocol.reinit_frac == pytest.approx(q["reinit_frac"], abs=1e-3)
+    # far beyond the measured sizes the residual GP's zero mean takes over: back to the quadrant rules
+    for x, s in [(8.0, 0.5), (-4.0, 0.3)]:
+        q = q_at(x, s)
+        pred = model.predict(x, s, baseline=q)
+        assert pred.protocol.log10_elr == pytest.approx(q["log10_elr"], abs=0.02), (x, s)
+        assert math.log10(pred.protocol.head_lr_mult) == pytest.approx(q["log10_head_lr_mult"], abs=0.02)
+        assert any("extrapolation" in n for n in pred.notes)
+    # the plots still draw (the plain surface over log10 N x similarity)
+    info = surface_grid_info(model, "log10_elr", 6)
+    assert info.mean.shape == (6, 6) and np.all(np.isfinite(info.std))
+
+
+def test_pure_noise_residuals_give_the_rules_and_narrow_ranges():
+    sigma = 0.3
+    points = task_points(task_coords(), noise=sigma, smooth=False, seed=7)
+    model = SurfaceModel().fit(points)
+    assert model.residual_
+    residual_sd = float(np.std(model.y_["log10_elr"] - model.baseline_["log10_elr"]))
+    assert residual_sd > 0.2  # the points really scatter around the rules
+    queries = [(x, s) for x in np.linspace(1.6, 2.9, 5) for s in np.linspace(0.25, 0.85, 5)]
+    dev, latent = [], []
+    for x, s in queries:
+        q = q_at(x, s)
+        pred = model.predict(x, s, baseline=q)
+        dev.append(abs(pred.protocol.log10_elr - q["log10_elr"]))
+        latent.append(pred.std["log10_elr"])
+    # close to the rules: on average within 3 standard errors of the mean of the noise draws
+    assert np.mean(dev) < 3 * sigma / math.sqrt(len(points)) and np.max(dev) < sigma, (np.mean(dev), np.max(dev))
+    # the scatter of noisy optima is not uncertainty about where to search: the latent std is
+    # well below it, while the predictive std (noise=True) carries it
+    x, s = queries[12]
+    _, noisy = model.predict_param("log10_elr", np.array([x]), np.array([s]),
+                                   baseline=np.array([q_at(x, s)["log10_elr"]]), noise=True)
+    assert np.mean(latent) < sigma / 2 < float(noisy[0]), (np.mean(latent), noisy)
+    prior = surface_prior(model.predict(x, s, baseline=q_at(x, s)), num_groups=G)
+    elr, c = prior.space.ranges["log10_elr"], prior.centre.log10_elr
+    assert c - elr.low == pytest.approx(WIDTHS["log10_elr"])  # the quadrant width: not widened by the noise
+
+
+def test_fallback_to_the_plain_gp_is_noted(tmp_path):
+    coords = task_coords()
+    old = SurfaceModel().fit(task_points(coords, with_fields=False))
+    assert not old.residual_ and old.residual_gps_ == {}
+    q = q_at(2.2, 0.5)
+    pred = old.predict(2.2, 0.5, baseline=q)
+    assert not pred.residual and pred.baseline is None
+    assert any("lack num_classes" in n for n in pred.notes)
+    plain_elr = pred.protocol.log10_elr
+    # a residual-capable model asked without a baseline: the plain GP too, noted
+    new = SurfaceModel().fit(task_points(coords))
+    no_base = new.predict(2.2, 0.5)
+    assert not no_base.residual and any("no quadrant baseline" in n for n in no_base.notes)
+    assert no_base.protocol.log10_elr == pytest.approx(plain_elr, abs=1e-9)  # same plain GP, same points
+    # prior_from_surface: the target's task fields switch the residual fit on, and the rationale says so
+    path = tmp_path / "surface.json"
+    SurfaceStore(path).add(task_points(coords))
+    inputs = task_inputs(2.2, 0.5)
+    with_fields = prior_from_surface(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
+                                     excess=inputs["excess"], num_classes=10,
+                                     transferability=inputs["transferability"])
+    assert "residuals" in with_fields.rationale[0] and "quadrant" in with_fields.rationale[1]
+    assert with_fields.centre.log10_elr == pytest.approx(q["log10_elr"] + offset(2.2, 0.5)["log10_elr"], abs=0.08)
+    without = prior_from_surface(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G)
+    assert "constant mean" in without.rationale[0]
+    assert any("no quadrant baseline" in line for line in without.rationale)
+    # points recorded without a transferability: the target's baseline ignores its own, and says so
+    SurfaceStore(path).add([SurfacePoint.from_dict({**p.to_dict(), "transferability": None})
+                            for p in task_points(coords)])
+    ignored = prior_from_surface(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
+                                 excess=inputs["excess"], num_classes=10, transferability=0.9)
+    assert any("no surface point records a transferability" in line for line in ignored.rationale)
+    q_plain = quadrant_values(2.2, 0.5, inputs["excess"], G, num_classes=10)
+    assert f"(quadrant {q_plain['log10_elr']:.3g}," in ignored.rationale[1]
+    with pytest.raises(UserError, match="excess profile has 3 values"):
+        prior_from_surface(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
+                           excess=[0.1, 0.2, 0.3], num_classes=10)
+
+
+def test_point_from_study_records_the_task_fields():
+    from autotransfer.search.study import ATTR
+    from autotransfer.surface.store import fields_from_study, point_from_study
+    from tests.report.conftest import synthetic_study
+
+    study = synthetic_study()
+    point = point_from_study(study)
+    assert point.num_classes == 10 and point.transferability is None  # the profile measured no LogME score
+    assert fields_from_study(study) == (10, None)
+    profile = study.user_attrs[ATTR["profile"]]
+    study.set_user_attr(ATTR["profile"], {**profile, "transferability_score": 0.42})
+    assert point_from_study(study).transferability == pytest.approx(0.42)
+    # quadrant_values reads the centre of the prior the study was made with (quadrant_prior(2.2, 0.6, ...))
+    centre = study.user_attrs[ATTR["prior"]]["centre"]
+    q = quadrant_values(2.2, 0.6, point.excess, 5, num_classes=10)
+    assert q == pytest.approx({"log10_elr": centre["log10_elr"], "reinit_frac": centre["reinit_frac"],
+                               "freeze_frac": centre["freeze_frac"],
+                               "log10_head_lr_mult": math.log10(centre["head_lr_mult"])})
