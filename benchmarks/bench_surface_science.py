@@ -101,10 +101,9 @@ def main() -> None:
         print(f"| {target.removeprefix('builtin:')} | {n} | {len(group)} | {mean('similarity'):.2f} |"
               f" {mean('log10_elr'):+.2f} | {mean('freeze_frac'):.2f} ({fr}) | {mean('reinit_frac'):.2f} ({rr}) |"
               f" {mean('score'):.3f} | {mean('test'):.3f} | {mean('adv'):+.3f} |")
-    print("\n| optimal parameter | Spearman with similarity (all sizes) | "
-          + " | ".join(f"with similarity at N = {n}" for n in sorted({r['n'] for r in rows if r['n'] in spec.sizes}))
-          + " | with log10 N |")
     sizes = sorted({r["n"] for r in rows if r["n"] in spec.sizes})
+    print("\n| optimal parameter | Spearman with similarity (all sizes) | "
+          + " | ".join(f"with similarity at N = {n}" for n in sizes) + " | with log10 N |")
     print("|---|---|" + "---|" * len(sizes) + "---|")
     for param in PARAMS + ("adv",):
         label = "freezing advantage" if param == "adv" else param
@@ -118,14 +117,13 @@ def main() -> None:
         print("| target | " + " | ".join(("freezing advantage" if p == "adv" else p) for p in PARAMS + ("adv",)) + " |")
         print("|---|" + "---|" * (len(PARAMS) + 1))
         deltas: dict[str, list[float]] = {p: [] for p in PARAMS + ("adv",)}
+        by_key = {(r["target"], r["seed"], r["n"]): r for r in rows}
         for target in dict.fromkeys(r["target"] for r in rows):
+            pairs = [(a, by_key[(target, seed, large)]) for (t, seed, n), a in by_key.items()
+                     if t == target and n == small and (target, seed, large) in by_key]
             cells = []
             for param in PARAMS + ("adv",):
-                pairs = [(a[param], b[param]) for a in rows for b in rows
-                         if a["target"] == b["target"] == target and a["seed"] == b["seed"]
-                         and a["n"] == small and b["n"] == large
-                         and math.isfinite(a[param]) and math.isfinite(b[param])]
-                d = [x - y for x, y in pairs]
+                d = [a[param] - b[param] for a, b in pairs if math.isfinite(a[param]) and math.isfinite(b[param])]
                 deltas[param] += d
                 cells.append(f"{sum(d) / len(d):+.2f} ({len(d)})" if d else "n/a")
             print(f"| {target.removeprefix('builtin:')} | " + " | ".join(cells) + " |")

@@ -1,5 +1,5 @@
 """Test-wide settings: OpenMP threads must not busy-wait on a shared CPU (set before torch loads),
-and every test runs on one torch thread (2 shared cores) unless its package overrides ``_torch_threads``."""
+and every test runs on one torch thread (2 shared cores) unless its package overrides ``torch_thread_count``."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture
+def torch_thread_count() -> int:
+    """Torch threads for each test; a package's conftest overrides this fixture to change it."""
+    return 1
+
+
 @pytest.fixture(autouse=True)
-def _torch_threads():
+def _torch_threads(torch_thread_count):
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(torch_thread_count)
     yield
     torch.set_num_threads(before)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from autotransfer.backbones import create_backbone
 from autotransfer.data import DeviceBatches, load_dataset, stratified_split, stratified_subsample, to_array
@@ -11,13 +10,10 @@ from autotransfer.data import DeviceBatches, load_dataset, stratified_split, str
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads():
+@pytest.fixture
+def torch_thread_count() -> int:
     """The trial-loop tests run on 2 threads (overrides the test-wide 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    return 2
 
 
 @pytest.fixture(scope="session")
