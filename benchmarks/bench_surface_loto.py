@@ -145,9 +145,10 @@ def main() -> None:
     from autotransfer.surface.sweep import load_sweep_spec
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    spec_path, results_path = Path(args.spec).resolve(), Path(args.results).resolve()  # as given, before chdir
     os.chdir(ROOT)  # the spec's storage and store paths are relative to the repository
-    spec = load_sweep_spec(args.spec)
-    log = ResultLog(args.results)
+    spec = load_sweep_spec(spec_path)
+    log = ResultLog(results_path)
     done = log.records
     if not args.summary:
         storage = log.storage
