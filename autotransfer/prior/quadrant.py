@@ -131,6 +131,8 @@ class Prior:
         rationale: human-readable lines, one per rule, each naming its source.
         num_groups: ``G`` of the backbone the integers ``(f, r)`` refer to.
         kind: where it came from: ``quadrant`` (this module) or ``surface``.
+        candidates: other protocols to try right after the centre, each with where it came from
+            (a surface prior: the measured optima of the nearest recorded studies).
     """
 
     centre: Protocol
@@ -139,6 +141,7 @@ class Prior:
     rationale: list[str] = field(default_factory=list)
     num_groups: int = 0
     kind: str = "quadrant"
+    candidates: list[tuple[str, Protocol]] = field(default_factory=list)
 
     def integers(self) -> tuple[int, int]:
         """``(f, r)`` of the centre for ``num_groups`` groups."""
@@ -156,6 +159,7 @@ class Prior:
             "reinit": r,
             "space": self.space.to_dict(),
             "rationale": list(self.rationale),
+            "candidates": [{"source": source, "protocol": p.to_dict()} for source, p in self.candidates],
         }
 
     @classmethod
@@ -168,6 +172,7 @@ class Prior:
             rationale=[str(line) for line in values.get("rationale", [])],
             num_groups=int(values.get("num_groups", 0)),
             kind=str(values.get("kind", "quadrant")),
+            candidates=[(str(c["source"]), Protocol.from_dict(c["protocol"])) for c in values.get("candidates", [])],
         )
 
 

@@ -139,6 +139,7 @@ def _fixed_protocols(prior, num_groups: int, *, mode: str) -> list[tuple[Protoco
         fixed.append((p, {CONTROL_ATTR: "probe", SOURCE_ATTR: f"control:probe#{i}"}))
     if mode != "none" and prior is not None:
         fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
+        fixed += [(p, {SOURCE_ATTR: source}) for source, p in prior.candidates]
         fixed.append((recommended_protocol(), {SOURCE_ATTR: "survey:recommended"}))
         fixed.append((less_similar_protocol(num_groups), {SOURCE_ATTR: "survey:less-similar"}))
         fixed.append((linear_probe_protocol(), {SOURCE_ATTR: "linear-probe"}))

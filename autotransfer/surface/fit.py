@@ -55,6 +55,13 @@ MIN_SPAN = {"log10_n": 1.0, "similarity": 0.2}
 #: correction was recovered as well at either (max error 0.004). A correction to the quadrant
 #: rules that changes within a quarter of the measured span is not one a sweep's points can support.
 RESIDUAL_MIN_LENGTH_SCALE = 0.25
+#: How many measured optima of the nearest recorded studies (one per target) a surface prior
+#: enqueues right after its centre. Each study's optimum is one noisy argmax over a flat optimum,
+#: and its unfitted fields (BatchNorm mode, layer decay, L2-SP...) are whole protocols that the
+#: per-parameter GPs cannot average: a few of them beside the centre give the first trials a
+#: portfolio of protocols that won on similar tasks (warm-starting from similar tasks' best
+#: configurations, Feurer et al., AAAI 2015).
+NEIGHBOURS = 2
 #: Protocol field and ProtocolSpace width key of each fitted parameter.
 _FIELD = {
     "log10_elr": "log10_elr",
@@ -350,9 +357,25 @@ class SurfaceModel:
 
     def nearest(self, log10_n: float, similarity: float) -> SurfacePoint:
         """The measured point closest in normalised coordinates."""
+        return self.neighbours(log10_n, similarity, 1)[0]
+
+    def neighbours(self, log10_n: float, similarity: float, k: int) -> list[SurfacePoint]:
+        """The ``k`` measured points nearest in normalised coordinates, nearest first, at most one per
+        target (its nearest point): the recorded tasks most like this one, each with its own optimum."""
         self._check_fitted()
+        if k < 0:
+            raise ValueError(f"k must be >= 0, but got {k!r}")
         d = np.linalg.norm(self._normalise(self.X_) - self._normalise(np.array([[log10_n, similarity]])), axis=1)
-        return self.points_[int(np.argmin(d))]
+        chosen: list[SurfacePoint] = []
+        seen: set[str] = set()
+        for i in np.argsort(d, kind="stable"):
+            point = self.points_[int(i)]
+            if len(chosen) == k:
+                break
+            if point.target not in seen:
+                seen.add(point.target)
+                chosen.append(point)
+        return chosen
 
     def predict(
         self, log10_n: float, similarity: float, *, baseline: dict[str, float] | None = None
@@ -433,8 +456,12 @@ def surface_prior(
     *,
     bounds: ProtocolSpace | None = None,
     quadrant: str = "",
+    neighbours: Sequence[SurfacePoint] = (),
 ) -> Prior:
     """The prior from a surface prediction: centre = predicted protocol, ranges widened by the std.
+
+    ``neighbours`` (``SurfaceModel.neighbours``) become the prior's ``candidates``: their measured
+    best protocols, tried right after the centre.
 
     Each fitted parameter's half-width is ``max(WIDTHS[name], 2 * std)`` (the head multiplier in
     decades), with ``std`` the latent std (the fitted function's uncertainty, not the scatter of
@@ -469,6 +496,11 @@ def surface_prior(
         f"f = {f}, r = {r} of {num_groups} groups",
         *prediction.notes,
     ]
+    if neighbours:
+        rationale.append(
+            f"then the measured optima of the {len(neighbours)} nearest recorded studies (one per target): "
+            + "; ".join(f"{p.study} (N {p.n}, similarity {p.similarity:.2f}, score {p.score:.3f})" for p in neighbours)
+        )
     return Prior(
         centre=centre,
         space=space,
@@ -476,6 +508,7 @@ def surface_prior(
         rationale=rationale,
         num_groups=num_groups,
         kind="surface",
+        candidates=[(f"surface:{p.study}", Protocol.from_dict(p.protocol)) for p in neighbours],
     )
 
 
@@ -498,9 +531,13 @@ def prior_from_surface(
     exclude_targets: Sequence[str] = (),
     quadrant: str = "",
     bounds: ProtocolSpace | None = None,
+    neighbours: int = NEIGHBOURS,
 ) -> Prior:
     """Load the store at ``path``, fit the points of ``model`` (minus ``exclude_targets``), and
     return the surface prior at ``(log10_n, similarity)``. Raises ``UserError`` if no point fits.
+
+    The prior's candidates are the measured optima of the ``neighbours`` nearest recorded studies
+    (one per target; ``SurfaceModel.neighbours``).
 
     ``excess`` (``(G,)`` or ``None``), ``num_classes`` (0 = unknown) and ``transferability``
     (``TaskProfile.transferability_score``) describe the target task: with ``num_classes`` the
@@ -533,7 +570,9 @@ def prior_from_surface(
         baseline = quadrant_values(
             log10_n, similarity, excess, num_groups, num_classes=num_classes, transferability=transferability
         )
-    prediction = SurfaceModel().fit(points).predict(log10_n, similarity, baseline=baseline)
+    fitted = SurfaceModel().fit(points)
+    prediction = fitted.predict(log10_n, similarity, baseline=baseline)
     if prediction.residual:
         prediction.notes.extend(notes)
-    return surface_prior(prediction, num_groups, bounds=bounds, quadrant=quadrant)
+    near = fitted.neighbours(log10_n, similarity, neighbours)
+    return surface_prior(prediction, num_groups, bounds=bounds, quadrant=quadrant, neighbours=near)

@@ -15,7 +15,7 @@ from autotransfer.search.job import run_search, tune
 from autotransfer.search.protocol import Protocol
 from autotransfer.search.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import CONTROL_ATTR, control_trials, load_study, search_trials
+from autotransfer.search.study import ATTR, CONTROL_ATTR, control_trials, load_study, search_trials
 
 
 @pytest.fixture
@@ -130,3 +130,34 @@ def test_nan_trial_fails_with_reason_and_study_goes_on(tiny_settings, storage_ur
     for t in study.get_trials(states=(TrialState.FAIL,)):
         assert "diverged" in t.user_attrs["fail_reason"]
     assert len(search_trials(study)) == 2  # the study went on past the failure
+
+
+def test_surface_prior_enqueues_its_centre_then_the_nearest_optima(tiny_settings, storage_url, tmp_path):
+    from autotransfer.surface import SurfacePoint, SurfaceStore
+
+    # three recorded studies of the lab model: two near the tiny digits task (log10 N ~2.1), one far
+    store_path = tmp_path / "surface.json"
+    recorded = {
+        "near-a": ("builtin:mnist5k", 2.1, 0.30, Protocol(log10_elr=-0.9, freeze_frac=0.25, reinit_frac=0.5, bn_mode="frozen")),
+        "near-b": ("builtin:animals", 2.0, 0.45, Protocol(log10_elr=-1.6, freeze_frac=0.5, reinit_frac=0.0, layer_decay=0.8)),
+        "far": ("builtin:elpv", 3.0, 0.95, Protocol(log10_elr=-2.0, freeze_frac=1.0)),
+    }
+    SurfaceStore(store_path).add([
+        SurfacePoint(study=name, target=target, model="fashion-source", n=int(10**x), seed=0, log10_n=x,
+                     similarity=s, protocol=p.to_dict(), score=0.8, metric="accuracy", excess=[])
+        for name, (target, x, s, p) in recorded.items()
+    ])
+    settings = replace(tiny_settings, prior=f"surface:{store_path}", trials=3)
+    tune(settings, study_name="digits-surface", storage=storage_url, export_dir=tmp_path / "e",
+         runs_dir=tmp_path / "runs")
+    study = load_study("digits-surface", open_storage(storage_url))
+    first = search_trials(study)[:3]
+    # the surface's own protocol first, then the measured optima of the two nearest studies (never the far one)
+    prior = study.user_attrs[ATTR["prior"]]
+    candidates = [c["source"] for c in prior["candidates"]]
+    assert prior["kind"] == "surface" and sorted(candidates) == ["surface:near-a", "surface:near-b"]
+    assert [t.user_attrs["source"] for t in first] == ["prior", *candidates]
+    for t in first[1:]:
+        name = t.user_attrs["source"].removeprefix("surface:")
+        assert Protocol.from_dict(t.params) == recorded[name][3]  # run as measured, outside the ranges or not
+    assert any("nearest recorded studies" in line for line in prior["rationale"])

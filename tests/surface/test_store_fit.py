@@ -349,3 +349,27 @@ def test_point_from_study_records_the_task_fields():
     assert q == pytest.approx({"log10_elr": centre["log10_elr"], "reinit_frac": centre["reinit_frac"],
                                "freeze_frac": centre["freeze_frac"],
                                "log10_head_lr_mult": math.log10(centre["head_lr_mult"])})
+
+
+def test_neighbours_are_one_per_target_nearest_first_and_round_trip_in_the_prior(tmp_path):
+    from autotransfer.prior.quadrant import Prior
+
+    coords = [(2.0, 0.2), (2.05, 0.22), (2.0, 0.6), (3.0, 0.2), (3.5, 0.9), (2.1, 0.25)]
+    points = make_points(coords)  # targets t0, t1, t2, t0, t1, t2
+    model = SurfaceModel().fit(points)
+    near = model.neighbours(2.0, 0.2, 3)
+    # study-0 is on the query; study-1 (t1) and study-5 (t2) come next; study-3 (t0 again) is skipped
+    assert [p.study for p in near] == ["study-0", "study-1", "study-5"]
+    assert model.neighbours(2.0, 0.2, 0) == [] and len(model.neighbours(2.0, 0.2, 10)) == 3
+    assert model.nearest(3.4, 0.85).study == "study-4"
+    path = tmp_path / "surface.json"
+    SurfaceStore(path).add(points)
+    prior = prior_from_surface(path, model="fashion-source", log10_n=2.0, similarity=0.2, num_groups=8, neighbours=2)
+    assert [s for s, _ in prior.candidates] == ["surface:study-0", "surface:study-1"]
+    assert prior.candidates[0][1] == Protocol.from_dict(points[0].protocol)
+    again = Prior.from_dict(json.loads(json.dumps(prior.to_dict())))
+    assert again.candidates == prior.candidates
+    assert prior_from_surface(path, model="fashion-source", log10_n=2.0, similarity=0.2, num_groups=8,
+                              neighbours=0).candidates == []
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        model.neighbours(2.0, 0.2, -1)
