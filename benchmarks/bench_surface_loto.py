@@ -7,7 +7,8 @@ For each target and seed at one size:
 - ``quadrant``: the sweep's own study (run with the quadrant prior);
 - ``surface``: a new search-only study centred on the surface fitted to every point of the store
   except this target's (``prior_from_surface(exclude_targets=...)``), enqueuing what ``tune``
-  enqueues with that prior;
+  enqueues with that prior (its centre, the optima of the nearest recorded studies, the survey's
+  protocols, a linear probe);
 - ``none``: a new search-only study over the wide ranges, nothing enqueued.
 
 All three share the study settings (data subsample, splits, budget in steps, sampler seed,
@@ -72,6 +73,7 @@ def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage:
         )
         record["prior_centre"] = prior.centre.to_dict()
         record["prior_rationale"] = prior.rationale[0]  # says whether the residual (quadrant + GP) fit was used
+        record["prior_candidates"] = [source for source, _ in prior.candidates]  # enqueued after the centre
     name = f"loto-{prior_kind}-{sweep_study.study_name}"
     study = run_search_study(name, storage, settings, prepared, backbone, prior=prior, trials=spec.trials)
     record.update(study=name, values=search_values(study)[: spec.trials])

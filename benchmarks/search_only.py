@@ -9,7 +9,7 @@ import optuna
 
 
 def fixed_protocols(prior, num_groups: int) -> list[tuple[Any, dict[str, Any]]]:
-    """What ``tune`` enqueues for ``prior`` (the prior, the survey's two protocols, a linear probe),
+    """What ``tune`` enqueues for ``prior`` (the prior, its candidates, the survey's two protocols, a linear probe),
     controls left out; nothing for no prior."""
     from autotransfer.search.job import _fixed_protocols
     from autotransfer.search.study import CONTROL_ATTR
