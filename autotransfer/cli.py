@@ -135,30 +135,48 @@ def estimate_cmd(
     n: Optional[int] = typer.Option(None, "--n", help="estimate on a stratified subsample of N images"),
     max_images: int = typer.Option(1000, "--max-images", help="cap on images per side for features"),
     seed: int = typer.Option(0, "--seed"),
+    prior: Optional[str] = typer.Option(None, "--prior", help="quadrant, or surface:PATH to show that surface's prior too (default: the surface tune would use, if any)"),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
 ) -> None:
     """Measure a target task: size, divergence by depth, transferability, placement and prior.
 
+    Shows the quadrant prior and, when a surface has points for the model, the surface prior that
+    `tune` would start from.
+
     Examples:
       autotransfer estimate builtin:animals --n 500
       autotransfer estimate builtin:fashion-mnist?classes=5-9 --model fashion-source --source builtin:fashion-mnist?classes=0-4
+      autotransfer estimate builtin:digits --model fashion-source --prior surface:benchmarks/surface-lab.json
     """
     from autotransfer.data import load_dataset, stratified_subsample
     from autotransfer.estimate import TaskEstimator
+    from autotransfer.surface import default_surface, surface_points, surface_prior_for_profile
 
+    if prior is None:
+        surface_path = default_surface(model)
+    elif prior.startswith("surface:"):
+        surface_path = prior[len("surface:"):]
+        surface_points(surface_path, model)  # a missing or empty store fails now, not after the estimate
+    elif prior == "quadrant":
+        surface_path = None
+    else:
+        raise UserError(f"--prior must be quadrant or surface:PATH, but got {prior!r}")
     dataset = load_dataset(target, require_labels=True)
     if n is not None:
         dataset = stratified_subsample(dataset, n, seed=seed)
     profile = TaskEstimator(max_images=max_images, seed=seed, progress=fmt is OutputFormat.table).fit(
         dataset, model, source=source
     )
+    surface = surface_prior_for_profile(surface_path, profile) if surface_path is not None else None
     if fmt is OutputFormat.json:
-        _print_json(profile.to_dict())
+        _print_json({**profile.to_dict(), "surface_prior": surface.to_dict() if surface else None})
         return
-    from autotransfer.report.profile_table import profile_tables
+    from autotransfer.report.profile_table import profile_tables, prior_table
 
     for table in profile_tables(profile):
         console.print(table)
+    if surface is not None:
+        console.print(prior_table(surface))
 
 
 @app.command("tune")
@@ -210,14 +228,15 @@ def tune_cmd(
         values["prune"] = False
     settings = StudySettings.from_dict(values)
 
+    from autotransfer.surface import active_store, default_surface, surface_points
 
-    from autotransfer.surface import DEFAULT_STORE, SurfaceStore
-
-    surface_path = os.environ.get("AUTOTRANSFER_SURFACE", DEFAULT_STORE)
-    if prior is None and SurfaceStore(surface_path).exists() and SurfaceStore(surface_path).load(model=settings.model):
+    surface_path = default_surface(settings.model)
+    if prior is None and surface_path is not None:
         settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{surface_path}"})
     if not (settings.prior in ("quadrant", "none") or settings.prior.startswith("surface:")):
         raise UserError(f"--prior must be quadrant, none or surface:PATH, but got {settings.prior!r}")
+    if settings.prior.startswith("surface:"):
+        surface_points(settings.prior[len("surface:"):], settings.model)  # fails now, not after the estimate
     ui = RichUI() if fmt is OutputFormat.table else NullUI()
     result = tune(
         settings,
@@ -225,7 +244,7 @@ def tune_cmd(
         storage=storage,
         timeout=timeout,
         warm_start=warm_start,
-        surface_store=surface_path,
+        surface_store=active_store(),
         ui=ui,
         workers=workers,
     )

@@ -45,7 +45,7 @@ def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage:
     from autotransfer.search.job import default_study_name, prepare_data
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study, read_attr, read_settings, study_exists
-    from autotransfer.surface import POINT_ATTR, prior_from_surface
+    from autotransfer.surface import POINT_ATTR, surface_prior_for_profile
     from search_only import run_search_study, search_values
 
     base = replace(spec.base_settings(), target=target, n=size, seed=seed)
@@ -65,13 +65,7 @@ def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage:
     prior = None
     if prior_kind == "surface":
         profile = TaskProfile.from_dict(read_attr(sweep_study, "profile"))
-        prior = prior_from_surface(
-            spec.store, model=settings.model, log10_n=profile.log10_n, similarity=profile.similarity,
-            num_groups=backbone.num_groups, exclude_targets=[target],
-            excess=list(profile.divergence.excess) if profile.divergence else None,
-            num_classes=settings.num_classes or profile.size.classes,
-            transferability=profile.transferability_score,
-        )
+        prior = surface_prior_for_profile(spec.store, profile, exclude_targets=[target])
         record["prior_centre"] = prior.centre.to_dict()
         record["prior_rationale"] = prior.rationale[0]  # says whether the residual (quadrant + GP) fit was used
         record["prior_candidates"] = [source for source, _ in prior.candidates]  # enqueued after the centre

@@ -9,7 +9,7 @@ from autotransfer.estimate.profile import TaskProfile
 from autotransfer.prior.quadrant import Prior
 from autotransfer.search.protocol import freeze_depth, reinit_count
 
-__all__ = ["profile_tables"]
+__all__ = ["profile_tables", "prior_table"]
 
 
 def profile_tables(profile: TaskProfile) -> list[Table]:
@@ -23,7 +23,7 @@ def profile_tables(profile: TaskProfile) -> list[Table]:
     if profile.placement is not None:
         tables.append(_placement_table(profile))
     if profile.prior is not None:
-        tables.append(_prior_table(profile.prior))
+        tables.append(prior_table(profile.prior))
     if profile.timings:
         tables.append(_timings_table(profile))
     return tables
@@ -116,7 +116,8 @@ def _placement_table(profile: TaskProfile) -> Table:
     return table
 
 
-def _prior_table(prior: Prior) -> Table:
+def prior_table(prior: Prior) -> Table:
+    """A prior's centre, ranges and integers, its rationale as the caption (candidates included)."""
     g = prior.num_groups
     centre = prior.centre
     f, r = prior.integers()

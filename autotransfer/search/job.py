@@ -453,19 +453,9 @@ def tune(
             n_train=len(prepared.train),
         )
         if settings.prior.startswith("surface:"):
-            from autotransfer.surface import prior_from_surface
+            from autotransfer.surface import surface_prior_for_profile
 
-            prior = prior_from_surface(
-                settings.prior[len("surface:") :],
-                model=settings.model,
-                log10_n=profile.log10_n,
-                similarity=profile.similarity,
-                num_groups=num_groups,
-                excess=list(profile.divergence.excess) if profile.divergence else None,
-                num_classes=settings.num_classes,
-                transferability=profile.transferability_score,
-                quadrant=profile.prior.quadrant if profile.prior else "",
-            )
+            prior = surface_prior_for_profile(settings.prior[len("surface:") :], profile)
         else:
             prior = profile.prior if settings.prior != "none" else None
         if settings.prior == "none":

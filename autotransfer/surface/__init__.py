@@ -10,6 +10,8 @@ from autotransfer.surface.fit import (
     SurfacePrediction,
     prior_from_surface,
     surface_prior,
+    surface_points,
+    surface_prior_for_profile,
 )
 from autotransfer.surface.plots import (
     SurfaceGridInfo,
@@ -21,7 +23,15 @@ from autotransfer.surface.plots import (
     write_surface_html,
 )
 from autotransfer.surface.slices import SliceInfo, load_slice_info, slice_info
-from autotransfer.surface.store import DEFAULT_STORE, POINT_ATTR, SurfacePoint, SurfaceStore, record_study
+from autotransfer.surface.store import (
+    DEFAULT_STORE,
+    POINT_ATTR,
+    SurfacePoint,
+    SurfaceStore,
+    active_store,
+    default_surface,
+    record_study,
+)
 
 __all__ = [
     "DEFAULT_STORE",
@@ -35,6 +45,10 @@ __all__ = [
     "SurfacePrediction",
     "surface_prior",
     "prior_from_surface",
+    "surface_prior_for_profile",
+    "surface_points",
+    "active_store",
+    "default_surface",
     "SurfaceGridInfo",
     "surface_grid_info",
     "param_figure",

@@ -6,7 +6,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -17,6 +17,9 @@ from autotransfer.errors import UserError
 from autotransfer.prior.quadrant import WIDTHS, Prior, quadrant_prior
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.surface.store import SurfacePoint, SurfaceStore
+
+if TYPE_CHECKING:
+    from autotransfer.estimate.profile import TaskProfile
 
 __all__ = [
     "PARAMS",
@@ -518,6 +521,17 @@ def _shown(protocol: Protocol, param: str) -> float:
     return float(getattr(protocol, _FIELD[param]))
 
 
+def surface_points(path: str | Path, model: str, *, exclude_targets: Sequence[str] = ()) -> list[SurfacePoint]:
+    """The store's points for ``model`` (minus ``exclude_targets``); ``UserError`` when there are none."""
+    points = [p for p in SurfaceStore(path).load(model=model) if p.target not in set(exclude_targets)]
+    if not points:
+        raise UserError(
+            f"surface {str(path)!r} has no points for model {model!r}: run `autotransfer surface --model"
+            f" {model}` first, or use --prior quadrant"
+        )
+    return points
+
+
 def prior_from_surface(
     path: str | Path,
     *,
@@ -546,12 +560,7 @@ def prior_from_surface(
     transferability, the target's baseline is computed without one too, so that the baseline is
     the same function of the task for the points and the target.
     """
-    points = [p for p in SurfaceStore(path).load(model=model) if p.target not in set(exclude_targets)]
-    if not points:
-        raise UserError(
-            f"surface {str(path)!r} has no points for model {model!r}: run `autotransfer surface --model"
-            f" {model}` first, or use --prior quadrant"
-        )
+    points = surface_points(path, model, exclude_targets=exclude_targets)
     if excess is not None and len(excess) and len(excess) != num_groups:
         raise UserError(
             f"the target's excess profile has {len(excess)} values but the model has {num_groups} depth"
@@ -576,3 +585,28 @@ def prior_from_surface(
         prediction.notes.extend(notes)
     near = fitted.neighbours(log10_n, similarity, neighbours)
     return surface_prior(prediction, num_groups, bounds=bounds, quadrant=quadrant, neighbours=near)
+
+
+def surface_prior_for_profile(
+    path: str | Path,
+    profile: "TaskProfile",
+    *,
+    exclude_targets: Sequence[str] = (),
+    neighbours: int = NEIGHBOURS,
+) -> Prior:
+    """The surface prior for a measured task (``TaskEstimator.fit``'s profile): ``prior_from_surface``
+    at its coordinates, with its excess profile, class count and transferability, and the quadrant
+    its placement names."""
+    return prior_from_surface(
+        path,
+        model=profile.model,
+        log10_n=profile.log10_n,
+        similarity=profile.similarity,
+        num_groups=profile.num_groups,
+        excess=list(profile.divergence.excess) if profile.divergence else None,
+        num_classes=profile.size.classes,
+        transferability=profile.transferability_score,
+        exclude_targets=exclude_targets,
+        quadrant=profile.prior.quadrant if profile.prior else "",
+        neighbours=neighbours,
+    )

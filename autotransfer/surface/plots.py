@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from autotransfer.surface.fit import PARAMS, SurfaceModel
 from autotransfer.surface.slices import NORMALISATION, SliceInfo, load_slice_info
-from autotransfer.surface.store import DEFAULT_STORE, POINT_ATTR, SurfacePoint, SurfaceStore
+from autotransfer.surface.store import POINT_ATTR, SurfacePoint, SurfaceStore, active_store
 
 __all__ = [
     "SurfaceGridInfo",
@@ -299,7 +298,7 @@ def store_path_for(study) -> Path:
     prior = str(read_settings(study).prior or "")
     if prior.startswith("surface:"):
         return Path(prior[len("surface:"):])
-    return Path(os.environ.get("AUTOTRANSFER_SURFACE", DEFAULT_STORE))
+    return active_store()
 
 
 def surface_figure(study):

@@ -28,6 +28,19 @@ __all__ = [
 
 #: The default surface store, beside the default study storage.
 DEFAULT_STORE = "studies/surface.json"
+
+
+def active_store() -> Path:
+    """The surface store in use: ``$AUTOTRANSFER_SURFACE``, else ``studies/surface.json``."""
+    return Path(os.environ.get("AUTOTRANSFER_SURFACE", DEFAULT_STORE))
+
+
+def default_surface(model: str) -> Path | None:
+    """The store ``tune`` and ``estimate`` use as the prior for ``model`` by default: the active
+    store when it has points for that model, else ``None`` (the quadrant prior then)."""
+    path = active_store()
+    store = SurfaceStore(path)
+    return path if store.exists() and store.load(model=model) else None
 #: Study user attribute holding the study's own surface point (the same record as in the store).
 POINT_ATTR = "autotransfer.surface_point"
 #: Bumped when the file layout changes incompatibly.

@@ -263,3 +263,45 @@ def test_model_without_reference_reports_raw_as_excess_and_stale_reference_is_re
     profile = TaskEstimator(max_images=20).fit(target, backbone)
     assert profile.divergence.reference is None
     assert any("shipped reference ignored" in note for note in profile.notes)
+
+
+def test_cli_shows_the_surface_prior_and_refuses_a_missing_store_before_estimating(monkeypatch, capsys, tmp_path):
+    from autotransfer.cli import main
+    from autotransfer.search.protocol import Protocol
+    from autotransfer.surface import SurfacePoint, SurfaceStore
+
+    store = tmp_path / "surface.json"
+    SurfaceStore(store).add([
+        SurfacePoint(study=f"s{i}", target=f"builtin:t{i}", model="fashion-source", n=100 * (i + 1), seed=0,
+                     log10_n=2.0 + 0.2 * i, similarity=0.2 * (i + 1), protocol=Protocol(log10_elr=-1.0 - 0.2 * i).to_dict(),
+                     score=0.7, metric="accuracy", excess=[])
+        for i in range(3)
+    ])
+    args = ["autotransfer", "estimate", "builtin:digits", "--model", "fashion-source", "--n", "60", "--max-images", "40"]
+    # the active store (as tune reads it) has points for the model: its prior is shown beside the quadrant's
+    monkeypatch.setenv("AUTOTRANSFER_SURFACE", str(store))
+    monkeypatch.setattr(sys, "argv", [*args, "--format", "json"])
+    try:
+        main()
+    except SystemExit as done:
+        assert done.code in (0, None)
+    payload = json.loads(capsys.readouterr().out)
+    surface = payload["surface_prior"]
+    assert surface["kind"] == "surface" and payload["prior"]["kind"] == "quadrant"
+    assert len(surface["candidates"]) == 2 and all(c["source"].startswith("surface:s") for c in surface["candidates"])
+    assert "3 recorded studies" in surface["rationale"][0]
+    # --prior quadrant: the quadrant prior alone
+    monkeypatch.setattr(sys, "argv", [*args, "--format", "json", "--prior", "quadrant"])
+    try:
+        main()
+    except SystemExit as done:
+        assert done.code in (0, None)
+    assert json.loads(capsys.readouterr().out)["surface_prior"] is None
+    # a store that does not exist: one line, exit 2, before any estimate is made
+    monkeypatch.setattr(sys, "argv", [*args, "--prior", f"surface:{tmp_path / 'none.json'}"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 2
+    captured = capsys.readouterr()
+    assert "none.json" in captured.err and "has no points" in captured.err and "\n" not in captured.err.strip()
+    assert "Target" not in captured.out
