@@ -83,45 +83,54 @@ def reference_value(by: dict[str, list], reference: str) -> float:
 
 
 def summary(results: list[dict], trials: int, tolerance: float = 0.01, reference: str = "common") -> str:
-    """Per target: trials-to-within-1-point for each prior; then means and ratios over all runs."""
+    """Per (size, target, seed): trials to within ``tolerance`` for each prior; then, over all
+    complete runs, the mean trials to within 1, 3 and 5 points with their ratios to no prior, and
+    the mean gap to the reference after k trials."""
     from search_only import trials_to_within
 
-    groups: dict[tuple[str, int], dict[str, list]] = {}
+    groups: dict[tuple[int, str, int], dict[str, list]] = {}
     for r in results:
-        groups.setdefault((r["target"], r["seed"]), {})[r["prior"]] = r["values"]
-    rows = ["| target | seed | best val | " + " | ".join(f"{p}: trials (best)" for p in PRIORS) + " |",
-            "|---|---|---|" + "---|" * len(PRIORS)]
-    counts: dict[str, list[int]] = {p: [] for p in PRIORS}
-    censored = {p: 0 for p in PRIORS}
-    for (target, seed), by in sorted(groups.items()):
-        if set(by) != set(PRIORS):
-            continue
+        groups.setdefault((r["size"], r["target"], r["seed"]), {})[r["prior"]] = r["values"]
+    complete = {key: by for key, by in sorted(groups.items()) if set(by) == set(PRIORS)}
+
+    def count(values: list, ref: float, tol: float) -> int:
+        k = trials_to_within(values, ref, tol)
+        return trials + 1 if k is None else k  # censored
+
+    rows = ["| N | target | seed | best val | " + " | ".join(f"{p}: trials (best)" for p in PRIORS) + " |",
+            "|---|---|---|---|" + "---|" * len(PRIORS)]
+    for (size, target, seed), by in complete.items():
         ref = reference_value(by, reference)
         cells = []
         for p in PRIORS:
-            k = trials_to_within(by[p], ref, tolerance)
-            if k is None:
-                censored[p] += 1
-                k = trials + 1
-            counts[p].append(k)
+            k = count(by[p], ref, tolerance)
             best = max((v for v in by[p] if v is not None), default=float("nan"))
             cells.append(f"{k if k <= trials else f'>{trials}'} ({best:.3f})")
-        rows.append(f"| {target} | {seed} | {ref:.3f} | " + " | ".join(cells) + " |")
-    if not counts["none"]:
+        rows.append(f"| {size} | {target} | {seed} | {ref:.3f} | " + " | ".join(cells) + " |")
+    if not complete:
         return "\n".join(rows)
-    mean = {p: sum(v) / len(v) for p, v in counts.items()}
-    rows += ["", f"| prior | mean trials to within {tolerance * 100:g} point(s) | runs censored at " + str(trials + 1) + " | ratio to no prior |",
-             "|---|---|---|---|"]
+    tols = (0.01, 0.03, 0.05)
+    rows += ["", f"{len(complete)} runs; mean trials to within t points (runs censored at {trials + 1}), ratio to no prior:", "",
+             "| prior | " + " | ".join(f"within {t * 100:g} | ratio" for t in tols) + " |", "|---|" + "---|---|" * len(tols)]
+    means = {t: {p: [] for p in PRIORS} for t in tols}
+    for by in complete.values():
+        ref = reference_value(by, reference)
+        for t in tols:
+            for p in PRIORS:
+                means[t][p].append(count(by[p], ref, t))
     for p in PRIORS:
-        rows.append(f"| {p} | {mean[p]:.1f} | {censored[p]}/{len(counts[p])} | {mean[p] / mean['none']:.2f} |")
+        cells = []
+        for t in tols:
+            m = sum(means[t][p]) / len(means[t][p])
+            n_censored = sum(k > trials for k in means[t][p])
+            cells.append(f"{m:.1f} ({n_censored}) | {m / (sum(means[t]['none']) / len(means[t]['none'])):.2f}")
+        rows.append(f"| {p} | " + " | ".join(cells) + " |")
     # a less all-or-nothing view: how far below the reference the best-so-far is after k trials
     ks = [k for k in (1, 3, 5, 10, 20) if k <= trials]
     rows += ["", "| prior | " + " | ".join(f"gap after {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for p in PRIORS:
         gaps = {k: [] for k in ks}
-        for by in groups.values():
-            if set(by) != set(PRIORS):
-                continue
+        for by in complete.values():
             ref = reference_value(by, reference)
             for k in ks:
                 seen = [v for v in by[p][:k] if v is not None]
@@ -138,7 +147,8 @@ def main() -> None:
     parser.add_argument("--targets", default=None, help="comma-separated; default: every target of the spec")
     parser.add_argument("--priors", default=",".join(PRIORS))
     parser.add_argument("--results", default=str(OUT / "surface-loto.jsonl"))
-    parser.add_argument("--summary", action="store_true", help="only print the table of recorded results")
+    parser.add_argument("--summary", action="store_true",
+                        help="only print the tables of recorded results (--results may then list several files, comma-separated)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="'within' this much of the best (0.01 = 1 point)")
     parser.add_argument("--reference", choices=("common", "sweep"), default="common",
                         help="common: the best any prior reached; sweep: the final best of the target's sweep study")
@@ -151,28 +161,34 @@ def main() -> None:
     from autotransfer.surface.sweep import load_sweep_spec
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    spec_path, results_path = Path(args.spec).resolve(), Path(args.results).resolve()  # as given, before chdir
-    os.chdir(ROOT)  # the spec's storage and store paths are relative to the repository
+    # paths as given, resolved before the chdir to the repository (the spec's storage and store are relative to it)
+    spec_path = Path(args.spec).resolve()
+    results_paths = [Path(path).resolve() for path in args.results.split(",")]
+    os.chdir(ROOT)
     spec = load_sweep_spec(spec_path)
-    log = ResultLog(results_path)
-    done = log.records
-    if not args.summary:
-        storage = log.storage
-        have = log.keys("target", "seed", "prior")
-        targets = args.targets.split(",") if args.targets else spec.targets
-        for seed in (int(s) for s in args.seeds.split(",")):
-            for target in targets:
-                for prior_kind in args.priors.split(","):
-                    if (target, seed, prior_kind) in have:
-                        continue
-                    record = run_prior(target, seed, prior_kind, spec, args.size, storage)
-                    if record is None:
-                        print(f"{target} seed {seed}: the sweep's study is not finished yet; skipped", flush=True)
-                        continue
-                    log.append(record)
-                    print(f"{target} seed {seed} {prior_kind}: best {max((v for v in record['values'] if v is not None), default=float('nan')):.3f}",
-                          flush=True)
-    print(summary(done, spec.trials, args.tolerance, args.reference))
+    if args.summary:  # any number of result files, e.g. one per size
+        records = [r for path in results_paths for r in ResultLog(path).records]
+        print(summary(records, spec.trials, args.tolerance, args.reference))
+        return
+    if len(results_paths) != 1:
+        parser.error("--results takes one file when running (several only with --summary)")
+    log = ResultLog(results_paths[0])
+    storage = log.storage
+    have = log.keys("target", "seed", "prior")
+    targets = args.targets.split(",") if args.targets else spec.targets
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for target in targets:
+            for prior_kind in args.priors.split(","):
+                if (target, seed, prior_kind) in have:
+                    continue
+                record = run_prior(target, seed, prior_kind, spec, args.size, storage)
+                if record is None:
+                    print(f"{target} seed {seed}: the sweep's study is not finished yet; skipped", flush=True)
+                    continue
+                log.append(record)
+                print(f"{target} seed {seed} {prior_kind}: best {max((v for v in record['values'] if v is not None), default=float('nan')):.3f}",
+                      flush=True)
+    print(summary(log.records, spec.trials, args.tolerance, args.reference))
 
 
 if __name__ == "__main__":
