@@ -136,6 +136,36 @@ def summary(results: list[dict], trials: int, tolerance: float = 0.01, reference
                 seen = [v for v in by[p][:k] if v is not None]
                 gaps[k].append(ref - max(seen) if seen else ref)  # nothing completed yet: the whole reference
         rows.append(f"| {p} | " + " | ".join(f"{sum(g) / len(g):.3f}" for g in gaps.values()) + " |")
+    rows += ["", enqueued_table(results, complete, reference)]
+    return "\n".join(rows)
+
+
+def enqueued_table(results: list[dict], complete: dict, reference: str) -> str:
+    """For the surface runs that record their candidates: how often each enqueued trial (the
+    centre, the nearest studies' optima, the survey's protocols, the linear probe) came within 1
+    and 3 points of the reference, and its mean gap to it."""
+    runs = [r for r in results if r["prior"] == "surface" and "prior_candidates" in r
+            and (r["size"], r["target"], r["seed"]) in complete]
+    if not runs:
+        return ""
+    k = len(runs[0]["prior_candidates"])
+    names = ["surface centre", *(f"nearest study {i + 1}" for i in range(k)),
+             "survey: recommended", "survey: less similar", "linear probe"]
+    rows = [f"Enqueued trials of the {len(runs)} surface runs, in the order they ran:", "",
+            "| trial | protocol | within 1 point | within 3 points | pruned or failed | mean gap when completed |",
+            "|---|---|---|---|---|---|"]
+    for i, name in enumerate(names):
+        gaps, stopped = [], 0
+        for r in runs:
+            ref = reference_value(complete[(r["size"], r["target"], r["seed"])], reference)
+            v = r["values"][i] if i < len(r["values"]) else None
+            if v is None:
+                stopped += 1
+            else:
+                gaps.append(ref - v)
+        mean_gap = f"{sum(gaps) / len(gaps):.3f}" if gaps else "-"
+        rows.append(f"| {i + 1} | {name} | {sum(g <= 0.01 + 1e-9 for g in gaps)}/{len(runs)} |"
+                    f" {sum(g <= 0.03 + 1e-9 for g in gaps)}/{len(runs)} | {stopped}/{len(runs)} | {mean_gap} |")
     return "\n".join(rows)
 
 
