@@ -20,7 +20,7 @@ k trials is reported too. Results are appended to a JSON-lines file as each stud
 so the benchmark resumes.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_surface_loto.py --size 300 --seeds 0,1
-    python benchmarks/bench_surface_loto.py --summary
+    python benchmarks/bench_surface_loto.py --summary --results benchmarks/out/surface-loto-100.jsonl,benchmarks/out/surface-loto-300.jsonl
 """
 from __future__ import annotations
 
