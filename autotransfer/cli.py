@@ -150,17 +150,11 @@ def estimate_cmd(
     """
     from autotransfer.data import load_dataset, stratified_subsample
     from autotransfer.estimate import TaskEstimator
-    from autotransfer.surface import default_surface, surface_points, surface_prior_for_profile
+    from autotransfer.surface import surface_for_prior, surface_prior_for_profile
 
-    if prior is None:
-        surface_path = default_surface(model)
-    elif prior.startswith("surface:"):
-        surface_path = prior[len("surface:"):]
-        surface_points(surface_path, model)  # a missing or empty store fails now, not after the estimate
-    elif prior == "quadrant":
-        surface_path = None
-    else:
+    if not (prior in (None, "quadrant") or prior.startswith("surface:")):
         raise UserError(f"--prior must be quadrant or surface:PATH, but got {prior!r}")
+    surface_path = surface_for_prior(prior, model)
     dataset = load_dataset(target, require_labels=True)
     if n is not None:
         dataset = stratified_subsample(dataset, n, seed=seed)
@@ -228,15 +222,13 @@ def tune_cmd(
         values["prune"] = False
     settings = StudySettings.from_dict(values)
 
-    from autotransfer.surface import active_store, default_surface, surface_points
+    from autotransfer.surface import active_store, surface_for_prior
 
-    surface_path = default_surface(settings.model)
-    if prior is None and surface_path is not None:
-        settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{surface_path}"})
     if not (settings.prior in ("quadrant", "none") or settings.prior.startswith("surface:")):
         raise UserError(f"--prior must be quadrant, none or surface:PATH, but got {settings.prior!r}")
-    if settings.prior.startswith("surface:"):
-        surface_points(settings.prior[len("surface:"):], settings.model)  # fails now, not after the estimate
+    surface_path = surface_for_prior(prior, settings.model)
+    if prior is None and surface_path is not None:
+        settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{surface_path}"})
     ui = RichUI() if fmt is OutputFormat.table else NullUI()
     result = tune(
         settings,

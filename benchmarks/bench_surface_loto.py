@@ -92,6 +92,7 @@ def summary(results: list[dict], trials: int, tolerance: float = 0.01, reference
     for r in results:
         groups.setdefault((r["size"], r["target"], r["seed"]), {})[r["prior"]] = r["values"]
     complete = {key: by for key, by in sorted(groups.items()) if set(by) == set(PRIORS)}
+    refs = {key: reference_value(by, reference) for key, by in complete.items()}
 
     def count(values: list, ref: float, tol: float) -> int:
         k = trials_to_within(values, ref, tol)
@@ -100,7 +101,7 @@ def summary(results: list[dict], trials: int, tolerance: float = 0.01, reference
     rows = ["| N | target | seed | best val | " + " | ".join(f"{p}: trials (best)" for p in PRIORS) + " |",
             "|---|---|---|---|" + "---|" * len(PRIORS)]
     for (size, target, seed), by in complete.items():
-        ref = reference_value(by, reference)
+        ref = refs[(size, target, seed)]
         cells = []
         for p in PRIORS:
             k = count(by[p], ref, tolerance)
@@ -112,40 +113,35 @@ def summary(results: list[dict], trials: int, tolerance: float = 0.01, reference
     tols = (0.01, 0.03, 0.05)
     rows += ["", f"{len(complete)} runs; mean trials to within t points (runs censored at {trials + 1}), ratio to no prior:", "",
              "| prior | " + " | ".join(f"within {t * 100:g} | ratio" for t in tols) + " |", "|---|" + "---|---|" * len(tols)]
-    means = {t: {p: [] for p in PRIORS} for t in tols}
-    for by in complete.values():
-        ref = reference_value(by, reference)
-        for t in tols:
-            for p in PRIORS:
-                means[t][p].append(count(by[p], ref, t))
+    counts = {t: {p: [count(by[p], refs[key], t) for key, by in complete.items()] for p in PRIORS} for t in tols}
     for p in PRIORS:
         cells = []
         for t in tols:
-            m = sum(means[t][p]) / len(means[t][p])
-            n_censored = sum(k > trials for k in means[t][p])
-            cells.append(f"{m:.1f} ({n_censored}) | {m / (sum(means[t]['none']) / len(means[t]['none'])):.2f}")
+            m = sum(counts[t][p]) / len(counts[t][p])
+            n_censored = sum(k > trials for k in counts[t][p])
+            cells.append(f"{m:.1f} ({n_censored}) | {m / (sum(counts[t]['none']) / len(counts[t]['none'])):.2f}")
         rows.append(f"| {p} | " + " | ".join(cells) + " |")
     # a less all-or-nothing view: how far below the reference the best-so-far is after k trials
     ks = [k for k in (1, 3, 5, 10, 20) if k <= trials]
     rows += ["", "| prior | " + " | ".join(f"gap after {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for p in PRIORS:
         gaps = {k: [] for k in ks}
-        for by in complete.values():
-            ref = reference_value(by, reference)
+        for key, by in complete.items():
+            ref = refs[key]
             for k in ks:
                 seen = [v for v in by[p][:k] if v is not None]
                 gaps[k].append(ref - max(seen) if seen else ref)  # nothing completed yet: the whole reference
         rows.append(f"| {p} | " + " | ".join(f"{sum(g) / len(g):.3f}" for g in gaps.values()) + " |")
-    rows += ["", enqueued_table(results, complete, reference)]
+    rows += ["", enqueued_table(results, refs)]
     return "\n".join(rows)
 
 
-def enqueued_table(results: list[dict], complete: dict, reference: str) -> str:
+def enqueued_table(results: list[dict], refs: dict[tuple[int, str, int], float]) -> str:
     """For the surface runs that record their candidates: how often each enqueued trial (the
     centre, the nearest studies' optima, the survey's protocols, the linear probe) came within 1
-    and 3 points of the reference, and its mean gap to it."""
+    and 3 points of the reference (``refs``: per complete (size, target, seed)), and its mean gap to it."""
     runs = [r for r in results if r["prior"] == "surface" and "prior_candidates" in r
-            and (r["size"], r["target"], r["seed"]) in complete]
+            and (r["size"], r["target"], r["seed"]) in refs]
     if not runs:
         return ""
     k = len(runs[0]["prior_candidates"])
@@ -157,7 +153,7 @@ def enqueued_table(results: list[dict], complete: dict, reference: str) -> str:
     for i, name in enumerate(names):
         gaps, stopped = [], 0
         for r in runs:
-            ref = reference_value(complete[(r["size"], r["target"], r["seed"])], reference)
+            ref = refs[(r["size"], r["target"], r["seed"])]
             v = r["values"][i] if i < len(r["values"]) else None
             if v is None:
                 stopped += 1

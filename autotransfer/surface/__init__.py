@@ -10,6 +10,7 @@ from autotransfer.surface.fit import (
     SurfacePrediction,
     prior_from_surface,
     surface_prior,
+    surface_for_prior,
     surface_points,
     surface_prior_for_profile,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "prior_from_surface",
     "surface_prior_for_profile",
     "surface_points",
+    "surface_for_prior",
     "active_store",
     "default_surface",
     "SurfaceGridInfo",

@@ -16,7 +16,7 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from autotransfer.errors import UserError
 from autotransfer.prior.quadrant import WIDTHS, Prior, quadrant_prior
 from autotransfer.search.protocol import Protocol, ProtocolSpace
-from autotransfer.surface.store import SurfacePoint, SurfaceStore
+from autotransfer.surface.store import SurfacePoint, SurfaceStore, default_surface
 
 if TYPE_CHECKING:
     from autotransfer.estimate.profile import TaskProfile
@@ -372,9 +372,9 @@ class SurfaceModel:
         chosen: list[SurfacePoint] = []
         seen: set[str] = set()
         for i in np.argsort(d, kind="stable"):
-            point = self.points_[int(i)]
             if len(chosen) == k:
                 break
+            point = self.points_[int(i)]
             if point.target not in seen:
                 seen.add(point.target)
                 chosen.append(point)
@@ -530,6 +530,20 @@ def surface_points(path: str | Path, model: str, *, exclude_targets: Sequence[st
             f" {model}` first, or use --prior quadrant"
         )
     return points
+
+
+def surface_for_prior(prior: str | None, model: str) -> Path | None:
+    """The surface store a ``--prior`` value names for ``model``: none given, the default surface
+    (``default_surface``: the active store when it has points for the model); ``surface:PATH``,
+    that store, checked to hold points for the model (``UserError`` now, not after an estimate);
+    anything else (``quadrant``, ``none``), ``None``."""
+    if prior is None:
+        return default_surface(model)
+    if prior.startswith("surface:"):
+        path = Path(prior[len("surface:"):])
+        surface_points(path, model)
+        return path
+    return None
 
 
 def prior_from_surface(
