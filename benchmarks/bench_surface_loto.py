@@ -4,7 +4,8 @@ on the other targets), the quadrant prior and no prior (issue 5).
 It reads a finished sweep (``studies/sweep-lab.yaml``: its surface store and its study storage).
 For each target and seed at one size:
 
-- ``quadrant``: the sweep's own study (run with the quadrant prior);
+- ``quadrant``: the sweep's own study (run with the quadrant prior); with ``--quadrant-from rerun``,
+  a new search-only study with that study's prior, under the current search rules;
 - ``surface``: a new search-only study centred on the surface fitted to every point of the store
   except this target's (``prior_from_surface(exclude_targets=...)``), enqueuing what ``tune``
   enqueues with that prior (its centre, the optima of the nearest recorded studies, the survey's
@@ -35,13 +36,16 @@ OUT = Path(__file__).parent / "out"
 PRIORS = ("surface", "quadrant", "none")
 
 
-def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage: str) -> dict | None:
-    """One search-only study (or, for ``quadrant``, the sweep's study) and its search-trial values;
-    None when the sweep has not finished that study yet."""
+def run_prior(
+    target: str, seed: int, prior_kind: str, spec, size: int, storage: str, *, quadrant_from: str = "sweep"
+) -> dict | None:
+    """One search-only study (or, for ``quadrant`` with ``quadrant_from="sweep"``, the sweep's study)
+    and its search-trial values; None when the sweep has not finished that study yet."""
     from dataclasses import replace
 
     from autotransfer.backbones import create_backbone
     from autotransfer.estimate.profile import TaskProfile
+    from autotransfer.prior import Prior
     from autotransfer.search.job import default_study_name, prepare_data
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study, read_attr, read_settings, study_exists
@@ -57,12 +61,14 @@ def run_prior(target: str, seed: int, prior_kind: str, spec, size: int, storage:
     sweep_study = load_study(name, store)
     settings = read_settings(sweep_study)  # the exact settings of the sweep's study (budget, metric...)
     record = {"target": target, "seed": seed, "size": size, "prior": prior_kind}
-    if prior_kind == "quadrant":
+    if prior_kind == "quadrant" and quadrant_from == "sweep":
         record.update(study=sweep_study.study_name, values=search_values(sweep_study)[: spec.trials])
         return record
     prepared = prepare_data(settings)
     backbone = create_backbone(settings.model, num_classes=settings.num_classes)
     prior = None
+    if prior_kind == "quadrant":  # the sweep study's own prior, run again under the current search rules
+        prior = Prior.from_dict(read_attr(sweep_study, "prior"))
     if prior_kind == "surface":
         profile = TaskProfile.from_dict(read_attr(sweep_study, "profile"))
         prior = surface_prior_for_profile(spec.store, profile, exclude_targets=[target])
@@ -176,6 +182,9 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true",
                         help="only print the tables of recorded results (--results may then list several files, comma-separated)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="'within' this much of the best (0.01 = 1 point)")
+    parser.add_argument("--quadrant-from", choices=("sweep", "rerun"), default="sweep",
+                        help="sweep: the quadrant runs are the sweep's own studies; rerun: a new study with the "
+                             "sweep study's prior (after a change to how studies search)")
     parser.add_argument("--reference", choices=("common", "sweep"), default="common",
                         help="common: the best any prior reached; sweep: the final best of the target's sweep study")
     args = parser.parse_args()
@@ -207,7 +216,7 @@ def main() -> None:
             for prior_kind in args.priors.split(","):
                 if (target, seed, prior_kind) in have:
                     continue
-                record = run_prior(target, seed, prior_kind, spec, args.size, storage)
+                record = run_prior(target, seed, prior_kind, spec, args.size, storage, quadrant_from=args.quadrant_from)
                 if record is None:
                     print(f"{target} seed {seed}: the sweep's study is not finished yet; skipped", flush=True)
                     continue

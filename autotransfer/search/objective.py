@@ -13,7 +13,7 @@ import torch
 
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.search.settings import StudySettings
-from autotransfer.search.study import CONTROL_ATTR, VAL_LOSS_ATTR
+from autotransfer.search.study import CONTROL_ATTR, SOURCE_ATTR, VAL_LOSS_ATTR
 
 __all__ = ["TrialFailed", "TrialRunner", "train_config_for"]
 
@@ -91,11 +91,17 @@ class TrialRunner:
         if self.on_trial_start:
             self.on_trial_start(trial, protocol)
 
+        # Controls are never pruned. Enqueued candidates (the prior's centre and neighbours, the
+        # survey's protocols, a linear probe, warm-start optima) run to the full budget too: they are
+        # a few deliberate guesses, and a protocol that re-initialises layers or uses a low rate
+        # starts slowly, so an early rung would discard what the prior knows. They still take their
+        # place on the pruner's rungs, so sampled trials are measured against them.
         prune_enabled = self.settings.prune and control is None
+        candidate = SOURCE_ATTR in trial.user_attrs
 
         def report(step: int, value: float) -> bool:
             trial.report(value, step)
-            return prune_enabled and trial.should_prune()
+            return prune_enabled and trial.should_prune() and not candidate
 
         batch_size = self.settings.batch_size
         started = time.perf_counter()
