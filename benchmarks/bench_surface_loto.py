@@ -83,7 +83,8 @@ def run_prior(
 
 def reference_value(by: dict[str, list], reference: str) -> float:
     """The score a (target, seed)'s runs are measured against: ``common``, the best any prior
-    reached; ``sweep``, the final best of the sweep's own study of that target (the quadrant run)."""
+    reached; ``sweep``, the final best of the quadrant run (the sweep's own study of that target,
+    or its rerun when the records come from ``--quadrant-from rerun``)."""
     runs = by.values() if reference == "common" else [by["quadrant"]]
     return max(v for vals in runs for v in vals if v is not None)
 
@@ -186,7 +187,8 @@ def main() -> None:
                         help="sweep: the quadrant runs are the sweep's own studies; rerun: a new study with the "
                              "sweep study's prior (after a change to how studies search)")
     parser.add_argument("--reference", choices=("common", "sweep"), default="common",
-                        help="common: the best any prior reached; sweep: the final best of the target's sweep study")
+                        help="common: the best any prior reached; sweep: the final best of the quadrant run "
+                             "(the target's sweep study, or its rerun with --quadrant-from rerun)")
     args = parser.parse_args()
 
     import torch

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from autotransfer.search.job import PreparedData, prepare_data
 from autotransfer.search.settings import StudySettings
 
 
@@ -27,3 +28,13 @@ def tiny_settings() -> StudySettings:
 @pytest.fixture
 def storage_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+def prepared_tiny(settings: StudySettings) -> tuple[StudySettings, PreparedData]:
+    """The tiny target's data and ``settings`` resolved against it (accuracy, 10 classes), as
+    ``tune`` resolves them before creating a study."""
+    prepared = prepare_data(settings)
+    resolved = settings.resolved(
+        fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10, n_train=len(prepared.train)
+    )
+    return resolved, prepared

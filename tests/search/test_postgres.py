@@ -12,7 +12,6 @@ import pytest
 from optuna.trial import TrialState
 
 from autotransfer.errors import UserError
-from autotransfer.search.job import prepare_data
 from autotransfer.search.protocol import ProtocolSpace
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import SOURCE_ATTR, create_study, search_trials
@@ -24,6 +23,7 @@ from autotransfer.search.workers import (
     terminate_workers,
     wait_workers,
 )
+from tests.search.conftest import prepared_tiny
 
 pytestmark = pytest.mark.postgres
 
@@ -56,10 +56,7 @@ def study_name(postgres_url, tiny_settings):
 
     name = f"test-workers-{uuid.uuid4().hex[:10]}"
     settings = replace(tiny_settings, trials=TRIALS, prune=False)
-    prepared = prepare_data(settings)
-    settings = settings.resolved(
-        fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10, n_train=len(prepared.train)
-    )
+    settings, prepared = prepared_tiny(settings)
     recommended = recommended_protocol()
     enqueue = [
         (recommended, {SOURCE_ATTR: "survey:recommended"}),

@@ -7,18 +7,16 @@ from dataclasses import replace
 from optuna.trial import TrialState
 
 from autotransfer.prior import linear_probe_protocol, recommended_protocol
-from autotransfer.search.job import build_runner, prepare_data, run_search
+from autotransfer.search.job import build_runner, run_search
 from autotransfer.search.protocol import ProtocolSpace
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import SOURCE_ATTR, create_study, load_study, make_pruner, make_sampler
+from tests.search.conftest import prepared_tiny
 
 
 def test_enqueued_candidates_run_to_the_full_budget_while_sampled_trials_are_pruned(tiny_settings, storage_url):
     settings = replace(tiny_settings, trials=3, prune=True)
-    prepared = prepare_data(settings)
-    settings = settings.resolved(
-        fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10, n_train=len(prepared.train)
-    )
+    settings, prepared = prepared_tiny(settings)
     good = recommended_protocol()
     bad = linear_probe_protocol()  # at 16 px the frozen features of digits stay near chance in 12 steps
     queued = [
@@ -31,7 +29,7 @@ def test_enqueued_candidates_run_to_the_full_budget_while_sampled_trials_are_pru
     study = load_study("pruning", store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))
     run_search(study, build_runner(study, settings, prepared), 3)
 
-    first, candidate, sampled = sorted(study.trials, key=lambda t: t.number)[:3]
+    first, candidate, sampled = study.trials[:3]  # in trial-number order
     rung = settings.eval_every  # the first successive-halving rung
     # the premise: at the first rung the bad protocol is behind the good one, so a sampled copy loses there
     assert first.intermediate_values[rung] > candidate.intermediate_values[rung]

@@ -14,7 +14,6 @@ from optuna.trial import TrialState
 from autotransfer.errors import UserError
 from autotransfer.prior import recommended_protocol
 from autotransfer.search import storage as storage_module
-from autotransfer.search.job import prepare_data
 from autotransfer.search.progress import NullUI
 from autotransfer.search.protocol import ProtocolSpace
 from autotransfer.search.storage import open_storage
@@ -32,6 +31,7 @@ from autotransfer.search.workers import (
     wait_workers,
     worker_tag,
 )
+from tests.search.conftest import prepared_tiny
 
 
 @pytest.fixture
@@ -41,10 +41,7 @@ def make_study(tiny_settings, storage_url):
 
     def make(name: str, trials: int, enqueue: int = 0, **changes) -> optuna.Study:
         settings = replace(tiny_settings, trials=trials, prune=False, **changes)
-        prepared = prepare_data(settings)
-        settings = settings.resolved(
-            fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10, n_train=len(prepared.train)
-        )
+        settings, prepared = prepared_tiny(settings)
         queued = [(recommended_protocol(), {"source": "survey:recommended"})] * enqueue
         return create_study(
             name,
