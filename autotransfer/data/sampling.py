@@ -9,7 +9,7 @@ import numpy as np
 from autotransfer.data.types import ImageDataset
 from autotransfer.errors import UserError
 
-__all__ = ["DataSplits", "stratified_subsample", "stratified_split", "allocate"]
+__all__ = ["DataSplits", "stratified_subsample", "subsample_indices", "stratified_split", "allocate"]
 
 
 class DataSplits(NamedTuple):
@@ -64,28 +64,17 @@ def _suffix(spec: str, n: int, seed: int) -> str:
     return f"|n={n}&seed={seed}"
 
 
-def stratified_subsample(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
-    """A seeded subset of ``n`` images with class proportions kept.
-
-    Every class keeps at least one image when ``n`` >= the number of classes. When
-    ``n >= len(ds)`` all images are returned and a note says the request was capped.
-    Unlabelled datasets get a plain seeded random subset. Indices keep dataset order.
-    """
+def subsample_indices(ds: ImageDataset, n: int, seed: int = 0) -> np.ndarray:
+    """``(min(n, len(ds)),)`` sorted indices of the images ``stratified_subsample`` keeps."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise UserError(f"subsample size must be a positive integer but got {n!r}")
     n = int(n)
     total = len(ds)
-    if n >= total:  # everything: share the images (and the fingerprint), copy the rest
-        notes = list(ds.notes)
-        if n > total:
-            notes.append(f"requested {n}, capped at {total} (all the dataset has)")
-        labels = None if ds.labels is None else np.array(ds.labels)
-        images = list(ds.images) if isinstance(ds.images, list) else ds.images
-        return dataclasses.replace(ds, images=images, labels=labels, notes=notes)
+    if n >= total:
+        return np.arange(total)
     rng = np.random.default_rng(seed)
     if ds.labels is None:
-        chosen = np.sort(rng.choice(total, size=n, replace=False))
-        return ds.subset(chosen, _suffix(ds.spec, n, seed))
+        return np.sort(rng.choice(total, size=n, replace=False))
     labels = np.asarray(ds.labels)
     alloc = allocate(np.bincount(labels, minlength=len(ds.classes)), n, seed)
     parts = []
@@ -93,8 +82,27 @@ def stratified_subsample(ds: ImageDataset, n: int, seed: int = 0) -> ImageDatase
         if take:
             members = np.flatnonzero(labels == label)
             parts.append(rng.choice(members, size=int(take), replace=False))
-    chosen = np.sort(np.concatenate(parts))
-    return ds.subset(chosen, _suffix(ds.spec, n, seed))
+    return np.sort(np.concatenate(parts))
+
+
+def stratified_subsample(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
+    """A seeded subset of ``n`` images with class proportions kept.
+
+    Every class keeps at least one image when ``n`` >= the number of classes. When
+    ``n >= len(ds)`` all images are returned and a note says the request was capped.
+    Unlabelled datasets get a plain seeded random subset. Indices keep dataset order
+    (``subsample_indices``).
+    """
+    chosen = subsample_indices(ds, n, seed)
+    total = len(ds)
+    if int(n) >= total:  # everything: share the images (and the fingerprint), copy the rest
+        notes = list(ds.notes)
+        if n > total:
+            notes.append(f"requested {n}, capped at {total} (all the dataset has)")
+        labels = None if ds.labels is None else np.array(ds.labels)
+        images = list(ds.images) if isinstance(ds.images, list) else ds.images
+        return dataclasses.replace(ds, images=images, labels=labels, notes=notes)
+    return ds.subset(chosen, _suffix(ds.spec, int(n), seed))
 
 
 def _check_fraction(name: str, value: float) -> float:

@@ -31,6 +31,7 @@ __all__ = [
     "search_trials",
     "control_trials",
     "best_transfer_trial",
+    "rank_key",
     "package_versions",
     "FINISHED",
 ]
@@ -200,9 +201,11 @@ def best_transfer_trial(study: optuna.Study) -> FrozenTrial | None:
     ]
     # equal scores are common on small validation sets: the lower validation loss wins, then
     # the earlier trial
-    return max(candidates, key=_rank_key, default=None)
+    return max(candidates, key=rank_key, default=None)
 
 
-def _rank_key(trial: FrozenTrial) -> tuple[float, float, int]:
+def rank_key(trial: FrozenTrial) -> tuple[float, float, int]:
+    """How trials rank as the study's best: the higher score, then the lower validation loss, then
+    the earlier trial (the larger key wins)."""
     loss = trial.user_attrs.get(VAL_LOSS_ATTR)
     return (trial.value, -loss if isinstance(loss, (int, float)) else -math.inf, -trial.number)

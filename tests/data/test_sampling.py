@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from autotransfer.data import ImageDataset, load_dataset, stratified_split, stratified_subsample
-from autotransfer.data.sampling import allocate
+from autotransfer.data.sampling import allocate, subsample_indices
 from autotransfer.errors import UserError
 
 
@@ -39,6 +39,15 @@ def test_subsample_is_stratified_and_seeded():
     other = stratified_subsample(ds, 100, seed=1)
     assert not np.array_equal(sub.images, other.images)
     assert sub.spec == "builtin:digits?n=100&seed=0"
+
+
+def test_subsample_indices_name_the_kept_images():
+    for unlabelled in (False, True):
+        ds = _toy([60, 30, 10], unlabelled=unlabelled)
+        idx = subsample_indices(ds, 25, seed=3)
+        assert len(idx) == 25 and np.all(np.diff(idx) > 0)
+        np.testing.assert_array_equal(stratified_subsample(ds, 25, seed=3).images, ds.images[idx])
+    assert subsample_indices(ds, 500).tolist() == list(range(100))  # capped: every image
 
 
 def test_subsample_keeps_every_class_when_possible():
