@@ -33,6 +33,7 @@ import glob
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -126,7 +127,9 @@ def judge_study(record: dict, trials: int, scope: str, done: dict | None) -> dic
     cache = PrefixCache()
     for i in todo:
         trial = search[i]
-        protocol = space.suggest(optuna.trial.FixedTrial(trial.params))
+        with warnings.catch_warnings():  # enqueued protocols may lie outside the centred ranges, as in the study
+            warnings.filterwarnings("ignore", message="The value .* is out of the range")
+            protocol = space.suggest(optuna.trial.FixedTrial(trial.params))
         backbone = create_backbone(settings.model, num_classes=settings.num_classes)
         config = train_config_for(protocol, settings, backbone.num_groups)
         result = train_protocol(backbone, train, val, config, metric=settings.metric, cache=cache)
