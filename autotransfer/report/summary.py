@@ -3,11 +3,19 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from autotransfer.train.metrics import score_interval
+
 __all__ = ["summary_table"]
 
 
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
+def _fmt(value: float | None, n: int | None = None) -> str:
+    """A score, with its 95% Wilson interval when the number of images ``n`` behind it is known."""
+    if value is None:
+        return "—"
+    if not n:
+        return f"{value:.4f}"
+    low, high = score_interval(value, n)
+    return f"{value:.4f} ({n} images; 95% interval {low:.2f}–{high:.2f})"
 
 
 def summary_table(result) -> Table:
@@ -26,8 +34,8 @@ def summary_table(result) -> Table:
         table.add_row("  freeze / reinit", f"f={f} (frac {p.freeze_frac:.2f}), r={r} (frac {p.reinit_frac:.2f})")
         table.add_row("  head lr ×, layer decay", f"{p.head_lr_mult:.3g}, {p.layer_decay:.3g}")
         table.add_row("  weight decay, L2-SP, BN", f"{p.weight_decay:.2g}, {p.l2sp:.3g}, {p.bn_mode}")
-    table.add_row(f"validation {metric}", _fmt(result.val_score))
-    table.add_row(f"test {metric} (retrained on train+val)", _fmt(result.test_score))
+    table.add_row(f"validation {metric}", _fmt(result.val_score, result.val_images))
+    table.add_row(f"test {metric} (retrained on train+val)", _fmt(result.test_score, result.test_images))
     table.add_row("control: from scratch (best of 3)", _fmt(result.controls.get("scratch")))
     table.add_row("control: linear probe (best of 2)", _fmt(result.controls.get("probe")))
     table.add_row(

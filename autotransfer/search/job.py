@@ -223,6 +223,9 @@ def run_search(
         study.optimize(runner, timeout=timeout, callbacks=[budget], catch=(TrialFailed,), gc_after_trial=False)
 
 
+SMALL_VALIDATION = 100  # below this many validation images, tune says how coarse the scores are
+
+
 @dataclass
 class TuneResult:
     """What ``tune`` hands back (the CLI prints it)."""
@@ -243,6 +246,8 @@ class TuneResult:
     prior: dict[str, Any] | None
     integers: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    val_images: int | None = None
+    test_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -254,6 +259,8 @@ class TuneResult:
             "freeze_reinit": list(self.integers) if self.integers else None,
             "val_score": self.val_score,
             "test_score": self.test_score,
+            "val_images": self.val_images,
+            "test_images": self.test_images,
             "controls": self.controls,
             "negative_transfer": self.negative_transfer,
             "export": str(self.export_path) if self.export_path else None,
@@ -506,7 +513,14 @@ def tune(
         n_search_trials=len(search_trials(study)),
         profile=profile_dict,
         prior=prior_dict,
+        val_images=len(prepared.val),
+        test_images=len(prepared.test),
     )
+    if len(prepared.val) < SMALL_VALIDATION:
+        result.notes.append(
+            f"the validation split holds {len(prepared.val)} images (one image is {100 / len(prepared.val):.1f} points): "
+            "trials closer than that are tied within noise, and the best trial's validation score is optimistic"
+        )
     if best is None:
         result.notes.append("no transfer trial completed: nothing to retrain or export")
         return result

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from autotransfer.errors import UserError
 
-__all__ = ["METRICS", "score", "check_metric", "evaluate", "predict_logits"]
+__all__ = ["METRICS", "score", "score_interval", "check_metric", "evaluate", "predict_logits"]
 
 METRICS = ("accuracy", "balanced_accuracy")
 
@@ -41,6 +41,23 @@ def score(y_true: np.ndarray | torch.Tensor, y_pred: np.ndarray | torch.Tensor, 
     with warnings.catch_warnings():  # predicting a class absent from y_true is legitimate here
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def score_interval(value: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval ``(low, high)`` for a score ``value`` measured on ``n`` images.
+
+    Exact Wilson for accuracy (``value * n`` correct); for balanced accuracy it treats the score
+    as a proportion of ``n`` (an approximation that is exact for balanced classes). Written out
+    rather than taken from ``scipy.stats.binomtest``, which needs an integer count.
+    """
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"score must lie in [0, 1], but got {value!r}")
+    if n < 1:
+        raise ValueError(f"the number of images must be >= 1, but got {n!r}")
+    denom = 1 + z * z / n
+    centre = (value + z * z / (2 * n)) / denom
+    half = z * np.sqrt(value * (1 - value) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def predict_logits(

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from autotransfer.errors import UserError
 from autotransfer.export import export_payload, read_export, write_export
-from autotransfer.search.job import run_search, tune
+from autotransfer.search.job import prepare_data, run_search, tune
 from autotransfer.search.protocol import Protocol
 from autotransfer.search.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
@@ -30,7 +30,7 @@ def finished_study(tiny_settings, storage_url, tmp_path):
     return result
 
 
-def test_study_end_to_end(finished_study, storage_url):
+def test_study_end_to_end(finished_study, tiny_settings, storage_url):
     result = finished_study
     study = load_study("digits-tiny", open_storage(storage_url))
     # --trials counts finished search trials, controls excluded
@@ -59,6 +59,16 @@ def test_study_end_to_end(finished_study, storage_url):
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert math.isfinite(t.user_attrs["val_loss"]) and t.user_attrs["val_loss"] > 0
     json.dumps(result.to_dict())
+    # the summary says how many images each score stands on, with its interval
+    assert result.val_images == len(prepare_data(tiny_settings).val) and result.test_images >= 10
+    assert any("the validation split holds" in note for note in result.notes)
+    from rich.console import Console
+
+    from autotransfer.report.summary import summary_table
+
+    console = Console(width=200, record=True)
+    console.print(summary_table(result))
+    assert f"({result.test_images} images; 95% interval" in console.export_text()
 
 
 def test_resume_runs_only_the_remainder(finished_study, tiny_settings, storage_url, tmp_path):
