@@ -244,6 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loto", default=None, help="comma-separated bench_surface_loto.py result files to judge")
     parser.add_argument("--size", type=int, default=None, help="judge only the studies of this N")
+    parser.add_argument("--seeds", default=None, help="comma-separated: judge only the studies of these seeds")
     parser.add_argument("--scope", choices=("picks", "complete"), default="picks",
                         help="judge the trials a study would hand back (picks) or every completed search trial")
     parser.add_argument("--trials", type=int, default=20)
@@ -270,7 +271,7 @@ def main() -> None:
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                if args.size in (None, r["size"]):
+                if args.size in (None, r["size"]) and (args.seeds is None or str(r["seed"]) in args.seeds.split(",")):
                     todo.append(r)
     done = {r["study"] + "|" + r["storage"]: r for r in records}
     results.parent.mkdir(parents=True, exist_ok=True)
