@@ -273,6 +273,7 @@ def main() -> None:
                 r = json.loads(line)
                 if args.size in (None, r["size"]) and (args.seeds is None or str(r["seed"]) in args.seeds.split(",")):
                     todo.append(r)
+    todo.sort(key=lambda r: (r["size"], r["target"], r["seed"]))  # a (target, seed)'s priors together: complete runs sooner
     done = {r["study"] + "|" + r["storage"]: r for r in records}
     results.parent.mkdir(parents=True, exist_ok=True)
     for n, r in enumerate(todo, start=1):
