@@ -149,14 +149,6 @@ def judge_study(record: dict, trials: int, scope: str, done: dict | None) -> dic
     }
 
 
-def first_within(scores: list[float | None], reference: float, tolerance: float) -> int | None:
-    """1-based k of the first score within ``tolerance`` of ``reference``; None if none is."""
-    for k, s in enumerate(scores, start=1):
-        if s is not None and s >= reference - tolerance - 1e-9:
-            return k
-    return None
-
-
 def handed_back_scores(record: dict) -> list[float | None]:
     """S_k: the judge score of the trial the study hands back after k search trials."""
     return [None if p is None else record["judge"][str(p)] for p in record["picks"]]
@@ -165,6 +157,8 @@ def handed_back_scores(record: dict) -> list[float | None]:
 def summary(records: list[dict], trials: int) -> str:
     """Per-run table and the mean trials to within 1 / 3 / 5 points (handed back; tried where
     every completed trial was judged), with ratios to no prior, and the validation-vs-judge check."""
+    from search_only import trials_to_within
+
     latest: dict[tuple, dict] = {}
     for r in records:  # a later record of a study supersedes an earlier one
         latest[(r["size"], r["target"], r["seed"], r["prior"])] = r
@@ -191,10 +185,10 @@ def summary(records: list[dict], trials: int) -> str:
         ref = max(final(scores[p]) for p in PRIORS)
         cells = []
         for p in PRIORS:
-            k = censor(first_within(scores[p], ref, 0.01))
+            k = censor(trials_to_within(scores[p], ref, 0.01))
             cells.append(f"{k if k <= trials else f'>{trials}'} ({final(scores[p]):.3f})")
             for t in TOLERANCES:
-                handed[t][p].setdefault(size, []).append(censor(first_within(scores[p], ref, t)))
+                handed[t][p].setdefault(size, []).append(censor(trials_to_within(scores[p], ref, t)))
             for k_gap in (1, 3, 5, 10, 20):
                 s = scores[p][k_gap - 1] if k_gap <= len(scores[p]) else None
                 gaps[p].setdefault(k_gap, []).append(ref - (s if s is not None else 0.0))
@@ -204,7 +198,7 @@ def summary(records: list[dict], trials: int) -> str:
             best = max(v for p in PRIORS for v in every[p] if v is not None)
             for t in TOLERANCES:
                 for p in PRIORS:
-                    tried[t][p].setdefault(size, []).append(censor(first_within(every[p], best, t)))
+                    tried[t][p].setdefault(size, []).append(censor(trials_to_within(every[p], best, t)))
 
     def table(title: str, counts: dict) -> list[str]:
         sizes = sorted({s for p in PRIORS for s in counts[TOLERANCES[0]][p]})

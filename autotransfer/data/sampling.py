@@ -93,12 +93,11 @@ def stratified_subsample(ds: ImageDataset, n: int, seed: int = 0) -> ImageDatase
     Unlabelled datasets get a plain seeded random subset. Indices keep dataset order
     (``subsample_indices``).
     """
-    chosen = subsample_indices(ds, n, seed)
-    total = len(ds)
-    if int(n) >= total:  # everything: share the images (and the fingerprint), copy the rest
+    chosen = subsample_indices(ds, n, seed)  # checks n
+    if len(chosen) == len(ds):  # everything: share the images (and the fingerprint), copy the rest
         notes = list(ds.notes)
-        if n > total:
-            notes.append(f"requested {n}, capped at {total} (all the dataset has)")
+        if n > len(ds):
+            notes.append(f"requested {n}, capped at {len(ds)} (all the dataset has)")
         labels = None if ds.labels is None else np.array(ds.labels)
         images = list(ds.images) if isinstance(ds.images, list) else ds.images
         return dataclasses.replace(ds, images=images, labels=labels, notes=notes)

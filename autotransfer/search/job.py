@@ -516,9 +516,9 @@ def tune(
         val_images=len(prepared.val),
         test_images=len(prepared.test),
     )
-    if len(prepared.val) < SMALL_VALIDATION:
+    if result.val_images < SMALL_VALIDATION:
         result.notes.append(
-            f"the validation split holds {len(prepared.val)} images (one image is {100 / len(prepared.val):.1f} points): "
+            f"the validation split holds {result.val_images} images (one image is {100 / result.val_images:.1f} points): "
             "trials closer than that are tied within noise, and the best trial's validation score is optimistic"
         )
     if best is None:
