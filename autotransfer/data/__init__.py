@@ -2,7 +2,7 @@
 from autotransfer.data.builtin import BuiltinInfo, list_builtins
 from autotransfer.data.cache import to_array
 from autotransfer.data.sampling import DataSplits, stratified_split, stratified_subsample
-from autotransfer.data.sources import load_dataset, parse_class_selector
+from autotransfer.data.sources import load_dataset, parse_class_selector, skipped_summary
 from autotransfer.data.types import ImageDataset
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "list_builtins",
     "load_dataset",
     "parse_class_selector",
+    "skipped_summary",
     "stratified_split",
     "stratified_subsample",
     "to_array",

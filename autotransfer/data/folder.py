@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from autotransfer.data.decode import decode_bytes
 from autotransfer.errors import UserError
 from autotransfer.paths import cache_dir
 
-__all__ = ["RawImages", "load_folder", "load_manifest", "decode_files"]
+__all__ = ["RawImages", "load_folder", "load_manifest", "decode_files", "SKIP_REASONS"]
 
 # Files that are never images and not worth reporting as skipped.
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "icon\r"}
@@ -22,15 +23,31 @@ _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "icon\r"}
 _DECODE_CACHE_MAX_BYTES = 4 << 30
 
 
+#: Why a file was left out, as recorded in ``RawImages.skipped_files`` (reason -> plural phrase).
+SKIP_REASONS = {
+    "unreadable": "unreadable or not images",
+    "missing": "missing (listed but not found)",
+    "link-outside": "links leading out of the dataset folder",
+    "link-loop": "links looping back to a folder that holds them",
+    "link-duplicate": "links to files or folders already counted",
+    "link-broken": "broken links",
+}
+
+
 @dataclass
 class RawImages:
-    """What a file source found: decoded images, labels, class names and skip counts."""
+    """What a file source found: decoded images, labels, class names and what was skipped.
+
+    ``skipped_files`` lists ``(path, reason)`` pairs (paths relative to the dataset folder,
+    reasons keys of ``SKIP_REASONS``); ``skipped`` is its length.
+    """
 
     images: list[np.ndarray]
     labels: np.ndarray | None
     classes: list[str]
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _visible(path: Path) -> bool:
@@ -39,17 +56,102 @@ def _visible(path: Path) -> bool:
     )
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every visible file below ``folder`` (recursively), in sorted order."""
-    found: list[Path] = []
-    for entry in sorted(folder.iterdir()):
-        if not _visible(entry):
-            continue
-        if entry.is_dir():
-            found.extend(_files_under(entry))
-        elif entry.is_file():
-            found.append(entry)
-    return found
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether the resolved ``path`` is ``folder`` or lies below it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+class _Walker:
+    """Lists a folder's files the way ``load_folder`` counts them, symbolic links included.
+
+    A link is followed only when its target stays inside the dataset folder (any target with
+    ``allow_outside``), is not a folder that holds the link (a loop), and is not a file or
+    folder counted already; every link left out is recorded in ``skipped`` with its reason.
+    Each file (by resolved path) is counted once; a real file wins over a link to it.
+    """
+
+    def __init__(self, root: Path, *, allow_outside: bool = False) -> None:
+        self.root = root
+        self.real_root = root.resolve()
+        self.allow_outside = allow_outside
+        self.skipped: list[tuple[str, str]] = []
+        self.real_files: set[Path] = set()
+        self.real_dirs: set[Path] = set()
+        self._index_real(self.real_root)
+        self.taken: set[Path] = set()
+        self.entered: set[Path] = set()
+
+    def _index_real(self, folder: Path) -> None:
+        """Files and folders reachable from the root without following any link."""
+        self.real_dirs.add(folder)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.is_symlink() or not _visible(Path(entry.name)):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                self._index_real(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                self.real_files.add(Path(entry.path))
+
+    def _skip(self, path: Path, reason: str) -> None:
+        try:
+            name = str(path.relative_to(self.root))
+        except ValueError:
+            name = str(path)
+        self.skipped.append((name, reason))
+
+    def target(self, entry: Path, chain: tuple[Path, ...]) -> Path | None:
+        """The resolved target of ``entry`` when it may be followed, else ``None`` (recorded);
+        ``chain`` holds the resolved folders above ``entry`` (the root first)."""
+        if not entry.is_symlink():
+            return chain[-1] / entry.name
+        try:
+            target = entry.resolve(strict=True)
+        except (OSError, RuntimeError):  # dangling, or a loop of links
+            self._skip(entry, "link-broken")
+            return None
+        if not self.allow_outside and not _inside(target, self.real_root):
+            self._skip(entry, "link-outside")
+            return None
+        if target.is_dir():
+            if target in chain or any(_inside(c, target) for c in chain):
+                self._skip(entry, "link-loop")
+                return None
+            if target in self.real_dirs or target in self.entered:
+                self._skip(entry, "link-duplicate")
+                return None
+        elif target in self.real_files or target in self.taken:
+            self._skip(entry, "link-duplicate")
+            return None
+        return target
+
+    def files_under(self, folder: Path, resolved: Path, chain: tuple[Path, ...]) -> list[Path]:
+        """Every visible file below ``folder`` (recursively, sorted); ``resolved`` is its real
+        path and ``chain`` holds the resolved folders above it (the root first). A file reached
+        twice counts under the first path that reached it."""
+        self.entered.add(resolved)
+        chain = chain + (resolved,)
+        found: list[Path] = []
+        for entry in sorted(folder.iterdir()):
+            if not _visible(entry):
+                continue
+            linked = entry.is_symlink()
+            target = self.target(entry, chain)
+            if target is None:
+                continue
+            if target.is_dir():
+                found.extend(self.files_under(entry, target, chain))
+            elif target.is_file():
+                if target in self.taken:  # reached twice without a link (only outside the root)
+                    self._skip(entry, "link-duplicate")
+                    continue
+                if linked or not _inside(target, self.real_root):
+                    self.taken.add(target)
+                found.append(entry)
+        return found
 
 
 class _DecodeCache:
@@ -161,44 +263,77 @@ def decode_files(
     return results
 
 
-def _skip_note(where: Path, bad_files: list[Path]) -> str:
-    names = ", ".join(p.name for p in bad_files[:3]) + (", ..." if len(bad_files) > 3 else "")
-    return (
-        f"skipped {len(bad_files)} unreadable or non-image file(s) under {where}: {names}"
-    )
+def _relative(path: Path, where: Path) -> str:
+    try:
+        return str(path.relative_to(where))
+    except ValueError:
+        return str(path)
 
 
-def load_folder(root: Path, *, require_labels: bool = True, cache: bool = True) -> RawImages:
+def _skip_note(where: str, skipped: list[tuple[str, str]], shown: int = 3) -> str:
+    """One line: how many files were left out (``where``: "under ROOT", "listed in CSV"),
+    why, and the first few names of each kind."""
+    parts = []
+    for reason, phrase in SKIP_REASONS.items():
+        names = [name for name, why in skipped if why == reason]
+        if names:
+            listed = ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+            parts.append(f"{len(names)} {phrase} ({listed})")
+    return f"skipped {len(skipped)} file(s) {where}: " + "; ".join(parts)
+
+
+def load_folder(
+    root: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False
+) -> RawImages:
     """An ImageFolder tree (``root/CLASS/...image``), or with ``require_labels=False`` a
-    folder of images without class sub-folders."""
-    entries = [e for e in sorted(root.iterdir()) if _visible(e)]
-    if not entries:
+    folder of images without class sub-folders.
+
+    Symbolic links are followed only inside ``root`` (anywhere with ``allow_outside``),
+    never into a loop, and each file is counted once; links left out, and unreadable files,
+    are listed in ``skipped_files`` and summed up in a note.
+    """
+    walker = _Walker(root, allow_outside=allow_outside)
+    chain = (walker.real_root,)
+    entries = []
+    for entry in sorted(root.iterdir()):
+        if _visible(entry):
+            target = walker.target(entry, chain)
+            if target is not None:
+                entries.append((entry, target))
+                if target.is_dir():  # class folders come before links into them from elsewhere
+                    walker.entered.add(target)
+                    if entry.is_symlink():
+                        walker._index_real(target)
+    if not entries and not walker.skipped:
         raise UserError(
             f"dataset folder {root} is empty; put one sub-folder of images per class in it"
         )
-    class_dirs = [e for e in entries if e.is_dir()]
-    loose = [e for e in entries if e.is_file()]
+    class_dirs = [(e, target) for e, target in entries if target.is_dir()]
+    loose = [e for e, target in entries if target.is_file()]
     notes: list[str] = []
     if not class_dirs:
         if require_labels:
             raise UserError(
                 f"dataset folder {root} has files but no class sub-folders; put each class's "
                 f"images in its own sub-folder ({root}/CLASS_NAME/image.png)"
+                + (f" ({_skip_note(f'under {root}', walker.skipped)})" if walker.skipped else "")
             )
         decoded = decode_files(loose, root, cache=cache)
-        bad = [p for p, a in zip(loose, decoded) if a is None]
+        skipped = walker.skipped + [
+            (_relative(p, root), "unreadable") for p, a in zip(loose, decoded) if a is None
+        ]
         images = [a for a in decoded if a is not None]
         if not images:
             raise UserError(f"dataset folder {root} holds no readable images; add image files")
-        if bad:
-            notes.append(_skip_note(root, bad))
-        return RawImages(images, None, [], len(bad), notes)
+        if skipped:
+            notes.append(_skip_note(f"under {root}", skipped))
+        return RawImages(images, None, [], len(skipped), notes, skipped)
 
     if loose:
         notes.append(
             f"ignored {len(loose)} file(s) directly inside {root} (only class sub-folders count)"
         )
-    per_class = [(d, _files_under(d)) for d in class_dirs]
+    per_class = [(d, walker.files_under(d, target, chain)) for d, target in class_dirs]
     for folder, files in per_class:
         if not files:
             raise UserError(
@@ -208,7 +343,7 @@ def load_folder(root: Path, *, require_labels: bool = True, cache: bool = True) 
     decoded = decode_files(all_files, root, cache=cache)
     images: list[np.ndarray] = []
     labels: list[int] = []
-    bad: list[Path] = []
+    skipped = list(walker.skipped)
     position = 0
     for label, (folder, files) in enumerate(per_class):
         found = 0
@@ -216,7 +351,7 @@ def load_folder(root: Path, *, require_labels: bool = True, cache: bool = True) 
             array = decoded[position]
             position += 1
             if array is None:
-                bad.append(path)
+                skipped.append((_relative(path, root), "unreadable"))
                 continue
             images.append(array)
             labels.append(label)
@@ -225,10 +360,12 @@ def load_folder(root: Path, *, require_labels: bool = True, cache: bool = True) 
             raise UserError(
                 f"class folder {folder} has no readable images; add images to it or remove it"
             )
-    if bad:
-        notes.append(_skip_note(root, bad))
-    classes = [d.name for d in class_dirs]
-    return RawImages(images, np.asarray(labels, dtype=np.int64), classes, len(bad), notes)
+    if skipped:
+        notes.append(_skip_note(f"under {root}", skipped))
+    classes = [d.name for d, _ in class_dirs]
+    return RawImages(
+        images, np.asarray(labels, dtype=np.int64), classes, len(skipped), notes, skipped
+    )
 
 
 def _class_sort_key(name: str) -> tuple[int, float, str]:
@@ -238,11 +375,38 @@ def _class_sort_key(name: str) -> tuple[int, float, str]:
         return (1, 0.0, name)
 
 
-def load_manifest(csv_path: Path, *, require_labels: bool = True, cache: bool = True) -> RawImages:
+def _manifest_path(
+    base: Path, rel: str, csv_path: Path, line: int, allow_outside: bool
+) -> Path:
+    """The file a manifest row names: relative to the manifest's folder, and (unless
+    ``allow_outside``) inside it once ``..`` and symbolic links are resolved."""
+    path = Path(rel)
+    if allow_outside:
+        return path if path.is_absolute() else base / path
+    hint = (
+        "manifest paths must be relative to the manifest's folder and stay inside it; "
+        "add ?allow_outside=1 to the dataset spec to read files elsewhere"
+    )
+    if path.is_absolute():
+        raise UserError(f"CSV manifest {csv_path} line {line} names the absolute path {rel!r}; {hint}")
+    full = base / path
+    if not _inside(full.resolve(), base.resolve()):
+        raise UserError(
+            f"CSV manifest {csv_path} line {line} names {rel!r}, which lies outside "
+            f"{base}; {hint}"
+        )
+    return full
+
+
+def load_manifest(
+    csv_path: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False
+) -> RawImages:
     """A CSV manifest with a ``path,label`` header; paths are relative to the CSV's folder.
 
+    Paths must stay inside the manifest's folder (no absolute paths, no ``..`` or link that
+    leads out of it) unless ``allow_outside``; a row that breaks the rule is a ``UserError``.
     Classes are the distinct labels, sorted (numerically when all are numbers). Rows whose
-    file is missing or unreadable are skipped and counted.
+    file is missing or unreadable are skipped, listed in ``skipped_files`` and noted.
     """
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
@@ -265,12 +429,14 @@ def load_manifest(csv_path: Path, *, require_labels: bool = True, cache: bool = 
         )
     base = csv_path.parent
     paths: list[Path] = []
+    rels: list[str] = []
     names: list[str] = []
     for line, row in enumerate(rows, start=2):
         rel = (row.get(lower["path"]) or "").strip()
         if not rel:
             raise UserError(f"CSV manifest {csv_path} line {line} has an empty path")
-        paths.append((base / rel) if not Path(rel).is_absolute() else Path(rel))
+        paths.append(_manifest_path(base, rel, csv_path, line, allow_outside))
+        rels.append(rel)
         if has_labels:
             label = (row.get(lower["label"]) or "").strip()
             if not label:
@@ -280,13 +446,20 @@ def load_manifest(csv_path: Path, *, require_labels: bool = True, cache: bool = 
             names.append(label)
     decoded = decode_files(paths, csv_path, cache=cache)
     keep = [i for i, a in enumerate(decoded) if a is not None]
-    bad = [paths[i] for i, a in enumerate(decoded) if a is None]
+    skipped = [
+        (rels[i], "unreadable" if paths[i].is_file() else "missing")
+        for i, a in enumerate(decoded)
+        if a is None
+    ]
     if not keep:
-        raise UserError(f"CSV manifest {csv_path} lists no readable images; check its paths")
-    notes = [_skip_note(csv_path.parent, bad)] if bad else []
+        raise UserError(
+            f"CSV manifest {csv_path} lists no readable images; check its paths"
+            + (f" ({_skip_note(f'listed in {csv_path}', skipped)})" if skipped else "")
+        )
+    notes = [_skip_note(f"listed in {csv_path}", skipped)] if skipped else []
     images = [decoded[i] for i in keep]
     if not has_labels:
-        return RawImages(images, None, [], len(bad), notes)
+        return RawImages(images, None, [], len(skipped), notes, skipped)
     classes = sorted(set(names), key=_class_sort_key)
     index = {name: i for i, name in enumerate(classes)}
     labels = np.asarray([index[names[i]] for i in keep], dtype=np.int64)
@@ -296,4 +469,4 @@ def load_manifest(csv_path: Path, *, require_labels: bool = True, cache: bool = 
             f"CSV manifest {csv_path}: class {missing[0]!r} has no readable images; "
             "fix its paths or remove its rows"
         )
-    return RawImages(images, labels, classes, len(bad), notes)
+    return RawImages(images, labels, classes, len(skipped), notes, skipped)

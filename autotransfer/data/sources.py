@@ -16,10 +16,11 @@ from autotransfer.data.sampling import stratified_subsample
 from autotransfer.data.types import ImageDataset
 from autotransfer.errors import UserError
 
-__all__ = ["load_dataset", "parse_class_selector", "split_spec"]
+__all__ = ["load_dataset", "parse_class_selector", "split_spec", "skipped_summary"]
 
 _QUERY = re.compile(r"^[a-z_]+=[^&=]*(&[a-z_]+=[^&=]*)*$")
-_KNOWN_KEYS = ("classes", "split", "n", "seed")
+_KNOWN_KEYS = ("classes", "split", "n", "seed", "allow_outside")
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
 _SPEC_HELP = "use folder:PATH (one sub-folder per class), a CSV manifest path, or builtin:NAME"
 
 
@@ -130,6 +131,8 @@ def _builtin_selection(
 
 def _load_builtin(name: str, options: dict[str, str], spec: str) -> ImageDataset:
     entry = resolve_builtin(name)
+    if "allow_outside" in options:
+        raise UserError(f"?allow_outside= only applies to folders and CSV manifests, not to {spec}")
     rows = None
     if "split" in options:
         known = {split: (start, stop) for split, start, stop in entry.splits}
@@ -163,6 +166,13 @@ def _stack_if_uniform(images: list[np.ndarray]) -> np.ndarray | list[np.ndarray]
     return images
 
 
+def _flag(options: dict[str, str], key: str, spec: str) -> bool:
+    value = options.get(key, "0").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise UserError(f"option {key}={options[key]!r} in dataset spec {spec!r} must be 1 or 0")
+    return value in _TRUE
+
+
 def _load_path(raw_path: str, options: dict[str, str], spec: str, *, require_labels: bool,
                cache: bool) -> ImageDataset:
     if not raw_path.strip():
@@ -173,14 +183,17 @@ def _load_path(raw_path: str, options: dict[str, str], spec: str, *, require_lab
             f"dataset path {path} does not exist; {_SPEC_HELP} "
             f"(built-ins: {', '.join(builtin_names())})"
         )
+    outside = _flag(options, "allow_outside", spec)
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise UserError(
                 f"dataset path {path} is a file, not a folder or a .csv manifest; {_SPEC_HELP}"
             )
-        raw: RawImages = load_manifest(path, require_labels=require_labels, cache=cache)
+        raw: RawImages = load_manifest(
+            path, require_labels=require_labels, cache=cache, allow_outside=outside
+        )
     elif path.is_dir():
-        raw = load_folder(path, require_labels=require_labels, cache=cache)
+        raw = load_folder(path, require_labels=require_labels, cache=cache, allow_outside=outside)
     else:
         raise UserError(f"dataset path {path} is neither a folder nor a file; {_SPEC_HELP}")
     if "split" in options:
@@ -202,6 +215,7 @@ def _load_path(raw_path: str, options: dict[str, str], spec: str, *, require_lab
         flip=True,
         notes=list(raw.notes),
         skipped=raw.skipped,
+        skipped_files=list(raw.skipped_files),
     )
 
 
@@ -226,10 +240,13 @@ def load_dataset(spec: str, *, require_labels: bool = True, cache: bool = True) 
     ``require_labels=False``, or a CSV manifest with a ``path,label`` header). Options
     after ``?``: ``split=train`` picks a built-in's official split (fashion-mnist: train,
     test); ``classes=5-9`` / ``classes=0,2,4-6`` / ``classes=cat,dog`` keeps those classes,
-    re-indexed 0..k-1; ``n=500&seed=0`` takes a stratified subsample.
+    re-indexed 0..k-1; ``n=500&seed=0`` takes a stratified subsample; ``allow_outside=1``
+    lets a folder's symbolic links, or a CSV manifest's paths, lead out of the folder (of the
+    manifest's folder); without it such links are skipped and such rows refused.
 
-    Images come back as RGB uint8; corrupt or non-image files are skipped and counted in
-    ``skipped``. With ``cache``, decoded folder images are kept on disk keyed by content.
+    Images come back as RGB uint8; corrupt or non-image files, missing manifest rows and
+    links left out are skipped, counted in ``skipped`` and listed in ``skipped_files``
+    (``skipped_summary`` gives a JSON-able digest). With ``cache``, decoded folder images are kept on disk keyed by content.
     Raises :class:`UserError` naming the bad path or value.
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -253,3 +270,22 @@ def load_dataset(spec: str, *, require_labels: bool = True, cache: bool = True) 
         ds = stratified_subsample(ds, _int_option(options, "n", spec, 1), seed=seed)
         ds.spec = spec
     return ds
+
+
+def skipped_summary(ds: ImageDataset, first: int = 5) -> dict[str, object]:
+    """A JSON-able digest of what loading ``ds`` left out.
+
+    Returns ``{"count": int, "first": [path, ...], "reasons": {reason: count}}``: the number of
+    skipped files, the first ``first`` of their paths (relative to the dataset folder or
+    manifest), and a count per reason (``autotransfer.data.folder.SKIP_REASONS``); a count of 0
+    with empty parts when nothing was skipped.
+    """
+    reasons: dict[str, int] = {}
+    for _, reason in ds.skipped_files:
+        reasons[reason] = reasons.get(reason, 0) + 1
+    count = max(int(ds.skipped), len(ds.skipped_files))
+    return {
+        "count": count,
+        "first": [path for path, _ in ds.skipped_files[:first]],
+        "reasons": reasons,
+    }

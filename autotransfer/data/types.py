@@ -20,7 +20,10 @@ class ImageDataset:
         classes: class names, index ``i`` names label ``i``.
         flip: whether horizontal flips are a valid augmentation (False for digits, text).
         notes: human-readable notes gathered while loading (capping, skipped files...).
-        skipped: how many corrupt or non-image files were skipped.
+        skipped: how many files were skipped (corrupt or non-image files, missing manifest
+            rows, symbolic links out of the folder, into a loop or to a file counted already).
+        skipped_files: ``(path, reason)`` of each skipped file (``len == skipped`` for folder
+            and CSV sources); see ``autotransfer.data.skipped_summary``.
     """
 
     spec: str
@@ -30,6 +33,7 @@ class ImageDataset:
     flip: bool = True
     notes: list[str] = field(default_factory=list)
     skipped: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -64,6 +68,7 @@ class ImageDataset:
             flip=self.flip,
             notes=list(self.notes),
             skipped=self.skipped,
+            skipped_files=list(self.skipped_files),
         )
 
     def class_counts(self) -> np.ndarray:
