@@ -188,7 +188,8 @@ def tune_cmd(
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (default) or adamw"),
     prior: Optional[str] = typer.Option(None, "--prior", help="surface:PATH (default when studies/surface.json has points for the model), quadrant or none"),
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="enqueue the top protocols of an earlier study"),
-    prune: bool = typer.Option(True, "--prune/--no-prune", help="successive-halving pruning"),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="noise-aware successive-halving pruning of sampled trials"),
+    pick: Optional[str] = typer.Option(None, "--pick", help="cv (default: cross-validate the top 3 protocols on train+val) or val (best validation trial)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     workers: int = typer.Option(
@@ -207,15 +208,19 @@ def tune_cmd(
       autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
     """
+    from autotransfer.paths import safe_name
     from autotransfer.search import demo
     from autotransfer.search.progress import NullUI, RichUI
+
+    if study is not None:
+        safe_name(study)  # refused before any work: the name becomes a folder and a file
     from autotransfer.search.settings import StudySettings
     from autotransfer.search.job import tune
 
     base = demo.DEFAULT_SETTINGS if target is None else StudySettings(target=target)
     overrides = {
         "model": model, "trials": trials, "n": n, "resolution": resolution, "batch_size": batch_size,
-        "steps": steps, "optimizer": optimizer, "prior": prior, "device": device, "seed": seed,
+        "steps": steps, "optimizer": optimizer, "prior": prior, "device": device, "seed": seed, "pick": pick,
     }
     values = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "prune": prune}
     if target is None and not prune:
@@ -224,8 +229,6 @@ def tune_cmd(
 
     from autotransfer.surface import active_store, surface_for_prior
 
-    if not (settings.prior in ("quadrant", "none") or settings.prior.startswith("surface:")):
-        raise UserError(f"--prior must be quadrant, none or surface:PATH, but got {settings.prior!r}")
     surface_path = surface_for_prior(prior, settings.model)
     if prior is None and surface_path is not None:
         settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{surface_path}"})
@@ -241,7 +244,11 @@ def tune_cmd(
         workers=workers,
     )
     if fmt is OutputFormat.json:
-        _print_json(result.to_dict())
+        from autotransfer.search.storage import masked_url
+
+        payload = result.to_dict()
+        payload["storage"] = masked_url(str(payload.get("storage") or ""))
+        _print_json(payload)
         return
     from autotransfer.report.summary import summary_table
 
@@ -325,6 +332,8 @@ def train_cmd(
         f"test {metrics['metric']} = [bold]{metrics['test_score']:.4f}[/bold]"
         f" (at export: {metrics['exported_test_score']}); wrote {output}/model.safetensors and metrics.json"
     )
+    for warning in metrics.get("warnings", []):
+        err_console.print(f"[bold red]WARNING:[/bold red] {warning}", highlight=False, soft_wrap=True)
 
 
 @app.command("surface")
@@ -468,12 +477,10 @@ def main() -> None:
     # SIGTERM stops like Ctrl-C: Optuna marks the running trial FAIL, completed trials stay.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        rc = app(standalone_mode=False)
-        if isinstance(rc, int) and rc != 0:
-            # typer turns Ctrl-C into a returned 130 when not standalone
-            if rc == 130:
-                err_console.print("interrupted: everything already recorded is kept.")
-            sys.exit(rc)
+        # standalone: typer (which bundles its own click, so `click.ClickException` would miss
+        # them) prints usage errors (unknown option, missing argument, bad value) and exits 2,
+        # and turns Ctrl-C into exit 130; our own errors pass through to the handlers below
+        app(standalone_mode=True)
     except UserError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -482,16 +489,9 @@ def main() -> None:
         sys.exit(130)
     except (typer.Exit, SystemExit) as done:
         code = getattr(done, "exit_code", getattr(done, "code", 0))
+        if code == 130:
+            err_console.print("interrupted: everything already recorded is kept.")
         sys.exit(code)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(2)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def judge_study(record: dict, trials: int, scope: str, done: dict | None) -> dic
     import torch
 
     from autotransfer.backbones import create_backbone
-    from autotransfer.search.job import _batches, prepare_data
+    from autotransfer.search.prepared import split_batches as _batches, prepare_data
     from autotransfer.search.objective import train_config_for
     from autotransfer.search.study import read_settings, read_space, search_trials
     from autotransfer.train import PrefixCache, train_protocol

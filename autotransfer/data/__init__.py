@@ -1,7 +1,7 @@
 """Dataset sources (folder:, builtin:), sampling and splits, image cache, device batches."""
 from autotransfer.data.builtin import BuiltinInfo, list_builtins
 from autotransfer.data.cache import to_array
-from autotransfer.data.sampling import DataSplits, stratified_split, stratified_subsample
+from autotransfer.data.sampling import DataSplits, stratified_split, stratified_subsample, unseen_subset
 from autotransfer.data.sources import load_dataset, parse_class_selector, skipped_summary
 from autotransfer.data.types import ImageDataset
 
@@ -16,6 +16,7 @@ __all__ = [
     "skipped_summary",
     "stratified_split",
     "stratified_subsample",
+    "unseen_subset",
     "to_array",
 ]
 

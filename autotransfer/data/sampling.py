@@ -9,7 +9,7 @@ import numpy as np
 from autotransfer.data.types import ImageDataset
 from autotransfer.errors import UserError
 
-__all__ = ["DataSplits", "stratified_subsample", "subsample_indices", "stratified_split", "allocate"]
+__all__ = ["DataSplits", "stratified_subsample", "unseen_subset", "subsample_indices", "stratified_split", "allocate"]
 
 
 class DataSplits(NamedTuple):
@@ -83,6 +83,15 @@ def subsample_indices(ds: ImageDataset, n: int, seed: int = 0) -> np.ndarray:
             members = np.flatnonzero(labels == label)
             parts.append(rng.choice(members, size=int(take), replace=False))
     return np.sort(np.concatenate(parts))
+
+
+def unseen_subset(ds: ImageDataset, n: int, seed: int, *, limit: int = 1000, judge_seed: int = 12345) -> ImageDataset:
+    """Up to ``limit`` images of ``ds`` outside the study's subsample ``stratified_subsample(ds, n, seed)``
+    (stratified, drawn with ``judge_seed``): a judge set that no trial trained or validated on."""
+    unseen = np.setdiff1d(np.arange(len(ds)), subsample_indices(ds, n, seed))
+    if len(unseen) == 0:
+        raise UserError(f"{ds.spec}: N = {n} leaves no image outside the subsample to judge on")
+    return stratified_subsample(ds.subset(unseen), min(limit, len(unseen)), seed=judge_seed)
 
 
 def stratified_subsample(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from autotransfer.search.storage import masked_url
 from autotransfer.train.metrics import score_interval
 
-__all__ = ["summary_table"]
+__all__ = ["summary_table", "skipped_text"]
 
 
 def _fmt(value: float | None, n: int | None = None) -> str:
@@ -16,6 +17,17 @@ def _fmt(value: float | None, n: int | None = None) -> str:
         return f"{value:.4f}"
     low, high = score_interval(value, n)
     return f"{value:.4f} ({n} images; 95% interval {low:.2f}–{high:.2f})"
+
+
+def skipped_text(skipped: dict | None) -> str | None:
+    """``"6 (a/empty.png, a/text.png, ...): 6 unreadable"`` from a ``skipped_summary`` dict, or
+    ``None`` when nothing was skipped."""
+    if not skipped or not skipped.get("count"):
+        return None
+    first = list(skipped.get("first") or [])
+    names = ", ".join(first[:3]) + (", ..." if skipped["count"] > 3 else "")
+    reasons = ", ".join(f"{n} {reason}" for reason, n in (skipped.get("reasons") or {}).items())
+    return f"{skipped['count']} ({names})" + (f": {reasons}" if reasons else "")
 
 
 def summary_table(result) -> Table:
@@ -35,15 +47,19 @@ def summary_table(result) -> Table:
         table.add_row("  head lr ×, layer decay", f"{p.head_lr_mult:.3g}, {p.layer_decay:.3g}")
         table.add_row("  weight decay, L2-SP, BN", f"{p.weight_decay:.2g}, {p.l2sp:.3g}, {p.bn_mode}")
     table.add_row(f"validation {metric}", _fmt(result.val_score, result.val_images))
-    table.add_row(f"test {metric} (retrained on train+val)", _fmt(result.test_score, result.test_images))
+    trained_on = getattr(result, "trained_on", None) or "train+val"
+    table.add_row(f"test {metric} (trained on {trained_on})", _fmt(result.test_score, result.test_images))
     table.add_row("control: from scratch (best of 3)", _fmt(result.controls.get("scratch")))
     table.add_row("control: linear probe (best of 2)", _fmt(result.controls.get("probe")))
     table.add_row(
         "negative transfer",
         "[red]YES: from scratch beats every transfer protocol[/red]" if result.negative_transfer else "no",
     )
+    skipped = skipped_text((result.profile or {}).get("skipped"))
+    if skipped:
+        table.add_row("[yellow]skipped files[/yellow]", skipped)
     table.add_row("search trials", str(result.n_search_trials))
-    table.add_row("study", f"{result.study_name} in {result.storage}")
+    table.add_row("study", f"{result.study_name} in {masked_url(result.storage)}")
     table.add_row("exported config", str(result.export_path or "—"))
     table.add_row("fine-tuned model", str(result.model_path or "—"))
     for note in result.notes:

@@ -1,11 +1,11 @@
 """The main job: estimate → prior → controls + search → retrain the best → test → export."""
 from __future__ import annotations
 
+import gc
 import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,9 +14,13 @@ import optuna
 import torch
 
 from autotransfer.errors import UserError
+from autotransfer.paths import safe_name
+from autotransfer.search.final import retrain_and_test, train_final
+from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
+from autotransfer.search.prepared import PreparedData, prepare_data, split_batches
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.search.settings import StudySettings
-from autotransfer.search.storage import open_storage, storage_location
+from autotransfer.search.storage import masked_url, open_storage, storage_location
 from autotransfer.search.study import (
     ATTR,
     CONTROL_ATTR,
@@ -27,8 +31,7 @@ from autotransfer.search.study import (
     control_trials,
     create_study,
     load_study,
-    make_pruner,
-    make_sampler,
+    open_study,
     read_settings,
     read_space,
     search_trials,
@@ -46,34 +49,9 @@ __all__ = [
     "join_study",
     "retrain_and_test",
     "control_scores",
+    "validation_counts",
+    "surface_evidence_shortfall",
 ]
-
-
-@dataclass
-class PreparedData:
-    """A study's data: the seeded subsample, its splits, and device-resident batch sources."""
-
-    dataset: Any
-    train: Any
-    val: Any
-    test: Any
-    fingerprint: str
-    device: torch.device
-    batches: dict[str, Any] = field(default_factory=dict)
-
-    @cached_property
-    def trainval(self) -> Any:
-        """Train and validation images together: all the labels a study may look at (never test)."""
-        a, b = self.train, self.val
-        same_shape = isinstance(a.images, np.ndarray) and isinstance(b.images, np.ndarray) and a.images.shape[1:] == b.images.shape[1:]
-        return type(a)(
-            spec=self.dataset.spec + "#trainval",
-            images=np.concatenate([a.images, b.images]) if same_shape else [*a.images, *b.images],
-            labels=np.concatenate([a.labels, b.labels]),
-            classes=list(a.classes),
-            flip=a.flip,
-            notes=list(self.dataset.notes),
-        )
 
 
 def default_study_name(settings: StudySettings) -> str:
@@ -81,45 +59,6 @@ def default_study_name(settings: StudySettings) -> str:
     n = f"n{settings.n}" if settings.n else "all"
     raw = f"{settings.target.removeprefix('builtin:')}-{settings.model}-{n}-s{settings.seed}"
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw).strip("_")
-
-
-def prepare_data(settings: StudySettings, *, device: torch.device | None = None) -> PreparedData:
-    """Load the target, subsample (seeded, stratified), split, and put each split on the device."""
-    from autotransfer.data import load_dataset, stratified_split, stratified_subsample
-    from autotransfer.train import resolve_device
-
-    dataset = load_dataset(settings.target, require_labels=True)
-    if settings.n is not None:
-        dataset = stratified_subsample(dataset, settings.n, seed=settings.seed)
-    splits = stratified_split(dataset, val=settings.val_frac, test=settings.test_frac, seed=settings.seed)
-    return PreparedData(
-        dataset=dataset,
-        train=splits.train,
-        val=splits.val,
-        test=splits.test,
-        fingerprint=dataset.fingerprint,
-        device=device or resolve_device(settings.device),
-    )
-
-
-def _batches(prepared: PreparedData, which: str, settings: StudySettings, preprocessing) -> Any:
-    """``DeviceBatches`` for a split (``train``, ``val``, ``test`` or ``trainval``), built once."""
-    from autotransfer.data import to_array
-    from autotransfer.data.device import DeviceBatches
-
-    if which not in prepared.batches:
-        split = getattr(prepared, which)  # train, val, test or trainval
-        images, labels, flip = to_array(split, settings.resolution), split.labels, split.flip
-        prepared.batches[which] = DeviceBatches(
-            images,
-            labels,
-            device=prepared.device,
-            out_size=settings.resolution,
-            mean=preprocessing.mean,
-            std=preprocessing.std,
-            flip=flip,
-        )
-    return prepared.batches[which]
 
 
 def _fixed_protocols(prior, num_groups: int, *, mode: str) -> list[tuple[Protocol, dict[str, Any]]]:
@@ -224,6 +163,56 @@ def run_search(
 
 
 SMALL_VALIDATION = 100  # below this many validation images, tune says how coarse the scores are
+#: A study's optimum enters the surface (the next study's prior) only with this much evidence:
+#: at least 10 finished search trials (half the default budget: fewer and the "optimum" is one of
+#: the enqueued guesses) and 30 validation images (N = 200; below that one image is 4+ points, and
+#: the judged leave-one-target-out benchmark found no gain from the surface at N = 100, where the
+#: validation split holds 15 images; benchmarks/RESULTS.md).
+SURFACE_MIN_TRIALS = 10
+SURFACE_MIN_VAL_IMAGES = 30
+
+
+def surface_evidence_shortfall(search_trials: int, val_images: int) -> str | None:
+    """Why a study is too thin to enter the surface of optimal protocols, or ``None``."""
+    missing = []
+    if search_trials < SURFACE_MIN_TRIALS:
+        missing.append(f"{search_trials} finished search trials (needs {SURFACE_MIN_TRIALS})")
+    if val_images < SURFACE_MIN_VAL_IMAGES:
+        missing.append(f"{val_images} validation images (needs {SURFACE_MIN_VAL_IMAGES})")
+    return ("too little evidence: " + " and ".join(missing)) if missing else None
+
+
+def describe_prior(spec: str, prior: dict[str, Any] | None) -> str:
+    """One line: which prior the study searches around, and from which file."""
+    if spec == "none" or prior is None:
+        return "prior: none (uniform start-up draws over the wide ranges; nothing enqueued)"
+    if spec.startswith("surface:"):
+        return f"prior: the surface of optimal protocols in {spec[len('surface:'):]!r} ({prior.get('quadrant', '')})"
+    return f"prior: the quadrant rules ({prior.get('quadrant', '')}; survey arXiv 2205.09904)"
+
+
+def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
+    """One line: the pick rule, the chosen protocol's score with its uncertainty, and the cost."""
+    from autotransfer.train import score_interval
+
+    if pick is None or pick.chosen is None:
+        return "pick: the best validation trial (rule 'val'; no re-score)"
+    c = pick.chosen
+    low, high = score_interval(min(max(c.oof_score, 0.0), 1.0), c.images)
+    return (
+        f"pick: trial {c.trial} by {len(c.fold_scores)}-fold cross-validation of the top {len(pick.candidates)}"
+        f" protocols on train+val: {c.oof_score:.3f} on {c.images} out-of-fold images (95% CI {low:.3f}-{high:.3f},"
+        f" fold spread ±{c.spread:.3f}); cost {pick.trainings} extra trainings of {pick.steps} steps"
+        f" ({pick.seconds:.0f} s)"
+    )
+
+
+def validation_counts(prepared: PreparedData) -> dict[str, int]:
+    """The validation split's size and its smallest class (the pruner's noise margin)."""
+    labels = np.asarray(prepared.val.labels)
+    counts = np.bincount(labels, minlength=len(prepared.dataset.classes)) if len(labels) else np.zeros(1, int)
+    return {"val_images": int(len(labels)), "val_min_class": int(counts.min())}
+
 
 
 @dataclass
@@ -248,6 +237,8 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
     val_images: int | None = None
     test_images: int | None = None
+    pick: dict[str, Any] | None = None
+    trained_on: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -261,6 +252,8 @@ class TuneResult:
             "test_score": self.test_score,
             "val_images": self.val_images,
             "test_images": self.test_images,
+            "pick": self.pick,
+            "trained_on": self.trained_on,
             "controls": self.controls,
             "negative_transfer": self.negative_transfer,
             "export": str(self.export_path) if self.export_path else None,
@@ -279,30 +272,6 @@ def control_scores(study: optuna.Study) -> dict[str, float | None]:
         if t.value is not None and (scores.get(kind) is None or t.value > scores[kind]):
             scores[kind] = float(t.value)
     return scores
-
-
-def retrain_and_test(
-    protocol: Protocol,
-    settings: StudySettings,
-    prepared: PreparedData,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-):
-    """Train ``protocol`` on train+val for the study's budget; score it on the held-out test split.
-
-    Returns ``(backbone, test_score, train_result)``.
-    """
-    from autotransfer.backbones import create_backbone
-    from autotransfer.search.objective import train_config_for
-    from autotransfer.train import train_protocol
-
-    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
-    config = train_config_for(protocol, settings, backbone.num_groups)
-    config = config.replace(eval_every=config.steps)
-    trainval = _batches(prepared, "trainval", settings, backbone.preprocessing)
-    test = _batches(prepared, "test", settings, backbone.preprocessing)
-    result = train_protocol(backbone, trainval, test, config, metric=settings.metric, progress=progress)
-    return backbone, float(result.final_score), result
 
 
 def build_runner(
@@ -324,8 +293,8 @@ def build_runner(
         settings=settings,
         space=read_space(study),
         make_backbone=make_backbone,
-        train=_batches(prepared, "train", settings, preprocessing),
-        val=_batches(prepared, "val", settings, preprocessing),
+        train=split_batches(prepared, "train", settings, preprocessing),
+        val=split_batches(prepared, "val", settings, preprocessing),
         prefix_cache=PrefixCache(),
         on_progress=ui.trial_progress,
         on_trial_start=ui.trial_start,
@@ -374,11 +343,7 @@ def join_study(
             f"worker refused for study {study_name!r}: dataset {settings.target!r} here has fingerprint"
             f" {prepared.fingerprint[:12]}, the study's is {settings.fingerprint[:12]}: give this machine the same data"
         )
-    sampler = make_sampler(settings.seed)
-    # each worker draws its own random start-up protocols: with the study's seed in every
-    # worker, all of them would propose the same parameters
-    sampler.reseed_rng()
-    study = load_study(study_name, store, sampler=sampler, pruner=make_pruner(settings))
+    study = open_study(study_name, store, settings, reseed=True)
     runner = build_runner(study, settings, prepared, ui=ui)
     ui.search_start(total=settings.trials, done=len(search_trials(study)))
     run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
@@ -437,6 +402,7 @@ def tune(
             metric=stored.metric,
             num_classes=stored.num_classes,
             n_train=len(prepared.train),
+            **validation_counts(prepared),
         )
         check_compatible(study, settings)
         # resume with the stored budget and options; only --trials may grow
@@ -458,6 +424,7 @@ def tune(
             metric=metric,
             num_classes=len(prepared.dataset.classes),
             n_train=len(prepared.train),
+            **validation_counts(prepared),
         )
         if settings.prior.startswith("surface:"):
             from autotransfer.surface import surface_prior_for_profile
@@ -477,12 +444,19 @@ def tune(
         profile_dict = profile.to_dict()
         prior_dict = prior.to_dict() if prior is not None else None
         study = create_study(
-            name, store, settings, profile=profile_dict, prior=prior_dict, space=space, enqueue=fixed
+            name,
+            store,
+            settings,
+            profile=profile_dict,
+            prior=prior_dict,
+            space=space,
+            enqueue=fixed,
+            spread=prior.spread if prior is not None else None,
         )
-        ui.note(f"created study {name!r} in {url}")
+        ui.note(f"created study {name!r} in {masked_url(url)}")
+    ui.note(describe_prior(settings.prior, prior_dict))
 
-    study = load_study(name, store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))
-    space = read_space(study)
+    study = open_study(name, store, settings)
 
     if workers > 1:
         from autotransfer.search.workers import run_local_workers
@@ -495,7 +469,22 @@ def tune(
         ui.search_start(total=settings.trials, done=len(search_trials(study)))
         run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
         ui.search_end()
+        del runner  # its prefix cache is not needed by the pick or the retrain
+        gc.collect()
 
+    def make_backbone():
+        return create_backbone(settings.model, num_classes=settings.num_classes)
+
+    if settings.pick == "cv":
+        ui.stage(f"picking: cross-validating the top {PICK_TOP} protocols on train+val")
+    pick = pick_protocol(
+        study,
+        settings,
+        prepared,
+        make_backbone,
+        progress=ui.trial_progress,
+        on_candidate=lambda i, k, number: ui.note(f"pick: candidate {i + 1} of {k} (trial {number})"),
+    )
     best = best_transfer_trial(study)
     controls = control_scores(study)
     result = TuneResult(
@@ -526,42 +515,57 @@ def tune(
         return result
     protocol = Protocol.from_dict(best.params)
     result.best_protocol, result.best_trial, result.val_score = protocol, best.number, float(best.value)
+    result.pick = pick.to_dict() if pick is not None else None
+    result.notes.append(describe_pick(pick, settings))
+    chosen = pick.chosen if pick is not None else None
+    expected, expected_images = (
+        (chosen.oof_score, chosen.images) if chosen is not None else (result.val_score, result.val_images or 1)
+    )
     result.integers = (int(best.user_attrs.get("freeze", 0)), int(best.user_attrs.get("reinit", 0)))
     scratch = controls.get("scratch")
     result.negative_transfer = scratch is not None and scratch > result.val_score
 
     final = study.user_attrs.get(ATTR["final"]) or {}
-    model_dir = Path(runs_dir) / name
+    model_dir = Path(runs_dir) / safe_name(name)
     model_path = model_dir / "model.safetensors"
     if final.get("trial") == best.number and model_path.exists():
         result.test_score = final.get("test_score")
         result.notes.append("the best protocol was already retrained and tested: kept that result")
     else:
         ui.stage(f"retraining trial {best.number} on train+val")
-        backbone, test_score, train_result = retrain_and_test(
-            protocol, settings, prepared, progress=ui.trial_progress
+        final_model = train_final(
+            protocol, settings, prepared, expected=expected, expected_images=expected_images, progress=ui.trial_progress
         )
+        test_score = final_model.test_score
         result.test_score = test_score
-        _save_model(backbone, model_path, settings, protocol, test_score)
+        result.notes.extend(final_model.notes)
+        _save_model(final_model.backbone, model_path, settings, protocol, test_score)
         study.set_user_attr(
             ATTR["final"],
             {
                 "trial": best.number,
                 "test_score": test_score,
                 "model": str(model_path),
-                "train_images_per_s": float(train_result.images_per_s),
+                "trained_on": final_model.trained_on,
+                "fit_score": final_model.fit_score,
+                "train_images_per_s": final_model.images_per_s,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
         )
+    result.trained_on = (study.user_attrs.get(ATTR["final"]) or {}).get("trained_on", "train+val")
     result.model_path = model_path
 
     from autotransfer.export import export_payload, write_export
 
-    result.export_path = write_export(export_payload(study), Path(export_dir) / f"{name}.yaml", "yaml")
+    result.export_path = write_export(export_payload(study), Path(export_dir) / f"{safe_name(name)}.yaml", "yaml")
     if surface_store:
         from autotransfer.surface import record_study
 
-        record_study(study, surface_store)
+        shortfall = surface_evidence_shortfall(result.n_search_trials, settings.val_images)
+        if shortfall:
+            result.notes.append(f"not recorded on the surface {str(surface_store)!r}: {shortfall}")
+        else:
+            record_study(study, surface_store)
     return result
 
 

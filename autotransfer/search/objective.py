@@ -15,7 +15,12 @@ from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.search.settings import StudySettings
 from autotransfer.search.study import CONTROL_ATTR, SOURCE_ATTR, VAL_LOSS_ATTR
 
-__all__ = ["TrialFailed", "TrialRunner", "train_config_for"]
+#: Trial attribute: the pruner's one-line account of why the trial was pruned.
+PRUNE_REASON_ATTR = "prune_reason"
+#: Trial attribute: the pruner's line at each rung the trial reached (kept or pruned).
+RUNGS_ATTR = "rungs"
+
+__all__ = ["TrialFailed", "TrialRunner", "train_config_for", "PRUNE_REASON_ATTR", "RUNGS_ATTR"]
 
 
 class TrialFailed(RuntimeError):
@@ -99,9 +104,20 @@ class TrialRunner:
         prune_enabled = self.settings.prune and control is None
         candidate = SOURCE_ATTR in trial.user_attrs
 
+        decisions: list[str] = []
+
         def report(step: int, value: float) -> bool:
             trial.report(value, step)
-            return prune_enabled and trial.should_prune() and not candidate
+            if not prune_enabled or candidate:
+                return False
+            prune = trial.should_prune()
+            line = _rung_line(trial)
+            if line:
+                decisions.append(line)
+                trial.set_user_attr(RUNGS_ATTR, decisions)
+            if prune:
+                trial.set_user_attr(PRUNE_REASON_ATTR, line or f"pruned by {type(trial.study.pruner).__name__} at step {step}")
+            return prune
 
         batch_size = self.settings.batch_size
         started = time.perf_counter()
@@ -154,6 +170,12 @@ class TrialRunner:
             trial.set_user_attr("fail_reason", f"non-finite score {value!r}")
             raise TrialFailed(f"non-finite score {value!r}")
         return value
+
+
+def _rung_line(trial: optuna.trial.Trial) -> str | None:
+    """The pruner's account of its last decision on ``trial`` (``NoiseAwarePruner``), if any."""
+    reasons = getattr(trial.study.pruner, "reasons", None)
+    return reasons.pop(trial.number, None) if isinstance(reasons, dict) else None
 
 
 def _release_memory() -> None:

@@ -7,11 +7,15 @@ from typing import Any
 
 from autotransfer.errors import UserError
 
-__all__ = ["StudySettings", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL"]
+__all__ = ["StudySettings", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL", "PICK_RULES"]
 
 #: The embedded default job: built-in data and built-in weights, ~5 minutes on 2 CPU cores.
 DEFAULT_TARGET = "builtin:animals"
 DEFAULT_MODEL = "efficientnet_lite0"
+#: How ``tune`` turns the study into the protocol it hands back (docs/design.md, "The pick"):
+#: ``cv`` re-scores the top trials by cross-validation on train+val; ``val`` takes the best
+#: validation score (the cheap rule, noisy on small validation splits).
+PICK_RULES = ("cv", "val")
 
 
 def default_steps(n_train: int, batch_size: int) -> int:
@@ -58,6 +62,9 @@ class StudySettings:
     metric: str = ""
     num_classes: int = 0
     n_train: int = 0
+    val_images: int = 0
+    val_min_class: int = 0
+    pick: str = "cv"
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n < 4:
@@ -70,11 +77,29 @@ class StudySettings:
             raise UserError(f"--trials must be >= 1, but got {self.trials!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise UserError(f"--optimizer must be sgd or adamw, but got {self.optimizer!r}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"--steps must be >= 1 (leave it out for the size-based default), but got {self.steps!r}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise UserError(f"eval_every must be >= 1, but got {self.eval_every!r}")
+        if self.pick not in PICK_RULES:
+            raise UserError(f"--pick must be one of {', '.join(PICK_RULES)}, but got {self.pick!r}")
+        if not (self.prior in ("quadrant", "none") or (self.prior.startswith("surface:") and len(self.prior) > 8)):
+            raise UserError(f"--prior must be quadrant, none or surface:PATH, but got {self.prior!r}")
         if not (0 < self.val_frac < 0.5 and 0 < self.test_frac < 0.5):
             raise UserError(f"val/test fractions must lie in (0, 0.5), but got {self.val_frac!r}, {self.test_frac!r}")
 
-    def resolved(self, *, fingerprint: str, metric: str, num_classes: int, n_train: int) -> "StudySettings":
-        """A copy with the data-dependent fields filled (budget defaulted from ``n_train``)."""
+    def resolved(
+        self,
+        *,
+        fingerprint: str,
+        metric: str,
+        num_classes: int,
+        n_train: int,
+        val_images: int = 0,
+        val_min_class: int = 0,
+    ) -> "StudySettings":
+        """A copy with the data-dependent fields filled (budget defaulted from ``n_train``;
+        ``val_images`` and ``val_min_class`` size the pruner's noise margin)."""
         steps = self.steps or default_steps(n_train, self.batch_size)
         eval_every = self.eval_every or max(1, steps // 6)
         return replace(
@@ -83,6 +108,8 @@ class StudySettings:
             metric=metric,
             num_classes=num_classes,
             n_train=n_train,
+            val_images=val_images,
+            val_min_class=val_min_class,
             steps=steps,
             eval_every=min(eval_every, steps),
         )

@@ -13,6 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotransfer.errors import UserError
 from autotransfer.search.protocol import Protocol, ProtocolSpace
+from autotransfer.search.pruning import NoiseAwarePruner, effective_images, rung_steps
+from autotransfer.search.sampler import PriorSampler, default_startup
 from autotransfer.search.settings import StudySettings
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "VAL_LOSS_ATTR",
     "make_sampler",
     "make_pruner",
+    "open_study",
+    "RUNG_FRACTIONS",
     "create_study",
     "load_study",
     "study_exists",
@@ -31,6 +35,8 @@ __all__ = [
     "search_trials",
     "control_trials",
     "best_transfer_trial",
+    "best_by_validation",
+    "transfer_trials",
     "rank_key",
     "package_versions",
     "FINISHED",
@@ -44,6 +50,8 @@ ATTR = {
     "space": "autotransfer.space",
     "versions": "autotransfer.versions",
     "final": "autotransfer.final",
+    "sampler": "autotransfer.sampler",
+    "pick": "autotransfer.pick",
 }
 #: Trial user attribute naming a control ("scratch" or "probe"); absent on search trials.
 CONTROL_ATTR = "control"
@@ -67,26 +75,53 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def make_sampler(seed: int, *, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
-    """Multivariate TPE, seeded; ``constant_liar`` keeps parallel workers apart."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            multivariate=True, seed=seed, n_startup_trials=n_startup_trials, constant_liar=True
-        )
+def make_sampler(seed: int, config: dict[str, Any] | None = None) -> PriorSampler:
+    """The study's sampler: prior-centred start-up draws, then multivariate TPE (``sampler.py``).
+
+    ``config`` is the study's ``sampler`` attribute (``startup``, ``centre``, ``spread``), written
+    when the study is created so that every worker draws around the same prior; ``None``: five
+    uniform start-up draws.
+    """
+    config = config or {}
+    return PriorSampler(
+        seed,
+        startup=int(config.get("startup", 5)),
+        centre=config.get("centre"),
+        spread=config.get("spread"),
+    )
+
+
+#: Where the pruner compares trials, as fractions of the budget (docs/design.md, "Pruning"): late
+#: enough that trained protocols have separated from chance and from the head's early speed.
+RUNG_FRACTIONS = (1 / 3, 2 / 3)
+#: The pruner's margin, in standard errors of the difference of two validation scores.
+PRUNE_Z = 1.0
 
 
 def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
-    """Successive halving with optimizer steps as the resource (``NopPruner`` with --no-prune).
+    """Noise-aware successive halving over steps (``pruning.py``; ``NopPruner`` with --no-prune).
 
-    DESIGN.md: with HyperbandPruner TPE only learns within a bracket and wants ~10 start-up
-    trials per bracket, so small budgets prefer SuccessiveHalvingPruner.
+    DESIGN: with HyperbandPruner TPE only learns within a bracket and wants ~10 start-up trials
+    per bracket, so small budgets prefer one successive-halving bracket.
     """
-    if not settings.prune:
+    if not settings.prune or not settings.steps:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=int(settings.eval_every or 1), reduction_factor=3, min_early_stopping_rate=0
-    )
+    eval_every = int(settings.eval_every or 1)
+    n_eff = effective_images(settings.val_images, settings.num_classes, settings.val_min_class, settings.metric)
+    return NoiseAwarePruner(rung_steps(int(settings.steps), eval_every, RUNG_FRACTIONS), n_eff, z=PRUNE_Z)
+
+
+def open_study(name: str, storage: optuna.storages.BaseStorage, settings: StudySettings, *, reseed: bool = False) -> optuna.Study:
+    """Load a study with the sampler and pruner its stored attributes ask for.
+
+    ``reseed``: a parallel worker draws its own start-up protocols (with the study's seed in
+    every worker, all of them would propose the same parameters).
+    """
+    study = load_study(name, storage)
+    sampler = make_sampler(settings.seed, read_attr(study, "sampler"))
+    if reseed:
+        sampler.reseed_rng()
+    return load_study(name, storage, sampler=sampler, pruner=make_pruner(settings))
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -116,15 +151,29 @@ def create_study(
     prior: dict[str, Any] | None,
     space: ProtocolSpace,
     enqueue: Iterable[tuple[Protocol, dict[str, Any]]] = (),
+    spread: dict[str, float] | None = None,
 ) -> optuna.Study:
-    """Create the study, store its provenance, and enqueue fixed protocols (once, at creation)."""
+    """Create the study, store its provenance, and enqueue fixed protocols (once, at creation).
+
+    The sampler's start-up draws centre on ``prior["centre"]`` with ``spread`` (``sampler.py``);
+    their number follows the search budget left after the enqueued non-control protocols.
+    """
+    enqueue = list(enqueue)
+    centre = (prior or {}).get("centre")
+    enqueued = sum(1 for _, attrs in enqueue if CONTROL_ATTR not in attrs)
+    sampler_config = {
+        "startup": default_startup(settings.trials, enqueued),
+        "centre": centre,
+        "spread": dict(spread or {}) if centre else {},
+    }
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         direction="maximize",
-        sampler=make_sampler(settings.seed),
+        sampler=make_sampler(settings.seed, sampler_config),
         pruner=make_pruner(settings),
     )
+    study.set_user_attr(ATTR["sampler"], json.loads(json.dumps(sampler_config, default=_jsonable)))
     study.set_user_attr(ATTR["settings"], settings.to_dict())
     study.set_user_attr(ATTR["space"], space.to_dict())
     study.set_user_attr(ATTR["versions"], package_versions())
@@ -193,15 +242,29 @@ def control_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_transfer_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial that transfers (from-scratch controls excluded)."""
-    candidates = [
+    """The trial the study hands back: its recorded pick (``pick.py``) once ``tune`` made one,
+    else the best COMPLETE transfer trial by validation (``best_by_validation``)."""
+    pick = study.user_attrs.get(ATTR["pick"]) or {}
+    number = pick.get("trial")
+    if number is not None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number == number:
+                return t
+    return best_by_validation(study)
+
+
+def best_by_validation(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial that transfers (from-scratch controls excluded), by ``rank_key``."""
+    return max(transfer_trials(study), key=rank_key, default=None)
+
+
+def transfer_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials with a score, from-scratch controls excluded: what a pick chooses from."""
+    return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get(CONTROL_ATTR) != "scratch" and t.value is not None
     ]
-    # equal scores are common on small validation sets: the lower validation loss wins, then
-    # the earlier trial
-    return max(candidates, key=rank_key, default=None)
 
 
 def rank_key(trial: FrozenTrial) -> tuple[float, float, int]:

@@ -14,7 +14,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from autotransfer.errors import UserError
-from autotransfer.prior.quadrant import WIDTHS, Prior, quadrant_prior
+from autotransfer.prior.quadrant import WIDTHS, Prior, exploring_space, quadrant_prior
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.surface.store import SurfacePoint, SurfaceStore, default_surface
 
@@ -461,12 +461,13 @@ def surface_prior(
     quadrant: str = "",
     neighbours: Sequence[SurfacePoint] = (),
 ) -> Prior:
-    """The prior from a surface prediction: centre = predicted protocol, ranges widened by the std.
+    """The prior from a surface prediction: centre = predicted protocol, spread widened by the std.
 
     ``neighbours`` (``SurfaceModel.neighbours``) become the prior's ``candidates``: their measured
     best protocols, tried right after the centre.
 
-    Each fitted parameter's half-width is ``max(WIDTHS[name], 2 * std)`` (the head multiplier in
+    The searched space is ``exploring_space`` (wide). Each fitted parameter's start-up spread is
+    ``max(WIDTHS[name], 2 * std)`` (the head multiplier in
     decades), with ``std`` the latent std (the fitted function's uncertainty, not the scatter of
     noisy per-study optima: see ``SurfaceModel``); the others keep the quadrant prior's
     ``WIDTHS``. The centre is clipped into ``bounds`` (default ``ProtocolSpace()``).
@@ -479,7 +480,7 @@ def surface_prior(
         name = _FIELD[param]
         widths[name] = max(WIDTHS[name], 2.0 * float(s))
     centre = bounds.clip(prediction.protocol)
-    space = ProtocolSpace.centred(centre, widths, bounds)
+    space = exploring_space(centre, bounds)
     f, r = centre.integers(num_groups)
     base = prediction.baseline if prediction.residual else None
     mode = (
@@ -493,7 +494,7 @@ def surface_prior(
         *(
             f"{param} = {_shown(centre, param):.3g}"
             + (f" (quadrant {base[param]:.3g}, residual {_shown(centre, param) - base[param]:+.3g})" if base is not None else "")
-            + f" ± {prediction.std[param]:.3g} (1 latent std); range half-width {widths[_FIELD[param]]:.3g}"
+            + f" ± {prediction.std[param]:.3g} (1 latent std); start-up spread {widths[_FIELD[param]]:.3g}"
             for param in prediction.std
         ),
         f"f = {f}, r = {r} of {num_groups} groups",
@@ -512,6 +513,7 @@ def surface_prior(
         num_groups=num_groups,
         kind="surface",
         candidates=[(f"surface:{p.study}", Protocol.from_dict(p.protocol)) for p in neighbours],
+        spread=widths,
     )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from autotransfer.train.config import TrainConfig, resolve_device
 from autotransfer.train.loop import DivergedError, TrainResult, lr_lambda, train_protocol
-from autotransfer.train.metrics import METRICS, evaluate, score
+from autotransfer.train.metrics import METRICS, evaluate, predict_labels, score, score_interval
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 
 __all__ = [
@@ -12,6 +12,8 @@ __all__ = [
     "DivergedError",
     "train_protocol",
     "evaluate",
+    "predict_labels",
+    "score_interval",
     "score",
     "METRICS",
     "PrefixCache",

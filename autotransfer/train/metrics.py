@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from autotransfer.errors import UserError
 
-__all__ = ["METRICS", "score", "score_interval", "check_metric", "evaluate", "predict_logits"]
+__all__ = ["METRICS", "score", "score_interval", "check_metric", "evaluate", "predict_logits", "predict_labels"]
 
 METRICS = ("accuracy", "balanced_accuracy")
 
@@ -103,6 +103,19 @@ def evaluate(
         channels_last: ``None`` = on.
     """
     check_metric(metric)
+    labels, predicted = predict_labels(backbone, batches, batch_size=batch_size, amp=amp, channels_last=channels_last)
+    return score(labels, predicted, metric)
+
+
+def predict_labels(
+    backbone,
+    batches,
+    *,
+    batch_size: int = 256,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels (N,), predicted classes (N,))`` of ``backbone.model`` (eval mode) on ``batches``."""
     model = backbone.model
     model.eval()
     device = next(model.parameters()).device
@@ -111,7 +124,7 @@ def evaluate(
     logits, labels = predict_logits(
         model, batches.eval_batches(batch_size), amp=amp, channels_last=channels_last
     )
-    return score(labels, logits.argmax(1), metric)
+    return _numpy(labels), _numpy(logits.argmax(1))
 
 
 def _numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:

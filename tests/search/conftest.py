@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from autotransfer.search.job import PreparedData, prepare_data
+from autotransfer.search.job import PreparedData, prepare_data, validation_counts
 from autotransfer.search.settings import StudySettings
 
 
@@ -35,6 +35,7 @@ def prepared_tiny(settings: StudySettings) -> tuple[StudySettings, PreparedData]
     ``tune`` resolves them before creating a study."""
     prepared = prepare_data(settings)
     resolved = settings.resolved(
-        fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10, n_train=len(prepared.train)
+        fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10, n_train=len(prepared.train),
+        **validation_counts(prepared),
     )
     return resolved, prepared

@@ -111,7 +111,7 @@ def test_export_then_train_round_trips(finished_study, storage_url, tmp_path):
 
 def test_nan_trial_fails_with_reason_and_study_goes_on(tiny_settings, storage_url, tmp_path):
     from autotransfer.backbones import create_backbone
-    from autotransfer.search.job import _batches, prepare_data
+    from autotransfer.search.prepared import split_batches as _batches, prepare_data
     from autotransfer.search.objective import TrialRunner
     from autotransfer.search.protocol import ProtocolSpace
     from autotransfer.train import PrefixCache

@@ -1,0 +1,127 @@
+"""The final model: retrain the picked protocol on train+val, check it, fall back if it broke.
+
+A retrain on train+val at the study's budget is a new run (more images per epoch, another data
+order), and it can fail where the trial did not: measured (issue 14), a trial that scored 0.733 on
+validation (10 classes) retrained to 0.200 on the test split. The check reads only the retrain
+itself, never the test split (which must stay a clean estimate): the retrained model, in eval
+mode, must fit its own training images (train+val) at least about as well as the pick expected
+the protocol to score on images it had *not* seen (``expected``, the cross-validated score, or
+the trial's validation score). A model that fits its training set worse than that by more than
+``max(BROKEN_MARGIN, 2 standard errors)`` did not learn; ``tune`` then hands back the trial's
+own model instead (the protocol trained on the train split with the trial's seed, which is the
+very run whose validation score the study recorded) and says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from autotransfer.search.prepared import PreparedData, split_batches
+from autotransfer.search.protocol import Protocol
+from autotransfer.search.settings import StudySettings
+
+__all__ = ["FinalModel", "retrain_and_test", "train_final", "is_broken", "BROKEN_MARGIN"]
+
+#: The least shortfall of the training fit below the expected score that counts as broken.
+BROKEN_MARGIN = 0.10
+
+
+def is_broken(fit: float, expected: float, images: int) -> bool:
+    """Whether a model that fits its training images at ``fit`` broke, given that the protocol
+    scored ``expected`` on ``images`` unseen images (``fit`` < ``expected`` - max(0.10, 2 SE))."""
+    se = math.sqrt(max(expected * (1 - expected), 1e-12) / max(images, 1))
+    return fit < expected - max(BROKEN_MARGIN, 2 * se)
+
+
+@dataclass
+class FinalModel:
+    """The model ``tune`` hands back.
+
+    Attributes:
+        backbone: the trained ``Backbone``.
+        test_score: its score on the held-out test split.
+        fit_score: the retrain's score on train+val in eval mode (the check).
+        trained_on: ``train+val`` or, after a fallback, ``train`` (the trial's own model).
+        notes: what happened, for the summary.
+    """
+
+    backbone: Any
+    test_score: float
+    fit_score: float | None
+    trained_on: str
+    images_per_s: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.trained_on != "train+val"
+
+
+def retrain_and_test(
+    protocol: Protocol,
+    settings: StudySettings,
+    prepared: PreparedData,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """Train ``protocol`` on train+val for the study's budget; score it on the held-out test split.
+
+    Returns ``(backbone, test_score, train_result)``.
+    """
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.objective import train_config_for
+    from autotransfer.train import train_protocol
+
+    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+    config = train_config_for(protocol, settings, backbone.num_groups)
+    config = config.replace(eval_every=config.steps)
+    trainval = split_batches(prepared, "trainval", settings, backbone.preprocessing)
+    test = split_batches(prepared, "test", settings, backbone.preprocessing)
+    result = train_protocol(backbone, trainval, test, config, metric=settings.metric, progress=progress)
+    return backbone, float(result.final_score), result
+
+
+def train_final(
+    protocol: Protocol,
+    settings: StudySettings,
+    prepared: PreparedData,
+    *,
+    expected: float,
+    expected_images: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> FinalModel:
+    """Retrain on train+val, check the fit against ``expected`` (``is_broken``), fall back to the
+    trial's own model when broken, and score what is handed back on the test split."""
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.objective import train_config_for
+    from autotransfer.train import DivergedError, evaluate, train_protocol
+
+    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+    config = train_config_for(protocol, settings, backbone.num_groups).replace(eval_every=settings.steps)
+    trainval = split_batches(prepared, "trainval", settings, backbone.preprocessing)
+    test = split_batches(prepared, "test", settings, backbone.preprocessing)
+    notes: list[str] = []
+    fit: float | None = None
+    try:
+        result = train_protocol(backbone, trainval, None, config, metric=settings.metric, progress=progress)
+        fit = evaluate(backbone, trainval, settings.metric)
+        broken = is_broken(fit, expected, expected_images)
+        why = (
+            f"it fits its own train+val images at {fit:.3f}, below the {expected:.3f} the pick expected on unseen"
+            f" images ({expected_images} images)"
+        )
+    except DivergedError as err:
+        broken, why, result = True, f"it diverged ({err})", None
+    if not broken:
+        return FinalModel(backbone, evaluate(backbone, test, settings.metric), fit, "train+val", float(result.images_per_s))
+    notes.append(
+        f"the retrain on train+val broke: {why}; handing back the trial's own model instead (trained on the"
+        " train split with the trial's seed, the run the study validated)"
+    )
+    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+    train = split_batches(prepared, "train", settings, backbone.preprocessing)
+    result = train_protocol(backbone, train, None, config, metric=settings.metric, progress=progress)
+    return FinalModel(
+        backbone, evaluate(backbone, test, settings.metric), fit, "train", float(result.images_per_s), notes
+    )

@@ -1,0 +1,250 @@
+"""The pick: how ``tune`` turns a finished study into the protocol it hands back.
+
+A study's validation split is small (30 images at N = 200: one image is 3.3 points), and its
+best validation score is the luckiest of twenty noisy draws. Rule ``cv`` (the default) re-scores
+the top ``PICK_TOP`` distinct transfer protocols by stratified ``PICK_FOLDS``-fold
+cross-validation on train+val: every train+val image is scored once, by a model that did not
+train on it, so each candidate is judged on ~6x the images of the validation split. The trials'
+own validation scores are left out of the re-score: they are what selected the candidates, so
+they are biased upwards. Each fold trains with its own seed, so a protocol that is unstable
+across seeds shows it in the spread of its fold scores; candidates rank by the pooled
+out-of-fold score minus the standard error of their fold scores (``CandidateScore.key``).
+Rule ``val`` takes the best validation trial (``best_by_validation``) at no cost.
+
+The pick is stored on the study (``ATTR["pick"]``), so a resumed study hands back the same
+trial without re-scoring, and ``export`` / ``train --config`` reproduce it
+(``best_transfer_trial`` reads it). docs/design.md, "The pick", gives the measurements.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+
+from autotransfer.search.prepared import PreparedData, device_batches
+from autotransfer.search.protocol import Protocol
+from autotransfer.search.settings import StudySettings
+from autotransfer.search.study import ATTR, SOURCE_ATTR, best_by_validation, rank_key, transfer_trials
+
+__all__ = ["PICK_TOP", "PICK_FOLDS", "CandidateScore", "Pick", "pick_candidates", "pick_protocol", "read_pick"]
+
+#: How many of the study's best distinct protocols the ``cv`` rule re-scores.
+PICK_TOP = 3
+#: Folds of the re-score (each trains at the study's step budget on (K-1)/K of train+val).
+PICK_FOLDS = 3
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """One candidate's cross-validated score.
+
+    Attributes:
+        trial: the study trial whose protocol this is; ``val_score`` its validation score.
+        fold_scores: the metric on each held-out fold.
+        oof_score: the metric over all out-of-fold predictions pooled (``images`` of them).
+        fit_scores: each fold model's score on its own training part (eval mode): what a healthy
+            final retrain on train+val should reach or exceed.
+    """
+
+    trial: int
+    source: str | None
+    val_score: float
+    fold_scores: list[float]
+    oof_score: float
+    images: int
+    fit_scores: list[float]
+
+    @property
+    def spread(self) -> float:
+        """The standard error of the fold scores (their std / sqrt(K)): seed-and-split instability."""
+        k = len(self.fold_scores)
+        return float(np.std(self.fold_scores, ddof=1) / math.sqrt(k)) if k > 1 else 0.0
+
+    @property
+    def key(self) -> float:
+        """The ranking value: the pooled score less its instability."""
+        return self.oof_score - self.spread
+
+
+@dataclass
+class Pick:
+    """The outcome of a pick rule (stored on the study as ``ATTR["pick"]``).
+
+    ``trainings`` models of ``steps`` optimizer steps each were trained in ``seconds`` for it.
+    """
+
+    rule: str
+    trial: int
+    candidates: list[CandidateScore] = field(default_factory=list)
+    trainings: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+    @property
+    def chosen(self) -> CandidateScore | None:
+        return next((c for c in self.candidates if c.trial == self.trial), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "trial": self.trial,
+            "candidates": [asdict(c) for c in self.candidates],
+            "trainings": self.trainings,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Pick":
+        return cls(
+            rule=str(values["rule"]),
+            trial=int(values["trial"]),
+            candidates=[CandidateScore(**c) for c in values.get("candidates", [])],
+            trainings=int(values.get("trainings", 0)),
+            steps=int(values.get("steps", 0)),
+            seconds=float(values.get("seconds", 0.0)),
+        )
+
+
+def read_pick(study: optuna.Study) -> Pick | None:
+    """The pick recorded on ``study``, if any."""
+    values = study.user_attrs.get(ATTR["pick"])
+    return Pick.from_dict(values) if values else None
+
+
+def pick_candidates(study: optuna.Study, top: int = PICK_TOP) -> list[optuna.trial.FrozenTrial]:
+    """The ``top`` best COMPLETE transfer trials by ``rank_key``, one per distinct protocol."""
+    seen: set[tuple] = set()
+    out = []
+    for t in sorted(transfer_trials(study), key=rank_key, reverse=True):
+        key = tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in t.params.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(t)
+        if len(out) == top:
+            break
+    return out
+
+
+def pick_protocol(
+    study: optuna.Study,
+    settings: StudySettings,
+    prepared: PreparedData,
+    make_backbone: Callable[[], Any],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    on_candidate: Callable[[int, int, int], None] | None = None,
+) -> Pick | None:
+    """Apply ``settings.pick`` to the finished ``study`` and record the result on it.
+
+    A pick already recorded with the same rule is returned as is (a resumed study hands back the
+    same trial). ``None`` when no transfer trial completed. ``on_candidate(i, k, trial)`` is called
+    before each candidate is re-scored.
+    """
+    recorded = read_pick(study)
+    if recorded is not None and recorded.rule == settings.pick:
+        return recorded
+    best = best_by_validation(study)
+    if best is None:
+        return None
+    candidates = pick_candidates(study) if settings.pick == "cv" else [best]
+    if settings.pick == "val" or len(candidates) == 1:
+        chosen = Pick(rule=settings.pick, trial=best.number)
+        study.set_user_attr(ATTR["pick"], chosen.to_dict())
+        return chosen
+    started = time.perf_counter()
+    folds = _folds(prepared, settings, make_backbone().preprocessing)
+    scores = []
+    for i, trial in enumerate(candidates):
+        if on_candidate:
+            on_candidate(i, len(candidates), trial.number)
+        scores.append(_cross_validate(trial, settings, folds, make_backbone, progress))
+    winner = max(scores, key=lambda c: (c.key, -c.trial))
+    chosen = Pick(
+        rule="cv",
+        trial=winner.trial,
+        candidates=scores,
+        trainings=len(scores) * len(folds),
+        steps=int(settings.steps),
+        seconds=time.perf_counter() - started,
+    )
+    study.set_user_attr(ATTR["pick"], chosen.to_dict())
+    return chosen
+
+
+@dataclass
+class _Fold:
+    train: Any
+    held: Any
+    seed: int
+    cache: Any
+
+
+def _folds(prepared: PreparedData, settings: StudySettings, preprocessing) -> list[_Fold]:
+    """Stratified folds of train+val, seeded by the study's seed; fold ``i`` trains with seed
+    ``seed + 1 + i`` (a different seed from the trials', so seed instability shows)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from autotransfer.train import PrefixCache
+
+    trainval = prepared.trainval
+    labels = np.asarray(trainval.labels)
+    smallest = int(np.bincount(labels).min(initial=0)) if len(labels) else 0
+    k = max(2, min(PICK_FOLDS, smallest)) if smallest >= 2 else 2
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=settings.seed)
+    stratify = labels if smallest >= k else np.zeros_like(labels)
+    folds = []
+    for i, (fit_idx, held_idx) in enumerate(splitter.split(np.zeros(len(labels)), stratify)):
+        folds.append(
+            _Fold(
+                train=device_batches(trainval.subset(fit_idx), settings, preprocessing, prepared.device),
+                held=device_batches(trainval.subset(held_idx), settings, preprocessing, prepared.device),
+                seed=settings.seed + 1 + i,
+                cache=PrefixCache(),
+            )
+        )
+    return folds
+
+
+def _cross_validate(trial, settings: StudySettings, folds: list[_Fold], make_backbone, progress) -> CandidateScore:
+    from autotransfer.search.objective import train_config_for
+    from autotransfer.train import DivergedError, predict_labels, score, train_protocol
+
+    protocol = Protocol.from_dict(trial.params)
+    fold_scores, fit_scores, y_true, y_pred = [], [], [], []
+    for fold in folds:
+        backbone = make_backbone()
+        config = train_config_for(protocol, settings, backbone.num_groups)
+        config = config.replace(seed=fold.seed, eval_every=config.steps)
+        try:
+            train_protocol(backbone, fold.train, None, config, metric=settings.metric, progress=progress, cache=fold.cache)
+        except DivergedError:
+            # a protocol that diverges under another seed is as good as chance here
+            held_labels = np.asarray(fold.held.labels.cpu())
+            y_true.append(held_labels)
+            y_pred.append(np.full_like(held_labels, -1))
+            fold_scores.append(0.0)
+            fit_scores.append(0.0)
+            continue
+        labels, predicted = predict_labels(backbone, fold.held)
+        y_true.append(labels)
+        y_pred.append(predicted)
+        fold_scores.append(score(labels, predicted, settings.metric))
+        fit_labels, fit_predicted = predict_labels(backbone, fold.train)
+        fit_scores.append(score(fit_labels, fit_predicted, settings.metric))
+        del backbone
+    all_true, all_pred = np.concatenate(y_true), np.concatenate(y_pred)
+    return CandidateScore(
+        trial=int(trial.number),
+        source=trial.user_attrs.get(SOURCE_ATTR),
+        val_score=float(trial.value),
+        fold_scores=[round(float(v), 6) for v in fold_scores],
+        oof_score=round(float(score(all_true, all_pred, settings.metric)), 6),
+        images=int(len(all_true)),
+        fit_scores=[round(float(v), 6) for v in fit_scores],
+    )

@@ -1,0 +1,255 @@
+"""The judged benchmark (issue 14): does the model ``tune`` hands back beat fixed recipes, plain
+TPE and its own prior, on images that no trial saw?
+
+Cells: targets animals, elpv, mnist5k; N = 200 with seeds 0-2 and N = 1000 with seed 0;
+``efficientnet_lite0`` at 64 px; 20 search trials. Judge set: up to 1,000 images of the target
+outside the study's subsample (stratified, one fixed draw per target and N), which no trial
+trained or validated on. Every model below is trained on train+val at the study's budget and
+scored on the judge set:
+
+- h: the model ``tune`` hands back (its pick, retrained; a fallback if the retrain broke);
+- a: the classic tutorial recipe: full fine-tuning, SGD lr 0.001, momentum 0.9, head at lr x1;
+- b: the survey's recommended protocol (``recommended_protocol``);
+- c: the linear probe (``linear_probe_protocol``);
+- d: plain Optuna TPE over the wide ranges: no prior, nothing enqueued (no controls), no pruning,
+  the same number of trials, handing back its best validation trial;
+- e: the best judge score over all of h's study's completed transfer trials (what it tried);
+- f: the prior's centre alone (one trial, no search).
+
+Resumable per (target, N, seed, method): results append to a JSONL file, and a study that was cut
+short resumes from its storage. Run one process per core with ``--cells``:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_judged.py --cells elpv:200:0,animals:200:0 &
+    OMP_NUM_THREADS=1 python benchmarks/bench_judged.py --cells mnist5k:200:0,elpv:200:1 &
+    python benchmarks/bench_judged.py --summary
+
+The summary pairs methods by (target, N, seed): mean differences with 95% t-intervals over cells,
+and per (target, N) the mean judge score of each method with its binomial standard error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+OUT = Path(__file__).parent / "out"
+RESULTS = Path(__file__).parent / "judged.jsonl"
+DEFAULT_CELLS = [f"{t}:200:{s}" for s in (0, 1, 2) for t in ("elpv", "animals", "mnist5k")] + [
+    f"{t}:1000:0" for t in ("elpv", "animals", "mnist5k")
+]
+METHODS = ("h", "a", "b", "c", "f", "d", "e")
+NAMES = {
+    "h": "tune (handed back)",
+    "a": "classic recipe",
+    "b": "survey recommended",
+    "c": "linear probe",
+    "d": "plain TPE",
+    "e": "best tried",
+    "f": "prior centre",
+}
+JUDGE_SEED = 12345
+TRIALS = 20
+
+
+def settings_for(target: str, n: int, seed: int):
+    from autotransfer.search.settings import StudySettings
+
+    return StudySettings(
+        target=f"builtin:{target}", model="efficientnet_lite0", n=n, seed=seed, resolution=64, trials=TRIALS,
+        prior="quadrant", device="cpu",
+    )
+
+
+class Judge:
+    """Scores trained backbones on the cell's judge set (built once)."""
+
+    def __init__(self, settings) -> None:
+        from autotransfer.data import load_dataset, unseen_subset
+
+        full = load_dataset(settings.target, require_labels=True)
+        self.dataset = unseen_subset(full, settings.n, settings.seed, limit=1000, judge_seed=JUDGE_SEED)
+        self.settings = settings
+        self._batches = None
+
+    def __call__(self, backbone, metric: str) -> float:
+        import torch
+
+        from autotransfer.search.prepared import device_batches
+        from autotransfer.train import evaluate
+
+        if self._batches is None:
+            self._batches = device_batches(self.dataset, self.settings, backbone.preprocessing, torch.device("cpu"))
+        return float(evaluate(backbone, self._batches, metric))
+
+
+def retrained(protocol, settings, prepared, judge) -> float:
+    from autotransfer.search.final import retrain_and_test
+
+    backbone, _, _ = retrain_and_test(protocol, settings, prepared)
+    return judge(backbone, settings.metric)
+
+
+def run_cell(cell: str, done: set[tuple[str, str]], log) -> None:
+    import optuna
+    from safetensors.torch import load_file
+
+    from autotransfer.backbones import create_backbone
+    from autotransfer.prior import linear_probe_protocol, recommended_protocol, wide_prior
+    from autotransfer.search.job import build_runner, prepare_data, run_search, tune
+    from autotransfer.search.protocol import Protocol
+    from autotransfer.search.storage import open_storage
+    from autotransfer.search.study import (
+        best_by_validation, create_study, load_study, open_study, read_attr, read_settings, study_exists,
+        transfer_trials,
+    )
+
+    target, n, seed = cell.split(":")
+    settings = settings_for(target, int(n), int(seed))
+    OUT.mkdir(exist_ok=True)
+    url = f"sqlite:///{OUT / f'judged-{target}-{n}-{seed}.db'}"
+    judge = Judge(settings)
+    runs = OUT / "judged-runs"
+
+    def record(method: str, score: float, **extra) -> None:
+        row = {"cell": cell, "method": method, "judge": score, "judge_images": len(judge.dataset), **extra}
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        done.add((cell, method))
+        print(f"{cell} {method} ({NAMES[method]}): {score:.4f}", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    result = tune(settings, study_name="h", storage=url, runs_dir=runs / cell.replace(":", "-"),
+                  export_dir=runs / cell.replace(":", "-"))
+    h_wall = time.perf_counter() - started
+    store = open_storage(url)
+    study = load_study("h", store)
+    resolved = read_settings(study)
+    prepared = prepare_data(resolved)
+    if (cell, "h") not in done:
+        backbone = create_backbone(resolved.model, num_classes=resolved.num_classes)
+        backbone.model.load_state_dict(load_file(str(result.model_path)))
+        pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+        sampled = [t for t in study.trials if "fixed_params" not in t.system_attrs]
+        record(
+            "h", judge(backbone, resolved.metric), wall_s=round(h_wall, 1), val=result.val_score,
+            test=result.test_score, pick=result.pick, trained_on=result.trained_on,
+            sampled=len(sampled), sampled_complete=sum(t.state == optuna.trial.TrialState.COMPLETE for t in sampled),
+            pruned_at_first_rung=sum(1 for t in pruned if str(t.user_attrs.get("prune_reason", "")).startswith(
+                f"pruned: step {min(t.intermediate_values)}")),
+            pruned=len(pruned),
+        )
+    fixed = {
+        "a": Protocol(log10_elr=math.log10(0.001 / 0.1), momentum=0.9, head_lr_mult=1.0, weight_decay=0.0),
+        "b": recommended_protocol(),
+        "c": linear_probe_protocol(),
+        "f": Protocol.from_dict(read_attr(study, "prior")["centre"]),
+    }
+    for method, protocol in fixed.items():
+        if (cell, method) not in done:
+            record(method, retrained(protocol, resolved, prepared, judge))
+    if (cell, "d") not in done:
+        t0 = time.perf_counter()
+        plain = replace_settings(resolved, prune=False, prior="none")
+        if not study_exists(store, "d"):
+            create_study("d", store, plain, profile=None, prior=None, space=wide_prior())
+        tpe = open_study("d", store, plain)
+        run_search(tpe, build_runner(tpe, plain, prepared), TRIALS)
+        best = best_by_validation(tpe)
+        record("d", retrained(Protocol.from_dict(best.params), resolved, prepared, judge),
+               wall_s=round(time.perf_counter() - t0, 1), val=best.value)
+    if (cell, "e") not in done:
+        scores = {t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in transfer_trials(study)}
+        best_trial = max(scores, key=scores.get)
+        record("e", scores[best_trial], trial=best_trial, per_trial=scores)
+
+
+def replace_settings(settings, **changes):
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def load_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summary(rows: list[dict]) -> str:
+    """Paired differences h - x over cells, with 95% t-intervals; per (target, N) means."""
+    import numpy as np
+    from scipy import stats
+
+    by = {(r["cell"], r["method"]): r for r in rows}
+    cells = sorted({r["cell"] for r in rows})
+    lines = ["| target, N | " + " | ".join(f"{m}: {NAMES[m]}" for m in METHODS) + " | seeds |", "|---" * (len(METHODS) + 2) + "|"]
+    groups: dict[str, list[str]] = {}
+    for c in cells:
+        t, n, _ = c.split(":")
+        groups.setdefault(f"{t}, {n}", []).append(c)
+    for g, cs in groups.items():
+        vals = []
+        for m in METHODS:
+            xs = [by[(c, m)]["judge"] for c in cs if (c, m) in by]
+            if not xs:
+                vals.append("—")
+                continue
+            k = by[(cs[0], m)]["judge_images"] if (cs[0], m) in by else 1000
+            se = math.sqrt(np.mean(xs) * (1 - np.mean(xs)) / (k * len(xs)))
+            vals.append(f"{100 * np.mean(xs):.1f} ± {100 * se:.1f}")
+        lines.append(f"| {g} | " + " | ".join(vals) + f" | {len(cs)} |")
+    lines += ["", "| h − x | mean (points) | 95% CI | cells |", "|---|---|---|---|"]
+    for m in METHODS[1:]:
+        diffs = [by[(c, "h")]["judge"] - by[(c, m)]["judge"] for c in cells if (c, "h") in by and (c, m) in by]
+        if not diffs:
+            continue
+        mean = 100 * float(np.mean(diffs))
+        if len(diffs) > 1:
+            half = 100 * float(stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs)))
+            ci = f"{mean - half:+.1f} to {mean + half:+.1f}"
+        else:
+            ci = "—"
+        lines.append(f"| h − {m} ({NAMES[m]}) | {mean:+.1f} | {ci} | {len(diffs)} |")
+    hs = [by[(c, "h")] for c in cells if (c, "h") in by]
+    if hs:
+        lines += ["", "| cell | sampled | sampled complete | pruned | pruned at first rung | pick | tune wall s | plain TPE wall s |", "|---|---|---|---|---|---|---|---|"]
+        for r in hs:
+            d = by.get((r["cell"], "d"), {})
+            pick = (r.get("pick") or {})
+            lines.append(
+                f"| {r['cell']} | {r.get('sampled')} | {r.get('sampled_complete')} | {r.get('pruned')} |"
+                f" {r.get('pruned_at_first_rung')} | trial {pick.get('trial')} ({pick.get('rule')}) |"
+                f" {r.get('wall_s')} | {d.get('wall_s', '—')} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", default=",".join(DEFAULT_CELLS), help="target:N:seed,...")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    path = Path(args.results)
+    if args.summary:
+        print(summary(load_rows(path)))
+        return
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    done = {(r["cell"], r["method"]) for r in load_rows(path)}
+    with path.open("a") as log:
+        for cell in args.cells.split(","):
+            if all((cell, m) in done for m in METHODS):
+                continue
+            run_cell(cell, done, log)
+
+
+if __name__ == "__main__":
+    main()
