@@ -1,14 +1,16 @@
 """The surface store: one best protocol per study at its (log10 N, similarity) point, in a JSON file."""
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
-import tempfile
+import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import optuna
 
@@ -45,6 +47,8 @@ def default_surface(model: str) -> Path | None:
 POINT_ATTR = "autotransfer.surface_point"
 #: Bumped when the file layout changes incompatibly.
 STORE_VERSION = 1
+#: Mode of a new store file (and of its lock) before the umask, as for a plain ``open()``.
+FILE_MODE = 0o666
 
 
 @dataclass
@@ -125,6 +129,8 @@ class SurfaceStore:
 
     ``add`` replaces a point with the same study name (recording a study twice is idempotent);
     every write goes to a temporary file in the same folder and is renamed over the old one.
+    ``add`` and ``remove`` read, modify and write under an exclusive lock on ``NAME.lock``
+    beside the store (``fcntl.flock``), so processes recording at the same time lose no point.
     """
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE) -> None:
@@ -150,37 +156,61 @@ class SurfaceStore:
             ) from None
         return [p for p in points if model is None or p.model == model]
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on ``NAME.lock`` beside the store (blocks until it is free).
+
+        A separate lock file, because the store itself is replaced by a rename on every write.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def add(self, points: SurfacePoint | Iterable[SurfacePoint]) -> list[SurfacePoint]:
         """Add points, replacing any with the same study name; returns the whole store."""
         new = [points] if isinstance(points, SurfacePoint) else list(points)
-        by_name = {p.study: p for p in self.load()}
-        for p in new:
-            by_name[p.study] = p
-        merged = list(by_name.values())
-        self._write(merged)
+        with self._locked():
+            by_name = {p.study: p for p in self.load()}
+            for p in new:
+                by_name[p.study] = p
+            merged = list(by_name.values())
+            self._write(merged)
         return merged
 
     def remove(self, study: str) -> bool:
         """Drop the point of ``study``; ``True`` if there was one."""
-        points = self.load()
-        kept = [p for p in points if p.study != study]
-        if len(kept) != len(points):
-            self._write(kept)
+        with self._locked():
+            points = self.load()
+            kept = [p for p in points if p.study != study]
+            if len(kept) != len(points):
+                self._write(kept)
         return len(kept) != len(points)
 
     def _write(self, points: list[SurfacePoint]) -> None:
+        """Replace the file atomically (temporary file + rename). An existing store keeps its mode;
+        a new one gets ``FILE_MODE`` less the umask, as ``open()`` would give (the process umask is
+        never changed). Call it holding ``_locked``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"version": STORE_VERSION, "points": [p.to_dict() for p in points]}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            mode: int | None = self.path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            mode = None
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(6)}")
+        # os.open's mode goes through the umask like a plain open() (mkstemp would give 0600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             with os.fdopen(fd, "w") as handle:
+                if mode is not None:
+                    os.fchmod(handle.fileno(), mode)  # an existing store keeps its mode
                 json.dump(payload, handle, indent=1, allow_nan=False)
                 handle.flush()
                 os.fsync(handle.fileno())
-            # mkstemp creates 0600; give the store the permissions a plain open() would
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
