@@ -11,7 +11,14 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from autotransfer.errors import UserError
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "storage_location", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "open_storage",
+    "storage_location",
+    "masked_url",
+    "HEARTBEAT_INTERVAL",
+    "GRACE_PERIOD",
+]
 
 #: One SQLite file for all studies (an RDB storage, so heartbeats work).
 DEFAULT_STORAGE = "sqlite:///studies/autotransfer.db"
@@ -45,12 +52,13 @@ def _with_driver(url: str) -> str:
         if importlib.util.find_spec(module) is not None:
             return f"{dialect}://{rest}"
     raise UserError(
-        f"storage {_safe(url)!r} needs a PostgreSQL driver: pip install 'autotransfer[postgres]' (psycopg2-binary)"
+        f"storage {masked_url(url)!r} needs a PostgreSQL driver: pip install 'autotransfer[postgres]' (psycopg2-binary)"
     )
 
 
-def _safe(url: str) -> str:
-    """The URL with its password masked, for messages."""
+def masked_url(url: str) -> str:
+    """The URL with its password masked (``postgresql://user:***@host/db``): the one way to
+    show a storage URL in a message, a note or a summary."""
     try:
         from sqlalchemy.engine import make_url
 
@@ -59,11 +67,28 @@ def _safe(url: str) -> str:
         return url
 
 
-def _check_sqlite_file(url: str) -> None:
+def _check_sqlite_file(url: str, *, writable: bool = True) -> None:
     path = Path(url[len("sqlite:///") :])
     if str(path) in ("", ":memory:"):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create the folder of storage {str(path)!r} ({err.strerror or err}):"
+            " pass a --storage in a folder you can write to"
+        ) from None
+    if writable and path.exists():
+        try:  # SQLite opens a read-only file without complaint and fails at the first write
+            with open(path, "r+b"):
+                pass
+            if not os.access(path.parent, os.W_OK):  # its journal goes beside it
+                raise PermissionError(13, f"folder {str(path.parent)!r} is read-only")
+        except OSError as err:
+            raise UserError(
+                f"storage {str(path)!r} is read-only ({err.strerror or err}): make it and its folder"
+                " writable (chmod u+w), or pass another --storage"
+            ) from None
     if path.exists() and path.stat().st_size > 0:
         with open(path, "rb") as handle:
             header = handle.read(16)
@@ -74,8 +99,13 @@ def _check_sqlite_file(url: str) -> None:
             )
 
 
-def open_storage(url: str | None = None, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str | None = None, *, heartbeat: bool = True, writable: bool | None = None
+) -> optuna.storages.BaseStorage:
     """Open the storage at ``url`` (default ``studies/autotransfer.db``).
+
+    ``writable`` (default: ``heartbeat``, as running trials write) refuses an SQLite file
+    that cannot be written with a one-line ``UserError``; pass ``False`` to only read.
 
     RDB storages (SQLite, PostgreSQL, MySQL) get heartbeats and
     ``RetryHeartbeatStaleTrialCallback``: a trial whose worker dies is marked FAIL and
@@ -92,7 +122,7 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True) -> optuna.st
         except Exception as err:  # noqa: BLE001 - any open failure is the user's storage
             raise UserError(f"cannot open journal storage {location!r}: {_one_line(err)}") from err
     if location.startswith("sqlite:///"):
-        _check_sqlite_file(location)
+        _check_sqlite_file(location, writable=heartbeat if writable is None else writable)
     kwargs: dict = {}
     if heartbeat:
         with warnings.catch_warnings():
@@ -117,7 +147,7 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True) -> optuna.st
         raise
     except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors vary
         raise UserError(
-            f"cannot open storage {_safe(location)!r}: {_one_line(err)} — check the URL, that the database"
+            f"cannot open storage {masked_url(location)!r}: {_one_line(err)} — check the URL, that the database"
             " is reachable, and that the file is an Optuna storage"
         ) from err
 
