@@ -21,11 +21,18 @@ def export_payload(study) -> dict[str, Any]:
 
     Keys: ``protocol`` (searched values), ``integers`` (freeze/reinit for the model's G),
     ``settings`` (model spec, dataset spec + fingerprint, seed, budget...), ``metric``,
-    ``scores`` (validation, and test when the study was finished by ``tune``),
+    ``scores`` (validation, and test when the study was finished by ``tune``), ``controls``
+    (the best validation score of the from-scratch and linear-probe controls),
     ``task_profile``, ``versions``.
     """
     from autotransfer.search.protocol import Protocol
-    from autotransfer.search.study import best_transfer_trial, read_attr, read_settings
+    from autotransfer.search.study import (
+        CONTROL_ATTR,
+        best_transfer_trial,
+        control_trials,
+        read_attr,
+        read_settings,
+    )
 
     best = best_transfer_trial(study)
     if best is None:
@@ -49,10 +56,22 @@ def export_payload(study) -> dict[str, Any]:
         "trial": best.number,
         "metric": settings.metric,
         "scores": {"val": best.value, "test": final.get("test_score")},
+        "controls": _control_scores(control_trials(study), CONTROL_ATTR),
         "settings": settings.to_dict(),
         "task_profile": profile,
         "versions": read_attr(study, "versions") or {},
     }
+
+
+def _control_scores(trials, attr: str) -> dict[str, float | None]:
+    """Best validation score of each control kind (``scratch``, ``probe``: the trials' ``attr``
+    user attribute); ``None`` for a kind that did not run."""
+    scores: dict[str, float | None] = {"scratch": None, "probe": None}
+    for t in trials:
+        kind = t.user_attrs.get(attr)
+        if kind in scores and t.value is not None and (scores[kind] is None or t.value > scores[kind]):
+            scores[kind] = float(t.value)
+    return scores
 
 
 def timm_args(payload: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +143,12 @@ def read_export(path: str | Path) -> dict[str, Any]:
             f"config {str(path)!r} is not an autotransfer protocol export (schema {_SCHEMA}):"
             " use the YAML or JSON written by `autotransfer export`"
         )
+    for key in ("settings", "protocol"):
+        if not isinstance(payload.get(key), dict):
+            raise UserError(
+                f"config {str(path)!r} has no {key!r} mapping: it is an incomplete export;"
+                " write it again with `autotransfer export STUDY`"
+            )
     return payload
 
 

@@ -12,7 +12,7 @@ from optuna.storages import BaseStorage
 
 from autotransfer.errors import UserError
 from autotransfer.report import figures, plots
-from autotransfer.search.storage import open_storage, storage_location
+from autotransfer.search.storage import masked_url, open_storage, storage_location
 from autotransfer.search.study import ATTR, load_study, read_settings
 
 __all__ = [
@@ -58,7 +58,7 @@ def open_dashboard_storage(url: str | None = None) -> BaseStorage:
         store.get_all_studies()
     except Exception as err:  # noqa: BLE001 - any failure to read is the user's storage
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"cannot read studies from storage {location!r}: {first}") from err
+        raise UserError(f"cannot read studies from storage {masked_url(location)!r}: {first}") from err
     return store
 
 
@@ -230,6 +230,6 @@ def run_dashboard(
     for name, ids in attached.items():
         say(f"attached {len(ids)} autotransfer figures and a note to study {name!r}")
     if not attached:
-        say(f"no autotransfer study in {storage_location(storage)}: serving the dashboard as it is")
+        say(f"no autotransfer study in {masked_url(storage_location(storage))}: serving the dashboard as it is")
     say(f"optuna-dashboard on {dashboard_url(host, port, study)} (Ctrl-C stops it)")
     run_server(store, host=host, port=port)

@@ -2,15 +2,93 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from autotransfer.errors import UserError
 from autotransfer.search.protocol import Protocol
 from autotransfer.search.settings import StudySettings
 
-__all__ = ["train_from_config"]
+__all__ = ["train_from_config", "quality_warnings"]
+
+
+def _read_payload(payload: Any) -> tuple[StudySettings, Protocol]:
+    """The export's settings and protocol; anything missing or out of range is a ``UserError``."""
+    hint = "use the YAML or JSON written by `autotransfer export`"
+    if not isinstance(payload, dict):
+        raise UserError(f"the config must be a mapping, but got {type(payload).__name__}; {hint}")
+    for key in ("settings", "protocol"):
+        if not isinstance(payload.get(key), dict):
+            raise UserError(
+                f"the config has no {key!r} mapping (its keys: {', '.join(map(str, payload)) or 'none'}); {hint}"
+            )
+    try:
+        settings = StudySettings.from_dict(payload["settings"])
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError) as err:
+        raise UserError(f"the config's settings are not valid ({err}); {hint}") from None
+    try:
+        protocol = Protocol.from_dict(payload["protocol"])
+        lr = protocol.lr  # 10 ** log10_elr: overflows past about 308
+    except UserError:
+        raise
+    except OverflowError:
+        raise UserError(
+            f"the config's protocol has log10_elr = {payload['protocol'].get('log10_elr')!r}, an effective"
+            " learning rate too large to represent; searched values lie between about -5 and 1"
+        ) from None
+    except (TypeError, ValueError, KeyError) as err:
+        raise UserError(f"the config's protocol is not valid ({err}); {hint}") from None
+    if not math.isfinite(lr) or lr <= 0:
+        raise UserError(
+            f"the config's protocol has log10_elr = {protocol.log10_elr!r}, which gives the learning rate"
+            f" {lr!r}; searched values lie between about -5 and 1"
+        )
+    return settings, protocol
+
+
+def chance_level(labels: np.ndarray, num_classes: int, metric: str) -> float:
+    """The score of a model that always predicts the most common class: ``1 / C`` for balanced
+    accuracy, the largest class's share of ``labels`` for accuracy."""
+    if metric == "balanced_accuracy" or len(labels) == 0:
+        return 1.0 / max(num_classes, 1)
+    return float(np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).max() / len(labels))
+
+
+def quality_warnings(
+    test_score: float, test_images: int, chance: float, probe: float | None = None
+) -> tuple[bool, bool | None, list[str]]:
+    """``(at_chance, below_probe, warnings)`` for a final model's test score.
+
+    ``at_chance``: the score's 95% interval (Wilson, ``test_images`` images) reaches down to
+    ``chance``, so the model cannot be told from one that guesses the largest class.
+    ``below_probe`` (``None`` when the linear-probe control's score ``probe`` is unknown): the
+    whole interval lies below ``probe``.
+    """
+    from autotransfer.train.metrics import score_interval
+
+    low, high = score_interval(min(max(test_score, 0.0), 1.0), max(int(test_images), 1))
+    warnings: list[str] = []
+    at_chance = low <= chance
+    if at_chance:
+        warnings.append(
+            f"the model is at chance level: its test score {test_score:.3f} (95% interval {low:.2f}-{high:.2f},"
+            f" {test_images} images) does not rise above {chance:.3f}, the score of always predicting the"
+            " largest class; it learned nothing useful: check the protocol (learning rate) and the data"
+        )
+    below_probe = None if probe is None else bool(high < probe)
+    if below_probe:
+        warnings.append(
+            f"the model scores below the study's linear-probe control: test score {test_score:.3f}"
+            f" (95% interval {low:.2f}-{high:.2f}) against {probe:.3f} for the probe (on validation):"
+            " a plain linear head on the frozen model does better"
+        )
+    return at_chance, below_probe, warnings
 
 
 def train_from_config(
@@ -23,14 +101,18 @@ def train_from_config(
     """Train the exported protocol on train+val, score it on the test split, write the model.
 
     Writes ``model.safetensors`` and ``metrics.json`` into ``out_dir`` and returns the metrics.
-    The data is re-loaded from its spec and must have the recorded fingerprint.
+    The data is re-loaded from its spec and must have the recorded fingerprint. A model at
+    chance level, or clearly below the study's linear-probe control (when the export records
+    it), is flagged in ``metrics["warnings"]`` (``at_chance``, ``below_probe``). A payload
+    without settings or protocol, a learning rate out of range and a diverging run are each a
+    one-line ``UserError``.
     """
     from autotransfer.search.job import _save_model, prepare_data, retrain_and_test
+    from autotransfer.train import DivergedError
 
-    settings = StudySettings.from_dict(payload["settings"])
+    settings, protocol = _read_payload(payload)
     if device:
         settings.device = device
-    protocol = Protocol.from_dict(payload["protocol"])
     prepared = prepare_data(settings)
     if settings.fingerprint and prepared.fingerprint != settings.fingerprint:
         raise UserError(
@@ -38,15 +120,32 @@ def train_from_config(
             f" ({prepared.fingerprint[:12]} != {settings.fingerprint[:12]}): the data changed since export"
         )
     started = time.perf_counter()
-    backbone, test_score, result = retrain_and_test(protocol, settings, prepared, progress=progress)
+    try:
+        backbone, test_score, result = retrain_and_test(protocol, settings, prepared, progress=progress)
+    except DivergedError as err:
+        raise UserError(
+            f"training diverged at step {err.step} (loss {err.loss}): the config's learning rate is too high"
+            f" (log10_elr = {protocol.log10_elr:g}, lr = {protocol.lr:.3g}); lower log10_elr in the config"
+        ) from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save_model(backbone, out / "model.safetensors", settings, protocol, test_score)
+    test_labels = np.asarray(prepared.test.labels)
+    chance = chance_level(test_labels, len(prepared.dataset.classes), settings.metric)
+    probe = ((payload.get("controls") or {}).get("probe"))
+    probe = float(probe) if isinstance(probe, (int, float)) else None
+    at_chance, below_probe, warnings = quality_warnings(test_score, len(test_labels), chance, probe)
     metrics = {
         "study": payload.get("study"),
         "metric": settings.metric,
         "test_score": test_score,
+        "test_images": int(len(test_labels)),
         "exported_test_score": (payload.get("scores") or {}).get("test"),
+        "chance_level": chance,
+        "at_chance": at_chance,
+        "probe_control": probe,
+        "below_probe": below_probe,
+        "warnings": warnings,
         "protocol": protocol.to_dict(),
         "freeze_reinit": list(protocol.integers(backbone.num_groups)),
         "steps": settings.steps,

@@ -1,0 +1,246 @@
+"""The real ``autotransfer`` entry point under bad input: one line on stderr, exit 2, no traceback;
+nothing written outside its folder; no secret printed; a useless model said to be useless."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from autotransfer.search.settings import StudySettings
+
+ENTRY = Path(sys.executable).with_name("autotransfer")
+pytestmark = pytest.mark.skipif(not ENTRY.exists(), reason="the autotransfer console script is not installed")
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "AUTOTRANSFER_CACHE": str(cwd / "cache"),
+        "AUTOTRANSFER_SURFACE": str(cwd / "surface.json"),
+        "COLUMNS": "200",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [str(ENTRY), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment
+    )
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+    assert done.returncode == 2, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# -- usage errors: typer's standalone mode -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["tune", "--bogus"], "No such option: --bogus"),
+        (["export"], "Missing argument"),
+        (["tune", "--trials", "x"], "Invalid value for '--trials'"),
+        (["estimate", "builtin:digits", "--format", "xml"], "Invalid value for '--format'"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_usage_errors_exit_2_without_a_traceback(tmp_path, args, needle):
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert needle in done.stderr
+    assert "Try 'autotransfer" in done.stderr  # and says where the help is
+
+
+def test_bare_command_shows_help_and_exits_2(tmp_path):
+    done = run_cli(cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "tune" in done.stdout + done.stderr and "Usage" in done.stdout + done.stderr
+
+
+# -- paths ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "..", "tab\tname"])
+def test_study_name_cannot_lead_out_of_studies(tmp_path, name):
+    work = tmp_path / "deep" / "work"
+    work.mkdir(parents=True)
+    done = run_cli("tune", "builtin:digits", "--study", name, "--trials", "1", cwd=work)
+    assert_one_line_error(done, "study name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]  # nothing written beside
+    assert not (work / "studies").exists()  # refused before any work
+
+
+# -- storage -------------------------------------------------------------------------------------
+
+
+def _make_read_only(path: Path) -> None:
+    """A read-only file even for root: ``chattr +i`` when running as root (needs
+    CAP_LINUX_IMMUTABLE), else mode 0444."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
+        pytest.skip("running as root without chattr +i: cannot make a file read-only")
+
+
+def test_read_only_sqlite_study_file_is_one_line(tmp_path):
+    import optuna
+
+    db = tmp_path / "studies.db"
+    optuna.create_study(study_name="kept", storage=f"sqlite:///{db}")
+    _make_read_only(db)
+    try:
+        done = run_cli(
+            "tune", "builtin:digits", "--model", "fashion-source", "--n", "100", "--trials", "1",
+            "--storage", str(db), "--study", "kept", cwd=tmp_path, timeout=120,
+        )
+        assert_one_line_error(done, "read-only", str(db))
+        # reading it is fine: export reaches the study (and says it is not autotransfer's)
+        done = run_cli("export", "kept", "--storage", str(db), cwd=tmp_path, timeout=120)
+        line = assert_one_line_error(done, "kept")
+        assert "read-only" not in line
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(db)])
+        db.chmod(0o644)
+
+
+# -- what loading skipped reaches estimate -------------------------------------------------------
+
+
+def test_estimate_shows_skipped_files_in_table_and_json(tmp_path):
+    root = tmp_path / "data"
+    for label, name in enumerate(("a", "b")):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            pixel = np.array([label * 120, i * 20, 80], dtype=np.uint8)
+            Image.fromarray(np.broadcast_to(pixel, (16, 16, 3)).copy()).save(root / name / f"{i}.png")
+    (root / "a" / "empty.png").write_bytes(b"")
+    (root / "a" / "text.png").write_text("not an image")
+    (root / "b" / "cut.png").write_bytes((root / "b" / "0.png").read_bytes()[:30])
+    os.symlink("..", root / "a" / "up")
+
+    done = run_cli("estimate", f"folder:{root}", "--model", "fashion-source", "--format", "json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    profile = json.loads(done.stdout)
+    assert profile["size"]["images"] == 12
+    assert profile["skipped"]["count"] == 4
+    assert profile["skipped"]["reasons"] == {"link-loop": 1, "unreadable": 3}
+    assert set(profile["skipped"]["first"]) == {"a/up", "a/empty.png", "a/text.png", "b/cut.png"}
+    assert any(n.startswith("skipped 4 file(s)") for n in profile["notes"])
+
+    done = run_cli("estimate", f"folder:{root}", "--model", "fashion-source", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = " ".join(done.stdout.split())
+    assert "skipped 4 file(s)" in table and "a/empty.png" in table and "a/up" in table
+
+
+# -- train --config ------------------------------------------------------------------------------
+
+
+def _export(tmp_path: Path, name: str, *, drop: str | None = None, **protocol) -> Path:
+    """A protocol export as `autotransfer export` writes it, for the tiny digits task."""
+    settings = StudySettings(
+        target="builtin:digits", model="fashion-source", n=160, seed=0, resolution=16, batch_size=16,
+        steps=12, eval_every=12, views=2, trials=2, device="cpu", metric="accuracy", num_classes=10,
+    )
+    payload = {
+        "schema": "autotransfer/protocol-export/v1",
+        "study": "hand-made",
+        "protocol": {"log10_elr": -1.5, "momentum": 0.9, "freeze_frac": 0.0, **protocol},
+        "settings": settings.to_dict(),
+        "scores": {"val": 0.5, "test": 0.5},
+        "controls": {"scratch": 0.3, "probe": 0.4},
+    }
+    if drop:
+        del payload[drop]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(payload, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, change, needles",
+    [
+        ("no-settings", {"drop": "settings"}, ("'settings'",)),
+        ("no-protocol", {"drop": "protocol"}, ("'protocol'",)),
+        ("overflow", {"log10_elr": 400}, ("log10_elr", "400")),
+        ("diverges", {"log10_elr": 30}, ("diverged", "log10_elr")),
+    ],
+)
+def test_train_config_faults_are_one_line(tmp_path, name, change, needles):
+    config = _export(tmp_path, name, **change)
+    done = run_cli("train", "--config", str(config), "-o", str(tmp_path / "out"), "--device", "cpu", cwd=tmp_path)
+    assert_one_line_error(done, *needles)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_train_config_at_chance_says_so_loudly(tmp_path):
+    config = _export(tmp_path, "chance", log10_elr=2)  # (3 diverges here, in 12 steps at 16 px)
+    out = tmp_path / "out"
+    done = run_cli("train", "--config", str(config), "-o", str(out), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["at_chance"] is True
+    assert 0.0 < metrics["chance_level"] < 0.2  # 10 classes
+    assert metrics["below_probe"] is True  # the export's probe scored 0.4
+    assert any("chance level" in w for w in metrics["warnings"])
+    err = " ".join(done.stderr.split())
+    assert "WARNING: the model is at chance level" in err
+    assert "below the study's linear-probe control" in err
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("AUTOTRANSFER_TEST_POSTGRES_URL") or (
+    "postgresql://autotransfer:autotransfer@127.0.0.1:5432/autotransfer_test"
+)
+
+
+@pytest.mark.postgres
+def test_postgres_password_is_never_printed(tmp_path):
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from autotransfer.errors import UserError
+    from autotransfer.search.storage import masked_url, open_storage
+
+    try:
+        open_storage(POSTGRES_URL, heartbeat=False).get_all_studies()
+    except UserError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"no PostgreSQL server ({err}): run `bash .ci/postgres`")
+        pytest.skip(f"no PostgreSQL server ({err}): run `bash .ci/postgres`")
+    url = make_url(POSTGRES_URL)
+    secret = f":{url.password}@"
+    assert secret not in masked_url(POSTGRES_URL) and ":***@" in masked_url(POSTGRES_URL)
+    study = f"mask-{uuid.uuid4().hex[:8]}"
+    common = (
+        "builtin:digits", "--model", "fashion-source", "--n", "160", "--resolution", "16", "--batch-size", "16",
+        "--steps", "12", "--trials", "1", "--device", "cpu", "--prior", "quadrant",
+        "--storage", POSTGRES_URL, "--study", study,
+    )
+    done = run_cli("tune", *common, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"created study {study!r} in {masked_url(POSTGRES_URL)}" in " ".join(done.stderr.split() + done.stdout.split())
+    assert secret not in done.stdout and secret not in done.stderr
+    done = run_cli("tune", *common, "--format", "json", cwd=tmp_path, timeout=600)  # resumes: nothing left to run
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["storage"] == masked_url(POSTGRES_URL)
+    assert secret not in done.stdout and secret not in done.stderr
