@@ -218,7 +218,7 @@ class TaskEstimator:
                 without BatchNorm layers and no source sample.
         """
         from autotransfer.backbones.create import create_backbone
-        from autotransfer.data.sources import load_dataset
+        from autotransfer.data.sources import load_dataset, skipped_summary
 
         start = time.perf_counter()
         timings: dict[str, float] = {}
@@ -230,6 +230,8 @@ class TaskEstimator:
         if not isinstance(dataset, ImageDataset):
             raise UserError(f"target must be a dataset spec or an ImageDataset, but got {type(target).__name__}")
         size = size_stats(dataset)
+        notes.extend(dataset.notes)  # what loading left out (skipped files, capped N...)
+        skipped = skipped_summary(dataset) if dataset.skipped or dataset.skipped_files else None
         source_ds = None
         if source is not None:
             source_ds = load_dataset(source, require_labels=False) if isinstance(source, str) else source
@@ -312,6 +314,7 @@ class TaskEstimator:
             prior=prior,
             timings=timings,
             notes=notes,
+            skipped=skipped,
         )
         self.backbone_ = backbone
         self.profile_ = profile

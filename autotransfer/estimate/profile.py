@@ -110,7 +110,10 @@ class TaskProfile:
         placement: coordinates and quadrant on the survey's map.
         prior: the protocol centre and ranges derived from the placement.
         timings: seconds per stage (``features``, ``divergence``, ``total``...).
-        notes: human-readable remarks (capping, missing BN layers...).
+        notes: human-readable remarks: the dataset's own notes first (skipped files, capped
+            N...), then the estimator's (capping, missing BN layers...).
+        skipped: files the dataset source left out (``autotransfer.data.skipped_summary``:
+            ``count``, ``first`` names, ``reasons``), or ``None`` when none was.
     """
 
     spec: str
@@ -126,6 +129,7 @@ class TaskProfile:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     transferability_score: float | None = None
+    skipped: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.similarity <= 1.0:
@@ -171,6 +175,7 @@ class TaskProfile:
             "prior": None if self.prior is None else self.prior.to_dict(),
             "timings": dict(self.timings),
             "notes": list(self.notes),
+            "skipped": None if self.skipped is None else dict(self.skipped),
         }
         return _plain(out)
 
@@ -208,6 +213,7 @@ class TaskProfile:
             prior=None if values.get("prior") is None else Prior.from_dict(values["prior"]),
             timings={str(k): float(v) for k, v in values.get("timings", {}).items()},
             notes=[str(n) for n in values.get("notes", [])],
+            skipped=None if values.get("skipped") is None else dict(values["skipped"]),
         )
 
 

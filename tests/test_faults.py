@@ -1,0 +1,81 @@
+"""Unit-level guards from the faults issue: study names as file names, the skipped-files record in a
+task profile and tune's summary, masked storage URLs, the chance-level check."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from rich.console import Console
+
+from autotransfer.errors import UserError
+from autotransfer.estimate.profile import TaskProfile
+from autotransfer.paths import safe_name
+from autotransfer.search.reproduce import chance_level, quality_warnings
+from autotransfer.search.storage import masked_url
+from tests.estimate.test_profile import _profile
+
+
+@pytest.mark.parametrize("name", ["digits-fashion-source-n160-s0", "élan", "a..b", "x=1_y.2"])
+def test_safe_names_pass_unchanged(name):
+    assert safe_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("../../x", "dot"), ("..", "dot"), (".hidden", "dot"), ("a/b", "separator"), ("a\\b", "separator"),
+        ("a\x00b", "control"), ("new\nline", "control"), ("x" * 201, "longer"), ("", "non-empty"),
+    ],
+)
+def test_unsafe_names_are_refused_in_one_line(name, why):
+    with pytest.raises(UserError) as err:
+        safe_name(name)
+    assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def test_skipped_record_survives_the_profile_and_reaches_the_summary():
+    skipped = {"count": 6, "first": ["a/empty.png", "a/text.png", "a/up", "b/x.png", "b/y.png"],
+               "reasons": {"unreadable": 5, "link-loop": 1}}
+    profile = dataclasses.replace(_profile(), skipped=skipped)
+    back = TaskProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert back.skipped == skipped
+    assert TaskProfile.from_dict(_profile().to_dict()).skipped is None  # older profiles: none recorded
+
+    from autotransfer.report.summary import summary_table
+    from autotransfer.search.job import TuneResult
+    from autotransfer.search.settings import StudySettings
+
+    fields = {f.name for f in dataclasses.fields(TuneResult)}
+    values = dict(
+        study_name="s", storage="postgresql://user:hunter2@db.lan:5432/at", settings=StudySettings(),
+        best_protocol=None, best_trial=None, val_score=None, test_score=None, controls={},
+        negative_transfer=False, export_path=None, model_path=None, n_search_trials=0,
+        profile=back.to_dict(), prior=None,
+    )
+    result = TuneResult(**{k: v for k, v in values.items() if k in fields})
+    console = Console(width=200, record=True)
+    console.print(summary_table(result))
+    text = console.export_text()
+    assert "skipped files" in text and "6 (a/empty.png, a/text.png, a/up, ...)" in text
+    assert "hunter2" not in text and "postgresql://user:***@db.lan:5432/at" in text
+
+
+def test_masked_url_hides_only_the_password():
+    assert masked_url("postgresql://at:secret@db.lan/autotransfer") == "postgresql://at:***@db.lan/autotransfer"
+    assert masked_url("sqlite:///studies/autotransfer.db") == "sqlite:///studies/autotransfer.db"
+    assert masked_url("studies/journal.log") == "studies/journal.log"
+
+
+def test_chance_level_and_quality_warnings():
+    import numpy as np
+
+    labels = np.array([0] * 6 + [1] * 2 + [2] * 2)
+    assert chance_level(labels, 3, "accuracy") == pytest.approx(0.6)  # always the largest class
+    assert chance_level(labels, 3, "balanced_accuracy") == pytest.approx(1 / 3)
+    at_chance, below, warnings = quality_warnings(0.12, 200, chance=0.1, probe=None)
+    assert at_chance and below is None and "chance level" in warnings[0]
+    at_chance, below, warnings = quality_warnings(0.9, 200, chance=0.1, probe=0.5)
+    assert not at_chance and below is False and warnings == []
+    at_chance, below, warnings = quality_warnings(0.5, 200, chance=0.1, probe=0.8)
+    assert not at_chance and below is True and "linear-probe" in warnings[0]
