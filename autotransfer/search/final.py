@@ -97,14 +97,12 @@ def train_final(
     from autotransfer.search.objective import train_config_for
     from autotransfer.train import DivergedError, evaluate, train_protocol
 
-    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
-    config = train_config_for(protocol, settings, backbone.num_groups).replace(eval_every=settings.steps)
-    trainval = split_batches(prepared, "trainval", settings, backbone.preprocessing)
-    test = split_batches(prepared, "test", settings, backbone.preprocessing)
-    notes: list[str] = []
+    # the test split is scored by the run's last validation, as ``train --config`` scores it;
+    # the decision below reads only the fit on train+val
     fit: float | None = None
     try:
-        result = train_protocol(backbone, trainval, None, config, metric=settings.metric, progress=progress)
+        backbone, test_score, result = retrain_and_test(protocol, settings, prepared, progress=progress)
+        trainval = split_batches(prepared, "trainval", settings, backbone.preprocessing)
         fit = evaluate(backbone, trainval, settings.metric)
         broken = is_broken(fit, expected, expected_images)
         why = (
@@ -112,16 +110,16 @@ def train_final(
             f" images ({expected_images} images)"
         )
     except DivergedError as err:
-        broken, why, result = True, f"it diverged ({err})", None
+        broken, why = True, f"it diverged ({err})"
     if not broken:
-        return FinalModel(backbone, evaluate(backbone, test, settings.metric), fit, "train+val", float(result.images_per_s))
-    notes.append(
+        return FinalModel(backbone, test_score, fit, "train+val", float(result.images_per_s))
+    notes = [
         f"the retrain on train+val broke: {why}; handing back the trial's own model instead (trained on the"
         " train split with the trial's seed, the run the study validated)"
-    )
+    ]
     backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+    config = train_config_for(protocol, settings, backbone.num_groups).replace(eval_every=settings.steps)
     train = split_batches(prepared, "train", settings, backbone.preprocessing)
-    result = train_protocol(backbone, train, None, config, metric=settings.metric, progress=progress)
-    return FinalModel(
-        backbone, evaluate(backbone, test, settings.metric), fit, "train", float(result.images_per_s), notes
-    )
+    test = split_batches(prepared, "test", settings, backbone.preprocessing)
+    result = train_protocol(backbone, train, test, config, metric=settings.metric, progress=progress)
+    return FinalModel(backbone, float(result.final_score), fit, "train", float(result.images_per_s), notes)

@@ -1,0 +1,137 @@
+"""The pick and the final model on real tiny studies: the cross-validated pick is deterministic,
+survives an interrupted resume, is what export and train --config reproduce; a broken retrain
+falls back to the trial's own model; thin studies stay off the surface."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from autotransfer.export import export_payload, read_export, write_export
+from autotransfer.search import pick as pick_module
+from autotransfer.search.final import is_broken, train_final
+from autotransfer.search.job import surface_evidence_shortfall, tune
+from autotransfer.search.pick import PICK_TOP, read_pick
+from autotransfer.search.prepared import split_batches
+from autotransfer.search.protocol import Protocol
+from autotransfer.search.reproduce import train_from_config
+from autotransfer.search.storage import open_storage
+from autotransfer.search.study import ATTR, best_by_validation, best_transfer_trial, load_study
+from autotransfer.train import evaluate
+from tests.search.conftest import prepared_tiny
+
+
+def _tune(settings, url, tmp_path, **kwargs):
+    return tune(
+        settings, study_name="pick", storage=url, export_dir=tmp_path / "exports", runs_dir=tmp_path / "runs", **kwargs
+    )
+
+
+def test_the_pick_is_deterministic_and_export_then_train_reproduces_it(tiny_settings, tmp_path):
+    settings = replace(tiny_settings, trials=3)
+    first = _tune(settings, f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "a")
+    second = _tune(settings, f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "b")
+    assert first.pick["rule"] == "cv" and len(first.pick["candidates"]) == PICK_TOP
+    assert first.pick == {**second.pick, "seconds": first.pick["seconds"]}  # same seed, same pick
+    assert first.best_trial == first.pick["trial"] and first.test_score == second.test_score
+    # every candidate was scored on all of train+val, out of fold
+    study = load_study("pick", open_storage(f"sqlite:///{tmp_path / 'a.db'}"))
+    trainval = study.user_attrs[ATTR["settings"]]["n_train"] + study.user_attrs[ATTR["settings"]]["val_images"]
+    assert all(c["images"] == trainval for c in first.pick["candidates"])
+    assert any("cross-validation of the top 3" in note and "extra trainings" in note for note in first.notes)
+    # export names the picked trial, and train --config retrains it to the same test score
+    payload = export_payload(study)
+    assert payload["trial"] == first.pick["trial"] == best_transfer_trial(study).number
+    path = write_export(payload, tmp_path / "best.yaml", "yaml")
+    reproduced = train_from_config(read_export(path), out_dir=tmp_path / "reproduced")
+    assert first.trained_on == "train+val"
+    assert reproduced["test_score"] == pytest.approx(first.test_score, abs=1e-6)
+
+
+def test_a_resume_after_an_interrupted_pick_picks_with_the_same_rule(tiny_settings, tmp_path, monkeypatch):
+    settings = replace(tiny_settings, trials=3)
+    clean = _tune(settings, f"sqlite:///{tmp_path / 'clean.db'}", tmp_path / "clean")
+    url = f"sqlite:///{tmp_path / 'cut.db'}"
+    real = pick_module._cross_validate
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second candidate's re-score
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pick_module, "_cross_validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(settings, url, tmp_path / "cut")
+    assert read_pick(load_study("pick", open_storage(url))) is None  # nothing half-recorded
+    monkeypatch.setattr(pick_module, "_cross_validate", real)
+    resumed = _tune(settings, url, tmp_path / "cut")
+    assert resumed.pick["rule"] == "cv" and resumed.pick["trial"] == clean.pick["trial"]
+    assert [c["oof_score"] for c in resumed.pick["candidates"]] == [c["oof_score"] for c in clean.pick["candidates"]]
+    # a second resume reuses the recorded pick: no re-score
+    monkeypatch.setattr(pick_module, "_cross_validate", lambda *a, **k: pytest.fail("re-scored a recorded pick"))
+    again = _tune(settings, url, tmp_path / "cut")
+    assert again.pick == resumed.pick
+
+
+def test_the_val_rule_takes_the_best_validation_trial(tiny_settings, storage_url, tmp_path):
+    result = _tune(replace(tiny_settings, pick="val"), storage_url, tmp_path)
+    study = load_study("pick", open_storage(storage_url))
+    assert result.pick == {"rule": "val", "trial": best_by_validation(study).number, "candidates": [],
+                           "trainings": 0, "steps": 0, "seconds": 0.0}
+    assert any("rule 'val'" in note for note in result.notes)
+
+
+def test_a_broken_retrain_falls_back_to_the_trials_own_model(tiny_settings):
+    settings, prepared = prepared_tiny(tiny_settings)
+    protocol = Protocol(log10_elr=-1.0, freeze_frac=0.5)
+    # an expectation no 12-step model meets: the retrain's own fit says it broke
+    final = train_final(protocol, settings, prepared, expected=1.0, expected_images=10_000)
+    assert final.fell_back and final.trained_on == "train"
+    assert final.fit_score is not None and is_broken(final.fit_score, 1.0, 10_000)
+    assert "broke" in final.notes[0] and "trial's own model" in final.notes[0]
+    # the fallback is the trial's run: trained on the train split with the trial's seed
+    from autotransfer.search.objective import TrialRunner, train_config_for  # noqa: F401
+    from autotransfer.backbones import create_backbone
+    from autotransfer.train import train_protocol
+
+    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+    config = train_config_for(protocol, settings, backbone.num_groups)
+    val = split_batches(prepared, "val", settings, backbone.preprocessing)
+    trial = train_protocol(backbone, split_batches(prepared, "train", settings, backbone.preprocessing), val, config)
+    assert evaluate(final.backbone, val, settings.metric) == pytest.approx(trial.final_score, abs=1e-6)
+    # a reachable expectation keeps the retrain on train+val
+    kept = train_final(protocol, settings, prepared, expected=0.1, expected_images=100)
+    assert not kept.fell_back and kept.notes == []
+
+
+def test_is_broken_allows_noise_and_catches_collapse():
+    assert not is_broken(0.70, 0.733, 30)  # a bit below: noise
+    assert is_broken(0.20, 0.733, 30)  # the measured collapse (issue 14)
+    assert not is_broken(0.95, 0.80, 200)  # fits its training set better than unseen images: healthy
+
+
+def test_thin_studies_stay_off_the_surface(tiny_settings, storage_url, tmp_path):
+    store = tmp_path / "surface.json"
+    result = _tune(replace(tiny_settings, pick="val"), storage_url, tmp_path, surface_store=store)
+    assert not store.exists()
+    assert any("not recorded on the surface" in n and "2 finished search trials (needs 10)" in n for n in result.notes)
+    assert surface_evidence_shortfall(10, 30) is None
+    assert "validation images" in surface_evidence_shortfall(20, 15)
+
+
+def test_tune_says_which_prior_it_used(tiny_settings, storage_url, tmp_path):
+    lines = []
+
+    class UI:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+        def note(self, line):
+            lines.append(line)
+
+    _tune(replace(tiny_settings, pick="val"), storage_url, tmp_path, ui=UI())
+    assert any(line.startswith("prior: the quadrant rules") for line in lines)
+    np.testing.assert_equal(len([line for line in lines if line.startswith("prior:")]), 1)
