@@ -40,10 +40,12 @@ def safe_name(name: str, what: str = "study name") -> str:
     if not isinstance(name, str) or not name.strip():
         raise UserError(f"{what} must be a non-empty string, but got {name!r}; {hint}")
     bad = None
-    if name in (".", "..") or name.startswith("."):
-        bad = "starts with a dot"
-    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
         bad = "contains a path separator"
+    elif name in (".", ".."):
+        bad = "is a relative path"
+    elif name.startswith("."):
+        bad = "starts with a dot (a hidden file)"
     elif any(unicodedata.category(ch).startswith("C") for ch in name):
         bad = "contains a control character"
     elif len(name) > MAX_NAME:

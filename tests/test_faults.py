@@ -24,7 +24,7 @@ def test_safe_names_pass_unchanged(name):
 @pytest.mark.parametrize(
     "name, why",
     [
-        ("../../x", "dot"), ("..", "dot"), (".hidden", "dot"), ("a/b", "separator"), ("a\\b", "separator"),
+        ("../../x", "separator"), ("..", "relative"), (".hidden", "dot"), ("a/b", "separator"), ("a\\b", "separator"),
         ("a\x00b", "control"), ("new\nline", "control"), ("x" * 201, "longer"), ("", "non-empty"),
     ],
 )
