@@ -168,8 +168,10 @@ def test_centres_lie_inside_their_spaces() -> None:
         assert 0 <= f <= g and 0 <= r <= g - f
         if bounds is None:
             assert p.space.ranges["log10_elr"].high >= 0.0  # reaches ELR 1 (lr 0.1 at m 0.9)
-            # every range is centred, hence narrower than the wide bounds for ELR
-            assert p.space.ranges["log10_elr"].high - p.space.ranges["log10_elr"].low < 4.0
+            # the prior centres the search, it does not fence it in (issue 14): the ELR range
+            # is the wide bounds' four decades; the prior's spread says where to start
+            assert p.space.ranges["log10_elr"].high - p.space.ranges["log10_elr"].low == 4.0
+            assert p.spread["log10_elr"] == 1.0
 
 
 def test_no_profile_and_bad_input() -> None:
