@@ -31,10 +31,11 @@ def assets_dir() -> Path:
 def safe_name(name: str, what: str = "study name") -> str:
     """``name`` unchanged when it can be used as one file or folder name, else a ``UserError``.
 
-    Refused: an empty name, ``.`` or ``..``, a path separator (``/``, ``\\``), a leading dot
-    (a hidden file, or a relative path), control characters, and names over ``MAX_NAME``
-    characters. Study names become ``studies/runs/NAME/`` and ``studies/exports/NAME.yaml``,
-    so a name must never lead out of those folders.
+    Refused: an empty name, ``.`` or ``..``, a path separator (``/``, ``\\``), control
+    characters, and names over ``MAX_NAME`` characters. Study names become
+    ``studies/runs/NAME/`` and ``studies/exports/NAME.yaml``, so a name must never lead out of
+    those folders. A leading dot is allowed: it stays inside them, and the default name of a
+    relative-path target starts with one (``./data`` gives ``._data-MODEL-all-s0``).
     """
     hint = "use letters, digits, '-', '_', '.' and '=' (e.g. animals-lite0-n600-s0)"
     if not isinstance(name, str) or not name.strip():
@@ -44,8 +45,6 @@ def safe_name(name: str, what: str = "study name") -> str:
         bad = "contains a path separator"
     elif name in (".", ".."):
         bad = "is a relative path"
-    elif name.startswith("."):
-        bad = "starts with a dot (a hidden file)"
     elif any(unicodedata.category(ch).startswith("C") for ch in name):
         bad = "contains a control character"
     elif len(name) > MAX_NAME:

@@ -16,7 +16,7 @@ from autotransfer.search.storage import masked_url
 from tests.estimate.test_profile import _profile
 
 
-@pytest.mark.parametrize("name", ["digits-fashion-source-n160-s0", "élan", "a..b", "x=1_y.2"])
+@pytest.mark.parametrize("name", ["digits-fashion-source-n160-s0", "élan", "a..b", "x=1_y.2", "._data-m-all-s0"])
 def test_safe_names_pass_unchanged(name):
     assert safe_name(name) == name
 
@@ -24,7 +24,7 @@ def test_safe_names_pass_unchanged(name):
 @pytest.mark.parametrize(
     "name, why",
     [
-        ("../../x", "separator"), ("..", "relative"), (".hidden", "dot"), ("a/b", "separator"), ("a\\b", "separator"),
+        ("../../x", "separator"), ("..", "relative"), (".", "relative"), ("a/b", "separator"), ("a\\b", "separator"),
         ("a\x00b", "control"), ("new\nline", "control"), ("x" * 201, "longer"), ("", "non-empty"),
     ],
 )
