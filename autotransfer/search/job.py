@@ -5,7 +5,7 @@ import gc
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -207,11 +207,14 @@ def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
     )
 
 
-def validation_counts(prepared: PreparedData) -> dict[str, int]:
-    """The validation split's size and its smallest class (the pruner's noise margin)."""
+def validation_counts(prepared: PreparedData, metric: str) -> dict[str, int]:
+    """The validation split's size and its effective size under the study's metric (the pruner's
+    noise margin; ``effective_images``)."""
+    from autotransfer.search.pruning import effective_images
+
     labels = np.asarray(prepared.val.labels)
-    counts = np.bincount(labels, minlength=len(prepared.dataset.classes)) if len(labels) else np.zeros(1, int)
-    return {"val_images": int(len(labels)), "val_min_class": int(counts.min())}
+    counts = np.bincount(labels, minlength=len(prepared.dataset.classes)) if len(labels) else np.zeros(0, int)
+    return {"val_images": int(len(labels)), "val_effective": effective_images(counts.tolist(), metric)}
 
 
 
@@ -253,6 +256,7 @@ class TuneResult:
             "val_images": self.val_images,
             "test_images": self.test_images,
             "pick": self.pick,
+            "skipped": (self.profile or {}).get("skipped"),
             "trained_on": self.trained_on,
             "controls": self.controls,
             "negative_transfer": self.negative_transfer,
@@ -386,10 +390,14 @@ def tune(
     ui = ui or NullUI()
     url = storage_location(storage)
     store = open_storage(url)
-    name = study_name or default_study_name(settings)
+    name = safe_name(study_name or default_study_name(settings))
 
     ui.stage("loading data")
     prepared = prepare_data(settings)
+    capped = settings.n is not None and settings.n > len(prepared.dataset)
+    if capped:
+        ui.note(f"--n {settings.n} is more than {settings.target!r} holds: the study uses all {len(prepared.dataset)} images")
+        settings = replace(settings, n=len(prepared.dataset))
     probe_backbone = create_backbone(settings.model, num_classes=len(prepared.dataset.classes))
     num_groups = probe_backbone.num_groups
 
@@ -402,7 +410,7 @@ def tune(
             metric=stored.metric,
             num_classes=stored.num_classes,
             n_train=len(prepared.train),
-            **validation_counts(prepared),
+            **validation_counts(prepared, stored.metric),
         )
         check_compatible(study, settings)
         # resume with the stored budget and options; only --trials may grow
@@ -424,7 +432,7 @@ def tune(
             metric=metric,
             num_classes=len(prepared.dataset.classes),
             n_train=len(prepared.train),
-            **validation_counts(prepared),
+            **validation_counts(prepared, metric),
         )
         if settings.prior.startswith("surface:"):
             from autotransfer.surface import surface_prior_for_profile
@@ -505,6 +513,8 @@ def tune(
         val_images=len(prepared.val),
         test_images=len(prepared.test),
     )
+    if capped:
+        result.notes.append(f"N was capped at {settings.n}: all the images {settings.target!r} holds")
     if result.val_images < SMALL_VALIDATION:
         result.notes.append(
             f"the validation split holds {result.val_images} images (one image is {100 / result.val_images:.1f} points): "

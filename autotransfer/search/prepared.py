@@ -37,6 +37,8 @@ class PreparedData:
             classes=list(a.classes),
             flip=a.flip,
             notes=list(self.dataset.notes),
+            skipped=self.dataset.skipped,
+            skipped_files=list(self.dataset.skipped_files),
         )
 
 

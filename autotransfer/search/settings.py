@@ -63,7 +63,7 @@ class StudySettings:
     num_classes: int = 0
     n_train: int = 0
     val_images: int = 0
-    val_min_class: int = 0
+    val_effective: int = 0
     pick: str = "cv"
 
     def __post_init__(self) -> None:
@@ -96,10 +96,10 @@ class StudySettings:
         num_classes: int,
         n_train: int,
         val_images: int = 0,
-        val_min_class: int = 0,
+        val_effective: int = 0,
     ) -> "StudySettings":
         """A copy with the data-dependent fields filled (budget defaulted from ``n_train``;
-        ``val_images`` and ``val_min_class`` size the pruner's noise margin)."""
+        ``val_images`` and ``val_effective`` size the pruner's noise margin)."""
         steps = self.steps or default_steps(n_train, self.batch_size)
         eval_every = self.eval_every or max(1, steps // 6)
         return replace(
@@ -109,7 +109,7 @@ class StudySettings:
             num_classes=num_classes,
             n_train=n_train,
             val_images=val_images,
-            val_min_class=val_min_class,
+            val_effective=val_effective,
             steps=steps,
             eval_every=min(eval_every, steps),
         )

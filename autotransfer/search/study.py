@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotransfer.errors import UserError
 from autotransfer.search.protocol import Protocol, ProtocolSpace
-from autotransfer.search.pruning import NoiseAwarePruner, effective_images, rung_steps
+from autotransfer.search.pruning import NoiseAwarePruner, rung_steps
 from autotransfer.search.sampler import PriorSampler, default_startup
 from autotransfer.search.settings import StudySettings
 
@@ -107,7 +107,7 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     if not settings.prune or not settings.steps:
         return optuna.pruners.NopPruner()
     eval_every = int(settings.eval_every or 1)
-    n_eff = effective_images(settings.val_images, settings.num_classes, settings.val_min_class, settings.metric)
+    n_eff = settings.val_effective or settings.val_images
     return NoiseAwarePruner(rung_steps(int(settings.steps), eval_every, RUNG_FRACTIONS), n_eff, z=PRUNE_Z)
 
 

@@ -36,6 +36,6 @@ def prepared_tiny(settings: StudySettings) -> tuple[StudySettings, PreparedData]
     prepared = prepare_data(settings)
     resolved = settings.resolved(
         fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10, n_train=len(prepared.train),
-        **validation_counts(prepared),
+        **validation_counts(prepared, "accuracy"),
     )
     return resolved, prepared

@@ -93,5 +93,6 @@ def test_rungs_sit_at_thirds_of_the_budget_on_the_validation_schedule():
 
 
 def test_balanced_accuracy_counts_the_smallest_class():
-    assert effective_images(30, 2, 9, "balanced_accuracy") == 18
-    assert effective_images(30, 2, 9, "accuracy") == 30
+    assert effective_images([21, 9], "balanced_accuracy") == 25  # elpv at N = 200
+    assert effective_images([21, 9], "accuracy") == 30
+    assert effective_images([3] * 10, "balanced_accuracy") == 30  # balanced classes: all of them
