@@ -5,7 +5,7 @@ even for images of the source domain: sample noise in the activation means, and 
 the stored running statistics and the images at hand, leave a floor that also rises with depth.
 Each built-in model therefore ships the profile of a few real source-domain images
 (``autotransfer/assets/<name>-reference.json``, built by ``benchmarks/build_references.py``);
-the estimator reports the *excess* over it (DESIGN.md, "divergence profile").
+the estimator reports the *excess* over it (docs/design.md, "divergence profile").
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from autotransfer.errors import UserError
 
 __all__ = ["SizeStats", "size_stats", "IMBALANCE_THRESHOLD", "choose_metric"]
 
-#: Above this max/min class-count ratio the search optimises balanced accuracy (DESIGN.md:
+#: Above this max/min class-count ratio the search optimises balanced accuracy (docs/design.md:
 #: ELPV's 69/31 split is ~2.2 and must not be scored by plain accuracy).
 IMBALANCE_THRESHOLD = 1.5
 

@@ -45,7 +45,7 @@ __all__ = [
 
 #: ``similarity >= 0.5`` reads "similar": the midpoint of the [0, 1] scale. With the BN-W2
 #: scale below this puts the split at a mean excess of 0.35 * ln 2 = 0.24, between real photos
-#: (excess ~0) and every greyscale set measured (excess 0.23-0.50; DESIGN.md).
+#: (excess ~0) and every greyscale set measured (excess 0.23-0.50; docs/design.md).
 SIMILAR_THRESHOLD = 0.5
 
 #: A target is "large" when ``N >= max(LARGE_MIN_IMAGES, LARGE_MIN_PER_CLASS * C)``.
@@ -63,7 +63,7 @@ LARGE_MIN_PER_CLASS = 100
 SIZE_SCORE_WIDTH = 0.25
 
 #: Scale of the source-free BN-W2 divergence for ``similarity = exp(-excess / scale)``.
-#: Source: DESIGN.md, "Facts about this environment": an independent probe (EfficientNet-Lite0,
+#: Source: docs/design.md, "Facts about this environment": an independent probe (EfficientNet-Lite0,
 #: 224 px, per-layer W2 of activation mean/std vs the stored running statistics, normalised by
 #: the source variance) put 20 real ImageNet photos at 0.04 and every other set at 0.27-0.54
 #: (CIFAR 0.27, solar cells 0.36, Fashion-MNIST 0.39, animal silhouettes 0.45, MNIST 0.54).

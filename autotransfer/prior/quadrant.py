@@ -62,7 +62,7 @@ ELR_SIMILAR = math.log10(0.03)
 #: ELR 0.25. Li et al. (ICLR 2020): the optimal ELR rises as similarity falls.
 ELR_DISSIMILAR = math.log10(0.25)
 #: The ELR range always reaches at least ELR 1 (lr 0.1 at momentum 0.9). Measurement
-#: (DESIGN.md): "with short budgets the best SGD lr sat at the top of a 0.001-0.03 grid, so
+#: (docs/design.md): "with short budgets the best SGD lr sat at the top of a 0.001-0.03 grid, so
 #: search ranges must reach well above 0.03".
 ELR_TOP = 0.0
 
@@ -72,7 +72,7 @@ ELR_TOP = 0.0
 MOMENTUM = 0.9
 
 # --- head lr multiplier (log10) -----------------------------------------------------------
-#: Measurement (DESIGN.md): the zero-initialised head "deserves its own lr". x10 for similar
+#: Measurement (docs/design.md): the zero-initialised head "deserves its own lr". x10 for similar
 #: targets, where the backbone's ELR is low and the head does most of the learning (the classic
 #: fine-tuning recipe: new layers at 10x); x3.2 for far targets, whose backbone ELR is already
 #: ~8x higher, so that the head's own ELR stays within a factor of ~3 across the map.
@@ -82,7 +82,7 @@ HEAD_MULT_DISSIMILAR = 0.5
 # --- freeze ---------------------------------------------------------------------------------
 #: Softness of the crossing depth (``crossing_depth``), as a fraction of the similarity scale:
 #: 0.1 x 0.35 = 0.035 in BN-W2 units, about the spread of same-domain BN-W2 values (photos at
-#: 0.04, DESIGN.md), so a group within noise of the threshold counts half.
+#: 0.04, docs/design.md), so a group within noise of the threshold counts half.
 CROSSING_SOFTNESS = 0.1
 
 # --- re-initialisation ---------------------------------------------------------------------
@@ -273,7 +273,7 @@ def quadrant_prior(
     # ELR: log-linear in d between the survey's two lr classes (Li et al. ICLR 2020: the optimal
     # ELR rises as similarity falls).
     log10_elr = ELR_SIMILAR + (ELR_DISSIMILAR - ELR_SIMILAR) * d
-    # Head: x10 when similar, x3.2 when far (measurement, DESIGN.md; see HEAD_MULT_*).
+    # Head: x10 when similar, x3.2 when far (measurement, docs/design.md; see HEAD_MULT_*).
     head = 10.0 ** (HEAD_MULT_SIMILAR + (HEAD_MULT_DISSIMILAR - HEAD_MULT_SIMILAR) * d)
     # Freeze: follow the excess profile to where it crosses the similarity split (survey:
     # transfer the layers whose features still fit), then scale down for large targets
@@ -332,7 +332,7 @@ def quadrant_prior(
         " the prior centres the first sampled trials (one spread: log10 ELR"
         f" +-{WIDTHS['log10_elr']:g}, freeze +-{WIDTHS['freeze_frac']:g}, re-init +-{WIDTHS['reinit_frac']:g}) and"
         " does not fence the search in",
-        f"head lr x{centre.head_lr_mult:.3g}: own lr for the zero-initialised head (measurement, DESIGN.md), "
+        f"head lr x{centre.head_lr_mult:.3g}: own lr for the zero-initialised head (measurement, docs/design.md), "
         "x10 when similar down to x3.2 when far",
         f"freeze_frac {centre.freeze_frac:.2f} (f = {f} of {num_groups}): "
         + (
@@ -368,7 +368,7 @@ def quadrant_prior(
 # (~0.003 for targets near the source, ~0.02-0.025 with more re-initialised layers for less
 # similar ones); Li et al. (ICLR 2020) fix the standard fine-tuning setting at momentum 0.9,
 # weight decay 1e-4. The new head keeps a x10 lr (the classic recipe for new layers, and
-# DESIGN.md's measurement on the zero-initialised head).
+# docs/design.md's measurement on the zero-initialised head).
 
 _FT_WEIGHT_DECAY = 1e-4
 
@@ -408,7 +408,7 @@ def linear_probe_protocol() -> Protocol:
 
 
 def scratch_protocols() -> list[Protocol]:
-    """The from-scratch control (DESIGN.md: best of 3 high ELRs): every group re-initialised
+    """The from-scratch control (docs/design.md: best of 3 high ELRs): every group re-initialised
     (``reinit_frac = 1``, nothing frozen), lr 0.03 / 0.1 / 0.3 at momentum 0.9 (ELR 0.3 / 1 /
     3) around the from-scratch ImageNet standard lr 0.1 that Li et al. (ICLR 2020) contrast
     fine-tuning with; weight decay 1e-4; head at the same lr (it is no newer than the rest)."""
@@ -429,7 +429,7 @@ def scratch_protocols() -> list[Protocol]:
 
 
 def probe_control_protocols() -> list[Protocol]:
-    """The linear-probe control (DESIGN.md: best of 2 ELRs): ``freeze_frac = 1``, backbone ELR
+    """The linear-probe control (docs/design.md: best of 2 ELRs): ``freeze_frac = 1``, backbone ELR
     0.01 and 0.1 with the head at x10 (head ELR 0.1 and 1), bracketing ``linear_probe_protocol``."""
     return [
         Protocol(

@@ -37,7 +37,7 @@ def reinit_count(reinit_frac: float, num_groups: int, freeze: int) -> int:
 
 @dataclass(frozen=True)
 class Protocol:
-    """One fine-tuning protocol in the study's vocabulary (DESIGN.md).
+    """One fine-tuning protocol in the study's vocabulary (docs/design.md).
 
     ``lr`` follows from the effective learning rate: ``lr = 10**log10_elr * (1 - momentum)``
     (Li et al., ICLR 2020). Freeze and reinit are fractions; ``integers(G)`` gives ``(f, r)``.
@@ -117,7 +117,7 @@ class _Suggester(TypingProtocol):
 
 
 def _default_ranges() -> dict[str, ParamRange]:
-    # Wide ranges: DESIGN.md notes that with short budgets the best SGD lr sat at the top of a
+    # Wide ranges: docs/design.md notes that with short budgets the best SGD lr sat at the top of a
     # 0.001-0.03 grid, so ELR must reach well above 0.03*10 (lr 0.03 at momentum 0.9).
     return {
         "log10_elr": ParamRange(-3.5, 0.5),
