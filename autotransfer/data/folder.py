@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from autotransfer.data.decode import decode_bytes
 from autotransfer.errors import UserError
 from autotransfer.paths import cache_dir
 
-__all__ = ["RawImages", "load_folder", "load_manifest", "decode_files", "SKIP_REASONS"]
+__all__ = ["RawImages", "load_folder", "load_manifest", "decode_files", "class_sort_key", "SKIP_REASONS"]
 
 # Files that are never images and not worth reporting as skipped.
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "icon\r"}
@@ -286,7 +287,8 @@ def load_folder(
     root: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False
 ) -> RawImages:
     """An ImageFolder tree (``root/CLASS/...image``), or with ``require_labels=False`` a
-    folder of images without class sub-folders.
+    folder of images without class sub-folders. Classes are the sub-folders in natural order
+    (``class_sort_key``: ``2`` before ``10``, as timm's reader).
 
     Symbolic links are followed only inside ``root`` (anywhere with ``allow_outside``),
     never into a loop, and each file is counted once; links left out, and unreadable files,
@@ -308,7 +310,9 @@ def load_folder(
         raise UserError(
             f"dataset folder {root} is empty; put one sub-folder of images per class in it"
         )
-    class_dirs = [(e, target) for e, target in entries if target.is_dir()]
+    class_dirs = sorted(
+        ((e, target) for e, target in entries if target.is_dir()), key=lambda item: class_sort_key(item[0].name)
+    )
     loose = [e for e, target in entries if target.is_file()]
     notes: list[str] = []
     if not class_dirs:
@@ -368,11 +372,14 @@ def load_folder(
     )
 
 
-def _class_sort_key(name: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(name), name)
-    except ValueError:
-        return (1, 0.0, name)
+def class_sort_key(name: str) -> tuple[list[int | str], str]:
+    """The class order, one rule for folders and manifests: natural sort, as timm's ImageFolder
+    reader (``timm.utils.misc.natural_key``): case-insensitive, runs of digits compared as numbers,
+    so ``2`` comes before ``10`` and ``class2`` before ``class10``. Names equal but for case are
+    ordered by their exact text. Class ``i`` of a dataset is the ``i``-th name in this order;
+    model folders store it as ``label_names`` so that it is never guessed."""
+    parts = re.split(r"([0-9]+)", name.lower())
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], name
 
 
 def _manifest_path(
@@ -405,7 +412,7 @@ def load_manifest(
 
     Paths must stay inside the manifest's folder (no absolute paths, no ``..`` or link that
     leads out of it) unless ``allow_outside``; a row that breaks the rule is a ``UserError``.
-    Classes are the distinct labels, sorted (numerically when all are numbers). Rows whose
+    Classes are the distinct labels in natural order (``class_sort_key``: ``2`` before ``10``). Rows whose
     file is missing or unreadable are skipped, listed in ``skipped_files`` and noted.
     """
     try:
@@ -460,7 +467,7 @@ def load_manifest(
     images = [decoded[i] for i in keep]
     if not has_labels:
         return RawImages(images, None, [], len(skipped), notes, skipped)
-    classes = sorted(set(names), key=_class_sort_key)
+    classes = sorted(set(names), key=class_sort_key)
     index = {name: i for i, name in enumerate(classes)}
     labels = np.asarray([index[names[i]] for i in keep], dtype=np.int64)
     missing = [c for c in classes if not np.any(labels == index[c])]

@@ -172,3 +172,35 @@ def test_corrupt_files_are_remembered(tmp_path, private_cache, monkeypatch):
     monkeypatch.setattr(folder_module, "decode_bytes", lambda data: calls.append(1))
     again = load_dataset(str(root))
     assert calls == [] and again.skipped == 2 and len(again) == 5
+
+
+# -- class order: natural sort, as timm's ImageFolder reader -------------------------------------
+
+
+def test_class_folders_sort_naturally_as_timm_does(tmp_path, private_cache):
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+
+    names = ["10", "2", "1", "class10", "Class2", "class1", "b", "A"]
+    rng = np.random.default_rng(0)
+    for name in names:
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "tree" / name / "x.png")
+    ds = load_dataset(f"folder:{tmp_path / 'tree'}")
+    assert ds.classes == ["1", "2", "10", "A", "b", "class1", "Class2", "class10"]
+    _, class_to_idx = find_images_and_targets(str(tmp_path / "tree"))
+    assert ds.classes == sorted(class_to_idx, key=class_to_idx.get)  # timm gives every class the same index
+    # each image keeps its folder's label
+    for image_label, name in zip(ds.labels.tolist(), ds.classes):
+        assert ds.classes[image_label] == name
+
+
+def test_manifest_labels_sort_by_the_same_rule(tmp_path, private_cache):
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i, label in enumerate(["10", "2", "1", "x3", "x20"]):
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(str(tmp_path / "m.csv"))
+    assert ds.classes == ["1", "2", "10", "x3", "x20"]
+    assert [ds.classes[i] for i in ds.labels] == ["10", "2", "1", "x3", "x20"]
