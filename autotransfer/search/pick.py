@@ -194,7 +194,7 @@ def _folds(prepared: PreparedData, settings: StudySettings, preprocessing) -> li
 
     trainval = prepared.trainval
     labels = np.asarray(trainval.labels)
-    smallest = int(np.bincount(labels).min(initial=0)) if len(labels) else 0
+    smallest = int(np.bincount(labels).min()) if len(labels) else 0
     k = max(2, min(PICK_FOLDS, smallest)) if smallest >= 2 else 2
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=settings.seed)
     stratify = labels if smallest >= k else np.zeros_like(labels)

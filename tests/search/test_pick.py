@@ -12,7 +12,7 @@ from autotransfer.export import export_payload, read_export, write_export
 from autotransfer.search import pick as pick_module
 from autotransfer.search.final import is_broken, train_final
 from autotransfer.search.job import surface_evidence_shortfall, tune
-from autotransfer.search.pick import PICK_TOP, read_pick
+from autotransfer.search.pick import PICK_FOLDS, PICK_TOP, read_pick
 from autotransfer.search.prepared import split_batches
 from autotransfer.search.protocol import Protocol
 from autotransfer.search.reproduce import train_from_config
@@ -39,6 +39,7 @@ def test_the_pick_is_deterministic_and_export_then_train_reproduces_it(tiny_sett
     study = load_study("pick", open_storage(f"sqlite:///{tmp_path / 'a.db'}"))
     trainval = study.user_attrs[ATTR["settings"]]["n_train"] + study.user_attrs[ATTR["settings"]]["val_images"]
     assert all(c["images"] == trainval for c in first.pick["candidates"])
+    assert all(len(c["fold_scores"]) == PICK_FOLDS for c in first.pick["candidates"])  # stratified 3-fold
     assert any("cross-validation of the top 3" in note and "extra trainings" in note for note in first.notes)
     # export names the picked trial, and train --config retrains it to the same test score
     payload = export_payload(study)
