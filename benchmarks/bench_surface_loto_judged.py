@@ -47,18 +47,12 @@ TOLERANCES = (0.01, 0.03, 0.05)
 
 def judge_dataset(settings, limit: int = 1000):
     """Up to ``limit`` images of ``settings.target`` outside the study's subsample (stratified, seeded)."""
-    import numpy as np
+    from autotransfer.data import load_dataset, unseen_subset
 
-    from autotransfer.data import load_dataset, stratified_subsample
-    from autotransfer.data.sampling import subsample_indices
-
-    full = load_dataset(settings.target, require_labels=True)
     if settings.n is None:
         raise SystemExit(f"{settings.target}: the study used every image, so none is left to judge on")
-    unseen = np.setdiff1d(np.arange(len(full)), subsample_indices(full, settings.n, settings.seed))
-    if len(unseen) == 0:
-        raise SystemExit(f"{settings.target}: N = {settings.n} leaves no image to judge on")
-    return stratified_subsample(full.subset(unseen), min(limit, len(unseen)), seed=JUDGE_SEED)
+    full = load_dataset(settings.target, require_labels=True)
+    return unseen_subset(full, settings.n, settings.seed, limit=limit, judge_seed=JUDGE_SEED)
 
 
 def find_study(record: dict, trials: int):
