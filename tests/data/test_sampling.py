@@ -115,3 +115,18 @@ def test_capped_subsample_shares_images_and_key():
     capped = stratified_subsample(ds, 10_000)
     assert capped.images is ds.images and capped.fingerprint == ds.fingerprint
     assert capped.labels is not ds.labels and len(capped) == 401
+
+
+def test_the_judge_set_never_meets_the_studys_subsample():
+    from autotransfer.data import load_dataset, unseen_subset
+    from autotransfer.errors import UserError
+
+    full = load_dataset("builtin:digits", require_labels=True)
+    judge = unseen_subset(full, 200, seed=1, limit=300)
+    seen = {bytes(x) for x in full.images[subsample_indices(full, 200, seed=1)]}
+    assert len(judge) == 300 and not any(bytes(x) in seen for x in judge.images)
+    counts = judge.class_counts()
+    assert counts.max() - counts.min() <= 3  # stratified like the data (digits are balanced)
+    np.testing.assert_array_equal(unseen_subset(full, 200, seed=1, limit=300).images, judge.images)  # one fixed draw
+    with pytest.raises(UserError, match="no image outside the subsample"):
+        unseen_subset(full, len(full), seed=0)
