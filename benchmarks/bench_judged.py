@@ -141,7 +141,7 @@ def run_cell(cell: str, done: set[tuple[str, str]], log) -> None:
     prepared = prepare_data(resolved)
     if (cell, "h") not in done:
         backbone = create_backbone(resolved.model, num_classes=resolved.num_classes)
-        backbone.model.load_state_dict(load_file(str(result.model_path)))
+        backbone.model.load_state_dict(load_file(str(Path(result.model_path) / "model.safetensors")))  # the folder
         pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
         sampled = [t for t in study.trials if "fixed_params" not in t.system_attrs]
         record(

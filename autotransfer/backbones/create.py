@@ -34,7 +34,8 @@ _LITE_SIZES = {0: 224, 1: 240, 2: 260}
 BUILTIN_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "fashion-source")
 ACCEPTED_SPECS = (
     "efficientnet_lite0|1|2, fashion-source, timm:NAME, timm:NAME@/path/weights.safetensors, "
-    "tv:NAME, or a local .safetensors/.pt/.pth file with a sidecar <file>.json naming its arch"
+    "tv:NAME, a model folder written by tune (config.json + model.safetensors), "
+    "or a local .safetensors/.pt/.pth file with a sidecar <file>.json naming its arch"
 )
 
 
@@ -111,6 +112,10 @@ def _load_source(spec: str, pretrained: bool) -> _Source:
                 raise UserError(f"weights file not found: {str(path)!r} (from spec {spec!r}); check the path")
             build = _timm_source if family == "timm" else _tv_source
             return build(name, pretrained, weights=path if pretrained else None)
+    from autotransfer.backbones.model_dir import is_model_dir
+
+    if is_model_dir(spec):
+        return _dir_source(Path(spec).expanduser(), pretrained)
     looks_like_path = spec.endswith(WEIGHT_SUFFIXES) or "/" in spec or Path(spec).exists()
     if looks_like_path:
         path = Path(spec).expanduser()
@@ -312,6 +317,29 @@ def _file_source(path: Path, pretrained: bool, meta: dict[str, Any] | None = Non
     if len(source.preprocessing.mean) != 3 or len(source.preprocessing.std) != 3:
         raise UserError(f"mean and std in the sidecar of {str(path)!r} need 3 values each")
     source.meta = meta
+    return source
+
+
+def _dir_source(directory: Path, pretrained: bool) -> _Source:
+    """A model folder (``config.json`` + ``model.safetensors``, ``backbones.model_dir``) as a source:
+    its architecture, its fine-tuned weights (head included) and its preprocessing."""
+    from autotransfer.backbones.model_dir import (
+        WEIGHTS_NAME,
+        model_args,
+        model_dir_preprocessing,
+        model_library,
+        read_model_config,
+    )
+
+    config = read_model_config(directory)
+    name, kwargs = config["architecture"], model_args(config)
+    weights = directory / WEIGHTS_NAME if pretrained else None
+    if not pretrained:
+        kwargs["num_classes"] = int(config["num_classes"])  # the same source head, random weights
+    build = _tv_source if model_library(config) == "torchvision" else _timm_source
+    source = build(name, pretrained, weights=weights, kwargs=kwargs)
+    source.preprocessing = model_dir_preprocessing(config)
+    source.meta = {"classes": list(config["label_names"]), "model_dir": str(directory), "config": config}
     return source
 
 

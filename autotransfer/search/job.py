@@ -538,7 +538,7 @@ def tune(
     final = study.user_attrs.get(ATTR["final"]) or {}
     model_dir = Path(runs_dir) / safe_name(name)
     model_path = model_dir / "model.safetensors"
-    if final.get("trial") == best.number and model_path.exists():
+    if final.get("trial") == best.number and model_path.exists() and (model_dir / "config.json").exists():
         result.test_score = final.get("test_score")
         result.notes.append("the best protocol was already retrained and tested: kept that result")
     else:
@@ -549,13 +549,19 @@ def tune(
         test_score = final_model.test_score
         result.test_score = test_score
         result.notes.extend(final_model.notes)
-        _save_model(final_model.backbone, model_path, settings, protocol, test_score)
+        from autotransfer.search.model_card import save_tuned_model
+
+        save_tuned_model(
+            final_model.backbone, model_dir, settings, protocol, classes=list(prepared.dataset.classes),
+            test_score=test_score, test_images=len(prepared.test), val_score=result.val_score, controls=controls,
+            study=name, trained_on=final_model.trained_on, freeze_reinit=result.integers,
+        )
         study.set_user_attr(
             ATTR["final"],
             {
                 "trial": best.number,
                 "test_score": test_score,
-                "model": str(model_path),
+                "model": str(model_dir),
                 "trained_on": final_model.trained_on,
                 "fit_score": final_model.fit_score,
                 "train_images_per_s": final_model.images_per_s,
@@ -563,7 +569,7 @@ def tune(
             },
         )
     result.trained_on = (study.user_attrs.get(ATTR["final"]) or {}).get("trained_on", "train+val")
-    result.model_path = model_path
+    result.model_path = model_dir  # the model folder: config.json + model.safetensors + README.md
 
     from autotransfer.export import export_payload, write_export
 
@@ -578,20 +584,3 @@ def tune(
             record_study(study, surface_store)
     return result
 
-
-def _save_model(backbone, path: Path, settings: StudySettings, protocol: Protocol, test_score: float) -> None:
-    """Write the fine-tuned weights as safetensors with the metadata needed to load them back."""
-    import json
-
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
-    meta = {
-        "model": settings.model,
-        "num_classes": str(settings.num_classes),
-        "protocol": json.dumps(protocol.to_dict()),
-        "test_score": str(test_score),
-        "metric": settings.metric,
-    }
-    save_file(state, str(path), metadata=meta)

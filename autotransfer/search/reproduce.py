@@ -100,14 +100,18 @@ def train_from_config(
 ) -> dict[str, Any]:
     """Train the exported protocol on train+val, score it on the test split, write the model.
 
-    Writes ``model.safetensors`` and ``metrics.json`` into ``out_dir`` and returns the metrics.
+    Writes the model folder (``config.json`` + ``model.safetensors`` + ``README.md``, timm's
+    pretrained format: ``search.model_card``) and ``metrics.json`` into ``out_dir`` and returns
+    the metrics.
     The data is re-loaded from its spec and must have the recorded fingerprint. A model at
     chance level, or clearly below the study's linear-probe control (when the export records
     it), is flagged in ``metrics["warnings"]`` (``at_chance``, ``below_probe``). A payload
     without settings or protocol, a learning rate out of range and a diverging run are each a
     one-line ``UserError``.
     """
-    from autotransfer.search.job import _save_model, prepare_data, retrain_and_test
+    from autotransfer.search.final import retrain_and_test
+    from autotransfer.search.model_card import save_tuned_model
+    from autotransfer.search.prepared import prepare_data
     from autotransfer.train import DivergedError
 
     settings, protocol = _read_payload(payload)
@@ -129,8 +133,14 @@ def train_from_config(
         ) from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _save_model(backbone, out / "model.safetensors", settings, protocol, test_score)
     test_labels = np.asarray(prepared.test.labels)
+    controls = {k: v for k, v in (payload.get("controls") or {}).items() if isinstance(v, (int, float)) or v is None}
+    val = (payload.get("scores") or {}).get("val")
+    save_tuned_model(
+        backbone, out, settings, protocol, classes=list(prepared.dataset.classes), test_score=test_score,
+        test_images=len(test_labels), val_score=val if isinstance(val, (int, float)) else None, controls=controls,
+        study=payload.get("study"),
+    )
     chance = chance_level(test_labels, len(prepared.dataset.classes), settings.metric)
     probe = ((payload.get("controls") or {}).get("probe"))
     probe = float(probe) if isinstance(probe, (int, float)) else None

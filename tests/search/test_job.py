@@ -105,6 +105,10 @@ def test_export_then_train_round_trips(finished_study, storage_url, tmp_path):
     assert (tmp_path / "final" / "model.safetensors").exists()
     saved = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert saved["test_score"] == metrics["test_score"]
+    # train --config writes the same model folder as tune: timm's format, with its card
+    config = json.loads((tmp_path / "final" / "config.json").read_text())
+    assert config["autotransfer"]["scores"]["test"] == metrics["test_score"]
+    assert config["autotransfer"]["study"] == "digits-tiny" and (tmp_path / "final" / "README.md").exists()
     # same protocol, seed, data and budget on CPU: the retrained model scores the same
     assert metrics["test_score"] == pytest.approx(finished_study.test_score, abs=1e-6)
 

@@ -1,0 +1,255 @@
+"""A fine-tuned model as a folder in timm's own pretrained format: ``config.json`` + ``model.safetensors``.
+
+The folder is what ``timm.create_model("local-dir:DIR", pretrained=True)`` and the Hugging Face hub
+read (``timm.models.save_for_hf`` writes the same layout):
+
+- ``config.json``: ``architecture`` (the real timm name, e.g. ``tf_efficientnet_lite0`` for the
+  built-in Lite weights: timm's ``efficientnet_lite0`` is another network), ``num_classes``,
+  ``label_names`` (index ``i`` names output ``i``), ``model_args`` (constructor arguments, when any)
+  and ``pretrained_cfg`` (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``,
+  ``crop_mode``): the preprocessing the model was trained and scored with. autotransfer's own keys
+  (where the weights came from, the protocol, the scores) sit under ``"autotransfer"``; timm
+  ignores them.
+- ``model.safetensors``: the state dict in timm's key names (for torchvision backbones, in
+  torchvision's; timm cannot build those, ``autotransfer.load_model`` can).
+
+``crop_pct`` is 1.0 and ``crop_mode`` ``center``: autotransfer scores a model on the image resized
+(bicubic) so its shorter side is the input size, then centre-cropped, which is timm's evaluation
+transform with ``crop_pct = 1``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autotransfer.backbones.checkpoint import load_into, read_state_dict
+from autotransfer.backbones.types import Preprocessing
+from autotransfer.errors import UserError
+
+__all__ = [
+    "MODEL_DIR_FORMAT",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CARD_NAME",
+    "is_model_dir",
+    "write_model_dir",
+    "read_model_config",
+    "model_dir_preprocessing",
+    "build_model",
+    "model_library",
+    "model_args",
+]
+
+MODEL_DIR_FORMAT = "autotransfer/model-dir/v1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a ``config.json``."""
+    path = Path(path).expanduser()
+    return path.is_dir() and (path / CONFIG_NAME).is_file()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _architecture(backbone) -> tuple[str, str]:
+    """``(family, name)``: ``("timm", timm model name)`` or ``("torchvision", torchvision name)``."""
+    arch = str(backbone.extra.get("arch") or "")
+    if arch.startswith("timm:"):
+        cfg = getattr(backbone.model, "pretrained_cfg", None) or {}
+        # the real architecture (``tf_efficientnet_lite0``, not a hub id or an alias)
+        return "timm", str(cfg.get("architecture") or arch[len("timm:"):])
+    if arch.startswith(("tv:", "torchvision:")):
+        return "torchvision", arch.split(":", 1)[1]
+    raise UserError(
+        f"backbone {backbone.spec!r} records no timm or torchvision architecture (arch {arch!r}):"
+        " it cannot be written as a model folder; create it from a timm:NAME or tv:NAME spec"
+    )
+
+
+def write_model_dir(
+    backbone,
+    directory: str | Path,
+    *,
+    label_names: list[str],
+    input_size: int,
+    interpolation: str = "bicubic",
+    crop_pct: float = 1.0,
+    extra: dict[str, Any] | None = None,
+    card: str | None = None,
+) -> Path:
+    """Write ``backbone.model`` (its trained head included) as a model folder; returns the folder.
+
+    ``label_names`` name the outputs in order; ``input_size`` (px, square) and ``interpolation``
+    are the preprocessing the model was trained and scored with (mean and std come from
+    ``backbone.preprocessing``). ``extra`` goes under ``config["autotransfer"]`` beside the
+    source of the weights; ``card`` becomes the folder's ``README.md``. Files are written to
+    temporary names and renamed, so a reader never sees half a folder.
+    """
+    from safetensors.torch import save_file
+
+    family, name = _architecture(backbone)
+    head = backbone.model.get_submodule(backbone.head_name)
+    num_classes = int(getattr(head, "out_features", 0) or 0)
+    if num_classes != len(label_names):
+        raise ValueError(f"the head has {num_classes} outputs but got {len(label_names)} label names")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
+    kwargs = {k: v for k, v in (backbone.extra.get("kwargs") or {}).items() if k != "num_classes"}
+    pre = backbone.preprocessing
+    pretrained_cfg: dict[str, Any] = {
+        "input_size": [3, int(input_size), int(input_size)],
+        "interpolation": str(interpolation),
+        "mean": [float(v) for v in pre.mean],
+        "std": [float(v) for v in pre.std],
+        "crop_pct": float(crop_pct),
+        "crop_mode": "center",
+        "num_classes": num_classes,
+    }
+    config: dict[str, Any] = {"architecture": name, "num_classes": num_classes}
+    if family == "timm":
+        cfg = getattr(backbone.model, "pretrained_cfg", None) or {}
+        for key in ("first_conv", "classifier"):
+            if cfg.get(key):
+                pretrained_cfg[key] = cfg[key]
+        pretrained_cfg["fixed_input_size"] = bool(cfg.get("fixed_input_size", False))
+        config["num_features"] = int(getattr(backbone.model, "num_features", 0) or 0)
+        pool = getattr(getattr(backbone.model, "global_pool", None), "pool_type", None)
+        if isinstance(pool, str) and pool:
+            config["global_pool"] = pool
+    config["label_names"] = [str(c) for c in label_names]
+    if kwargs:
+        config["model_args"] = _jsonable(kwargs)
+    config["pretrained_cfg"] = pretrained_cfg
+    config["autotransfer"] = {
+        "format": MODEL_DIR_FORMAT,
+        "library": family,
+        "arch": f"{'timm' if family == 'timm' else 'tv'}:{name}",
+        "source_spec": backbone.spec,
+        **_jsonable(extra or {}),
+    }
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+    if card is not None:
+        _atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
+    return directory
+
+
+def _atomic_write(path: Path, write) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """The checked ``config.json`` of a model folder; anything missing is a one-line ``UserError``."""
+    directory = Path(directory).expanduser()
+    hint = "give the folder `autotransfer tune` or `train --config` wrote (config.json + model.safetensors)"
+    if not directory.exists():
+        raise UserError(f"model folder not found: {str(directory)!r}; {hint}")
+    if not directory.is_dir():
+        raise UserError(f"{str(directory)!r} is not a folder; {hint}")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise UserError(f"{str(directory)!r} has no {CONFIG_NAME}; {hint}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {str(path)!r}: {err}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise UserError(f"{str(path)!r} has no \"architecture\" string; {hint}")
+    num_classes = config.get("num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"{str(path)!r} needs a positive integer num_classes, but got {num_classes!r}")
+    labels = config.get("label_names")
+    if labels is None:
+        config["label_names"] = [str(i) for i in range(num_classes)]
+    elif not isinstance(labels, list) or len(labels) != num_classes:
+        raise UserError(
+            f"{str(path)!r}: label_names must list {num_classes} names (one per output), but got {labels!r:.80}"
+        )
+    if not isinstance(config.get("pretrained_cfg", {}), dict):
+        raise UserError(f"{str(path)!r}: pretrained_cfg must be a mapping")
+    if not (directory / WEIGHTS_NAME).is_file():
+        raise UserError(f"{str(directory)!r} has no {WEIGHTS_NAME}; {hint}")
+    return config
+
+
+def model_library(config: dict[str, Any]) -> str:
+    own = config.get("autotransfer") or {}
+    library = own.get("library") if isinstance(own, dict) else None
+    return library if library in ("timm", "torchvision") else "timm"
+
+
+def model_dir_preprocessing(config: dict[str, Any]) -> Preprocessing:
+    """The folder's preprocessing: mean, std, square input size and interpolation of ``pretrained_cfg``."""
+    cfg = config.get("pretrained_cfg") or {}
+    try:
+        size = cfg.get("input_size", [3, 224, 224])
+        pre = Preprocessing(
+            mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
+            std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+            input_size=int(size[-1]),
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+        )
+    except (TypeError, ValueError, IndexError) as err:
+        raise UserError(f"bad pretrained_cfg in the model folder's config.json ({err})") from None
+    if len(pre.mean) != 3 or len(pre.std) != 3 or min(pre.std) <= 0 or pre.input_size < 1:
+        raise UserError(f"pretrained_cfg needs 3 means, 3 positive stds and an input size, but got {cfg!r:.120}")
+    return pre
+
+
+def model_args(config: dict[str, Any]) -> dict[str, Any]:
+    args = config.get("model_args") or {}
+    if not isinstance(args, dict):
+        raise UserError(f"model_args in config.json must be a mapping, but got {args!r:.80}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if k != "num_classes"}
+
+
+def build_model(directory: str | Path, config: dict[str, Any] | None = None) -> nn.Module:
+    """The folder's model with its trained weights (head included), on the CPU, in eval mode.
+
+    timm folders are built as ``timm.create_model(architecture, num_classes=..., **model_args)``,
+    torchvision ones as ``torchvision.models.get_model(...)``; the weights must fit exactly.
+    """
+    directory = Path(directory).expanduser()
+    config = config if config is not None else read_model_config(directory)
+    name, num_classes, args = config["architecture"], int(config["num_classes"]), model_args(config)
+    try:
+        if model_library(config) == "torchvision":
+            from torchvision import models as tvm
+
+            model = tvm.get_model(name, weights=None, num_classes=num_classes, **args)
+        else:
+            import timm
+
+            if not timm.is_model(name):
+                raise UserError(f"config.json names {name!r}, which this timm ({timm.__version__}) does not know")
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **args)
+    except UserError:
+        raise
+    except Exception as err:  # unknown name, bad model_args
+        raise UserError(f"cannot build {name!r} from {str(directory)!r} ({type(err).__name__}: {err})") from None
+    weights = directory / WEIGHTS_NAME
+    load_into(model, read_state_dict(weights), str(weights))
+    return model.eval()
+

@@ -1,0 +1,178 @@
+"""The tuned model handed back by ``tune`` and ``train --config``: a model folder with its card.
+
+``save_tuned_model`` writes ``config.json`` + ``model.safetensors`` (``backbones.model_dir``: the
+layout ``timm.create_model("local-dir:DIR", pretrained=True)`` reads) and a ``README.md`` model
+card: the data, the protocol, the test score with its 95% interval, the controls, how to load it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from autotransfer.search.protocol import Protocol
+from autotransfer.search.settings import StudySettings
+
+__all__ = ["save_tuned_model", "model_card"]
+
+
+def save_tuned_model(
+    backbone,
+    directory: str | Path,
+    settings: StudySettings,
+    protocol: Protocol,
+    *,
+    classes: list[str],
+    test_score: float,
+    test_images: int,
+    val_score: float | None = None,
+    controls: dict[str, float | None] | None = None,
+    study: str | None = None,
+    trained_on: str = "train+val",
+    freeze_reinit: tuple[int, int] | None = None,
+    versions: dict[str, str] | None = None,
+) -> Path:
+    """Write the fine-tuned ``backbone`` as a model folder at ``directory``; returns the folder.
+
+    The folder's ``pretrained_cfg`` holds the study's resolution (the model was trained and scored
+    at ``settings.resolution`` px, not at the source model's native size) and the source model's
+    mean and std; ``label_names`` are the dataset's classes in label order.
+    """
+    from autotransfer.backbones.model_dir import write_model_dir
+    from autotransfer.train.metrics import score_interval
+
+    if freeze_reinit is None:
+        freeze_reinit = protocol.integers(backbone.num_groups)
+    low, high = score_interval(min(max(float(test_score), 0.0), 1.0), max(int(test_images), 1))
+    if versions is None:
+        from autotransfer.search.study import package_versions
+
+        versions = package_versions()
+    extra: dict[str, Any] = {
+        "study": study,
+        "metric": settings.metric,
+        "scores": {
+            "test": float(test_score),
+            "test_images": int(test_images),
+            "test_interval_95": [low, high],
+            "val": None if val_score is None else float(val_score),
+        },
+        "controls": dict(controls or {}),
+        "protocol": protocol.to_dict(),
+        "derived": {"lr": protocol.lr, "elr": protocol.elr, "freeze": int(freeze_reinit[0]),
+                    "reinit": int(freeze_reinit[1]), "num_groups": backbone.num_groups},
+        "trained_on": trained_on,
+        "settings": settings.to_dict(),
+        "dataset_fingerprint": settings.fingerprint,
+        "versions": versions,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    directory = Path(directory)
+    write_model_dir(
+        backbone, directory, label_names=list(classes), input_size=settings.resolution, extra=extra, card=None,
+    )
+    config = json.loads((directory / "config.json").read_text())
+    from autotransfer.backbones.model_dir import CARD_NAME
+
+    (directory / CARD_NAME).write_text(model_card(config, directory))
+    return directory
+
+
+def _score(value: Any) -> str:
+    return "—" if value is None else f"{float(value):.4f}"
+
+
+def model_card(config: dict[str, Any], directory: str | Path) -> str:
+    """The folder's ``README.md``: what the model is, the data, the protocol, its scores, how to load it."""
+    own = config.get("autotransfer") or {}
+    settings = own.get("settings") or {}
+    scores = own.get("scores") or {}
+    protocol = own.get("protocol") or {}
+    derived = own.get("derived") or {}
+    controls = own.get("controls") or {}
+    pre = config.get("pretrained_cfg") or {}
+    labels = config.get("label_names") or []
+    metric = own.get("metric") or "score"
+    size = (pre.get("input_size") or [3, 0, 0])[-1]
+    low, high = (scores.get("test_interval_95") or [None, None])[:2]
+    timm_ok = own.get("library", "timm") == "timm"
+    shown = ", ".join(map(str, labels[:12])) + (", ..." if len(labels) > 12 else "")
+    n = settings.get("n")
+    lines = [
+        f"# {own.get('study') or Path(directory).name}",
+        "",
+        f"An image classifier fine-tuned by autotransfer from `{own.get('source_spec')}`"
+        f" (architecture `{config.get('architecture')}`, {own.get('library', 'timm')}) on"
+        f" `{settings.get('target')}`: {len(labels)} classes ({shown}).",
+        "",
+        "## Data",
+        "",
+        f"- Dataset: `{settings.get('target')}`"
+        + (f", a stratified subsample of {n} images (seed {settings.get('seed')})" if n else "")
+        + f"; fingerprint `{str(own.get('dataset_fingerprint') or '')[:16]}`.",
+        f"- Splits (stratified, seed {settings.get('seed')}): validation {settings.get('val_frac')},"
+        f" test {settings.get('test_frac')}, the rest training. The final model was trained on"
+        f" {own.get('trained_on', 'train+val')}; the test split was never trained or searched on.",
+        f"- Input: {size}×{size} px RGB, resized (bicubic, shorter side) and centre-cropped, then"
+        f" `(x / 255 - mean) / std` with mean {pre.get('mean')} and std {pre.get('std')}.",
+        f"- Class order: `label_names` in config.json (output `i` is `label_names[i]`).",
+        "",
+        "## Protocol",
+        "",
+        f"Found by an Optuna search over {settings.get('trials')} trials with a budget of"
+        f" {settings.get('steps')} optimizer steps at batch {settings.get('batch_size')}"
+        f" ({settings.get('optimizer')}):",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+    ]
+    for key in ("log10_elr", "momentum", "freeze_frac", "reinit_frac", "head_lr_mult", "layer_decay",
+                "weight_decay", "l2sp", "bn_mode"):
+        if key in protocol:
+            lines.append(f"| {key} | {protocol[key]} |")
+    if derived:
+        lines.append(f"| lr (derived) | {float(derived.get('lr', 0)):.4g} |")
+        lines.append(f"| frozen / re-initialised depth groups | {derived.get('freeze')} / {derived.get('reinit')}"
+                     f" of {derived.get('num_groups')} |")
+    interval = "" if low is None else f" (95% interval {low:.3f}–{high:.3f})"
+    lines += [
+        "",
+        "## Scores",
+        "",
+        f"- Test {metric}: **{_score(scores.get('test'))}** on {scores.get('test_images')} held-out images{interval}.",
+        f"- Validation {metric} of the chosen trial: {_score(scores.get('val'))}.",
+        f"- Controls (validation): from scratch {_score(controls.get('scratch'))},"
+        f" linear probe {_score(controls.get('probe'))}.",
+        "",
+        "Reproduce the test score: `autotransfer evaluate @@DIR@@` (no target: the study's own test split).",
+        "",
+        "## Load it",
+        "",
+        "```bash",
+        "autotransfer predict @@DIR@@ image.png folder/ --top-k 3",
+        "autotransfer evaluate @@DIR@@ folder:labelled-images/",
+        "```",
+        "",
+        "```python",
+        "import autotransfer",
+        "model = autotransfer.load_model(\"@@DIR@@\")",
+        "model.classes_, model.predict([\"image.png\"]), model.predict_proba([\"image.png\"])",
+        "```",
+    ]
+    if timm_ok:
+        lines += [
+            "",
+            "```python",
+            "import timm, torch",
+            "from PIL import Image",
+            "model = timm.create_model(\"local-dir:@@DIR@@\", pretrained=True).eval()",
+            "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
+            "logits = model(transform(Image.open(\"image.png\").convert(\"RGB\"))[None])",
+            "label = model.pretrained_cfg[\"label_names\"][logits.argmax(1).item()]",
+            "```",
+        ]
+    else:
+        lines += ["", "This architecture comes from torchvision: timm cannot build it; `autotransfer.load_model` can."]
+    lines += ["", f"Written by autotransfer {(own.get('versions') or {}).get('autotransfer', '')} at {own.get('written_at')}.", ""]
+    return "\n".join(lines).replace("@@DIR@@", str(directory))
