@@ -5,4 +5,17 @@ __version__ = "0.1.0"
 
 from autotransfer.errors import UserError
 
-__all__ = ["UserError", "__version__"]
+__all__ = ["UserError", "__version__", "load_model", "evaluate_model"]
+
+
+def __getattr__(name: str):
+    # torch loads on first use, so `import autotransfer` and `autotransfer --help` stay quick
+    if name == "load_model":
+        from autotransfer.predict import load_model
+
+        return load_model
+    if name == "evaluate_model":
+        from autotransfer.evaluation import evaluate_model
+
+        return evaluate_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 
 # OpenMP's default busy-wait policy makes multi-threaded torch crawl on shared CPUs
 # (measured here: a 2-thread trial 34-37 s vs 5-6 s with PASSIVE); set before torch loads.
@@ -11,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from enum import Enum
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -30,13 +32,47 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+#: Piped output keeps the tables' full width (rich would otherwise cut them to 80 columns);
+#: COLUMNS, when set, still decides.
+_WIDE = 4000
+
+
+def _make_console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty())
+    return Console(stderr=stderr, width=_WIDE if piped and not os.environ.get("COLUMNS") else None)
+
+
+console = _make_console()
+err_console = _make_console(stderr=True)
 
 
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
+
+
+class PredictFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from autotransfer import __version__
+
+        typer.echo(f"autotransfer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Automated transfer-learning protocol search for image classification."""
 
 
 def _print_json(payload: object) -> None:
@@ -317,10 +353,13 @@ def export_cmd(
 @app.command("train")
 def train_cmd(
     config: str = typer.Option(..., "--config", "-c", help="an export written by `autotransfer export`"),
-    output: str = typer.Option("studies/runs/final", "-o", "--output", help="directory for model.safetensors + metrics.json"),
+    output: str = typer.Option("studies/runs/final", "-o", "--output", help="the model folder to write (config.json + model.safetensors + README.md) and metrics.json"),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
 ) -> None:
     """Reproduce the final model from an exported protocol: train on train+val, test, save.
+
+    Writes a model folder in timm's format (load it with `autotransfer predict`, `autotransfer.load_model`
+    or `timm.create_model("local-dir:DIR", pretrained=True)`) and metrics.json.
 
     Example: autotransfer train --config best.yaml -o runs/best
     """
@@ -330,10 +369,145 @@ def train_cmd(
     metrics = train_from_config(read_export(config), output, device=device)
     console.print(
         f"test {metrics['metric']} = [bold]{metrics['test_score']:.4f}[/bold]"
-        f" (at export: {metrics['exported_test_score']}); wrote {output}/model.safetensors and metrics.json"
+        f" (at export: {metrics['exported_test_score']}); wrote the model folder {output}/ and metrics.json"
     )
     for warning in metrics.get("warnings", []):
         err_console.print(f"[bold red]WARNING:[/bold red] {warning}", highlight=False, soft_wrap=True)
+
+
+@app.command("predict")
+def predict_cmd(
+    model_dir: str = typer.Argument(..., help="a model folder written by tune or train --config"),
+    images: list[str] = typer.Argument(..., help="image files, folders (walked) or CSV manifests (a path column)"),
+    top_k: int = typer.Option(1, "--top-k", "-k", help="the K most probable classes per image"),
+    fmt: PredictFormat = typer.Option(PredictFormat.table, "--format", help="table, csv or json"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+) -> None:
+    """Classify images with a tuned model: results on stdout, progress and skipped files on stderr.
+
+    Files that are missing or not images are skipped and counted.
+
+    Examples:
+      autotransfer predict studies/runs/my-study photo.png more-photos/ --top-k 3
+      autotransfer predict studies/runs/my-study unlabelled/ --format csv > predictions.csv
+    """
+    import csv as csv_module
+
+    from autotransfer.predict import list_image_files, load_model
+
+    if top_k < 1:
+        raise UserError(f"--top-k must be >= 1, but got {top_k!r}")
+    predictor = load_model(model_dir, device=device)
+    files, missing = list_image_files(images)
+    with _progress_bar("predicting", len(files)) as advance:
+        found = predictor.predict_files(files, progress=advance)
+    skipped = missing + found.skipped
+    classes = predictor.classes_
+    k = min(top_k, len(classes))
+    order = np.argsort(-found.proba, axis=1, kind="stable")[:, :k]
+    rows = [
+        (path, [(str(classes[j]), float(found.proba[i, j])) for j in order[i]])
+        for i, path in enumerate(found.paths)
+    ]
+    if skipped:
+        names = ", ".join(p for p, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        err_console.print(f"skipped {len(skipped)} file(s) that are missing or not images: {names}",
+                          highlight=False, soft_wrap=True)
+    if not rows:
+        raise UserError(f"no readable images among {len(files) + len(missing)} given; check the paths")
+    if fmt is PredictFormat.json:
+        _print_json({
+            "model": model_dir,
+            "predictions": [{"path": p, "top": [{"class": c, "probability": v} for c, v in top]} for p, top in rows],
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        })
+        return
+    if fmt is PredictFormat.csv:
+        writer = csv_module.writer(sys.stdout, lineterminator="\n")
+        header = ["path"] + [f"{name}_{i + 1}" for i in range(k) for name in ("class", "probability")]
+        writer.writerow(header)
+        for path, top in rows:
+            writer.writerow([path] + [x for c, v in top for x in (c, f"{v:.6f}")])
+        return
+    table = Table(title=f"{len(rows)} image(s), model {model_dir}", title_justify="left")
+    table.add_column("path")
+    for i in range(k):
+        table.add_column("class" if k == 1 else f"#{i + 1}")
+        table.add_column("probability", justify="right")
+    for path, top in rows:
+        table.add_row(path, *[x for c, v in top for x in (c, f"{v:.4f}")])
+    console.print(table)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model_dir: str = typer.Argument(..., help="a model folder written by tune or train --config"),
+    target: Optional[str] = typer.Argument(
+        None, help="labelled images: folder:PATH, a CSV manifest or builtin:NAME; omitted: the study's own test split"
+    ),
+    metric: Optional[str] = typer.Option(None, "--metric", help="accuracy or balanced_accuracy (default: the study's)"),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
+    html: Optional[str] = typer.Option(None, "--html", help="also write a page with the confusion matrix and per-class bars"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+) -> None:
+    """Score a tuned model on labelled images: the metric with its 95% interval, per-class
+    precision and recall, the confusion matrix.
+
+    Without TARGET it re-creates the study's held-out test split, which reproduces the test score
+    tune printed. TARGET's class names must be among the model's (a subset is fine).
+
+    Examples:
+      autotransfer evaluate studies/runs/my-study
+      autotransfer evaluate studies/runs/my-study folder:~/data/new-labelled --format json
+      autotransfer evaluate studies/runs/my-study builtin:digits --html evaluation.html
+    """
+    from autotransfer.evaluation import evaluate_model
+    from autotransfer.predict import load_model
+
+    predictor = load_model(model_dir, device=device)
+    with _progress_bar("evaluating", 0) as advance:
+        info = evaluate_model(predictor, target, metric=metric, progress=advance)
+    if html:
+        from autotransfer.report.evaluation import write_evaluation_html
+
+        err_console.print(f"wrote {write_evaluation_html(info, html, model_dir)}", highlight=False)
+    if info.skipped:
+        err_console.print(f"skipped {info.skipped} file(s) that are missing or not images", highlight=False)
+    if fmt is OutputFormat.json:
+        _print_json({"model": model_dir, **info.to_dict()})
+        return
+    console.print(
+        f"[bold]{info.metric}: {info.score:.4f}[/bold] on {info.images} images of {info.target}"
+        f" (95% interval {info.low:.3f}–{info.high:.3f})",
+        highlight=False,
+    )
+    per_class = Table(title="per class", title_justify="left")
+    for col in ("class", "precision", "recall", "images"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for c, p, r, n in zip(info.classes, info.precision, info.recall, info.support):
+        per_class.add_row(c, f"{p:.3f}", f"{r:.3f}", str(n))
+    console.print(per_class)
+    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    confusion.add_column("true \\ predicted")
+    for c in info.classes:
+        confusion.add_column(c, justify="right")
+    for c, row in zip(info.classes, info.confusion):
+        confusion.add_row(c, *[str(v) for v in row])
+    console.print(confusion)
+
+
+@contextmanager
+def _progress_bar(label: str, total: int):
+    """A transient progress bar on stderr; yields ``advance(done, total)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(label, total=total or None)
+
+        def advance(done: int, of: int) -> None:
+            bar.update(task, completed=done, total=of)
+
+        yield advance
 
 
 @app.command("surface")

@@ -127,14 +127,16 @@ def image_batches(
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool):
-    """A rich progress bar (``(progress, task_id)``) over ``total`` images, or ``None``."""
+    """A rich progress bar (``(progress, task_id)``) over ``total`` images on stderr, or ``None``."""
     if not enabled:
         yield None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
+    # on stderr: stdout carries the tables (and JSON), which stay clean when piped
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
         yield bar, bar.add_task(description, total=total)
 
 

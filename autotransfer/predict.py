@@ -1,0 +1,247 @@
+"""``load_model(DIR)``: a fine-tuned model folder as a predictor with its own preprocessing.
+
+The folder is the one ``tune`` and ``train --config`` write (``backbones.model_dir``): timm's
+pretrained format, ``config.json`` + ``model.safetensors``. The predictor reads images (paths,
+PIL images or arrays), applies the folder's preprocessing (shorter side resized bicubic to the
+input size, centre crop, ``(x / 255 - mean) / std``: exactly the view the study scored the model
+on) and returns class probabilities in the order of ``classes_`` (the folder's ``label_names``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from autotransfer.errors import UserError
+
+__all__ = ["Predictor", "FilePredictions", "load_model", "list_image_files"]
+
+#: Images per forward pass (and per resize chunk); predictions do not depend on it.
+BATCH_SIZE = 64
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+
+
+@dataclass
+class FilePredictions:
+    """What ``Predictor.predict_files`` found.
+
+    Attributes:
+        paths: the files that were read, in the order given.
+        proba: ``(len(paths), K)`` class probabilities, columns in the order of ``classes_``.
+        skipped: ``(path, reason)`` of each file left out (``unreadable`` or ``missing``).
+    """
+
+    paths: list[str]
+    proba: np.ndarray
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _as_rgb(image: Any, where: str) -> np.ndarray:
+    """``(H, W, 3)`` uint8 from a path, a PIL image or an array (grey, RGB, RGBA; uint8 or float)."""
+    from PIL import Image
+
+    from autotransfer.data.decode import decode_bytes, to_rgb
+
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"cannot read image {str(path)!r}: {err.strerror or err}") from None
+        try:
+            return decode_bytes(data)
+        except Exception:
+            raise UserError(f"{str(path)!r} is not a readable image") from None
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        from autotransfer.data.decode import _scale_to_uint8
+
+        array = image
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or array.size == 0:
+            raise UserError(
+                f"{where}: an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), but got shape {image.shape}"
+            )
+        if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise UserError(f"{where}: an image array must hold integers or floats, but got dtype {image.dtype}")
+        array = _scale_to_uint8(array)
+        if array.ndim == 2:
+            return np.repeat(array[:, :, None], 3, axis=2)
+        if array.shape[2] == 4:
+            return to_rgb(Image.fromarray(np.ascontiguousarray(array), "RGBA"))
+        return np.ascontiguousarray(array)
+    raise UserError(f"{where}: expected a path, a PIL image or a numpy array, but got {type(image).__name__}")
+
+
+def _image_list(images: Any) -> list[Any]:
+    """One list of images from a single image, a batch array ``(N, H, W[, C])`` or a sequence."""
+    from PIL import Image
+
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        # (N, H, W, C) and (N, H, W) are batches; (H, W), (H, W, 1|3|4) one image
+        batch = images.ndim == 4 or (images.ndim == 3 and images.shape[2] not in (1, 3, 4))
+        return list(images) if batch else [images]
+    if isinstance(images, Iterable):
+        return list(images)
+    raise UserError(f"expected images (paths, PIL images or arrays), but got {type(images).__name__}")
+
+
+class Predictor:
+    """A fine-tuned classifier with its preprocessing: ``predict``, ``predict_proba``, ``classes_``.
+
+    Build one with :func:`load_model`. ``predict_proba`` returns ``(N, K)`` probabilities (softmax of
+    the logits), columns in the order of ``classes_``; ``predict`` the most probable class names.
+    Inputs are paths, PIL images or arrays (``(H, W)``, ``(H, W, 3)``, ``(H, W, 4)``, uint8 or float
+    in 0..1 / 0..255), a list of them, or one ``(N, H, W, C)`` or ``(N, H, W)`` batch array (a 3-D
+    array whose last axis is 1, 3 or 4 long is one image). An image that cannot be read is
+    a ``UserError`` naming it (``predict_files`` skips and counts them instead).
+
+    Attributes:
+        classes_: ``(K,)`` class names; column ``i`` of ``predict_proba`` is ``classes_[i]``.
+        preprocessing: mean, std, input size and interpolation (``backbones.Preprocessing``).
+        config: the folder's ``config.json``.
+        model: the ``torch.nn.Module``, in eval mode.
+    """
+
+    def __init__(self, model, classes: Sequence[str], preprocessing, *, device: str = "auto",
+                 config: dict[str, Any] | None = None, directory: str | Path | None = None) -> None:
+        from autotransfer.train import resolve_device
+
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.classes_ = np.asarray([str(c) for c in classes], dtype=object)
+        self.preprocessing = preprocessing
+        self.config = dict(config or {})
+        self.directory = None if directory is None else Path(directory)
+
+    def __repr__(self) -> str:
+        pre = self.preprocessing
+        return (f"Predictor({self.config.get('architecture', type(self.model).__name__)!r}, "
+                f"{len(self.classes_)} classes, {pre.input_size}px, device={str(self.device)!r})")
+
+    @property
+    def metric(self) -> str:
+        """The metric the study scored the model with (``accuracy`` when the folder does not say)."""
+        return str((self.config.get("autotransfer") or {}).get("metric") or "accuracy")
+
+    def predict_proba(self, images: Any, *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """``(N, K)`` float32 class probabilities of ``images``."""
+        items = _image_list(images)
+        arrays = [_as_rgb(image, f"image {i}") for i, image in enumerate(items)]
+        return self.proba_of_arrays(arrays, progress=progress)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """``(N,)`` predicted class names (``classes_[argmax]``)."""
+        return self.classes_[self.predict_proba(images).argmax(axis=1)]
+
+    def predict_files(self, paths: Sequence[str | Path], *,
+                      progress: Callable[[int, int], None] | None = None) -> FilePredictions:
+        """Probabilities for the readable ``paths``; missing or undecodable files are skipped and listed."""
+        from autotransfer.data.decode import decode_bytes
+
+        kept: list[str] = []
+        arrays: list[np.ndarray] = []
+        skipped: list[tuple[str, str]] = []
+        for path in paths:
+            path = Path(path)
+            try:
+                data = path.read_bytes()
+            except OSError:
+                skipped.append((str(path), "missing" if not path.exists() else "unreadable"))
+                continue
+            try:
+                arrays.append(decode_bytes(data))
+            except Exception:  # any undecodable file is skipped and counted
+                skipped.append((str(path), "unreadable"))
+                continue
+            kept.append(str(path))
+        proba = self.proba_of_arrays(arrays, progress=progress) if arrays else np.zeros((0, len(self.classes_)), np.float32)
+        return FilePredictions(kept, proba, skipped)
+
+    def proba_of_arrays(self, arrays: Sequence[np.ndarray], *,
+                        progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """``(N, K)`` probabilities of ``(H, W, 3)`` uint8 arrays, ``BATCH_SIZE`` at a time."""
+        import torch
+
+        from autotransfer.data.cache import resize_square
+        from autotransfer.data.device import DeviceBatches
+        from autotransfer.train.metrics import predict_logits
+
+        size, pre = self.preprocessing.input_size, self.preprocessing
+        out: list[np.ndarray] = []
+        total = len(arrays)
+        for start in range(0, total, BATCH_SIZE):
+            chunk = np.stack([resize_square(a, size) for a in arrays[start:start + BATCH_SIZE]])
+            # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, bf16 on CUDA
+            batches = DeviceBatches(chunk, np.zeros(len(chunk), np.int64), device=self.device, out_size=size,
+                                    mean=pre.mean, std=pre.std, flip=False)
+            logits, _ = predict_logits(self.model, batches.eval_batches(BATCH_SIZE),
+                                       amp=self.device.type == "cuda", channels_last=True)
+            out.append(torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32))
+            if progress is not None:
+                progress(min(start + BATCH_SIZE, total), total)
+        if not out:
+            return np.zeros((0, len(self.classes_)), np.float32)
+        return np.concatenate(out)
+
+
+def load_model(directory: str | Path, *, device: str = "auto") -> Predictor:
+    """The model folder ``directory`` (``config.json`` + ``model.safetensors``) as a :class:`Predictor`.
+
+    ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. A folder that is missing, lacks
+    a file or does not fit its architecture is a one-line ``UserError``.
+    """
+    from autotransfer.backbones.model_dir import build_model, model_dir_preprocessing, read_model_config
+
+    config = read_model_config(directory)
+    model = build_model(directory, config)
+    return Predictor(model, config["label_names"], model_dir_preprocessing(config), device=device,
+                     config=config, directory=directory)
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name.lower() not in _IGNORED_NAMES and path.name != "__MACOSX"
+
+
+def list_image_files(sources: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files ``predict`` reads from ``sources``: files as given, folders walked (sorted, hidden
+    files left out), CSV manifests (a ``path`` column, relative to the manifest's folder).
+
+    Returns ``(files, skipped)``: ``skipped`` holds ``(source, "missing")`` for sources not found.
+    A CSV without a ``path`` column is a ``UserError``.
+    """
+    import csv
+
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            for root, dirs, names in os.walk(path, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if _visible(Path(d)))
+                files.extend(Path(root) / n for n in sorted(names) if _visible(Path(n)))
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            try:
+                with open(path, newline="", encoding="utf-8-sig") as handle:
+                    rows = list(csv.DictReader(handle))
+            except (OSError, UnicodeDecodeError, csv.Error) as err:
+                raise UserError(f"cannot read CSV manifest {str(path)!r}: {err}") from None
+            column = next((k for k in (rows[0] if rows else {}) if k and k.strip().lower() == "path"), None)
+            if column is None:
+                raise UserError(f"CSV manifest {str(path)!r} has no 'path' column; its first line must name one (path[,label])")
+            for row in rows:
+                rel = (row.get(column) or "").strip()
+                if rel:
+                    files.append(Path(rel) if Path(rel).is_absolute() else path.parent / rel)
+        elif path.is_file():
+            files.append(path)
+        else:
+            skipped.append((str(source), "missing"))
+    return files, skipped
