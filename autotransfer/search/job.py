@@ -149,17 +149,21 @@ def run_search(
     """Run trials until ``trials`` finished search trials exist (and the controls ran), or timeout.
 
     Failed trials (NaN loss, out of memory) are recorded with their reason and the study
-    goes on; Ctrl-C stops at once, keeping every completed trial.
+    goes on; Ctrl-C stops at once, keeping every completed trial: the trial it stopped is
+    re-queued with its parameters (``workers.interruptible``), without Optuna's traceback.
     """
     from autotransfer.search.objective import TrialFailed
+    from autotransfer.search.workers import interruptible, quiet_interrupted_trials
 
     deadline = None if timeout is None else time.monotonic() + timeout
     budget = _SearchBudget(trials, on_trial_end, deadline=deadline)
     if budget.done(study, wait=False):
         return
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_interrupted_trials():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        study.optimize(runner, timeout=timeout, callbacks=[budget], catch=(TrialFailed,), gc_after_trial=False)
+        study.optimize(
+            interruptible(runner), timeout=timeout, callbacks=[budget], catch=(TrialFailed,), gc_after_trial=False
+        )
 
 
 SMALL_VALIDATION = 100  # below this many validation images, tune says how coarse the scores are

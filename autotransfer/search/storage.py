@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.distributions import BaseDistribution
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from autotransfer.errors import UserError
 
@@ -18,6 +22,10 @@ __all__ = [
     "masked_url",
     "HEARTBEAT_INTERVAL",
     "GRACE_PERIOD",
+    "MAX_RETRY",
+    "QUEUED_ATTRS",
+    "requeue_trial",
+    "RequeueStaleTrial",
 ]
 
 #: One SQLite file for all studies (an RDB storage, so heartbeats work).
@@ -29,6 +37,89 @@ GRACE_PERIOD = int(os.environ.get("AUTOTRANSFER_GRACE", str(3 * HEARTBEAT_INTERV
 SQLITE_LOCK_TIMEOUT = 60
 #: A killed worker's running trial is retried (as a new trial) at most this many times.
 MAX_RETRY = 2
+#: The trial user attributes a trial is queued with (``autotransfer.search.study``: ``control``,
+#: ``source``); a retry keeps these and drops what the dead run wrote (its worker, its integers,
+#: ``oom_retried``, ...), so that it runs as the trial first ran: a control stays a control,
+#: never pruned, an enqueued candidate stays a candidate.
+QUEUED_ATTRS = ("control", "source")
+
+_logger = logging.getLogger(__name__)
+
+
+def requeue_trial(study: optuna.Study, trial: FrozenTrial, *, max_retry: int | None = MAX_RETRY) -> bool:
+    """Queue ``trial`` (a trial that died: stale heartbeat, Ctrl-C) to run again with its parameters.
+
+    The retry is a new WAITING trial that records the chain the way Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` does (system attributes ``failed_trial``, the first trial
+    of the chain, and ``retry_history``), keeps ``QUEUED_ATTRS`` and is queued the way the trial was:
+
+    - an enqueued trial (a control, a prior or survey candidate, a warm start: Optuna's
+      ``fixed_params``) is enqueued again with the same fixed values. Optuna's callback re-created
+      it with the parameters *and* the distributions of the dead run, and an enqueued value outside
+      the study's range (``freeze_frac`` 0.0 in [0.68, 1]) made that raise ``ValueError`` inside
+      ``fail_stale_trials``: the worker crashed and the trial was never re-run (issue 16).
+    - a sampled trial keeps its parameters and distributions (the sampler counts it as sampled);
+      a distribution that does not hold its value (never seen: a sampled value lies in its range)
+      is widened to hold it.
+
+    Returns False when the chain already ran ``max_retry`` retries (nothing queued).
+    """
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if max_retry is not None and len(history) > max_retry:
+        return False
+    system_attrs: dict[str, Any] = {
+        "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+        "retry_history": history,
+    }
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k in QUEUED_ATTRS}
+    fixed = trial.system_attrs.get("fixed_params")
+    if fixed is not None:
+        system_attrs["fixed_params"] = {**fixed, **trial.params}
+        retry = optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=user_attrs, system_attrs=system_attrs)
+    else:
+        retry = optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=dict(trial.params),
+            distributions={k: _holding(d, trial.params[k]) for k, d in trial.distributions.items()},
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+        )
+    study.add_trial(retry)
+    return True
+
+
+def _holding(distribution: BaseDistribution, value: Any) -> BaseDistribution:
+    """``distribution``, widened to hold ``value`` if it does not (float and int ranges)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if distribution._contains(distribution.to_internal_repr(value)):
+        return distribution
+    if isinstance(distribution, FloatDistribution):
+        return FloatDistribution(min(distribution.low, value), max(distribution.high, value), log=distribution.log)
+    if isinstance(distribution, IntDistribution):
+        return IntDistribution(min(distribution.low, value), max(distribution.high, value), log=distribution.log)
+    if isinstance(distribution, CategoricalDistribution):
+        return CategoricalDistribution([*distribution.choices, value])
+    return distribution
+
+
+class RequeueStaleTrial:
+    """The storage's stale-trial callback: re-queues a dead worker's trial with ``requeue_trial``.
+
+    It replaces Optuna's ``RetryHeartbeatStaleTrialCallback`` (same chain attributes, same
+    ``max_retry``), which crashed the live worker on an enqueued value outside the study's range.
+    It runs inside ``fail_stale_trials`` at the start of every trial of every worker, so it never
+    raises: a retry that cannot be queued is one warning line, and the worker goes on.
+    """
+
+    def __init__(self, max_retry: int | None = MAX_RETRY) -> None:
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        try:
+            requeue_trial(study, trial, max_retry=self.max_retry)
+        except Exception as err:  # noqa: BLE001 - a worker must not die for another worker's trial
+            _logger.warning("trial %d of a dead worker could not be re-queued: %s", trial.number, _one_line(err))
 
 
 def storage_location(url: str | None) -> str:
@@ -107,9 +198,9 @@ def open_storage(
     ``writable`` (default: ``heartbeat``, as running trials write) refuses an SQLite file
     that cannot be written with a one-line ``UserError``; pass ``False`` to only read.
 
-    RDB storages (SQLite, PostgreSQL, MySQL) get heartbeats and
-    ``RetryHeartbeatStaleTrialCallback``: a trial whose worker dies is marked FAIL and
-    re-queued with its original parameters. A path ending in ``.log``/``.jsonl`` opens a
+    RDB storages (SQLite, PostgreSQL, MySQL) get heartbeats and ``RequeueStaleTrial``: a trial
+    whose worker dies is marked FAIL and re-queued with its original parameters and queue
+    attributes (``requeue_trial``). A path ending in ``.log``/``.jsonl`` opens a
     journal file instead (no heartbeats). Any failure to open is a one-line ``UserError``.
     """
     location = storage_location(url)
@@ -125,9 +216,7 @@ def open_storage(
         _check_sqlite_file(location, writable=heartbeat if writable is None else writable)
     kwargs: dict = {}
     if heartbeat:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        retry = RequeueStaleTrial(max_retry=MAX_RETRY)
         kwargs = dict(
             heartbeat_interval=HEARTBEAT_INTERVAL,
             grace_period=GRACE_PERIOD,

@@ -8,10 +8,13 @@ machines. Fault tolerance is Optuna's: ``RDBStorage`` heartbeats plus
 worker's running trial stops beating; the next worker to start a trial (or to check the
 budget) after the grace period marks it FAIL and re-queues its parameters as a WAITING
 trial that remembers the original trial number; ``ask`` hands each WAITING trial to one
-worker only (a row lock), so no trial runs on two workers at once.
+worker only (a row lock), so no trial runs on two workers at once. A trial stopped by Ctrl-C
+(or SIGTERM) is re-queued the same way by the process it ran in (``interruptible``).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import socket
@@ -46,6 +49,9 @@ __all__ = [
     "retried_trial_number",
     "pending_retries",
     "settle_stale_trials",
+    "requeue_interrupted",
+    "interruptible",
+    "quiet_interrupted_trials",
 ]
 
 #: Trial user attribute: ``host:pid`` of the worker that ran the trial.
@@ -359,8 +365,9 @@ def worker_tag() -> str:
 def retried_trial_number(trial: FrozenTrial | optuna.trial.Trial) -> int | None:
     """The number of the trial whose dead worker this trial is a retry of (``None`` if not a retry).
 
-    ``RetryHeartbeatStaleTrialCallback`` records it in the retry's system attributes
-    (``failed_trial``; the first trial of the chain when a retry itself was retried).
+    ``autotransfer.search.storage.requeue_trial`` records it in the retry's system attributes
+    (``failed_trial``; the first trial of the chain when a retry itself was retried), as Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` does.
     """
     if isinstance(trial, FrozenTrial):
         system_attrs = trial.system_attrs
@@ -409,6 +416,73 @@ def settle_stale_trials(study: optuna.Study, *, wait: bool = True, deadline: flo
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return
         time.sleep(max(0.2, min(1.0, HEARTBEAT_INTERVAL / 2, end - time.monotonic())))
+
+
+#: ``fail_reason`` of a trial stopped by Ctrl-C or SIGTERM (it is re-queued, see ``interruptible``).
+INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM): re-queued to run again with its parameters"
+
+
+def requeue_interrupted(trial: optuna.trial.Trial) -> None:
+    """Re-queue a trial that Ctrl-C stopped mid-run, to run again (once) with its parameters.
+
+    Called by the process that ran it, while the trial is still RUNNING (Optuna marks it FAIL
+    next), so no other worker can queue it twice. Its ``fail_reason`` says why it failed.
+    Best effort: a storage error here must not hide the interrupt.
+    """
+    from autotransfer.search.storage import requeue_trial
+
+    try:
+        requeue_trial(trial.study, trial.storage.get_trial(trial._trial_id))
+        trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+    except Exception as err:  # noqa: BLE001 - the interrupt goes on regardless
+        logging.getLogger(__name__).warning("interrupted trial %d was not re-queued: %s", trial.number, err)
+
+
+def interruptible(runner: Callable[[optuna.trial.Trial], float]) -> Callable[[optuna.trial.Trial], float]:
+    """``runner`` as an objective whose trial, stopped by Ctrl-C, is re-queued (``requeue_interrupted``)
+    before the ``KeyboardInterrupt`` goes on: the next run of the study runs it again."""
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        try:
+            return runner(trial)
+        except KeyboardInterrupt:
+            requeue_interrupted(trial)
+            raise
+
+    return objective
+
+
+class _DropInterruptedTrialLog(logging.Filter):
+    """Drops Optuna's two records about a trial failed by ``KeyboardInterrupt``: "Trial N failed
+    with parameters ... KeyboardInterrupt()" with its 60-line traceback, and "Trial N failed with
+    value None." Every other record passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        if isinstance(exc, KeyboardInterrupt) and message.startswith("Trial "):
+            number = message.split()[1]
+            if number.isdigit():
+                self.numbers.add(int(number))
+            return False
+        return not any(message.startswith(f"Trial {n} failed with value ") for n in self.numbers)
+
+
+@contextlib.contextmanager
+def quiet_interrupted_trials():
+    """Within, Optuna does not log the traceback of a trial stopped by Ctrl-C (the CLI says
+    "interrupted" in one line, and the trial is re-queued); other logs are untouched."""
+    logger = logging.getLogger("optuna.study._optimize")  # where _run_trial logs a failed trial
+    quiet = _DropInterruptedTrialLog()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class _WorkerUI:

@@ -152,3 +152,60 @@ def _logs(tmp_path) -> str:
     for path in sorted((tmp_path / "logs").glob("worker-*.log")):
         parts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
     return "\n".join(parts)
+
+
+def test_a_killed_workers_out_of_range_candidate_is_rerun_by_the_survivor(postgres_url, tiny_settings, tmp_path):
+    """Issue 16, §1: two workers; the one running an enqueued candidate whose values lie outside the
+    study's range (the survey's ``freeze_frac`` 0.0 in [0.68, 1]) is SIGKILLed mid-trial. Before, the
+    survivor died re-queueing it (``ValueError: The value 0.0 of parameter 'freeze_frac' isn't
+    contained ...``) and the candidate never ran again."""
+    from dataclasses import replace
+
+    from tests.search.test_retry import RECOMMENDED, SCRATCH, make_narrow_study
+
+    name = f"test-killed-candidate-{uuid.uuid4().hex[:10]}"
+    storage = open_storage(postgres_url, heartbeat=False)
+    settings = replace(tiny_settings, trials=3, steps=48, prune=False)
+    make_narrow_study(name, postgres_url, settings, [RECOMMENDED, SCRATCH])
+    env = {"AUTOTRANSFER_HEARTBEAT": "1", "AUTOTRANSFER_GRACE": "3", "PYTHONUNBUFFERED": "1"}
+    procs = launch_local_workers(name, postgres_url, 2, device="cpu", threads=1, env=env, log_dir=tmp_path / "logs")
+    by_pid = {p.pid: p for p in procs}
+    try:
+        victim = killed = None
+        deadline = time.monotonic() + 120
+        while victim is None:
+            assert time.monotonic() < deadline, "the candidate did not report a validation step within 120 s"
+            assert all(p.poll() is None for p in procs), _logs(tmp_path)
+            for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,)
+            ):
+                tag = t.user_attrs.get(WORKER_ATTR, "")
+                pid = int(tag.rsplit(":", 1)[-1]) if tag else None
+                if t.user_attrs.get(SOURCE_ATTR) == "survey:recommended" and t.intermediate_values and pid in by_pid:
+                    victim, killed = by_pid[pid], t
+                    break
+            else:
+                time.sleep(0.1)
+        os.kill(victim.pid, signal.SIGKILL)
+        codes = wait_workers(procs, timeout=240)
+        assert codes[procs.index(victim)] == -signal.SIGKILL
+        assert [c for p, c in zip(procs, codes) if p is not victim] == [0], _logs(tmp_path)
+        assert "isn't contained" not in _logs(tmp_path)
+    finally:
+        terminate_workers(procs)
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        finished = len(search_trials(study))
+        optuna.delete_study(study_name=name, storage=storage)
+
+    assert trials[killed.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if retried_trial_number(t) == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params == RECOMMENDED[0].to_dict()
+    assert retry.user_attrs[SOURCE_ATTR] == "survey:recommended"
+    assert retry.user_attrs[RETRY_ATTR] == killed.number
+    assert retry.user_attrs[WORKER_ATTR] != killed.user_attrs[WORKER_ATTR]
+    # the control ran once, as a control
+    controls = [t for t in trials if t.user_attrs.get("control") == "scratch"]
+    assert [t.state for t in controls] == [TrialState.COMPLETE]
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert finished >= 3
