@@ -23,7 +23,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from autotransfer.backbones.checkpoint import load_into, read_state_dict
