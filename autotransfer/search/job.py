@@ -417,6 +417,9 @@ def tune(
             **validation_counts(prepared, stored.metric),
         )
         check_compatible(study, settings)
+        from autotransfer.search.study import resume_overrides
+
+        overridden = resume_overrides(stored, settings, warm_start=warm_start)
         # resume with the stored budget and options; only --trials may grow
         settings = type(settings).from_dict({**stored.to_dict(), "trials": settings.trials, "device": settings.device})
         if settings.trials != stored.trials:
@@ -425,7 +428,10 @@ def tune(
         profile_dict = study.user_attrs.get(ATTR["profile"])
         prior_dict = study.user_attrs.get(ATTR["prior"])
         ui.note(f"resuming study {name!r}: {len(search_trials(study))} finished search trials")
+        if overridden:
+            ui.note(overridden)
     else:
+        overridden = None
         ui.stage("estimating the task")
         estimator = TaskEstimator(**(estimator_kwargs or {}))
         # the held-out test split stays unseen: LogME, LEEP and H-score read labels
@@ -517,6 +523,8 @@ def tune(
         val_images=len(prepared.val),
         test_images=len(prepared.test),
     )
+    if overridden:
+        result.notes.append(overridden)
     if capped:
         result.notes.append(f"N was capped at {settings.n}: all the images {settings.target!r} holds")
     if result.val_images < SMALL_VALIDATION:

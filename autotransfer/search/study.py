@@ -32,6 +32,7 @@ __all__ = [
     "read_space",
     "read_attr",
     "check_compatible",
+    "resume_overrides",
     "search_trials",
     "control_trials",
     "best_transfer_trial",
@@ -225,6 +226,34 @@ def check_compatible(study: optuna.Study, settings: StudySettings) -> None:
                 f"study {study.study_name!r} was made with {key}={a!r}, but this run asks for"
                 f" {key}={b!r}: use another --study name, or the same settings"
             )
+
+
+#: Options a resumed study keeps from its record, whatever this run asks (the search must stay one
+#: search: one budget, one prior, one pruning rule, one pick rule).
+_RECORDED_WIN = ("steps", "prior", "prune", "pick")
+
+
+def resume_overrides(stored: StudySettings, asked: StudySettings, *, warm_start: str | None = None) -> str | None:
+    """One line saying which of this run's options the resumed study's recorded settings override
+    (``--steps``, ``--prior``, ``--prune``, ``--pick``, and ``--warm-start``, which only a new study
+    enqueues), or ``None`` when they agree. ``asked`` is this run's settings, resolved on the data."""
+
+    def shown(key: str, value: Any) -> str:
+        return ("on" if value else "off") if key == "prune" else str(value)
+
+    differ = [
+        f"--{key} {shown(key, getattr(stored, key))} (this run: {shown(key, getattr(asked, key))})"
+        for key in _RECORDED_WIN
+        if getattr(asked, key) is not None and getattr(stored, key) != getattr(asked, key)
+    ]
+    if warm_start:
+        differ.append(f"no --warm-start (this run: {warm_start}; protocols are enqueued only when a study is created)")
+    if not differ:
+        return None
+    return (
+        "resuming with the study's recorded settings, not this run's: " + ", ".join(differ)
+        + ": use another --study to search with them"
+    )
 
 
 def _is_control(trial: FrozenTrial) -> bool:

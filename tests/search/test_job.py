@@ -91,6 +91,51 @@ def test_resume_with_other_data_is_refused(finished_study, tiny_settings, storag
         tune(other, study_name="digits-tiny", storage=storage_url, export_dir=tmp_path / "e", runs_dir=tmp_path / "r")
 
 
+class _NotesUI:
+    """Keeps ``tune``'s notes; draws nothing."""
+
+    def __init__(self) -> None:
+        from autotransfer.search.progress import NullUI
+
+        self.inner, self.notes = NullUI(), []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+RECORDED_WIN = "resuming with the study's recorded settings, not this run's"
+
+
+def test_resume_says_which_recorded_settings_win(finished_study, tiny_settings, storage_url, tmp_path):
+    """Issue 16, §6: a changed --steps, --prior, --prune, --pick or --warm-start on resume was ignored
+    without a word. Now one line (a note, and a note in the result) says the recorded ones win."""
+    changed = replace(tiny_settings, steps=24, prior="none", prune=False, pick="val")
+    ui = _NotesUI()
+    result = tune(
+        changed, study_name="digits-tiny", storage=storage_url, export_dir=tmp_path / "exports",
+        runs_dir=tmp_path / "runs", warm_start="digits-tiny", ui=ui,
+    )
+    (line,) = [n for n in ui.notes if n.startswith(RECORDED_WIN)]
+    for needle in (
+        "--steps 12 (this run: 24)", "--prior quadrant (this run: none)", "--prune on (this run: off)",
+        "--pick cv (this run: val)", "no --warm-start (this run: digits-tiny;", "use another --study",
+    ):
+        assert needle in line, (needle, line)
+    assert "\n" not in line and line in result.notes
+    s = result.settings
+    assert (s.steps, s.prior, s.prune, s.pick) == (12, "quadrant", True, "cv")  # the recorded ones ran
+    # the same options: no such line
+    ui = _NotesUI()
+    result = tune(
+        tiny_settings, study_name="digits-tiny", storage=storage_url, export_dir=tmp_path / "exports",
+        runs_dir=tmp_path / "runs", ui=ui,
+    )
+    assert not [n for n in ui.notes + result.notes if n.startswith(RECORDED_WIN)]
+
+
 def test_export_then_train_round_trips(finished_study, storage_url, tmp_path):
     study = load_study("digits-tiny", open_storage(storage_url))
     payload = export_payload(study)
