@@ -427,12 +427,14 @@ def requeue_interrupted(trial: optuna.trial.Trial) -> None:
 
     Called by the process that ran it, while the trial is still RUNNING (Optuna marks it FAIL
     next), so no other worker can queue it twice. Its ``fail_reason`` says why it failed.
-    Best effort: a storage error here must not hide the interrupt.
+    Unlike a killed run's (``MAX_RETRY``), an interrupted run's re-queue has no limit: an
+    interrupt says nothing against the protocol. Best effort: a storage error here must not hide
+    the interrupt.
     """
     from autotransfer.search.storage import requeue_trial
 
     try:
-        requeue_trial(trial.study, trial.storage.get_trial(trial._trial_id))
+        requeue_trial(trial.study, trial.storage.get_trial(trial._trial_id), max_retry=None)
         trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
     except Exception as err:  # noqa: BLE001 - the interrupt goes on regardless
         logging.getLogger(__name__).warning("interrupted trial %d was not re-queued: %s", trial.number, err)

@@ -242,3 +242,36 @@ def test_run_worker_survives_the_dead_candidate(tiny_settings, storage_url, monk
     (retry,) = [t for t in trials if retried_trial_number(t) == dead.number]
     assert retry.state == TrialState.COMPLETE and retry.params == dead.params
     assert "oom_retried" not in retry.user_attrs
+
+
+def test_only_optunas_records_of_an_interrupted_trial_are_silenced(caplog):
+    """§4: the 60-line traceback came from Optuna logging the trial's ``KeyboardInterrupt``; other
+    failed trials, and everything else, are still logged."""
+    import logging
+    import sys as _sys
+
+    from autotransfer.search.workers import quiet_interrupted_trials
+
+    logger = logging.getLogger("optuna.study._optimize")
+
+    def failed(number: int, err: BaseException) -> None:
+        try:
+            raise err
+        except BaseException:  # noqa: BLE001 - only to log it as Optuna does
+            logger.warning(f"Trial {number} failed with parameters: {{}} because of the following error: {err!r}.",
+                           exc_info=_sys.exc_info())
+        logger.warning(f"Trial {number} failed with value None.")
+
+    with caplog.at_level(logging.INFO, logger="optuna"), quiet_interrupted_trials():
+        failed(3, KeyboardInterrupt())
+        failed(4, ValueError("boom"))
+        logger.info("Trial 5 finished with value: 0.5")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith("Trial 3 ")]
+    assert [m for m in messages if m.startswith("Trial 4 ")] == [
+        "Trial 4 failed with parameters: {} because of the following error: ValueError('boom').",
+        "Trial 4 failed with value None.",
+    ]
+    assert "Trial 5 finished with value: 0.5" in messages
+    failed(6, KeyboardInterrupt())  # outside, nothing is filtered
+    assert sum(r.getMessage().startswith("Trial 6 ") for r in caplog.records) == 2
