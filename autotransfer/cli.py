@@ -409,12 +409,13 @@ def predict_cmd(
         (path, [(str(classes[j]), float(found.proba[i, j])) for j in order[i]])
         for i, path in enumerate(found.paths)
     ]
+    names = ", ".join(p for p, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    if not rows:
+        listed = f" ({names})" if names else ""
+        raise UserError(f"no readable images among the {len(files) + len(missing)} file(s) given{listed}; check the paths")
     if skipped:
-        names = ", ".join(p for p, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         err_console.print(f"skipped {len(skipped)} file(s) that are missing or not images: {names}",
                           highlight=False, soft_wrap=True)
-    if not rows:
-        raise UserError(f"no readable images among {len(files) + len(missing)} given; check the paths")
     if fmt is PredictFormat.json:
         _print_json({
             "model": model_dir,

@@ -195,6 +195,10 @@ def test_bad_inputs_are_skipped_counted_or_one_line(tuned, test_images, tmp_path
     # not a model folder: one line, exit 2
     done = run_cli("predict", str(tmp_path), str(mixed), cwd=tmp_path)
     assert done.returncode == 2 and "has no config.json" in done.stderr and "Traceback" not in done.stderr
+    # nothing readable at all: one line, exit 2
+    done = run_cli("predict", str(result.model_path), str(mixed / "notes.txt"), "--device", "cpu", cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "no readable images" in lines[0], done.stderr
 
 
 @needs_entry
@@ -281,3 +285,18 @@ def test_torchvision_backbones_write_a_folder_autotransfer_loads(tmp_path):
     with torch.no_grad():
         expected = torch.softmax(backbone.model.eval()(x), 1).numpy()
     np.testing.assert_allclose(predictor.predict_proba([image]), expected, atol=1e-5)
+
+
+def test_evaluate_without_target_refuses_changed_data(tuned, tmp_path):
+    import shutil
+
+    from autotransfer.evaluation import evaluate_model
+
+    result, _ = tuned
+    copy = tmp_path / "copy"
+    shutil.copytree(result.model_path, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["autotransfer"]["dataset_fingerprint"] = "0" * 64
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="fingerprint"):
+        evaluate_model(copy)
