@@ -19,8 +19,10 @@ from autotransfer.errors import UserError
 
 __all__ = ["Predictor", "FilePredictions", "load_model", "list_image_files"]
 
-#: Images per forward pass (and per resize chunk); predictions do not depend on it.
-BATCH_SIZE = 64
+#: Images per forward pass (and per resize chunk): the batch the study validates and tests with
+#: (``train.loop``), so that on CUDA, where bf16 results can depend on the batch, the study's test
+#: split is scored in the very same batches.
+BATCH_SIZE = 256
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
 
