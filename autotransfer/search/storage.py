@@ -158,6 +158,34 @@ def masked_url(url: str) -> str:
         return url
 
 
+class _BeatingRDBStorage(RDBStorage):
+    """``RDBStorage`` whose trials beat from the moment they are RUNNING.
+
+    Optuna's first heartbeat comes from the thread that ``optimize`` starts after ``ask``, and
+    ``ask`` samples the parameters first (tens of milliseconds). A RUNNING trial that never beat is
+    never found stale, so a worker killed, or interrupted, inside ``ask`` left its trial RUNNING for
+    good: an enqueued control popped there never ran again. Seen: a SIGKILL that landed between two
+    trials. Here a trial's first heartbeat is written as it becomes RUNNING, so the stale-trial check
+    catches it like any other dead worker's trial (``RequeueStaleTrial``).
+    """
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        frozen = super()._create_new_trial(study_id, template_trial)  # what _CachedStorage calls
+        if frozen.state == TrialState.RUNNING:
+            self._first_beat(frozen._trial_id)
+        return frozen
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        updated = super().set_trial_state_values(trial_id, state, values)
+        if updated and state == TrialState.RUNNING:  # a WAITING trial popped by ask
+            self._first_beat(trial_id)
+        return updated
+
+    def _first_beat(self, trial_id: int) -> None:
+        if self.heartbeat_interval is not None:
+            self.record_heartbeat(trial_id)
+
+
 def _check_sqlite_file(url: str, *, writable: bool = True) -> None:
     path = Path(url[len("sqlite:///") :])
     if str(path) in ("", ":memory:"):
@@ -231,7 +259,7 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(_with_driver(location), engine_kwargs=engine_kwargs, **kwargs)
+            return _BeatingRDBStorage(_with_driver(location), engine_kwargs=engine_kwargs, **kwargs)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors vary

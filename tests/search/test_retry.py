@@ -89,6 +89,26 @@ def test_a_dead_enqueued_trial_outside_the_range_is_requeued_as_enqueued(tiny_se
         assert not is_sampled(retry)  # queued as it first was: the sampler does not count it
 
 
+def test_a_worker_killed_inside_ask_leaves_a_trial_that_is_rerun(tiny_settings, storage_url, monkeypatch):
+    """A worker killed between popping a queued trial and its first heartbeat (inside ``ask``, while
+    the sampler works): the trial never beat, so Optuna never found it stale and the control stayed
+    RUNNING for good (seen as a flaky ``test_stopped_workers_trials_are_requeued``)."""
+    monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(storage_module, "GRACE_PERIOD", 1)
+    make_narrow_study("in-ask", storage_url, replace(tiny_settings, trials=1), [SCRATCH])
+    study = optuna.load_study(study_name="in-ask", storage=open_storage(storage_url))
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        popped, fresh = study.ask(), study.ask()  # the control, then a new trial; no heartbeat thread
+    time.sleep(2.2)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[popped.number].state == trials[fresh.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if retried_trial_number(t) == popped.number]
+    assert retry.user_attrs == SCRATCH[1] and queued_params(retry) == SCRATCH[0].to_dict()
+    (again,) = [t for t in trials if retried_trial_number(t) == fresh.number]
+    assert again.state == TrialState.WAITING and is_sampled(again) and again.params == {}
+
+
 def test_a_dead_sampled_trial_is_requeued_with_its_parameters(tiny_settings, storage_url, monkeypatch):
     monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(storage_module, "GRACE_PERIOD", 1)

@@ -268,7 +268,7 @@ def test_stopped_workers_trials_are_requeued(make_study, storage_url, tmp_path, 
     (retry,) = [t for t in after if retried_trial_number(t) == in_flight[0].number]
     assert retry.state == TrialState.WAITING
     # queued as it first was: an enqueued trial with its fixed values, a sampled one with its parameters
-    assert (retry.params or retry.system_attrs["fixed_params"]) == in_flight[0].params
+    assert (retry.params or retry.system_attrs.get("fixed_params", {})) == in_flight[0].params
     assert [t.number for t in pending_retries(optuna.load_study(study_name="stopped", storage=storage))] == [
         retry.number
     ]
