@@ -64,22 +64,32 @@ def retrain_and_test(
     prepared: PreparedData,
     *,
     progress: Callable[[int, int], None] | None = None,
+    micro_batch: int | None = None,
+    split: str = "trainval",
 ):
-    """Train ``protocol`` on train+val for the study's budget; score it on the held-out test split.
+    """Train ``protocol`` on ``split`` (train+val) for the study's budget; score it on the test split.
 
-    Returns ``(backbone, test_score, train_result)``.
+    On out-of-memory it retries with gradient accumulation over halved micro-batches, starting from
+    ``micro_batch`` (what the search learned). Returns ``(backbone, test_score, train_result)``.
     """
     from autotransfer.backbones import create_backbone
     from autotransfer.search.objective import train_config_for
-    from autotransfer.train import train_protocol
+    from autotransfer.train import evaluate, train_protocol, with_oom_retry
+    from autotransfer.train.loop import EVAL_BATCH
 
-    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
-    config = train_config_for(protocol, settings, backbone.num_groups)
-    config = config.replace(eval_every=config.steps)
-    trainval = split_batches(prepared, "trainval", settings, backbone.preprocessing)
-    test = split_batches(prepared, "test", settings, backbone.preprocessing)
-    result = train_protocol(backbone, trainval, test, config, metric=settings.metric, progress=progress)
-    return backbone, float(result.final_score), result
+    def run(micro: int | None):
+        backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+        config = train_config_for(protocol, settings, backbone.num_groups, micro_batch=micro)
+        config = config.replace(eval_every=config.steps)
+        data = split_batches(prepared, split, settings, backbone.preprocessing)
+        result = train_protocol(backbone, data, None, config, metric=settings.metric, progress=progress)
+        # a plain full-precision pass, as `autotransfer evaluate` scores the saved model (the
+        # trial loop may validate on cached frozen features)
+        test = split_batches(prepared, "test", settings, backbone.preprocessing)
+        return backbone, evaluate(backbone, test, settings.metric, batch_size=micro or EVAL_BATCH), result
+
+    (backbone, test_score, result), _ = with_oom_retry(run, micro_batch, settings.batch_size)
+    return backbone, float(test_score), result
 
 
 def train_final(
@@ -90,18 +100,18 @@ def train_final(
     expected: float,
     expected_images: int,
     progress: Callable[[int, int], None] | None = None,
+    micro_batch: int | None = None,
 ) -> FinalModel:
     """Retrain on train+val, check the fit against ``expected`` (``is_broken``), fall back to the
     trial's own model when broken, and score what is handed back on the test split."""
-    from autotransfer.backbones import create_backbone
-    from autotransfer.search.objective import train_config_for
-    from autotransfer.train import DivergedError, evaluate, train_protocol
+    from autotransfer.train import DivergedError, evaluate
 
-    # the test split is scored by the run's last validation, as ``train --config`` scores it;
-    # the decision below reads only the fit on train+val
+    # the decision below reads only the fit on train+val, never the test score
     fit: float | None = None
     try:
-        backbone, test_score, result = retrain_and_test(protocol, settings, prepared, progress=progress)
+        backbone, test_score, result = retrain_and_test(
+            protocol, settings, prepared, progress=progress, micro_batch=micro_batch
+        )
         trainval = split_batches(prepared, "trainval", settings, backbone.preprocessing)
         fit = evaluate(backbone, trainval, settings.metric)
         broken = is_broken(fit, expected, expected_images)
@@ -117,9 +127,7 @@ def train_final(
         f"the retrain on train+val broke: {why}; handing back the trial's own model instead (trained on the"
         " train split with the trial's seed, the run the study validated)"
     ]
-    backbone = create_backbone(settings.model, num_classes=settings.num_classes)
-    config = train_config_for(protocol, settings, backbone.num_groups).replace(eval_every=settings.steps)
-    train = split_batches(prepared, "train", settings, backbone.preprocessing)
-    test = split_batches(prepared, "test", settings, backbone.preprocessing)
-    result = train_protocol(backbone, train, test, config, metric=settings.metric, progress=progress)
-    return FinalModel(backbone, float(result.final_score), fit, "train", float(result.images_per_s), notes)
+    backbone, test_score, result = retrain_and_test(
+        protocol, settings, prepared, progress=progress, micro_batch=micro_batch, split="train"
+    )
+    return FinalModel(backbone, test_score, fit, "train", float(result.images_per_s), notes)

@@ -476,6 +476,7 @@ def tune(
 
     study = open_study(name, store, settings)
 
+    micro_batch: int | None = None
     if workers > 1:
         from autotransfer.search.workers import run_local_workers
 
@@ -487,6 +488,7 @@ def tune(
         ui.search_start(total=settings.trials, done=len(search_trials(study)))
         run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
         ui.search_end()
+        micro_batch = runner.micro_batch  # an out-of-memory in the search shrank it: keep it
         del runner  # its prefix cache is not needed by the pick or the retrain
         gc.collect()
 
@@ -502,6 +504,7 @@ def tune(
         make_backbone,
         progress=ui.trial_progress,
         on_candidate=lambda i, k, number: ui.note(f"pick: candidate {i + 1} of {k} (trial {number})"),
+        micro_batch=micro_batch,
     )
     best = best_transfer_trial(study)
     controls = control_scores(study)
@@ -556,7 +559,8 @@ def tune(
     else:
         ui.stage(f"retraining trial {best.number} on train+val")
         final_model = train_final(
-            protocol, settings, prepared, expected=expected, expected_images=expected_images, progress=ui.trial_progress
+            protocol, settings, prepared, expected=expected, expected_images=expected_images,
+            progress=ui.trial_progress, micro_batch=micro_batch,
         )
         test_score = final_model.test_score
         result.test_score = test_score

@@ -1,7 +1,6 @@
 """The Optuna objective: one trial = one real fine-tuning run of a suggested protocol."""
 from __future__ import annotations
 
-import gc
 import math
 import time
 import warnings
@@ -9,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import optuna
-import torch
 
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.search.settings import StudySettings
@@ -27,8 +25,9 @@ class TrialFailed(RuntimeError):
     """A trial that failed for a recorded reason (NaN loss, out of memory): the study goes on."""
 
 
-def train_config_for(protocol: Protocol, settings: StudySettings, num_groups: int, *, batch_size: int | None = None):
-    """The trial's ``TrainConfig``: the protocol's values plus the study-level settings."""
+def train_config_for(protocol: Protocol, settings: StudySettings, num_groups: int, *, micro_batch: int | None = None):
+    """The trial's ``TrainConfig``: the protocol's values plus the study-level settings
+    (``micro_batch``: accumulate gradients over passes of that many images, after an OOM)."""
     from autotransfer.train import TrainConfig
 
     freeze, reinit = protocol.integers(num_groups)
@@ -43,7 +42,8 @@ def train_config_for(protocol: Protocol, settings: StudySettings, num_groups: in
         bn_mode=protocol.bn_mode,
         l2sp=protocol.l2sp,
         optimizer=settings.optimizer,
-        batch_size=batch_size or settings.batch_size,
+        batch_size=settings.batch_size,
+        micro_batch=micro_batch,
         resolution=settings.resolution,
         steps=int(settings.steps),
         eval_every=int(settings.eval_every),
@@ -77,10 +77,14 @@ class TrialRunner:
     on_progress: Callable[[int, int], None] | None = None
     on_trial_start: Callable[[optuna.trial.Trial, Protocol], None] | None = None
     num_groups: int = field(default=0)
+    #: images per forward/backward pass after an out-of-memory (``None``: the whole batch);
+    #: remembered for later trials, the pick and the final retrain
+    micro_batch: int | None = None
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
-        from autotransfer.train import DivergedError, train_protocol
+        from autotransfer.train import DivergedError, OutOfMemory, release_memory, train_protocol, with_oom_retry
 
+        release_memory()  # what an earlier failed or pruned trial left in reference cycles
         control = trial.user_attrs.get(CONTROL_ATTR)
         with warnings.catch_warnings():
             # enqueued controls and survey protocols may lie outside the centred ranges
@@ -119,39 +123,43 @@ class TrialRunner:
                 trial.set_user_attr(PRUNE_REASON_ATTR, line or f"pruned by {type(trial.study.pruner).__name__} at step {step}")
             return prune
 
-        batch_size = self.settings.batch_size
         started = time.perf_counter()
-        while True:
-            config = train_config_for(protocol, self.settings, num_groups, batch_size=batch_size)
-            try:
-                result = train_protocol(
-                    backbone,
-                    self.train,
-                    self.val,
-                    config,
-                    metric=self.settings.metric,
-                    report=report,
-                    progress=self.on_progress,
-                    cache=self.prefix_cache,
+        first = [backbone]  # the backbone built above serves the first attempt
+
+        def attempt(micro_batch: int | None):
+            model = first.pop() if first else self.make_backbone()
+            config = train_config_for(protocol, self.settings, num_groups, micro_batch=micro_batch)
+            return train_protocol(
+                model, self.train, self.val, config, metric=self.settings.metric, report=report,
+                progress=self.on_progress, cache=self.prefix_cache,
+            )
+
+        def shrink(micro_batch: int, error: str) -> None:
+            # a retry re-runs the same protocol (accumulation keeps it), so it re-reports the same
+            # steps with the same scores; the prefix cache made room for nothing, so drop it
+            if self.prefix_cache is not None and hasattr(self.prefix_cache, "clear"):
+                self.prefix_cache.clear()
+            trial.set_user_attr("micro_batch", micro_batch)
+            trial.set_user_attr("oom", error)
+
+        del backbone
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is already reported")
+                result, self.micro_batch = with_oom_retry(
+                    attempt, self.micro_batch, self.settings.batch_size, on_shrink=shrink
                 )
-                break
-            except DivergedError as err:
-                reason = f"diverged: {err}"
-                trial.set_user_attr("fail_reason", reason)
-                raise TrialFailed(reason) from err
-            except torch.OutOfMemoryError as err:
-                if self.prefix_cache is not None and hasattr(self.prefix_cache, "clear"):
-                    self.prefix_cache.clear()
-                _release_memory()
-                if batch_size > 1 and not trial.user_attrs.get("oom_retried"):
-                    batch_size //= 2
-                    trial.set_user_attr("oom_retried", True)
-                    trial.set_user_attr("batch_size", batch_size)
-                    backbone = self.make_backbone()
-                    continue
-                reason = f"out of memory at batch size {batch_size}: {str(err).splitlines()[0][:160]}"
-                trial.set_user_attr("fail_reason", reason)
-                raise TrialFailed(reason) from err
+        except DivergedError as err:
+            reason = f"diverged: {err}"
+        except OutOfMemory as err:
+            reason = str(err)
+        else:
+            reason = None
+        if reason is not None:  # outside the handler: the traceback no longer holds the model
+            first.clear()
+            release_memory()
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason)
 
         trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 3))
         trial.set_user_attr("images_per_s", round(float(result.images_per_s), 1))
@@ -161,11 +169,11 @@ class TrialRunner:
         trial.set_user_attr("history", [[int(s), float(v)] for s, v in result.history])
         if result.final_val_loss is not None and math.isfinite(result.final_val_loss):
             trial.set_user_attr(VAL_LOSS_ATTR, round(float(result.final_val_loss), 6))
-        del backbone
-        _release_memory()
-        if result.stopped_early:
-            raise optuna.TrialPruned(f"pruned at step {result.history[-1][0] if result.history else 0}")
-        value = float(result.final_score)
+        stopped_early, history, value = result.stopped_early, result.history, (math.nan if result.final_score is None else float(result.final_score))
+        del result  # the trained model goes with it: nothing of this trial outlives the call
+        release_memory()
+        if stopped_early:
+            raise optuna.TrialPruned(f"pruned at step {history[-1][0] if history else 0}")
         if not math.isfinite(value):
             trial.set_user_attr("fail_reason", f"non-finite score {value!r}")
             raise TrialFailed(f"non-finite score {value!r}")
@@ -178,7 +186,3 @@ def _rung_line(trial: optuna.trial.Trial) -> str | None:
     return reasons.pop(trial.number, None) if isinstance(reasons, dict) else None
 
 
-def _release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -139,6 +139,7 @@ def pick_protocol(
     *,
     progress: Callable[[int, int], None] | None = None,
     on_candidate: Callable[[int, int, int], None] | None = None,
+    micro_batch: int | None = None,
 ) -> Pick | None:
     """Apply ``settings.pick`` to the finished ``study`` and record the result on it.
 
@@ -163,7 +164,7 @@ def pick_protocol(
     for i, trial in enumerate(candidates):
         if on_candidate:
             on_candidate(i, len(candidates), trial.number)
-        scores.append(_cross_validate(trial, settings, folds, make_backbone, progress))
+        scores.append(_cross_validate(trial, settings, folds, make_backbone, progress, micro_batch))
     winner = max(scores, key=lambda c: (c.key, -c.trial))
     chosen = Pick(
         rule="cv",
@@ -211,18 +212,25 @@ def _folds(prepared: PreparedData, settings: StudySettings, preprocessing) -> li
     return folds
 
 
-def _cross_validate(trial, settings: StudySettings, folds: list[_Fold], make_backbone, progress) -> CandidateScore:
+def _cross_validate(
+    trial, settings: StudySettings, folds: list[_Fold], make_backbone, progress, micro_batch: int | None = None
+) -> CandidateScore:
     from autotransfer.search.objective import train_config_for
-    from autotransfer.train import DivergedError, predict_labels, score, train_protocol
+    from autotransfer.train import DivergedError, predict_labels, score, train_protocol, with_oom_retry
 
     protocol = Protocol.from_dict(trial.params)
     fold_scores, fit_scores, y_true, y_pred = [], [], [], []
     for fold in folds:
-        backbone = make_backbone()
-        config = train_config_for(protocol, settings, backbone.num_groups)
-        config = config.replace(seed=fold.seed, eval_every=config.steps)
+
+        def run(micro: int | None):
+            model = make_backbone()
+            config = train_config_for(protocol, settings, model.num_groups, micro_batch=micro)
+            config = config.replace(seed=fold.seed, eval_every=config.steps)
+            train_protocol(model, fold.train, None, config, metric=settings.metric, progress=progress, cache=fold.cache)
+            return model
+
         try:
-            train_protocol(backbone, fold.train, None, config, metric=settings.metric, progress=progress, cache=fold.cache)
+            backbone, micro_batch = with_oom_retry(run, micro_batch, settings.batch_size)
         except DivergedError:
             # a protocol that diverges under another seed is as good as chance here
             held_labels = np.asarray(fold.held.labels.cpu())

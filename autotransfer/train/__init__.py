@@ -4,6 +4,7 @@ from __future__ import annotations
 from autotransfer.train.config import TrainConfig, resolve_device
 from autotransfer.train.loop import DivergedError, TrainResult, lr_lambda, train_protocol
 from autotransfer.train.metrics import METRICS, evaluate, predict_labels, score, score_interval
+from autotransfer.train.memory import OOM_ERRORS, OutOfMemory, release_memory, with_oom_retry
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 
 __all__ = [
@@ -19,5 +20,9 @@ __all__ = [
     "PrefixCache",
     "CachedPrefix",
     "lr_lambda",
+    "OOM_ERRORS",
+    "OutOfMemory",
+    "release_memory",
+    "with_oom_retry",
     "resolve_device",
 ]

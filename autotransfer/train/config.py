@@ -33,6 +33,9 @@ class TrainConfig:
             trainable, non-re-initialised backbone weights (Li et al. 2018).
         optimizer: ``sgd`` or ``adamw``.
         batch_size: images per optimizer step.
+        micro_batch: images per forward/backward pass (``None`` = ``batch_size``); gradients
+            are accumulated over ``ceil(batch_size / micro_batch)`` passes, so the protocol is the
+            same (up to float rounding; BatchNorm in train mode sees the micro-batches).
         resolution: input size in pixels (the data side must produce this size).
         steps: the budget, in optimizer steps.
         eval_every: validate every this many steps (and always at the end).
@@ -57,6 +60,7 @@ class TrainConfig:
     l2sp: float = 0.0
     optimizer: str = "sgd"
     batch_size: int = 32
+    micro_batch: int | None = None
     resolution: int = 64
     steps: int = 100
     eval_every: int = 50
@@ -90,6 +94,8 @@ class TrainConfig:
         _choice("device", self.device, _DEVICES)
         for name in ("batch_size", "resolution", "steps", "eval_every", "views"):
             _int_at_least(name, getattr(self, name), 1)
+        if self.micro_batch is not None:
+            _int_at_least("micro_batch", self.micro_batch, 1)
         for name in ("freeze", "reinit", "seed"):
             _int_at_least(name, getattr(self, name), 0)
         for name in ("augment", "cache_prefix"):

@@ -21,6 +21,8 @@ from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 
 __all__ = ["DivergedError", "TrainResult", "train_protocol", "lr_lambda"]
 
+#: Images per validation pass (a micro-batch bounds it after an out-of-memory).
+EVAL_BATCH = 256
 #: On CUDA the loss is checked for NaN/inf every this many steps (a host sync); on CPU every step.
 CUDA_CHECK_EVERY = 16
 
@@ -222,6 +224,8 @@ def train_protocol(
     optimizer = _optimizer(groups, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.steps, config.warmup_frac))
 
+    # after an out-of-memory every pass shrinks with the micro-batch: validation and cache building too
+    eval_batch = EVAL_BATCH if config.micro_batch is None else min(EVAL_BATCH, config.micro_batch)
     entry: CachedPrefix | None = None
     cache_hit = False
     cache_build_s = 0.0
@@ -231,6 +235,8 @@ def train_protocol(
             notes.append(f"frozen-prefix cache off: {backbone.spec!r} does not chain its groups")
         else:
             cache = cache if cache is not None else PrefixCache()
+            if config.micro_batch is not None:
+                cache.chunk_size = min(cache.chunk_size, config.micro_batch)
             t0 = time.perf_counter()
             hits_before = cache.hits
             entry, note = cache.get(
@@ -262,11 +268,11 @@ def train_protocol(
         model.eval()
         if entry is not None and entry.val is not None:
             logits, labels = predict_logits(
-                forward_cached, entry.val_batches(256, compute_dtype), amp=amp, channels_last=False
+                forward_cached, entry.val_batches(eval_batch, compute_dtype), amp=amp, channels_last=False
             )
         else:
             logits, labels = predict_logits(
-                model, val.eval_batches(256), amp=amp, channels_last=channels_last
+                model, val.eval_batches(eval_batch), amp=amp, channels_last=channels_last
             )
         val_loss.append(float(F.cross_entropy(logits, labels.long())))
         return score(labels, logits.argmax(1), metric)
@@ -285,6 +291,7 @@ def train_protocol(
     stopped = False
     step = 0
 
+    micro = min(config.micro_batch or config.batch_size, config.batch_size)
     train_mode(backbone, f, config.bn_mode)
     for step in range(1, config.steps + 1):
         idx, epochs = sampler.next(config.batch_size)
@@ -304,11 +311,8 @@ def train_protocol(
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
             forward = model
-        with autocast():
-            logits = forward(x)
-        loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = _accumulate(forward, x, y, micro, autocast)
         if sp_params:
             _add_l2sp_grad(sp_params, sp_start, config.l2sp)
         optimizer.step()
@@ -369,6 +373,27 @@ def train_protocol(
         eval_time_s=eval_time,
         notes=notes,
     )
+
+
+def _accumulate(forward, x: torch.Tensor, y: torch.Tensor, micro: int, autocast) -> torch.Tensor:
+    """Forward and backward ``x`` ``(B, ...)`` in micro-batches of at most ``micro`` images,
+    weighting each part's mean loss by its share of ``B`` so that the summed gradients are the
+    full batch's. Returns the batch's mean loss (detached when split)."""
+    if micro >= len(y):
+        with autocast():
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        return loss
+    total = torch.zeros((), device=y.device)
+    for start in range(0, len(y), micro):
+        part = slice(start, start + micro)
+        with autocast():
+            logits = forward(x[part])
+        loss = F.cross_entropy(logits.float(), y[part]) * (len(y[part]) / len(y))
+        loss.backward()
+        total = total + loss.detach()
+    return total
 
 
 def _view_indices(epochs: list[tuple[int, int]], views: int, generator: torch.Generator,

@@ -1,0 +1,82 @@
+"""Out-of-memory on CPU, injected: accumulation keeps the protocol, the retry shrinks the
+micro-batch and releases the failed attempt's memory, and the exception type works on any torch."""
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+
+from autotransfer.train import OOM_ERRORS, OutOfMemory, TrainConfig, train_protocol, with_oom_retry
+
+from .conftest import lite0
+
+
+def _config(**kw) -> TrainConfig:
+    # BN in eval mode everywhere (bn frozen), no prefix cache: a micro-batch changes nothing but
+    # the order of float additions
+    base = dict(lr=0.02, freeze=0, steps=4, eval_every=4, batch_size=16, resolution=32, bn_mode="frozen",
+                cache_prefix=False, device="cpu", seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(backbone) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in backbone.model.parameters()])
+
+
+def test_accumulation_over_micro_batches_gives_the_full_batch_result(small_batches):
+    train, val = small_batches
+    full, split = lite0(), lite0()
+    a = train_protocol(full, train, val, _config())
+    b = train_protocol(split, train, val, _config(micro_batch=5))  # 16 = 5 + 5 + 5 + 1
+    torch.testing.assert_close(_weights(full), _weights(split), rtol=1e-4, atol=1e-5)
+    assert a.final_score == b.final_score
+    assert a.train_loss[-1][1] == pytest.approx(b.train_loss[-1][1], rel=1e-4)
+
+
+def _limit(backbone, limit: int):
+    """Make ``backbone``'s model run out of memory above ``limit`` images per forward pass."""
+    original = backbone.model.forward
+
+    def forward(x):
+        if x.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return original(x)
+
+    backbone.model.forward = forward
+    return backbone
+
+
+def test_an_injected_oom_retries_at_half_the_micro_batch_and_releases_the_failed_attempt(small_batches):
+    train, val = small_batches
+    built: list[weakref.ref] = []
+    shrinks: list[tuple[int, str]] = []
+
+    def run(micro):
+        for ref in built:  # every earlier attempt's model is gone before the next one is built
+            assert ref() is None
+        backbone = _limit(lite0(), 4)
+        built.append(weakref.ref(backbone.model))
+        train_protocol(backbone, train, val, _config(micro_batch=micro))
+        return backbone
+
+    backbone, micro = with_oom_retry(run, None, 16, on_shrink=lambda m, e: shrinks.append((m, e)))
+    assert micro == 4 and [m for m, _ in shrinks] == [8, 4]
+    assert "OutOfMemoryError" in shrinks[0][1] and "injected" in shrinks[0][1]
+    # the retry trained the same protocol: equal to a direct run at micro-batch 4
+    direct = lite0()
+    train_protocol(direct, train, val, _config(micro_batch=4))
+    torch.testing.assert_close(_weights(backbone), _weights(direct), rtol=1e-5, atol=1e-6)
+    # a model that fits nothing stops with one line
+    with pytest.raises(OutOfMemory, match="one image per micro-batch"):
+        with_oom_retry(lambda m: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")), 2, 16)
+
+
+def test_the_oom_type_exists_on_a_torch_without_torch_OutOfMemoryError():
+    from types import SimpleNamespace
+
+    from autotransfer.train.memory import oom_error_types
+
+    assert torch.cuda.OutOfMemoryError in OOM_ERRORS
+    older = SimpleNamespace(cuda=SimpleNamespace(OutOfMemoryError=torch.cuda.OutOfMemoryError))  # torch 2.2
+    assert oom_error_types(older) == (torch.cuda.OutOfMemoryError,)
