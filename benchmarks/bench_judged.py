@@ -113,6 +113,7 @@ def run_cell(cell: str, done: set[tuple[str, str]], log) -> None:
     from autotransfer.search.protocol import Protocol
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import (
+        make_pruner,
         best_by_validation, create_study, load_study, open_study, read_attr, read_settings, study_exists,
         transfer_trials,
     )
@@ -149,7 +150,7 @@ def run_cell(cell: str, done: set[tuple[str, str]], log) -> None:
             test=result.test_score, pick=result.pick, trained_on=result.trained_on,
             sampled=len(sampled), sampled_complete=sum(t.state == optuna.trial.TrialState.COMPLETE for t in sampled),
             pruned_at_first_rung=sum(1 for t in pruned if str(t.user_attrs.get("prune_reason", "")).startswith(
-                f"pruned: step {min(t.intermediate_values)}")),
+                f"pruned: step {make_pruner(resolved).rungs[0]}:")),
             pruned=len(pruned),
         )
     if target == "demo":  # the demo's claim: better than its own linear-probe control on unseen images

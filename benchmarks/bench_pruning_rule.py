@@ -45,6 +45,7 @@ def rules(settings) -> dict[str, optuna.pruners.BasePruner]:
         "rungs 1/6, 1/2, margin 1 SE": NoiseAwarePruner(sixths, n_eff, z=1.0),
         "rungs 1/3, 2/3, no margin": NoiseAwarePruner(thirds, n_eff, z=0.0),
         "rungs 1/3, 2/3, margin 1 SE (tune's rule)": NoiseAwarePruner(thirds, n_eff, z=1.0),
+        "rungs 1/3, 2/3, margin 2 SE": NoiseAwarePruner(thirds, n_eff, z=2.0),
     }
 
 

@@ -41,11 +41,14 @@ def freeze(backbone: Backbone, f: int) -> None:
         params[name].requires_grad_(True)
 
 
-def train_mode(backbone: Backbone, f: int, bn_mode: str = "adapt") -> None:
+def train_mode(backbone: Backbone, f: int, bn_mode: str = "adapt", r: int = 0) -> None:
     """``model.train()``, then the frozen groups ``0..f-1`` back to eval mode (frozen BN
     statistics, no dropout or drop-path, so their outputs are a fixed function of the input);
-    with ``bn_mode="frozen"`` every BatchNorm in the trainable groups and head runs in eval
-    mode too (affine parameters still train)."""
+    with ``bn_mode="frozen"`` every BatchNorm in the trainable, pretrained groups and the head
+    runs in eval mode too (affine parameters still train). The last ``r`` groups, re-initialised,
+    keep BatchNorm in train mode either way: they have no source statistics to keep, and running
+    them on their reset statistics (mean 0, variance 1) left those protocols at chance level
+    (measured, issue 14: elpv at N = 200)."""
     _check_depth(backbone, f, "freeze depth f")
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, but got {bn_mode!r}")
@@ -58,6 +61,11 @@ def train_mode(backbone: Backbone, f: int, bn_mode: str = "adapt") -> None:
         for module in model.modules():
             if isinstance(module, _BatchNorm):
                 module.eval()
+        for i in range(backbone.num_groups - r, backbone.num_groups) if r else ():
+            for module in _group_modules(backbone, i):
+                for bn in module.modules():
+                    if isinstance(bn, _BatchNorm):
+                        bn.train()
 
 
 def reinit(backbone: Backbone, r: int, *, seed: int = 0) -> None:

@@ -151,7 +151,7 @@ def train_protocol(
 
     Order: freeze groups ``0..f-1`` -> re-initialise the last ``r`` groups -> optimizer (SGD with
     momentum, nesterov off, or AdamW) over ``param_groups`` with linear warmup + cosine decay
-    over ``steps`` -> train with groups in ``train_mode(f, bn_mode)`` -> validate every
+    over ``steps`` -> train with groups in ``train_mode(f, bn_mode, r)`` -> validate every
     ``eval_every`` steps and at the end. Batches walk a fresh random permutation per epoch
     (sampler state is local to the call: equal seeds give equal runs). When ``f > 0`` and the
     backbone chains, the frozen prefix's outputs come from ``cache`` (see ``prefix_cache``;
@@ -292,7 +292,7 @@ def train_protocol(
     step = 0
 
     micro = min(config.micro_batch or config.batch_size, config.batch_size)
-    train_mode(backbone, f, config.bn_mode)
+    train_mode(backbone, f, config.bn_mode, r)
     for step in range(1, config.steps + 1):
         idx, epochs = sampler.next(config.batch_size)
         if entry is not None:
@@ -301,7 +301,7 @@ def train_protocol(
                                  channels_last=channels_last)
             if spent:  # building ran the model in eval mode
                 cache_build_s += spent
-                train_mode(backbone, f, config.bn_mode)
+                train_mode(backbone, f, config.bn_mode, r)
             x = entry.batch(idx, view_idx, compute_dtype)
             y = entry.train_labels[idx]
             forward = forward_cached
@@ -338,7 +338,7 @@ def train_protocol(
             value = validate()
             eval_time += time.perf_counter() - t0
             history.append((step, value))
-            train_mode(backbone, f, config.bn_mode)
+            train_mode(backbone, f, config.bn_mode, r)
             if report is not None and report(step, value):
                 stopped = step < config.steps
                 break

@@ -75,6 +75,10 @@ def test_train_mode_bn(source: Backbone) -> None:
     assert set().union(*_bn_modes(source).values()) == {False}
     train_mode(source, 0)
     assert set().union(*_bn_modes(source).values()) == {True}
+    # re-initialised groups have no source statistics: their BN adapts even in frozen mode
+    train_mode(source, 1, "frozen", r=2)
+    modes = _bn_modes(source)
+    assert modes[0] == modes[1] == modes[2] == {False} and modes[3] == modes[4] == {True}
     with pytest.raises(ValueError, match="bn_mode"):
         train_mode(source, 1, "eval")
     with pytest.raises(ValueError, match="freeze depth"):
