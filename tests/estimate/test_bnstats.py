@@ -23,7 +23,7 @@ from autotransfer.estimate.bnstats import (
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 SIZE = 32  # tiny images keep the CPU test fast; the product measures at the native size
-# tf_efficientnet_lite0's coarse depth groups (DESIGN.md), as module-name prefixes
+# tf_efficientnet_lite0's coarse depth groups (docs/design.md), as module-name prefixes
 GROUPS = [["conv_stem", "bn1"]] + [[f"blocks.{i}"] for i in range(6)] + [["blocks.6", "conv_head", "bn2"]]
 
 

@@ -22,7 +22,7 @@ from autotransfer.prior.placement import (
     size_score,
 )
 
-# DESIGN.md: BN-W2 probe at the last layers; the same-domain reference is the photos' 0.04.
+# docs/design.md: BN-W2 probe at the last layers; the same-domain reference is the photos' 0.04.
 RAW = {"imagenet": 0.04, "cifar": 0.27, "elpv": 0.36, "fashion": 0.39, "animals": 0.45, "mnist": 0.54}
 REFERENCE = 0.04
 

@@ -194,7 +194,7 @@ def test_prior_round_trip_and_rationale() -> None:
     assert back.quadrant == p.quadrant and back.rationale == p.rationale and back.integers() == p.integers()
     assert (d["freeze"], d["reinit"]) == p.integers()
     text = "\n".join(p.rationale)
-    for source in ("arXiv 2205.09904", "Li et al., ICLR 2020", "DESIGN.md"):
+    for source in ("arXiv 2205.09904", "Li et al., ICLR 2020", "docs/design.md"):
         assert source in text
 
 

@@ -78,7 +78,7 @@ def _free_port() -> int:
 def _get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     """GET from the dashboard this test started on 127.0.0.1 (loopback only, never the network)."""
     assert url.startswith("http://127.0.0.1:"), url
-    # the dashboard's /static/bundle.js answers 500 without Accept-Encoding (DESIGN.md); a browser sends one
+    # the dashboard's /static/bundle.js answers 500 without Accept-Encoding (docs/design.md); a browser sends one
     request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip, deflate"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.status, response.read()
