@@ -206,7 +206,7 @@ def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
     return (
         f"pick: trial {c.trial} by {len(c.fold_scores)}-fold cross-validation of the top {len(pick.candidates)}"
         f" protocols on train+val: {c.oof_score:.3f} on {c.images} out-of-fold images (95% CI {low:.3f}-{high:.3f},"
-        f" fold spread ±{c.spread:.3f}); cost {pick.trainings} extra trainings of {pick.steps} steps"
+        f" instability ±{c.instability:.3f} against the other candidates on the same folds); cost {pick.trainings} extra trainings of {pick.steps} steps"
         f" ({pick.seconds:.0f} s)"
     )
 

@@ -136,3 +136,14 @@ def test_tune_says_which_prior_it_used(tiny_settings, storage_url, tmp_path):
     _tune(replace(tiny_settings, pick="val"), storage_url, tmp_path, ui=UI())
     assert any(line.startswith("prior: the quadrant rules") for line in lines)
     np.testing.assert_equal(len([line for line in lines if line.startswith("prior:")]), 1)
+
+
+def test_instability_is_measured_against_the_other_candidates_on_the_same_folds():
+    from autotransfer.search.pick import paired_instability
+
+    # the embedded demo's three candidates (benchmarks/RESULTS.md): the third fold is hard for all
+    folds = [[0.835294, 0.852941, 0.735294], [0.8, 0.847059, 0.758824], [0.829412, 0.805882, 0.652941]]
+    steady, swinging, _ = paired_instability(folds)
+    assert steady < 0.01 < swinging  # the shared hard fold is not held against the first protocol
+    assert paired_instability([[0.7, 0.5], [0.8, 0.6]]) == pytest.approx([0.0, 0.0], abs=1e-12)  # parallel: none
+    assert paired_instability([[0.7, 0.5]]) == [0.0]  # one candidate: nothing to pair with
