@@ -239,7 +239,7 @@ def tune_cmd(
     Re-running the same study resumes it.
 
     Examples:
-      autotransfer tune                       # the embedded demo (~5 min on 2 CPU cores)
+      autotransfer tune                       # the embedded demo (~2.5 min on 2 CPU cores)
       autotransfer tune builtin:elpv --n 600 --trials 20 --resolution 64
       autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)

@@ -244,3 +244,16 @@ def test_postgres_password_is_never_printed(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["storage"] == masked_url(POSTGRES_URL)
     assert secret not in done.stdout and secret not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["tune", "builtin:digits", "--steps", "-5"], ("--steps must be >= 1", "-5")),
+        (["tune", "builtin:digits", "--steps", "0"], ("--steps must be >= 1", "leave it out")),
+        (["tune", "builtin:digits", "--prior", "quadrnt"], ("--prior must be quadrant, none or surface:PATH", "quadrnt")),
+        (["tune", "builtin:digits", "--pick", "best"], ("--pick must be one of cv, val", "best")),
+    ],
+)
+def test_bad_tune_values_are_one_line_before_any_work(tmp_path, args, needles):
+    assert_one_line_error(run_cli(*args, cwd=tmp_path), *needles)

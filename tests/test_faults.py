@@ -79,3 +79,18 @@ def test_chance_level_and_quality_warnings():
     assert not at_chance and below is False and warnings == []
     at_chance, below, warnings = quality_warnings(0.5, 200, chance=0.1, probe=0.8)
     assert not at_chance and below is True and "linear-probe" in warnings[0]
+
+
+def test_the_library_validates_the_prior_and_the_budget():
+    import pytest
+
+    from autotransfer.errors import UserError
+    from autotransfer.search.settings import StudySettings
+
+    with pytest.raises(UserError, match="--prior must be quadrant, none or surface:PATH, but got 'quadrnt'"):
+        StudySettings(prior="quadrnt")
+    with pytest.raises(UserError, match="surface:PATH"):
+        StudySettings(prior="surface:")
+    with pytest.raises(UserError, match="--steps must be >= 1"):
+        StudySettings(steps=0)
+    assert StudySettings(prior="surface:studies/surface.json").prior.endswith(".json")

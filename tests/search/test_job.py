@@ -220,3 +220,17 @@ def test_surface_prior_enqueues_its_centre_then_the_nearest_optima(tiny_settings
         name = t.user_attrs["source"].removeprefix("surface:")
         assert Protocol.from_dict(t.params) == recorded[name][3]  # run as measured, outside the ranges or not
     assert any("nearest recorded studies" in line for line in prior["rationale"])
+
+
+def test_n_larger_than_the_dataset_records_the_n_used(tiny_settings, storage_url, tmp_path):
+    from autotransfer.data import load_dataset
+
+    available = len(load_dataset("builtin:digits"))
+    result = tune(
+        replace(tiny_settings, n=available + 500, trials=1, pick="val"),
+        study_name="capped", storage=storage_url, export_dir=tmp_path / "e", runs_dir=tmp_path / "r",
+    )
+    assert result.settings.n == available
+    stored = load_study("capped", open_storage(storage_url)).user_attrs[ATTR["settings"]]
+    assert stored["n"] == available
+    assert any(f"N was capped at {available}" in note for note in result.notes)
