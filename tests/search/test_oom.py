@@ -7,7 +7,6 @@ import math
 import weakref
 from dataclasses import replace
 
-import torch
 from optuna.trial import TrialState
 
 from autotransfer.prior import linear_probe_protocol, recommended_protocol
@@ -16,18 +15,7 @@ from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import SOURCE_ATTR, create_study, open_study
 from tests.search.conftest import prepared_tiny
-
-
-def _limit(backbone, limit: int):
-    original = backbone.model.forward
-
-    def forward(x):
-        if x.shape[0] > limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return original(x)
-
-    backbone.model.forward = forward
-    return backbone
+from tests.train.conftest import out_of_memory_above
 
 
 def test_oom_micro_batch_is_remembered_and_dead_trials_free_their_models(tiny_settings, storage_url):
@@ -47,7 +35,7 @@ def test_oom_micro_batch_is_remembered_and_dead_trials_free_their_models(tiny_se
 
     def make_backbone():
         leaks.append(sum(ref() is not None for ref in alive))  # earlier models still alive now
-        backbone = _limit(made(), 4)
+        backbone = out_of_memory_above(made(), 4)
         alive.append(weakref.ref(backbone.model))
         return backbone
 

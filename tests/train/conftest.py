@@ -48,3 +48,19 @@ def small_batches(digits_splits):
     template = lite0()
     return (batches(digits_splits.train, template, flip=True, limit=48),
             batches(digits_splits.val, template, limit=24))
+
+
+def out_of_memory_above(backbone, limit: int):
+    """Make ``backbone``'s model raise CUDA's out-of-memory error above ``limit`` images per
+    forward pass (an injected OOM, on CPU)."""
+    import torch
+
+    original = backbone.model.forward
+
+    def forward(x):
+        if x.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return original(x)
+
+    backbone.model.forward = forward
+    return backbone

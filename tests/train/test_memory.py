@@ -9,7 +9,7 @@ import torch
 
 from autotransfer.train import OOM_ERRORS, OutOfMemory, TrainConfig, train_protocol, with_oom_retry
 
-from .conftest import lite0
+from .conftest import lite0, out_of_memory_above
 
 
 def _config(**kw) -> TrainConfig:
@@ -34,19 +34,6 @@ def test_accumulation_over_micro_batches_gives_the_full_batch_result(small_batch
     assert a.train_loss[-1][1] == pytest.approx(b.train_loss[-1][1], rel=1e-4)
 
 
-def _limit(backbone, limit: int):
-    """Make ``backbone``'s model run out of memory above ``limit`` images per forward pass."""
-    original = backbone.model.forward
-
-    def forward(x):
-        if x.shape[0] > limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return original(x)
-
-    backbone.model.forward = forward
-    return backbone
-
-
 def test_an_injected_oom_retries_at_half_the_micro_batch_and_releases_the_failed_attempt(small_batches):
     train, val = small_batches
     built: list[weakref.ref] = []
@@ -55,7 +42,7 @@ def test_an_injected_oom_retries_at_half_the_micro_batch_and_releases_the_failed
     def run(micro):
         for ref in built:  # every earlier attempt's model is gone before the next one is built
             assert ref() is None
-        backbone = _limit(lite0(), 4)
+        backbone = out_of_memory_above(lite0(), 4)
         built.append(weakref.ref(backbone.model))
         train_protocol(backbone, train, val, _config(micro_batch=micro))
         return backbone
