@@ -72,7 +72,7 @@ def reinit(backbone: Backbone, r: int, *, seed: int = 0) -> None:
     """Give the last ``r`` depth groups fresh weights and reset their BN running statistics.
 
     Fresh weights come from the architecture's own initialisation: a new randomly
-    initialised model built by the backbone's factory under ``torch.manual_seed(seed)``,
+    initialised model built by the backbone's factory with the CPU generator seeded by ``seed``,
     whose tensors for those groups (parameters and buffers) are copied in. Backbones
     without a factory fall back to each module's ``reset_parameters()`` (and
     ``reset_running_stats()`` for BN), seeded the same way. The global RNG is left as it was.
@@ -83,11 +83,13 @@ def reinit(backbone: Backbone, r: int, *, seed: int = 0) -> None:
     count = backbone.num_groups
     indices = list(range(count - r, count))
     factory = backbone.extra.get("factory")
+    # seed only the CPU generator, which module initialisation uses: ``torch.manual_seed`` would
+    # also reseed every CUDA generator, which ``fork_rng(devices=[])`` does not restore
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         if factory is not None and _reinit_from_factory(backbone, indices, factory):
             return
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         _reinit_by_reset(backbone, indices)
 
 

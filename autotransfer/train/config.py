@@ -9,7 +9,13 @@ import torch
 
 from autotransfer.errors import UserError
 
-__all__ = ["TrainConfig", "resolve_device"]
+__all__ = ["TrainConfig", "resolve_device", "default_amp"]
+
+
+def default_amp(device: torch.device) -> bool:
+    """bf16 autocast by default: on CUDA devices with native bf16 only (Ampere and newer; older
+    GPUs emulate it slowly), never on the CPU."""
+    return device.type == "cuda" and bool(torch.cuda.is_bf16_supported())
 
 _OPTIMIZERS = ("sgd", "adamw")
 _BN_MODES = ("adapt", "frozen")

@@ -15,7 +15,7 @@ from autotransfer.backbones import freeze as freeze_groups
 from autotransfer.backbones import param_groups, reinit, run_groups, train_mode
 from autotransfer.data.device import EpochSampler
 from autotransfer.errors import UserError
-from autotransfer.train.config import TrainConfig, resolve_device
+from autotransfer.train.config import TrainConfig, default_amp, resolve_device
 from autotransfer.train.metrics import check_metric, predict_logits, score
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 
@@ -193,10 +193,12 @@ def train_protocol(
                 f"TrainConfig.resolution is {config.resolution!r} but the {name} batches produce "
                 f"{size!r}-px images; build DeviceBatches with out_size={config.resolution!r}"
             )
-    amp = (device.type == "cuda") if config.amp is None else config.amp
+    amp = default_amp(device) if config.amp is None else config.amp
     channels_last = True if config.channels_last is None else config.channels_last
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        # fixed input shapes for every step of every trial: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     notes: list[str] = []
     f, r, G = config.freeze, config.reinit, backbone.num_groups
 
@@ -221,7 +223,7 @@ def train_protocol(
     )
     if sp_params:
         groups = _without_decay(groups, sp_params)
-    optimizer = _optimizer(groups, config)
+    optimizer = _optimizer(groups, config, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.steps, config.warmup_frac))
 
     # after an out-of-memory every pass shrinks with the micro-batch: validation and cache building too
@@ -409,12 +411,21 @@ def _view_indices(epochs: list[tuple[int, int]], views: int, generator: torch.Ge
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(groups: list[dict], config: TrainConfig, *, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD with momentum (nesterov off) or AdamW; ``fused`` (on CUDA) runs each step as a few
+    fused kernels instead of one launch per parameter, where this torch supports it."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999),
-                             weight_decay=config.weight_decay)
+        make = lambda **kw: torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False,  # noqa: E731
+                                            weight_decay=config.weight_decay, **kw)
+    else:
+        make = lambda **kw: torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999),  # noqa: E731
+                                              weight_decay=config.weight_decay, **kw)
+    if fused:
+        try:
+            return make(fused=True)
+        except (TypeError, RuntimeError):  # torch without a fused kernel for this optimizer
+            pass
+    return make()
 
 
 def _l2sp_params(backbone, f: int, r: int) -> list[torch.nn.Parameter]:

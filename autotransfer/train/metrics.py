@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from autotransfer.errors import UserError
+from autotransfer.train.config import default_amp
 
 __all__ = ["METRICS", "score", "score_interval", "check_metric", "evaluate", "predict_logits", "predict_labels"]
 
@@ -119,7 +120,7 @@ def predict_labels(
     model = backbone.model
     model.eval()
     device = next(model.parameters()).device
-    amp = (device.type == "cuda") if amp is None else amp
+    amp = default_amp(device) if amp is None else amp
     channels_last = True if channels_last is None else channels_last
     logits, labels = predict_logits(
         model, batches.eval_batches(batch_size), amp=amp, channels_last=channels_last

@@ -67,3 +67,29 @@ def test_the_oom_type_exists_on_a_torch_without_torch_OutOfMemoryError():
     assert torch.cuda.OutOfMemoryError in OOM_ERRORS
     older = SimpleNamespace(cuda=SimpleNamespace(OutOfMemoryError=torch.cuda.OutOfMemoryError))  # torch 2.2
     assert oom_error_types(older) == (torch.cuda.OutOfMemoryError,)
+
+
+def test_bf16_autocast_is_on_only_where_the_gpu_has_native_bf16(monkeypatch):
+    from autotransfer.train.config import default_amp
+
+    assert default_amp(torch.device("cpu")) is False
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a pre-Ampere GPU
+    assert default_amp(torch.device("cuda")) is False
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert default_amp(torch.device("cuda")) is True
+
+
+def test_reinit_seeds_only_the_cpu_generator_and_restores_it(monkeypatch):
+    from autotransfer.backbones import reinit
+
+    def no_cuda_reseed(*args, **kwargs):
+        raise AssertionError("reinit reseeded the CUDA generators")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", no_cuda_reseed)
+    monkeypatch.setattr(torch.cuda, "manual_seed", no_cuda_reseed)
+    a, b = lite0(), lite0()
+    before = torch.get_rng_state()
+    reinit(a, 2, seed=5)
+    reinit(b, 2, seed=5)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.testing.assert_close(_weights(a), _weights(b))  # seeded: the same fresh weights
