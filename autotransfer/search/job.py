@@ -433,7 +433,8 @@ def tune(
     else:
         overridden = None
         ui.stage("estimating the task")
-        estimator = TaskEstimator(**(estimator_kwargs or {}))
+        # the estimator runs where the trials run (--device), unless told otherwise
+        estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
         # the held-out test split stays unseen: LogME, LEEP and H-score read labels
         profile = estimator.fit(prepared.trainval, probe_backbone)
         metric = profile.size.metric

@@ -234,3 +234,20 @@ def test_n_larger_than_the_dataset_records_the_n_used(tiny_settings, storage_url
     stored = load_study("capped", open_storage(storage_url)).user_attrs[ATTR["settings"]]
     assert stored["n"] == available
     assert any(f"N was capped at {available}" in note for note in result.notes)
+
+
+def test_the_estimator_runs_on_the_trials_device(tiny_settings, storage_url, tmp_path, monkeypatch):
+    import autotransfer.estimate as estimate
+
+    seen = []
+    real = estimate.TaskEstimator
+
+    class Recording(real):
+        def __init__(self, **kwargs):
+            seen.append(kwargs.get("device"))
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(estimate, "TaskEstimator", Recording)
+    tune(replace(tiny_settings, trials=1, pick="val", device="cpu"), study_name="device", storage=storage_url,
+         export_dir=tmp_path / "e", runs_dir=tmp_path / "r")
+    assert seen == ["cpu"]
