@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["to_rgb", "decode_bytes"]
+__all__ = ["to_rgb", "decode_bytes", "shrink_to_side"]
 
 
 def _scale_to_uint8(array: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
@@ -58,10 +59,41 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()
 
 
-def decode_bytes(data: bytes) -> np.ndarray:
-    """Decode an encoded image file's bytes to ``(H, W, 3)`` uint8; raises on non-images."""
+def _draft_request(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The (width, height) to ask Pillow's JPEG ``draft`` for: the image scaled so its
+    shorter side is ``max_side`` (``draft`` keeps both sides at least this large)."""
+    width, height = size
+    scale = max_side / min(width, height)
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def shrink_to_side(array: np.ndarray, max_side: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 with the shorter side brought down to ``max_side`` (Pillow bicubic,
+    antialiased, after an integer box ``reduce`` for large factors); smaller images unchanged."""
+    height, width = array.shape[:2]
+    short = min(height, width)
+    if short <= max_side:
+        return array
+    scale = max_side / short
+    new_w = max(max_side, round(width * scale))
+    new_h = max(max_side, round(height * scale))
+    pil = Image.fromarray(np.ascontiguousarray(array))
+    pil = pil.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def decode_bytes(data: bytes, max_side: int | None = None) -> np.ndarray:
+    """Decode an encoded image file's bytes to ``(H, W, 3)`` uint8; raises on non-images.
+
+    With ``max_side``, the shorter side comes back at most ``max_side`` pixels: a JPEG is
+    decoded at a reduced scale by libjpeg (Pillow's ``draft``, 1/2 to 1/8, never below
+    ``max_side``), so the full-size pixels never exist; any image is then resized down.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's "truncated"/"palette" chatter
         with Image.open(io.BytesIO(data)) as image:
+            if max_side and image.format == "JPEG" and min(image.size) > max_side:
+                image.draft("RGB", _draft_request(image.size, max_side))
             image.load()
-            return to_rgb(image)
+            array = to_rgb(image)
+    return shrink_to_side(array, max_side) if max_side else array

@@ -16,12 +16,13 @@ from autotransfer.data.decode import decode_bytes
 from autotransfer.errors import UserError
 from autotransfer.paths import cache_dir
 
-__all__ = ["RawImages", "load_folder", "load_manifest", "decode_files", "class_sort_key", "SKIP_REASONS"]
+__all__ = [
+    "RawImages", "load_folder", "load_manifest", "decode_files", "class_sort_key", "SKIP_REASONS",
+    "DECODE_SIDE",
+]
 
 # Files that are never images and not worth reporting as skipped.
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "icon\r"}
-# Decoded images beyond this many bytes are not written to the decode cache.
-_DECODE_CACHE_MAX_BYTES = 4 << 30
 
 
 #: Why a file was left out, as recorded in ``RawImages.skipped_files`` (reason -> plural phrase).
@@ -155,113 +156,98 @@ class _Walker:
         return found
 
 
-class _DecodeCache:
-    """Decoded RGB arrays of one folder (or manifest), keyed by a hash of each file's bytes.
+#: Images from folders and manifests are decoded with their shorter side at most this many
+#: pixels: twice the largest native input of the catalog's backbones (224-260 px), so every
+#: study resolution up to 256 px is resized down from at least 2x. ``?decode=N`` in a
+#: dataset spec changes it; ``decode=0`` keeps full size.
+DECODE_SIDE = 512
+# Bump when the reduced decoding changes: old cache entries then stop matching.
+_DECODE_VERSION = "draft-bicubic-v1"
 
-    One ``.npz`` per source under ``cache_dir()/decoded/``: ``keys`` (M,), ``shapes`` (M, 3),
-    ``offsets`` (M + 1,), ``data`` (flat uint8) and ``bad`` (hashes of undecodable files).
+
+class _DecodeCache:
+    """Decoded (reduced) RGB arrays keyed by a hash of each file's bytes and the decode side.
+
+    One ``.npy`` per image under ``cache_dir()/decoded/<side>-<version>/`` (an empty
+    ``.bad`` file marks bytes that are not an image), so a folder of any size is cached and
+    only one image at a time is read back into memory.
     """
 
-    def __init__(self, source: Path) -> None:
-        tag = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:32]
-        self.path = cache_dir() / "decoded" / f"{tag}.npz"
-        self.entries: dict[str, np.ndarray] = {}
-        self.bad: set[str] = set()
-        if self.path.exists():
+    def __init__(self, max_side: int | None) -> None:
+        self.folder = cache_dir() / "decoded" / f"{max_side or 'full'}-{_DECODE_VERSION}"
+
+    def get(self, key: str) -> np.ndarray | None | bool:
+        """The array, ``None`` for known-bad bytes, ``False`` when not cached."""
+        if (self.folder / f"{key}.bad").exists():
+            return None
+        path = self.folder / f"{key}.npy"
+        if path.exists():
             try:
-                with np.load(self.path, allow_pickle=False) as stored:
-                    keys, shapes = stored["keys"], stored["shapes"]
-                    offsets, data = stored["offsets"], stored["data"]
-                    self.bad = set(stored["bad"].tolist())
-                for i, key in enumerate(keys.tolist()):
-                    chunk = data[offsets[i] : offsets[i + 1]]
-                    self.entries[key] = chunk.reshape(tuple(int(s) for s in shapes[i]))
-            except (OSError, ValueError, KeyError, EOFError):
-                self.entries, self.bad = {}, set()
+                array = np.load(path, allow_pickle=False)
+                if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+                    return array
+            except (OSError, ValueError, EOFError):
+                pass  # damaged: decode again
+        return False
 
-    def save(self, entries: dict[str, np.ndarray], bad: set[str]) -> None:
-        keys = sorted(entries)
-        total = sum(entries[k].nbytes for k in keys)
-        if total > _DECODE_CACHE_MAX_BYTES:
-            return
-        offsets = np.zeros(len(keys) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([entries[k].nbytes for k in keys])
-        data = np.empty(int(offsets[-1]), dtype=np.uint8)
-        for i, key in enumerate(keys):
-            data[offsets[i] : offsets[i + 1]] = entries[key].reshape(-1)
-        arrays = {
-            "keys": np.array(keys, dtype="U64"),
-            "shapes": np.array([entries[k].shape for k in keys], dtype=np.int64).reshape(-1, 3),
-            "offsets": offsets,
-            "data": data,
-            "bad": np.array(sorted(bad), dtype="U64"),
-        }
-        atomic_save(self.path, lambda handle: np.savez(handle, **arrays))
+    def put(self, key: str, array: np.ndarray | None) -> None:
+        try:
+            if array is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                (self.folder / f"{key}.bad").touch()
+            else:
+                atomic_save(
+                    self.folder / f"{key}.npy",
+                    lambda handle: np.save(handle, array, allow_pickle=False),
+                )
+        except OSError:
+            pass  # a read-only or full cache costs speed only
 
 
-def _decode_or_none(data: bytes) -> np.ndarray | None:
+def _decode_or_none(data: bytes, max_side: int | None) -> np.ndarray | None:
     try:
-        return decode_bytes(data)
+        return decode_bytes(data, max_side=max_side)
     except Exception:  # any undecodable file is skipped and counted
         return None
 
 
 def decode_files(
-    files: list[Path], source: Path, *, cache: bool = True
+    files: list[Path], source: Path | None = None, *, cache: bool = True,
+    max_side: int | None = DECODE_SIDE,
 ) -> list[np.ndarray | None]:
-    """Decode ``files`` to ``(H, W, 3)`` uint8 arrays (``None`` for unreadable ones).
+    """Decode ``files`` to ``(H, W, 3)`` uint8 arrays (``None`` for unreadable ones), the
+    shorter side at most ``max_side`` (``None`` or 0: full size; see ``decode_bytes``).
 
-    With ``cache``, decoded arrays are kept per ``source`` keyed by a hash of each file's
-    bytes (not its mtime), so loading the same folder again skips Pillow decoding.
+    Files are read, hashed and decoded one at a time per thread, so host memory holds the
+    reduced arrays plus one encoded file and one decode per thread, never the whole folder's
+    bytes or full-size pixels. With ``cache``, each reduced array is kept on disk keyed by a
+    hash of the file's bytes (not its mtime) and ``max_side``. ``source`` is unused (the
+    cache is keyed by content, wherever the file lies).
     """
-    contents: list[bytes | None] = []
-    for path in files:
+    max_side = int(max_side) if max_side else None
+    store = _DecodeCache(max_side) if cache else None
+
+    def one(path: Path) -> np.ndarray | None:
         try:
-            contents.append(path.read_bytes())
+            data = path.read_bytes()
         except OSError:
-            contents.append(None)
-    keys = [
-        None if data is None else hashlib.blake2b(data, digest_size=20).hexdigest()
-        for data in contents
-    ]
-    store = _DecodeCache(source) if cache else None
-    known = store.entries if store is not None else {}
-    known_bad = store.bad if store is not None else set()
+            return None
+        key = hashlib.blake2b(data, digest_size=20).hexdigest()
+        if store is not None:
+            hit = store.get(key)
+            if hit is not False:
+                return hit
+        array = _decode_or_none(data, max_side)
+        del data
+        if store is not None:
+            store.put(key, array)
+        return array
 
-    todo = sorted(
-        {k for k in keys if k is not None and k not in known and k not in known_bad}
-    )
-    first_bytes = {}
-    for key, data in zip(keys, contents):
-        if key in todo and key not in first_bytes:
-            first_bytes[key] = data
     workers = worker_count()
-    if todo:
-        blobs = [first_bytes[k] for k in todo]
-        if workers > 1 and len(blobs) > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                decoded = list(pool.map(_decode_or_none, blobs))
-        else:
-            decoded = [_decode_or_none(blob) for blob in blobs]
-        fresh = dict(zip(todo, decoded))
-    else:
-        fresh = {}
-
-    results: list[np.ndarray | None] = []
-    for key in keys:
-        if key is None:
-            results.append(None)
-        elif key in known:
-            results.append(known[key])
-        else:
-            results.append(fresh.get(key))
-    if store is not None and fresh:
-        present = set(k for k in keys if k is not None)
-        entries = {k: v for k, v in known.items() if k in present}
-        entries.update({k: v for k, v in fresh.items() if v is not None})
-        bad = {k for k in known_bad if k in present} | {k for k, v in fresh.items() if v is None}
-        store.save(entries, bad)
-    return results
+    if workers > 1 and len(files) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, files))
+    return [one(path) for path in files]
 
 
 def _relative(path: Path, where: Path) -> str:
@@ -284,7 +270,8 @@ def _skip_note(where: str, skipped: list[tuple[str, str]], shown: int = 3) -> st
 
 
 def load_folder(
-    root: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False
+    root: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False,
+    max_side: int | None = DECODE_SIDE,
 ) -> RawImages:
     """An ImageFolder tree (``root/CLASS/...image``), or with ``require_labels=False`` a
     folder of images without class sub-folders. Classes are the sub-folders in natural order
@@ -292,7 +279,8 @@ def load_folder(
 
     Symbolic links are followed only inside ``root`` (anywhere with ``allow_outside``),
     never into a loop, and each file is counted once; links left out, and unreadable files,
-    are listed in ``skipped_files`` and summed up in a note.
+    are listed in ``skipped_files`` and summed up in a note. Images are decoded with their
+    shorter side at most ``max_side`` (``decode_files``).
     """
     walker = _Walker(root, allow_outside=allow_outside)
     chain = (walker.real_root,)
@@ -322,7 +310,7 @@ def load_folder(
                 f"images in its own sub-folder ({root}/CLASS_NAME/image.png)"
                 + (f" ({_skip_note(f'under {root}', walker.skipped)})" if walker.skipped else "")
             )
-        decoded = decode_files(loose, root, cache=cache)
+        decoded = decode_files(loose, root, cache=cache, max_side=max_side)
         skipped = walker.skipped + [
             (_relative(p, root), "unreadable") for p, a in zip(loose, decoded) if a is None
         ]
@@ -344,7 +332,7 @@ def load_folder(
                 f"class folder {folder} has no images; add images to it or remove it"
             )
     all_files = [f for _, files in per_class for f in files]
-    decoded = decode_files(all_files, root, cache=cache)
+    decoded = decode_files(all_files, root, cache=cache, max_side=max_side)
     images: list[np.ndarray] = []
     labels: list[int] = []
     skipped = list(walker.skipped)
@@ -406,7 +394,8 @@ def _manifest_path(
 
 
 def load_manifest(
-    csv_path: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False
+    csv_path: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False,
+    max_side: int | None = DECODE_SIDE,
 ) -> RawImages:
     """A CSV manifest with a ``path,label`` header; paths are relative to the CSV's folder.
 
@@ -451,7 +440,7 @@ def load_manifest(
                     f"CSV manifest {csv_path} line {line} has an empty label; fill it in"
                 )
             names.append(label)
-    decoded = decode_files(paths, csv_path, cache=cache)
+    decoded = decode_files(paths, csv_path, cache=cache, max_side=max_side)
     keep = [i for i, a in enumerate(decoded) if a is not None]
     skipped = [
         (rels[i], "unreadable" if paths[i].is_file() else "missing")

@@ -11,7 +11,7 @@ import numpy as np
 
 from autotransfer.data.builtin import builtin_names, load_builtin_arrays, resolve_builtin
 from autotransfer.data.cache import fingerprint
-from autotransfer.data.folder import RawImages, load_folder, load_manifest
+from autotransfer.data.folder import DECODE_SIDE, RawImages, load_folder, load_manifest
 from autotransfer.data.sampling import stratified_subsample
 from autotransfer.data.types import ImageDataset
 from autotransfer.errors import UserError
@@ -19,7 +19,7 @@ from autotransfer.errors import UserError
 __all__ = ["load_dataset", "parse_class_selector", "split_spec", "skipped_summary"]
 
 _QUERY = re.compile(r"^[a-z_]+=[^&=]*(&[a-z_]+=[^&=]*)*$")
-_KNOWN_KEYS = ("classes", "split", "n", "seed", "allow_outside")
+_KNOWN_KEYS = ("classes", "split", "n", "seed", "allow_outside", "decode")
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
 _SPEC_HELP = "use folder:PATH (one sub-folder per class), a CSV manifest path, or builtin:NAME"
 
@@ -184,16 +184,20 @@ def _load_path(raw_path: str, options: dict[str, str], spec: str, *, require_lab
             f"(built-ins: {', '.join(builtin_names())})"
         )
     outside = _flag(options, "allow_outside", spec)
+    side = _int_option(options, "decode", spec, 0) if "decode" in options else DECODE_SIDE
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise UserError(
                 f"dataset path {path} is a file, not a folder or a .csv manifest; {_SPEC_HELP}"
             )
         raw: RawImages = load_manifest(
-            path, require_labels=require_labels, cache=cache, allow_outside=outside
+            path, require_labels=require_labels, cache=cache, allow_outside=outside,
+            max_side=side,
         )
     elif path.is_dir():
-        raw = load_folder(path, require_labels=require_labels, cache=cache, allow_outside=outside)
+        raw = load_folder(
+            path, require_labels=require_labels, cache=cache, allow_outside=outside, max_side=side
+        )
     else:
         raise UserError(f"dataset path {path} is neither a folder nor a file; {_SPEC_HELP}")
     if "split" in options:
@@ -242,7 +246,9 @@ def load_dataset(spec: str, *, require_labels: bool = True, cache: bool = True) 
     test); ``classes=5-9`` / ``classes=0,2,4-6`` / ``classes=cat,dog`` keeps those classes,
     re-indexed 0..k-1; ``n=500&seed=0`` takes a stratified subsample; ``allow_outside=1``
     lets a folder's symbolic links, or a CSV manifest's paths, lead out of the folder (of the
-    manifest's folder); without it such links are skipped and such rows refused.
+    manifest's folder); without it such links are skipped and such rows refused;
+    ``decode=N`` decodes folder and CSV images with the shorter side at most N pixels
+    (default ``DECODE_SIDE`` = 512; ``decode=0``: full size).
 
     Images come back as RGB uint8; corrupt or non-image files, missing manifest rows and
     links left out are skipped, counted in ``skipped`` and listed in ``skipped_files``

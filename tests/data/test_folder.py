@@ -136,14 +136,14 @@ def test_decode_cache_skips_pillow_on_second_load(tmp_path, private_cache, monke
     calls = []
     real = folder_module.decode_bytes
 
-    def counting(data):
+    def counting(data, **options):
         calls.append(len(data))
-        return real(data)
+        return real(data, **options)
 
     monkeypatch.setattr(folder_module, "decode_bytes", counting)
     first = load_dataset(str(root))
     assert len(calls) == 6
-    assert list((private_cache / "decoded").glob("*.npz"))
+    assert list((private_cache / "decoded").glob("*/*.npy"))
     calls.clear()
     second = load_dataset(str(root))
     assert calls == []
@@ -169,7 +169,7 @@ def test_corrupt_files_are_remembered(tmp_path, private_cache, monkeypatch):
     root = write_mixed_tree(tmp_path / "tree")
     load_dataset(str(root))
     calls = []
-    monkeypatch.setattr(folder_module, "decode_bytes", lambda data: calls.append(1))
+    monkeypatch.setattr(folder_module, "decode_bytes", lambda data, **_: calls.append(1))
     again = load_dataset(str(root))
     assert calls == [] and again.skipped == 2 and len(again) == 5
 
