@@ -194,6 +194,8 @@ def launch_local_workers(
                 child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             if plan.gpu is not None:
                 child_env["CUDA_VISIBLE_DEVICES"] = plan.gpu
+                # train.prefix_cache.WORKERS_PER_DEVICE_ENV: the cache cap is shared by these
+                child_env["AUTOTRANSFER_WORKERS_PER_DEVICE"] = str(sum(p.gpu == plan.gpu for p in plans))
             out = None
             if log_dir is not None:
                 out = open(Path(log_dir) / f"worker-{plan.index}.log", "wb")  # noqa: SIM115 - handed to the child

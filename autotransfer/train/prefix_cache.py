@@ -60,7 +60,14 @@ import torch
 
 from autotransfer.backbones import run_groups
 
-__all__ = ["PrefixCache", "CachedPrefix", "prefix_digest", "data_identity", "view_seed", "native_cpu_bf16"]
+__all__ = [
+    "PrefixCache", "CachedPrefix", "prefix_digest", "data_identity", "view_seed", "native_cpu_bf16",
+    "WORKERS_PER_DEVICE_ENV",
+]
+
+#: Environment variable naming how many worker processes share this process's GPU; set for each
+#: worker by ``search.workers.launch_local_workers``, read by ``PrefixCache.cap_bytes``.
+WORKERS_PER_DEVICE_ENV = "AUTOTRANSFER_WORKERS_PER_DEVICE"
 
 _POOL_RTOL = 1e-4
 
@@ -147,18 +154,24 @@ class PrefixCache:
     """An LRU of ``CachedPrefix`` entries under a byte cap, kept alive across trials.
 
     Args:
-        max_bytes: cap on the summed size of all entries; ``None`` = auto (on CUDA 30% of the
-            GPU's memory, on CPU a quarter of physical RAM, at most 4 GiB).
+        max_bytes: cap on the summed size of all entries; ``None`` = auto (``cap_bytes``: on
+            CUDA from the device's free memory and the workers sharing it, on CPU a quarter of
+            physical RAM, at most 4 GiB).
         dtype: storage dtype; ``None`` = bfloat16 under bf16 autocast (what the groups compute
             in anyway), else float16 (bfloat16 where float16 overflows).
         chunk_size: images per forward pass while building.
         bf16_build: run the frozen prefix under bf16 autocast while building; ``None`` = auto
             (when the trial uses bf16 autocast, or on a CPU with ``native_cpu_bf16``, unless the
             storage dtype is float32).
+        workers_per_device: processes sharing this GPU; ``None`` = ``$AUTOTRANSFER_WORKERS_PER_DEVICE``
+            (set by ``search.workers.launch_local_workers``), else 1.
     """
 
     def __init__(self, max_bytes: int | None = None, dtype: torch.dtype | None = None, chunk_size: int = 128,
-                 bf16_build: bool | None = None):
+                 bf16_build: bool | None = None, workers_per_device: int | None = None):
+        if workers_per_device is not None and workers_per_device < 1:
+            raise ValueError(f"workers_per_device must be >= 1, but got {workers_per_device!r}")
+        self.workers_per_device = workers_per_device
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_bytes must be > 0, but got {max_bytes!r}")
         if chunk_size < 1:
@@ -187,12 +200,31 @@ class PrefixCache:
         """Drop every entry."""
         self._entries.clear()
 
+    def sharing_workers(self) -> int:
+        """How many worker processes share this process's GPU (at least 1)."""
+        if self.workers_per_device is not None:
+            return self.workers_per_device
+        try:
+            return max(1, int(os.environ.get(WORKERS_PER_DEVICE_ENV, "1")))
+        except ValueError:
+            return 1
+
     def cap_bytes(self, device: torch.device) -> int:
-        """The byte cap in force for entries on ``device``."""
+        """The byte cap in force for entries on ``device``.
+
+        On CUDA: the smaller of this worker's share of 30% of the device's memory
+        (``0.3 * total / workers``, so k workers' caches together stay under 30%) and half of
+        the memory this process could still use (free on the device, plus what this cache and
+        the allocator's idle reserve hold), leaving the rest for the trial's activations.
+        """
         if self.max_bytes is not None:
             return self.max_bytes
         if device.type == "cuda":
-            return int(0.3 * torch.cuda.get_device_properties(device).total_memory)
+            free, total = torch.cuda.mem_get_info(device)
+            idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            held = sum(e.nbytes for e in self._entries.values() if e.train.device.type == "cuda")
+            usable = free + max(0, idle) + held
+            return int(max(0, min(0.3 * total / self.sharing_workers(), 0.5 * usable)))
         try:
             ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
