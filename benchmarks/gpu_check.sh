@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# GPU checks for issue 19, in one go (< 10 minutes on one GPU); numbers go to one file.
+#
+#   bash benchmarks/gpu_check.sh [RESULT_FILE]      # default benchmarks/gpu_check-<host>-<time>.txt
+#
+# 1. bench_trial_loop.py at 224 px on efficientnet_lite0: plain fp32 reference, the fair reference
+#    (--fair: AMP, channels_last, pinned memory, warm-up) and autotransfer cold/warm, f = 0, half, all.
+# 2. The embedded demo (`tune` with no target) with --device cuda: wall time and exit status.
+# 3. A 4-worker study on one GPU (`tune ... --workers 4 --device cuda`), with nvidia-smi memory and
+#    utilisation sampled every 2 s while it runs.
+# Every step has its own time limit; a failed step is recorded (its exit status and the tail of its
+# log) and the script goes on. Runs from the repository root; PYTHON overrides the interpreter.
+# Not yet run on a GPU: written and checked by reading (bash -n) on a machine without one.
+set -u
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PY" ] || PY=$(command -v python3)
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULT=${1:-$ROOT/benchmarks/gpu_check-$(hostname -s)-$STAMP.txt}
+case $RESULT in /*) ;; *) RESULT=$ROOT/$RESULT ;; esac
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+export AUTOTRANSFER_CACHE=$WORK/cache   # cold caches: every step pays its decoding and resizing
+export PYTHONUNBUFFERED=1
+
+log() { echo "$*" | tee -a "$RESULT"; }
+
+# step NAME LIMIT_S COMMAND...: run in $WORK/NAME, its output to $WORK/NAME.log, time and status
+# to the result file.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    mkdir -p "$WORK/$name"
+    log ""
+    log "== $name (limit ${limit}s): $*"
+    local start=$(date +%s.%N) rc
+    (cd "$WORK/$name" && timeout --kill-after=10 "$limit" "$@") >"$WORK/$name.log" 2>&1
+    rc=$?
+    local end=$(date +%s.%N)
+    log "$(awk -v s="$start" -v e="$end" -v rc="$rc" 'BEGIN { printf "exit %d, wall %.1f s", rc, e - s }')"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then log "TIMED OUT"; fi
+    log "-- last lines of $name.log:"
+    tail -n 25 "$WORK/$name.log" | tee -a "$RESULT" >/dev/null
+    cp "$WORK/$name.log" "${RESULT%.txt}-$name.log" 2>/dev/null || true
+    return 0
+}
+
+: >"$RESULT"
+log "gpu_check $STAMP on $(hostname), python $PY, work dir $WORK"
+log "git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv 2>&1 | tee -a "$RESULT" >/dev/null
+"$PY" - <<'PY' 2>&1 | tee -a "$RESULT" >/dev/null
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(), "bf16", torch.cuda.is_bf16_supported(),
+          "free/total GiB", [round(v / 2**30, 1) for v in torch.cuda.mem_get_info()])
+PY
+
+# 1. trial loop at 224 px on lite0 (about 2-4 min): 1500 train / 500 val images, batch 64, 150 steps
+step trial_loop_224 270 "$PY" "$ROOT/benchmarks/bench_trial_loop.py" \
+    --device cuda --model efficientnet_lite0 --data builtin:animals --n 2000 --size 224 \
+    --batch-size 64 --steps 150 --views 4 --freeze 0,half,all --threads 8 --workers 8 \
+    --fair --warmup 10 --json "$WORK/trial_loop_224.json"
+cp "$WORK/trial_loop_224.json" "${RESULT%.txt}-trial_loop_224.json" 2>/dev/null || true
+
+# 2. the embedded demo on the GPU (2.5 min on 2 CPU cores)
+step demo_cuda 150 "$PY" -m autotransfer.cli tune --device cuda \
+    --storage "sqlite:///$WORK/demo_cuda/demo.db"
+
+# 3. four workers sharing one GPU, memory and utilisation sampled meanwhile
+SMI_LOG=$WORK/workers4-smi.csv
+nvidia-smi --query-gpu=timestamp,memory.used,memory.total,utilization.gpu --format=csv -l 2 >"$SMI_LOG" 2>&1 &
+SMI_PID=$!
+step workers4 150 env CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" \
+    "$PY" -m autotransfer.cli tune builtin:animals --n 600 --trials 12 --workers 4 --device cuda \
+    --study gpu-check-workers4 --storage "sqlite:///$WORK/workers4/study.db"
+kill "$SMI_PID" 2>/dev/null
+wait "$SMI_PID" 2>/dev/null
+log "-- nvidia-smi while 4 workers ran (peak memory used, MiB; peak utilisation, %):"
+awk -F', ' 'NR > 1 { m = $2 + 0; u = $4 + 0; if (m > pm) pm = m; if (u > pu) pu = u }
+            END { printf "peak memory.used %d MiB, peak utilization %d %%\n", pm, pu }' "$SMI_LOG" \
+    | tee -a "$RESULT" >/dev/null
+cp "$SMI_LOG" "${RESULT%.txt}-workers4-smi.csv" 2>/dev/null || true
+# the workers write to the step's log (launched without log_dir), kept beside the result file
+
+log ""
+log "done: results in $RESULT (step logs beside it); work dir $WORK"
