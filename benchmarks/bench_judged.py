@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -62,8 +63,6 @@ def settings_for(target: str, n: int, seed: int):
     from autotransfer.search.settings import StudySettings
 
     if target == "demo":  # the embedded default job, as `autotransfer tune` runs it
-        from dataclasses import replace
-
         from autotransfer.search.demo import DEFAULT_SETTINGS
 
         return replace(DEFAULT_SETTINGS, device="cpu")
@@ -170,7 +169,7 @@ def run_cell(cell: str, done: set[tuple[str, str]], log) -> None:
             record(method, retrained(protocol, resolved, prepared, judge))
     if (cell, "d") not in done:
         t0 = time.perf_counter()
-        plain = replace_settings(resolved, prune=False, prior="none")
+        plain = replace(resolved, prune=False, prior="none")
         if not study_exists(store, "d"):
             create_study("d", store, plain, profile=None, prior=None, space=wide_prior())
         tpe = open_study("d", store, plain)
@@ -182,12 +181,6 @@ def run_cell(cell: str, done: set[tuple[str, str]], log) -> None:
         scores = {t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in transfer_trials(study)}
         best_trial = max(scores, key=scores.get)
         record("e", scores[best_trial], trial=best_trial, per_trial=scores)
-
-
-def replace_settings(settings, **changes):
-    from dataclasses import replace
-
-    return replace(settings, **changes)
 
 
 def load_rows(path: Path) -> list[dict]:

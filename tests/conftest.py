@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# nothing downloads in tests: timm / huggingface_hub fail at once instead of reaching for the hub
+# (timm.create_model("local-dir:...", pretrained=True) reads a local folder and needs no network)
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -11,21 +11,19 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-import torch
 
 from autotransfer.errors import UserError
 from autotransfer.paths import safe_name
 from autotransfer.search.final import retrain_and_test, train_final
 from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.search.prepared import PreparedData, prepare_data, split_batches
-from autotransfer.search.protocol import Protocol, ProtocolSpace
+from autotransfer.search.protocol import Protocol
 from autotransfer.search.settings import StudySettings
 from autotransfer.search.storage import masked_url, open_storage, storage_location
 from autotransfer.search.study import (
     ATTR,
     CONTROL_ATTR,
     SOURCE_ATTR,
-    FINISHED,
     best_transfer_trial,
     check_compatible,
     control_trials,

@@ -5,7 +5,6 @@ import importlib.metadata
 import json
 import math
 import platform
-import warnings
 from typing import Any, Iterable
 
 import optuna
