@@ -225,7 +225,7 @@ def tune_cmd(
     prior: Optional[str] = typer.Option(None, "--prior", help="surface:PATH (default when studies/surface.json has points for the model), quadrant or none"),
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="enqueue the top protocols of an earlier study"),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="noise-aware successive-halving pruning of sampled trials"),
-    pick: Optional[str] = typer.Option(None, "--pick", help="cv (default: cross-validate the top 3 protocols on train+val) or val (best validation trial)"),
+    pick: Optional[str] = typer.Option(None, "--pick", help="ensemble (default: the top 3 protocols retrained on train+val, probabilities averaged), cv (cross-validate the top 3 on train+val, keep the best) or val (the best validation trial)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     workers: int = typer.Option(

@@ -59,18 +59,35 @@ JUDGE_SEED = 12345
 TRIALS = 20
 
 
-def settings_for(target: str, n: int, seed: int):
+def settings_for(target: str, n: int, seed: int, pick: str | None = None):
     from autotransfer.search.settings import StudySettings
 
     if target == "demo":  # the embedded default job, as `autotransfer tune` runs it
         from autotransfer.search.demo import DEFAULT_SETTINGS
 
-        return replace(DEFAULT_SETTINGS, device="cpu")
+        settings = replace(DEFAULT_SETTINGS, device="cpu")
+    else:
+        settings = StudySettings(
+            target=f"builtin:{target}", model="efficientnet_lite0", n=n, seed=seed, resolution=64, trials=TRIALS,
+            prior="quadrant", device="cpu",
+        )
+    return replace(settings, pick=pick) if pick else settings
 
-    return StudySettings(
-        target=f"builtin:{target}", model="efficientnet_lite0", n=n, seed=seed, resolution=64, trials=TRIALS,
-        prior="quadrant", device="cpu",
-    )
+
+def repick(url: str, rule: str) -> None:
+    """Let an existing study of h be picked again with ``rule``: a study keeps the pick rule it
+    was created with (``tune`` resumes with its recorded settings), so the benchmark rewrites that
+    one recorded field. The trials are untouched; the pick and the final retrain are redone."""
+    from autotransfer.search.storage import open_storage
+    from autotransfer.search.study import ATTR, load_study, study_exists
+
+    store = open_storage(url)
+    if not study_exists(store, "h"):
+        return
+    study = load_study("h", store)
+    stored = dict(study.user_attrs[ATTR["settings"]])
+    if stored.get("pick") != rule:
+        study.set_user_attr(ATTR["settings"], {**stored, "pick": rule})
 
 
 class Judge:
@@ -102,7 +119,7 @@ def retrained(protocol, settings, prepared, judge) -> float:
     return judge(backbone, settings.metric)
 
 
-def run_cell(cell: str, done: set[tuple[str, str]], log) -> None:
+def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None) -> None:
     import optuna
     from safetensors.torch import load_file
 
@@ -118,9 +135,10 @@ def run_cell(cell: str, done: set[tuple[str, str]], log) -> None:
     )
 
     target, n, seed = (cell.split(":") + ["0", "0"])[:3]
-    settings = settings_for(target, int(n), int(seed))
+    settings = settings_for(target, int(n), int(seed), pick)
     OUT.mkdir(exist_ok=True)
     url = f"sqlite:///{OUT / f'judged-{target}-{n}-{seed}.db'}"
+    repick(url, settings.pick)
     judge = Judge(settings)
     runs = OUT / "judged-runs"
 
@@ -189,6 +207,16 @@ def load_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def pick_rule(row: dict) -> str:
+    """The pick rule of an h row (rows written before the rule was recorded used ``cv``)."""
+    return str((row.get("pick") or {}).get("rule", "cv"))
+
+
+def current_rows(rows: list[dict], rule: str) -> list[dict]:
+    """The rows that count for pick rule ``rule``: every row but h rows of another rule."""
+    return [r for r in rows if r["method"] != "h" or pick_rule(r) == rule]
+
+
 def summary(rows: list[dict]) -> str:
     """Paired differences h - x over cells, with 95% t-intervals; per (target, N) means."""
     import numpy as np
@@ -247,20 +275,23 @@ def main() -> None:
     parser.add_argument("--cells", default=",".join(DEFAULT_CELLS), help="target:N:seed,...")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--pick", default=None, help="the pick rule h uses (default: tune's default); h rows of"
+                        " other rules stay in the results file and are left out of the summary")
     args = parser.parse_args()
     path = Path(args.results)
     if args.summary:
-        print(summary(load_rows(path)))
+        print(summary(current_rows(load_rows(path), args.pick or settings_for("demo", 0, 0).pick)))
         return
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    done = {(r["cell"], r["method"]) for r in load_rows(path)}
+    rule = args.pick or settings_for("demo", 0, 0).pick
+    done = {(r["cell"], r["method"]) for r in current_rows(load_rows(path), rule)}
     with path.open("a") as log:
         for cell in args.cells.split(","):
             if all((cell, m) in done for m in (("h", "c") if cell == "demo" else METHODS)):
                 continue
-            run_cell(cell, done, log)
+            run_cell(cell, done, log, rule)
 
 
 if __name__ == "__main__":

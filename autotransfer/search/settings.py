@@ -12,10 +12,11 @@ __all__ = ["StudySettings", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL", 
 #: The embedded default job: built-in data and built-in weights, ~5 minutes on 2 CPU cores.
 DEFAULT_TARGET = "builtin:animals"
 DEFAULT_MODEL = "efficientnet_lite0"
-#: How ``tune`` turns the study into the protocol it hands back (docs/design.md, "The pick"):
-#: ``cv`` re-scores the top trials by cross-validation on train+val; ``val`` takes the best
-#: validation score (the cheap rule, noisy on small validation splits).
-PICK_RULES = ("cv", "val")
+#: How ``tune`` turns the study into the model it hands back (docs/design.md, "The pick"):
+#: ``ensemble`` retrains the top distinct protocols on train+val and averages their probabilities;
+#: ``cv`` re-scores the top trials by cross-validation on train+val and retrains the winner;
+#: ``val`` retrains the best validation trial (the cheap rule, noisy on small validation splits).
+PICK_RULES = ("ensemble", "cv", "val")
 
 
 def default_steps(n_train: int, batch_size: int) -> int:
@@ -64,7 +65,7 @@ class StudySettings:
     n_train: int = 0
     val_images: int = 0
     val_effective: int = 0
-    pick: str = "cv"
+    pick: str = "ensemble"
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n < 4:
