@@ -37,10 +37,18 @@ class DeviceBatches:
         flip: draw random horizontal flips in ``augment``.
         scale: range of the crop's area as a fraction of the image (RandomResizedCrop).
         ratio: range of the crop's aspect ratio (width / height), drawn log-uniformly.
-        channels_last: return batches in ``torch.channels_last`` memory format.
+        channels_last: keep the images in channels_last memory (the ``(N, S, S, 3)`` upload
+            itself, no second NCHW copy) and return batches in ``torch.channels_last`` memory
+            format: what the trial loop, the estimator and prediction consume, so they convert
+            nothing.
+        fingerprint: the caller's content key of ``images`` and ``labels`` (e.g. the split's
+            ``ImageDataset.fingerprint``); with the stored shape and the preprocessing it keys
+            the prefix cache (``train.prefix_cache.data_identity``). ``None``: the object is its
+            own key (equal data in two objects then share nothing).
 
     Attributes:
-        images: ``(N, 3, S, S)`` uint8 tensor on ``device``.
+        images: ``(N, 3, S, S)`` uint8 tensor on ``device``; with ``channels_last`` a view of
+            ``(N, S, S, 3)`` memory. Treated as immutable.
         labels: ``(N,)`` int64 tensor on ``device`` (``None`` when unlabelled).
         mean, std: the per-channel preprocessing, as given.
     """
@@ -58,6 +66,7 @@ class DeviceBatches:
         scale: tuple[float, float] = (0.35, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         channels_last: bool = False,
+        fingerprint: str | None = None,
     ) -> None:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
@@ -83,9 +92,13 @@ class DeviceBatches:
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.channels_last = bool(channels_last)
+        self.fingerprint = fingerprint
         if not images.flags.writeable or not images.flags.c_contiguous:
             images = np.array(images, copy=True)
         nhwc = torch.from_numpy(images).to(self.device)
+        # channels_last: keep the (N, H, W, 3) upload as it is (no second, NCHW copy of the data)
+        # and gather from it (index_select on the permuted view would transpose into NCHW anyway)
+        self._nhwc = nhwc if self.channels_last else None
         self.images = nhwc.permute(0, 3, 1, 2)  # channels_last memory, (N, 3, H, W) view
         if not self.channels_last:
             self.images = self.images.contiguous()
@@ -116,7 +129,21 @@ class DeviceBatches:
                 f"{generator.device}; create it with torch.Generator(device={str(self.device)!r})"
             )
 
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` float32 NCHW copy of ``images[idx]``. From ``(N, H, W, 3)`` storage the
+        uint8-to-float pass also transposes (no extra copy): resampling and the per-channel
+        normalisation run fastest on NCHW (CPU, 32 x 224 px: ``grid_sample`` 18 vs 21 ms, the
+        resize 19 vs 30 ms, normalisation 1 vs 7 ms; a 3-wide channel dim defeats vectorisation)."""
+        if self._nhwc is not None:
+            return self._nhwc.index_select(0, idx).permute(0, 3, 1, 2).to(
+                torch.float32, memory_format=torch.contiguous_format
+            )
+        return self.images.index_select(0, idx).float()
+
     def _finish(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalise the NCHW ``batch`` in place and hand it over in the output memory format:
+        with ``channels_last`` this is the one layout conversion per batch (``grid_sample``
+        writes NCHW), and the trial step's own ``contiguous(channels_last)`` is then a no-op."""
         batch = batch.mul_(self._mul).add_(self._add)
         if self.channels_last:
             return batch.contiguous(memory_format=torch.channels_last)
@@ -187,7 +214,7 @@ class DeviceBatches:
         (bilinear) for the whole batch. Crop parameters come from ``generator`` (on the device)."""
         self._check_generator(generator)
         idx = idx.to(self.device)
-        batch = self.images.index_select(0, idx).float()
+        batch = self._gather(idx)
         theta = self.crop_params(int(idx.numel()), generator)
         grid = self.sampling_grid(theta)
         out = F.grid_sample(
@@ -200,7 +227,7 @@ class DeviceBatches:
         """``(B, 3, out, out)`` float32: the whole image resized (bilinear, antialiased when
         shrinking) and normalised: the evaluation view."""
         idx = idx.to(self.device)
-        batch = self.images.index_select(0, idx).float()
+        batch = self._gather(idx)
         if self.image_size != (self.out_size, self.out_size):
             batch = F.interpolate(
                 batch, size=(self.out_size, self.out_size), mode="bilinear",

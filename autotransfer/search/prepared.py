@@ -70,7 +70,10 @@ def split_batches(prepared: PreparedData, which: str, settings: StudySettings, p
 
 
 def device_batches(split: Any, settings: StudySettings, preprocessing, device: torch.device) -> Any:
-    """``DeviceBatches`` of any labelled ``split`` at the study's resolution and normalisation."""
+    """``DeviceBatches`` of any labelled ``split`` at the study's resolution and normalisation,
+    stored and batched channels_last (what the trial step consumes). Their ``fingerprint`` is the
+    split's content fingerprint (already computed by ``to_array`` for its disk cache), which with
+    the resolution and preprocessing keys the frozen-prefix cache without reading the images back."""
     from autotransfer.data import to_array
     from autotransfer.data.device import DeviceBatches
 
@@ -82,4 +85,6 @@ def device_batches(split: Any, settings: StudySettings, preprocessing, device: t
         mean=preprocessing.mean,
         std=preprocessing.std,
         flip=split.flip,
+        channels_last=True,
+        fingerprint=split.fingerprint,
     )

@@ -141,6 +141,27 @@ def test_channels_last_output(animals):
     torch.testing.assert_close(x, flat)
 
 
+@pytest.mark.parametrize("out_size", [32, 24])
+def test_channels_last_storage_gives_the_same_batches_in_its_layout(animals, out_size):
+    """Stored as the (N, H, W, 3) upload (no NCHW copy), batches equal the NCHW store's bit for
+    bit and come out channels_last, so the trial step converts nothing."""
+    flat = _batches(animals, out_size=out_size)
+    stored = _batches(animals, out_size=out_size, channels_last=True)
+    assert stored.images.is_contiguous(memory_format=torch.channels_last)
+    assert stored.images.untyped_storage().nbytes() == stored.images.numel()  # one uint8 copy
+    idx = torch.tensor([7, 0, 3, 3, 12])
+    for make in (lambda db: db.augment(idx, torch.Generator().manual_seed(4)), lambda db: db.plain(idx)):
+        x, y = make(stored), make(flat)
+        assert x.is_contiguous(memory_format=torch.channels_last) and y.is_contiguous()
+        assert torch.equal(x, y)
+        assert x.contiguous(memory_format=torch.channels_last) is x
+
+
+def test_fingerprint_is_kept_for_the_cache_key(animals):
+    assert _batches(animals).fingerprint is None
+    assert _batches(animals, fingerprint="abc").fingerprint == "abc"
+
+
 def test_bad_arguments(animals):
     with pytest.raises(ValueError, match="uint8"):
         DeviceBatches(
