@@ -254,10 +254,9 @@ def train_protocol(
                 notes.extend(n for n in entry.notes if n not in notes)
 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
-    compute_dtype = torch.float32
 
     def forward_cached(x: torch.Tensor) -> torch.Tensor:
-        if channels_last and x.dim() == 4 and not entry.pooled:
+        if channels_last and x.dim() == 4 and not entry.pooled:  # a no-op on a channels_last entry
             x = x.contiguous(memory_format=torch.channels_last)
         if f < G:
             x = run_groups(backbone, x, f, G)
@@ -270,7 +269,7 @@ def train_protocol(
         model.eval()
         if entry is not None and entry.val is not None:
             logits, labels = predict_logits(
-                forward_cached, entry.val_batches(eval_batch, compute_dtype), amp=amp, channels_last=False
+                forward_cached, entry.val_batches(eval_batch, entry.step_dtype(amp)), amp=amp, channels_last=False
             )
         else:
             logits, labels = predict_logits(
@@ -304,12 +303,12 @@ def train_protocol(
             if spent:  # building ran the model in eval mode
                 cache_build_s += spent
                 train_mode(backbone, f, config.bn_mode, r)
-            x = entry.batch(idx, view_idx, compute_dtype)
+            x = entry.batch(idx, view_idx, entry.step_dtype(amp))
             y = entry.train_labels[idx]
             forward = forward_cached
         else:
             x = train.augment(idx, gen) if config.augment else train.plain(idx)
-            if channels_last:
+            if channels_last:  # a no-op on DeviceBatches built with channels_last (search/prepared.py)
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
             forward = model

@@ -42,12 +42,18 @@ anyway. Only the frozen prefix is affected: the trainable groups still train in 
 (bf16 backward is slower there). ``bf16_build=False`` turns this off.
 
 Storage is bfloat16 under bf16 autocast (CUDA), else float16 (bfloat16 if float16 would
-overflow), converted back to the compute dtype per batch; pass ``dtype=torch.float32`` for
-bit-faithful features (an fp32 store is always built in fp32).
+overflow); pass ``dtype=torch.float32`` for bit-faithful features (an fp32 store is always built
+in fp32). **Layout and dtype as the step consumes them:** maps are stored channels_last when the
+trial runs channels_last (``(V, N, H, W, C)`` memory), so a gathered batch is already in the
+step's layout; under bf16 autocast the bfloat16 store is handed over as it is
+(``CachedPrefix.step_dtype``: the first convolution would cast to bfloat16 anyway, and
+bf16 -> fp32 -> bf16 is exact), else converted once to float32. Per step that is the gather and
+at most one conversion (before: to float32, to channels_last, and autocast's cast back to bf16).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import time
 import weakref
@@ -102,6 +108,8 @@ class CachedPrefix:
         pooled: True when ``shape`` is ``(C, 1, 1)``: globally average-pooled final maps.
         augment / seed: how the views are drawn (``view_seed(seed, v)``).
         bf16: whether the prefix runs under bf16 autocast when building.
+        channels_last: maps ``(C, H, W)`` are stored in channels_last memory (``train`` and
+            ``val`` are views of ``(..., H, W, C)`` memory).
         build_time_s: seconds spent computing features so far (all views and val).
         hits: how many trials have used it after the one that created it.
     """
@@ -117,6 +125,7 @@ class CachedPrefix:
     augment: bool
     seed: int
     bf16: bool = False
+    channels_last: bool = False
     build_time_s: float = 0.0
     hits: int = 0
     notes: list[str] = field(default_factory=list)
@@ -136,18 +145,30 @@ class CachedPrefix:
             total += self.val.numel() * self.val.element_size()
         return total
 
+    def step_dtype(self, amp: bool) -> torch.dtype:
+        """The dtype a trial step consumes the features in: the bfloat16 store as it is under
+        bf16 autocast (``amp``), else float32."""
+        return torch.bfloat16 if amp and self.train.dtype == torch.bfloat16 else torch.float32
+
     def batch(self, idx: torch.Tensor, view_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Features of images ``idx`` ``(B,)`` at views ``view_idx`` ``(B,)``: ``(B, *shape)`` in ``dtype``.
+        """Features of images ``idx`` ``(B,)`` at views ``view_idx`` ``(B,)``: ``(B, *shape)`` in
+        ``dtype`` and the stored layout (the gather, plus one conversion when ``dtype`` differs).
 
         The views must have been built (``PrefixCache.ensure``)."""
-        return self.train[view_idx, idx].to(dtype)
+        return self._as(self.train[view_idx, idx], dtype)
 
     def val_batches(self, batch_size: int, dtype: torch.dtype) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(features (B, *shape), labels (B,))`` over the whole validation set, in order."""
         if self.val is None or self.val_labels is None:
             raise ValueError("this cache entry has no validation features")
         for start in range(0, self.val.shape[0], batch_size):
-            yield self.val[start : start + batch_size].to(dtype), self.val_labels[start : start + batch_size]
+            yield self._as(self.val[start : start + batch_size], dtype), self.val_labels[start : start + batch_size]
+
+    def _as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``x`` ``(B, *shape)`` in ``dtype`` and the stored layout, in one pass at most (none when
+        both already hold: ``x`` itself)."""
+        layout = torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format
+        return x.to(dtype, memory_format=layout)
 
 
 class PrefixCache:
@@ -314,10 +335,11 @@ class PrefixCache:
             while self._entries and self.nbytes + need > cap:
                 self._entries.popitem(last=False)
             start = time.perf_counter()
+            nhwc = channels_last and len(shape) == 3 and not pooled
             entry = CachedPrefix(
                 key=key,
                 freeze=freeze,
-                train=torch.empty((views, len(train), *shape), dtype=dtype, device=device),
+                train=_storage((views, len(train)), shape, dtype, device, nhwc),
                 built=[False] * views,
                 train_labels=train.labels.to(device=device, dtype=torch.long),
                 val=None,
@@ -326,11 +348,12 @@ class PrefixCache:
                 augment=augment,
                 seed=seed,
                 bf16=bf16,
+                channels_last=nhwc,
             )
             if bf16 and not amp:
                 entry.notes.append("frozen prefix computed under bf16 autocast (this CPU has native bf16)")
             if val is not None:
-                entry.val = torch.empty((len(val), *shape), dtype=dtype, device=device)
+                entry.val = _storage((len(val),), shape, dtype, device, nhwc)
                 self._fill(entry, "val", backbone, val.plain, len(val), channels_last)
             entry.build_time_s += time.perf_counter() - start
         finally:
@@ -394,6 +417,17 @@ class PrefixCache:
             target[lo : lo + len(idx)] = out.to(target.dtype)
 
 
+def _storage(lead: tuple[int, ...], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+             channels_last: bool) -> torch.Tensor:
+    """An empty ``(*lead, *shape)`` tensor; with ``channels_last`` (``shape`` = ``(C, H, W)``) a view
+    of ``(*lead, H, W, C)`` memory, so that every ``(C, H, W)`` slice is channels_last."""
+    if not channels_last:
+        return torch.empty((*lead, *shape), dtype=dtype, device=device)
+    c, h, w = shape
+    k = len(lead)
+    return torch.empty((*lead, h, w, c), dtype=dtype, device=device).permute(*range(k), k + 2, k, k + 1)
+
+
 def _head_pools(backbone, probe: torch.Tensor, freeze: int) -> bool:
     """True when ``forward_head`` gives the same logits on the final maps and on their global
     average (``(B, C, 1, 1)``), checked with a temporarily randomised head (the real head is
@@ -435,31 +469,31 @@ def prefix_digest(backbone, freeze: int) -> str:
 
 
 _IDENTITIES: dict[int, str] = {}
+_TOKENS = itertools.count()
 
 
 def data_identity(batches) -> str:
-    """A content key for a ``DeviceBatches``: its own ``fingerprint`` when it has one, else a
-    digest of its uint8 images, labels and augmentation settings (memoised per object)."""
+    """The prefix cache's key for the data of a ``DeviceBatches``, read without touching its
+    images (no host copy, no pass over the data).
+
+    With a ``fingerprint`` (the caller's content key of images and labels, e.g. the split's
+    ``ImageDataset.fingerprint``): that, the stored shape ``(N, 3, H, W)`` and the preprocessing
+    and augmentation settings, so equal data in two objects share entries. Without one: a token
+    unique to the object for its lifetime (images are treated as immutable), so another object
+    never shares its entries even when its data is equal."""
     own = getattr(batches, "fingerprint", None)
-    settings = _settings(batches)
+    described = f"shape={tuple(batches.images.shape)}|{_settings(batches)}"
     if isinstance(own, str) and own:
-        return own + "|" + settings
-    cached = _IDENTITIES.get(id(batches))
-    if cached is not None:
-        return cached
-    digest = hashlib.blake2b(digest_size=16)
-    images = batches.images.detach().cpu().contiguous()
-    digest.update(str(tuple(images.shape)).encode())
-    digest.update(images.view(torch.uint8).numpy().tobytes())
-    digest.update(batches.labels.detach().cpu().to(torch.int64).numpy().tobytes())
-    digest.update(settings.encode())
-    ident = digest.hexdigest()
-    _IDENTITIES[id(batches)] = ident
-    try:
-        weakref.finalize(batches, _IDENTITIES.pop, id(batches), None)
-    except TypeError:  # not weak-referenceable: do not memoise (ids may be reused)
-        _IDENTITIES.pop(id(batches), None)
-    return ident
+        return f"{own}|{described}"
+    token = _IDENTITIES.get(id(batches))
+    if token is None:
+        token = f"object-{os.getpid()}-{next(_TOKENS)}"
+        try:
+            weakref.finalize(batches, _IDENTITIES.pop, id(batches), None)
+        except TypeError:  # not weak-referenceable: no memo (ids may be reused), so never a hit
+            return f"{token}|{described}"
+        _IDENTITIES[id(batches)] = token
+    return f"{token}|{described}"
 
 
 def _settings(batches) -> str:
