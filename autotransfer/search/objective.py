@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import Callable
 
 import optuna
 
+from autotransfer.errors import UserError
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.search.settings import StudySettings
 from autotransfer.search.study import CONTROL_ATTR, SOURCE_ATTR, VAL_LOSS_ATTR
@@ -17,8 +19,19 @@ from autotransfer.search.study import CONTROL_ATTR, SOURCE_ATTR, VAL_LOSS_ATTR
 PRUNE_REASON_ATTR = "prune_reason"
 #: Trial attribute: the pruner's line at each rung the trial reached (kept or pruned).
 RUNGS_ATTR = "rungs"
+#: Trial attributes: where the trial ran (``cpu``, ``cuda:0``), the GPU's name (CUDA only), and
+#: its arithmetic, ``fp32`` or ``bf16-autocast`` (``trial_precision``), recorded as it starts.
+DEVICE_ATTR = "device"
+DEVICE_NAME_ATTR = "device_name"
+PRECISION_ATTR = "precision"
+#: Set to 1 to let a worker run a study whose trials ran at another precision (``precision_refusal``).
+MIXED_PRECISION_ENV = "AUTOTRANSFER_ALLOW_MIXED_PRECISION"
 
-__all__ = ["TrialFailed", "TrialRunner", "train_config_for", "PRUNE_REASON_ATTR", "RUNGS_ATTR"]
+__all__ = [
+    "TrialFailed", "TrialRunner", "train_config_for", "PRUNE_REASON_ATTR", "RUNGS_ATTR", "DEVICE_ATTR",
+    "DEVICE_NAME_ATTR", "PRECISION_ATTR", "MIXED_PRECISION_ENV", "trial_precision", "study_precisions",
+    "precision_refusal",
+]
 
 
 class TrialFailed(RuntimeError):
@@ -54,6 +67,50 @@ def train_config_for(protocol: Protocol, settings: StudySettings, num_groups: in
     )
 
 
+def trial_precision(device) -> str:
+    """How a trial on ``device`` (a ``torch.device``) computes: ``bf16-autocast`` (CUDA with native
+    bf16: ``train.default_amp``) or ``fp32``."""
+    from autotransfer.train.config import default_amp
+
+    return "bf16-autocast" if default_amp(device) else "fp32"
+
+
+def study_precisions(study: optuna.Study, *, exclude: int | None = None) -> dict[str, set[str]]:
+    """``{precision: {devices}}`` of the trials of ``study`` that ran or are running (not the
+    WAITING ones, nor trial number ``exclude``). A trial recorded before ``PRECISION_ATTR``
+    existed counts as ``fp32`` when it ran on the CPU, and is left out otherwise."""
+    seen: dict[str, set[str]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.WAITING or trial.number == exclude:
+            continue
+        device = str(trial.user_attrs.get(DEVICE_ATTR, ""))
+        precision = trial.user_attrs.get(PRECISION_ATTR) or ("fp32" if device == "cpu" else None)
+        if precision:
+            seen.setdefault(str(precision), set()).add(device or "?")
+    return seen
+
+
+def precision_refusal(study: optuna.Study, precision: str, device: str, *, exclude: int | None = None) -> str | None:
+    """Why trials at ``precision`` on ``device`` may not join ``study`` (one line), or ``None``.
+
+    A study's trials are compared with each other (the pruner's rungs, the pick), and bf16
+    autocast moves scores by about as much as those comparisons resolve, so a study runs at one
+    precision: the first trial's. ``$AUTOTRANSFER_ALLOW_MIXED_PRECISION=1`` lifts the rule (each
+    trial still records its own ``precision`` and ``device``)."""
+    if os.environ.get(MIXED_PRECISION_ENV, "") == "1":
+        return None
+    others = {p: d for p, d in study_precisions(study, exclude=exclude).items() if p != precision}
+    if not others:
+        return None
+    theirs = "; ".join(f"{p} on {', '.join(sorted(d))}" for p, d in sorted(others.items()))
+    hint = "run it with --device cpu" if "fp32" in others else "run it on a GPU with native bf16 (--device cuda)"
+    return (
+        f"worker refused for study {study.study_name!r}: its trials ran at {theirs}, this worker would run"
+        f" {precision} on {device}, and scores at two precisions do not compare: {hint}, or set"
+        f" {MIXED_PRECISION_ENV}=1 to mix them (each trial records its precision)"
+    )
+
+
 @dataclass
 class TrialRunner:
     """Callable objective over prepared, device-resident data.
@@ -85,6 +142,7 @@ class TrialRunner:
         from autotransfer.train import DivergedError, OutOfMemory, release_memory, train_protocol, with_oom_retry
 
         release_memory()  # what an earlier failed or pruned trial left in reference cycles
+        self._claim_precision(trial)
         control = trial.user_attrs.get(CONTROL_ATTR)
         with warnings.catch_warnings():
             # enqueued controls and survey protocols may lie outside the centred ranges
@@ -164,7 +222,7 @@ class TrialRunner:
         trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 3))
         trial.set_user_attr("images_per_s", round(float(result.images_per_s), 1))
         trial.set_user_attr("peak_memory_mb", round(result.peak_memory_bytes / 2**20, 1))
-        trial.set_user_attr("device", result.device)
+        trial.set_user_attr(DEVICE_ATTR, result.device)
         trial.set_user_attr("prefix_cached", bool(result.cached))
         trial.set_user_attr("history", [[int(s), float(v)] for s, v in result.history])
         if result.final_val_loss is not None and math.isfinite(result.final_val_loss):
@@ -178,6 +236,33 @@ class TrialRunner:
             trial.set_user_attr("fail_reason", f"non-finite score {value!r}")
             raise TrialFailed(f"non-finite score {value!r}")
         return value
+
+
+    def _claim_precision(self, trial: optuna.trial.Trial) -> None:
+        """Record the trial's device and precision, then refuse (``UserError``) when the study's
+        other trials ran at another precision (``precision_refusal``); an enqueued trial refused
+        here is queued again, so no control or candidate is lost. Recording first means two
+        workers starting at once at two precisions cannot both pass."""
+        from autotransfer.train.config import resolve_device
+
+        device = resolve_device(self.settings.device)
+        precision = trial_precision(device)
+        trial.set_user_attr(DEVICE_ATTR, str(device))
+        trial.set_user_attr(PRECISION_ATTR, precision)
+        if device.type == "cuda":
+            import torch
+
+            trial.set_user_attr(DEVICE_NAME_ATTR, torch.cuda.get_device_name(device))
+        refusal = precision_refusal(trial.study, precision, str(device), exclude=trial.number)
+        if refusal is None:
+            return
+        from autotransfer.search.storage import requeue_trial
+
+        frozen = trial.storage.get_trial(trial._trial_id)
+        if "fixed_params" in frozen.system_attrs:
+            requeue_trial(trial.study, frozen, max_retry=None)
+        trial.set_user_attr("fail_reason", refusal)
+        raise UserError(refusal)
 
 
 def _rung_line(trial: optuna.trial.Trial) -> str | None:

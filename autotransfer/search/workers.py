@@ -45,6 +45,7 @@ __all__ = [
     "terminate_workers",
     "run_local_workers",
     "run_worker",
+    "refuse_other_precision",
     "worker_tag",
     "retried_trial_number",
     "pending_retries",
@@ -523,6 +524,22 @@ def _lost_to_another_worker(study_name: str, storage, number: int | None) -> boo
     return trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
 
 
+def refuse_other_precision(study_name: str, storage: str | None, device: str | None) -> None:
+    """Raise a one-line ``UserError`` when ``study_name``'s trials ran at another precision than
+    this worker would (``objective.precision_refusal``: fp32 on CPU, bf16 autocast on a GPU with
+    native bf16), before the worker loads any data. ``device`` ``None`` means the study's."""
+    from autotransfer.search.objective import precision_refusal, trial_precision
+    from autotransfer.search.storage import open_storage, storage_location
+    from autotransfer.search.study import load_study, read_settings
+    from autotransfer.train.config import resolve_device
+
+    study = load_study(study_name, open_storage(storage_location(storage), heartbeat=False))
+    mine = resolve_device(device or read_settings(study).device)
+    refusal = precision_refusal(study, trial_precision(mine), str(mine))
+    if refusal is not None:
+        raise UserError(refusal)
+
+
 def run_worker(
     study_name: str,
     storage: str | None,
@@ -538,7 +555,8 @@ def run_worker(
     ``threads`` sets ``torch.set_num_threads`` (CPU workers sharing a machine split its cores).
     ``device`` is this machine's (default ``auto``: CUDA when present); ``None`` keeps the study's.
     The study, its data fingerprint and the package versions are checked by
-    ``autotransfer.search.job.join_study`` (a mismatch is a one-line ``UserError``). Each trial
+    ``autotransfer.search.job.join_study``, the precision its trials ran at by
+    ``refuse_other_precision`` (a mismatch is a one-line ``UserError``). Each trial
     records the worker (``host:pid``) that ran it. If another worker judged this worker's trial
     stale (a stall longer than the grace period) and re-queued it, that trial's result is
     dropped and the worker carries on. Returns the number of finished search trials.
@@ -555,6 +573,7 @@ def run_worker(
         torch.set_num_threads(threads)
     if quiet:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    refuse_other_precision(study_name, storage, device)
     wrapped = _WorkerUI(ui or NullUI())
     end = None if timeout is None else time.monotonic() + timeout
     while True:
