@@ -31,6 +31,7 @@ Usage::
 
     python benchmarks/bench_trial_loop.py                       # CPU, a few minutes
     python benchmarks/bench_trial_loop.py --device cuda --n 2000 --size 224 --steps 300
+    python benchmarks/bench_trial_loop.py --model tv:resnet50 --random-weights ...   # no offline weights
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def reference_trial(args, train_dir: Path, val_dir: Path, num_classes: int, f: i
     ``fair`` (AMP, channels_last, pinned memory, cudnn.benchmark and a warm-up, see above)."""
     from torchvision import datasets, transforms
 
-    backbone = create_backbone(args.model, num_classes)
+    backbone = create_backbone(args.model, num_classes, pretrained=not args.random_weights)
     pre = backbone.preprocessing
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -179,7 +180,7 @@ def reference_trial(args, train_dir: Path, val_dir: Path, num_classes: int, f: i
 def autotransfer_trial(args, train: DeviceBatches, val: DeviceBatches, num_classes: int, f: int,
                        cache: PrefixCache, seed: int) -> dict:
     """One ``train_protocol`` trial at freeze depth ``f`` (sharing ``cache`` across calls)."""
-    backbone = create_backbone(args.model, num_classes)
+    backbone = create_backbone(args.model, num_classes, pretrained=not args.random_weights)
     config = TrainConfig(
         lr=args.lr, momentum=args.momentum, head_lr_mult=args.head_lr_mult, freeze=f,
         weight_decay=args.weight_decay, batch_size=args.batch_size, resolution=args.size, steps=args.steps,
@@ -215,7 +216,11 @@ def _best(runs: list[dict]) -> dict | None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="builtin:animals")
-    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--model", default="efficientnet_lite0",
+                        help="any backbone spec (tv:resnet50, timm:resnet50, ...); lite0's weights ship with the package")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random initial weights (no pretrained download; for throughput only: accuracies "
+                             "then say nothing about transfer)")
     parser.add_argument("--n", type=int, default=300, help="images, before a 75/25 train/val split")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60)
@@ -250,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_x, val_x = to_array(splits.train, args.size), to_array(splits.val, args.size)
     train_y, val_y = np.asarray(splits.train.labels), np.asarray(splits.val.labels)
     num_classes = len(ds.classes)
-    probe = create_backbone(args.model, num_classes)
+    probe = create_backbone(args.model, num_classes, pretrained=not args.random_weights)
     G = probe.num_groups
     pre = probe.preprocessing
     depths = []
@@ -259,15 +264,15 @@ def main(argv: list[str] | None = None) -> dict:
         depths.append(G // 2 if token == "half" else G if token == "all" else int(token))
 
     common = dict(device=args.device, out_size=args.size, mean=pre.mean, std=pre.std, flip=ds.flip,
-                  scale=SCALE, ratio=RATIO)
-    train_b = DeviceBatches(train_x, train_y, **common)
-    val_b = DeviceBatches(val_x, val_y, **common)
+                  scale=SCALE, ratio=RATIO, channels_last=True)  # as search.prepared builds them
+    train_b = DeviceBatches(train_x, train_y, fingerprint=splits.train.fingerprint, **common)
+    val_b = DeviceBatches(val_x, val_y, fingerprint=splits.val.fingerprint, **common)
 
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
     header = (f"{args.model} (G={G}) on {args.data}: {len(train_y)} train / {len(val_y)} val images at "
               f"{args.size} px, {args.steps} steps x {args.batch_size}, device {args.device}"
               f"{' (' + gpu + ')' if gpu else ''}, {args.threads} threads, {args.workers} loader workers, "
-              f"V={args.views}")
+              f"V={args.views}{', random weights' if args.random_weights else ''}")
     print(header)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

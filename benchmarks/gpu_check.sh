@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# GPU checks for issue 19, in one go (< 10 minutes on one GPU); numbers go to one file.
+# GPU checks for issue 19, in one go (< 10 minutes on one GPU: the steps' limits add up to 9.8 min);
+# numbers go to one file.
 #
 #   bash benchmarks/gpu_check.sh [RESULT_FILE]      # default benchmarks/gpu_check-<host>-<time>.txt
 #
 # 1. bench_trial_loop.py at 224 px on efficientnet_lite0: plain fp32 reference, the fair reference
 #    (--fair: AMP, channels_last, pinned memory, warm-up) and autotransfer cold/warm, f = 0, half, all.
+#    Then the same on torchvision's ResNet-50 (f = 0 and all, fewer steps): its ImageNet weights
+#    when this machine has them offline (torch hub cache), else random weights, said in the result
+#    file (throughput is the same; the accuracies then mean nothing).
 # 2. The embedded demo (`tune` with no target) with --device cuda: wall time and exit status.
 # 3. A 4-worker study on one GPU (`tune ... --workers 4 --device cuda`), with nvidia-smi memory and
 #    utilisation sampled every 2 s while it runs.
@@ -58,22 +62,38 @@ if torch.cuda.is_available():
           "free/total GiB", [round(v / 2**30, 1) for v in torch.cuda.mem_get_info()])
 PY
 
-# 1. trial loop at 224 px on lite0 (about 2-4 min): 1500 train / 500 val images, batch 64, 150 steps
-step trial_loop_224 270 "$PY" "$ROOT/benchmarks/bench_trial_loop.py" \
+# 1. trial loop at 224 px on lite0 (estimated 2-3 min; never run on a GPU yet): 1500 train / 500 val images, batch 64, 150 steps
+step trial_loop_224 210 "$PY" "$ROOT/benchmarks/bench_trial_loop.py" \
     --device cuda --model efficientnet_lite0 --data builtin:animals --n 2000 --size 224 \
     --batch-size 64 --steps 150 --views 4 --freeze 0,half,all --threads 8 --workers 8 \
     --fair --warmup 10 --json "$WORK/trial_loop_224.json"
 cp "$WORK/trial_loop_224.json" "${RESULT%.txt}-trial_loop_224.json" 2>/dev/null || true
 
+# 1b. trial loop at 224 px on torchvision's ResNet-50 (estimated 1-2 min): 750 train / 250 val, 80 steps
+if "$PY" -c 'import sys; from autotransfer.backbones.catalog import weights_offline
+sys.exit(0 if weights_offline("tv:resnet50") else 1)' 2>/dev/null; then
+    R50_WEIGHTS=""
+    log "resnet50: torchvision's ImageNet weights (found offline)"
+else
+    R50_WEIGHTS="--random-weights"
+    log "resnet50: RANDOM weights (no offline copy of torchvision's here): throughput only, accuracies mean nothing"
+fi
+# shellcheck disable=SC2086 # R50_WEIGHTS is one flag or nothing
+step trial_loop_224_resnet50 120 "$PY" "$ROOT/benchmarks/bench_trial_loop.py" \
+    --device cuda --model tv:resnet50 $R50_WEIGHTS --data builtin:animals --n 1000 --size 224 \
+    --batch-size 64 --steps 80 --views 4 --freeze 0,all --threads 8 --workers 8 \
+    --fair --warmup 5 --json "$WORK/trial_loop_224_resnet50.json"
+cp "$WORK/trial_loop_224_resnet50.json" "${RESULT%.txt}-trial_loop_224_resnet50.json" 2>/dev/null || true
+
 # 2. the embedded demo on the GPU (2.5 min on 2 CPU cores)
-step demo_cuda 150 "$PY" -m autotransfer.cli tune --device cuda \
+step demo_cuda 130 "$PY" -m autotransfer.cli tune --device cuda \
     --storage "sqlite:///$WORK/demo_cuda/demo.db"
 
 # 3. four workers sharing one GPU, memory and utilisation sampled meanwhile
 SMI_LOG=$WORK/workers4-smi.csv
 nvidia-smi --query-gpu=timestamp,memory.used,memory.total,utilization.gpu --format=csv -l 2 >"$SMI_LOG" 2>&1 &
 SMI_PID=$!
-step workers4 150 env CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" \
+step workers4 130 env CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" \
     "$PY" -m autotransfer.cli tune builtin:animals --n 600 --trials 12 --workers 4 --device cuda \
     --study gpu-check-workers4 --storage "sqlite:///$WORK/workers4/study.db"
 kill "$SMI_PID" 2>/dev/null
