@@ -19,7 +19,10 @@ _SCHEMA = "autotransfer/protocol-export/v1"
 def export_payload(study) -> dict[str, Any]:
     """The best transfer protocol of ``study`` with everything needed to reproduce it.
 
-    Keys: ``protocol`` (searched values), ``integers`` (freeze/reinit for the model's G),
+    Keys: ``protocol`` (searched values of the trial the study hands back), ``pick`` (the rule),
+    ``members`` (every trial whose retrain forms the handed-back model, the first being
+    ``protocol``'s: more than one for an ensemble; each with its protocol, validation score and
+    the split its final model trained on), ``derived`` (lr and freeze/reinit for the model's G),
     ``settings`` (model spec, dataset spec + fingerprint, seed, budget...), ``metric``,
     ``scores`` (validation, and test when the study was finished by ``tune``), ``controls``
     (the best validation score of the from-scratch and linear-probe controls),
@@ -41,6 +44,21 @@ def export_payload(study) -> dict[str, Any]:
     protocol = Protocol.from_dict(best.params)
     final = read_attr(study, "final") or {}
     profile = read_attr(study, "profile") or {}
+    pick = read_attr(study, "pick") or {}
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    numbers = [int(n) for n in pick.get("members") or [best.number] if int(n) in trials]
+    trained_on = final.get("member_trained_on") if final.get("members") == numbers else None
+    members = [
+        {
+            "trial": n,
+            "protocol": Protocol.from_dict(trials[n].params).to_dict(),
+            "freeze": trials[n].user_attrs.get("freeze"),
+            "reinit": trials[n].user_attrs.get("reinit"),
+            "val": trials[n].value,
+            "trained_on": (trained_on or [])[i] if trained_on and i < len(trained_on) else "train+val",
+        }
+        for i, n in enumerate(numbers)
+    ]
     return {
         "schema": _SCHEMA,
         "study": study.study_name,
@@ -54,6 +72,8 @@ def export_payload(study) -> dict[str, Any]:
             "num_groups": best.user_attrs.get("num_groups"),
         },
         "trial": best.number,
+        "pick": pick.get("rule"),
+        "members": members,
         "metric": settings.metric,
         "scores": {"val": best.value, "test": final.get("test_score")},
         "controls": _control_scores(control_trials(study), CONTROL_ATTR),
@@ -110,6 +130,11 @@ def timm_args(payload: dict[str, Any]) -> dict[str, Any]:
             "bn_mode": protocol["bn_mode"],
             "l2sp": protocol["l2sp"],
             "budget_steps": steps,
+            **(
+                {"ensemble": f"the handed-back model averages {len(payload['members'])} networks (trials "
+                 f"{', '.join(str(m['trial']) for m in payload['members'])}); these args train the first alone"}
+                if len(payload.get("members") or []) > 1 else {}
+            ),
         },
     }
 

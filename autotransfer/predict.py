@@ -109,15 +109,19 @@ class Predictor:
         classes_: ``(K,)`` class names; column ``i`` of ``predict_proba`` is ``classes_[i]``.
         preprocessing: mean, std, input size and interpolation (``backbones.Preprocessing``).
         config: the folder's ``config.json``.
-        model: the ``torch.nn.Module``, in eval mode.
+        model: the ``torch.nn.Module``, in eval mode (an ensemble's first member).
+        members: every network of the model, ``model`` first; ``predict_proba`` averages their
+            softmax probabilities (one network unless the folder is an ensemble).
     """
 
     def __init__(self, model, classes: Sequence[str], preprocessing, *, device: str = "auto",
-                 config: dict[str, Any] | None = None, directory: str | Path | None = None) -> None:
+                 config: dict[str, Any] | None = None, directory: str | Path | None = None,
+                 members: Sequence[Any] = ()) -> None:
         from autotransfer.train import resolve_device
 
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.members = [self.model] + [m.to(self.device).eval() for m in members]
         self.classes_ = np.asarray([str(c) for c in classes], dtype=object)
         self.preprocessing = preprocessing
         self.config = dict(config or {})
@@ -125,8 +129,9 @@ class Predictor:
 
     def __repr__(self) -> str:
         pre = self.preprocessing
+        ensemble = f", ensemble of {len(self.members)}" if len(self.members) > 1 else ""
         return (f"Predictor({self.config.get('architecture', type(self.model).__name__)!r}, "
-                f"{len(self.classes_)} classes, {pre.input_size}px, device={str(self.device)!r})")
+                f"{len(self.classes_)} classes, {pre.input_size}px{ensemble}, device={str(self.device)!r})")
 
     @property
     def metric(self) -> str:
@@ -184,9 +189,14 @@ class Predictor:
             # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, bf16 on CUDA
             batches = DeviceBatches(chunk, np.zeros(len(chunk), np.int64), device=self.device, out_size=size,
                                     mean=pre.mean, std=pre.std, flip=False)
-            logits, _ = predict_logits(self.model, batches.eval_batches(BATCH_SIZE),
-                                       amp=self.device.type == "cuda", channels_last=True)
-            out.append(torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32))
+            proba = None
+            for member in self.members:
+                logits, _ = predict_logits(member, batches.eval_batches(BATCH_SIZE),
+                                           amp=self.device.type == "cuda", channels_last=True)
+                p = torch.softmax(logits, dim=1)
+                proba = p if proba is None else proba + p
+            assert proba is not None
+            out.append((proba / len(self.members)).cpu().numpy().astype(np.float32))
             if progress is not None:
                 progress(min(start + BATCH_SIZE, total), total)
         if not out:
@@ -198,14 +208,22 @@ def load_model(directory: str | Path, *, device: str = "auto") -> Predictor:
     """The model folder ``directory`` (``config.json`` + ``model.safetensors``) as a :class:`Predictor`.
 
     ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. A folder that is missing, lacks
-    a file or does not fit its architecture is a one-line ``UserError``.
+    a file or does not fit its architecture is a one-line ``UserError``. An ensemble folder (pick
+    rule ``ensemble``) loads every member (``backbones.model_dir.ensemble_member_dirs``).
     """
-    from autotransfer.backbones.model_dir import build_model, model_dir_preprocessing, read_model_config
+    from autotransfer.backbones.model_dir import (
+        build_model,
+        ensemble_member_dirs,
+        model_dir_preprocessing,
+        read_model_config,
+    )
 
     config = read_model_config(directory)
-    model = build_model(directory, config)
+    first, *others = ensemble_member_dirs(directory, config)
+    model = build_model(first, config)
+    members = [build_model(path) for path in others]
     return Predictor(model, config["label_names"], model_dir_preprocessing(config), device=device,
-                     config=config, directory=directory)
+                     config=config, directory=directory, members=members)
 
 
 def _visible(path: Path) -> bool:

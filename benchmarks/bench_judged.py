@@ -7,7 +7,8 @@ outside the study's subsample (stratified, one fixed draw per target and N), whi
 trained or validated on. Every model below is trained on train+val at the study's budget and
 scored on the judge set:
 
-- h: the model ``tune`` hands back (its pick, retrained; a fallback if the retrain broke);
+- h: the model ``tune`` hands back (its pick, retrained; a fallback if the retrain broke; for the
+  ``ensemble`` rule, the mean softmax of its members);
 - a: the classic tutorial recipe: full fine-tuning, SGD lr 0.001, momentum 0.9, head at lr x1;
 - b: the survey's recommended protocol (``recommended_protocol``);
 - c: the linear probe (``linear_probe_protocol``);
@@ -37,6 +38,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -102,13 +104,15 @@ class Judge:
         self._batches = None
 
     def __call__(self, backbone, metric: str) -> float:
+        """The judge score of a backbone, or of the mean softmax of a list of them."""
         import torch
 
         from autotransfer.search.prepared import device_batches
         from autotransfer.train import evaluate
 
+        first = backbone[0] if isinstance(backbone, list) else backbone
         if self._batches is None:
-            self._batches = device_batches(self.dataset, self.settings, backbone.preprocessing, torch.device("cpu"))
+            self._batches = device_batches(self.dataset, self.settings, first.preprocessing, torch.device("cpu"))
         return float(evaluate(backbone, self._batches, metric))
 
 
@@ -121,9 +125,13 @@ def retrained(protocol, settings, prepared, judge) -> float:
 
 def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None) -> None:
     import optuna
-    from safetensors.torch import load_file
 
-    from autotransfer.backbones import create_backbone
+    from autotransfer.backbones.model_dir import (
+        build_model,
+        ensemble_member_dirs,
+        model_dir_preprocessing,
+        read_model_config,
+    )
     from autotransfer.prior import linear_probe_protocol, recommended_protocol, wide_prior
     from autotransfer.search.job import build_runner, prepare_data, run_search, tune
     from autotransfer.search.protocol import Protocol
@@ -158,8 +166,11 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
     resolved = read_settings(study)
     prepared = prepare_data(resolved)
     if (cell, "h") not in done:
-        backbone = create_backbone(resolved.model, num_classes=resolved.num_classes)
-        backbone.model.load_state_dict(load_file(str(Path(result.model_path) / "model.safetensors")))  # the folder
+        # the folder tune wrote: every member of an ensemble, scored by their mean softmax
+        backbone = [
+            SimpleNamespace(model=build_model(d), preprocessing=model_dir_preprocessing(read_model_config(d)))
+            for d in ensemble_member_dirs(result.model_path)
+        ]
         pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
         sampled = [t for t in study.trials if "fixed_params" not in t.system_attrs]
         record(

@@ -252,7 +252,7 @@ def test_postgres_password_is_never_printed(tmp_path):
         (["tune", "builtin:digits", "--steps", "-5"], ("--steps must be >= 1", "-5")),
         (["tune", "builtin:digits", "--steps", "0"], ("--steps must be >= 1", "leave it out")),
         (["tune", "builtin:digits", "--prior", "quadrnt"], ("--prior must be quadrant, none or surface:PATH", "quadrnt")),
-        (["tune", "builtin:digits", "--pick", "best"], ("--pick must be one of cv, val", "best")),
+        (["tune", "builtin:digits", "--pick", "best"], ("--pick must be one of ensemble, cv, val", "best")),
     ],
 )
 def test_bad_tune_values_are_one_line_before_any_work(tmp_path, args, needles):

@@ -41,12 +41,16 @@ __all__ = [
     "build_model",
     "model_library",
     "model_args",
+    "ENSEMBLE_DIR",
+    "ensemble_member_dirs",
 ]
 
 MODEL_DIR_FORMAT = "autotransfer/model-dir/v1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+#: Where an ensemble's other members live inside its folder (``members/2``, ``members/3``...).
+ENSEMBLE_DIR = "members"
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -252,3 +256,35 @@ def build_model(directory: str | Path, config: dict[str, Any] | None = None) -> 
     load_into(model, read_state_dict(weights), str(weights))
     return model.eval()
 
+
+
+def ensemble_member_dirs(directory: str | Path, config: dict[str, Any] | None = None) -> list[Path]:
+    """The model folders whose mean softmax is the model at ``directory``: ``[directory]`` for a
+    single network, else every folder listed in ``config["autotransfer"]["ensemble"]["members"]``
+    (``"."`` is the folder itself). Each entry must be a relative path inside ``directory``
+    holding a model folder with the same classes and preprocessing, else a one-line ``UserError``.
+    """
+    directory = Path(directory).expanduser()
+    config = config if config is not None else read_model_config(directory)
+    own = config.get("autotransfer") or {}
+    ensemble = own.get("ensemble") if isinstance(own, dict) else None
+    if not ensemble:
+        return [directory]
+    listed = ensemble.get("members") if isinstance(ensemble, dict) else None
+    where = str(directory / CONFIG_NAME)
+    if not isinstance(listed, list) or not listed or not all(isinstance(m, str) for m in listed):
+        raise UserError(f"{where!r}: autotransfer.ensemble.members must list member folders, but got {listed!r:.80}")
+    root = directory.resolve()
+    out = []
+    for entry in listed:
+        path = (directory / entry).resolve()
+        if Path(entry).is_absolute() or (path != root and root not in path.parents):
+            raise UserError(f"{where!r}: ensemble member {entry!r} lies outside the model folder; members are sub-folders")
+        member = read_model_config(path)
+        if member["label_names"] != config["label_names"] or model_dir_preprocessing(member) != model_dir_preprocessing(config):
+            raise UserError(
+                f"{where!r}: ensemble member {entry!r} has other classes or preprocessing than the folder; write the"
+                " model again with `autotransfer tune` or `train --config`"
+            )
+        out.append(path)
+    return out

@@ -10,6 +10,10 @@ the trial's validation score). A model that fits its training set worse than tha
 ``max(BROKEN_MARGIN, 2 standard errors)`` did not learn; ``tune`` then hands back the trial's
 own model instead (the protocol trained on the train split with the trial's seed, which is the
 very run whose validation score the study recorded) and says so.
+
+An ensemble (pick rule ``ensemble``) is its members, each retrained and checked this way; the
+handed-back model averages their softmax probabilities, and its test score is that average's
+(``ensemble_test_score``).
 """
 from __future__ import annotations
 
@@ -21,7 +25,17 @@ from autotransfer.search.prepared import PreparedData, split_batches
 from autotransfer.search.protocol import Protocol
 from autotransfer.search.settings import StudySettings
 
-__all__ = ["FinalModel", "retrain_and_test", "train_final", "is_broken", "BROKEN_MARGIN"]
+__all__ = [
+    "FinalModel",
+    "FinalEnsemble",
+    "Member",
+    "retrain_and_test",
+    "train_final",
+    "train_ensemble",
+    "ensemble_test_score",
+    "is_broken",
+    "BROKEN_MARGIN",
+]
 
 #: The least shortfall of the training fit below the expected score that counts as broken.
 BROKEN_MARGIN = 0.10
@@ -131,3 +145,80 @@ def train_final(
         protocol, settings, prepared, progress=progress, micro_batch=micro_batch, split="train"
     )
     return FinalModel(backbone, test_score, fit, "train", float(result.images_per_s), notes)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of the handed-back model: the study trial whose protocol it trains, and the score
+    the check expects of it on ``expected_images`` unseen images."""
+
+    trial: int
+    protocol: Protocol
+    expected: float
+    expected_images: int
+    val_score: float | None = None
+
+
+@dataclass
+class FinalEnsemble:
+    """The handed-back model: one or more checked retrains (``members``, in the pick's order).
+
+    ``test_score`` is the score of their mean softmax on the test split (for one member, that
+    member's score); ``seconds`` the wall time of all retrains.
+    """
+
+    members: list[FinalModel]
+    test_score: float
+    seconds: float = 0.0
+
+    @property
+    def backbones(self) -> list[Any]:
+        return [m.backbone for m in self.members]
+
+    @property
+    def notes(self) -> list[str]:
+        return [note for m in self.members for note in m.notes]
+
+    @property
+    def trained_on(self) -> str:
+        """``train+val``, ``train`` (the one member fell back) or e.g. ``train+val, train, train+val``."""
+        kinds = [m.trained_on for m in self.members]
+        return kinds[0] if len(set(kinds)) == 1 else ", ".join(kinds)
+
+
+def ensemble_test_score(backbones: list[Any], settings: StudySettings, prepared: PreparedData) -> float:
+    """The test-split score of the mean softmax of ``backbones`` (a plain full-precision pass)."""
+    from autotransfer.train import evaluate
+
+    test = split_batches(prepared, "test", settings, backbones[0].preprocessing)
+    return float(evaluate(backbones, test, settings.metric))
+
+
+def train_ensemble(
+    members: list[Member],
+    settings: StudySettings,
+    prepared: PreparedData,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    micro_batch: int | None = None,
+    on_member: Callable[[int, int, int], None] | None = None,
+) -> FinalEnsemble:
+    """Retrain and check each of ``members`` (``train_final``), then score their mean softmax on
+    the test split. ``on_member(i, k, trial)`` is called before each retrain."""
+    import time
+
+    started = time.perf_counter()
+    finals = []
+    for i, member in enumerate(members):
+        if on_member:
+            on_member(i, len(members), member.trial)
+        finals.append(
+            train_final(
+                member.protocol, settings, prepared, expected=member.expected,
+                expected_images=member.expected_images, progress=progress, micro_batch=micro_batch,
+            )
+        )
+    test_score = finals[0].test_score if len(finals) == 1 else ensemble_test_score(
+        [f.backbone for f in finals], settings, prepared
+    )
+    return FinalEnsemble(finals, test_score, time.perf_counter() - started)

@@ -14,7 +14,7 @@ import optuna
 
 from autotransfer.errors import UserError
 from autotransfer.paths import safe_name
-from autotransfer.search.final import retrain_and_test, train_final
+from autotransfer.search.final import Member, retrain_and_test, train_ensemble
 from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.search.prepared import PreparedData, prepare_data, split_batches
 from autotransfer.search.protocol import Protocol
@@ -197,6 +197,15 @@ def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
     """One line: the pick rule, the chosen protocol's score with its uncertainty, and the cost."""
     from autotransfer.train import score_interval
 
+    if pick is not None and pick.rule == "ensemble":
+        if not pick.is_ensemble:
+            return "pick: an ensemble of the top protocols (rule 'ensemble'), but only one transfer trial completed: that one"
+        return (
+            f"pick: an ensemble of the top {len(pick.members)} distinct protocols by validation (trials"
+            f" {', '.join(map(str, pick.members))}; rule 'ensemble'), each retrained on train+val, probabilities"
+            f" averaged; cost {pick.trainings} extra trainings of {pick.steps} steps and {len(pick.members)}x the"
+            " prediction time; the validation scores of the top protocols lie within noise of each other"
+        )
     if pick is None or pick.chosen is None:
         return "pick: the best validation trial (rule 'val'; no re-score)"
     c = pick.chosen
@@ -206,6 +215,35 @@ def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
         f" protocols on train+val: {c.oof_score:.3f} on {c.images} out-of-fold images (95% CI {low:.3f}-{high:.3f},"
         f" instability ±{c.instability:.3f} against the other candidates on the same folds); cost {pick.trainings} extra trainings of {pick.steps} steps"
         f" ({pick.seconds:.0f} s)"
+    )
+
+
+def handed_back_members(study, pick: Pick | None, best, val_images: int) -> list[Member]:
+    """The trials whose retrains form the handed-back model (the pick's members; ``best`` alone
+    without a pick), each with the score its retrain's check expects: the cross-validated score
+    for a ``cv`` pick, else the trial's validation score on ``val_images`` images."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    numbers = pick.members if pick is not None else [best.number]
+    chosen = pick.chosen if pick is not None else None
+    members = []
+    for number in numbers:
+        trial = trials[number]
+        if chosen is not None and chosen.trial == number:
+            expected, images = chosen.oof_score, chosen.images
+        else:
+            expected, images = float(trial.value), val_images
+        members.append(Member(number, Protocol.from_dict(trial.params), expected, images, float(trial.value)))
+    return members
+
+
+def final_is_current(final: dict[str, Any], members: list[int], model_dir: Path) -> bool:
+    """Whether the recorded final retrain (``ATTR["final"]``) is of these ``members`` and its
+    model folder is still there (a resumed study keeps it instead of retraining)."""
+    recorded = final.get("members") or ([final["trial"]] if "trial" in final else [])
+    return (
+        [int(v) for v in recorded] == list(members)
+        and (model_dir / "model.safetensors").exists()
+        and (model_dir / "config.json").exists()
     )
 
 
@@ -541,45 +579,63 @@ def tune(
     result.best_protocol, result.best_trial, result.val_score = protocol, best.number, float(best.value)
     result.pick = pick.to_dict() if pick is not None else None
     result.notes.append(describe_pick(pick, settings))
-    chosen = pick.chosen if pick is not None else None
-    expected, expected_images = (
-        (chosen.oof_score, chosen.images) if chosen is not None else (result.val_score, result.val_images or 1)
-    )
+    members = handed_back_members(study, pick, best, result.val_images or 1)
     result.integers = (int(best.user_attrs.get("freeze", 0)), int(best.user_attrs.get("reinit", 0)))
     scratch = controls.get("scratch")
     result.negative_transfer = scratch is not None and scratch > result.val_score
 
     final = study.user_attrs.get(ATTR["final"]) or {}
     model_dir = Path(runs_dir) / safe_name(name)
-    model_path = model_dir / "model.safetensors"
-    if final.get("trial") == best.number and model_path.exists() and (model_dir / "config.json").exists():
+    wanted = [m.trial for m in members]
+    if final_is_current(final, wanted, model_dir):
         result.test_score = final.get("test_score")
-        result.notes.append("the best protocol was already retrained and tested: kept that result")
+        result.notes.append("the handed-back model was already retrained and tested: kept that result")
     else:
-        ui.stage(f"retraining trial {best.number} on train+val")
-        final_model = train_final(
-            protocol, settings, prepared, expected=expected, expected_images=expected_images,
-            progress=ui.trial_progress, micro_batch=micro_batch,
+        ui.stage(
+            f"retraining trial {best.number} on train+val" if len(members) == 1
+            else f"retraining the {len(members)} members (trials {', '.join(map(str, wanted))}) on train+val"
         )
-        test_score = final_model.test_score
-        result.test_score = test_score
-        result.notes.extend(final_model.notes)
-        from autotransfer.search.model_card import save_tuned_model
+        handed = train_ensemble(
+            members, settings, prepared, progress=ui.trial_progress, micro_batch=micro_batch,
+            on_member=(lambda i, k, number: ui.note(f"member {i + 1} of {k}: trial {number}")) if len(members) > 1 else None,
+        )
+        result.test_score = handed.test_score
+        result.notes.extend(handed.notes)
+        from autotransfer.search.model_card import save_tuned_ensemble
 
-        save_tuned_model(
-            final_model.backbone, model_dir, settings, protocol, classes=list(prepared.dataset.classes),
-            test_score=test_score, test_images=len(prepared.test), val_score=result.val_score, controls=controls,
-            study=name, trained_on=final_model.trained_on, freeze_reinit=result.integers,
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        save_tuned_ensemble(
+            [
+                (f.backbone, m.protocol, {
+                    "trial": m.trial, "val_score": m.val_score, "test_score": f.test_score, "trained_on": f.trained_on,
+                    "freeze_reinit": (int(trials[m.trial].user_attrs.get("freeze", 0)),
+                                      int(trials[m.trial].user_attrs.get("reinit", 0))),
+                })
+                for m, f in zip(members, handed.members)
+            ],
+            model_dir, settings, classes=list(prepared.dataset.classes), test_score=handed.test_score,
+            test_images=len(prepared.test), controls=controls, study=name,
         )
+        if len(members) > 1:
+            alone = ", ".join(f"{f.test_score:.3f}" for f in handed.members)
+            result.notes.append(
+                f"ensemble of {len(members)}: test {handed.test_score:.3f}; its members alone {alone};"
+                f" the retrains took {handed.seconds:.0f} s"
+            )
         study.set_user_attr(
             ATTR["final"],
             {
                 "trial": best.number,
-                "test_score": test_score,
+                "members": wanted,
+                "test_score": handed.test_score,
+                "member_test_scores": [f.test_score for f in handed.members],
                 "model": str(model_dir),
-                "trained_on": final_model.trained_on,
-                "fit_score": final_model.fit_score,
-                "train_images_per_s": final_model.images_per_s,
+                "trained_on": handed.trained_on,
+                "member_trained_on": [f.trained_on for f in handed.members],
+                "fit_score": handed.members[0].fit_score,
+                "fit_scores": [f.fit_score for f in handed.members],
+                "train_images_per_s": handed.members[0].images_per_s,
+                "seconds": round(handed.seconds, 1),
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
         )

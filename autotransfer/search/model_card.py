@@ -14,7 +14,7 @@ from typing import Any
 from autotransfer.search.protocol import Protocol
 from autotransfer.search.settings import StudySettings
 
-__all__ = ["save_tuned_model", "model_card"]
+__all__ = ["save_tuned_model", "save_tuned_ensemble", "model_card"]
 
 
 def save_tuned_model(
@@ -32,12 +32,14 @@ def save_tuned_model(
     trained_on: str = "train+val",
     freeze_reinit: tuple[int, int] | None = None,
     versions: dict[str, str] | None = None,
+    ensemble: dict[str, Any] | None = None,
 ) -> Path:
     """Write the fine-tuned ``backbone`` as a model folder at ``directory``; returns the folder.
 
     The folder's ``pretrained_cfg`` holds the study's resolution (the model was trained and scored
     at ``settings.resolution`` px, not at the source model's native size) and the source model's
-    mean and std; ``label_names`` are the dataset's classes in label order.
+    mean and std; ``label_names`` are the dataset's classes in label order. ``ensemble`` (written
+    by ``save_tuned_ensemble``) goes under ``config["autotransfer"]["ensemble"]``.
     """
     from autotransfer.backbones.model_dir import write_model_dir
     from autotransfer.train.metrics import score_interval
@@ -68,6 +70,8 @@ def save_tuned_model(
         "versions": versions,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if ensemble:
+        extra["ensemble"] = ensemble
     directory = Path(directory)
     write_model_dir(
         backbone, directory, label_names=list(classes), input_size=settings.resolution, extra=extra, card=None,
@@ -77,6 +81,61 @@ def save_tuned_model(
 
     (directory / CARD_NAME).write_text(model_card(config, directory))
     return directory
+
+
+def save_tuned_ensemble(
+    members: list[tuple[Any, Protocol, dict[str, Any]]],
+    directory: str | Path,
+    settings: StudySettings,
+    *,
+    classes: list[str],
+    test_score: float,
+    test_images: int,
+    controls: dict[str, float | None] | None = None,
+    study: str | None = None,
+) -> Path:
+    """Write the handed-back model: its first member as the folder itself, the others as model
+    folders under ``members/2``, ``members/3``... (``ENSEMBLE_DIR``), listed in the top
+    ``config.json`` (``backbones.model_dir.ensemble_member_dirs`` reads them back).
+
+    ``members``: ``(backbone, protocol, info)`` in the pick's order; ``info`` holds ``trial``,
+    ``val_score``, ``test_score`` (the member alone), ``trained_on`` and ``freeze_reinit``.
+    ``test_score`` is the whole model's (the mean softmax of the members). timm's
+    ``local-dir:DIR`` reads the folder as the first member alone; ``autotransfer.load_model``
+    reads all members. With one member the folder is a plain model folder (an earlier
+    ``members/`` is removed).
+    """
+    import shutil
+
+    from autotransfer.backbones.model_dir import ENSEMBLE_DIR
+
+    directory = Path(directory)
+    extra_dir = directory / ENSEMBLE_DIR
+    if extra_dir.exists():
+        shutil.rmtree(extra_dir)
+    common = dict(classes=classes, test_images=test_images, controls=controls, study=study)
+    ensemble = None
+    if len(members) > 1:
+        ensemble = {
+            "members": ["."] + [f"{ENSEMBLE_DIR}/{i + 1}" for i in range(1, len(members))],
+            "combine": "mean of the members' softmax probabilities",
+            "trials": [int(info["trial"]) for _, _, info in members],
+            "member_test_scores": [float(info["test_score"]) for _, _, info in members],
+            "member_val_scores": [info.get("val_score") for _, _, info in members],
+            "trained_on": [str(info.get("trained_on", "train+val")) for _, _, info in members],
+        }
+        for i, (backbone, protocol, info) in enumerate(members[1:], start=2):
+            save_tuned_model(
+                backbone, extra_dir / str(i), settings, protocol, test_score=float(info["test_score"]),
+                val_score=info.get("val_score"), trained_on=str(info.get("trained_on", "train+val")),
+                freeze_reinit=info.get("freeze_reinit"), **common,
+            )
+    backbone, protocol, info = members[0]
+    return save_tuned_model(
+        backbone, directory, settings, protocol, test_score=test_score, val_score=info.get("val_score"),
+        trained_on=str(info.get("trained_on", "train+val")), freeze_reinit=info.get("freeze_reinit"),
+        ensemble=ensemble, **common,
+    )
 
 
 def _score(value: Any) -> str:
@@ -136,11 +195,30 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
         lines.append(f"| frozen / re-initialised depth groups | {derived.get('freeze')} / {derived.get('reinit')}"
                      f" of {derived.get('num_groups')} |")
     interval = "" if low is None else f" (95% interval {low:.3f}–{high:.3f})"
+    ensemble = own.get("ensemble") or {}
+    if ensemble:
+        k = len(ensemble.get("members") or [])
+        lines += [
+            "",
+            "## Ensemble",
+            "",
+            f"This model is an ensemble of {k} fine-tuned networks: the study's {k} best distinct protocols by"
+            " validation, each retrained on the same images; its prediction is the mean of their softmax"
+            " probabilities. The table above is the first member's protocol; each other member is a model folder"
+            " of its own, with its protocol in its config.json.",
+            "",
+            "| member | folder | trial | validation | test alone | trained on |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, folder in enumerate(ensemble.get("members") or []):
+            row = [(ensemble.get(key) or [None] * k)[i] for key in ("trials", "member_val_scores", "member_test_scores", "trained_on")]
+            lines.append(f"| {i + 1} | `{folder}` | {row[0]} | {_score(row[1])} | {_score(row[2])} | {row[3]} |")
     lines += [
         "",
         "## Scores",
         "",
-        f"- Test {metric}: **{_score(scores.get('test'))}** on {scores.get('test_images')} held-out images{interval}.",
+        f"- Test {metric}: **{_score(scores.get('test'))}** on {scores.get('test_images')} held-out images{interval}"
+        + (" (the ensemble)." if ensemble else "."),
         f"- Validation {metric} of the chosen trial: {_score(scores.get('val'))}.",
         f"- Controls (validation): from scratch {_score(controls.get('scratch'))},"
         f" linear probe {_score(controls.get('probe'))}.",
@@ -161,6 +239,13 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
         "```",
     ]
     if timm_ok:
+        if ensemble:
+            lines += [
+                "",
+                "timm reads one network: `local-dir:@@DIR@@` is the first member alone (its test score is"
+                f" {_score((ensemble.get('member_test_scores') or [None])[0])}); average the softmax of every member"
+                " folder to get the ensemble, as `autotransfer.load_model` does.",
+            ]
         lines += [
             "",
             "```python",

@@ -16,6 +16,26 @@ from autotransfer.search.settings import StudySettings
 __all__ = ["train_from_config", "quality_warnings"]
 
 
+def _read_members(payload: dict[str, Any], protocol: Protocol) -> list[tuple[Protocol, str, dict[str, Any]]]:
+    """``(protocol, split, member)`` for each model of the export's handed-back model: its
+    ``members`` (an ensemble, or the one trial with the split its final model trained on), or the
+    export's ``protocol`` on train+val for an export that lists none."""
+    listed = payload.get("members")
+    if not listed:
+        return [(protocol, "trainval", {})]
+    if not isinstance(listed, list) or not all(isinstance(m, dict) and isinstance(m.get("protocol"), dict) for m in listed):
+        raise UserError("the config's 'members' must list mappings with a 'protocol' each; use the YAML `autotransfer export` writes")
+    out = []
+    for i, member in enumerate(listed):
+        try:
+            member_protocol = Protocol.from_dict(member["protocol"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise UserError(f"the config's member {i + 1} has no valid protocol ({err})") from None
+        split = "train" if member.get("trained_on") == "train" else "trainval"
+        out.append((member_protocol, split, member))
+    return out
+
+
 def _read_payload(payload: Any) -> tuple[StudySettings, Protocol]:
     """The export's settings and protocol; anything missing or out of range is a ``UserError``."""
     hint = "use the YAML or JSON written by `autotransfer export`"
@@ -98,7 +118,11 @@ def train_from_config(
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train the exported protocol on train+val, score it on the test split, write the model.
+    """Train the exported model on train+val, score it on the test split, write the model.
+
+    An ensemble export (``members``) trains every member and scores their mean softmax; a member
+    whose final model fell back to the trial's own run (``trained_on: train``) trains on the
+    train split, as ``tune`` handed it back.
 
     Writes the model folder (``config.json`` + ``model.safetensors`` + ``README.md``, timm's
     pretrained format: ``search.model_card``) and ``metrics.json`` into ``out_dir`` and returns
@@ -109,8 +133,8 @@ def train_from_config(
     without settings or protocol, a learning rate out of range and a diverging run are each a
     one-line ``UserError``.
     """
-    from autotransfer.search.final import retrain_and_test
-    from autotransfer.search.model_card import save_tuned_model
+    from autotransfer.search.final import ensemble_test_score, retrain_and_test
+    from autotransfer.search.model_card import save_tuned_ensemble
     from autotransfer.search.prepared import prepare_data
     from autotransfer.train import DivergedError
 
@@ -123,23 +147,35 @@ def train_from_config(
             f"dataset {settings.target!r} no longer matches the exported fingerprint"
             f" ({prepared.fingerprint[:12]} != {settings.fingerprint[:12]}): the data changed since export"
         )
+    members = _read_members(payload, protocol)
     started = time.perf_counter()
-    try:
-        backbone, test_score, result = retrain_and_test(protocol, settings, prepared, progress=progress)
-    except DivergedError as err:
-        raise UserError(
-            f"training diverged at step {err.step} (loss {err.loss}): the config's learning rate is too high"
-            f" (log10_elr = {protocol.log10_elr:g}, lr = {protocol.lr:.3g}); lower log10_elr in the config"
-        ) from None
+    trained = []
+    for member_protocol, split, _ in members:
+        try:
+            trained.append(retrain_and_test(member_protocol, settings, prepared, progress=progress, split=split))
+        except DivergedError as err:
+            raise UserError(
+                f"training diverged at step {err.step} (loss {err.loss}): the config's learning rate is too high"
+                f" (log10_elr = {member_protocol.log10_elr:g}, lr = {member_protocol.lr:.3g}); lower log10_elr in the config"
+            ) from None
+    backbone, _, result = trained[0]
+    test_score = trained[0][1] if len(trained) == 1 else ensemble_test_score([t[0] for t in trained], settings, prepared)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test_labels = np.asarray(prepared.test.labels)
     controls = {k: v for k, v in (payload.get("controls") or {}).items() if isinstance(v, (int, float)) or v is None}
     val = (payload.get("scores") or {}).get("val")
-    save_tuned_model(
-        backbone, out, settings, protocol, classes=list(prepared.dataset.classes), test_score=test_score,
-        test_images=len(test_labels), val_score=val if isinstance(val, (int, float)) else None, controls=controls,
-        study=payload.get("study"),
+    save_tuned_ensemble(
+        [
+            (b, p, {
+                "trial": m.get("trial", payload.get("trial", 0)),
+                "val_score": m.get("val", val) if isinstance(m.get("val", val), (int, float)) else None,
+                "test_score": t, "trained_on": "train" if split == "train" else "train+val",
+            })
+            for (b, t, _), (p, split, m) in zip(trained, members)
+        ],
+        out, settings, classes=list(prepared.dataset.classes), test_score=test_score, test_images=len(test_labels),
+        controls=controls, study=payload.get("study"),
     )
     chance = chance_level(test_labels, len(prepared.dataset.classes), settings.metric)
     probe = ((payload.get("controls") or {}).get("probe"))
@@ -157,6 +193,8 @@ def train_from_config(
         "below_probe": below_probe,
         "warnings": warnings,
         "protocol": protocol.to_dict(),
+        "members": len(trained),
+        "member_test_scores": [t for _, t, _ in trained],
         "freeze_reinit": list(protocol.integers(backbone.num_groups)),
         "steps": settings.steps,
         "train_images_per_s": float(result.images_per_s),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from autotransfer.train.config import TrainConfig, resolve_device
 from autotransfer.train.loop import DivergedError, TrainResult, lr_lambda, train_protocol
-from autotransfer.train.metrics import METRICS, evaluate, predict_labels, score, score_interval
+from autotransfer.train.metrics import METRICS, evaluate, predict_labels, predict_proba, score, score_interval
 from autotransfer.train.memory import OOM_ERRORS, OutOfMemory, release_memory, with_oom_retry
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 
@@ -14,6 +14,7 @@ __all__ = [
     "train_protocol",
     "evaluate",
     "predict_labels",
+    "predict_proba",
     "score_interval",
     "score",
     "METRICS",

@@ -12,7 +12,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from autotransfer.errors import UserError
 from autotransfer.train.config import default_amp
 
-__all__ = ["METRICS", "score", "score_interval", "check_metric", "evaluate", "predict_logits", "predict_labels"]
+__all__ = ["METRICS", "score", "score_interval", "check_metric", "evaluate", "predict_logits", "predict_labels",
+           "predict_proba"]
 
 METRICS = ("accuracy", "balanced_accuracy")
 
@@ -96,7 +97,8 @@ def evaluate(
     """Score ``backbone.model`` (eval mode, no grad) on every image of ``batches`` (a ``DeviceBatches``).
 
     Args:
-        backbone: a ``Backbone``; its model is put in eval mode.
+        backbone: a ``Backbone``, or a list of them (an ensemble: mean softmax); models are put
+            in eval mode.
         batches: ``DeviceBatches`` whose ``eval_batches(batch_size)`` yields plain normalised
             ``(B, 3, S, S)`` float images with ``(B,)`` labels.
         metric: ``accuracy`` or ``balanced_accuracy``.
@@ -116,16 +118,41 @@ def predict_labels(
     amp: bool | None = None,
     channels_last: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels (N,), predicted classes (N,))`` of ``backbone.model`` (eval mode) on ``batches``."""
-    model = backbone.model
-    model.eval()
-    device = next(model.parameters()).device
-    amp = default_amp(device) if amp is None else amp
-    channels_last = True if channels_last is None else channels_last
-    logits, labels = predict_logits(
-        model, batches.eval_batches(batch_size), amp=amp, channels_last=channels_last
-    )
-    return _numpy(labels), _numpy(logits.argmax(1))
+    """``(labels (N,), predicted classes (N,))`` of ``backbone.model`` (eval mode) on ``batches``.
+
+    ``backbone`` may be a list of backbones (an ensemble): the prediction is then the argmax of
+    their mean softmax probabilities (``predict_proba``).
+    """
+    labels, proba = predict_proba(backbone, batches, batch_size=batch_size, amp=amp, channels_last=channels_last)
+    return _numpy(labels), _numpy(proba.argmax(1))
+
+
+def predict_proba(
+    backbones,
+    batches,
+    *,
+    batch_size: int = 256,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels (N,), probabilities (N, K) float32)``: the mean softmax of ``backbones`` (one
+    ``Backbone`` or a list of them; each model in eval mode) on every image of ``batches``."""
+    members = list(backbones) if isinstance(backbones, (list, tuple)) else [backbones]
+    if not members:
+        raise ValueError("predict_proba needs at least one backbone")
+    total, labels = None, None
+    for member in members:
+        model = member.model
+        model.eval()
+        device = next(model.parameters()).device
+        use_amp = default_amp(device) if amp is None else amp
+        logits, labels = predict_logits(
+            model, batches.eval_batches(batch_size), amp=use_amp, channels_last=True if channels_last is None else channels_last
+        )
+        proba = torch.softmax(logits, dim=1)
+        total = proba if total is None else total + proba
+    assert total is not None and labels is not None
+    return labels, total / len(members)
 
 
 def _numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -10,6 +10,11 @@ from autotransfer.search.settings import StudySettings
 
 @pytest.fixture
 def tiny_settings() -> StudySettings:
+    return tiny()
+
+
+def tiny() -> StudySettings:
+    """The tiny study's settings (also for module-scoped fixtures)."""
     return StudySettings(
         target="builtin:digits",
         model="fashion-source",

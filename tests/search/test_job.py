@@ -121,12 +121,12 @@ def test_resume_says_which_recorded_settings_win(finished_study, tiny_settings, 
     (line,) = [n for n in ui.notes if n.startswith(RECORDED_WIN)]
     for needle in (
         "--steps 12 (this run: 24)", "--prior quadrant (this run: none)", "--prune on (this run: off)",
-        "--pick cv (this run: val)", "no --warm-start (this run: digits-tiny;", "use another --study",
+        "--pick ensemble (this run: val)", "no --warm-start (this run: digits-tiny;", "use another --study",
     ):
         assert needle in line, (needle, line)
     assert "\n" not in line and line in result.notes
     s = result.settings
-    assert (s.steps, s.prior, s.prune, s.pick) == (12, "quadrant", True, "cv")  # the recorded ones ran
+    assert (s.steps, s.prior, s.prune, s.pick) == (12, "quadrant", True, "ensemble")  # the recorded ones ran
     # the same options: no such line
     ui = _NotesUI()
     result = tune(

@@ -29,7 +29,7 @@ def _tune(settings, url, tmp_path, **kwargs):
 
 
 def test_the_pick_is_deterministic_and_export_then_train_reproduces_it(tiny_settings, tmp_path):
-    settings = replace(tiny_settings, trials=3)
+    settings = replace(tiny_settings, trials=3, pick="cv")
     first = _tune(settings, f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "a")
     second = _tune(settings, f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "b")
     assert first.pick["rule"] == "cv" and len(first.pick["candidates"]) == PICK_TOP
@@ -51,7 +51,7 @@ def test_the_pick_is_deterministic_and_export_then_train_reproduces_it(tiny_sett
 
 
 def test_a_resume_after_an_interrupted_pick_picks_with_the_same_rule(tiny_settings, tmp_path, monkeypatch):
-    settings = replace(tiny_settings, trials=3)
+    settings = replace(tiny_settings, trials=3, pick="cv")
     clean = _tune(settings, f"sqlite:///{tmp_path / 'clean.db'}", tmp_path / "clean")
     url = f"sqlite:///{tmp_path / 'cut.db'}"
     real = pick_module._cross_validate
@@ -80,7 +80,8 @@ def test_a_resume_after_an_interrupted_pick_picks_with_the_same_rule(tiny_settin
 def test_the_val_rule_takes_the_best_validation_trial(tiny_settings, storage_url, tmp_path):
     result = _tune(replace(tiny_settings, pick="val"), storage_url, tmp_path)
     study = load_study("pick", open_storage(storage_url))
-    assert result.pick == {"rule": "val", "trial": best_by_validation(study).number, "candidates": [],
+    best = best_by_validation(study).number
+    assert result.pick == {"rule": "val", "trial": best, "members": [best], "candidates": [],
                            "trainings": 0, "steps": 0, "seconds": 0.0}
     assert any("rule 'val'" in note for note in result.notes)
 
