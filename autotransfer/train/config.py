@@ -15,7 +15,17 @@ __all__ = ["TrainConfig", "resolve_device", "default_amp"]
 def default_amp(device: torch.device) -> bool:
     """bf16 autocast by default: on CUDA devices with native bf16 only (Ampere and newer; older
     GPUs emulate it slowly), never on the CPU."""
-    return device.type == "cuda" and bool(torch.cuda.is_bf16_supported())
+    return device.type == "cuda" and native_bf16()
+
+
+def native_bf16() -> bool:
+    """Whether the current CUDA device computes bf16 natively. ``torch.cuda.is_bf16_supported()``
+    counts emulation as support by default on recent torch (``including_emulation=True``), so
+    ask without it; torch releases without that argument only report native support."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3: no such argument, and no emulation counted
+        return bool(torch.cuda.is_bf16_supported())
 
 _OPTIMIZERS = ("sgd", "adamw")
 _BN_MODES = ("adapt", "frozen")

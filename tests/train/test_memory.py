@@ -77,6 +77,19 @@ def test_bf16_autocast_is_on_only_where_the_gpu_has_native_bf16(monkeypatch):
     assert default_amp(torch.device("cuda")) is False
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert default_amp(torch.device("cuda")) is True
+    # recent torch counts emulated bf16 as supported unless asked not to: a pre-Ampere GPU answers
+    # True by default and False for native support only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert default_amp(torch.device("cuda")) is False
+    # an older torch without the argument reports native support only
+
+    def old_torch(*args, **kwargs):
+        if kwargs:
+            raise TypeError("is_bf16_supported() got an unexpected keyword argument 'including_emulation'")
+        return True
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_torch)
+    assert default_amp(torch.device("cuda")) is True
 
 
 def test_reinit_seeds_only_the_cpu_generator_and_restores_it(monkeypatch):
