@@ -453,7 +453,13 @@ def tune(
             **validation_counts(prepared, stored.metric),
         )
         check_compatible(study, settings)
+        from autotransfer.search.objective import precision_refusal, trial_precision
         from autotransfer.search.study import resume_overrides
+
+        # one precision per study (docs/devices.md): refuse before any trial runs
+        refusal = precision_refusal(study, trial_precision(prepared.device), str(prepared.device))
+        if refusal is not None:
+            raise UserError(refusal)
 
         overridden = resume_overrides(stored, settings, warm_start=warm_start)
         # resume with the stored budget and options; only --trials may grow

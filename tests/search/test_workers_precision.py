@@ -72,3 +72,20 @@ def test_a_trial_records_its_precision_and_is_refused_and_requeued(make_study):
     assert failed.user_attrs[PRECISION_ATTR] == "fp32" and failed.user_attrs["device"] == "cpu"
     assert "refused" in failed.user_attrs["fail_reason"]
     assert len(study.get_trials(states=(TrialState.WAITING,))) == waiting  # queued again
+
+
+def test_a_resumed_tune_refuses_a_study_run_at_another_precision(tiny_settings, storage_url, tmp_path):
+    """``tune`` resuming in its own process checks before any trial runs (no failed trial left)."""
+    from dataclasses import replace
+
+    from autotransfer.search.job import tune
+
+    settings = replace(tiny_settings, trials=1, pick="val")
+    kwargs = dict(study_name="resumed", storage=storage_url, export_dir=tmp_path / "e", runs_dir=tmp_path / "r")
+    tune(settings, **kwargs)
+    study = load_study("resumed", open_storage(storage_url))
+    _ran(study, device="cuda:0", precision="bf16-autocast")  # another worker ran one on a GPU
+    before = len(study.trials)
+    with pytest.raises(UserError, match="bf16-autocast on cuda:0"):
+        tune(replace(settings, trials=3), **kwargs)
+    assert len(load_study("resumed", open_storage(storage_url)).trials) == before
