@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from autotransfer.errors import AutotransferError
 from autotransfer.backbones.types import DepthGroup
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class GroupingError(ValueError):
+class GroupingError(AutotransferError, ValueError):
     """A grouping rule does not apply to this model (non-contiguous, uncovered parameters...)."""
 
 

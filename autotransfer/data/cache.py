@@ -1,7 +1,6 @@
 """Resize datasets to square arrays, with a decoded-and-resized image cache on disk."""
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,11 +11,10 @@ from PIL import Image
 from autotransfer.data.types import ImageDataset
 from autotransfer.paths import cache_dir
 
-__all__ = ["to_array", "fingerprint", "resize_square", "atomic_save", "worker_count"]
+__all__ = ["to_array", "resize_square", "atomic_save", "worker_count"]
 
 # Bump when the resize algorithm changes: old cache entries then stop matching.
 _RESIZE_VERSION = "pil-bicubic-v1"
-_HASH_CHUNK_BYTES = 64 << 20
 
 
 def worker_count() -> int:
@@ -26,30 +24,6 @@ def worker_count() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, min(8, cpus))
-
-
-def fingerprint(ds: ImageDataset) -> str:
-    """``ds.fingerprint``, hashed in chunks so a large (or broadcast grey) array is never
-    copied whole; the digest is identical to :attr:`ImageDataset.fingerprint`."""
-    if ds._fingerprint is not None:
-        return ds._fingerprint
-    digest = hashlib.sha256()
-    images = ds.images
-    if isinstance(images, np.ndarray):
-        digest.update(str(images.shape).encode())
-        per_image = max(1, int(np.prod(images.shape[1:], dtype=np.int64)))
-        step = max(1, _HASH_CHUNK_BYTES // per_image)
-        for start in range(0, len(images), step):
-            digest.update(np.ascontiguousarray(images[start : start + step]).tobytes())
-    else:
-        for image in images:
-            digest.update(str(image.shape).encode())
-            digest.update(np.ascontiguousarray(image).tobytes())
-    if ds.labels is not None:
-        digest.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
-    digest.update("\x00".join(ds.classes).encode())
-    ds._fingerprint = digest.hexdigest()
-    return ds._fingerprint
 
 
 def _is_grey(image: np.ndarray) -> bool:
@@ -121,7 +95,7 @@ def atomic_save(path: Path, write) -> None:
 
 
 def _cache_path(ds: ImageDataset, size: int) -> Path:
-    return cache_dir() / "images" / f"{fingerprint(ds)}_{size}_{_RESIZE_VERSION}.npy"
+    return cache_dir() / "images" / f"{ds.fingerprint}_{size}_{_RESIZE_VERSION}.npy"
 
 
 def to_array(ds: ImageDataset, size: int, *, cache: bool = True) -> np.ndarray:

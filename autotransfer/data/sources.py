@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from autotransfer.data.builtin import builtin_names, load_builtin_arrays, resolve_builtin
-from autotransfer.data.cache import fingerprint
 from autotransfer.data.folder import DECODE_SIDE, RawImages, load_folder, load_manifest
 from autotransfer.data.sampling import stratified_subsample
 from autotransfer.data.types import ImageDataset
@@ -125,7 +124,7 @@ def _builtin_selection(
     else:
         view = images
         probe = ImageDataset(spec="", images=view, labels=labels, classes=list(classes))
-        digest = fingerprint(probe)
+        digest = probe.fingerprint
     return view, labels, classes, digest
 
 

@@ -1,11 +1,35 @@
 """The in-memory dataset every part of autotransfer passes around."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ImageDataset"]
+__all__ = ["ImageDataset", "content_fingerprint"]
+
+#: ``content_fingerprint`` hashes whole-array datasets this many bytes at a time.
+_HASH_CHUNK_BYTES = 64 << 20
+
+
+def content_fingerprint(images: np.ndarray | list[np.ndarray], labels: np.ndarray | None, classes: list[str]) -> str:
+    """sha256 of pixels (with shapes), labels and class names, hashed in chunks so a large (or
+    broadcast grey) ``(N, H, W, 3)`` array is never copied whole."""
+    digest = hashlib.sha256()
+    if isinstance(images, np.ndarray):
+        digest.update(str(images.shape).encode())
+        per_image = max(1, int(np.prod(images.shape[1:], dtype=np.int64)))
+        step = max(1, _HASH_CHUNK_BYTES // per_image)
+        for start in range(0, len(images), step):
+            digest.update(np.ascontiguousarray(images[start : start + step]).tobytes())
+    else:
+        for image in images:
+            digest.update(str(image.shape).encode())
+            digest.update(np.ascontiguousarray(image).tobytes())
+    if labels is not None:
+        digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+    digest.update("\x00".join(classes).encode())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -47,9 +71,7 @@ class ImageDataset:
     def fingerprint(self) -> str:
         """sha256 of the content (pixels, labels, class names): equal data, equal key."""
         if self._fingerprint is None:
-            from autotransfer.data.cache import fingerprint  # hashes in chunks, never copies whole
-
-            self._fingerprint = fingerprint(self)
+            self._fingerprint = content_fingerprint(self.images, self.labels, list(self.classes))
         return self._fingerprint
 
     def subset(self, indices: np.ndarray, spec_suffix: str = "") -> "ImageDataset":

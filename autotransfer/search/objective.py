@@ -10,7 +10,7 @@ from typing import Callable
 
 import optuna
 
-from autotransfer.errors import UserError
+from autotransfer.errors import AutotransferError, UserError
 from autotransfer.search.protocol import Protocol, ProtocolSpace
 from autotransfer.search.settings import StudySettings
 from autotransfer.search.study import CONTROL_ATTR, SOURCE_ATTR, VAL_LOSS_ATTR
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-class TrialFailed(RuntimeError):
+class TrialFailed(AutotransferError, RuntimeError):
     """A trial that failed for a recorded reason (NaN loss, out of memory): the study goes on."""
 
 

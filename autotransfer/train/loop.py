@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from autotransfer.backbones import freeze as freeze_groups
 from autotransfer.backbones import param_groups, reinit, run_groups, train_mode
 from autotransfer.data.device import EpochSampler
-from autotransfer.errors import UserError
+from autotransfer.errors import AutotransferError, UserError
 from autotransfer.train.config import TrainConfig, default_amp, resolve_device
 from autotransfer.train.metrics import check_metric, predict_logits, score
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
@@ -27,7 +27,7 @@ EVAL_BATCH = 256
 CUDA_CHECK_EVERY = 16
 
 
-class DivergedError(RuntimeError):
+class DivergedError(AutotransferError, RuntimeError):
     """The training loss became NaN or infinite at ``step`` (1-based); the trial has failed."""
 
     def __init__(self, step: int, loss: float) -> None:

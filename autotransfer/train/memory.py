@@ -7,6 +7,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from autotransfer.errors import AutotransferError
+
 __all__ = ["OOM_ERRORS", "OutOfMemory", "oom_error_types", "release_memory", "with_oom_retry"]
 
 T = TypeVar("T")
@@ -27,7 +29,7 @@ def oom_error_types(module=torch) -> tuple[type[BaseException], ...]:
 OOM_ERRORS = oom_error_types()
 
 
-class OutOfMemory(RuntimeError):
+class OutOfMemory(AutotransferError, RuntimeError):
     """A run that did not fit even one image per micro-batch."""
 
 
