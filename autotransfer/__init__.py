@@ -1,11 +1,10 @@
 """autotransfer: automated transfer-learning protocol search for image classification."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from autotransfer.core.errors import AutotransferError, UserError
+from autotransfer.core.version import __version__
 
-from autotransfer.errors import UserError
-
-__all__ = ["UserError", "__version__", "load_model", "evaluate_model"]
+__all__ = ["AutotransferError", "UserError", "__version__", "load_model", "evaluate_model"]
 
 
 def __getattr__(name: str):

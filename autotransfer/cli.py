@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["app", "main"]
 
@@ -60,7 +60,7 @@ class PredictFormat(str, Enum):
 
 def _version(value: bool) -> None:
     if value:
-        from autotransfer import __version__
+        from autotransfer.core.version import __version__
 
         typer.echo(f"autotransfer {__version__}")
         raise typer.Exit()
@@ -244,13 +244,13 @@ def tune_cmd(
       autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
     """
-    from autotransfer.paths import safe_name
+    from autotransfer.core.paths import safe_name
     from autotransfer.search import demo
     from autotransfer.search.progress import NullUI, RichUI
 
     if study is not None:
         safe_name(study)  # refused before any work: the name becomes a folder and a file
-    from autotransfer.search.settings import StudySettings
+    from autotransfer.core.settings import StudySettings
     from autotransfer.search.job import tune
 
     base = demo.DEFAULT_SETTINGS if target is None else StudySettings(target=target)

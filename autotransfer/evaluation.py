@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["EvaluationInfo", "evaluate_model", "study_test_split", "match_classes"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["EXPORT_FORMATS", "export_payload", "write_export", "read_export", "timm_args"]
 
@@ -28,14 +28,9 @@ def export_payload(study) -> dict[str, Any]:
     (the best validation score of the from-scratch and linear-probe controls),
     ``task_profile``, ``versions``.
     """
-    from autotransfer.search.protocol import Protocol
-    from autotransfer.search.study import (
-        CONTROL_ATTR,
-        best_transfer_trial,
-        control_trials,
-        read_attr,
-        read_settings,
-    )
+    from autotransfer.core.protocol import Protocol
+    from autotransfer.core.schema import CONTROL_ATTR
+    from autotransfer.search.study import best_transfer_trial, control_trials, read_attr, read_settings
 
     best = best_transfer_trial(study)
     if best is None:

@@ -28,7 +28,7 @@ def read_only_url(url: str) -> str:
         return url
     path = Path(url[len(prefix) :]).resolve()
     if not path.is_file():
-        from autotransfer.errors import UserError
+        from autotransfer.core.errors import UserError
 
         raise UserError(f"storage {str(path)!r} does not exist: run the sweep first, or fix the spec's storage")
     return f"{prefix}file:{path}?mode=ro&uri=true"

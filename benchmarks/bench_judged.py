@@ -62,7 +62,7 @@ TRIALS = 20
 
 
 def settings_for(target: str, n: int, seed: int, pick: str | None = None):
-    from autotransfer.search.settings import StudySettings
+    from autotransfer.core.settings import StudySettings
 
     if target == "demo":  # the embedded default job, as `autotransfer tune` runs it
         from autotransfer.search.demo import DEFAULT_SETTINGS
@@ -81,7 +81,8 @@ def repick(url: str, rule: str) -> None:
     was created with (``tune`` resumes with its recorded settings), so the benchmark rewrites that
     one recorded field. The trials are untouched; the pick and the final retrain are redone."""
     from autotransfer.search.storage import open_storage
-    from autotransfer.search.study import ATTR, load_study, study_exists
+    from autotransfer.core.schema import ATTR
+    from autotransfer.search.study import load_study, study_exists
 
     store = open_storage(url)
     if not study_exists(store, "h"):
@@ -134,7 +135,7 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
     )
     from autotransfer.prior import linear_probe_protocol, recommended_protocol, wide_prior
     from autotransfer.search.job import build_runner, prepare_data, run_search, tune
-    from autotransfer.search.protocol import Protocol
+    from autotransfer.core.protocol import Protocol
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import (
         make_pruner,

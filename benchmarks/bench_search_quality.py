@@ -41,8 +41,8 @@ def run_one(target: str, seed: int, method: str, args: argparse.Namespace, stora
     from autotransfer.estimate import TaskEstimator
     from autotransfer.prior import recommended_protocol
     from autotransfer.search.job import prepare_data, retrain_and_test
-    from autotransfer.search.protocol import Protocol
-    from autotransfer.search.settings import StudySettings
+    from autotransfer.core.protocol import Protocol
+    from autotransfer.core.settings import StudySettings
     from autotransfer.search.study import best_transfer_trial, search_trials
     from search_only import run_search_study
 

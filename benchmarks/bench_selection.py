@@ -40,7 +40,7 @@ def finished_trials(study) -> list:
     """The study's COMPLETE transfer trials (from-scratch controls excluded) that record a loss."""
     from optuna.trial import TrialState
 
-    from autotransfer.search.study import CONTROL_ATTR, VAL_LOSS_ATTR
+    from autotransfer.core.schema import CONTROL_ATTR, VAL_LOSS_ATTR
 
     return [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -113,9 +113,10 @@ def main() -> None:
         import torch
 
         from autotransfer.search.job import prepare_data, retrain_and_test
-        from autotransfer.search.protocol import Protocol
+        from autotransfer.core.protocol import Protocol
         from autotransfer.search.storage import open_storage
-        from autotransfer.search.study import VAL_LOSS_ATTR, read_settings
+        from autotransfer.core.schema import VAL_LOSS_ATTR
+        from autotransfer.search.study import read_settings
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         store = open_storage(args.storage)

@@ -33,7 +33,8 @@ def freeze_advantage(study) -> tuple[float, int, int]:
     linear-probe controls (never pruned; freeze_frac 1)."""
     import optuna
 
-    from autotransfer.search.study import CONTROL_ATTR, search_trials
+    from autotransfer.core.schema import CONTROL_ATTR
+    from autotransfer.search.study import search_trials
 
     complete = (optuna.trial.TrialState.COMPLETE,)
     done = [t for t in search_trials(study, states=complete) if t.value is not None]

@@ -34,10 +34,11 @@ from pathlib import Path
 import optuna
 
 from autotransfer.search.job import prepare_data
-from autotransfer.search.protocol import ParamRange, ProtocolSpace
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.protocol import ParamRange, ProtocolSpace
+from autotransfer.core.settings import StudySettings
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import SOURCE_ATTR, create_study, search_trials
+from autotransfer.core.schema import SOURCE_ATTR
+from autotransfer.search.study import create_study, search_trials
 from autotransfer.search.workers import available_cores, launch_local_workers, wait_workers
 
 __all__ = ["main", "bench_protocols", "run_config"]

@@ -12,7 +12,7 @@ def fixed_protocols(prior, num_groups: int) -> list[tuple[Any, dict[str, Any]]]:
     """What ``tune`` enqueues for ``prior`` (the prior, its candidates, the survey's two protocols, a linear probe),
     controls left out; nothing for no prior."""
     from autotransfer.search.job import _fixed_protocols
-    from autotransfer.search.study import CONTROL_ATTR
+    from autotransfer.core.schema import CONTROL_ATTR
 
     if prior is None:
         return []

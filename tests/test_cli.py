@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.settings import StudySettings
 
 ENTRY = Path(sys.executable).with_name("autotransfer")
 pytestmark = pytest.mark.skipif(not ENTRY.exists(), reason="the autotransfer console script is not installed")
@@ -218,7 +218,7 @@ def test_postgres_password_is_never_printed(tmp_path):
 
     from sqlalchemy.engine import make_url
 
-    from autotransfer.errors import UserError
+    from autotransfer.core.errors import UserError
     from autotransfer.search.storage import masked_url, open_storage
 
     try:

@@ -8,9 +8,9 @@ import json
 import pytest
 from rich.console import Console
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.estimate.profile import TaskProfile
-from autotransfer.paths import safe_name
+from autotransfer.core.paths import safe_name
 from autotransfer.search.reproduce import chance_level, quality_warnings
 from autotransfer.search.storage import masked_url
 from tests.estimate.test_profile import _profile
@@ -44,7 +44,7 @@ def test_skipped_record_survives_the_profile_and_reaches_the_summary():
 
     from autotransfer.report.summary import summary_table
     from autotransfer.search.job import TuneResult
-    from autotransfer.search.settings import StudySettings
+    from autotransfer.core.settings import StudySettings
 
     fields = {f.name for f in dataclasses.fields(TuneResult)}
     values = dict(
@@ -84,8 +84,8 @@ def test_chance_level_and_quality_warnings():
 def test_the_library_validates_the_prior_and_the_budget():
     import pytest
 
-    from autotransfer.errors import UserError
-    from autotransfer.search.settings import StudySettings
+    from autotransfer.core.errors import UserError
+    from autotransfer.core.settings import StudySettings
 
     with pytest.raises(UserError, match="--prior must be quadrant, none or surface:PATH, but got 'quadrnt'"):
         StudySettings(prior="quadrnt")

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 import autotransfer
-from autotransfer.errors import UserError
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.errors import UserError
+from autotransfer.core.settings import StudySettings
 
 ENTRY = Path(sys.executable).with_name("autotransfer")
 needs_entry = pytest.mark.skipif(not ENTRY.exists(), reason="the autotransfer console script is not installed")

@@ -55,7 +55,7 @@ class ModelInfo(NamedTuple):
 
 def weights_offline(spec: str) -> bool:
     """Whether ``create_backbone(spec, k)`` can get pretrained weights without a network."""
-    from autotransfer.paths import assets_dir
+    from autotransfer.core.paths import assets_dir
 
     if spec.startswith("efficientnet_lite"):
         import importlib.util

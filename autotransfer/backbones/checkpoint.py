@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["WEIGHT_SUFFIXES", "read_state_dict", "load_into", "sidecar_path", "read_sidecar", "save_backbone"]
 

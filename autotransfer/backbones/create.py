@@ -23,8 +23,8 @@ from autotransfer.backbones.groups import (
     torchvision_rule,
 )
 from autotransfer.backbones.types import Backbone, Preprocessing
-from autotransfer.errors import UserError
-from autotransfer.paths import assets_dir
+from autotransfer.core.errors import UserError
+from autotransfer.core.paths import assets_dir
 
 __all__ = ["create_backbone", "wrap_model", "BUILTIN_MODELS", "ACCEPTED_SPECS"]
 

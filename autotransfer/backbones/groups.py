@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from autotransfer.errors import AutotransferError
+from autotransfer.core.errors import AutotransferError
 from autotransfer.backbones.types import DepthGroup
 
 __all__ = [

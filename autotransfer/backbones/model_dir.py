@@ -27,7 +27,7 @@ from torch import nn
 
 from autotransfer.backbones.checkpoint import load_into, read_state_dict
 from autotransfer.backbones.types import Preprocessing
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = [
     "MODEL_DIR_FORMAT",

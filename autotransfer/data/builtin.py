@@ -16,8 +16,8 @@ import numpy as np
 
 from autotransfer.data.cache import atomic_save
 from autotransfer.data.decode import decode_bytes
-from autotransfer.errors import UserError
-from autotransfer.paths import cache_dir
+from autotransfer.core.errors import UserError
+from autotransfer.core.paths import cache_dir
 
 __all__ = ["BuiltinInfo", "list_builtins", "builtin_names", "load_builtin_arrays"]
 

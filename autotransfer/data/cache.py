@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from autotransfer.data.types import ImageDataset
-from autotransfer.paths import cache_dir
+from autotransfer.core.paths import cache_dir
 
 __all__ = ["to_array", "resize_square", "atomic_save", "worker_count"]
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from autotransfer.data.types import ImageDataset
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["DataSplits", "stratified_subsample", "unseen_subset", "subsample_indices", "stratified_split", "allocate"]
 

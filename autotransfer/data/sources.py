@@ -13,7 +13,7 @@ from autotransfer.data.builtin import builtin_names, load_builtin_arrays, resolv
 from autotransfer.data.folder import DECODE_SIDE, RawImages, load_folder, load_manifest
 from autotransfer.data.sampling import stratified_subsample
 from autotransfer.data.types import ImageDataset
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["load_dataset", "parse_class_selector", "split_spec", "skipped_summary"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = [
     "BNDivergence",

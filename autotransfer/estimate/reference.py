@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from autotransfer.backbones.types import Backbone
-from autotransfer.paths import assets_dir
+from autotransfer.core.paths import assets_dir
 
 __all__ = [
     "REFERENCE_METHOD",

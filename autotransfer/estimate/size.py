@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from autotransfer.data.types import ImageDataset
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["SizeStats", "size_stats", "IMBALANCE_THRESHOLD", "choose_metric"]
 

@@ -1,7 +1,7 @@
 """The "no prior" baseline: the default wide search ranges, nothing centred, nothing enqueued."""
 from __future__ import annotations
 
-from autotransfer.search.protocol import ProtocolSpace
+from autotransfer.core.protocol import ProtocolSpace
 
 __all__ = ["wide_prior"]
 

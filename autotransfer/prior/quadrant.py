@@ -38,7 +38,7 @@ from autotransfer.prior.placement import (
     excess_threshold,
     size_score,
 )
-from autotransfer.search.protocol import Protocol, ProtocolSpace
+from autotransfer.core.protocol import Protocol, ProtocolSpace
 
 __all__ = [
     "Prior",

@@ -10,10 +10,11 @@ from typing import Callable
 import optuna
 from optuna.storages import BaseStorage
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.report import figures, plots
 from autotransfer.search.storage import masked_url, open_storage, storage_location
-from autotransfer.search.study import ATTR, load_study, read_settings
+from autotransfer.core.schema import ATTR
+from autotransfer.search.study import load_study, read_settings
 
 __all__ = [
     "VIEW_IDS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["confusion_figure", "per_class_figure", "evaluation_html", "write_evaluation_html"]
 

@@ -8,10 +8,9 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotransfer.search.protocol import SEARCHED, Protocol
+from autotransfer.core.protocol import SEARCHED, Protocol
+from autotransfer.core.schema import CONTROL_ATTR, SOURCE_ATTR
 from autotransfer.search.study import (
-    CONTROL_ATTR,
-    SOURCE_ATTR,
     best_transfer_trial,
     control_trials,
     read_attr,

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.report import figures, plots
 from autotransfer.search.study import read_attr, read_settings
 

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from autotransfer.estimate.profile import TaskProfile
 from autotransfer.prior.quadrant import Prior
-from autotransfer.search.protocol import freeze_depth, reinit_count
+from autotransfer.core.protocol import freeze_depth, reinit_count
 
 __all__ = ["profile_tables", "prior_table"]
 

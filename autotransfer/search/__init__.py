@@ -1,8 +1,8 @@
 """The protocol search: protocols and spaces, Optuna studies of real trials, ``tune``."""
 from __future__ import annotations
 
-from autotransfer.search.protocol import ParamRange, Protocol, ProtocolSpace
-from autotransfer.search.settings import StudySettings, default_steps
+from autotransfer.core.protocol import ParamRange, Protocol, ProtocolSpace
+from autotransfer.core.settings import StudySettings, default_steps
 
 __all__ = ["Protocol", "ProtocolSpace", "ParamRange", "StudySettings", "default_steps", "tune", "TuneResult"]
 

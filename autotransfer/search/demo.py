@@ -1,7 +1,7 @@
 """The embedded default job that ``autotransfer tune`` runs with no target (~2.5 min on 2 CPU cores)."""
 from __future__ import annotations
 
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.settings import StudySettings
 
 __all__ = ["DEFAULT_SETTINGS"]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from autotransfer.search.prepared import PreparedData, split_batches
-from autotransfer.search.protocol import Protocol
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.settings import StudySettings
 
 __all__ = [
     "FinalModel",

@@ -12,18 +12,16 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 
-from autotransfer.errors import UserError
-from autotransfer.paths import safe_name
+from autotransfer.core.errors import UserError
+from autotransfer.core.paths import safe_name
 from autotransfer.search.final import Member, retrain_and_test, train_ensemble
 from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.search.prepared import PreparedData, prepare_data, split_batches
-from autotransfer.search.protocol import Protocol
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.settings import StudySettings
 from autotransfer.search.storage import masked_url, open_storage, storage_location
+from autotransfer.core.schema import ATTR, CONTROL_ATTR, SOURCE_ATTR
 from autotransfer.search.study import (
-    ATTR,
-    CONTROL_ATTR,
-    SOURCE_ATTR,
     best_transfer_trial,
     check_compatible,
     control_trials,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autotransfer.search.protocol import Protocol
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.settings import StudySettings
 
 __all__ = ["save_tuned_model", "save_tuned_ensemble", "model_card"]
 

@@ -10,26 +10,29 @@ from typing import Callable
 
 import optuna
 
-from autotransfer.errors import AutotransferError, UserError
-from autotransfer.search.protocol import Protocol, ProtocolSpace
-from autotransfer.search.settings import StudySettings
-from autotransfer.search.study import CONTROL_ATTR, SOURCE_ATTR, VAL_LOSS_ATTR
+from autotransfer.core.errors import AutotransferError, UserError
+from autotransfer.core.protocol import Protocol, ProtocolSpace
+from autotransfer.core.settings import StudySettings
+from autotransfer.core.schema import (
+    CONTROL_ATTR,
+    DEVICE_ATTR,
+    DEVICE_NAME_ATTR,
+    FAIL_REASON_ATTR,
+    FREEZE_ATTR,
+    NUM_GROUPS_ATTR,
+    PRECISION_ATTR,
+    PRUNE_REASON_ATTR,
+    REINIT_ATTR,
+    RUNGS_ATTR,
+    SOURCE_ATTR,
+    VAL_LOSS_ATTR,
+)
 
-#: Trial attribute: the pruner's one-line account of why the trial was pruned.
-PRUNE_REASON_ATTR = "prune_reason"
-#: Trial attribute: the pruner's line at each rung the trial reached (kept or pruned).
-RUNGS_ATTR = "rungs"
-#: Trial attributes: where the trial ran (``cpu``, ``cuda:0``), the GPU's name (CUDA only), and
-#: its arithmetic, ``fp32`` or ``bf16-autocast`` (``trial_precision``), recorded as it starts.
-DEVICE_ATTR = "device"
-DEVICE_NAME_ATTR = "device_name"
-PRECISION_ATTR = "precision"
 #: Set to 1 to let a worker run a study whose trials ran at another precision (``precision_refusal``).
 MIXED_PRECISION_ENV = "AUTOTRANSFER_ALLOW_MIXED_PRECISION"
 
 __all__ = [
-    "TrialFailed", "TrialRunner", "train_config_for", "PRUNE_REASON_ATTR", "RUNGS_ATTR", "DEVICE_ATTR",
-    "DEVICE_NAME_ATTR", "PRECISION_ATTR", "MIXED_PRECISION_ENV", "trial_precision", "study_precisions",
+    "TrialFailed", "TrialRunner", "train_config_for", "MIXED_PRECISION_ENV", "trial_precision", "study_precisions",
     "precision_refusal",
 ]
 
@@ -151,10 +154,10 @@ class TrialRunner:
         backbone = self.make_backbone()
         num_groups = backbone.num_groups
         freeze, reinit = protocol.integers(num_groups)
-        trial.set_user_attr("freeze", freeze)
-        trial.set_user_attr("reinit", reinit)
+        trial.set_user_attr(FREEZE_ATTR, freeze)
+        trial.set_user_attr(REINIT_ATTR, reinit)
         trial.set_user_attr("lr", protocol.lr)
-        trial.set_user_attr("num_groups", num_groups)
+        trial.set_user_attr(NUM_GROUPS_ATTR, num_groups)
         if self.on_trial_start:
             self.on_trial_start(trial, protocol)
 
@@ -216,7 +219,7 @@ class TrialRunner:
         if reason is not None:  # outside the handler: the traceback no longer holds the model
             first.clear()
             release_memory()
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
             raise TrialFailed(reason)
 
         trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 3))
@@ -233,7 +236,7 @@ class TrialRunner:
         if stopped_early:
             raise optuna.TrialPruned(f"pruned at step {history[-1][0] if history else 0}")
         if not math.isfinite(value):
-            trial.set_user_attr("fail_reason", f"non-finite score {value!r}")
+            trial.set_user_attr(FAIL_REASON_ATTR, f"non-finite score {value!r}")
             raise TrialFailed(f"non-finite score {value!r}")
         return value
 
@@ -261,7 +264,7 @@ class TrialRunner:
         frozen = trial.storage.get_trial(trial._trial_id)
         if "fixed_params" in frozen.system_attrs:
             requeue_trial(trial.study, frozen, max_retry=None)
-        trial.set_user_attr("fail_reason", refusal)
+        trial.set_user_attr(FAIL_REASON_ATTR, refusal)
         raise UserError(refusal)
 
 

@@ -39,9 +39,10 @@ import numpy as np
 import optuna
 
 from autotransfer.search.prepared import PreparedData, device_batches
-from autotransfer.search.protocol import Protocol
-from autotransfer.search.settings import StudySettings
-from autotransfer.search.study import ATTR, SOURCE_ATTR, best_by_validation, rank_key, transfer_trials
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.settings import StudySettings
+from autotransfer.core.schema import ATTR, SOURCE_ATTR
+from autotransfer.search.study import best_by_validation, rank_key, transfer_trials
 
 __all__ = [
     "PICK_TOP",

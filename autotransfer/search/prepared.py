@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.settings import StudySettings
 
 __all__ = ["PreparedData", "prepare_data", "split_batches", "device_batches"]
 

@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from autotransfer.errors import UserError
-from autotransfer.search.protocol import Protocol
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.settings import StudySettings
 
 __all__ = ["train_from_config", "quality_warnings"]
 

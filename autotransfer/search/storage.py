@@ -13,7 +13,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = [
     "DEFAULT_STORAGE",

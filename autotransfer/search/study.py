@@ -10,16 +10,14 @@ from typing import Any, Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotransfer.errors import UserError
-from autotransfer.search.protocol import Protocol, ProtocolSpace
+from autotransfer.core.errors import UserError
+from autotransfer.core.schema import ATTR, CONTROL_ATTR, VAL_LOSS_ATTR
+from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.search.pruning import NoiseAwarePruner, rung_steps
 from autotransfer.search.sampler import PriorSampler, default_startup
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.settings import StudySettings
 
 __all__ = [
-    "ATTR",
-    "CONTROL_ATTR",
-    "VAL_LOSS_ATTR",
     "make_sampler",
     "make_pruner",
     "open_study",
@@ -42,23 +40,6 @@ __all__ = [
     "FINISHED",
 ]
 
-#: Study user-attribute keys: everything a worker needs is stored in the study.
-ATTR = {
-    "settings": "autotransfer.settings",
-    "profile": "autotransfer.profile",
-    "prior": "autotransfer.prior",
-    "space": "autotransfer.space",
-    "versions": "autotransfer.versions",
-    "final": "autotransfer.final",
-    "sampler": "autotransfer.sampler",
-    "pick": "autotransfer.pick",
-}
-#: Trial user attribute naming a control ("scratch" or "probe"); absent on search trials.
-CONTROL_ATTR = "control"
-#: Trial attribute: mean validation loss at the last validation (breaks ties between equal scores).
-VAL_LOSS_ATTR = "val_loss"
-#: Trial user attribute naming where an enqueued protocol came from ("prior", "recommended"...).
-SOURCE_ATTR = "source"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 _VERSIONED = ("autotransfer", "torch", "torchvision", "timm", "optuna", "pot", "scikit-learn", "numpy")

@@ -30,11 +30,10 @@ from typing import Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
+from autotransfer.core.schema import FAIL_REASON_ATTR, RETRY_ATTR, WORKER_ATTR
 
 __all__ = [
-    "WORKER_ATTR",
-    "RETRY_ATTR",
     "WorkerPlan",
     "available_cores",
     "visible_gpus",
@@ -55,10 +54,6 @@ __all__ = [
     "quiet_interrupted_trials",
 ]
 
-#: Trial user attribute: ``host:pid`` of the worker that ran the trial.
-WORKER_ATTR = "worker"
-#: Trial user attribute on a retry: the number of the trial whose worker died.
-RETRY_ATTR = "retry_of"
 
 
 @dataclass(frozen=True)
@@ -438,7 +433,7 @@ def requeue_interrupted(trial: optuna.trial.Trial) -> None:
 
     try:
         requeue_trial(trial.study, trial.storage.get_trial(trial._trial_id), max_retry=None)
-        trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+        trial.set_user_attr(FAIL_REASON_ATTR, INTERRUPTED_REASON)
     except Exception as err:  # noqa: BLE001 - the interrupt goes on regardless
         logging.getLogger(__name__).warning("interrupted trial %d was not re-queued: %s", trial.number, err)
 

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Iterator
 
 import optuna
 
-from autotransfer.errors import UserError
-from autotransfer.search.protocol import Protocol
+from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import Protocol
 from autotransfer.search.study import best_transfer_trial, read_attr, read_settings, search_trials
 
 __all__ = [

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from autotransfer.errors import UserError
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.errors import UserError
+from autotransfer.core.settings import StudySettings
 from autotransfer.surface.store import DEFAULT_STORE, SurfacePoint, SurfaceStore
 
 __all__ = ["SweepSpec", "SweepEntry", "SweepResult", "load_sweep_spec", "plan_sweep", "run_sweep"]

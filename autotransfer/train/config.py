@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["TrainConfig", "resolve_device", "default_amp"]
 

@@ -7,7 +7,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from autotransfer.errors import AutotransferError
+from autotransfer.core.errors import AutotransferError
 
 __all__ = ["OOM_ERRORS", "OutOfMemory", "oom_error_types", "release_memory", "with_oom_retry"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.train.config import default_amp
 
 __all__ = ["METRICS", "score", "score_interval", "check_metric", "evaluate", "predict_logits", "predict_labels",

@@ -20,8 +20,8 @@ from autotransfer.backbones import (
     run_groups,
     save_backbone,
 )
-from autotransfer.errors import UserError
-from autotransfer.paths import assets_dir
+from autotransfer.core.errors import UserError
+from autotransfer.core.paths import assets_dir
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from autotransfer.data import load_dataset, skipped_summary, stratified_subsample
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from tests.data.conftest import write_tiny_tree
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from autotransfer.data import ImageDataset, load_dataset, stratified_split, stratified_subsample
 from autotransfer.data.sampling import allocate, subsample_indices
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 
 def _toy(counts, unlabelled=False):
@@ -119,7 +119,7 @@ def test_capped_subsample_shares_images_and_key():
 
 def test_the_judge_set_never_meets_the_studys_subsample():
     from autotransfer.data import load_dataset, unseen_subset
-    from autotransfer.errors import UserError
+    from autotransfer.core.errors import UserError
 
     full = load_dataset("builtin:digits", require_labels=True)
     judge = unseen_subset(full, 200, seed=1, limit=300)

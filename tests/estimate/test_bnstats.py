@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.estimate.bnstats import (
     BNDivergence,
     NoBatchNormError,

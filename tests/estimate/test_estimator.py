@@ -12,7 +12,7 @@ from PIL import Image
 from autotransfer.backbones import Preprocessing, create_backbone, wrap_model
 from autotransfer.data import load_dataset, stratified_subsample
 from autotransfer.data.types import ImageDataset
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.estimate import TaskEstimator, TaskProfile, load_reference
 from autotransfer.estimate.estimator import MMD_SIMILARITY_SCALE, auto_batch_size
 from autotransfer.prior.placement import BN_W2_SIMILARITY_SCALE, similarity_from_excess, transferability_from_logme
@@ -267,7 +267,7 @@ def test_model_without_reference_reports_raw_as_excess_and_stale_reference_is_re
 
 def test_cli_shows_the_surface_prior_and_refuses_a_missing_store_before_estimating(monkeypatch, capsys, tmp_path):
     from autotransfer.cli import main
-    from autotransfer.search.protocol import Protocol
+    from autotransfer.core.protocol import Protocol
     from autotransfer.surface import SurfacePoint, SurfaceStore
 
     store = tmp_path / "surface.json"

@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from autotransfer.data.types import ImageDataset
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.estimate.size import IMBALANCE_THRESHOLD, size_stats
 
 

@@ -20,7 +20,7 @@ from autotransfer.prior.quadrant import (
     recommended_protocol,
     scratch_protocols,
 )
-from autotransfer.search.protocol import ParamRange, Protocol, ProtocolSpace
+from autotransfer.core.protocol import ParamRange, Protocol, ProtocolSpace
 
 G = 8
 

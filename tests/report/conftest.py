@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.settings import StudySettings
 
 
 @dataclass
@@ -78,8 +78,8 @@ def synthetic_study(*, scratch=(0.30, 0.20, 0.10), probe=(0.15, 0.25), search=No
     from optuna.trial import TrialState, create_trial
 
     from autotransfer.prior.quadrant import quadrant_prior
-    from autotransfer.search.protocol import Protocol, ProtocolSpace
-    from autotransfer.search.study import ATTR
+    from autotransfer.core.protocol import Protocol, ProtocolSpace
+    from autotransfer.core.schema import ATTR
 
     settings = StudySettings(
         target="builtin:digits", model="fashion-source", n=160, resolution=16, batch_size=16,

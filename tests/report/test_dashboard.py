@@ -11,7 +11,7 @@ import pytest
 from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import SYSTEM_ATTR_PLOT_DATA, get_plotly_graph_objects
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.report.dashboard import (
     VIEW_IDS,
     attach_views,

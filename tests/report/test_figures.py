@@ -7,7 +7,7 @@ import pytest
 
 from autotransfer.prior.placement import excess_threshold
 from autotransfer.report import figures as F
-from autotransfer.search.protocol import Protocol
+from autotransfer.core.protocol import Protocol
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import best_transfer_trial, control_trials, load_study, read_attr, search_trials
 from tests.report.conftest import SYN_GROUPS, synthetic_study

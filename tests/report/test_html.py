@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.export import export_payload
 from autotransfer.report.html import report_html, write_report, write_study_report
 from autotransfer.search.storage import open_storage
@@ -55,7 +55,7 @@ def test_report_shows_every_section(report, made_study):
 
 
 def test_report_without_enough_trials_says_why(tmp_path):
-    from autotransfer.search.protocol import Protocol
+    from autotransfer.core.protocol import Protocol
 
     few = [(Protocol(log10_elr=-1.0), 0.3, {12: 0.3}, "prior")]
     text = report_html(synthetic_study(search=few))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from autotransfer.search.job import PreparedData, prepare_data, validation_counts
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.settings import StudySettings
 
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import autotransfer
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.evaluation import evaluate_model
 from autotransfer.export import export_payload, read_export, timm_args, write_export
 from autotransfer.search import job as job_module
@@ -19,7 +19,8 @@ from autotransfer.search.job import tune
 from autotransfer.search.pick import PICK_TOP, pick_candidates
 from autotransfer.search.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import ATTR, load_study
+from autotransfer.core.schema import ATTR
+from autotransfer.search.study import load_study
 
 
 @pytest.fixture(scope="module")

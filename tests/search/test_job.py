@@ -9,13 +9,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.export import export_payload, read_export, write_export
 from autotransfer.search.job import prepare_data, run_search, tune
-from autotransfer.search.protocol import Protocol
+from autotransfer.core.protocol import Protocol
 from autotransfer.search.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import ATTR, CONTROL_ATTR, control_trials, load_study, search_trials
+from autotransfer.core.schema import ATTR, CONTROL_ATTR
+from autotransfer.search.study import control_trials, load_study, search_trials
 
 
 @pytest.fixture
@@ -162,7 +163,7 @@ def test_nan_trial_fails_with_reason_and_study_goes_on(tiny_settings, storage_ur
     from autotransfer.backbones import create_backbone
     from autotransfer.search.prepared import split_batches as _batches, prepare_data
     from autotransfer.search.objective import TrialRunner
-    from autotransfer.search.protocol import ProtocolSpace
+    from autotransfer.core.protocol import ProtocolSpace
     from autotransfer.train import PrefixCache
 
     settings = tiny_settings.resolved(fingerprint="x", metric="accuracy", num_classes=10, n_train=112)

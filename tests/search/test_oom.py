@@ -11,9 +11,10 @@ from optuna.trial import TrialState
 
 from autotransfer.prior import linear_probe_protocol, recommended_protocol
 from autotransfer.search.job import build_runner, run_search
-from autotransfer.search.protocol import Protocol, ProtocolSpace
+from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import SOURCE_ATTR, create_study, open_study
+from autotransfer.core.schema import SOURCE_ATTR
+from autotransfer.search.study import create_study, open_study
 from tests.search.conftest import prepared_tiny
 from tests.train.conftest import out_of_memory_above
 

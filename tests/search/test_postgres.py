@@ -11,18 +11,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotransfer.errors import UserError
-from autotransfer.search.protocol import ProtocolSpace
+from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import ProtocolSpace
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import SOURCE_ATTR, create_study, search_trials
-from autotransfer.search.workers import (
-    RETRY_ATTR,
-    WORKER_ATTR,
-    launch_local_workers,
-    retried_trial_number,
-    terminate_workers,
-    wait_workers,
-)
+from autotransfer.core.schema import SOURCE_ATTR
+from autotransfer.search.study import create_study, search_trials
+from autotransfer.core.schema import RETRY_ATTR, WORKER_ATTR
+from autotransfer.search.workers import launch_local_workers, retried_trial_number, terminate_workers, wait_workers
 from tests.search.conftest import prepared_tiny
 
 pytestmark = pytest.mark.postgres

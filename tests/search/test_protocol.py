@@ -6,7 +6,7 @@ import math
 import optuna
 import pytest
 
-from autotransfer.search.protocol import ParamRange, Protocol, ProtocolSpace, freeze_depth, reinit_count
+from autotransfer.core.protocol import ParamRange, Protocol, ProtocolSpace, freeze_depth, reinit_count
 
 
 def test_lr_follows_elr_and_momentum():
@@ -64,7 +64,8 @@ def test_best_transfer_trial_breaks_score_ties_on_validation_loss():
     the earlier trial; from-scratch controls never count."""
     import optuna
 
-    from autotransfer.search.study import CONTROL_ATTR, VAL_LOSS_ATTR, best_transfer_trial
+    from autotransfer.core.schema import CONTROL_ATTR, VAL_LOSS_ATTR
+    from autotransfer.search.study import best_transfer_trial
 
     study = optuna.create_study(direction="maximize")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}

@@ -17,12 +17,14 @@ from optuna.trial import TrialState
 
 from autotransfer.prior import recommended_protocol, scratch_protocols
 from autotransfer.search import storage as storage_module
-from autotransfer.search.protocol import ParamRange, ProtocolSpace
+from autotransfer.core.protocol import ParamRange, ProtocolSpace
 from autotransfer.search.sampler import is_sampled
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.settings import StudySettings
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import CONTROL_ATTR, SOURCE_ATTR, create_study, load_study, search_trials
-from autotransfer.search.workers import INTERRUPTED_REASON, WORKER_ATTR, retried_trial_number, run_worker
+from autotransfer.core.schema import CONTROL_ATTR, SOURCE_ATTR
+from autotransfer.search.study import create_study, load_study, search_trials
+from autotransfer.core.schema import WORKER_ATTR
+from autotransfer.search.workers import INTERRUPTED_REASON, retried_trial_number, run_worker
 from tests.search.conftest import prepared_tiny
 
 ENTRY = Path(sys.executable).with_name("autotransfer")

@@ -17,7 +17,7 @@ from autotransfer.prior import (
     scratch_protocols,
 )
 from autotransfer.prior.quadrant import WIDTHS
-from autotransfer.search.protocol import SEARCHED, Protocol, ProtocolSpace
+from autotransfer.core.protocol import SEARCHED, Protocol, ProtocolSpace
 from autotransfer.search.sampler import PriorSampler, default_startup, is_sampled
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.search.storage import open_storage, storage_location
 
 

@@ -11,16 +11,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.prior import recommended_protocol
 from autotransfer.search import storage as storage_module
 from autotransfer.search.progress import NullUI
-from autotransfer.search.protocol import ProtocolSpace
+from autotransfer.core.protocol import ProtocolSpace
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import ATTR, create_study, load_study, search_trials
+from autotransfer.core.schema import ATTR
+from autotransfer.search.study import create_study, load_study, search_trials
+from autotransfer.core.schema import RETRY_ATTR, WORKER_ATTR
 from autotransfer.search.workers import (
-    RETRY_ATTR,
-    WORKER_ATTR,
     launch_local_workers,
     pending_retries,
     plan_workers,

@@ -6,15 +6,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotransfer.errors import UserError
-from autotransfer.search.objective import (
-    MIXED_PRECISION_ENV,
-    PRECISION_ATTR,
-    TrialRunner,
-    precision_refusal,
-    study_precisions,
-)
-from autotransfer.search.protocol import ProtocolSpace
+from autotransfer.core.errors import UserError
+from autotransfer.core.schema import PRECISION_ATTR
+from autotransfer.search.objective import MIXED_PRECISION_ENV, TrialRunner, precision_refusal, study_precisions
+from autotransfer.core.protocol import ProtocolSpace
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study, read_settings
 from autotransfer.search.workers import run_worker

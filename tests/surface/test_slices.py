@@ -13,10 +13,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from autotransfer.search.protocol import Protocol
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.settings import StudySettings
 from autotransfer.search.storage import open_storage
-from autotransfer.search.study import CONTROL_ATTR, best_transfer_trial, load_study, search_trials
+from autotransfer.core.schema import CONTROL_ATTR
+from autotransfer.search.study import best_transfer_trial, load_study, search_trials
 from autotransfer.surface import SurfaceModel, SurfaceStore, run_sweep, write_surface_html
 from autotransfer.surface.plots import slices_figure
 from autotransfer.surface.slices import SLICE_PARAMS, load_slice_info, slice_info, study_slice

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.prior.quadrant import WIDTHS
-from autotransfer.search.protocol import Protocol
+from autotransfer.core.protocol import Protocol
 from autotransfer.surface import (
     SurfaceModel,
     prior_from_surface,
@@ -329,7 +329,7 @@ def test_fallback_to_the_plain_gp_is_noted(tmp_path):
 
 
 def test_point_from_study_records_the_task_fields():
-    from autotransfer.search.study import ATTR
+    from autotransfer.core.schema import ATTR
     from autotransfer.surface.store import fields_from_study, point_from_study
     from tests.report.conftest import synthetic_study
 

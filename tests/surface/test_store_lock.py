@@ -5,7 +5,7 @@ import multiprocessing
 import os
 
 
-from autotransfer.search.protocol import Protocol
+from autotransfer.core.protocol import Protocol
 from autotransfer.surface import SurfacePoint, SurfaceStore
 
 PER_PROCESS = 40

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from autotransfer.search.settings import StudySettings
+from autotransfer.core.settings import StudySettings
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study, search_trials
 from autotransfer.surface import POINT_ATTR, SurfaceModel, SurfaceStore, run_sweep, surface_figure, surface_prior

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.train import TrainConfig, lr_lambda
 
 

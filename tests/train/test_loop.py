@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.train import DivergedError, PrefixCache, TrainConfig, train_protocol
 
 from .conftest import lite0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 from autotransfer.train import score
 from autotransfer.train.metrics import score_interval
 

@@ -5,7 +5,7 @@ import os
 import unicodedata
 from pathlib import Path
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["cache_dir", "assets_dir", "safe_name"]
 

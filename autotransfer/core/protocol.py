@@ -1,9 +1,10 @@
 """A fine-tuning protocol (one point of the search space) and the space it is drawn from."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol as TypingProtocol
+
+from autotransfer.core.errors import UserError
 
 __all__ = ["Protocol", "ProtocolSpace", "ParamRange", "SEARCHED", "freeze_depth", "reinit_count"]
 
@@ -87,9 +88,16 @@ class Protocol:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Protocol":
-        """Build from a mapping; unknown keys are ignored, missing ones take defaults."""
+        """Build from a mapping (trial parameters, an export); missing keys take defaults, and an
+        unknown key is a one-line ``UserError`` naming it (a typo must not vanish silently)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"unknown protocol parameter(s) {', '.join(map(repr, unknown))}; the parameters are:"
+                f" {', '.join(sorted(known))}"
+            )
+        return cls(**values)
 
 
 @dataclass(frozen=True)

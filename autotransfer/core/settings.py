@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from autotransfer.errors import UserError
+from autotransfer.core.errors import UserError
 
 __all__ = ["StudySettings", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL", "PICK_RULES"]
 
@@ -120,5 +120,12 @@ class StudySettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "StudySettings":
+        """Build from a mapping (a study's record, an export); missing keys take defaults, and an
+        unknown key is a one-line ``UserError`` naming it (a typo must not vanish silently)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"unknown study setting(s) {', '.join(map(repr, unknown))}; the settings are: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
