@@ -538,7 +538,8 @@ def surface_cmd(
 
     from autotransfer.search.progress import NullUI, RichUI
     from autotransfer.search.storage import storage_location
-    from autotransfer.surface import DEFAULT_STORE, SurfaceModel, SurfaceStore, write_surface_html
+    from autotransfer.report.surface_plots import write_surface_html
+    from autotransfer.surface import DEFAULT_STORE, SurfaceModel, SurfaceStore
     from autotransfer.surface.sweep import SweepSpec, load_sweep_spec, run_sweep
 
     if spec:

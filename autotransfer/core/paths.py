@@ -25,7 +25,7 @@ def cache_dir() -> Path:
 
 def assets_dir() -> Path:
     """Files shipped inside the package (reference profiles, the laboratory checkpoint)."""
-    return Path(__file__).resolve().parent / "assets"
+    return Path(__file__).resolve().parent.parent / "assets"  # autotransfer/assets
 
 
 def safe_name(name: str, what: str = "study name") -> str:

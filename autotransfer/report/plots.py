@@ -7,6 +7,8 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from autotransfer.report.style import TITLE_PREFIX
+from autotransfer.report.surface_plots import surface_figure as draw_surface
 from autotransfer.report.figures import (
     ControlsInfo,
     DivergenceInfo,
@@ -17,7 +19,6 @@ from autotransfer.report.figures import (
 )
 
 __all__ = [
-    "TITLE_PREFIX",
     "divergence_figure",
     "protocol_score_figure",
     "controls_figure",
@@ -28,7 +29,6 @@ __all__ = [
 ]
 
 #: Every autotransfer figure's title starts with this (the browser test looks for it).
-TITLE_PREFIX = "autotransfer · "
 _TEMPLATE = "plotly_white"
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -255,14 +255,6 @@ def prior_found_figure(info: PriorFoundInfo) -> go.Figure:
 
 
 def surface_figure(study: optuna.Study) -> go.Figure | None:
-    """The surface of optimal protocols around this study's point, when a surface exists.
-
-    Hook for the surface package: ``autotransfer.surface.surface_figure(study)`` is called if
-    it is there; ``None`` otherwise (no surface recorded, or the package does not draw one yet).
-    """
-    try:
-        from autotransfer import surface
-    except ImportError:
-        return None
-    draw = getattr(surface, "surface_figure", None)
-    return draw(study) if callable(draw) else None
+    """The surface of optimal protocols around this study's point (``report.surface_plots``), or
+    ``None`` when no surface is recorded for the study's model."""
+    return draw_surface(study)

@@ -1,4 +1,6 @@
-"""The surface of optimal protocols: record each study's best protocol, fit it, draw it, use it as a prior."""
+"""The surface of optimal protocols: record each study's best protocol, fit it, use it as a prior.
+
+Drawing it is the report's (``report.surface_plots``, ``report.slices``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,16 +16,6 @@ from autotransfer.surface.fit import (
     surface_points,
     surface_prior_for_profile,
 )
-from autotransfer.surface.plots import (
-    SurfaceGridInfo,
-    param_figure,
-    slices_figure,
-    surface_figure,
-    surface_grid_info,
-    surface_overview_figure,
-    write_surface_html,
-)
-from autotransfer.surface.slices import SliceInfo, load_slice_info, slice_info
 from autotransfer.surface.store import (
     DEFAULT_STORE,
     POINT_ATTR,
@@ -51,16 +43,6 @@ __all__ = [
     "surface_for_prior",
     "active_store",
     "default_surface",
-    "SurfaceGridInfo",
-    "surface_grid_info",
-    "param_figure",
-    "surface_overview_figure",
-    "write_surface_html",
-    "surface_figure",
-    "SliceInfo",
-    "slice_info",
-    "load_slice_info",
-    "slices_figure",
     "SweepSpec",
     "load_sweep_spec",
     "run_sweep",

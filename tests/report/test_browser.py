@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from autotransfer.report.plots import TITLE_PREFIX
+from autotransfer.report.style import TITLE_PREFIX
 
 pytestmark = pytest.mark.browser
 

@@ -12,6 +12,7 @@ import pytest
 from autotransfer.core.errors import UserError
 from autotransfer.prior.quadrant import WIDTHS
 from autotransfer.core.protocol import Protocol
+from autotransfer.report.surface_plots import write_surface_html
 from autotransfer.surface import (
     SurfaceModel,
     prior_from_surface,
@@ -20,7 +21,6 @@ from autotransfer.surface import (
     load_sweep_spec,
     surface_grid_info,
     surface_prior,
-    write_surface_html,
 )
 from autotransfer.surface.fit import quadrant_values
 

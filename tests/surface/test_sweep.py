@@ -8,7 +8,8 @@ import pytest
 from autotransfer.core.settings import StudySettings
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study, search_trials
-from autotransfer.surface import POINT_ATTR, SurfaceModel, SurfaceStore, run_sweep, surface_figure, surface_prior
+from autotransfer.report.surface_plots import surface_figure
+from autotransfer.surface import POINT_ATTR, SurfaceModel, SurfaceStore, run_sweep, surface_prior
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from autotransfer.surface.fit import PARAMS, SurfaceModel
-from autotransfer.surface.slices import NORMALISATION, SliceInfo, load_slice_info
+from autotransfer.report.style import TITLE_PREFIX
+from autotransfer.report.slices import NORMALISATION, SliceInfo, load_slice_info
 from autotransfer.surface.store import POINT_ATTR, SurfacePoint, SurfaceStore, active_store
 
 __all__ = [
@@ -95,7 +96,6 @@ def surface_grid_info(
 
 # --- drawing ---------------------------------------------------------------------------------
 def _title(text: str) -> str:
-    from autotransfer.report.plots import TITLE_PREFIX
 
     return TITLE_PREFIX + text
 
