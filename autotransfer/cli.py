@@ -364,7 +364,7 @@ def train_cmd(
     Example: autotransfer train --config best.yaml -o runs/best
     """
     from autotransfer.export import read_export
-    from autotransfer.search.reproduce import train_from_config
+    from autotransfer.pipeline.reproduce import train_from_config
 
     metrics = train_from_config(read_export(config), output, device=device)
     console.print(
@@ -540,7 +540,7 @@ def surface_cmd(
     from autotransfer.search.storage import storage_location
     from autotransfer.report.surface_plots import write_surface_html
     from autotransfer.surface import DEFAULT_STORE, SurfaceModel, SurfaceStore
-    from autotransfer.surface.sweep import SweepSpec, load_sweep_spec, run_sweep
+    from autotransfer.pipeline.sweep import SweepSpec, load_sweep_spec, run_sweep
 
     if spec:
         sweep = load_sweep_spec(spec)

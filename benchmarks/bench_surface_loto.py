@@ -195,7 +195,7 @@ def main() -> None:
 
     from search_only import ResultLog
 
-    from autotransfer.surface.sweep import load_sweep_spec
+    from autotransfer.pipeline.sweep import load_sweep_spec
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # paths as given, resolved before the chdir to the repository (the spec's storage and store are relative to it)

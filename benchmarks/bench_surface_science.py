@@ -68,7 +68,7 @@ def main() -> None:
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study
     from autotransfer.surface import SurfaceStore
-    from autotransfer.surface.sweep import load_sweep_spec
+    from autotransfer.pipeline.sweep import load_sweep_spec
 
     spec = load_sweep_spec(args.spec)
     excluded = {t for t in args.exclude.split(",") if t}

@@ -11,7 +11,7 @@ from rich.console import Console
 from autotransfer.core.errors import UserError
 from autotransfer.estimate.profile import TaskProfile
 from autotransfer.core.paths import safe_name
-from autotransfer.search.reproduce import chance_level, quality_warnings
+from autotransfer.pipeline.reproduce import chance_level, quality_warnings
 from autotransfer.search.storage import masked_url
 from tests.estimate.test_profile import _profile
 

@@ -3,8 +3,6 @@
 Drawing it is the report's (``report.surface_plots``, ``report.slices``)."""
 from __future__ import annotations
 
-from typing import Any
-
 from autotransfer.surface.fit import (
     FEW_POINTS,
     PARAMS,
@@ -43,18 +41,4 @@ __all__ = [
     "surface_for_prior",
     "active_store",
     "default_surface",
-    "SweepSpec",
-    "load_sweep_spec",
-    "run_sweep",
 ]
-
-_SWEEP = {"SweepSpec", "load_sweep_spec", "run_sweep"}
-
-
-def __getattr__(name: str) -> Any:
-    # the sweep pulls in the training stack (torch): import it only when asked for
-    if name in _SWEEP:
-        from autotransfer.surface import sweep
-
-        return getattr(sweep, name)
-    raise AttributeError(f"module 'autotransfer.surface' has no attribute {name!r}")

@@ -19,7 +19,8 @@ from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import CONTROL_ATTR
 from autotransfer.search.study import best_transfer_trial, load_study, search_trials
 from autotransfer.report.surface_plots import write_surface_html
-from autotransfer.surface import SurfaceModel, SurfaceStore, run_sweep
+from autotransfer.pipeline.sweep import run_sweep
+from autotransfer.surface import SurfaceModel, SurfaceStore
 from autotransfer.report.surface_plots import slices_figure
 from autotransfer.report.slices import SLICE_PARAMS, load_slice_info, slice_info, study_slice
 from tests.report.conftest import synthetic_study

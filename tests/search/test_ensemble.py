@@ -17,7 +17,7 @@ from autotransfer.export import export_payload, read_export, timm_args, write_ex
 from autotransfer.search import job as job_module
 from autotransfer.search.job import tune
 from autotransfer.search.pick import PICK_TOP, pick_candidates
-from autotransfer.search.reproduce import train_from_config
+from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import ATTR
 from autotransfer.search.study import load_study

@@ -13,7 +13,7 @@ from autotransfer.core.errors import UserError
 from autotransfer.export import export_payload, read_export, write_export
 from autotransfer.search.job import prepare_data, run_search, tune
 from autotransfer.core.protocol import Protocol
-from autotransfer.search.reproduce import train_from_config
+from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import ATTR, CONTROL_ATTR
 from autotransfer.search.study import control_trials, load_study, search_trials

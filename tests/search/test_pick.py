@@ -15,7 +15,7 @@ from autotransfer.search.job import surface_evidence_shortfall, tune
 from autotransfer.search.pick import PICK_FOLDS, PICK_TOP, read_pick
 from autotransfer.search.prepared import split_batches
 from autotransfer.core.protocol import Protocol
-from autotransfer.search.reproduce import train_from_config
+from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import ATTR
 from autotransfer.search.study import best_by_validation, best_transfer_trial, load_study

@@ -12,13 +12,13 @@ import pytest
 from autotransfer.core.errors import UserError
 from autotransfer.prior.quadrant import WIDTHS
 from autotransfer.core.protocol import Protocol
+from autotransfer.pipeline.sweep import load_sweep_spec
 from autotransfer.report.surface_plots import surface_grid_info, write_surface_html
 from autotransfer.surface import (
     SurfaceModel,
     prior_from_surface,
     SurfacePoint,
     SurfaceStore,
-    load_sweep_spec,
     surface_prior,
 )
 from autotransfer.surface.fit import quadrant_values

@@ -9,7 +9,8 @@ from autotransfer.core.settings import StudySettings
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study, search_trials
 from autotransfer.report.surface_plots import surface_figure
-from autotransfer.surface import POINT_ATTR, SurfaceModel, SurfaceStore, run_sweep, surface_prior
+from autotransfer.pipeline.sweep import run_sweep
+from autotransfer.surface import POINT_ATTR, SurfaceModel, SurfaceStore, surface_prior
 
 
 @pytest.mark.slow
