@@ -251,7 +251,7 @@ def tune_cmd(
     if study is not None:
         safe_name(study)  # refused before any work: the name becomes a folder and a file
     from autotransfer.core.settings import StudySettings
-    from autotransfer.search.job import tune
+    from autotransfer.pipeline.tune import tune
 
     base = demo.DEFAULT_SETTINGS if target is None else StudySettings(target=target)
     overrides = {

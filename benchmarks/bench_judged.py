@@ -134,7 +134,9 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
         read_model_config,
     )
     from autotransfer.prior import linear_probe_protocol, recommended_protocol, wide_prior
-    from autotransfer.search.job import build_runner, prepare_data, run_search, tune
+    from autotransfer.pipeline.tune import tune
+    from autotransfer.search.run import build_runner, run_search
+    from autotransfer.search.prepared import prepare_data
     from autotransfer.core.protocol import Protocol
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import (

@@ -40,7 +40,8 @@ def run_one(target: str, seed: int, method: str, args: argparse.Namespace, stora
     from autotransfer.backbones import create_backbone
     from autotransfer.estimate import TaskEstimator
     from autotransfer.prior import recommended_protocol
-    from autotransfer.search.job import prepare_data, retrain_and_test
+    from autotransfer.search.prepared import prepare_data
+    from autotransfer.search.final import retrain_and_test
     from autotransfer.core.protocol import Protocol
     from autotransfer.core.settings import StudySettings
     from autotransfer.search.study import best_transfer_trial, search_trials

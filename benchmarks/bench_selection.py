@@ -112,7 +112,8 @@ def main() -> None:
         import optuna
         import torch
 
-        from autotransfer.search.job import prepare_data, retrain_and_test
+        from autotransfer.search.prepared import prepare_data
+        from autotransfer.search.final import retrain_and_test
         from autotransfer.core.protocol import Protocol
         from autotransfer.search.storage import open_storage
         from autotransfer.core.schema import VAL_LOSS_ATTR

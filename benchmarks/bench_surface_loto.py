@@ -46,7 +46,8 @@ def run_prior(
     from autotransfer.backbones import create_backbone
     from autotransfer.estimate.profile import TaskProfile
     from autotransfer.prior import Prior
-    from autotransfer.search.job import default_study_name, prepare_data
+    from autotransfer.search.run import default_study_name
+    from autotransfer.search.prepared import prepare_data
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study, read_attr, read_settings, study_exists
     from autotransfer.surface import POINT_ATTR, surface_prior_for_profile

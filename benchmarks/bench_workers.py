@@ -33,7 +33,7 @@ from pathlib import Path
 
 import optuna
 
-from autotransfer.search.job import prepare_data
+from autotransfer.search.prepared import prepare_data
 from autotransfer.core.protocol import ParamRange, ProtocolSpace
 from autotransfer.core.settings import StudySettings
 from autotransfer.search.storage import open_storage

@@ -11,12 +11,12 @@ import optuna
 def fixed_protocols(prior, num_groups: int) -> list[tuple[Any, dict[str, Any]]]:
     """What ``tune`` enqueues for ``prior`` (the prior, its candidates, the survey's two protocols, a linear probe),
     controls left out; nothing for no prior."""
-    from autotransfer.search.job import _fixed_protocols
+    from autotransfer.search.run import fixed_protocols
     from autotransfer.core.schema import CONTROL_ATTR
 
     if prior is None:
         return []
-    return [(p, a) for p, a in _fixed_protocols(prior, num_groups, mode="prior") if CONTROL_ATTR not in a]
+    return [(p, a) for p, a in fixed_protocols(prior, num_groups, mode="prior") if CONTROL_ATTR not in a]
 
 
 def run_search_study(
@@ -34,7 +34,7 @@ def run_search_study(
     and enqueued protocols (wide ranges, nothing enqueued, when ``prior`` is None), then run
     multivariate TPE with successive-halving pruning for ``trials`` search trials or ``timeout`` s."""
     from autotransfer.prior import wide_prior
-    from autotransfer.search.job import build_runner, run_search
+    from autotransfer.search.run import build_runner, run_search
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import create_study, load_study, make_pruner, make_sampler, study_exists
 

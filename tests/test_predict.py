@@ -36,7 +36,7 @@ def run_cli(*args: str, cwd: Path, columns: str | None = "200") -> subprocess.Co
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """``(TuneResult, work folder)`` of a tiny real study."""
-    from autotransfer.search.job import tune
+    from autotransfer.pipeline.tune import tune
 
     torch.set_num_threads(1)
     work = tmp_path_factory.mktemp("tuned")

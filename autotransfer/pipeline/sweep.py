@@ -144,7 +144,7 @@ def plan_sweep(
 ) -> list[SweepEntry]:
     """The studies of a sweep, sizes capped at each dataset's size (noted); duplicates after capping dropped."""
     from autotransfer.data import load_dataset
-    from autotransfer.search.job import default_study_name
+    from autotransfer.search.run import default_study_name
 
     if not targets or not sizes or not seeds:
         raise UserError(
@@ -194,7 +194,7 @@ def run_sweep(
     progress (``study k/K``); ``on_study(k, K, entry)`` is called after each. With
     ``keep_going``, a study that raises is marked ``failed`` and the sweep goes on.
     """
-    from autotransfer.search.job import tune
+    from autotransfer.pipeline.tune import tune
     from autotransfer.search.progress import NullUI
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study

@@ -39,7 +39,7 @@ def tiny_settings(trials: int = 4) -> StudySettings:
 
 def make_study(name: str, storage_url: str, workdir: Path, trials: int = 4) -> None:
     """Run a real tiny study with ``tune``: estimate, prior, controls + search, retrain, test, export."""
-    from autotransfer.search.job import tune
+    from autotransfer.pipeline.tune import tune
 
     tune(
         tiny_settings(trials),

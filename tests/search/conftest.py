@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from autotransfer.search.job import PreparedData, prepare_data, validation_counts
+from autotransfer.search.run import validation_counts
+from autotransfer.search.prepared import PreparedData, prepare_data
 from autotransfer.core.settings import StudySettings
 
 

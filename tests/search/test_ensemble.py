@@ -14,8 +14,8 @@ import autotransfer
 from autotransfer.core.errors import UserError
 from autotransfer.evaluation import evaluate_model
 from autotransfer.export import export_payload, read_export, timm_args, write_export
-from autotransfer.search import job as job_module
-from autotransfer.search.job import tune
+from autotransfer.pipeline import tune as tune_module
+from autotransfer.pipeline.tune import tune
 from autotransfer.search.pick import PICK_TOP, pick_candidates
 from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
@@ -82,7 +82,7 @@ def test_export_then_train_config_reproduces_the_ensemble(ensemble_study, tmp_pa
 
 def test_a_resumed_study_keeps_its_ensemble(ensemble_study, monkeypatch):
     result, url, tmp = ensemble_study
-    monkeypatch.setattr(job_module, "train_ensemble", lambda *a, **k: pytest.fail("retrained a recorded ensemble"))
+    monkeypatch.setattr(tune_module, "train_ensemble", lambda *a, **k: pytest.fail("retrained a recorded ensemble"))
     again = tune(result.settings, study_name="ens", storage=url, export_dir=tmp / "exports", runs_dir=tmp / "runs")
     assert again.test_score == result.test_score and again.pick == result.pick
 

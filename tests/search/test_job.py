@@ -11,7 +11,9 @@ from optuna.trial import TrialState
 
 from autotransfer.core.errors import UserError
 from autotransfer.export import export_payload, read_export, write_export
-from autotransfer.search.job import prepare_data, run_search, tune
+from autotransfer.pipeline.tune import tune
+from autotransfer.search.run import run_search
+from autotransfer.search.prepared import prepare_data
 from autotransfer.core.protocol import Protocol
 from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.search.storage import open_storage

@@ -10,7 +10,7 @@ from dataclasses import replace
 from optuna.trial import TrialState
 
 from autotransfer.prior import linear_probe_protocol, recommended_protocol
-from autotransfer.search.job import build_runner, run_search
+from autotransfer.search.run import build_runner, run_search
 from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import SOURCE_ATTR

@@ -17,7 +17,8 @@ from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import SOURCE_ATTR
 from autotransfer.search.study import create_study, search_trials
 from autotransfer.core.schema import RETRY_ATTR, WORKER_ATTR
-from autotransfer.search.workers import launch_local_workers, retried_trial_number, terminate_workers, wait_workers
+from autotransfer.search.retry import retried_trial_number
+from autotransfer.search.workers import launch_local_workers, terminate_workers, wait_workers
 from tests.search.conftest import prepared_tiny
 
 pytestmark = pytest.mark.postgres

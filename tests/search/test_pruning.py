@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autotransfer.prior import linear_probe_protocol, recommended_protocol
-from autotransfer.search.job import build_runner, run_search
+from autotransfer.search.run import build_runner, run_search
 from autotransfer.core.schema import PRUNE_REASON_ATTR, RUNGS_ATTR
 from autotransfer.core.protocol import ProtocolSpace
 from autotransfer.search.pruning import NoiseAwarePruner, effective_images, rung_steps

@@ -24,7 +24,8 @@ from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import CONTROL_ATTR, SOURCE_ATTR
 from autotransfer.search.study import create_study, load_study, search_trials
 from autotransfer.core.schema import WORKER_ATTR
-from autotransfer.search.workers import INTERRUPTED_REASON, retried_trial_number, run_worker
+from autotransfer.search.retry import INTERRUPTED_REASON, retried_trial_number
+from autotransfer.search.workers import run_worker
 from tests.search.conftest import prepared_tiny
 
 ENTRY = Path(sys.executable).with_name("autotransfer")
@@ -272,7 +273,7 @@ def test_only_optunas_records_of_an_interrupted_trial_are_silenced(caplog):
     import logging
     import sys as _sys
 
-    from autotransfer.search.workers import quiet_interrupted_trials
+    from autotransfer.search.retry import quiet_interrupted_trials
 
     logger = logging.getLogger("optuna.study._optimize")
 

@@ -20,14 +20,12 @@ from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import ATTR
 from autotransfer.search.study import create_study, load_study, search_trials
 from autotransfer.core.schema import RETRY_ATTR, WORKER_ATTR
+from autotransfer.search.retry import pending_retries, retried_trial_number, settle_stale_trials
 from autotransfer.search.workers import (
     launch_local_workers,
-    pending_retries,
     plan_workers,
-    retried_trial_number,
     run_local_workers,
     run_worker,
-    settle_stale_trials,
     wait_workers,
     worker_tag,
 )

@@ -73,7 +73,7 @@ def test_a_resumed_tune_refuses_a_study_run_at_another_precision(tiny_settings, 
     """``tune`` resuming in its own process checks before any trial runs (no failed trial left)."""
     from dataclasses import replace
 
-    from autotransfer.search.job import tune
+    from autotransfer.pipeline.tune import tune
 
     settings = replace(tiny_settings, trials=1, pick="val")
     kwargs = dict(study_name="resumed", storage=storage_url, export_dir=tmp_path / "e", runs_dir=tmp_path / "r")

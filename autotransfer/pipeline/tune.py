@@ -1,0 +1,571 @@
+"""``tune``, the main job, as four named stages (docs/design.md, "Data flow"):
+
+1. ``open_study_for``: load the data, estimate the task and derive the prior, then create the
+   study (ranges, enqueued controls and candidates), or resume it after checking it fits;
+2. ``run_trials``: controls + search, in this process or on local worker processes;
+3. ``finalise``: the pick, then the final retrain(s) on train+val, checked, and the test score;
+4. ``publish``: save the model folder, write the export, record the surface point.
+
+``tune`` runs them in order and builds its ``TuneResult`` once, at the end.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autotransfer.core.errors import UserError
+from autotransfer.core.paths import safe_name
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.schema import ATTR
+from autotransfer.core.settings import StudySettings
+from autotransfer.search.final import FinalEnsemble, Member, train_ensemble
+from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
+from autotransfer.search.prepared import PreparedData, prepare_data
+from autotransfer.search.run import (
+    build_runner,
+    control_scores,
+    default_study_name,
+    fixed_protocols,
+    run_search,
+    validation_counts,
+    warm_start_protocols,
+)
+from autotransfer.search.storage import masked_url, open_storage, storage_location
+from autotransfer.search.study import (
+    best_transfer_trial,
+    check_compatible,
+    create_study,
+    load_study,
+    open_study,
+    read_settings,
+    search_trials,
+    study_exists,
+)
+
+__all__ = [
+    "TuneResult",
+    "tune",
+    "OpenStudy",
+    "Finalised",
+    "open_study_for",
+    "run_trials",
+    "finalise",
+    "publish",
+    "describe_prior",
+    "describe_pick",
+    "surface_evidence_shortfall",
+    "SURFACE_MIN_TRIALS",
+    "SURFACE_MIN_VAL_IMAGES",
+]
+
+
+SMALL_VALIDATION = 100  # below this many validation images, tune says how coarse the scores are
+#: A study's optimum enters the surface (the next study's prior) only with this much evidence:
+#: at least 10 finished search trials (half the default budget: fewer and the "optimum" is one of
+#: the enqueued guesses) and 30 validation images (N = 200; below that one image is 4+ points, and
+#: the judged leave-one-target-out benchmark found no gain from the surface at N = 100, where the
+#: validation split holds 15 images; benchmarks/RESULTS.md).
+SURFACE_MIN_TRIALS = 10
+SURFACE_MIN_VAL_IMAGES = 30
+
+
+def surface_evidence_shortfall(search_trials: int, val_images: int) -> str | None:
+    """Why a study is too thin to enter the surface of optimal protocols, or ``None``."""
+    missing = []
+    if search_trials < SURFACE_MIN_TRIALS:
+        missing.append(f"{search_trials} finished search trials (needs {SURFACE_MIN_TRIALS})")
+    if val_images < SURFACE_MIN_VAL_IMAGES:
+        missing.append(f"{val_images} validation images (needs {SURFACE_MIN_VAL_IMAGES})")
+    return ("too little evidence: " + " and ".join(missing)) if missing else None
+
+
+def describe_prior(spec: str, prior: dict[str, Any] | None) -> str:
+    """One line: which prior the study searches around, and from which file."""
+    if spec == "none" or prior is None:
+        return "prior: none (uniform start-up draws over the wide ranges; nothing enqueued)"
+    if spec.startswith("surface:"):
+        return f"prior: the surface of optimal protocols in {spec[len('surface:'):]!r} ({prior.get('quadrant', '')})"
+    return f"prior: the quadrant rules ({prior.get('quadrant', '')}; survey arXiv 2205.09904)"
+
+
+def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
+    """One line: the pick rule, the chosen protocol's score with its uncertainty, and the cost."""
+    from autotransfer.train import score_interval
+
+    if pick is not None and pick.rule == "ensemble":
+        if not pick.is_ensemble:
+            return "pick: an ensemble of the top protocols (rule 'ensemble'), but only one transfer trial completed: that one"
+        return (
+            f"pick: an ensemble of the top {len(pick.members)} distinct protocols by validation (trials"
+            f" {', '.join(map(str, pick.members))}; rule 'ensemble'), each retrained on train+val, probabilities"
+            f" averaged; cost {pick.trainings} extra trainings of {pick.steps} steps and {len(pick.members)}x the"
+            " prediction time; the validation scores of the top protocols lie within noise of each other"
+        )
+    if pick is None or pick.chosen is None:
+        return "pick: the best validation trial (rule 'val'; no re-score)"
+    c = pick.chosen
+    low, high = score_interval(min(max(c.oof_score, 0.0), 1.0), c.images)
+    return (
+        f"pick: trial {c.trial} by {len(c.fold_scores)}-fold cross-validation of the top {len(pick.candidates)}"
+        f" protocols on train+val: {c.oof_score:.3f} on {c.images} out-of-fold images (95% CI {low:.3f}-{high:.3f},"
+        f" instability ±{c.instability:.3f} against the other candidates on the same folds); cost {pick.trainings} extra trainings of {pick.steps} steps"
+        f" ({pick.seconds:.0f} s)"
+    )
+
+
+def handed_back_members(study, pick: Pick | None, best, val_images: int) -> list[Member]:
+    """The trials whose retrains form the handed-back model (the pick's members; ``best`` alone
+    without a pick), each with the score its retrain's check expects: the cross-validated score
+    for a ``cv`` pick, else the trial's validation score on ``val_images`` images."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    numbers = pick.members if pick is not None else [best.number]
+    chosen = pick.chosen if pick is not None else None
+    members = []
+    for number in numbers:
+        trial = trials[number]
+        if chosen is not None and chosen.trial == number:
+            expected, images = chosen.oof_score, chosen.images
+        else:
+            expected, images = float(trial.value), val_images
+        members.append(Member(number, Protocol.from_dict(trial.params), expected, images, float(trial.value)))
+    return members
+
+
+def final_is_current(final: dict[str, Any], members: list[int], model_dir: Path) -> bool:
+    """Whether the recorded final retrain (``ATTR["final"]``) is of these ``members`` and its
+    model folder is still there (a resumed study keeps it instead of retraining)."""
+    recorded = final.get("members") or ([final["trial"]] if "trial" in final else [])
+    return (
+        [int(v) for v in recorded] == list(members)
+        and (model_dir / "model.safetensors").exists()
+        and (model_dir / "config.json").exists()
+    )
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What ``tune`` hands back (the CLI prints it), built once when the job ends."""
+
+    study_name: str
+    storage: str
+    settings: StudySettings
+    best_protocol: Protocol | None
+    best_trial: int | None
+    val_score: float | None
+    test_score: float | None
+    controls: dict[str, float | None]
+    negative_transfer: bool
+    export_path: Path | None
+    model_path: Path | None
+    n_search_trials: int
+    profile: dict[str, Any] | None
+    prior: dict[str, Any] | None
+    integers: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+    val_images: int | None = None
+    test_images: int | None = None
+    pick: dict[str, Any] | None = None
+    trained_on: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study_name,
+            "storage": self.storage,
+            "metric": self.settings.metric,
+            "best_protocol": self.best_protocol.to_dict() if self.best_protocol else None,
+            "best_trial": self.best_trial,
+            "freeze_reinit": list(self.integers) if self.integers else None,
+            "val_score": self.val_score,
+            "test_score": self.test_score,
+            "val_images": self.val_images,
+            "test_images": self.test_images,
+            "pick": self.pick,
+            "skipped": (self.profile or {}).get("skipped"),
+            "trained_on": self.trained_on,
+            "controls": self.controls,
+            "negative_transfer": self.negative_transfer,
+            "export": str(self.export_path) if self.export_path else None,
+            "model": str(self.model_path) if self.model_path else None,
+            "search_trials": self.n_search_trials,
+            "settings": self.settings.to_dict(),
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class OpenStudy:
+    """A study ready to run (stage 1's result).
+
+    Attributes:
+        study: the Optuna study; ``name`` its name, ``url`` its storage.
+        settings: resolved on the data (fingerprint, metric, counts); on resume, the recorded ones.
+        prepared: the study's data (subsample, splits, device).
+        preprocessing: the model's input preprocessing (mean, std, size).
+        profile, prior: the task profile and the prior, as recorded on the study.
+        notes: what the summary must say about how the study was opened (capped N, recorded
+            settings that won over this run's).
+    """
+
+    study: optuna.Study
+    name: str
+    url: str
+    settings: StudySettings
+    prepared: PreparedData
+    preprocessing: Any
+    profile: dict[str, Any] | None
+    prior: dict[str, Any] | None
+    notes: tuple[str, ...] = ()
+
+
+def open_study_for(
+    settings: StudySettings,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    warm_start: str | None = None,
+    estimator_kwargs: dict[str, Any] | None = None,
+    ui=None,
+) -> OpenStudy:
+    """Stage 1: load and split the data; create the study (estimate, prior, ranges, enqueued
+    controls and candidates) or resume it (the data fingerprint, model and precision must fit;
+    the recorded settings win, only ``--trials`` may grow)."""
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.progress import NullUI
+
+    ui = ui or NullUI()
+    url = storage_location(storage)
+    store = open_storage(url)
+    name = safe_name(study_name or default_study_name(settings))
+    notes: list[str] = []
+
+    ui.stage("loading data")
+    prepared = prepare_data(settings)
+    if settings.n is not None and settings.n > len(prepared.dataset):
+        ui.note(f"--n {settings.n} is more than {settings.target!r} holds: the study uses all {len(prepared.dataset)} images")
+        settings = replace(settings, n=len(prepared.dataset))
+        notes.append(f"N was capped at {settings.n}: all the images {settings.target!r} holds")
+    probe_backbone = create_backbone(settings.model, num_classes=len(prepared.dataset.classes))
+
+    if study_exists(store, name):
+        study, settings, profile_dict, prior_dict, overridden = _resume(name, store, settings, prepared, warm_start, ui)
+        if overridden:
+            notes.insert(0, overridden)
+    else:
+        study, settings, profile_dict, prior_dict = _create(
+            name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui
+        )
+        ui.note(f"created study {name!r} in {masked_url(url)}")
+    ui.note(describe_prior(settings.prior, prior_dict))
+    return OpenStudy(
+        study=open_study(name, store, settings), name=name, url=url, settings=settings, prepared=prepared,
+        preprocessing=probe_backbone.preprocessing, profile=profile_dict, prior=prior_dict, notes=tuple(notes),
+    )
+
+
+def _resume(name, store, settings: StudySettings, prepared: PreparedData, warm_start, ui):
+    """The existing study ``name``, checked against this run, with its recorded settings."""
+    from autotransfer.search.objective import precision_refusal, trial_precision
+    from autotransfer.search.study import resume_overrides
+
+    study = load_study(name, store)
+    stored = read_settings(study)
+    settings = settings.resolved(
+        fingerprint=prepared.fingerprint,
+        metric=stored.metric,
+        num_classes=stored.num_classes,
+        n_train=len(prepared.train),
+        **validation_counts(prepared, stored.metric),
+    )
+    check_compatible(study, settings)
+    # one precision per study (docs/devices.md): refuse before any trial runs
+    refusal = precision_refusal(study, trial_precision(prepared.device), str(prepared.device))
+    if refusal is not None:
+        raise UserError(refusal)
+    overridden = resume_overrides(stored, settings, warm_start=warm_start)
+    # resume with the stored budget and options; only --trials may grow
+    settings = type(settings).from_dict({**stored.to_dict(), "trials": settings.trials, "device": settings.device})
+    if settings.trials != stored.trials:
+        # workers read the budget from the study
+        study.set_user_attr(ATTR["settings"], {**stored.to_dict(), "trials": settings.trials})
+    ui.note(f"resuming study {name!r}: {len(search_trials(study))} finished search trials")
+    if overridden:
+        ui.note(overridden)
+    return study, settings, study.user_attrs.get(ATTR["profile"]), study.user_attrs.get(ATTR["prior"]), overridden
+
+
+def _create(name, store, settings: StudySettings, prepared: PreparedData, probe_backbone, warm_start, estimator_kwargs, ui):
+    """A new study ``name``: estimate the task, derive the prior, enqueue the fixed protocols."""
+    from autotransfer.estimate import TaskEstimator
+
+    ui.stage("estimating the task")
+    # the estimator runs where the trials run (--device), unless told otherwise
+    estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
+    # the held-out test split stays unseen: LogME, LEEP and H-score read labels
+    profile = estimator.fit(prepared.trainval, probe_backbone)
+    metric = profile.size.metric
+    settings = settings.resolved(
+        fingerprint=prepared.fingerprint,
+        metric=metric,
+        num_classes=len(prepared.dataset.classes),
+        n_train=len(prepared.train),
+        **validation_counts(prepared, metric),
+    )
+    if settings.prior.startswith("surface:"):
+        from autotransfer.surface import surface_prior_for_profile
+
+        prior = surface_prior_for_profile(settings.prior[len("surface:") :], profile)
+    else:
+        prior = profile.prior if settings.prior != "none" else None
+    if settings.prior == "none":
+        from autotransfer.prior import wide_prior
+
+        space = wide_prior()
+    else:
+        space = prior.space
+    fixed = fixed_protocols(prior, probe_backbone.num_groups, mode=settings.prior)
+    if warm_start:
+        fixed += warm_start_protocols(store, warm_start)
+    profile_dict = profile.to_dict()
+    prior_dict = prior.to_dict() if prior is not None else None
+    study = create_study(
+        name, store, settings, profile=profile_dict, prior=prior_dict, space=space, enqueue=fixed,
+        spread=prior.spread if prior is not None else None,
+    )
+    return study, settings, profile_dict, prior_dict
+
+
+def run_trials(opened: OpenStudy, *, workers: int = 1, timeout: float | None = None, ui=None) -> int | None:
+    """Stage 2: controls + search until the study's budget is met (or ``timeout``), in this
+    process or on ``workers`` local worker processes. Returns the micro-batch an out-of-memory
+    shrank the search to (``None``: the full batch fitted, or the workers ran it)."""
+    from autotransfer.search.progress import NullUI
+
+    ui = ui or NullUI()
+    settings = opened.settings
+    if workers > 1:
+        from autotransfer.search.workers import run_local_workers
+
+        ui.stage(f"controls + search on {workers} local workers")
+        run_local_workers(opened.name, opened.url, workers, device=settings.device, timeout=timeout, ui=ui)
+        return None
+    ui.stage("controls + search")
+    runner = build_runner(opened.study, settings, opened.prepared, ui=ui, preprocessing=opened.preprocessing)
+    ui.search_start(total=settings.trials, done=len(search_trials(opened.study)))
+    run_search(opened.study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
+    ui.search_end()
+    micro_batch = runner.micro_batch  # an out-of-memory in the search shrank it: keep it
+    del runner  # its prefix cache is not needed by the pick or the retrain
+    gc.collect()
+    return micro_batch
+
+
+@dataclass(frozen=True)
+class Finalised:
+    """Stage 3's result: the pick and the handed-back model.
+
+    Attributes:
+        pick: the pick recorded on the study (``None`` for a study without one).
+        best: the trial the study hands back (an ensemble's first member).
+        members: the trials whose retrains form the handed-back model.
+        test_score: its score on the held-out test split.
+        trained: the retrained models, or ``None`` when an earlier run's model folder was kept.
+        notes: what the summary must say (the pick, a fallback, the ensemble's members).
+    """
+
+    pick: Pick | None
+    best: optuna.trial.FrozenTrial
+    members: tuple[Member, ...]
+    test_score: float | None
+    trained: FinalEnsemble | None
+    notes: tuple[str, ...] = ()
+
+
+def finalise(opened: OpenStudy, *, model_dir: Path, micro_batch: int | None = None, ui=None) -> Finalised | None:
+    """Stage 3: apply the pick rule (recorded on the study), then retrain and check each member on
+    train+val and score the handed-back model on the test split. ``None`` when no transfer trial
+    completed. A resumed study whose recorded final model is still in ``model_dir`` keeps it."""
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.progress import NullUI
+
+    ui = ui or NullUI()
+    study, settings = opened.study, opened.settings
+
+    def make_backbone():
+        return create_backbone(settings.model, num_classes=settings.num_classes)
+
+    if settings.pick == "cv":
+        ui.stage(f"picking: cross-validating the top {PICK_TOP} protocols on train+val")
+    pick = pick_protocol(
+        study, settings, opened.prepared, make_backbone, progress=ui.trial_progress,
+        on_candidate=lambda i, k, number: ui.note(f"pick: candidate {i + 1} of {k} (trial {number})"),
+        micro_batch=micro_batch,
+    )
+    best = best_transfer_trial(study)
+    if best is None:
+        return None
+    notes = [describe_pick(pick, settings)]
+    members = handed_back_members(study, pick, best, len(opened.prepared.val) or 1)
+    wanted = [m.trial for m in members]
+    final = study.user_attrs.get(ATTR["final"]) or {}
+    if final_is_current(final, wanted, model_dir):
+        notes.append("the handed-back model was already retrained and tested: kept that result")
+        return Finalised(pick, best, tuple(members), final.get("test_score"), None, tuple(notes))
+    ui.stage(
+        f"retraining trial {best.number} on train+val" if len(members) == 1
+        else f"retraining the {len(members)} members (trials {', '.join(map(str, wanted))}) on train+val"
+    )
+    trained = train_ensemble(
+        members, settings, opened.prepared, progress=ui.trial_progress, micro_batch=micro_batch,
+        on_member=(lambda i, k, number: ui.note(f"member {i + 1} of {k}: trial {number}")) if len(members) > 1 else None,
+    )
+    notes.extend(trained.notes)
+    if len(members) > 1:
+        alone = ", ".join(f"{f.test_score:.3f}" for f in trained.members)
+        notes.append(
+            f"ensemble of {len(members)}: test {trained.test_score:.3f}; its members alone {alone};"
+            f" the retrains took {trained.seconds:.0f} s"
+        )
+    return Finalised(pick, best, tuple(members), trained.test_score, trained, tuple(notes))
+
+
+def publish(
+    opened: OpenStudy,
+    final: Finalised,
+    *,
+    model_dir: Path,
+    export_dir: str | Path,
+    surface_store: str | Path | None = None,
+) -> tuple[Path, list[str]]:
+    """Stage 4: save the model folder (when ``final`` retrained one) and record it on the study,
+    write the export, and record the study on the surface when it has enough evidence.
+    Returns the export's path and the notes for the summary."""
+    from autotransfer.export import export_payload, write_export
+
+    study, settings, notes = opened.study, opened.settings, []
+    if final.trained is not None:
+        _save_final(opened, final, model_dir)
+    path = write_export(export_payload(study), Path(export_dir) / f"{safe_name(opened.name)}.yaml", "yaml")
+    if surface_store:
+        from autotransfer.surface import record_study
+
+        shortfall = surface_evidence_shortfall(len(search_trials(study)), settings.val_images)
+        if shortfall:
+            notes.append(f"not recorded on the surface {str(surface_store)!r}: {shortfall}")
+        else:
+            record_study(study, surface_store)
+    return path, notes
+
+
+def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
+    """Write the handed-back model folder and record the final model on the study."""
+    from autotransfer.search.model_card import save_tuned_ensemble
+
+    study, trained = opened.study, final.trained
+    assert trained is not None
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    save_tuned_ensemble(
+        [
+            (f.backbone, m.protocol, {
+                "trial": m.trial, "val_score": m.val_score, "test_score": f.test_score, "trained_on": f.trained_on,
+                "freeze_reinit": (int(trials[m.trial].user_attrs.get("freeze", 0)),
+                                  int(trials[m.trial].user_attrs.get("reinit", 0))),
+            })
+            for m, f in zip(final.members, trained.members)
+        ],
+        model_dir, opened.settings, classes=list(opened.prepared.dataset.classes), test_score=trained.test_score,
+        test_images=len(opened.prepared.test), controls=control_scores(study), study=opened.name,
+    )
+    study.set_user_attr(
+        ATTR["final"],
+        {
+            "trial": final.best.number,
+            "members": [m.trial for m in final.members],
+            "test_score": trained.test_score,
+            "member_test_scores": [f.test_score for f in trained.members],
+            "model": str(model_dir),
+            "trained_on": trained.trained_on,
+            "member_trained_on": [f.trained_on for f in trained.members],
+            "fit_score": trained.members[0].fit_score,
+            "fit_scores": [f.fit_score for f in trained.members],
+            "train_images_per_s": trained.members[0].images_per_s,
+            "seconds": round(trained.seconds, 1),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
+
+
+def tune(
+    settings: StudySettings,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    timeout: float | None = None,
+    warm_start: str | None = None,
+    export_dir: str | Path = "studies/exports",
+    runs_dir: str | Path = "studies/runs",
+    estimator_kwargs: dict[str, Any] | None = None,
+    surface_store: str | Path | None = None,
+    ui=None,
+    workers: int = 1,
+) -> TuneResult:
+    """Run (or resume) a protocol search for ``settings`` and return its summary.
+
+    The four stages in order: ``open_study_for`` (data, estimate, prior, study), ``run_trials``
+    (controls + search), ``finalise`` (pick, retrain on train+val, test) and ``publish`` (model
+    folder, export, surface point). ``ui`` (``autotransfer.search.progress``) draws progress;
+    ``None`` is silent. ``workers`` > 1 runs the search on that many local worker processes
+    (``search.workers.run_local_workers``: one per GPU, or the CPU cores split). With
+    ``surface_store``, the study's best protocol is recorded on that surface.
+    """
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, but got {workers!r}")
+    opened = open_study_for(
+        settings, study_name=study_name, storage=storage, warm_start=warm_start, estimator_kwargs=estimator_kwargs, ui=ui
+    )
+    micro_batch = run_trials(opened, workers=workers, timeout=timeout, ui=ui)
+    model_dir = Path(runs_dir) / safe_name(opened.name)
+    final = finalise(opened, model_dir=model_dir, micro_batch=micro_batch, ui=ui)
+    study, settings, prepared = opened.study, opened.settings, opened.prepared
+    notes = list(opened.notes)
+    val_images = len(prepared.val)
+    if val_images < SMALL_VALIDATION:
+        notes.append(
+            f"the validation split holds {val_images} images (one image is {100 / val_images:.1f} points): "
+            "trials closer than that are tied within noise, and the best trial's validation score is optimistic"
+        )
+    common = dict(
+        study_name=opened.name, storage=opened.url, settings=settings, controls=control_scores(study),
+        n_search_trials=len(search_trials(study)), profile=opened.profile, prior=opened.prior,
+        val_images=val_images, test_images=len(prepared.test),
+    )
+    if final is None:
+        notes.append("no transfer trial completed: nothing to retrain or export")
+        return TuneResult(
+            best_protocol=None, best_trial=None, val_score=None, test_score=None, negative_transfer=False,
+            export_path=None, model_path=None, notes=notes, **common,
+        )
+    export_path, published = publish(
+        opened, final, model_dir=model_dir, export_dir=export_dir, surface_store=surface_store
+    )
+    best = final.best
+    val_score = float(best.value)
+    scratch = common["controls"].get("scratch")
+    return TuneResult(
+        best_protocol=Protocol.from_dict(best.params),
+        best_trial=best.number,
+        val_score=val_score,
+        test_score=final.test_score,
+        negative_transfer=scratch is not None and scratch > val_score,
+        export_path=export_path,
+        model_path=model_dir,  # the model folder: config.json + model.safetensors + README.md
+        integers=(int(best.user_attrs.get("freeze", 0)), int(best.user_attrs.get("reinit", 0))),
+        notes=notes + list(final.notes) + published,
+        pick=final.pick.to_dict() if final.pick is not None else None,
+        trained_on=(study.user_attrs.get(ATTR["final"]) or {}).get("trained_on", "train+val"),
+        **common,
+    )

@@ -1,0 +1,250 @@
+"""Running a study's trials: the enqueued protocols, the search loop with its budget, the trial
+runner, and one more worker joining a study (``join_study``). ``pipeline.tune`` strings these
+together with the estimate, the pick and the final model; ``search.workers`` launches
+``join_study`` in processes."""
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+
+from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.schema import CONTROL_ATTR, SOURCE_ATTR
+from autotransfer.core.settings import StudySettings
+from autotransfer.search.prepared import PreparedData, prepare_data, split_batches
+from autotransfer.search.storage import open_storage, storage_location
+from autotransfer.search.study import (
+    control_trials,
+    load_study,
+    open_study,
+    read_settings,
+    read_space,
+    search_trials,
+)
+
+__all__ = [
+    "default_study_name",
+    "fixed_protocols",
+    "warm_start_protocols",
+    "SearchBudget",
+    "run_search",
+    "validation_counts",
+    "control_scores",
+    "build_runner",
+    "join_study",
+]
+
+
+def default_study_name(settings: StudySettings) -> str:
+    """``<target>-<model>-n<N>-s<seed>``, with characters Optuna dashboards like."""
+    n = f"n{settings.n}" if settings.n else "all"
+    raw = f"{settings.target.removeprefix('builtin:')}-{settings.model}-{n}-s{settings.seed}"
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw).strip("_")
+
+
+def fixed_protocols(prior, num_groups: int, *, mode: str) -> list[tuple[Protocol, dict[str, Any]]]:
+    """Controls first, then (with a prior) the prior, the survey's two protocols and a linear probe."""
+    from autotransfer.prior import (
+        less_similar_protocol,
+        linear_probe_protocol,
+        probe_control_protocols,
+        recommended_protocol,
+        scratch_protocols,
+    )
+
+    fixed: list[tuple[Protocol, dict[str, Any]]] = []
+    for i, p in enumerate(scratch_protocols()):
+        fixed.append((p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}))
+    for i, p in enumerate(probe_control_protocols()):
+        fixed.append((p, {CONTROL_ATTR: "probe", SOURCE_ATTR: f"control:probe#{i}"}))
+    if mode != "none" and prior is not None:
+        fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
+        fixed += [(p, {SOURCE_ATTR: source}) for source, p in prior.candidates]
+        fixed.append((recommended_protocol(), {SOURCE_ATTR: "survey:recommended"}))
+        fixed.append((less_similar_protocol(num_groups), {SOURCE_ATTR: "survey:less-similar"}))
+        fixed.append((linear_probe_protocol(), {SOURCE_ATTR: "linear-probe"}))
+    return fixed
+
+
+def warm_start_protocols(storage, name: str, top: int = 3) -> list[tuple[Protocol, dict[str, Any]]]:
+    """The top protocols (parameters only) of an earlier study, to enqueue in a new one."""
+    earlier = load_study(name, storage)
+    ranked = sorted(
+        (t for t in search_trials(earlier, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None),
+        key=lambda t: t.value,
+        reverse=True,
+    )[:top]
+    return [(Protocol.from_dict(t.params), {SOURCE_ATTR: f"warm-start:{name}#{t.number}"}) for t in ranked]
+
+
+class SearchBudget:
+    """Stops ``optimize`` once the study holds ``trials`` finished search trials (controls excluded)
+    and no control, and no retry of a dead worker's trial, is left waiting."""
+
+    def __init__(
+        self,
+        trials: int,
+        on_trial_end: Callable[[int], None] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        self.trials = trials
+        self.on_trial_end = on_trial_end
+        self.deadline = deadline
+
+    def remaining(self, study: optuna.Study) -> int:
+        return max(0, self.trials - len(search_trials(study)))
+
+    def pending(self, study: optuna.Study) -> int:
+        """WAITING trials that must still run: controls, and retries of trials whose worker died."""
+        from autotransfer.search.retry import retried_trial_number
+
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        return sum(1 for t in waiting if CONTROL_ATTR in t.user_attrs or retried_trial_number(t) is not None)
+
+    def done(self, study: optuna.Study, *, wait: bool = True) -> bool:
+        """Budget met and nothing pending; first re-queues trials of dead workers (waiting, with
+        ``wait``, until every other running trial is finished or found stale)."""
+        from autotransfer.search.retry import settle_stale_trials
+
+        if self.remaining(study) > 0:
+            return False
+        settle_stale_trials(study, wait=wait, deadline=self.deadline)
+        return self.remaining(study) == 0 and self.pending(study) == 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.on_trial_end:
+            self.on_trial_end(len(search_trials(study)))
+        if self.done(study):
+            study.stop()
+
+
+def run_search(
+    study: optuna.Study,
+    runner,
+    trials: int,
+    *,
+    timeout: float | None = None,
+    on_trial_end: Callable[[int], None] | None = None,
+) -> None:
+    """Run trials until ``trials`` finished search trials exist (and the controls ran), or timeout.
+
+    Failed trials (NaN loss, out of memory) are recorded with their reason and the study
+    goes on; Ctrl-C stops at once, keeping every completed trial: the trial it stopped is
+    re-queued with its parameters (``workers.interruptible``), without Optuna's traceback.
+    """
+    from autotransfer.search.objective import TrialFailed
+    from autotransfer.search.retry import interruptible, quiet_interrupted_trials
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    budget = SearchBudget(trials, on_trial_end, deadline=deadline)
+    if budget.done(study, wait=False):
+        return
+    with warnings.catch_warnings(), quiet_interrupted_trials():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        study.optimize(
+            interruptible(runner), timeout=timeout, callbacks=[budget], catch=(TrialFailed,), gc_after_trial=False
+        )
+
+
+def validation_counts(prepared: PreparedData, metric: str) -> dict[str, int]:
+    """The validation split's size and its effective size under the study's metric (the pruner's
+    noise margin; ``effective_images``)."""
+    from autotransfer.search.pruning import effective_images
+
+    labels = np.asarray(prepared.val.labels)
+    counts = np.bincount(labels, minlength=len(prepared.dataset.classes)) if len(labels) else np.zeros(0, int)
+    return {"val_images": int(len(labels)), "val_effective": effective_images(counts.tolist(), metric)}
+
+
+
+def control_scores(study: optuna.Study) -> dict[str, float | None]:
+    """Best score of each control kind (from scratch: best of 3 ELRs; linear probe: best of 2)."""
+    scores: dict[str, float | None] = {"scratch": None, "probe": None}
+    for t in control_trials(study):
+        kind = t.user_attrs[CONTROL_ATTR]
+        if t.value is not None and (scores.get(kind) is None or t.value > scores[kind]):
+            scores[kind] = float(t.value)
+    return scores
+
+
+def build_runner(
+    study: optuna.Study, settings: StudySettings, prepared: PreparedData, *, ui=None, preprocessing=None
+):
+    """The objective for ``study`` over ``prepared`` data (fresh backbone per trial, shared prefix cache)."""
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.objective import TrialRunner
+    from autotransfer.search.progress import NullUI
+    from autotransfer.train import PrefixCache
+
+    ui = ui or NullUI()
+
+    def make_backbone():
+        return create_backbone(settings.model, num_classes=settings.num_classes)
+
+    preprocessing = preprocessing or make_backbone().preprocessing
+    return TrialRunner(
+        settings=settings,
+        space=read_space(study),
+        make_backbone=make_backbone,
+        train=split_batches(prepared, "train", settings, preprocessing),
+        val=split_batches(prepared, "val", settings, preprocessing),
+        prefix_cache=PrefixCache(),
+        on_progress=ui.trial_progress,
+        on_trial_start=ui.trial_start,
+    )
+
+
+def join_study(
+    study_name: str,
+    storage: str | None,
+    *,
+    device: str | None = None,
+    ui=None,
+    timeout: float | None = None,
+) -> int:
+    """Run trials of an existing study as one more worker until its search budget is met.
+
+    The study holds everything needed (settings, space, budget, data fingerprint); a worker
+    whose data fingerprint or package versions differ from the study's refuses to start.
+    Returns the number of finished search trials when the worker stops.
+    """
+    from autotransfer.search.progress import NullUI
+    from autotransfer.search.study import package_versions, read_attr
+
+    ui = ui or NullUI()
+    url = storage_location(storage)
+    store = open_storage(url)
+    study = load_study(study_name, store)
+    settings = read_settings(study)
+    if device:
+        settings = type(settings).from_dict({**settings.to_dict(), "device": device})
+    stored_versions = read_attr(study, "versions") or {}
+    mine = package_versions()
+    differing = [
+        f"{k} {stored_versions[k]} != {mine.get(k)}"
+        for k in ("torch", "timm", "autotransfer")
+        if k in stored_versions and stored_versions[k] != mine.get(k)
+    ]
+    if differing:
+        raise UserError(
+            f"worker refused for study {study_name!r}: package versions differ from the study's"
+            f" ({'; '.join(differing)}): install the study's versions on this machine"
+        )
+    prepared = prepare_data(settings)
+    if prepared.fingerprint != settings.fingerprint:
+        raise UserError(
+            f"worker refused for study {study_name!r}: dataset {settings.target!r} here has fingerprint"
+            f" {prepared.fingerprint[:12]}, the study's is {settings.fingerprint[:12]}: give this machine the same data"
+        )
+    study = open_study(study_name, store, settings, reseed=True)
+    runner = build_runner(study, settings, prepared, ui=ui)
+    ui.search_start(total=settings.trials, done=len(search_trials(study)))
+    run_search(study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
+    ui.search_end()
+    return len(search_trials(study))
