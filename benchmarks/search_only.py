@@ -16,7 +16,7 @@ def fixed_protocols(prior, num_groups: int) -> list[tuple[Any, dict[str, Any]]]:
 
     if prior is None:
         return []
-    return [(p, a) for p, a in fixed_protocols(prior, num_groups, mode="prior") if CONTROL_ATTR not in a]
+    return [(p, a) for p, a in fixed_protocols(prior, num_groups) if CONTROL_ATTR not in a]
 
 
 def run_search_study(

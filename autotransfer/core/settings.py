@@ -7,7 +7,7 @@ from typing import Any
 
 from autotransfer.core.errors import UserError
 
-__all__ = ["StudySettings", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL", "PICK_RULES"]
+__all__ = ["StudySettings", "PriorSpec", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL", "PICK_RULES"]
 
 #: The embedded default job: built-in data and built-in weights, ~5 minutes on 2 CPU cores.
 DEFAULT_TARGET = "builtin:animals"
@@ -32,6 +32,31 @@ def default_steps(n_train: int, batch_size: int) -> int:
         raise ValueError(f"need n_train > 0 and batch_size > 0, but got {n_train!r}, {batch_size!r}")
     epochs = 20 if n_train < 1000 else 12 if n_train < 5000 else 6 if n_train < 20000 else 3
     return int(min(5000, max(60, math.ceil(epochs * n_train / batch_size))))
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    """``--prior``, parsed once (``StudySettings.prior_spec``): what the study searches around.
+
+    ``kind``: ``quadrant`` (the survey's rules), ``none`` (the wide ranges, nothing enqueued) or
+    ``surface`` (the surface of optimal protocols stored at ``path``). ``str()`` gives back the
+    text form the study records (``quadrant``, ``none``, ``surface:PATH``).
+    """
+
+    kind: str
+    path: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "PriorSpec":
+        """The spec of ``text``; anything else is a one-line ``UserError`` naming it."""
+        if text in ("quadrant", "none"):
+            return cls(text)
+        if isinstance(text, str) and text.startswith("surface:") and len(text) > len("surface:"):
+            return cls("surface", text[len("surface:"):])
+        raise UserError(f"--prior must be quadrant, none or surface:PATH, but got {text!r}")
+
+    def __str__(self) -> str:
+        return f"surface:{self.path}" if self.kind == "surface" else self.kind
 
 
 @dataclass
@@ -84,10 +109,14 @@ class StudySettings:
             raise UserError(f"eval_every must be >= 1, but got {self.eval_every!r}")
         if self.pick not in PICK_RULES:
             raise UserError(f"--pick must be one of {', '.join(PICK_RULES)}, but got {self.pick!r}")
-        if not (self.prior in ("quadrant", "none") or (self.prior.startswith("surface:") and len(self.prior) > 8)):
-            raise UserError(f"--prior must be quadrant, none or surface:PATH, but got {self.prior!r}")
+        PriorSpec.parse(self.prior)
         if not (0 < self.val_frac < 0.5 and 0 < self.test_frac < 0.5):
             raise UserError(f"val/test fractions must lie in (0, 0.5), but got {self.val_frac!r}, {self.test_frac!r}")
+
+    @property
+    def prior_spec(self) -> PriorSpec:
+        """``prior`` parsed (``PriorSpec``)."""
+        return PriorSpec.parse(self.prior)
 
     def resolved(
         self,

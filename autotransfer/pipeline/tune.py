@@ -22,7 +22,7 @@ from autotransfer.core.errors import UserError
 from autotransfer.core.paths import safe_name
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import ATTR
-from autotransfer.core.settings import StudySettings
+from autotransfer.core.settings import PriorSpec, StudySettings
 from autotransfer.search.final import FinalEnsemble, Member, train_ensemble
 from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.search.prepared import PreparedData, prepare_data
@@ -84,12 +84,12 @@ def surface_evidence_shortfall(search_trials: int, val_images: int) -> str | Non
     return ("too little evidence: " + " and ".join(missing)) if missing else None
 
 
-def describe_prior(spec: str, prior: dict[str, Any] | None) -> str:
+def describe_prior(spec: PriorSpec, prior: dict[str, Any] | None) -> str:
     """One line: which prior the study searches around, and from which file."""
-    if spec == "none" or prior is None:
+    if spec.kind == "none" or prior is None:
         return "prior: none (uniform start-up draws over the wide ranges; nothing enqueued)"
-    if spec.startswith("surface:"):
-        return f"prior: the surface of optimal protocols in {spec[len('surface:'):]!r} ({prior.get('quadrant', '')})"
+    if spec.kind == "surface":
+        return f"prior: the surface of optimal protocols in {spec.path!r} ({prior.get('quadrant', '')})"
     return f"prior: the quadrant rules ({prior.get('quadrant', '')}; survey arXiv 2205.09904)"
 
 
@@ -260,7 +260,7 @@ def open_study_for(
             name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui
         )
         ui.note(f"created study {name!r} in {masked_url(url)}")
-    ui.note(describe_prior(settings.prior, prior_dict))
+    ui.note(describe_prior(settings.prior_spec, prior_dict))
     return OpenStudy(
         study=open_study(name, store, settings), name=name, url=url, settings=settings, prepared=prepared,
         preprocessing=probe_backbone.preprocessing, profile=profile_dict, prior=prior_dict, notes=tuple(notes),
@@ -315,19 +315,20 @@ def _create(name, store, settings: StudySettings, prepared: PreparedData, probe_
         n_train=len(prepared.train),
         **validation_counts(prepared, metric),
     )
-    if settings.prior.startswith("surface:"):
+    spec = settings.prior_spec
+    if spec.kind == "surface":
         from autotransfer.surface import surface_prior_for_profile
 
-        prior = surface_prior_for_profile(settings.prior[len("surface:") :], profile)
+        prior = surface_prior_for_profile(spec.path, profile)
     else:
-        prior = profile.prior if settings.prior != "none" else None
-    if settings.prior == "none":
+        prior = profile.prior if spec.kind != "none" else None
+    if prior is None:
         from autotransfer.prior import wide_prior
 
         space = wide_prior()
     else:
         space = prior.space
-    fixed = fixed_protocols(prior, probe_backbone.num_groups, mode=settings.prior)
+    fixed = fixed_protocols(prior, probe_backbone.num_groups)
     if warm_start:
         fixed += warm_start_protocols(store, warm_start)
     profile_dict = profile.to_dict()

@@ -295,9 +295,9 @@ def store_path_for(study) -> Path:
     else ``studies/surface.json``."""
     from autotransfer.search.study import read_settings
 
-    prior = str(read_settings(study).prior or "")
-    if prior.startswith("surface:"):
-        return Path(prior[len("surface:"):])
+    spec = read_settings(study).prior_spec
+    if spec.kind == "surface":
+        return Path(str(spec.path))
     return active_store()
 
 

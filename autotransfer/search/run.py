@@ -47,8 +47,9 @@ def default_study_name(settings: StudySettings) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw).strip("_")
 
 
-def fixed_protocols(prior, num_groups: int, *, mode: str) -> list[tuple[Protocol, dict[str, Any]]]:
-    """Controls first, then (with a prior) the prior, the survey's two protocols and a linear probe."""
+def fixed_protocols(prior, num_groups: int) -> list[tuple[Protocol, dict[str, Any]]]:
+    """Controls first, then (with a prior; ``None`` for ``--prior none``) the prior, its
+    candidates, the survey's two protocols and a linear probe."""
     from autotransfer.prior import (
         less_similar_protocol,
         linear_probe_protocol,
@@ -62,7 +63,7 @@ def fixed_protocols(prior, num_groups: int, *, mode: str) -> list[tuple[Protocol
         fixed.append((p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}))
     for i, p in enumerate(probe_control_protocols()):
         fixed.append((p, {CONTROL_ATTR: "probe", SOURCE_ATTR: f"control:probe#{i}"}))
-    if mode != "none" and prior is not None:
+    if prior is not None:
         fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
         fixed += [(p, {SOURCE_ATTR: source}) for source, p in prior.candidates]
         fixed.append((recommended_protocol(), {SOURCE_ATTR: "survey:recommended"}))

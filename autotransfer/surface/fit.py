@@ -14,6 +14,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.settings import PriorSpec
 from autotransfer.prior.quadrant import WIDTHS, Prior, exploring_space, quadrant_prior
 from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.surface.store import SurfacePoint, SurfaceStore, default_surface
@@ -541,8 +542,9 @@ def surface_for_prior(prior: str | None, model: str) -> Path | None:
     anything else (``quadrant``, ``none``), ``None``."""
     if prior is None:
         return default_surface(model)
-    if prior.startswith("surface:"):
-        path = Path(prior[len("surface:"):])
+    spec = PriorSpec.parse(prior)
+    if spec.kind == "surface":
+        path = Path(str(spec.path))
         surface_points(path, model)
         return path
     return None
