@@ -186,18 +186,18 @@ def estimate_cmd(
     """
     from autotransfer.data import load_dataset, stratified_subsample
     from autotransfer.estimate import TaskEstimator
-    from autotransfer.surface import surface_for_prior, surface_prior_for_profile
+    from autotransfer.surface import store_named_by, prior_for_task
 
     if not (prior in (None, "quadrant") or prior.startswith("surface:")):
         raise UserError(f"--prior must be quadrant or surface:PATH, but got {prior!r}")
-    surface_path = surface_for_prior(prior, model)
+    surface_path = store_named_by(prior, model)
     dataset = load_dataset(target, require_labels=True)
     if n is not None:
         dataset = stratified_subsample(dataset, n, seed=seed)
     profile = TaskEstimator(max_images=max_images, seed=seed, progress=fmt is OutputFormat.table).fit(
         dataset, model, source=source
     )
-    surface = surface_prior_for_profile(surface_path, profile) if surface_path is not None else None
+    surface = prior_for_task(surface_path, profile) if surface_path is not None else None
     if fmt is OutputFormat.json:
         _print_json({**profile.to_dict(), "surface_prior": surface.to_dict() if surface else None})
         return
@@ -263,9 +263,9 @@ def tune_cmd(
         values["prune"] = False
     settings = StudySettings.from_dict(values)
 
-    from autotransfer.surface import active_store, surface_for_prior
+    from autotransfer.surface import active_store, store_named_by
 
-    surface_path = surface_for_prior(prior, settings.model)
+    surface_path = store_named_by(prior, settings.model)
     if prior is None and surface_path is not None:
         settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{surface_path}"})
     ui = RichUI() if fmt is OutputFormat.table else NullUI()

@@ -7,7 +7,7 @@ For each target and seed at one size:
 - ``quadrant``: the sweep's own study (run with the quadrant prior); with ``--quadrant-from rerun``,
   a new search-only study with that study's prior, under the current search rules;
 - ``surface``: a new search-only study centred on the surface fitted to every point of the store
-  except this target's (``prior_from_surface(exclude_targets=...)``), enqueuing what ``tune``
+  except this target's (``prior_at_coordinates(exclude_targets=...)``), enqueuing what ``tune``
   enqueues with that prior (its centre, the optima of the nearest recorded studies, the survey's
   protocols, a linear probe);
 - ``none``: a new search-only study over the wide ranges, nothing enqueued.
@@ -50,7 +50,7 @@ def run_prior(
     from autotransfer.search.prepared import prepare_data
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study, read_attr, read_settings, study_exists
-    from autotransfer.surface import POINT_ATTR, surface_prior_for_profile
+    from autotransfer.surface import POINT_ATTR, prior_for_task
     from search_only import run_search_study, search_values
 
     base = replace(spec.base_settings(), target=target, n=size, seed=seed)
@@ -72,7 +72,7 @@ def run_prior(
         prior = Prior.from_dict(read_attr(sweep_study, "prior"))
     if prior_kind == "surface":
         profile = TaskProfile.from_dict(read_attr(sweep_study, "profile"))
-        prior = surface_prior_for_profile(spec.store, profile, exclude_targets=[target])
+        prior = prior_for_task(spec.store, profile, exclude_targets=[target])
         record["prior_centre"] = prior.centre.to_dict()
         record["prior_rationale"] = prior.rationale[0]  # says whether the residual (quadrant + GP) fit was used
         record["prior_candidates"] = [source for source, _ in prior.candidates]  # enqueued after the centre

@@ -317,9 +317,9 @@ def _create(name, store, settings: StudySettings, prepared: PreparedData, probe_
     )
     spec = settings.prior_spec
     if spec.kind == "surface":
-        from autotransfer.surface import surface_prior_for_profile
+        from autotransfer.surface import prior_for_task
 
-        prior = surface_prior_for_profile(spec.path, profile)
+        prior = prior_for_task(spec.path, profile)
     else:
         prior = profile.prior if spec.kind != "none" else None
     if prior is None:

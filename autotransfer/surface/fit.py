@@ -28,8 +28,8 @@ __all__ = [
     "FEW_POINT_STD",
     "SurfaceModel",
     "SurfacePrediction",
-    "surface_prior",
-    "prior_from_surface",
+    "prior_from_prediction",
+    "prior_at_coordinates",
     "quadrant_values",
     "RESIDUAL_MIN_LENGTH_SCALE",
 ]
@@ -454,7 +454,7 @@ class SurfaceModel:
         )
 
 
-def surface_prior(
+def prior_from_prediction(
     prediction: SurfacePrediction,
     num_groups: int,
     *,
@@ -535,7 +535,7 @@ def surface_points(path: str | Path, model: str, *, exclude_targets: Sequence[st
     return points
 
 
-def surface_for_prior(prior: str | None, model: str) -> Path | None:
+def store_named_by(prior: str | None, model: str) -> Path | None:
     """The surface store a ``--prior`` value names for ``model``: none given, the default surface
     (``default_surface``: the active store when it has points for the model); ``surface:PATH``,
     that store, checked to hold points for the model (``UserError`` now, not after an estimate);
@@ -550,7 +550,7 @@ def surface_for_prior(prior: str | None, model: str) -> Path | None:
     return None
 
 
-def prior_from_surface(
+def prior_at_coordinates(
     path: str | Path,
     *,
     model: str,
@@ -602,20 +602,20 @@ def prior_from_surface(
     if prediction.residual:
         prediction.notes.extend(notes)
     near = fitted.neighbours(log10_n, similarity, neighbours)
-    return surface_prior(prediction, num_groups, bounds=bounds, quadrant=quadrant, neighbours=near)
+    return prior_from_prediction(prediction, num_groups, bounds=bounds, quadrant=quadrant, neighbours=near)
 
 
-def surface_prior_for_profile(
+def prior_for_task(
     path: str | Path,
     profile: "TaskProfile",
     *,
     exclude_targets: Sequence[str] = (),
     neighbours: int = NEIGHBOURS,
 ) -> Prior:
-    """The surface prior for a measured task (``TaskEstimator.fit``'s profile): ``prior_from_surface``
+    """The surface prior for a measured task (``TaskEstimator.fit``'s profile): ``prior_at_coordinates``
     at its coordinates, with its excess profile, class count and transferability, and the quadrant
     its placement names."""
-    return prior_from_surface(
+    return prior_at_coordinates(
         path,
         model=profile.model,
         log10_n=profile.log10_n,

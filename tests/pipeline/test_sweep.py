@@ -10,7 +10,7 @@ from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study, search_trials
 from autotransfer.report.surface_plots import surface_figure
 from autotransfer.pipeline.sweep import run_sweep
-from autotransfer.surface import POINT_ATTR, SurfaceModel, SurfaceStore, surface_prior
+from autotransfer.surface import POINT_ATTR, SurfaceModel, SurfaceStore, prior_from_prediction
 
 
 @pytest.mark.slow
@@ -55,7 +55,7 @@ def test_tiny_sweep_end_to_end_and_resume(tmp_path, monkeypatch):
     model = SurfaceModel().fit(points)
     pred = model.predict(2.5, points[0].similarity)
     assert pred.few_points is False and pred.n_points == 4
-    prior = surface_prior(pred, num_groups=points[0].num_groups)
+    prior = prior_from_prediction(pred, num_groups=points[0].num_groups)
     assert prior.kind == "surface"
     fig = surface_figure(load_study(points[0].study, store))
     assert fig is not None and any(t.name == "this study" for t in fig.data)

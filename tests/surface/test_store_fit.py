@@ -16,10 +16,10 @@ from autotransfer.pipeline.sweep import load_sweep_spec
 from autotransfer.report.surface_plots import surface_grid_info, write_surface_html
 from autotransfer.surface import (
     SurfaceModel,
-    prior_from_surface,
+    prior_at_coordinates,
     SurfacePoint,
     SurfaceStore,
-    surface_prior,
+    prior_from_prediction,
 )
 from autotransfer.surface.fit import quadrant_values
 
@@ -113,9 +113,9 @@ def test_few_points_say_so_and_widen():
     pred = few.predict(2.5, 0.4)
     assert pred.few_points and pred.n_points == 2
     assert any("only 2" in n for n in pred.notes)
-    prior = surface_prior(pred, num_groups=8)
+    prior = prior_from_prediction(pred, num_groups=8)
     many = SurfaceModel().fit(make_points(grid_coords(5)))
-    prior_many = surface_prior(many.predict(2.5, 0.4), num_groups=8)
+    prior_many = prior_from_prediction(many.predict(2.5, 0.4), num_groups=8)
     for name in ("log10_elr", "freeze_frac", "reinit_frac", "head_lr_mult"):
         w_few = prior.spread[name]  # the start-up draws' spread (the searched space is wide either way)
         w_many = prior_many.spread[name]
@@ -127,7 +127,7 @@ def test_few_points_say_so_and_widen():
 def test_surface_prior_centre_inside_its_space():
     model = SurfaceModel().fit(make_points(grid_coords(4)))
     for x, s in [(1.0, 0.0), (2.5, 0.5), (5.0, 1.0)]:
-        prior = surface_prior(model.predict(x, s), num_groups=8)
+        prior = prior_from_prediction(model.predict(x, s), num_groups=8)
         assert prior.kind == "surface"
         for name, rng in prior.space.ranges.items():
             assert rng.low - 1e-12 <= getattr(prior.centre, name) <= rng.high + 1e-12, name
@@ -284,7 +284,7 @@ def test_pure_noise_residuals_give_the_rules_and_narrow_ranges():
     _, noisy = model.predict_param("log10_elr", np.array([x]), np.array([s]),
                                    baseline=np.array([q_at(x, s)["log10_elr"]]), noise=True)
     assert np.mean(latent) < sigma / 2 < float(noisy[0]), (np.mean(latent), noisy)
-    prior = surface_prior(model.predict(x, s, baseline=q_at(x, s)), num_groups=G)
+    prior = prior_from_prediction(model.predict(x, s, baseline=q_at(x, s)), num_groups=G)
     assert prior.spread["log10_elr"] == pytest.approx(WIDTHS["log10_elr"])  # the quadrant spread: not widened by the noise
 
 
@@ -302,28 +302,28 @@ def test_fallback_to_the_plain_gp_is_noted(tmp_path):
     no_base = new.predict(2.2, 0.5)
     assert not no_base.residual and any("no quadrant baseline" in n for n in no_base.notes)
     assert no_base.protocol.log10_elr == pytest.approx(plain_elr, abs=1e-9)  # same plain GP, same points
-    # prior_from_surface: the target's task fields switch the residual fit on, and the rationale says so
+    # prior_at_coordinates: the target's task fields switch the residual fit on, and the rationale says so
     path = tmp_path / "surface.json"
     SurfaceStore(path).add(task_points(coords))
     inputs = task_inputs(2.2, 0.5)
-    with_fields = prior_from_surface(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
+    with_fields = prior_at_coordinates(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
                                      excess=inputs["excess"], num_classes=10,
                                      transferability=inputs["transferability"])
     assert "residuals" in with_fields.rationale[0] and "quadrant" in with_fields.rationale[1]
     assert with_fields.centre.log10_elr == pytest.approx(q["log10_elr"] + offset(2.2, 0.5)["log10_elr"], abs=0.08)
-    without = prior_from_surface(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G)
+    without = prior_at_coordinates(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G)
     assert "constant mean" in without.rationale[0]
     assert any("no quadrant baseline" in line for line in without.rationale)
     # points recorded without a transferability: the target's baseline ignores its own, and says so
     SurfaceStore(path).add([SurfacePoint.from_dict({**p.to_dict(), "transferability": None})
                             for p in task_points(coords)])
-    ignored = prior_from_surface(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
+    ignored = prior_at_coordinates(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
                                  excess=inputs["excess"], num_classes=10, transferability=0.9)
     assert any("no surface point records a transferability" in line for line in ignored.rationale)
     q_plain = quadrant_values(2.2, 0.5, inputs["excess"], G, num_classes=10)
     assert f"(quadrant {q_plain['log10_elr']:.3g}," in ignored.rationale[1]
     with pytest.raises(UserError, match="excess profile has 3 values"):
-        prior_from_surface(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
+        prior_at_coordinates(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
                            excess=[0.1, 0.2, 0.3], num_classes=10)
 
 
@@ -360,12 +360,12 @@ def test_neighbours_are_one_per_target_nearest_first_and_round_trip_in_the_prior
     assert model.nearest(3.4, 0.85).study == "study-4"
     path = tmp_path / "surface.json"
     SurfaceStore(path).add(points)
-    prior = prior_from_surface(path, model="fashion-source", log10_n=2.0, similarity=0.2, num_groups=8, neighbours=2)
+    prior = prior_at_coordinates(path, model="fashion-source", log10_n=2.0, similarity=0.2, num_groups=8, neighbours=2)
     assert [s for s, _ in prior.candidates] == ["surface:study-0", "surface:study-1"]
     assert prior.candidates[0][1] == Protocol.from_dict(points[0].protocol)
     again = Prior.from_dict(json.loads(json.dumps(prior.to_dict())))
     assert again.candidates == prior.candidates
-    assert prior_from_surface(path, model="fashion-source", log10_n=2.0, similarity=0.2, num_groups=8,
+    assert prior_at_coordinates(path, model="fashion-source", log10_n=2.0, similarity=0.2, num_groups=8,
                               neighbours=0).candidates == []
     with pytest.raises(ValueError, match="k must be >= 0"):
         model.neighbours(2.0, 0.2, -1)
