@@ -341,7 +341,7 @@ def score_timing(seed: int, log) -> dict:
     from threadpoolctl import threadpool_limits
 
     from autotransfer.estimate.features import extract_group_features, native_array
-    from autotransfer.estimate.transferability import _logme_evidence, h_score, logme
+    from autotransfer.estimate.transferability import logme_evidence, h_score, logme
 
     backbone = create_backbone("efficientnet_lite0", 10)
     ds = stratified_subsample(load_dataset("builtin:animals"), 1000, seed=seed)
@@ -361,7 +361,7 @@ def score_timing(seed: int, log) -> dict:
         U, sigma, _ = np.linalg.svd(F, full_matrices=False)
         keep = sigma > sigma.max() * max(n, d) * np.finfo(np.float64).eps
         U, sigma = U[:, keep], sigma[keep]
-        return float(np.mean([_logme_evidence(U.T @ (y == c), float(np.sum(y == c)), sigma, n, d,
+        return float(np.mean([logme_evidence(U.T @ (y == c), float(np.sum(y == c)), sigma, n, d,
                                               max_iter=100, tol=1e-6) / n for c in np.unique(y)]))
 
     out = {"shape": list(F.shape)}

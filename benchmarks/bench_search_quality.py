@@ -45,7 +45,7 @@ def run_one(target: str, seed: int, method: str, args: argparse.Namespace, stora
     from autotransfer.core.protocol import Protocol
     from autotransfer.core.settings import StudySettings
     from autotransfer.search.study import best_transfer_trial, search_trials
-    from search_only import run_search_study
+    from autotransfer.pipeline.search_only import run_search_study
 
     base = StudySettings(
         target=target, model=args.model, n=args.n, seed=seed, resolution=args.resolution,
@@ -146,7 +146,7 @@ def main() -> None:
 
     import torch
 
-    from search_only import ResultLog
+    from autotransfer.pipeline.search_only import ResultLog
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     log = ResultLog(args.results)

@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="only print the table of recorded results")
     args = parser.parse_args()
 
-    from search_only import ResultLog
+    from autotransfer.pipeline.search_only import ResultLog
 
     log = ResultLog(args.results)
     if not args.summary:

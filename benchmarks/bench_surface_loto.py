@@ -51,7 +51,7 @@ def run_prior(
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study, read_attr, read_settings, study_exists
     from autotransfer.surface import POINT_ATTR, prior_for_task
-    from search_only import run_search_study, search_values
+    from autotransfer.pipeline.search_only import run_search_study, search_values
 
     base = replace(spec.base_settings(), target=target, n=size, seed=seed)
     sweep_storage = storage_location(spec.storage)
@@ -94,7 +94,7 @@ def summary(results: list[dict], trials: int, tolerance: float = 0.01, reference
     """Per (size, target, seed): trials to within ``tolerance`` for each prior; then, over all
     complete runs, the mean trials to within 1, 3 and 5 points with their ratios to no prior, and
     the mean gap to the reference after k trials."""
-    from search_only import trials_to_within
+    from autotransfer.pipeline.search_only import trials_to_within
 
     groups: dict[tuple[int, str, int], dict[str, list]] = {}
     for r in results:
@@ -194,7 +194,7 @@ def main() -> None:
 
     import torch
 
-    from search_only import ResultLog
+    from autotransfer.pipeline.search_only import ResultLog
 
     from autotransfer.pipeline.sweep import load_sweep_spec
 

@@ -39,7 +39,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 OUT = Path(__file__).parent / "out"
-sys.path.insert(0, str(Path(__file__).parent))
 PRIORS = ("surface", "quadrant", "none")
 JUDGE_SEED = 12345  # the judge set's draw; fixed so that every prior of a (target, seed) meets the same images
 TOLERANCES = (0.01, 0.03, 0.05)
@@ -60,7 +59,7 @@ def find_study(record: dict, trials: int):
     record's (several benchmark databases reuse names)."""
     import optuna
 
-    from search_only import search_values
+    from autotransfer.pipeline.search_only import search_values
 
     for db in sorted(glob.glob(str(OUT / "surface-loto*.db"))):
         url = f"sqlite:///{db}"
@@ -151,7 +150,7 @@ def handed_back_scores(record: dict) -> list[float | None]:
 def summary(records: list[dict], trials: int) -> str:
     """Per-run table and the mean trials to within 1 / 3 / 5 points (handed back; tried where
     every completed trial was judged), with ratios to no prior, and the validation-vs-judge check."""
-    from search_only import trials_to_within
+    from autotransfer.pipeline.search_only import trials_to_within
 
     latest: dict[tuple, dict] = {}
     for r in records:  # a later record of a study supersedes an earlier one

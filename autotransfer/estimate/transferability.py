@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-__all__ = ["logme", "logme_chance", "logme_over_chance", "leep", "h_score", "TRANSFER_REF_IMAGES"]
+__all__ = ["logme", "logme_evidence", "logme_chance", "logme_over_chance", "leep", "h_score", "TRANSFER_REF_IMAGES"]
 
 #: Images on which ``logme_over_chance`` is measured (a stratified, seeded subsample when the
 #: target has more). LogME per sample grows with n (its Occam term is spread over more
@@ -39,7 +39,7 @@ def _as_labels(y, n: int, name: str = "F") -> tuple[np.ndarray, int]:
     return codes.reshape(-1), int(classes.size)
 
 
-def _logme_evidence(
+def logme_evidence(
     U_t_y: np.ndarray, y_sq: float, sigma: np.ndarray, n: int, d: int, *, max_iter: int, tol: float
 ) -> float:
     """Maximised log evidence of one regression target (You et al. 2021, Algorithm 1).
@@ -110,7 +110,7 @@ def logme(F, y, *, max_iter: int = 100, tol: float = 1e-6) -> float:
 
     For each class ``c`` the one-hot target ``1[y = c]`` is regressed on the features by
     Bayesian linear regression; its log marginal evidence is maximised over the prior and
-    noise precisions (α, β) by MacKay's fixed point (see ``_logme_evidence``), divided by
+    noise precisions (α, β) by MacKay's fixed point (see ``logme_evidence``), divided by
     n, and averaged over classes. One spectrum of F serves every class (``_spectrum``). The reference
     implementation stops at a relative change of 1e-2 after at most 11 steps; here it
     iterates to ``tol`` (the values agree to ~1e-3). Features are used as given (no
@@ -131,7 +131,7 @@ def logme(F, y, *, max_iter: int = 100, tol: float = 1e-6) -> float:
     targets = (codes[:, None] == np.arange(n_classes)[None, :]).astype(np.float64)  # (n, C)
     sigma, projected = _spectrum(F, targets)
     evidences = [
-        _logme_evidence(projected[:, c], float(counts), sigma, n, d, max_iter=max_iter, tol=tol) / n
+        logme_evidence(projected[:, c], float(counts), sigma, n, d, max_iter=max_iter, tol=tol) / n
         for c, counts in enumerate(targets.sum(0))
     ]
     return float(np.mean(evidences))

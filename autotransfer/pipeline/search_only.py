@@ -1,4 +1,6 @@
-"""Search-only studies for the benchmarks: tune's search trials without controls, retraining or export."""
+"""Search-only studies, for the benchmarks that measure the search itself: ``tune``'s search trials
+without the controls, the pick, the retrain or the export; how quickly a study's trials reach a
+reference score; and a resumable JSON-lines log of benchmark results."""
 from __future__ import annotations
 
 import json
@@ -7,12 +9,14 @@ from typing import Any
 
 import optuna
 
+__all__ = ["enqueued_protocols", "run_search_study", "search_values", "trials_to_within", "ResultLog"]
 
-def fixed_protocols(prior, num_groups: int) -> list[tuple[Any, dict[str, Any]]]:
-    """What ``tune`` enqueues for ``prior`` (the prior, its candidates, the survey's two protocols, a linear probe),
-    controls left out; nothing for no prior."""
-    from autotransfer.search.run import fixed_protocols
+
+def enqueued_protocols(prior, num_groups: int) -> list[tuple[Any, dict[str, Any]]]:
+    """What ``tune`` enqueues for ``prior`` (the prior, its candidates, the survey's two protocols, a
+    linear probe), controls left out; nothing for no prior."""
     from autotransfer.core.schema import CONTROL_ATTR
+    from autotransfer.search.run import fixed_protocols
 
     if prior is None:
         return []
@@ -42,7 +46,7 @@ def run_search_study(
     if study_exists(store, name):  # an interrupted run: start it again from nothing
         optuna.delete_study(study_name=name, storage=store)
     space = wide_prior() if prior is None else prior.space
-    enqueue = fixed_protocols(prior, backbone.num_groups)
+    enqueue = enqueued_protocols(prior, backbone.num_groups)
     create_study(name, store, settings, profile=None, prior=None, space=space, enqueue=enqueue)
     study = load_study(name, store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))
     runner = build_runner(study, settings, prepared, preprocessing=backbone.preprocessing)
