@@ -1,20 +1,55 @@
-"""autotransfer: automated transfer-learning protocol search for image classification."""
+"""autotransfer: automated transfer-learning protocol search for image classification.
+
+The handful of names a Python user needs:
+
+- ``tune(StudySettings(...))``: the main job (estimate, prior, Optuna study, pick, final model);
+  returns a ``TuneResult`` whose ``model_path`` is the handed-back model folder;
+- ``estimate(target, model)``: measure a task and show the priors ``tune`` would start from;
+- ``load_model(folder)``: a handed-back model folder as a predictor (``predict``,
+  ``predict_proba``, ``classes_``); ``evaluate_model(folder, target)`` scores it;
+- ``StudySettings`` and ``Protocol``: the job's settings and one fine-tuning recipe;
+- ``AutotransferError``: the root of every error the package raises (``UserError``: bad input).
+
+docs/design.md describes the layers below these.
+"""
 from __future__ import annotations
 
+from typing import Any
+
 from autotransfer.core.errors import AutotransferError, UserError
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.settings import StudySettings
 from autotransfer.core.version import __version__
 
-__all__ = ["AutotransferError", "UserError", "__version__", "load_model", "evaluate_model"]
+__all__ = [
+    "tune",
+    "estimate",
+    "load_model",
+    "evaluate_model",
+    "StudySettings",
+    "Protocol",
+    "AutotransferError",
+    "UserError",
+    "__version__",
+]
+
+#: The public functions that need torch, and where they live. They load on first use, so that
+#: ``import autotransfer`` and ``autotransfer --help`` stay fast (PEP 562).
+_LAZY = {
+    "tune": "autotransfer.pipeline.tune",
+    "estimate": "autotransfer.pipeline.estimate",
+    "load_model": "autotransfer.predict",
+    "evaluate_model": "autotransfer.evaluation",
+}
 
 
-def __getattr__(name: str):
-    # torch loads on first use, so `import autotransfer` and `autotransfer --help` stay quick
-    if name == "load_model":
-        from autotransfer.predict import load_model
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-        return load_model
-    if name == "evaluate_model":
-        from autotransfer.evaluation import evaluate_model
-
-        return evaluate_model
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,60 @@
+"""``estimate``: measure a target task (size, divergence by depth, transferability) and derive the
+priors ``tune`` would start from, without running a study."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autotransfer.core.errors import UserError
+from autotransfer.core.settings import PriorSpec
+
+__all__ = ["TaskEstimate", "estimate"]
+
+
+@dataclass(frozen=True)
+class TaskEstimate:
+    """What ``estimate`` measured: the task ``profile`` (with its quadrant prior) and, when a
+    surface of optimal protocols has points for the model, the ``surface_prior`` ``tune`` would
+    start from (``None`` otherwise)."""
+
+    profile: Any
+    surface_prior: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.profile.to_dict(),
+            "surface_prior": self.surface_prior.to_dict() if self.surface_prior is not None else None,
+        }
+
+
+def estimate(
+    target: str,
+    model: str = "efficientnet_lite0",
+    *,
+    source: str | None = None,
+    n: int | None = None,
+    max_images: int = 1000,
+    seed: int = 0,
+    prior: str | None = None,
+    progress: bool = False,
+) -> TaskEstimate:
+    """Measure ``target`` (a dataset spec, labelled) against ``model`` (a model spec).
+
+    ``n``: estimate on a stratified subsample of that many images. ``source``: a sample of the
+    source domain (any dataset spec) for the source-based divergence. ``prior``: ``quadrant`` (the
+    profile's prior only) or ``surface:PATH`` (also that surface's prior); ``None`` also shows the
+    default surface's prior when it has points for the model. ``progress`` draws a bar on stderr.
+    """
+    from autotransfer.data import load_dataset, stratified_subsample
+    from autotransfer.estimate import TaskEstimator
+    from autotransfer.surface import prior_for_task, store_named_by
+
+    if prior is not None and PriorSpec.parse(prior).kind == "none":
+        raise UserError(f"--prior must be quadrant or surface:PATH, but got {prior!r}")
+    surface_path = store_named_by(prior, model)  # a missing store is refused before the estimate
+    dataset = load_dataset(target, require_labels=True)
+    if n is not None:
+        dataset = stratified_subsample(dataset, n, seed=seed)
+    profile = TaskEstimator(max_images=max_images, seed=seed, progress=progress).fit(dataset, model, source=source)
+    surface = prior_for_task(surface_path, profile) if surface_path is not None else None
+    return TaskEstimate(profile, surface)
