@@ -32,7 +32,6 @@ import dataclasses
 import glob
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 

@@ -43,7 +43,7 @@ def test_skipped_record_survives_the_profile_and_reaches_the_summary():
     assert TaskProfile.from_dict(_profile().to_dict()).skipped is None  # older profiles: none recorded
 
     from autotransfer.report.summary import summary_table
-    from autotransfer.pipeline.tune import TuneResult
+    from autotransfer.pipeline.outcome import TuneResult
     from autotransfer.core.settings import StudySettings
 
     fields = {f.name for f in dataclasses.fields(TuneResult)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,15 @@ from autotransfer.core.errors import UserError
 from autotransfer.core.paths import safe_name
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import ATTR
-from autotransfer.core.settings import PriorSpec, StudySettings
-from autotransfer.search.final import FinalEnsemble, Member, train_ensemble
+from autotransfer.core.settings import StudySettings
+from autotransfer.pipeline.outcome import (
+    SMALL_VALIDATION,
+    TuneResult,
+    describe_pick,
+    describe_prior,
+    surface_evidence_shortfall,
+)
+from autotransfer.search.final import FinalEnsemble, Member, final_is_current, handed_back_members, train_ensemble
 from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.search.prepared import PreparedData, prepare_data
 from autotransfer.search.run import (
@@ -56,145 +63,9 @@ __all__ = [
     "run_trials",
     "finalise",
     "publish",
-    "describe_prior",
-    "describe_pick",
-    "surface_evidence_shortfall",
-    "SURFACE_MIN_TRIALS",
-    "SURFACE_MIN_VAL_IMAGES",
 ]
 
 
-SMALL_VALIDATION = 100  # below this many validation images, tune says how coarse the scores are
-#: A study's optimum enters the surface (the next study's prior) only with this much evidence:
-#: at least 10 finished search trials (half the default budget: fewer and the "optimum" is one of
-#: the enqueued guesses) and 30 validation images (N = 200; below that one image is 4+ points, and
-#: the judged leave-one-target-out benchmark found no gain from the surface at N = 100, where the
-#: validation split holds 15 images; benchmarks/RESULTS.md).
-SURFACE_MIN_TRIALS = 10
-SURFACE_MIN_VAL_IMAGES = 30
-
-
-def surface_evidence_shortfall(search_trials: int, val_images: int) -> str | None:
-    """Why a study is too thin to enter the surface of optimal protocols, or ``None``."""
-    missing = []
-    if search_trials < SURFACE_MIN_TRIALS:
-        missing.append(f"{search_trials} finished search trials (needs {SURFACE_MIN_TRIALS})")
-    if val_images < SURFACE_MIN_VAL_IMAGES:
-        missing.append(f"{val_images} validation images (needs {SURFACE_MIN_VAL_IMAGES})")
-    return ("too little evidence: " + " and ".join(missing)) if missing else None
-
-
-def describe_prior(spec: PriorSpec, prior: dict[str, Any] | None) -> str:
-    """One line: which prior the study searches around, and from which file."""
-    if spec.kind == "none" or prior is None:
-        return "prior: none (uniform start-up draws over the wide ranges; nothing enqueued)"
-    if spec.kind == "surface":
-        return f"prior: the surface of optimal protocols in {spec.path!r} ({prior.get('quadrant', '')})"
-    return f"prior: the quadrant rules ({prior.get('quadrant', '')}; survey arXiv 2205.09904)"
-
-
-def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
-    """One line: the pick rule, the chosen protocol's score with its uncertainty, and the cost."""
-    from autotransfer.train import score_interval
-
-    if pick is not None and pick.rule == "ensemble":
-        if not pick.is_ensemble:
-            return "pick: an ensemble of the top protocols (rule 'ensemble'), but only one transfer trial completed: that one"
-        return (
-            f"pick: an ensemble of the top {len(pick.members)} distinct protocols by validation (trials"
-            f" {', '.join(map(str, pick.members))}; rule 'ensemble'), each retrained on train+val, probabilities"
-            f" averaged; cost {pick.trainings} extra trainings of {pick.steps} steps and {len(pick.members)}x the"
-            " prediction time; the validation scores of the top protocols lie within noise of each other"
-        )
-    if pick is None or pick.chosen is None:
-        return "pick: the best validation trial (rule 'val'; no re-score)"
-    c = pick.chosen
-    low, high = score_interval(min(max(c.oof_score, 0.0), 1.0), c.images)
-    return (
-        f"pick: trial {c.trial} by {len(c.fold_scores)}-fold cross-validation of the top {len(pick.candidates)}"
-        f" protocols on train+val: {c.oof_score:.3f} on {c.images} out-of-fold images (95% CI {low:.3f}-{high:.3f},"
-        f" instability ±{c.instability:.3f} against the other candidates on the same folds); cost {pick.trainings} extra trainings of {pick.steps} steps"
-        f" ({pick.seconds:.0f} s)"
-    )
-
-
-def handed_back_members(study, pick: Pick | None, best, val_images: int) -> list[Member]:
-    """The trials whose retrains form the handed-back model (the pick's members; ``best`` alone
-    without a pick), each with the score its retrain's check expects: the cross-validated score
-    for a ``cv`` pick, else the trial's validation score on ``val_images`` images."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    numbers = pick.members if pick is not None else [best.number]
-    chosen = pick.chosen if pick is not None else None
-    members = []
-    for number in numbers:
-        trial = trials[number]
-        if chosen is not None and chosen.trial == number:
-            expected, images = chosen.oof_score, chosen.images
-        else:
-            expected, images = float(trial.value), val_images
-        members.append(Member(number, Protocol.from_dict(trial.params), expected, images, float(trial.value)))
-    return members
-
-
-def final_is_current(final: dict[str, Any], members: list[int], model_dir: Path) -> bool:
-    """Whether the recorded final retrain (``ATTR["final"]``) is of these ``members`` and its
-    model folder is still there (a resumed study keeps it instead of retraining)."""
-    recorded = final.get("members") or ([final["trial"]] if "trial" in final else [])
-    return (
-        [int(v) for v in recorded] == list(members)
-        and (model_dir / "model.safetensors").exists()
-        and (model_dir / "config.json").exists()
-    )
-
-
-@dataclass(frozen=True)
-class TuneResult:
-    """What ``tune`` hands back (the CLI prints it), built once when the job ends."""
-
-    study_name: str
-    storage: str
-    settings: StudySettings
-    best_protocol: Protocol | None
-    best_trial: int | None
-    val_score: float | None
-    test_score: float | None
-    controls: dict[str, float | None]
-    negative_transfer: bool
-    export_path: Path | None
-    model_path: Path | None
-    n_search_trials: int
-    profile: dict[str, Any] | None
-    prior: dict[str, Any] | None
-    integers: tuple[int, int] | None = None
-    notes: list[str] = field(default_factory=list)
-    val_images: int | None = None
-    test_images: int | None = None
-    pick: dict[str, Any] | None = None
-    trained_on: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "study": self.study_name,
-            "storage": self.storage,
-            "metric": self.settings.metric,
-            "best_protocol": self.best_protocol.to_dict() if self.best_protocol else None,
-            "best_trial": self.best_trial,
-            "freeze_reinit": list(self.integers) if self.integers else None,
-            "val_score": self.val_score,
-            "test_score": self.test_score,
-            "val_images": self.val_images,
-            "test_images": self.test_images,
-            "pick": self.pick,
-            "skipped": (self.profile or {}).get("skipped"),
-            "trained_on": self.trained_on,
-            "controls": self.controls,
-            "negative_transfer": self.negative_transfer,
-            "export": str(self.export_path) if self.export_path else None,
-            "model": str(self.model_path) if self.model_path else None,
-            "search_trials": self.n_search_trials,
-            "settings": self.settings.to_dict(),
-            "notes": self.notes,
-        }
 
 
 @dataclass(frozen=True)

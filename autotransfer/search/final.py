@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from autotransfer.search.prepared import PreparedData, split_batches
@@ -35,6 +36,8 @@ __all__ = [
     "ensemble_test_score",
     "is_broken",
     "BROKEN_MARGIN",
+    "handed_back_members",
+    "final_is_current",
 ]
 
 #: The least shortfall of the training fit below the expected score that counts as broken.
@@ -222,3 +225,32 @@ def train_ensemble(
         [f.backbone for f in finals], settings, prepared
     )
     return FinalEnsemble(finals, test_score, time.perf_counter() - started)
+
+
+def handed_back_members(study, pick, best, val_images: int) -> list[Member]:
+    """The trials whose retrains form the handed-back model (the pick's members; ``best`` alone
+    without a pick), each with the score its retrain's check expects: the cross-validated score
+    for a ``cv`` pick, else the trial's validation score on ``val_images`` images."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    numbers = pick.members if pick is not None else [best.number]
+    chosen = pick.chosen if pick is not None else None
+    members = []
+    for number in numbers:
+        trial = trials[number]
+        if chosen is not None and chosen.trial == number:
+            expected, images = chosen.oof_score, chosen.images
+        else:
+            expected, images = float(trial.value), val_images
+        members.append(Member(number, Protocol.from_dict(trial.params), expected, images, float(trial.value)))
+    return members
+
+
+def final_is_current(final: dict[str, Any], members: list[int], model_dir: Path) -> bool:
+    """Whether the recorded final retrain (``ATTR["final"]``) is of these ``members`` and its
+    model folder is still there (a resumed study keeps it instead of retraining)."""
+    recorded = final.get("members") or ([final["trial"]] if "trial" in final else [])
+    return (
+        [int(v) for v in recorded] == list(members)
+        and (model_dir / "model.safetensors").exists()
+        and (model_dir / "config.json").exists()
+    )

@@ -11,7 +11,8 @@ import pytest
 from autotransfer.export import export_payload, read_export, write_export
 from autotransfer.search import pick as pick_module
 from autotransfer.search.final import is_broken, train_final
-from autotransfer.pipeline.tune import surface_evidence_shortfall, tune
+from autotransfer.pipeline.outcome import surface_evidence_shortfall
+from autotransfer.pipeline.tune import tune
 from autotransfer.search.pick import PICK_FOLDS, PICK_TOP, read_pick
 from autotransfer.search.prepared import split_batches
 from autotransfer.core.protocol import Protocol
