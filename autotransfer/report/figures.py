@@ -1,4 +1,8 @@
-"""The info step of the report: the numbers behind each figure, read from a study (no plotly)."""
+"""The info step of the report: the numbers behind each figure, read from a study (no plotly).
+
+Over 400 lines: one small info function per report figure, all reading the same study attributes;
+the drawing is in plots.py.
+"""
 from __future__ import annotations
 
 import math

@@ -10,6 +10,9 @@ budget) after the grace period marks it FAIL and re-queues its parameters as a W
 trial that remembers the original trial number; ``ask`` hands each WAITING trial to one
 worker only (a row lock), so no trial runs on two workers at once. A trial stopped by Ctrl-C
 (or SIGTERM) is re-queued the same way by the process it ran in (``interruptible``).
+
+Over 400 lines: planning, launching, waiting on and stopping worker processes, and the worker loop
+itself, which share the signal handling and the process bookkeeping.
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""A Gaussian-process fit of each protocol parameter over (log10 N, similarity), and the prior it gives."""
+"""A Gaussian-process fit of each protocol parameter over (log10 N, similarity), and the prior it gives.
+
+Over 400 lines: the GP fit per parameter and the priors it gives (at coordinates, for a task, from
+a prediction) share the fitted model's normalisation.
+"""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,8 @@
-"""The trial loop: fine-tune a ``Backbone`` under one ``TrainConfig``, validating as it goes."""
+"""The trial loop: fine-tune a ``Backbone`` under one ``TrainConfig``, validating as it goes.
+
+Over 400 lines: the one training loop, with its parameter groups, gradient accumulation, BN modes,
+L2-SP and validation; one loop keeps trials, the pick and the final retrain identical.
+"""
 from __future__ import annotations
 
 import math

@@ -49,6 +49,9 @@ step's layout; under bf16 autocast the bfloat16 store is handed over as it is
 (``CachedPrefix.step_dtype``: the first convolution would cast to bfloat16 anyway, and
 bf16 -> fp32 -> bf16 is exact), else converted once to float32. Per step that is the gather and
 at most one conversion (before: to float32, to channels_last, and autocast's cast back to bf16).
+
+Over 400 lines: the cache's key, memory cap, build in chunks and the training views on cached
+features must agree exactly, so they stay together.
 """
 from __future__ import annotations
 
