@@ -216,13 +216,14 @@ def tune_cmd(
     trials: Optional[int] = typer.Option(None, "--trials", help="finished search trials, controls excluded"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     study: Optional[str] = typer.Option(None, "--study", help="study name (default: from target, model, n, seed)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///studies/autotransfer.db)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else OUT/autotransfer.db)"),
+    out: str = typer.Option("studies", "--out", help="the folder for everything tune writes: the model (runs/STUDY), the export (exports/STUDY.yaml), the surface (surface.json, unless $AUTOTRANSFER_SURFACE) and the default storage"),
     n: Optional[int] = typer.Option(None, "--n", help="stratified subsample of N images"),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="training input size in px"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     steps: Optional[int] = typer.Option(None, "--steps", help="budget in optimizer steps (default from size)"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (default) or adamw"),
-    prior: Optional[str] = typer.Option(None, "--prior", help="surface:PATH (default when studies/surface.json has points for the model), quadrant or none"),
+    prior: Optional[str] = typer.Option(None, "--prior", help="surface:PATH (default when OUT/surface.json has points for the model), quadrant or none"),
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="enqueue the top protocols of an earlier study"),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="noise-aware successive-halving pruning of sampled trials"),
     pick: Optional[str] = typer.Option(None, "--pick", help="ensemble (default: the top 3 protocols retrained on train+val, probabilities averaged), cv (cross-validate the top 3 on train+val, keep the best) or val (the best validation trial)"),
@@ -236,17 +237,20 @@ def tune_cmd(
     """Search the best fine-tuning protocol for TARGET with real trials; export it and the model.
 
     Runs: estimate → prior → controls + search → retrain the best on train+val → test → export.
-    Re-running the same study resumes it.
+    Re-running the same study resumes it. Everything lands under --out (default studies/): the model
+    folder runs/STUDY, the export exports/STUDY.yaml, the surface, and the studies' database unless
+    --storage or $AUTOTRANSFER_STORAGE names another. Progress goes to stderr, results to stdout.
 
     Examples:
       autotransfer tune                       # the embedded demo (~2.5 min on 2 CPU cores)
+      autotransfer tune builtin:digits --out runs/digits --format json > digits.json
       autotransfer tune builtin:elpv --n 600 --trials 20 --resolution 64
       autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
     """
     from autotransfer.core.paths import safe_name
     from autotransfer.search import demo
-    from autotransfer.search.progress import NullUI, RichUI
+    from autotransfer.search.progress import RichUI
 
     if study is not None:
         safe_name(study)  # refused before any work: the name becomes a folder and a file
@@ -263,27 +267,35 @@ def tune_cmd(
         values["prune"] = False
     settings = StudySettings.from_dict(values)
 
-    from autotransfer.surface import active_store, store_named_by
+    from autotransfer.search.storage import default_storage, masked_url
+    from autotransfer.surface import store_named_by
 
-    surface_path = store_named_by(prior, settings.model)
+    folder = _out_folder(out)
+    store = _surface_store(folder)
+    surface_path = _surface_with_points(store, settings.model) if prior is None else store_named_by(prior, settings.model)
     if prior is None and surface_path is not None:
         settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{surface_path}"})
-    ui = RichUI() if fmt is OutputFormat.table else NullUI()
-    result = tune(
-        settings,
-        study_name=study,
-        storage=storage,
-        timeout=timeout,
-        warm_start=warm_start,
-        surface_store=active_store(),
-        ui=ui,
-        workers=workers,
-    )
+    ui = RichUI(console=err_console)  # progress on stderr in either format: stdout carries only the result
+    try:
+        result = tune(
+            settings,
+            study_name=study,
+            storage=storage or default_storage(folder),
+            timeout=timeout,
+            warm_start=warm_start,
+            export_dir=folder / "exports",
+            runs_dir=folder / "runs",
+            estimator_kwargs={"progress": True},
+            surface_store=store,
+            ui=ui,
+            workers=workers,
+        )
+    finally:
+        ui.close()
     if fmt is OutputFormat.json:
-        from autotransfer.search.storage import masked_url
-
         payload = result.to_dict()
         payload["storage"] = masked_url(str(payload.get("storage") or ""))
+        payload["surface"] = {"path": str(store), "recorded": _on_surface(store, result.study_name)}
         _print_json(payload)
         return
     from autotransfer.report.summary import summary_table
@@ -291,11 +303,46 @@ def tune_cmd(
     console.print(summary_table(result))
 
 
+def _out_folder(out: str):
+    """``tune --out`` as an absolute folder; a path that is a file is a one-line error."""
+    from pathlib import Path
+
+    folder = Path(out).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {out!r} is a file, not a folder: give the folder tune should write into")
+    return folder
+
+
+def _surface_store(folder):
+    """The surface ``tune`` reads its default prior from and records on: ``$AUTOTRANSFER_SURFACE``
+    (a surface shared across folders), else ``surface.json`` in ``--out``."""
+    from pathlib import Path
+
+    shared = os.environ.get("AUTOTRANSFER_SURFACE", "").strip()
+    return Path(shared).expanduser().resolve() if shared else folder / "surface.json"
+
+
+def _surface_with_points(store, model: str):
+    """``store`` when it holds points for ``model`` (then it is the default prior), else ``None``."""
+    from autotransfer.surface import SurfaceStore
+
+    surface = SurfaceStore(store)
+    return store if surface.exists() and surface.load(model=model) else None
+
+
+def _on_surface(store, study: str) -> bool:
+    """Whether ``study``'s optimum is recorded on the surface at ``store``."""
+    from autotransfer.surface import SurfaceStore
+
+    surface = SurfaceStore(store)
+    return surface.exists() and any(p.study == study for p in surface.load())
+
+
 @app.command("worker")
 def worker_cmd(
     study: str = typer.Option(..., "--study", help="name of an existing study"),
     storage: Optional[str] = typer.Option(
-        None, "--storage", help="the study's storage URL, e.g. postgresql://user:pass@host/db (default sqlite:///studies/autotransfer.db)"
+        None, "--storage", help="the study's storage URL, e.g. postgresql://user:pass@host/db (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"
     ),
     device: str = typer.Option("auto", "--device", help="this machine's device: auto (default), cpu or cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
@@ -324,30 +371,62 @@ def worker_cmd(
 @app.command("export")
 def export_cmd(
     study: str = typer.Argument(..., help="study name"),
-    fmt: str = typer.Option("yaml", "--format", help="yaml, json or timm (an args file for timm's train.py)"),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="file to write (default: stdout)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
+    fmt: str = typer.Option(
+        "yaml", "--format",
+        help="yaml or json (the protocol with its provenance, for train --config), timm (an args file for timm's"
+        " train.py) or script (a Python file that trains the protocol with torch and timm alone)",
+    ),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="file to write (default: stdout; timm and script need a file)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"),
 ) -> None:
-    """Write a study's best protocol with its provenance.
+    """Write a study's best protocol with its provenance, or as something that trains it outside autotransfer.
+
+    timm and script also write the source weights beside the file (FILE-init.safetensors, timm's key
+    names), and list on stderr what the format cannot express.
 
     Examples:
       autotransfer export animals-efficientnet_lite0-n600-s0 -o best.yaml
-      autotransfer export my-study --format timm -o args.yaml
+      autotransfer export my-study --format timm -o args.yaml     # python train.py --config args.yaml --data-dir DATA
+      autotransfer export my-study --format script -o train_my_study.py   # python train_my_study.py DATA --out model/
     """
     import tempfile
     from pathlib import Path
 
-    from autotransfer.export import export_payload, write_export
+    from autotransfer.export import (
+        EXPORT_FORMATS,
+        FILE_FORMATS,
+        export_payload,
+        not_expressed,
+        source_backbone,
+        source_model,
+        weights_path,
+        write_export,
+    )
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import load_study
 
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, but got {fmt!r}")
+    if fmt in FILE_FORMATS and not output:
+        raise UserError(f"--format {fmt} writes a weights file beside its output: give the file to write with -o")
     payload = export_payload(load_study(study, open_storage(storage, heartbeat=False)))
-    if output:
-        path = write_export(payload, output, fmt)
-        err_console.print(f"wrote {path}")
+    if not output:
+        with tempfile.TemporaryDirectory() as tmp:
+            typer.echo(write_export(payload, Path(tmp) / "export", fmt).read_text(), nl=False)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        typer.echo(write_export(payload, Path(tmp) / "export", fmt).read_text(), nl=False)
+    backbone = source_backbone(payload) if fmt in FILE_FORMATS else None
+    path = write_export(payload, output, fmt, backbone=backbone)
+    written = f"{path} and {weights_path(path)}" if backbone is not None else str(path)
+    err_console.print(f"wrote {written}", highlight=False, soft_wrap=True)
+    if fmt == "script":
+        err_console.print(f"run: python {path} DATA_DIR --out MODEL_DIR   (DATA_DIR: one folder of images per class)",
+                          highlight=False, soft_wrap=True)
+    missing = not_expressed(payload, fmt, source_model(backbone) if backbone is not None else None)
+    if fmt == "timm":
+        err_console.print("timm's train.py cannot express:" if missing else "timm's train.py expresses all of this protocol",
+                          highlight=False)
+    for line in missing:
+        err_console.print(f"  - {line}", highlight=False, soft_wrap=True)
 
 
 @app.command("train")
@@ -522,7 +601,7 @@ def surface_cmd(
     steps: Optional[int] = typer.Option(None, "--steps"),
     device: Optional[str] = typer.Option(None, "--device"),
     spec: Optional[str] = typer.Option(None, "--spec", help="YAML sweep spec (see studies/sweep-small.yaml)"),
-    storage: Optional[str] = typer.Option(None, "--storage"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"),
     store: Optional[str] = typer.Option(None, "--store", help="surface store (default studies/surface.json)"),
     html: Optional[str] = typer.Option(None, "--html", help="write the fitted surface (and, from --storage, accuracy along protocol slices) as self-contained HTML"),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format"),
@@ -595,7 +674,7 @@ def surface_cmd(
 
 @app.command("dashboard")
 def dashboard_cmd(
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///studies/autotransfer.db)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: this machine only)"),
     port: int = typer.Option(8080, "--port", help="port to serve on"),
     study: Optional[str] = typer.Option(None, "--study", help="attach views to this study only and print its page"),
@@ -627,7 +706,7 @@ def dashboard_cmd(
 def report_cmd(
     study: str = typer.Argument(..., help="study name"),
     output: str = typer.Option("report.html", "-o", "--output", help="HTML file to write"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"),
 ) -> None:
     """Write one self-contained HTML page about a study (plotly inline: no network needed to view it).
 

@@ -257,3 +257,89 @@ def test_postgres_password_is_never_printed(tmp_path):
 )
 def test_bad_tune_values_are_one_line_before_any_work(tmp_path, args, needles):
     assert_one_line_error(run_cli(*args, cwd=tmp_path), *needles)
+
+
+# -- tune --out, AUTOTRANSFER_STORAGE, progress, exports -------------------------------------------
+
+TINY_TUNE = (
+    "tune", "builtin:digits", "--model", "fashion-source", "--n", "160", "--resolution", "16", "--batch-size", "16",
+    "--steps", "12", "--trials", "1", "--pick", "val", "--device", "cpu", "--prior", "quadrant",
+)
+
+
+@pytest.fixture(scope="module")
+def tuned_out(tmp_path_factory):
+    """``(work folder, tune's JSON, its stderr)`` of a tiny study tuned with ``--out out``, as a terminal
+    would show it (FORCE_COLOR: rich draws its bars), no surface shared through the environment."""
+    work = tmp_path_factory.mktemp("tune-out")
+    done = run_cli(*TINY_TUNE, "--out", "out", "--format", "json", cwd=work,
+                   env={"AUTOTRANSFER_SURFACE": "", "FORCE_COLOR": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work, json.loads(done.stdout), done.stderr
+
+
+def test_tune_out_puts_every_artifact_in_one_folder_and_says_where_absolutely(tuned_out):
+    work, result, _ = tuned_out
+    out = (work / "out").resolve()
+    assert result["model"] == str(out / "runs" / result["study"]) and (out / "runs" / result["study"] / "config.json").is_file()
+    assert result["export"] == str(out / "exports" / f"{result['study']}.yaml") and Path(result["export"]).is_file()
+    assert result["storage"] == f"sqlite:///{out / 'autotransfer.db'}" and (out / "autotransfer.db").is_file()
+    assert result["surface"] == {"path": str(out / "surface.json"), "recorded": False}  # 1 trial: too thin to record
+    assert sorted(p.name for p in work.iterdir()) == ["cache", "out"]  # nothing beside it (cache: AUTOTRANSFER_CACHE)
+
+
+def test_tune_shows_estimate_and_retrain_progress_on_stderr(tuned_out):
+    _, _, stderr = tuned_out
+    assert "target features" in stderr  # the estimator's bar
+    assert "retraining trial" in stderr and "12/12" in stderr and "steps" in stderr  # the final retrain's bar
+
+
+def test_autotransfer_storage_is_the_default_of_every_command(tuned_out, tmp_path):
+    work, result, _ = tuned_out
+    env = {"AUTOTRANSFER_STORAGE": f"sqlite:///{work / 'out' / 'autotransfer.db'}", "AUTOTRANSFER_SURFACE": ""}
+    done = run_cli("export", result["study"], "--format", "timm", "-o", "args.yaml", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from autotransfer.export import TIMM_TRAIN_KEYS
+
+    args = yaml.safe_load((tmp_path / "args.yaml").read_text())
+    assert set(args) <= TIMM_TRAIN_KEYS and args["opt"] == "momentum" and args["warmup_epochs"] == 0
+    assert Path(args["initial_checkpoint"]) == tmp_path / "args-init.safetensors"
+    err = " ".join(done.stderr.split())
+    assert "wrote args.yaml and args-init.safetensors" in err and "timm's train.py cannot express" in err
+    assert "freezing: groups 0-2 of 5" in err  # the study's protocol froze 3 groups
+    done = run_cli("export", result["study"], "--format", "script", "-o", "train_it.py", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "run: python train_it.py DATA_DIR --out MODEL_DIR" in " ".join(done.stderr.split())
+    compile((tmp_path / "train_it.py").read_text(), "train_it.py", "exec")
+    # tune too: it resumes the study there (its trials are done) instead of starting one under studies/
+    done = run_cli(*TINY_TUNE, "--format", "json", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = json.loads(done.stdout)
+    assert again["storage"] == env["AUTOTRANSFER_STORAGE"] and again["best_trial"] == result["best_trial"]
+    assert "resuming study" in done.stderr and not (tmp_path / "studies" / "autotransfer.db").exists()
+
+
+@pytest.mark.parametrize("command", [["export", "some-study"], ["report", "some-study", "-o", "r.html"]])
+def test_a_secret_in_autotransfer_storage_stays_masked(tmp_path, command):
+    env = {"AUTOTRANSFER_STORAGE": "postgresql://at:hunter2@127.0.0.1:9/autotransfer"}
+    done = run_cli(*command, cwd=tmp_path, env=env, timeout=120)
+    line = assert_one_line_error(done, "postgresql://at:***@127.0.0.1:9/autotransfer")
+    assert "hunter2" not in done.stdout + done.stderr and "hunter2" not in line
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["export", "s", "--format", "timm"], ("--format timm writes a weights file", "-o")),
+        (["export", "s", "--format", "script"], ("--format script writes a weights file", "-o")),
+        (["export", "s", "--format", "xml"], ("--format must be one of yaml, json, timm, script", "xml")),
+    ],
+)
+def test_bad_export_requests_are_one_line(tmp_path, args, needles):
+    assert_one_line_error(run_cli(*args, cwd=tmp_path), *needles)
+    assert not (tmp_path / "studies").exists()
+
+
+def test_tune_out_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    assert_one_line_error(run_cli(*TINY_TUNE, "--out", "taken", cwd=tmp_path), "--out 'taken' is a file")

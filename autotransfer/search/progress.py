@@ -1,4 +1,5 @@
-"""Progress display for long searches: a bar for the whole study and one for the trial in flight."""
+"""Progress display for long jobs on stderr: during the search a bar for the whole study and one for the
+trial in flight; outside it (the pick's cross-validation, the final retrain) a bar per training run."""
 from __future__ import annotations
 
 from typing import Any
@@ -26,6 +27,8 @@ class NullUI:
 
     def trial_progress(self, step: int, total: int) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class RichUI(NullUI):
     """Rich progress bars on stderr: the study (finished search trials) and the running trial (steps)."""
@@ -35,14 +38,19 @@ class RichUI(NullUI):
         self.progress: Progress | None = None
         self.study_task = None
         self.trial_task = None
+        self.run: Progress | None = None  # one training run outside the search
+        self.run_task = None
 
     def stage(self, text: str) -> None:
+        self._end_run()
         self.console.print(f"[bold cyan]»[/bold cyan] {text}")
 
     def note(self, text: str) -> None:
+        self._end_run()
         self.console.print(f"  {text}", highlight=False)
 
     def search_start(self, total: int, done: int) -> None:
+        self._end_run()
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -76,5 +84,29 @@ class RichUI(NullUI):
             self.note(text)
 
     def trial_progress(self, step: int, total: int) -> None:
+        """The running trial's bar during the search; outside it, a bar per training run (a run
+        starts at step 1 and its bar is printed complete at its last step)."""
         if self.progress is not None:
             self.progress.update(self.trial_task, completed=step, total=total)
+            return
+        if self.run is None or step <= 1:
+            self._end_run()
+            self.run = Progress(
+                TextColumn("  training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            self.run.start()
+            self.run_task = self.run.add_task("training", total=total)
+        self.run.update(self.run_task, completed=step, total=total)
+        if step >= total:
+            self._end_run()
+
+    def _end_run(self) -> None:
+        if self.run is not None:
+            self.run.stop()
+            self.run = None
+
+    def close(self) -> None:
+        """Stop any bar still drawn (the job ended or failed mid-run)."""
+        self._end_run()
+        self.search_end()

@@ -17,6 +17,8 @@ from autotransfer.core.errors import UserError
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "STORAGE_ENV",
+    "default_storage",
     "open_storage",
     "storage_location",
     "masked_url",
@@ -30,6 +32,9 @@ __all__ = [
 
 #: One SQLite file for all studies (an RDB storage, so heartbeats work).
 DEFAULT_STORAGE = "sqlite:///studies/autotransfer.db"
+#: The environment variable that sets the default storage of every command, as ``OPTUNA_STORAGE``
+#: does for optuna's CLI; ``--storage`` wins over it.
+STORAGE_ENV = "AUTOTRANSFER_STORAGE"
 #: Seconds between a running trial's heartbeats, and after which a silent trial is stale.
 HEARTBEAT_INTERVAL = int(os.environ.get("AUTOTRANSFER_HEARTBEAT", "20"))
 GRACE_PERIOD = int(os.environ.get("AUTOTRANSFER_GRACE", str(3 * HEARTBEAT_INTERVAL)))
@@ -122,10 +127,18 @@ class RequeueStaleTrial:
             _logger.warning("trial %d of a dead worker could not be re-queued: %s", trial.number, _one_line(err))
 
 
+def default_storage(folder: str | Path | None = None) -> str:
+    """The storage used when none is given: ``$AUTOTRANSFER_STORAGE``, else ``autotransfer.db`` in
+    ``folder`` (``tune --out``), else ``DEFAULT_STORAGE``."""
+    from_env = os.environ.get(STORAGE_ENV, "").strip()
+    if from_env:
+        return from_env
+    return DEFAULT_STORAGE if folder is None else f"sqlite:///{Path(folder) / 'autotransfer.db'}"
+
+
 def storage_location(url: str | None) -> str:
-    """The URL actually used (the default when ``url`` is None); plain paths become URLs."""
-    if not url:
-        return DEFAULT_STORAGE
+    """The URL actually used (``default_storage()`` when ``url`` is None); plain paths become URLs."""
+    url = url or default_storage()
     if "://" not in url:
         if url.endswith((".log", ".jsonl", ".journal")):
             return url
