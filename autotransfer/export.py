@@ -356,20 +356,24 @@ def timm_unexpressed(payload: dict[str, Any], source: SourceModel) -> list[str]:
     when it expresses all of it."""
     members = member_protocols(payload, source.num_groups)
     m, G = members[0], source.num_groups
+    f, r = m["freeze"], m["reinit"]
+    kept = G - f - r  # trainable groups that keep their pretrained weights
     lines = []
-    if m["freeze"]:
-        lines.append(f"freezing: groups 0-{m['freeze'] - 1} of {G} ({', '.join(source.group_names[:m['freeze']])})"
+    if f == G:
+        lines.append(f"freezing: all {G} groups get no gradient and run BatchNorm in eval mode (a linear probe)")
+    elif f:
+        lines.append(f"freezing: groups 0-{f - 1} of {G} ({', '.join(source.group_names[:f])})"
                      " get no gradient and run BatchNorm in eval mode")
-    if m["reinit"]:
-        lines.append(f"re-initialisation: the last {m['reinit']} of {G} groups"
-                     f" ({', '.join(source.group_names[G - m['reinit']:])}) start from fresh weights (seed {payload['settings']['seed']})")
+    if r:
+        lines.append(f"re-initialisation: the last {r} of {G} groups ({', '.join(source.group_names[G - r:])})"
+                     f" start from fresh weights (seed {payload['settings']['seed']})")
     if m["head_lr_mult"] != 1.0:
         lines.append(f"head lr multiplier: the new head trains at lr x {m['head_lr_mult']:.3g}; timm trains it at lr")
-    if m["bn_mode"] == "frozen":
+    if m["bn_mode"] == "frozen" and kept:
         lines.append("BN mode 'frozen': BatchNorm of the trainable pretrained groups runs in eval mode (source statistics)")
-    if m["l2sp"] > 0:
+    if m["l2sp"] > 0 and kept:
         lines.append(f"L2-SP: alpha/2 ||w - w0||^2 with alpha = {m['l2sp']:.3g} towards the source weights (instead of weight decay on them)")
-    if m["layer_decay"] < 1.0:
+    if m["layer_decay"] < 1.0 and G - f > 1:
         lines.append(f"layer decay {m['layer_decay']:.3g} per depth group ({G} coarse groups; timm's layer_decay spans"
                      " its finer layers, so it is left out)")
     if len(members) > 1:

@@ -150,3 +150,12 @@ def test_an_unwritable_output_is_one_line(tmp_path):
     (tmp_path / "taken").write_text("a file, not a folder")
     with pytest.raises(UserError, match="cannot write"):
         write_export(tiny_payload(PLAIN), tmp_path / "taken" / "args.yaml", "timm")
+
+
+def test_a_linear_probe_lists_only_what_matters_for_it():
+    payload = tiny_payload({**EVERYTHING, "freeze_frac": 1.0, "reinit_frac": 0.0})
+    lines = timm_unexpressed(payload, source_model(source_backbone(payload)))
+    assert lines == [
+        "freezing: all 5 groups get no gradient and run BatchNorm in eval mode (a linear probe)",
+        "head lr multiplier: the new head trains at lr x 10; timm trains it at lr",
+    ]  # no pretrained group trains: BN mode, L2-SP and layer decay change nothing
