@@ -39,10 +39,10 @@ def backfill(spec_path: str | Path, *, dry_run: bool = False) -> dict[str, Any]:
     = changed points, ``unchanged``, ``missing`` = studies not in the storage) and paths."""
     import optuna
 
+    from autotransfer.pipeline.sweep import load_sweep_spec
     from autotransfer.search.storage import storage_location
     from autotransfer.search.study import study_exists
     from autotransfer.surface.store import DEFAULT_STORE, SurfaceStore, fields_from_study
-    from autotransfer.pipeline.sweep import load_sweep_spec
 
     spec = load_sweep_spec(spec_path)
     store = SurfaceStore(spec.store or DEFAULT_STORE)

@@ -52,7 +52,14 @@ import torch
 from scipy.stats import spearmanr
 
 from autotransfer.backbones import create_backbone
-from autotransfer.data import DeviceBatches, ImageDataset, load_dataset, stratified_split, stratified_subsample, to_array
+from autotransfer.data import (
+    DeviceBatches,
+    ImageDataset,
+    load_dataset,
+    stratified_split,
+    stratified_subsample,
+    to_array,
+)
 from autotransfer.estimate import TaskEstimator
 from autotransfer.estimate.reference import reference_path
 from autotransfer.estimate.size import size_stats
@@ -341,7 +348,7 @@ def score_timing(seed: int, log) -> dict:
     from threadpoolctl import threadpool_limits
 
     from autotransfer.estimate.features import extract_group_features, native_array
-    from autotransfer.estimate.transferability import logme_evidence, h_score, logme
+    from autotransfer.estimate.transferability import h_score, logme, logme_evidence
 
     backbone = create_backbone("efficientnet_lite0", 10)
     ds = stratified_subsample(load_dataset("builtin:animals"), 1000, seed=seed)
@@ -430,7 +437,7 @@ def markdown(rows, gains, corr, costs, calib, meta) -> str:
               "| setting | n | similarity | raw tail | LogME | LEEP | LEEP + ln C | H-score | H-score/(C-1) | MMD² (last) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for (name, n), c in corr.items():
-        cell = lambda m: f"{c[m][0]:+.2f} ({c[m][1]:.2f})" if m in c else "-"  # noqa: E731
+        cell = lambda m, c=c: f"{c[m][0]:+.2f} ({c[m][1]:.2f})" if m in c else "-"  # noqa: E731
         lines.append(f"| {name} | {n} | " + " | ".join(cell(m) for m in MEASURES) + " |")
     lines += ["", "### MMD scale calibration", "",
               f"Least-squares slope (through 0) of the fashion-source MMD² tail excess on its BN-W2 tail excess "

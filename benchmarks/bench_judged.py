@@ -80,8 +80,8 @@ def repick(url: str, rule: str) -> None:
     """Let an existing study of h be picked again with ``rule``: a study keeps the pick rule it
     was created with (``tune`` resumes with its recorded settings), so the benchmark rewrites that
     one recorded field. The trials are untouched; the pick and the final retrain are redone."""
-    from autotransfer.search.storage import open_storage
     from autotransfer.core.schema import ATTR
+    from autotransfer.search.storage import open_storage
     from autotransfer.search.study import load_study, study_exists
 
     store = open_storage(url)
@@ -133,15 +133,21 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
         model_dir_preprocessing,
         read_model_config,
     )
-    from autotransfer.prior import linear_probe_protocol, recommended_protocol, wide_prior
-    from autotransfer.pipeline.tune import tune
-    from autotransfer.search.run import build_runner, run_search
-    from autotransfer.search.prepared import prepare_data
     from autotransfer.core.protocol import Protocol
+    from autotransfer.pipeline.tune import tune
+    from autotransfer.prior import linear_probe_protocol, recommended_protocol, wide_prior
+    from autotransfer.search.prepared import prepare_data
+    from autotransfer.search.run import build_runner, run_search
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import (
+        best_by_validation,
+        create_study,
+        load_study,
         make_pruner,
-        best_by_validation, create_study, load_study, open_study, read_attr, read_settings, study_exists,
+        open_study,
+        read_attr,
+        read_settings,
+        study_exists,
         transfer_trials,
     )
 

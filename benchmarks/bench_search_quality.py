@@ -38,14 +38,14 @@ OUT = Path(__file__).parent / "out"
 def run_one(target: str, seed: int, method: str, args: argparse.Namespace, storage: str) -> dict:
     """One method on one (target, seed): search (if any), retrain the choice on train+val, test."""
     from autotransfer.backbones import create_backbone
-    from autotransfer.estimate import TaskEstimator
-    from autotransfer.prior import recommended_protocol
-    from autotransfer.search.prepared import prepare_data
-    from autotransfer.search.final import retrain_and_test
     from autotransfer.core.protocol import Protocol
     from autotransfer.core.settings import StudySettings
-    from autotransfer.search.study import best_transfer_trial, search_trials
+    from autotransfer.estimate import TaskEstimator
     from autotransfer.pipeline.search_only import run_search_study
+    from autotransfer.prior import recommended_protocol
+    from autotransfer.search.final import retrain_and_test
+    from autotransfer.search.prepared import prepare_data
+    from autotransfer.search.study import best_transfer_trial, search_trials
 
     base = StudySettings(
         target=target, model=args.model, n=args.n, seed=seed, resolution=args.resolution,

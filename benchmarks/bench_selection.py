@@ -112,11 +112,11 @@ def main() -> None:
         import optuna
         import torch
 
-        from autotransfer.search.prepared import prepare_data
-        from autotransfer.search.final import retrain_and_test
         from autotransfer.core.protocol import Protocol
-        from autotransfer.search.storage import open_storage
         from autotransfer.core.schema import VAL_LOSS_ATTR
+        from autotransfer.search.final import retrain_and_test
+        from autotransfer.search.prepared import prepare_data
+        from autotransfer.search.storage import open_storage
         from autotransfer.search.study import read_settings
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

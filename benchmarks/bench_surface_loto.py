@@ -45,13 +45,13 @@ def run_prior(
 
     from autotransfer.backbones import create_backbone
     from autotransfer.estimate.profile import TaskProfile
+    from autotransfer.pipeline.search_only import run_search_study, search_values
     from autotransfer.prior import Prior
-    from autotransfer.search.run import default_study_name
     from autotransfer.search.prepared import prepare_data
+    from autotransfer.search.run import default_study_name
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study, read_attr, read_settings, study_exists
     from autotransfer.surface import POINT_ATTR, prior_for_task
-    from autotransfer.pipeline.search_only import run_search_study, search_values
 
     base = replace(spec.base_settings(), target=target, n=size, seed=seed)
     sweep_storage = storage_location(spec.storage)
@@ -195,7 +195,6 @@ def main() -> None:
     import torch
 
     from autotransfer.pipeline.search_only import ResultLog
-
     from autotransfer.pipeline.sweep import load_sweep_spec
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

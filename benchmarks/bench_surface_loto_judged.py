@@ -91,11 +91,11 @@ def judge_study(record: dict, trials: int, scope: str, done: dict | None) -> dic
     """Train the study's handed-back (or every completed) search trials again and score them on the
     judge set; ``done``: an earlier record of this study whose scores are kept."""
     import optuna
-    import torch
 
     from autotransfer.backbones import create_backbone
-    from autotransfer.search.prepared import split_batches as _batches, prepare_data
     from autotransfer.search.objective import train_config_for
+    from autotransfer.search.prepared import prepare_data
+    from autotransfer.search.prepared import split_batches as _batches
     from autotransfer.search.study import read_settings, read_space, search_trials
     from autotransfer.train import PrefixCache, train_protocol
     from autotransfer.train.metrics import evaluate

@@ -65,10 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     os.chdir(ROOT)
 
+    from autotransfer.pipeline.sweep import load_sweep_spec
     from autotransfer.search.storage import open_storage, storage_location
     from autotransfer.search.study import load_study
     from autotransfer.surface import SurfaceStore
-    from autotransfer.pipeline.sweep import load_sweep_spec
 
     spec = load_sweep_spec(args.spec)
     excluded = {t for t in args.exclude.split(",") if t}
@@ -93,7 +93,7 @@ def main() -> None:
     for target, n in keys:
         group = [r for r in rows if r["target"] == target and r["n"] == n]
 
-        def mean(key: str) -> float:
+        def mean(key: str, group: list[dict] = group) -> float:
             vals = [r[key] for r in group if r[key] is not None and math.isfinite(r[key])]
             return sum(vals) / len(vals) if vals else float("nan")
 

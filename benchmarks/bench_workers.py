@@ -33,11 +33,11 @@ from pathlib import Path
 
 import optuna
 
-from autotransfer.search.prepared import prepare_data
 from autotransfer.core.protocol import ParamRange, ProtocolSpace
-from autotransfer.core.settings import StudySettings
-from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import SOURCE_ATTR
+from autotransfer.core.settings import StudySettings
+from autotransfer.search.prepared import prepare_data
+from autotransfer.search.storage import open_storage
 from autotransfer.search.study import create_study, search_trials
 from autotransfer.search.workers import available_cores, launch_local_workers, wait_workers
 

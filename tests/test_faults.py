@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 
 from autotransfer.core.errors import UserError
-from autotransfer.estimate.profile import TaskProfile
 from autotransfer.core.paths import safe_name
+from autotransfer.estimate.profile import TaskProfile
 from autotransfer.pipeline.reproduce import chance_level, quality_warnings
 from autotransfer.search.storage import masked_url
 from tests.estimate.test_profile import _profile
@@ -42,9 +42,9 @@ def test_skipped_record_survives_the_profile_and_reaches_the_summary():
     assert back.skipped == skipped
     assert TaskProfile.from_dict(_profile().to_dict()).skipped is None  # older profiles: none recorded
 
-    from autotransfer.report.summary import summary_table
-    from autotransfer.pipeline.outcome import TuneResult
     from autotransfer.core.settings import StudySettings
+    from autotransfer.pipeline.outcome import TuneResult
+    from autotransfer.report.summary import summary_table
 
     fields = {f.name for f in dataclasses.fields(TuneResult)}
     values = dict(

@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from autotransfer.core.errors import AutotransferError
 from autotransfer.backbones.types import DepthGroup
+from autotransfer.core.errors import AutotransferError
 
 __all__ = [
     "GroupRule",

@@ -18,10 +18,10 @@ from typing import Callable
 
 import numpy as np
 
-from autotransfer.data.cache import atomic_save
-from autotransfer.data.decode import decode_bytes
 from autotransfer.core.errors import UserError
 from autotransfer.core.paths import cache_dir
+from autotransfer.data.cache import atomic_save
+from autotransfer.data.decode import decode_bytes
 
 __all__ = ["BuiltinInfo", "list_builtins", "builtin_names", "load_builtin_arrays"]
 

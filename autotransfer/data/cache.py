@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from autotransfer.data.types import ImageDataset
 from autotransfer.core.paths import cache_dir
+from autotransfer.data.types import ImageDataset
 
 __all__ = ["to_array", "resize_square", "atomic_save", "worker_count"]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from autotransfer.data.cache import atomic_save, worker_count
-from autotransfer.data.decode import decode_bytes
 from autotransfer.core.errors import UserError
 from autotransfer.core.paths import cache_dir
+from autotransfer.data.cache import atomic_save, worker_count
+from autotransfer.data.decode import decode_bytes
 
 __all__ = [
     "RawImages", "load_folder", "load_manifest", "decode_files", "class_sort_key", "SKIP_REASONS",

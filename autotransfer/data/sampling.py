@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from autotransfer.data.types import ImageDataset
 from autotransfer.core.errors import UserError
+from autotransfer.data.types import ImageDataset
 
 __all__ = ["DataSplits", "stratified_subsample", "unseen_subset", "subsample_indices", "stratified_split", "allocate"]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from autotransfer.core.errors import UserError
 from autotransfer.data.builtin import builtin_names, load_builtin_arrays, resolve_builtin
 from autotransfer.data.folder import DECODE_SIDE, RawImages, load_folder, load_manifest
 from autotransfer.data.sampling import stratified_subsample
 from autotransfer.data.types import ImageDataset
-from autotransfer.core.errors import UserError
 
 __all__ = ["load_dataset", "parse_class_selector", "split_spec", "skipped_summary"]
 

@@ -36,9 +36,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from autotransfer.backbones.types import Backbone
+from autotransfer.core.errors import UserError
 from autotransfer.data.sampling import stratified_subsample
 from autotransfer.data.types import ImageDataset
-from autotransfer.core.errors import UserError
 from autotransfer.estimate.bnstats import batchnorm_layers, bn_divergence
 from autotransfer.estimate.divergence import (
     coral_distance,

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from autotransfer.data.types import ImageDataset
 from autotransfer.core.errors import UserError
+from autotransfer.data.types import ImageDataset
 
 __all__ = ["SizeStats", "size_stats", "IMBALANCE_THRESHOLD", "choose_metric"]
 

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.prior.placement import (
     BN_W2_SIMILARITY_SCALE,
     DECISION_TABLE,
@@ -41,7 +42,6 @@ from autotransfer.prior.placement import (
     excess_threshold,
     size_score,
 )
-from autotransfer.core.protocol import Protocol, ProtocolSpace
 
 __all__ = [
     "Prior",

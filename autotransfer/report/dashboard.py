@@ -11,9 +11,9 @@ import optuna
 from optuna.storages import BaseStorage
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.schema import ATTR
 from autotransfer.report import figures, plots
 from autotransfer.search.storage import masked_url, open_storage, storage_location
-from autotransfer.core.schema import ATTR
 from autotransfer.search.study import load_study, read_settings
 
 __all__ = [

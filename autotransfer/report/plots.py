@@ -7,8 +7,6 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from autotransfer.report.style import TITLE_PREFIX
-from autotransfer.report.surface_plots import surface_figure as draw_surface
 from autotransfer.report.figures import (
     ControlsInfo,
     DivergenceInfo,
@@ -17,6 +15,8 @@ from autotransfer.report.figures import (
     PriorFoundInfo,
     ProtocolScoreInfo,
 )
+from autotransfer.report.style import TITLE_PREFIX
+from autotransfer.report.surface_plots import surface_figure as draw_surface
 
 __all__ = [
     "divergence_figure",

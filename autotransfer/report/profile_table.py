@@ -5,9 +5,9 @@ import math
 
 from rich.table import Table
 
+from autotransfer.core.protocol import freeze_depth, reinit_count
 from autotransfer.estimate.profile import TaskProfile
 from autotransfer.prior.quadrant import Prior
-from autotransfer.core.protocol import freeze_depth, reinit_count
 
 __all__ = ["profile_tables", "prior_table"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import optuna
 
 from autotransfer.core.errors import UserError
-from autotransfer.report.figures import protocol_score_info
 from autotransfer.core.protocol import Protocol
+from autotransfer.report.figures import protocol_score_info
 from autotransfer.search.study import read_attr, search_trials
 from autotransfer.surface.store import POINT_ATTR, SurfacePoint
 

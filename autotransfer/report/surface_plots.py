@@ -7,9 +7,9 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from autotransfer.surface.fit import PARAMS, SurfaceModel
-from autotransfer.report.style import TITLE_PREFIX
 from autotransfer.report.slices import NORMALISATION, SliceInfo, load_slice_info
+from autotransfer.report.style import TITLE_PREFIX
+from autotransfer.surface.fit import PARAMS, SurfaceModel
 from autotransfer.surface.store import POINT_ATTR, SurfacePoint, SurfaceStore, active_store
 
 __all__ = [

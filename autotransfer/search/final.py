@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from autotransfer.search.prepared import PreparedData, split_batches
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.settings import StudySettings
+from autotransfer.search.prepared import PreparedData, split_batches
 
 __all__ = [
     "FinalModel",

@@ -175,7 +175,7 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
         f" {own.get('trained_on', 'train+val')}; the test split was never trained or searched on.",
         f"- Input: {size}×{size} px RGB, resized (bicubic, shorter side) and centre-cropped, then"
         f" `(x / 255 - mean) / std` with mean {pre.get('mean')} and std {pre.get('std')}.",
-        f"- Class order: `label_names` in config.json (output `i` is `label_names[i]`).",
+        "- Class order: `label_names` in config.json (output `i` is `label_names[i]`).",
         "",
         "## Protocol",
         "",

@@ -12,7 +12,6 @@ import optuna
 
 from autotransfer.core.errors import AutotransferError, UserError
 from autotransfer.core.protocol import Protocol, ProtocolSpace
-from autotransfer.core.settings import StudySettings
 from autotransfer.core.schema import (
     CONTROL_ATTR,
     DEVICE_ATTR,
@@ -27,6 +26,7 @@ from autotransfer.core.schema import (
     SOURCE_ATTR,
     VAL_LOSS_ATTR,
 )
+from autotransfer.core.settings import StudySettings
 
 #: Set to 1 to let a worker run a study whose trials ran at another precision (``precision_refusal``).
 MIXED_PRECISION_ENV = "AUTOTRANSFER_ALLOW_MIXED_PRECISION"

@@ -38,10 +38,10 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 
-from autotransfer.search.prepared import PreparedData, device_batches
 from autotransfer.core.protocol import Protocol
-from autotransfer.core.settings import StudySettings
 from autotransfer.core.schema import ATTR, SOURCE_ATTR
+from autotransfer.core.settings import StudySettings
+from autotransfer.search.prepared import PreparedData, device_batches
 from autotransfer.search.study import best_by_validation, rank_key, transfer_trials
 
 __all__ = [
@@ -282,7 +282,7 @@ def _cross_validate(
     fold_scores, fit_scores, y_true, y_pred = [], [], [], []
     for fold in folds:
 
-        def run(micro: int | None):
+        def run(micro: int | None, fold: _Fold = fold):
             model = make_backbone()
             config = train_config_for(protocol, settings, model.num_groups, micro_batch=micro)
             config = config.replace(seed=fold.seed, eval_every=config.steps)

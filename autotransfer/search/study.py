@@ -11,11 +11,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotransfer.core.errors import UserError
-from autotransfer.core.schema import ATTR, CONTROL_ATTR, VAL_LOSS_ATTR
 from autotransfer.core.protocol import Protocol, ProtocolSpace
+from autotransfer.core.schema import ATTR, CONTROL_ATTR, VAL_LOSS_ATTR
+from autotransfer.core.settings import StudySettings
 from autotransfer.search.pruning import NoiseAwarePruner, rung_steps
 from autotransfer.search.sampler import PriorSampler, default_startup
-from autotransfer.core.settings import StudySettings
 
 __all__ = [
     "make_sampler",

@@ -9,10 +9,10 @@ from autotransfer.surface.fit import (
     SurfaceModel,
     SurfacePrediction,
     prior_at_coordinates,
+    prior_for_task,
     prior_from_prediction,
     store_named_by,
     surface_points,
-    prior_for_task,
 )
 from autotransfer.surface.store import (
     DEFAULT_STORE,

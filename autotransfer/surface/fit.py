@@ -18,9 +18,9 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.core.settings import PriorSpec
 from autotransfer.prior.quadrant import WIDTHS, Prior, exploring_space, quadrant_prior
-from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.surface.store import SurfacePoint, SurfaceStore, default_surface
 
 if TYPE_CHECKING:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from autotransfer.train.config import TrainConfig, resolve_device
 from autotransfer.train.loop import DivergedError, TrainResult, lr_lambda, train_protocol
-from autotransfer.train.metrics import METRICS, evaluate, predict_labels, predict_proba, score, score_interval
 from autotransfer.train.memory import OOM_ERRORS, OutOfMemory, release_memory, with_oom_retry
+from autotransfer.train.metrics import METRICS, evaluate, predict_labels, predict_proba, score, score_interval
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 
 __all__ = [

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from autotransfer.backbones import freeze as freeze_groups
 from autotransfer.backbones import param_groups, reinit, run_groups, train_mode
-from autotransfer.data.device import EpochSampler
 from autotransfer.core.errors import AutotransferError, UserError
+from autotransfer.data.device import EpochSampler
 from autotransfer.train.config import TrainConfig, default_amp, resolve_device
 from autotransfer.train.metrics import check_metric, predict_logits, score
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache

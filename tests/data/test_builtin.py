@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
+from autotransfer.core.errors import UserError
 from autotransfer.data import ImageDataset, list_builtins, load_dataset
 from autotransfer.data import builtin as builtin_module
 from autotransfer.data.builtin import FASHION_CLASSES
-from autotransfer.core.errors import UserError
 
 NAMES = {"fashion-mnist", "mnist5k", "animals", "elpv", "elpv4", "digits", "imagenet-photos"}
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from autotransfer.core.errors import UserError
 from autotransfer.data import folder as folder_module
 from autotransfer.data import load_dataset
-from autotransfer.core.errors import UserError
 from tests.data.conftest import write_mixed_tree, write_tiny_tree
 
 

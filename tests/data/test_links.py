@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autotransfer.data import load_dataset, skipped_summary, stratified_subsample
 from autotransfer.core.errors import UserError
+from autotransfer.data import load_dataset, skipped_summary, stratified_subsample
 from tests.data.conftest import write_tiny_tree
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from autotransfer.core.errors import UserError
 from autotransfer.data import ImageDataset, load_dataset, stratified_split, stratified_subsample
 from autotransfer.data.sampling import allocate, subsample_indices
-from autotransfer.core.errors import UserError
 
 
 def _toy(counts, unlabelled=False):
@@ -118,8 +118,8 @@ def test_capped_subsample_shares_images_and_key():
 
 
 def test_the_judge_set_never_meets_the_studys_subsample():
-    from autotransfer.data import load_dataset, unseen_subset
     from autotransfer.core.errors import UserError
+    from autotransfer.data import load_dataset, unseen_subset
 
     full = load_dataset("builtin:digits", require_labels=True)
     judge = unseen_subset(full, 200, seed=1, limit=300)

@@ -10,9 +10,9 @@ import numpy as np
 import ot
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from PIL import Image
 from sklearn.datasets import load_digits
+from threadpoolctl import threadpool_limits
 
 from autotransfer.estimate.divergence import (
     MMDResult,

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from autotransfer.backbones import Preprocessing, create_backbone, wrap_model
+from autotransfer.core.errors import UserError
 from autotransfer.data import load_dataset, stratified_subsample
 from autotransfer.data.types import ImageDataset
-from autotransfer.core.errors import UserError
 from autotransfer.estimate import TaskEstimator, TaskProfile, load_reference
 from autotransfer.estimate.estimator import MMD_SIMILARITY_SCALE, auto_batch_size
 from autotransfer.prior.placement import BN_W2_SIMILARITY_SCALE, similarity_from_excess, transferability_from_logme

@@ -17,8 +17,6 @@ from autotransfer.estimate.features import (
 )
 
 
-
-
 @pytest.fixture(scope="module")
 def fashion_test():
     """60 held-out Fashion-MNIST test images of the laboratory's own classes 0-4."""

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from autotransfer.data.types import ImageDataset
 from autotransfer.core.errors import UserError
+from autotransfer.data.types import ImageDataset
 from autotransfer.estimate.size import IMBALANCE_THRESHOLD, size_stats
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from scipy.optimize import minimize
 from sklearn.covariance import LedoitWolf
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from autotransfer.estimate.transferability import (
     _spectrum,
@@ -91,9 +91,9 @@ def _logme_brute_force(F: np.ndarray, y: np.ndarray) -> float:
     values = []
     for c in np.unique(y):
         t = (y == c).astype(np.float64)
-        start = max(((a, b) for a in grid for b in grid), key=lambda p: _log_evidence(F, t, *p))
+        start = max(((a, b) for a in grid for b in grid), key=lambda p, t=t: _log_evidence(F, t, *p))
         best = minimize(
-            lambda p: -_log_evidence(F, t, *p), start, method="Nelder-Mead",
+            lambda p, t=t: -_log_evidence(F, t, *p), start, method="Nelder-Mead",
             options=dict(xatol=1e-8, fatol=1e-10, maxiter=4000),
         )
         values.append(-best.fun / len(y))

@@ -6,10 +6,10 @@ import time
 import pytest
 
 from autotransfer.core.settings import StudySettings
+from autotransfer.pipeline.sweep import run_sweep
+from autotransfer.report.surface_plots import surface_figure
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study, search_trials
-from autotransfer.report.surface_plots import surface_figure
-from autotransfer.pipeline.sweep import run_sweep
 from autotransfer.surface import POINT_ATTR, SurfaceModel, SurfaceStore, prior_from_prediction
 
 

@@ -14,12 +14,12 @@ from autotransfer.prior.placement import (
     TRANSFER_WEIGHT,
     Placement,
     effective_similarity,
-    transferability_from_logme,
     excess_threshold,
     large_threshold,
     place,
     similarity_from_excess,
     size_score,
+    transferability_from_logme,
 )
 
 # docs/design.md: BN-W2 probe at the last layers; the same-domain reference is the photos' 0.04.

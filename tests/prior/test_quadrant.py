@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from autotransfer.core.protocol import ParamRange, Protocol, ProtocolSpace
 from autotransfer.prior.none import wide_prior
 from autotransfer.prior.placement import BN_W2_SIMILARITY_SCALE, excess_threshold
 from autotransfer.prior.quadrant import (
@@ -20,7 +21,6 @@ from autotransfer.prior.quadrant import (
     recommended_protocol,
     scratch_protocols,
 )
-from autotransfer.core.protocol import ParamRange, Protocol, ProtocolSpace
 
 G = 8
 

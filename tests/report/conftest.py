@@ -77,9 +77,9 @@ def synthetic_study(*, scratch=(0.30, 0.20, 0.10), probe=(0.15, 0.25), search=No
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from autotransfer.prior.quadrant import quadrant_prior
     from autotransfer.core.protocol import Protocol, ProtocolSpace
     from autotransfer.core.schema import ATTR
+    from autotransfer.prior.quadrant import quadrant_prior
 
     settings = StudySettings(
         target="builtin:digits", model="fashion-source", n=160, resolution=16, batch_size=16,

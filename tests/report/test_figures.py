@@ -5,9 +5,9 @@ import math
 
 import pytest
 
+from autotransfer.core.protocol import Protocol
 from autotransfer.prior.placement import excess_threshold
 from autotransfer.report import figures as F
-from autotransfer.core.protocol import Protocol
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import best_transfer_trial, control_trials, load_study, read_attr, search_trials
 from tests.report.conftest import SYN_GROUPS, synthetic_study

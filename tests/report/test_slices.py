@@ -14,15 +14,14 @@ import torch
 from optuna.trial import TrialState
 
 from autotransfer.core.protocol import Protocol
-from autotransfer.core.settings import StudySettings
-from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import CONTROL_ATTR
-from autotransfer.search.study import best_transfer_trial, load_study, search_trials
-from autotransfer.report.surface_plots import write_surface_html
+from autotransfer.core.settings import StudySettings
 from autotransfer.pipeline.sweep import run_sweep
-from autotransfer.surface import SurfaceModel, SurfaceStore
-from autotransfer.report.surface_plots import slices_figure
 from autotransfer.report.slices import SLICE_PARAMS, load_slice_info, slice_info, study_slice
+from autotransfer.report.surface_plots import slices_figure, write_surface_html
+from autotransfer.search.storage import open_storage
+from autotransfer.search.study import best_transfer_trial, load_study, search_trials
+from autotransfer.surface import SurfaceModel, SurfaceStore
 from tests.report.conftest import synthetic_study
 
 _EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\bsrc\s*=", re.IGNORECASE)

@@ -1,12 +1,19 @@
-"""Shared tiny study settings: real data (sklearn digits), the fashion-source lab model, 16 px."""
+"""Shared tiny study settings: real data (sklearn digits), the fashion-source lab model, 16 px;
+``make_study``, a real tiny study in a fresh SQLite storage."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+import optuna
 import pytest
 
-from autotransfer.search.run import validation_counts
-from autotransfer.search.prepared import PreparedData, prepare_data
+from autotransfer.core.protocol import ProtocolSpace
 from autotransfer.core.settings import StudySettings
-
+from autotransfer.prior import recommended_protocol
+from autotransfer.search.prepared import PreparedData, prepare_data
+from autotransfer.search.run import validation_counts
+from autotransfer.search.storage import open_storage
+from autotransfer.search.study import create_study
 
 
 @pytest.fixture
@@ -45,3 +52,25 @@ def prepared_tiny(settings: StudySettings) -> tuple[StudySettings, PreparedData]
         **validation_counts(prepared, "accuracy"),
     )
     return resolved, prepared
+
+
+@pytest.fixture
+def make_study(tiny_settings, storage_url):
+    """``make_study(name, trials, enqueue=k)``: a real tiny study (digits, fashion-source, 16 px), no
+    pruning; with ``enqueue``, the survey's recommended protocol (which trains well) queued first ``k`` times."""
+
+    def make(name: str, trials: int, enqueue: int = 0, **changes) -> optuna.Study:
+        settings = replace(tiny_settings, trials=trials, prune=False, **changes)
+        settings, prepared = prepared_tiny(settings)
+        queued = [(recommended_protocol(), {"source": "survey:recommended"})] * enqueue
+        return create_study(
+            name,
+            open_storage(storage_url, heartbeat=False),
+            settings,
+            profile=None,
+            prior=None,
+            space=ProtocolSpace(),
+            enqueue=queued,
+        )
+
+    return make

@@ -12,14 +12,14 @@ import pytest
 
 import autotransfer
 from autotransfer.core.errors import UserError
+from autotransfer.core.schema import ATTR
 from autotransfer.evaluation import evaluate_model
 from autotransfer.export import export_payload, not_expressed, read_export, write_export
 from autotransfer.pipeline import tune as tune_module
+from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.pipeline.tune import tune
 from autotransfer.search.pick import PICK_TOP, pick_candidates
-from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
-from autotransfer.core.schema import ATTR
 from autotransfer.search.study import load_study
 
 

@@ -10,14 +10,14 @@ import pytest
 from optuna.trial import TrialState
 
 from autotransfer.core.errors import UserError
-from autotransfer.export import export_payload, read_export, write_export
-from autotransfer.pipeline.tune import tune
-from autotransfer.search.run import run_search
-from autotransfer.search.prepared import prepare_data
 from autotransfer.core.protocol import Protocol
-from autotransfer.pipeline.reproduce import train_from_config
-from autotransfer.search.storage import open_storage
 from autotransfer.core.schema import ATTR, CONTROL_ATTR
+from autotransfer.export import export_payload, read_export, write_export
+from autotransfer.pipeline.reproduce import train_from_config
+from autotransfer.pipeline.tune import tune
+from autotransfer.search.prepared import prepare_data
+from autotransfer.search.run import run_search
+from autotransfer.search.storage import open_storage
 from autotransfer.search.study import control_trials, load_study, search_trials
 
 
@@ -163,9 +163,10 @@ def test_export_then_train_round_trips(finished_study, storage_url, tmp_path):
 
 def test_nan_trial_fails_with_reason_and_study_goes_on(tiny_settings, storage_url, tmp_path):
     from autotransfer.backbones import create_backbone
-    from autotransfer.search.prepared import split_batches as _batches, prepare_data
-    from autotransfer.search.objective import TrialRunner
     from autotransfer.core.protocol import ProtocolSpace
+    from autotransfer.search.objective import TrialRunner
+    from autotransfer.search.prepared import prepare_data
+    from autotransfer.search.prepared import split_batches as _batches
     from autotransfer.train import PrefixCache
 
     settings = tiny_settings.resolved(fingerprint="x", metric="accuracy", num_classes=10, n_train=112)

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 from optuna.trial import TrialState
 
+from autotransfer.core.protocol import Protocol, ProtocolSpace
+from autotransfer.core.schema import SOURCE_ATTR
 from autotransfer.prior import linear_probe_protocol, recommended_protocol
 from autotransfer.search.run import build_runner, run_search
-from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.search.storage import open_storage
-from autotransfer.core.schema import SOURCE_ATTR
 from autotransfer.search.study import create_study, open_study
 from tests.search.conftest import prepared_tiny
 from tests.train.conftest import out_of_memory_above

@@ -8,17 +8,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.schema import ATTR
 from autotransfer.export import export_payload, read_export, write_export
+from autotransfer.pipeline.outcome import surface_evidence_shortfall
+from autotransfer.pipeline.reproduce import train_from_config
+from autotransfer.pipeline.tune import tune
 from autotransfer.search import pick as pick_module
 from autotransfer.search.final import is_broken, train_final
-from autotransfer.pipeline.outcome import surface_evidence_shortfall
-from autotransfer.pipeline.tune import tune
 from autotransfer.search.pick import PICK_FOLDS, PICK_TOP, read_pick
 from autotransfer.search.prepared import split_batches
-from autotransfer.core.protocol import Protocol
-from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.search.storage import open_storage
-from autotransfer.core.schema import ATTR
 from autotransfer.search.study import best_by_validation, best_transfer_trial, load_study
 from autotransfer.train import evaluate
 from tests.search.conftest import prepared_tiny
@@ -97,8 +97,8 @@ def test_a_broken_retrain_falls_back_to_the_trials_own_model(tiny_settings):
     assert final.fit_score is not None and is_broken(final.fit_score, 1.0, 10_000)
     assert "broke" in final.notes[0] and "trial's own model" in final.notes[0]
     # the fallback is the trial's run: trained on the train split with the trial's seed
-    from autotransfer.search.objective import TrialRunner, train_config_for  # noqa: F401
     from autotransfer.backbones import create_backbone
+    from autotransfer.search.objective import TrialRunner, train_config_for  # noqa: F401
     from autotransfer.train import train_protocol
 
     backbone = create_backbone(settings.model, num_classes=settings.num_classes)

@@ -13,11 +13,10 @@ from optuna.trial import TrialState
 
 from autotransfer.core.errors import UserError
 from autotransfer.core.protocol import ProtocolSpace
-from autotransfer.search.storage import open_storage
-from autotransfer.core.schema import SOURCE_ATTR
-from autotransfer.search.study import create_study, search_trials
-from autotransfer.core.schema import RETRY_ATTR, WORKER_ATTR
+from autotransfer.core.schema import RETRY_ATTR, SOURCE_ATTR, WORKER_ATTR
 from autotransfer.search.retry import retried_trial_number
+from autotransfer.search.storage import open_storage
+from autotransfer.search.study import create_study, search_trials
 from autotransfer.search.workers import launch_local_workers, terminate_workers, wait_workers
 from tests.search.conftest import prepared_tiny
 

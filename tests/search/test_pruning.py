@@ -8,13 +8,12 @@ from dataclasses import replace
 import optuna
 from optuna.trial import TrialState
 
-from autotransfer.prior import linear_probe_protocol, recommended_protocol
-from autotransfer.search.run import build_runner, run_search
-from autotransfer.core.schema import PRUNE_REASON_ATTR, RUNGS_ATTR
 from autotransfer.core.protocol import ProtocolSpace
+from autotransfer.core.schema import PRUNE_REASON_ATTR, RUNGS_ATTR, SOURCE_ATTR
+from autotransfer.prior import linear_probe_protocol, recommended_protocol
 from autotransfer.search.pruning import NoiseAwarePruner, effective_images, rung_steps
+from autotransfer.search.run import build_runner, run_search
 from autotransfer.search.storage import open_storage
-from autotransfer.core.schema import SOURCE_ATTR
 from autotransfer.search.study import create_study, load_study, make_pruner, make_sampler
 from tests.search.conftest import prepared_tiny
 

@@ -15,16 +15,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autotransfer.core.protocol import ParamRange, ProtocolSpace
+from autotransfer.core.schema import CONTROL_ATTR, SOURCE_ATTR, WORKER_ATTR
+from autotransfer.core.settings import StudySettings
 from autotransfer.prior import recommended_protocol, scratch_protocols
 from autotransfer.search import storage as storage_module
-from autotransfer.core.protocol import ParamRange, ProtocolSpace
-from autotransfer.search.sampler import is_sampled
-from autotransfer.core.settings import StudySettings
-from autotransfer.search.storage import open_storage
-from autotransfer.core.schema import CONTROL_ATTR, SOURCE_ATTR
-from autotransfer.search.study import create_study, load_study, search_trials
-from autotransfer.core.schema import WORKER_ATTR
 from autotransfer.search.retry import INTERRUPTED_REASON, retried_trial_number
+from autotransfer.search.sampler import is_sampled
+from autotransfer.search.storage import open_storage
+from autotransfer.search.study import create_study, load_study, search_trials
 from autotransfer.search.workers import run_worker
 from tests.search.conftest import prepared_tiny
 

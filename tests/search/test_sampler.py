@@ -8,6 +8,7 @@ import numpy as np
 import optuna
 import pytest
 
+from autotransfer.core.protocol import SEARCHED, Protocol, ProtocolSpace
 from autotransfer.prior import (
     less_similar_protocol,
     linear_probe_protocol,
@@ -17,7 +18,6 @@ from autotransfer.prior import (
     scratch_protocols,
 )
 from autotransfer.prior.quadrant import WIDTHS
-from autotransfer.core.protocol import SEARCHED, Protocol, ProtocolSpace
 from autotransfer.search.sampler import PriorSampler, default_startup, is_sampled
 
 
@@ -58,7 +58,7 @@ def _drive(sampler: PriorSampler, enqueued: list[dict], sampled: int) -> optuna.
     for params in enqueued:
         study.enqueue_trial(params)
     space = ProtocolSpace()
-    for i in range(len(enqueued) + sampled):
+    for _ in range(len(enqueued) + sampled):
         trial = study.ask()
         with np.errstate(all="ignore"):
             import warnings

@@ -5,22 +5,19 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from autotransfer.core.errors import UserError
-from autotransfer.prior import recommended_protocol
+from autotransfer.core.protocol import ProtocolSpace
+from autotransfer.core.schema import ATTR, RETRY_ATTR, WORKER_ATTR
 from autotransfer.search import storage as storage_module
 from autotransfer.search.progress import NullUI
-from autotransfer.core.protocol import ProtocolSpace
-from autotransfer.search.storage import open_storage
-from autotransfer.core.schema import ATTR
-from autotransfer.search.study import create_study, load_study, search_trials
-from autotransfer.core.schema import RETRY_ATTR, WORKER_ATTR
 from autotransfer.search.retry import pending_retries, retried_trial_number, settle_stale_trials
+from autotransfer.search.storage import open_storage
+from autotransfer.search.study import load_study, search_trials
 from autotransfer.search.workers import (
     launch_local_workers,
     plan_workers,
@@ -29,30 +26,6 @@ from autotransfer.search.workers import (
     wait_workers,
     worker_tag,
 )
-from tests.search.conftest import prepared_tiny
-
-
-@pytest.fixture
-def make_study(tiny_settings, storage_url):
-    """``make_study(name, trials, enqueue=k)``: a real tiny study (digits, fashion-source, 16 px), no
-    pruning; with ``enqueue``, the survey's recommended protocol (which trains well) queued first ``k`` times."""
-
-    def make(name: str, trials: int, enqueue: int = 0, **changes) -> optuna.Study:
-        settings = replace(tiny_settings, trials=trials, prune=False, **changes)
-        settings, prepared = prepared_tiny(settings)
-        queued = [(recommended_protocol(), {"source": "survey:recommended"})] * enqueue
-        return create_study(
-            name,
-            open_storage(storage_url, heartbeat=False),
-            settings,
-            profile=None,
-            prior=None,
-            space=ProtocolSpace(),
-            enqueue=queued,
-        )
-
-    return make
-
 
 # --- device plans ------------------------------------------------------------------------------
 

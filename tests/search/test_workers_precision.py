@@ -7,14 +7,14 @@ import pytest
 from optuna.trial import TrialState
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import ProtocolSpace
 from autotransfer.core.schema import PRECISION_ATTR
 from autotransfer.search.objective import MIXED_PRECISION_ENV, TrialRunner, precision_refusal, study_precisions
-from autotransfer.core.protocol import ProtocolSpace
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study, read_settings
 from autotransfer.search.workers import run_worker
 
-from .test_workers import _one_line, make_study  # noqa: F401 - make_study is a fixture
+from .test_workers import _one_line
 
 
 def _ran(study: optuna.Study, **user_attrs) -> None:

@@ -3,22 +3,22 @@ points; the residual fit follows the quadrant rules plus what the points add, an
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 
 import numpy as np
 import pytest
 
 from autotransfer.core.errors import UserError
-from autotransfer.prior.quadrant import WIDTHS
 from autotransfer.core.protocol import Protocol
 from autotransfer.pipeline.sweep import load_sweep_spec
+from autotransfer.prior.quadrant import WIDTHS
 from autotransfer.report.surface_plots import surface_grid_info, write_surface_html
 from autotransfer.surface import (
     SurfaceModel,
-    prior_at_coordinates,
     SurfacePoint,
     SurfaceStore,
+    prior_at_coordinates,
     prior_from_prediction,
 )
 from autotransfer.surface.fit import quadrant_values

@@ -4,7 +4,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-
 from autotransfer.core.protocol import Protocol
 from autotransfer.surface import SurfacePoint, SurfaceStore
 
