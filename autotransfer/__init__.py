@@ -4,7 +4,9 @@ The handful of names a Python user needs:
 
 - ``tune(StudySettings(...))``: the main job (estimate, prior, Optuna study, pick, final model);
   returns a ``TuneResult`` whose ``model_path`` is the handed-back model folder;
-- ``estimate(target, model)``: measure a task and show the priors ``tune`` would start from;
+- ``estimate_task(target, model)``: measure a task and show the priors ``tune`` would start from
+  (not ``estimate``: that name is the ``autotransfer.estimate`` package, and importing it would
+  replace a function of the same name here);
 - ``load_model(folder)``: a handed-back model folder as a predictor (``predict``,
   ``predict_proba``, ``classes_``); ``evaluate_model(folder, target)`` scores it;
 - ``StudySettings`` and ``Protocol``: the job's settings and one fine-tuning recipe;
@@ -23,7 +25,7 @@ from autotransfer.core.version import __version__
 
 __all__ = [
     "tune",
-    "estimate",
+    "estimate_task",
     "load_model",
     "evaluate_model",
     "StudySettings",
@@ -37,7 +39,7 @@ __all__ = [
 #: ``import autotransfer`` and ``autotransfer --help`` stay fast (PEP 562).
 _LAZY = {
     "tune": "autotransfer.pipeline.tune",
-    "estimate": "autotransfer.pipeline.estimate",
+    "estimate_task": "autotransfer.pipeline.estimate",
     "load_model": "autotransfer.predict",
     "evaluate_model": "autotransfer.evaluation",
 }

@@ -6,9 +6,6 @@ import os
 import sys
 from contextlib import contextmanager
 
-# OpenMP's default busy-wait policy makes multi-threaded torch crawl on shared CPUs
-# (measured here: a 2-thread trial 34-37 s vs 5-6 s with PASSIVE); set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from enum import Enum
 from typing import Optional
 
@@ -21,7 +18,28 @@ from autotransfer.core.errors import UserError
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """The typer app, run as the console script (``main = app``). Typer's standalone mode prints
+    usage errors (unknown option, missing argument, bad value) and exits 2; the package's own
+    ``UserError`` gets the same treatment here: one line on stderr, exit 2, no traceback. Ctrl-C
+    and SIGTERM stop with exit 130, keeping every recorded trial."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except UserError as err:
+            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: everything already recorded is kept.")
+            sys.exit(130)
+        except SystemExit as done:
+            if done.code == 130:
+                err_console.print("interrupted: everything already recorded is kept.")
+            raise
+
+
+app = _App(
     help=(
         "Automated transfer-learning protocol search for image classification.\n\n"
         "Measures how big a target dataset is and how far it lies from a pretrained model's source,"
@@ -73,6 +91,16 @@ def _main(
     ),
 ) -> None:
     """Automated transfer-learning protocol search for image classification."""
+    import signal
+
+    import optuna
+
+    # OpenMP's default busy-wait policy makes multi-threaded torch crawl on shared CPUs (measured
+    # here: a 2-thread trial 34-37 s vs 5-6 s with PASSIVE); set before any command loads torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # SIGTERM stops like Ctrl-C: Optuna marks the running trial FAIL, completed trials stay.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _print_json(payload: object) -> None:
@@ -184,22 +212,15 @@ def estimate_cmd(
       autotransfer estimate builtin:fashion-mnist?classes=5-9 --model fashion-source --source builtin:fashion-mnist?classes=0-4
       autotransfer estimate builtin:digits --model fashion-source --prior surface:benchmarks/surface-lab.json
     """
-    from autotransfer.data import load_dataset, stratified_subsample
-    from autotransfer.estimate import TaskEstimator
-    from autotransfer.surface import store_named_by, prior_for_task
+    from autotransfer.pipeline.estimate import estimate_task
 
-    if not (prior in (None, "quadrant") or prior.startswith("surface:")):
-        raise UserError(f"--prior must be quadrant or surface:PATH, but got {prior!r}")
-    surface_path = store_named_by(prior, model)
-    dataset = load_dataset(target, require_labels=True)
-    if n is not None:
-        dataset = stratified_subsample(dataset, n, seed=seed)
-    profile = TaskEstimator(max_images=max_images, seed=seed, progress=fmt is OutputFormat.table).fit(
-        dataset, model, source=source
+    measured = estimate_task(
+        target, model, source=source, n=n, max_images=max_images, seed=seed, prior=prior,
+        progress=fmt is OutputFormat.table,
     )
-    surface = prior_for_task(surface_path, profile) if surface_path is not None else None
+    profile, surface = measured.profile, measured.surface_prior
     if fmt is OutputFormat.json:
-        _print_json({**profile.to_dict(), "surface_prior": surface.to_dict() if surface else None})
+        _print_json(measured.to_dict())
         return
     from autotransfer.report.profile_table import profile_tables, prior_table
 
@@ -249,44 +270,35 @@ def tune_cmd(
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
     """
     from autotransfer.core.paths import safe_name
-    from autotransfer.search import demo
+    from autotransfer.pipeline.options import on_surface, tune_outputs, tune_settings
+    from autotransfer.pipeline.tune import tune
     from autotransfer.search.progress import RichUI
+    from autotransfer.search.storage import masked_url
 
     if study is not None:
         safe_name(study)  # refused before any work: the name becomes a folder and a file
-    from autotransfer.core.settings import StudySettings
-    from autotransfer.pipeline.tune import tune
-
-    base = demo.DEFAULT_SETTINGS if target is None else StudySettings(target=target)
-    overrides = {
-        "model": model, "trials": trials, "n": n, "resolution": resolution, "batch_size": batch_size,
-        "steps": steps, "optimizer": optimizer, "prior": prior, "device": device, "seed": seed, "pick": pick,
-    }
-    values = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "prune": prune}
-    if target is None and not prune:
-        values["prune"] = False
-    settings = StudySettings.from_dict(values)
-
-    from autotransfer.search.storage import default_storage, masked_url
-    from autotransfer.surface import store_named_by
-
-    folder = _out_folder(out)
-    store = _surface_store(folder)
-    surface_path = _surface_with_points(store, settings.model) if prior is None else store_named_by(prior, settings.model)
-    if prior is None and surface_path is not None:
-        settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{surface_path}"})
+    outputs = tune_outputs(out, storage)
+    settings = tune_settings(
+        target,
+        {
+            "model": model, "trials": trials, "n": n, "resolution": resolution, "batch_size": batch_size,
+            "steps": steps, "optimizer": optimizer, "prior": prior, "device": device, "seed": seed, "pick": pick,
+        },
+        prune=prune,
+        surface=outputs.surface,
+    )
     ui = RichUI(console=err_console)  # progress on stderr in either format: stdout carries only the result
     try:
         result = tune(
             settings,
             study_name=study,
-            storage=storage or default_storage(folder),
+            storage=outputs.storage,
             timeout=timeout,
             warm_start=warm_start,
-            export_dir=folder / "exports",
-            runs_dir=folder / "runs",
+            export_dir=outputs.export_dir,
+            runs_dir=outputs.runs_dir,
             estimator_kwargs={"progress": True},
-            surface_store=store,
+            surface_store=outputs.surface,
             ui=ui,
             workers=workers,
         )
@@ -295,47 +307,12 @@ def tune_cmd(
     if fmt is OutputFormat.json:
         payload = result.to_dict()
         payload["storage"] = masked_url(str(payload.get("storage") or ""))
-        payload["surface"] = {"path": str(store), "recorded": _on_surface(store, result.study_name)}
+        payload["surface"] = {"path": str(outputs.surface), "recorded": on_surface(outputs.surface, result.study_name)}
         _print_json(payload)
         return
     from autotransfer.report.summary import summary_table
 
     console.print(summary_table(result))
-
-
-def _out_folder(out: str):
-    """``tune --out`` as an absolute folder; a path that is a file is a one-line error."""
-    from pathlib import Path
-
-    folder = Path(out).expanduser().resolve()
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out {out!r} is a file, not a folder: give the folder tune should write into")
-    return folder
-
-
-def _surface_store(folder):
-    """The surface ``tune`` reads its default prior from and records on: ``$AUTOTRANSFER_SURFACE``
-    (a surface shared across folders), else ``surface.json`` in ``--out``."""
-    from pathlib import Path
-
-    shared = os.environ.get("AUTOTRANSFER_SURFACE", "").strip()
-    return Path(shared).expanduser().resolve() if shared else folder / "surface.json"
-
-
-def _surface_with_points(store, model: str):
-    """``store`` when it holds points for ``model`` (then it is the default prior), else ``None``."""
-    from autotransfer.surface import SurfaceStore
-
-    surface = SurfaceStore(store)
-    return store if surface.exists() and surface.load(model=model) else None
-
-
-def _on_surface(store, study: str) -> bool:
-    """Whether ``study``'s optimum is recorded on the surface at ``store``."""
-    from autotransfer.surface import SurfaceStore
-
-    surface = SurfaceStore(store)
-    return surface.exists() and any(p.study == study for p in surface.load())
 
 
 @app.command("worker")
@@ -613,63 +590,20 @@ def surface_cmd(
       autotransfer surface --spec studies/sweep-small.yaml --html studies/surface.html
       autotransfer surface --html studies/surface.html      # only fit + draw the recorded points
     """
-    from dataclasses import replace
-
+    from autotransfer.pipeline.sweep import surface_job, sweep_from_options
     from autotransfer.search.progress import NullUI, RichUI
-    from autotransfer.search.storage import storage_location
-    from autotransfer.report.surface_plots import write_surface_html
-    from autotransfer.surface import DEFAULT_STORE, SurfaceModel, SurfaceStore
-    from autotransfer.pipeline.sweep import SweepSpec, load_sweep_spec, run_sweep
 
-    if spec:
-        sweep = load_sweep_spec(spec)
-    elif targets or sizes:
-        if not (targets and sizes and model):
-            raise UserError("a sweep needs --targets, --sizes and --model (or --spec FILE)")
-        try:
-            size_list = [int(s) for s in sizes.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--sizes must be comma-separated integers, but got {sizes!r}") from None
-        sweep = SweepSpec(
-            targets=[t.strip() for t in targets.split(",") if t.strip()],
-            sizes=size_list,
-            model=model,
-            seeds=list(range(seeds)),
-            trials=trials or 20,
-        )
-    else:
-        sweep = None
-    store_path = store or (sweep.store if sweep else None) or DEFAULT_STORE
-    out: dict = {}
-    if sweep is not None:
-        overrides = {k: v for k, v in {"resolution": resolution, "steps": steps, "device": device}.items() if v is not None}
-        base = replace(sweep.base_settings(), **overrides)
-        ui = RichUI() if fmt is OutputFormat.table else NullUI()
-        result = run_sweep(
-            sweep.targets,
-            sweep.sizes,
-            sweep.model,
-            sweep.seeds,
-            trials=trials or sweep.trials,
-            storage=storage or sweep.storage,
-            store_path=store_path,
-            base_settings=base,
-            ui=ui,
-        )
-        out = result.to_dict()
-    points = SurfaceStore(store_path).load(model=(sweep.model if sweep else model))
-    if html:
-        if not points:
-            raise UserError(f"surface {store_path!r} has no points to draw: run a sweep first")
-        slices_storage = storage_location(storage or (sweep.storage if sweep else None))
-        out["html"] = str(write_surface_html(SurfaceModel().fit(points), html, storage=slices_storage))
-    out["points"] = len(points)
+    sweep = sweep_from_options(spec=spec, targets=targets, sizes=sizes, model=model, seeds=seeds, trials=trials)
+    out = surface_job(
+        sweep, model=model, trials=trials, overrides={"resolution": resolution, "steps": steps, "device": device},
+        storage=storage, store=store, html=html, ui=RichUI() if fmt is OutputFormat.table else NullUI(),
+    )
     if fmt is OutputFormat.json:
         _print_json(out)
         return
     for entry in out.get("studies", []):
         console.print(f"{entry['status']:>7}  {entry['study']}  ({entry['seconds']:.0f} s) {'; '.join(entry['notes'])}")
-    console.print(f"{len(points)} surface points in {store_path}" + (f"; wrote {out['html']}" if html else ""))
+    console.print(f"{out['points']} surface points in {out['store']}" + (f"; wrote {out['html']}" if html else ""))
 
 
 @app.command("dashboard")
@@ -722,31 +656,8 @@ def report_cmd(
     err_console.print(f"wrote {path}")
 
 
-def main() -> None:
-    """Console-script entry point: user errors print one line and exit 2."""
-    import signal
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # SIGTERM stops like Ctrl-C: Optuna marks the running trial FAIL, completed trials stay.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        # standalone: typer (which bundles its own click, so `click.ClickException` would miss
-        # them) prints usage errors (unknown option, missing argument, bad value) and exits 2,
-        # and turns Ctrl-C into exit 130; our own errors pass through to the handlers below
-        app(standalone_mode=True)
-    except UserError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: everything already recorded is kept.")
-        sys.exit(130)
-    except (typer.Exit, SystemExit) as done:
-        code = getattr(done, "exit_code", getattr(done, "code", 0))
-        if code == 130:
-            err_console.print("interrupted: everything already recorded is kept.")
-        sys.exit(code)
+#: The console-script entry point (``autotransfer = "autotransfer.cli:main"``).
+main = app
 
 
 if __name__ == "__main__":

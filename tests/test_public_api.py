@@ -2,6 +2,7 @@
 one importable; importing the package does not load torch (the CLI's --help stays fast)."""
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import autotransfer
 
 def test_every_public_name_resolves_and_is_documented():
     assert set(autotransfer.__all__) == {
-        "tune", "estimate", "load_model", "evaluate_model", "StudySettings", "Protocol",
+        "tune", "estimate_task", "load_model", "evaluate_model", "StudySettings", "Protocol",
         "AutotransferError", "UserError", "__version__",
     }
     for name in autotransfer.__all__:
@@ -19,6 +20,8 @@ def test_every_public_name_resolves_and_is_documented():
             assert (value.__doc__ or "").strip(), f"{name} has no docstring"
     assert issubclass(autotransfer.UserError, autotransfer.AutotransferError)
     assert autotransfer.tune.__module__ == "autotransfer.pipeline.tune"
+    importlib.import_module("autotransfer.estimate")  # a package: it must not shadow a public function
+    assert callable(autotransfer.estimate_task) and callable(autotransfer.tune)
 
 
 def test_importing_the_package_does_not_load_torch():

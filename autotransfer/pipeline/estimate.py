@@ -1,4 +1,4 @@
-"""``estimate``: measure a target task (size, divergence by depth, transferability) and derive the
+"""``estimate_task``: measure a target task (size, divergence by depth, transferability) and derive the
 priors ``tune`` would start from, without running a study."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 from autotransfer.core.errors import UserError
 from autotransfer.core.settings import PriorSpec
 
-__all__ = ["TaskEstimate", "estimate"]
+__all__ = ["TaskEstimate", "estimate_task"]
 
 
 @dataclass(frozen=True)
 class TaskEstimate:
-    """What ``estimate`` measured: the task ``profile`` (with its quadrant prior) and, when a
+    """What ``estimate_task`` measured: the task ``profile`` (with its quadrant prior) and, when a
     surface of optimal protocols has points for the model, the ``surface_prior`` ``tune`` would
     start from (``None`` otherwise)."""
 
@@ -27,7 +27,7 @@ class TaskEstimate:
         }
 
 
-def estimate(
+def estimate_task(
     target: str,
     model: str = "efficientnet_lite0",
     *,

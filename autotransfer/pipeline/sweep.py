@@ -10,7 +10,10 @@ from autotransfer.core.errors import UserError
 from autotransfer.core.settings import StudySettings
 from autotransfer.surface.store import DEFAULT_STORE, SurfacePoint, SurfaceStore
 
-__all__ = ["SweepSpec", "SweepEntry", "SweepResult", "load_sweep_spec", "plan_sweep", "run_sweep"]
+__all__ = [
+    "SweepSpec", "SweepEntry", "SweepResult", "load_sweep_spec", "plan_sweep", "run_sweep", "sweep_from_options",
+    "surface_job",
+]
 
 #: Spec keys that are not StudySettings fields.
 _SPEC_KEYS = {"targets", "sizes", "model", "seeds", "trials", "storage", "store"}
@@ -232,3 +235,74 @@ def run_sweep(
         if on_study:
             on_study(k, len(entries), entry)
     return SweepResult(entries=entries, store=str(store.path), storage=url)
+
+
+def sweep_from_options(
+    *,
+    spec: str | Path | None = None,
+    targets: str | None = None,
+    sizes: str | None = None,
+    model: str | None = None,
+    seeds: int = 1,
+    trials: int | None = None,
+) -> SweepSpec | None:
+    """The sweep ``autotransfer surface`` asks for: a YAML ``spec``, or comma-separated
+    ``targets`` x ``sizes`` for ``model`` with seeds ``0 .. seeds-1``; ``None`` when neither
+    (only fit and draw the recorded points). A half-given sweep is a one-line ``UserError``."""
+    if spec:
+        return load_sweep_spec(spec)
+    if not (targets or sizes):
+        return None
+    if not (targets and sizes and model):
+        raise UserError("a sweep needs --targets, --sizes and --model (or --spec FILE)")
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--sizes must be comma-separated integers, but got {sizes!r}") from None
+    return SweepSpec(
+        targets=[t.strip() for t in targets.split(",") if t.strip()],
+        sizes=size_list,
+        model=model,
+        seeds=list(range(seeds)),
+        trials=trials or 20,
+    )
+
+
+def surface_job(
+    sweep: SweepSpec | None,
+    *,
+    model: str | None = None,
+    trials: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    storage: str | None = None,
+    store: str | Path | None = None,
+    html: str | Path | None = None,
+    ui=None,
+) -> dict[str, Any]:
+    """``autotransfer surface``: run (or resume) ``sweep`` when given, then load the surface's
+    points for the model and, with ``html``, write the fitted surface as a page. ``overrides``
+    (``StudySettings`` fields, ``None`` values ignored) apply to every study. Returns the sweep's
+    summary (``studies``...) with ``points`` (how many) and ``html`` (the page written) added."""
+    from autotransfer.report.surface_plots import write_surface_html
+    from autotransfer.search.storage import storage_location
+    from autotransfer.surface import SurfaceModel
+
+    store_path = store or (sweep.store if sweep else None) or DEFAULT_STORE
+    out: dict[str, Any] = {}
+    if sweep is not None:
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        result = run_sweep(
+            sweep.targets, sweep.sizes, sweep.model, sweep.seeds, trials=trials or sweep.trials,
+            storage=storage or sweep.storage, store_path=store_path,
+            base_settings=replace(sweep.base_settings(), **given), ui=ui,
+        )
+        out = result.to_dict()
+    points = SurfaceStore(store_path).load(model=(sweep.model if sweep else model))
+    if html:
+        if not points:
+            raise UserError(f"surface {str(store_path)!r} has no points to draw: run a sweep first")
+        slices_storage = storage_location(storage or (sweep.storage if sweep else None))
+        out["html"] = str(write_surface_html(SurfaceModel().fit(points), html, storage=slices_storage))
+    out["points"] = len(points)
+    out["store"] = str(store_path)
+    return out

@@ -1,0 +1,82 @@
+"""What the command line's options resolve to, so that ``cli.py`` only parses and prints: the
+settings of a ``tune`` run (the embedded demo or a target, the user's overrides, the default
+surface prior) and the folder, storage and surface it writes to."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotransfer.core.errors import UserError
+from autotransfer.core.settings import StudySettings
+
+__all__ = ["TuneOutputs", "tune_outputs", "tune_settings", "surface_with_points", "on_surface", "SURFACE_ENV"]
+
+#: A surface shared across output folders (wins over ``--out``'s ``surface.json``).
+SURFACE_ENV = "AUTOTRANSFER_SURFACE"
+
+
+@dataclass(frozen=True)
+class TuneOutputs:
+    """Where a ``tune`` run writes: ``folder`` (``--out``, absolute), the Optuna ``storage`` URL,
+    the model folders (``runs_dir``), the exports (``export_dir``) and the ``surface`` store."""
+
+    folder: Path
+    storage: str
+    runs_dir: Path
+    export_dir: Path
+    surface: Path
+
+
+def tune_outputs(out: str | Path, storage: str | None = None) -> TuneOutputs:
+    """Resolve ``--out`` and ``--storage``: the storage defaults to ``$AUTOTRANSFER_STORAGE``, else
+    ``OUT/autotransfer.db``; the surface to ``$AUTOTRANSFER_SURFACE``, else ``OUT/surface.json``.
+    An ``out`` that is a file is a one-line ``UserError``."""
+    from autotransfer.search.storage import default_storage
+
+    folder = Path(out).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder: give the folder tune should write into")
+    shared = os.environ.get(SURFACE_ENV, "").strip()
+    surface = Path(shared).expanduser().resolve() if shared else folder / "surface.json"
+    return TuneOutputs(folder, storage or default_storage(folder), folder / "runs", folder / "exports", surface)
+
+
+def tune_settings(
+    target: str | None, overrides: dict[str, Any], *, prune: bool = True, surface: Path | None = None
+) -> StudySettings:
+    """The settings of a ``tune`` run: the embedded demo's (no ``target``) or the defaults for
+    ``target``, with the ``overrides`` that are not ``None`` (``StudySettings`` field names) and
+    ``prune``. Without an explicit ``prior``, a ``surface`` that holds points for the model becomes
+    the prior (``surface:PATH``); an explicit ``surface:PATH`` is checked to hold points now."""
+    from autotransfer.search.demo import DEFAULT_SETTINGS
+    from autotransfer.surface import store_named_by
+
+    base = DEFAULT_SETTINGS if target is None else StudySettings(target=target)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = StudySettings.from_dict({**base.to_dict(), **given, "prune": prune})
+    prior = given.get("prior")
+    if prior is None:
+        path = surface_with_points(surface, settings.model) if surface is not None else None
+    else:
+        path = store_named_by(prior, settings.model)
+    if prior is None and path is not None:
+        settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{path}"})
+    return settings
+
+
+def surface_with_points(store: Path, model: str) -> Path | None:
+    """``store`` when it holds points for ``model`` (then it is the default prior), else ``None``."""
+    from autotransfer.surface import SurfaceStore
+
+    surface = SurfaceStore(store)
+    return store if surface.exists() and surface.load(model=model) else None
+
+
+def on_surface(store: Path, study: str) -> bool:
+    """Whether ``study``'s optimum is recorded on the surface at ``store``."""
+    from autotransfer.surface import SurfaceStore
+
+    surface = SurfaceStore(store)
+    return surface.exists() and any(p.study == study for p in surface.load())
