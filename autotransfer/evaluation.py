@@ -6,6 +6,7 @@ target the model is scored on the held-out test split of the study that made it,
 the folder's settings (dataset spec, N, seed, split fractions) and checked against the recorded
 fingerprint: that reproduces the test score ``tune`` printed.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -101,8 +102,12 @@ def study_test_split(config: dict[str, Any]):
             f"dataset {target!r} here has fingerprint {dataset.fingerprint[:12]}, the study's was {str(expected)[:12]}:"
             " the data changed since the model was trained; give a TARGET to evaluate on"
         )
-    splits = stratified_split(dataset, val=float(settings.get("val_frac", 0.15)),
-                              test=float(settings.get("test_frac", 0.15)), seed=int(settings.get("seed", 0)))
+    splits = stratified_split(
+        dataset,
+        val=float(settings.get("val_frac", 0.15)),
+        test=float(settings.get("test_frac", 0.15)),
+        seed=int(settings.get("seed", 0)),
+    )
     return splits.test
 
 
@@ -149,9 +154,7 @@ def evaluate_model(
     value = score(y_true, y_pred, metric)
     low, high = score_interval(min(max(value, 0.0), 1.0), len(y_true))
     labels = list(range(len(classes)))
-    precision, recall, _, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, _, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     confusion = confusion_matrix(y_true, y_pred, labels=labels)
     return EvaluationInfo(
         target=name,

@@ -1,5 +1,6 @@
 """Export a study's best protocol with its provenance (YAML / JSON), as timm train.py arguments or as a
 training script, and read it back."""
+
 from __future__ import annotations
 
 import json
@@ -164,7 +165,7 @@ def source_model(backbone) -> SourceModel:
     from autotransfer.backbones.surgery import head_params
 
     cfg = getattr(backbone.model, "pretrained_cfg", None) or {}
-    architecture = str(cfg.get("architecture") or backbone.extra["arch"][len("timm:"):])
+    architecture = str(cfg.get("architecture") or backbone.extra["arch"][len("timm:") :])
     fresh = {k: _plain(v) for k, v in (backbone.extra.get("kwargs") or {}).items()}
     groups = [list(g.modules) for g in backbone.groups]
     names = [n for n, _ in backbone.model.named_parameters()]
@@ -177,7 +178,9 @@ def source_model(backbone) -> SourceModel:
             )
     head = backbone.head_name
     if sorted(head_params(backbone)) != sorted(n for n in names if n.startswith(head + ".")):
-        raise UserError(f"the head of {backbone.spec!r} is not the module {head!r} alone: use `autotransfer train --config`")
+        raise UserError(
+            f"the head of {backbone.spec!r} is not the module {head!r} alone: use `autotransfer train --config`"
+        )
     pre = backbone.preprocessing
     return SourceModel(
         architecture=architecture,
@@ -219,7 +222,7 @@ def dataset_flips(target: str) -> bool:
 
     base, _ = split_spec(target)
     if base.startswith("builtin:"):
-        return bool(resolve_builtin(base[len("builtin:"):]).flip)
+        return bool(resolve_builtin(base[len("builtin:") :]).flip)
     return True
 
 
@@ -245,19 +248,21 @@ def member_protocols(payload: dict[str, Any], num_groups: int) -> list[dict[str,
     for member in listed:
         protocol = Protocol.from_dict(member["protocol"])
         freeze, reinit = protocol.integers(num_groups)
-        out.append({
-            "trial": member.get("trial"),
-            "trained_on": member.get("trained_on") or "train+val",
-            "lr": protocol.lr,
-            "momentum": protocol.momentum,
-            "head_lr_mult": protocol.head_lr_mult,
-            "freeze": freeze,
-            "reinit": reinit,
-            "layer_decay": protocol.layer_decay,
-            "weight_decay": protocol.weight_decay,
-            "bn_mode": protocol.bn_mode,
-            "l2sp": protocol.l2sp,
-        })
+        out.append(
+            {
+                "trial": member.get("trial"),
+                "trained_on": member.get("trained_on") or "train+val",
+                "lr": protocol.lr,
+                "momentum": protocol.momentum,
+                "head_lr_mult": protocol.head_lr_mult,
+                "freeze": freeze,
+                "reinit": reinit,
+                "layer_decay": protocol.layer_decay,
+                "weight_decay": protocol.weight_decay,
+                "bn_mode": protocol.bn_mode,
+                "l2sp": protocol.l2sp,
+            }
+        )
     return out
 
 
@@ -272,12 +277,41 @@ def fit_images(payload: dict[str, Any], member: dict[str, Any]) -> int:
 #: (v0.9.16, v1.0.3, v1.0.15, v1.0.28 and main of August 2026). train.py takes a ``--config`` file's
 #: keys as argparse defaults, so a key it does not know is accepted without a word and ignored:
 #: nothing outside this set is ever written.
-TIMM_TRAIN_KEYS = frozenset({
-    "model", "model_kwargs", "pretrained", "initial_checkpoint", "num_classes", "img_size", "mean", "std",
-    "interpolation", "crop_pct", "batch_size", "opt", "momentum", "opt_betas", "lr", "weight_decay", "sched",
-    "sched_on_updates", "epochs", "warmup_epochs", "cooldown_epochs", "min_lr", "no_aug", "scale", "ratio",
-    "train_interpolation", "hflip", "vflip", "color_jitter", "smoothing", "seed",
-})
+TIMM_TRAIN_KEYS = frozenset(
+    {
+        "model",
+        "model_kwargs",
+        "pretrained",
+        "initial_checkpoint",
+        "num_classes",
+        "img_size",
+        "mean",
+        "std",
+        "interpolation",
+        "crop_pct",
+        "batch_size",
+        "opt",
+        "momentum",
+        "opt_betas",
+        "lr",
+        "weight_decay",
+        "sched",
+        "sched_on_updates",
+        "epochs",
+        "warmup_epochs",
+        "cooldown_epochs",
+        "min_lr",
+        "no_aug",
+        "scale",
+        "ratio",
+        "train_interpolation",
+        "hflip",
+        "vflip",
+        "color_jitter",
+        "smoothing",
+        "seed",
+    }
+)
 
 
 def timm_args(payload: dict[str, Any], source: SourceModel, weights: str | Path) -> dict[str, Any]:
@@ -302,40 +336,44 @@ def timm_args(payload: dict[str, Any], source: SourceModel, weights: str | Path)
     args: dict[str, Any] = {"model": source.architecture}
     if source.model_kwargs:
         args["model_kwargs"] = dict(source.model_kwargs)
-    args.update({
-        "pretrained": False,
-        "initial_checkpoint": str(Path(weights).resolve()),
-        "num_classes": source.num_classes,
-        "img_size": int(settings["resolution"]),
-        "mean": list(source.mean),
-        "std": list(source.std),
-        "interpolation": "bicubic",
-        "crop_pct": 1.0,
-        "batch_size": int(settings["batch_size"]),
-    })
+    args.update(
+        {
+            "pretrained": False,
+            "initial_checkpoint": str(Path(weights).resolve()),
+            "num_classes": source.num_classes,
+            "img_size": int(settings["resolution"]),
+            "mean": list(source.mean),
+            "std": list(source.std),
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "batch_size": int(settings["batch_size"]),
+        }
+    )
     if settings["optimizer"] == "sgd":
         args.update({"opt": "momentum", "momentum": member["momentum"]})
     else:
         args.update({"opt": "adamw", "opt_betas": [member["momentum"], 0.999]})
-    args.update({
-        "lr": member["lr"],
-        "weight_decay": member["weight_decay"],
-        "sched": "cosine",
-        "sched_on_updates": True,
-        "epochs": timm_updates(payload, member)[0],
-        "warmup_epochs": 0,
-        "cooldown_epochs": 0,
-        "min_lr": 0.0,
-        "no_aug": not augment,
-        "scale": list(scale),
-        "ratio": list(ratio),
-        "train_interpolation": "bilinear",
-        "hflip": 0.5 if augment and dataset_flips(settings["target"]) else 0.0,
-        "vflip": 0.0,
-        "color_jitter": 0.0,
-        "smoothing": 0.0,
-        "seed": int(settings["seed"]),
-    })
+    args.update(
+        {
+            "lr": member["lr"],
+            "weight_decay": member["weight_decay"],
+            "sched": "cosine",
+            "sched_on_updates": True,
+            "epochs": timm_updates(payload, member)[0],
+            "warmup_epochs": 0,
+            "cooldown_epochs": 0,
+            "min_lr": 0.0,
+            "no_aug": not augment,
+            "scale": list(scale),
+            "ratio": list(ratio),
+            "train_interpolation": "bilinear",
+            "hflip": 0.5 if augment and dataset_flips(settings["target"]) else 0.0,
+            "vflip": 0.0,
+            "color_jitter": 0.0,
+            "smoothing": 0.0,
+            "seed": int(settings["seed"]),
+        }
+    )
     unknown = sorted(set(args) - TIMM_TRAIN_KEYS)
     if unknown:  # a programming error: train.py would ignore these without a word
         raise ValueError(f"timm_args wrote keys timm's train.py does not know: {unknown}")
@@ -362,24 +400,36 @@ def timm_unexpressed(payload: dict[str, Any], source: SourceModel) -> list[str]:
     if f == G:
         lines.append(f"freezing: all {G} groups get no gradient and run BatchNorm in eval mode (a linear probe)")
     elif f:
-        lines.append(f"freezing: groups 0-{f - 1} of {G} ({', '.join(source.group_names[:f])})"
-                     " get no gradient and run BatchNorm in eval mode")
+        lines.append(
+            f"freezing: groups 0-{f - 1} of {G} ({', '.join(source.group_names[:f])})"
+            " get no gradient and run BatchNorm in eval mode"
+        )
     if r:
-        lines.append(f"re-initialisation: the last {r} of {G} groups ({', '.join(source.group_names[G - r:])})"
-                     f" start from fresh weights (seed {payload['settings']['seed']})")
+        lines.append(
+            f"re-initialisation: the last {r} of {G} groups ({', '.join(source.group_names[G - r :])})"
+            f" start from fresh weights (seed {payload['settings']['seed']})"
+        )
     if m["head_lr_mult"] != 1.0:
         lines.append(f"head lr multiplier: the new head trains at lr x {m['head_lr_mult']:.3g}; timm trains it at lr")
     if m["bn_mode"] == "frozen" and kept:
-        lines.append("BN mode 'frozen': BatchNorm of the trainable pretrained groups runs in eval mode (source statistics)")
+        lines.append(
+            "BN mode 'frozen': BatchNorm of the trainable pretrained groups runs in eval mode (source statistics)"
+        )
     if m["l2sp"] > 0 and kept:
-        lines.append(f"L2-SP: alpha/2 ||w - w0||^2 with alpha = {m['l2sp']:.3g} towards the source weights (instead of weight decay on them)")
+        lines.append(
+            f"L2-SP: alpha/2 ||w - w0||^2 with alpha = {m['l2sp']:.3g} towards the source weights (instead of weight decay on them)"
+        )
     if m["layer_decay"] < 1.0 and G - f > 1:
-        lines.append(f"layer decay {m['layer_decay']:.3g} per depth group ({G} coarse groups; timm's layer_decay spans"
-                     " its finer layers, so it is left out)")
+        lines.append(
+            f"layer decay {m['layer_decay']:.3g} per depth group ({G} coarse groups; timm's layer_decay spans"
+            " its finer layers, so it is left out)"
+        )
     if len(members) > 1:
         trials = ", ".join(str(x["trial"]) for x in members)
-        lines.append(f"ensemble: the handed-back model averages {len(members)} networks (trials {trials});"
-                     " these args train the first alone")
+        lines.append(
+            f"ensemble: the handed-back model averages {len(members)} networks (trials {trials});"
+            " these args train the first alone"
+        )
     return lines
 
 
@@ -397,7 +447,8 @@ def timm_header(payload: dict[str, Any], source: SourceModel, args: dict[str, An
         "Run: python train.py --config THIS_FILE --data-dir DATA   (DATA/train: one folder per class;"
         " DATA/validation: held-out images)",
         "What these values mean in timm, as autotransfer trained:",
-        "  opt momentum: SGD with classical momentum (timm's 'sgd' is Nesterov)" if args["opt"] == "momentum"
+        "  opt momentum: SGD with classical momentum (timm's 'sgd' is Nesterov)"
+        if args["opt"] == "momentum"
         else "  opt adamw with betas (momentum, 0.999), as autotransfer",
         f"  schedule: cosine from lr to 0 per update, no warm-up; {epochs} epochs x {per_epoch} updates"
         f" = {updates} updates on {images} images at batch {settings['batch_size']} (the study's budget:"
@@ -405,15 +456,18 @@ def timm_header(payload: dict[str, Any], source: SourceModel, args: dict[str, An
         f"  initial_checkpoint: {Path(args['initial_checkpoint']).name}, the source weights as the study used them"
         " (timm's key names, the new head zero-initialised), loaded strictly",
         f"  augmentation: random-resized crop (area {args['scale']}, ratio {[round(r, 4) for r in args['ratio']]}),"
-        f" bilinear, {flips}, no colour jitter, no label smoothing" if not args["no_aug"]
+        f" bilinear, {flips}, no colour jitter, no label smoothing"
+        if not args["no_aug"]
         else "  augmentation: none (the image resized and centre-cropped, as the study trained)",
         "  autotransfer crops from the image already resized and centre-cropped to img_size; timm crops the"
         " whole image (the same for square images)",
     ]
     missing = timm_unexpressed(payload, source)
     if missing:
-        lines.append("timm cannot express (train.py trains without these; `autotransfer export --format script`"
-                     " writes a script that does):")
+        lines.append(
+            "timm cannot express (train.py trains without these; `autotransfer export --format script`"
+            " writes a script that does):"
+        )
         lines += [f"  - {line}" for line in missing]
     else:
         lines.append("timm expresses all of this protocol.")
@@ -446,10 +500,15 @@ def write_export(payload: dict[str, Any], path: str | Path, fmt: str = "yaml", *
             weights = write_source_weights(backbone, weights_path(path))
             members = member_protocols(payload, source.num_groups)
             flip = dataset_flips(payload["settings"]["target"])
-            path.write_text(script_text(payload, source, weights.name, script_name=path.name, members=members,
-                                       flip=flip, crop=crop_ranges()))
+            path.write_text(
+                script_text(
+                    payload, source, weights.name, script_name=path.name, members=members, flip=flip, crop=crop_ranges()
+                )
+            )
     except OSError as err:
-        raise UserError(f"cannot write {str(path)!r} ({err.strerror or err}): give -o a file in a folder you can write to") from None
+        raise UserError(
+            f"cannot write {str(path)!r} ({err.strerror or err}): give -o a file in a folder you can write to"
+        ) from None
     return path
 
 
@@ -460,8 +519,10 @@ def not_expressed(payload: dict[str, Any], fmt: str, source: SourceModel | None 
         return timm_unexpressed(payload, source or source_model(source_backbone(payload)))
     members = payload.get("members") or []
     if fmt == "script" and len(members) > 1:
-        return [f"ensemble: the handed-back model averages {len(members)} networks; the script trains one per run"
-                f" (--member 1 to {len(members)}, default 1)"]
+        return [
+            f"ensemble: the handed-back model averages {len(members)} networks; the script trains one per run"
+            f" (--member 1 to {len(members)}, default 1)"
+        ]
     return []
 
 

@@ -10,6 +10,7 @@ AdamW, cosine decay per step, the epoch sampler and the random-resized crop of `
 ``tests/test_export_script.py`` checks each piece against autotransfer's own and the trained result
 against ``autotransfer train --config``.
 """
+
 from __future__ import annotations
 
 import pprint
@@ -32,8 +33,12 @@ def script_text(
     initial weights are the file ``weights_name`` beside it and whose own name is ``script_name``. ``members``: each network's protocol
     (``export.member_protocols``); ``flip``: whether the dataset is flipped; ``crop``: the
     random-resized crop's area and ratio ranges (``export.crop_ranges``)."""
-    return (_docstring(payload, members, weights_name, script_name) + _IMPORTS
-            + _constants(payload, source, weights_name, members, flip, crop) + _BODY)
+    return (
+        _docstring(payload, members, weights_name, script_name)
+        + _IMPORTS
+        + _constants(payload, source, weights_name, members, flip, crop)
+        + _BODY
+    )
 
 
 def _docstring(payload: dict[str, Any], members: list[dict[str, Any]], weights_name: str, script_name: str) -> str:
@@ -44,7 +49,8 @@ def _docstring(payload: dict[str, Any], members: list[dict[str, Any]], weights_n
         f"\nThe model autotransfer handed back averages the softmax of {len(members)} networks (trials"
         f" {', '.join(str(m['trial']) for m in members)}).\nEach run trains one (--member K, default 1); run it"
         " once per member and average their\nprobabilities to rebuild it.\n"
-        if len(members) > 1 else ""
+        if len(members) > 1
+        else ""
     )
     return f'''#!/usr/bin/env python3
 """Train the fine-tuning protocol autotransfer found for study {study!r} on an ImageFolder.
@@ -81,7 +87,7 @@ caches their outputs for a bank of augmented views per image, where this script 
 '''
 
 
-_IMPORTS = '''from __future__ import annotations
+_IMPORTS = """from __future__ import annotations
 
 import argparse
 import json
@@ -97,17 +103,24 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.nn.modules.batchnorm import _BatchNorm
 
-'''
+"""
 
 
-def _constants(payload: dict[str, Any], source, weights_name: str, members: list[dict[str, Any]], flip: bool,
-               crop: tuple[tuple[float, float], tuple[float, float]]) -> str:
+def _constants(
+    payload: dict[str, Any],
+    source,
+    weights_name: str,
+    members: list[dict[str, Any]],
+    flip: bool,
+    crop: tuple[tuple[float, float], tuple[float, float]],
+) -> str:
     settings = payload["settings"]
     scale, ratio = crop
-    groups = "\n".join(f"    {modules!r},  # {i}: {name}" for i, (modules, name) in
-                       enumerate(zip(source.groups, source.group_names)))
+    groups = "\n".join(
+        f"    {modules!r},  # {i}: {name}" for i, (modules, name) in enumerate(zip(source.groups, source.group_names))
+    )
     member_lines = "\n".join(f"    {_member_repr(m)}," for m in members)
-    return f'''# -- the protocol (autotransfer study {payload.get("study")!r}) ----------------------------------------
+    return f"""# -- the protocol (autotransfer study {payload.get("study")!r}) ----------------------------------------
 ARCH = {source.architecture!r}  # timm architecture
 MODEL_KWARGS = {pprint.pformat(source.model_kwargs, width=80)}  # its constructor arguments beside num_classes
 FRESH_KWARGS = {pprint.pformat(source.fresh_kwargs, width=80)}  # how autotransfer builds the fresh model re-init copies from
@@ -136,11 +149,22 @@ HEAD = {source.head!r}  # the new classifier
 MEMBERS = [
 {member_lines}
 ]
-'''
+"""
 
 
 def _member_repr(member: dict[str, Any]) -> str:
-    keys = ("trial", "lr", "momentum", "head_lr_mult", "freeze", "reinit", "layer_decay", "weight_decay", "bn_mode", "l2sp")
+    keys = (
+        "trial",
+        "lr",
+        "momentum",
+        "head_lr_mult",
+        "freeze",
+        "reinit",
+        "layer_decay",
+        "weight_decay",
+        "bn_mode",
+        "l2sp",
+    )
     values = ", ".join(f"{k}={member[k]!r}" for k in keys)
     note = "" if member["trained_on"] != "train" else "  # tune handed back this member trained on the train split only"
     return f"dict({values}){note}"

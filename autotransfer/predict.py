@@ -6,6 +6,7 @@ PIL images or arrays), applies the folder's preprocessing (shorter side resized 
 input size, centre crop, ``(x / 255 - mean) / std``: exactly the view the study scored the model
 on) and returns class probabilities in the order of ``classes_`` (the folder's ``label_names``).
 """
+
 from __future__ import annotations
 
 import os
@@ -69,7 +70,9 @@ def _as_rgb(image: Any, where: str) -> np.ndarray:
             raise UserError(
                 f"{where}: an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), but got shape {image.shape}"
             )
-        if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        if array.dtype == np.bool_ or not (
+            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+        ):
             raise UserError(f"{where}: an image array must hold integers or floats, but got dtype {image.dtype}")
         array = _scale_to_uint8(array)
         if array.ndim == 2:
@@ -114,9 +117,17 @@ class Predictor:
             softmax probabilities (one network unless the folder is an ensemble).
     """
 
-    def __init__(self, model, classes: Sequence[str], preprocessing, *, device: str = "auto",
-                 config: dict[str, Any] | None = None, directory: str | Path | None = None,
-                 members: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        model,
+        classes: Sequence[str],
+        preprocessing,
+        *,
+        device: str = "auto",
+        config: dict[str, Any] | None = None,
+        directory: str | Path | None = None,
+        members: Sequence[Any] = (),
+    ) -> None:
         from autotransfer.train import resolve_device
 
         self.device = resolve_device(device)
@@ -130,8 +141,10 @@ class Predictor:
     def __repr__(self) -> str:
         pre = self.preprocessing
         ensemble = f", ensemble of {len(self.members)}" if len(self.members) > 1 else ""
-        return (f"Predictor({self.config.get('architecture', type(self.model).__name__)!r}, "
-                f"{len(self.classes_)} classes, {pre.input_size}px{ensemble}, device={str(self.device)!r})")
+        return (
+            f"Predictor({self.config.get('architecture', type(self.model).__name__)!r}, "
+            f"{len(self.classes_)} classes, {pre.input_size}px{ensemble}, device={str(self.device)!r})"
+        )
 
     @property
     def metric(self) -> str:
@@ -148,8 +161,9 @@ class Predictor:
         """``(N,)`` predicted class names (``classes_[argmax]``)."""
         return self.classes_[self.predict_proba(images).argmax(axis=1)]
 
-    def predict_files(self, paths: Sequence[str | Path], *,
-                      progress: Callable[[int, int], None] | None = None) -> FilePredictions:
+    def predict_files(
+        self, paths: Sequence[str | Path], *, progress: Callable[[int, int], None] | None = None
+    ) -> FilePredictions:
         """Probabilities for the readable ``paths``; missing or undecodable files are skipped and listed."""
         from autotransfer.data.decode import decode_bytes
 
@@ -169,11 +183,14 @@ class Predictor:
                 skipped.append((str(path), "unreadable"))
                 continue
             kept.append(str(path))
-        proba = self.proba_of_arrays(arrays, progress=progress) if arrays else np.zeros((0, len(self.classes_)), np.float32)
+        proba = (
+            self.proba_of_arrays(arrays, progress=progress) if arrays else np.zeros((0, len(self.classes_)), np.float32)
+        )
         return FilePredictions(kept, proba, skipped)
 
-    def proba_of_arrays(self, arrays: Sequence[np.ndarray], *,
-                        progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def proba_of_arrays(
+        self, arrays: Sequence[np.ndarray], *, progress: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
         """``(N, K)`` probabilities of ``(H, W, 3)`` uint8 arrays, ``BATCH_SIZE`` at a time."""
         import torch
 
@@ -185,14 +202,22 @@ class Predictor:
         out: list[np.ndarray] = []
         total = len(arrays)
         for start in range(0, total, BATCH_SIZE):
-            chunk = np.stack([resize_square(a, size) for a in arrays[start:start + BATCH_SIZE]])
+            chunk = np.stack([resize_square(a, size) for a in arrays[start : start + BATCH_SIZE]])
             # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, bf16 on CUDA
-            batches = DeviceBatches(chunk, np.zeros(len(chunk), np.int64), device=self.device, out_size=size,
-                                    mean=pre.mean, std=pre.std, flip=False)
+            batches = DeviceBatches(
+                chunk,
+                np.zeros(len(chunk), np.int64),
+                device=self.device,
+                out_size=size,
+                mean=pre.mean,
+                std=pre.std,
+                flip=False,
+            )
             proba = None
             for member in self.members:
-                logits, _ = predict_logits(member, batches.eval_batches(BATCH_SIZE),
-                                           amp=self.device.type == "cuda", channels_last=True)
+                logits, _ = predict_logits(
+                    member, batches.eval_batches(BATCH_SIZE), amp=self.device.type == "cuda", channels_last=True
+                )
                 p = torch.softmax(logits, dim=1)
                 proba = p if proba is None else proba + p
             assert proba is not None
@@ -222,8 +247,15 @@ def load_model(directory: str | Path, *, device: str = "auto") -> Predictor:
     first, *others = ensemble_member_dirs(directory, config)
     model = build_model(first, config)
     members = [build_model(path) for path in others]
-    return Predictor(model, config["label_names"], model_dir_preprocessing(config), device=device,
-                     config=config, directory=directory, members=members)
+    return Predictor(
+        model,
+        config["label_names"],
+        model_dir_preprocessing(config),
+        device=device,
+        config=config,
+        directory=directory,
+        members=members,
+    )
 
 
 def _visible(path: Path) -> bool:
@@ -255,7 +287,9 @@ def list_image_files(sources: Sequence[str | Path]) -> tuple[list[Path], list[tu
                 raise UserError(f"cannot read CSV manifest {str(path)!r}: {err}") from None
             column = next((k for k in (rows[0] if rows else {}) if k and k.strip().lower() == "path"), None)
             if column is None:
-                raise UserError(f"CSV manifest {str(path)!r} has no 'path' column; its first line must name one (path[,label])")
+                raise UserError(
+                    f"CSV manifest {str(path)!r} has no 'path' column; its first line must name one (path[,label])"
+                )
             for row in rows:
                 rel = (row.get(column) or "").strip()
                 if rel:

@@ -9,6 +9,7 @@ settings (or its task profile) and ``transferability`` from the profile's
     python benchmarks/backfill_surface_fields.py studies/sweep-lab.yaml studies/sweep-imagenet.yaml
     python benchmarks/backfill_surface_fields.py studies/sweep-lab.yaml --dry-run
 """
+
 from __future__ import annotations
 
 import argparse

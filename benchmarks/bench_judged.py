@@ -28,6 +28,7 @@ short resumes from its storage. Run one process per core with ``--cells``:
 The summary pairs methods by (target, N, seed): mean differences with 95% t-intervals over cells,
 and per (target, N) the mean judge score of each method with its binomial standard error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,14 @@ def settings_for(target: str, n: int, seed: int, pick: str | None = None):
         settings = replace(DEFAULT_SETTINGS, device="cpu")
     else:
         settings = StudySettings(
-            target=f"builtin:{target}", model="efficientnet_lite0", n=n, seed=seed, resolution=64, trials=TRIALS,
-            prior="quadrant", device="cpu",
+            target=f"builtin:{target}",
+            model="efficientnet_lite0",
+            n=n,
+            seed=seed,
+            resolution=64,
+            trials=TRIALS,
+            prior="quadrant",
+            device="cpu",
         )
     return replace(settings, pick=pick) if pick else settings
 
@@ -167,8 +174,13 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
         print(f"{cell} {method} ({NAMES[method]}): {score:.4f}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    result = tune(settings, study_name="h", storage=url, runs_dir=runs / cell.replace(":", "-"),
-                  export_dir=runs / cell.replace(":", "-"))
+    result = tune(
+        settings,
+        study_name="h",
+        storage=url,
+        runs_dir=runs / cell.replace(":", "-"),
+        export_dir=runs / cell.replace(":", "-"),
+    )
     h_wall = time.perf_counter() - started
     store = open_storage(url)
     study = load_study("h", store)
@@ -183,11 +195,22 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
         pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
         sampled = [t for t in study.trials if "fixed_params" not in t.system_attrs]
         record(
-            "h", judge(backbone, resolved.metric), wall_s=round(h_wall, 1), val=result.val_score,
-            test=result.test_score, pick=result.pick, trained_on=result.trained_on,
-            sampled=len(sampled), sampled_complete=sum(t.state == optuna.trial.TrialState.COMPLETE for t in sampled),
-            pruned_at_first_rung=sum(1 for t in pruned if str(t.user_attrs.get("prune_reason", "")).startswith(
-                f"pruned: step {make_pruner(resolved).rungs[0]}:")),
+            "h",
+            judge(backbone, resolved.metric),
+            wall_s=round(h_wall, 1),
+            val=result.val_score,
+            test=result.test_score,
+            pick=result.pick,
+            trained_on=result.trained_on,
+            sampled=len(sampled),
+            sampled_complete=sum(t.state == optuna.trial.TrialState.COMPLETE for t in sampled),
+            pruned_at_first_rung=sum(
+                1
+                for t in pruned
+                if str(t.user_attrs.get("prune_reason", "")).startswith(
+                    f"pruned: step {make_pruner(resolved).rungs[0]}:"
+                )
+            ),
             pruned=len(pruned),
         )
     if target == "demo":  # the demo's claim: better than its own linear-probe control on unseen images
@@ -213,10 +236,16 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
         tpe = open_study("d", store, plain)
         run_search(tpe, build_runner(tpe, plain, prepared), TRIALS)
         best = best_by_validation(tpe)
-        record("d", retrained(Protocol.from_dict(best.params), resolved, prepared, judge),
-               wall_s=round(time.perf_counter() - t0, 1), val=best.value)
+        record(
+            "d",
+            retrained(Protocol.from_dict(best.params), resolved, prepared, judge),
+            wall_s=round(time.perf_counter() - t0, 1),
+            val=best.value,
+        )
     if (cell, "e") not in done:
-        scores = {t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in transfer_trials(study)}
+        scores = {
+            t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in transfer_trials(study)
+        }
         best_trial = max(scores, key=scores.get)
         record("e", scores[best_trial], trial=best_trial, per_trial=scores)
 
@@ -244,7 +273,10 @@ def summary(rows: list[dict]) -> str:
 
     by = {(r["cell"], r["method"]): r for r in rows}
     cells = sorted({r["cell"] for r in rows if r["cell"] != "demo"})
-    lines = ["| target, N | " + " | ".join(f"{m}: {NAMES[m]}" for m in METHODS) + " | seeds |", "|---" * (len(METHODS) + 2) + "|"]
+    lines = [
+        "| target, N | " + " | ".join(f"{m}: {NAMES[m]}" for m in METHODS) + " | seeds |",
+        "|---" * (len(METHODS) + 2) + "|",
+    ]
     groups: dict[str, list[str]] = {}
     for c in cells:
         t, n, _ = c.split(":")
@@ -274,10 +306,14 @@ def summary(rows: list[dict]) -> str:
         lines.append(f"| h − {m} ({NAMES[m]}) | {mean:+.1f} | {ci} | {len(diffs)} |")
     hs = [by[(c, "h")] for c in cells if (c, "h") in by]
     if hs:
-        lines += ["", "| cell | sampled | sampled complete | pruned | pruned at first rung | pick | tune wall s | plain TPE wall s |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| cell | sampled | sampled complete | pruned | pruned at first rung | pick | tune wall s | plain TPE wall s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in hs:
             d = by.get((r["cell"], "d"), {})
-            pick = (r.get("pick") or {})
+            pick = r.get("pick") or {}
             lines.append(
                 f"| {r['cell']} | {r.get('sampled')} | {r.get('sampled_complete')} | {r.get('pruned')} |"
                 f" {r.get('pruned_at_first_rung')} | trial {pick.get('trial')} ({pick.get('rule')}) |"
@@ -285,8 +321,11 @@ def summary(rows: list[dict]) -> str:
             )
     if ("demo", "h") in by and ("demo", "c") in by:
         h, c = by[("demo", "h")], by[("demo", "c")]
-        lines += ["", f"demo (`autotransfer tune`, {h.get('wall_s')} s): handed back {100 * h['judge']:.1f},"
-                  f" linear-probe control {100 * c['judge']:.1f} on {h['judge_images']} unseen images"]
+        lines += [
+            "",
+            f"demo (`autotransfer tune`, {h.get('wall_s')} s): handed back {100 * h['judge']:.1f},"
+            f" linear-probe control {100 * c['judge']:.1f} on {h['judge_images']} unseen images",
+        ]
     return "\n".join(lines)
 
 
@@ -295,8 +334,12 @@ def main() -> None:
     parser.add_argument("--cells", default=",".join(DEFAULT_CELLS), help="target:N:seed,...")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--summary", action="store_true")
-    parser.add_argument("--pick", default=None, help="the pick rule h uses (default: tune's default); h rows of"
-                        " other rules stay in the results file and are left out of the summary")
+    parser.add_argument(
+        "--pick",
+        default=None,
+        help="the pick rule h uses (default: tune's default); h rows of"
+        " other rules stay in the results file and are left out of the summary",
+    )
     args = parser.parse_args()
     path = Path(args.results)
     if args.summary:

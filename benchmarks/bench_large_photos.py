@@ -11,6 +11,7 @@ its rise over the RSS after imports, and the ratios. Not a timed test: the numbe
 
     .venv/bin/python benchmarks/bench_large_photos.py --n 40
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,10 @@ def main() -> None:
         for name, spec in (("old", f"{root}?decode=0"), ("new", str(root))):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", spec, str(args.resolution)],
-                check=True, capture_output=True, text=True, env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+                env=env,
             ).stdout.split()
             results[name] = [float(v) for v in out]
     print(f"{args.n} JPEGs of {args.width}x{args.height}, study array at {args.resolution} px")
@@ -80,8 +84,7 @@ def main() -> None:
     for name, (peak, above, held, secs, _) in results.items():
         print(f"{name:6}{peak:14.1f}{above:15.1f}{held:12.1f}{secs:9.2f}")
     old, new = results["old"], results["new"]
-    print(f"ratio old/new: peak RSS {old[0] / new[0]:.2f}x, "
-          f"images held {old[2] / new[2]:.1f}x")
+    print(f"ratio old/new: peak RSS {old[0] / new[0]:.2f}x, images held {old[2] / new[2]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ no margin), and ``NoiseAwarePruner`` variants (rungs at thirds or sixths, margin
 
     python benchmarks/bench_pruning_rule.py                      # every judged-*.db in benchmarks/out
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,12 @@ def analyse(paths: list[str]) -> str:
         full_steps = sum(c[-1][0] for c in curves)
         for name, pruner in rules(settings).items():
             stopped = replay(curves, pruner)
-            first = pruner.rungs[0] if isinstance(pruner, NoiseAwarePruner) and pruner.rungs else int(settings.eval_every)
-            row = totals.setdefault(name, {"trials": 0, "pruned": 0, "first": 0, "lost": 0, "lost_learned": 0, "steps": 0.0, "full": 0.0})
+            first = (
+                pruner.rungs[0] if isinstance(pruner, NoiseAwarePruner) and pruner.rungs else int(settings.eval_every)
+            )
+            row = totals.setdefault(
+                name, {"trials": 0, "pruned": 0, "first": 0, "lost": 0, "lost_learned": 0, "steps": 0.0, "full": 0.0}
+            )
             row["trials"] += len(curves)
             row["full"] += full_steps
             for curve, at, final in zip(curves, stopped, finals):

@@ -20,6 +20,7 @@ resumes where it stopped; ``--summary`` prints the table (mean and 95% t-interva
     OMP_NUM_THREADS=1 python benchmarks/bench_search_quality.py --seeds 5 --budget 150
     python benchmarks/bench_search_quality.py --summary
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,14 @@ def run_one(target: str, seed: int, method: str, args: argparse.Namespace, stora
     from autotransfer.search.study import best_transfer_trial, search_trials
 
     base = StudySettings(
-        target=target, model=args.model, n=args.n, seed=seed, resolution=args.resolution,
-        steps=args.steps, trials=10**6, prior="quadrant" if method == "autotransfer" else "none",
+        target=target,
+        model=args.model,
+        n=args.n,
+        seed=seed,
+        resolution=args.resolution,
+        steps=args.steps,
+        trials=10**6,
+        prior="quadrant" if method == "autotransfer" else "none",
     )
     prepared = prepare_data(base)
     backbone = create_backbone(args.model, num_classes=len(prepared.dataset.classes))
@@ -64,19 +71,34 @@ def run_one(target: str, seed: int, method: str, args: argparse.Namespace, stora
 
         metric = size_stats(prepared.trainval).metric
     settings = base.resolved(
-        fingerprint=prepared.fingerprint, metric=metric,
-        num_classes=len(prepared.dataset.classes), n_train=len(prepared.train),
+        fingerprint=prepared.fingerprint,
+        metric=metric,
+        num_classes=len(prepared.dataset.classes),
+        n_train=len(prepared.train),
     )
-    record = {"target": target, "seed": seed, "method": method, "n": args.n, "steps": settings.steps,
-              "metric": metric, "budget_s": args.budget}
+    record = {
+        "target": target,
+        "seed": seed,
+        "method": method,
+        "n": args.n,
+        "steps": settings.steps,
+        "metric": metric,
+        "budget_s": args.budget,
+    }
     if method == "recommended":
         protocol, val_score, trials = recommended_protocol(), None, 0
     else:
         name = f"{method}-{target.removeprefix('builtin:')}-s{seed}".replace("?", "_")
         left = args.budget - (time.perf_counter() - started)
         study = run_search_study(
-            name, storage, settings, prepared, backbone,
-            prior=profile.prior if method == "autotransfer" else None, trials=settings.trials, timeout=max(1.0, left),
+            name,
+            storage,
+            settings,
+            prepared,
+            backbone,
+            prior=profile.prior if method == "autotransfer" else None,
+            trials=settings.trials,
+            timeout=max(1.0, left),
         )
         best = best_transfer_trial(study)
         if best is None:
@@ -87,8 +109,13 @@ def run_one(target: str, seed: int, method: str, args: argparse.Namespace, stora
         trials = len(search_trials(study))
     record["search_s"] = round(time.perf_counter() - started, 1)
     _, test_score, _ = retrain_and_test(protocol, settings, prepared)
-    record.update(val_score=val_score, test_score=test_score, trials=trials, protocol=protocol.to_dict(),
-                  total_s=round(time.perf_counter() - started, 1))
+    record.update(
+        val_score=val_score,
+        test_score=test_score,
+        trials=trials,
+        protocol=protocol.to_dict(),
+        total_s=round(time.perf_counter() - started, 1),
+    )
     return record
 
 
@@ -106,8 +133,10 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 def summary(results: list[dict]) -> str:
     """A markdown table: per target and method, the test score mean ± 95% CI, trials and seconds."""
-    lines = ["| target | method | seeds | test score (mean ± 95% CI) | search trials (mean) | search s (mean) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| target | method | seeds | test score (mean ± 95% CI) | search trials (mean) | search s (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
     for target in dict.fromkeys(r["target"] for r in results):
         for method in METHODS:
             rows = [r for r in results if r["target"] == target and r["method"] == method]
@@ -123,7 +152,9 @@ def summary(results: list[dict]) -> str:
     for target in dict.fromkeys(r["target"] for r in results):
         by = {(r["method"], r["seed"]): r["test_score"] for r in results if r["target"] == target}
         for other in METHODS[1:]:
-            diffs = [by[("autotransfer", s)] - by[(other, s)] for (m, s) in by if m == other and ("autotransfer", s) in by]
+            diffs = [
+                by[("autotransfer", s)] - by[(other, s)] for (m, s) in by if m == other and ("autotransfer", s) in by
+            ]
             if diffs:
                 mean, half = t_interval(diffs)
                 w, t, l_ = sum(d > 0 for d in diffs), sum(d == 0 for d in diffs), sum(d < 0 for d in diffs)
@@ -156,14 +187,17 @@ def main() -> None:
         have = log.keys("target", "seed", "method")
         for seed in range(args.seeds):
             for target in args.targets.split(","):
-                order = METHODS[seed % 3:] + METHODS[: seed % 3]
+                order = METHODS[seed % 3 :] + METHODS[: seed % 3]
                 for method in order:
                     if (target, seed, method) in have:
                         continue
                     record = run_one(target, seed, method, args, storage)
                     log.append(record)
-                    print(f"{target} seed {seed} {method}: test {record['test_score']:.3f}"
-                          f" ({record['trials']} trials, {record['total_s']:.0f} s)", flush=True)
+                    print(
+                        f"{target} seed {seed} {method}: test {record['test_score']:.3f}"
+                        f" ({record['trials']} trials, {record['total_s']:.0f} s)",
+                        flush=True,
+                    )
     print(summary(done))
 
 

@@ -23,6 +23,7 @@ differences against ``max-score`` with 95% t-intervals).
     OMP_NUM_THREADS=1 python benchmarks/bench_selection.py
     python benchmarks/bench_selection.py --summary
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ def finished_trials(study) -> list:
     from autotransfer.core.schema import CONTROL_ATTR, VAL_LOSS_ATTR
 
     return [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get(CONTROL_ATTR) != "scratch" and t.value is not None
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get(CONTROL_ATTR) != "scratch"
+        and t.value is not None
         and isinstance(t.user_attrs.get(VAL_LOSS_ATTR), (int, float))
     ]
 
@@ -83,18 +86,23 @@ def summary(records: list[dict]) -> str:
             picks[rule][name] = chosen["test"]
             changed[rule] += chosen["number"] != first["number"]
     studies = sorted(by)
-    lines = [f"{len(studies)} studies, {len(records)} retrained trials "
-             f"({sum(len(v) for v in by.values()) / max(len(by), 1):.1f} per study)", "",
-             "| rule | mean test score (± 95% CI) | picks another trial than max-score | minus max-score (± 95% CI) | wins/ties/losses |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"{len(studies)} studies, {len(records)} retrained trials "
+        f"({sum(len(v) for v in by.values()) / max(len(by), 1):.1f} per study)",
+        "",
+        "| rule | mean test score (± 95% CI) | picks another trial than max-score | minus max-score (± 95% CI) | wins/ties/losses |",
+        "|---|---|---|---|---|",
+    ]
     for rule in RULES:
         scores = [picks[rule][s] for s in studies]
         mean, half = t_interval(scores)
         diffs = [picks[rule][s] - picks["max-score"][s] for s in studies]
         dmean, dhalf = t_interval(diffs)
         w, t, l_ = sum(d > 0 for d in diffs), sum(d == 0 for d in diffs), sum(d < 0 for d in diffs)
-        lines.append(f"| {rule} | {mean:.3f} ± {half:.3f} | {changed[rule]}/{len(studies)} |"
-                     f" {dmean:+.3f} ± {dhalf:.3f} | {w}/{t}/{l_} |")
+        lines.append(
+            f"| {rule} | {mean:.3f} ± {half:.3f} | {changed[rule]}/{len(studies)} |"
+            f" {dmean:+.3f} ± {dhalf:.3f} | {w}/{t}/{l_} |"
+        )
     return "\n".join(lines)
 
 
@@ -131,11 +139,21 @@ def main() -> None:
             prepared = prepare_data(settings)
             for t in trials:
                 _, test, _ = retrain_and_test(Protocol.from_dict(t.params), settings, prepared)
-                log.append({"study": study.study_name, "number": t.number, "value": float(t.value),
-                            "val_loss": float(t.user_attrs[VAL_LOSS_ATTR]), "test": test,
-                            "n_val": len(prepared.val)})
-                print(f"{study.study_name} trial {t.number}: val {t.value:.3f} loss"
-                      f" {t.user_attrs[VAL_LOSS_ATTR]:.3f} -> test {test:.3f}", flush=True)
+                log.append(
+                    {
+                        "study": study.study_name,
+                        "number": t.number,
+                        "value": float(t.value),
+                        "val_loss": float(t.user_attrs[VAL_LOSS_ATTR]),
+                        "test": test,
+                        "n_val": len(prepared.val),
+                    }
+                )
+                print(
+                    f"{study.study_name} trial {t.number}: val {t.value:.3f} loss"
+                    f" {t.user_attrs[VAL_LOSS_ATTR]:.3f} -> test {test:.3f}",
+                    flush=True,
+                )
     print(summary(log.records))
 
 

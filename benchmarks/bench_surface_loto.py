@@ -23,6 +23,7 @@ so the benchmark resumes.
     OMP_NUM_THREADS=1 python benchmarks/bench_surface_loto.py --size 300 --seeds 0,1
     python benchmarks/bench_surface_loto.py --summary --results benchmarks/out/surface-loto-100.jsonl,benchmarks/out/surface-loto-300.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,8 +107,10 @@ def summary(results: list[dict], trials: int, tolerance: float = 0.01, reference
         k = trials_to_within(values, ref, tol)
         return trials + 1 if k is None else k  # censored
 
-    rows = ["| N | target | seed | best val | " + " | ".join(f"{p}: trials (best)" for p in PRIORS) + " |",
-            "|---|---|---|---|" + "---|" * len(PRIORS)]
+    rows = [
+        "| N | target | seed | best val | " + " | ".join(f"{p}: trials (best)" for p in PRIORS) + " |",
+        "|---|---|---|---|" + "---|" * len(PRIORS),
+    ]
     for (size, target, seed), by in complete.items():
         ref = refs[(size, target, seed)]
         cells = []
@@ -119,8 +122,13 @@ def summary(results: list[dict], trials: int, tolerance: float = 0.01, reference
     if not complete:
         return "\n".join(rows)
     tols = (0.01, 0.03, 0.05)
-    rows += ["", f"{len(complete)} runs; mean trials to within t points (runs censored at {trials + 1}), ratio to no prior:", "",
-             "| prior | " + " | ".join(f"within {t * 100:g} | ratio" for t in tols) + " |", "|---|" + "---|---|" * len(tols)]
+    rows += [
+        "",
+        f"{len(complete)} runs; mean trials to within t points (runs censored at {trials + 1}), ratio to no prior:",
+        "",
+        "| prior | " + " | ".join(f"within {t * 100:g} | ratio" for t in tols) + " |",
+        "|---|" + "---|---|" * len(tols),
+    ]
     counts = {t: {p: [count(by[p], refs[key], t) for key, by in complete.items()] for p in PRIORS} for t in tols}
     for p in PRIORS:
         cells = []
@@ -148,16 +156,27 @@ def enqueued_table(results: list[dict], refs: dict[tuple[int, str, int], float])
     """For the surface runs that record their candidates: how often each enqueued trial (the
     centre, the nearest studies' optima, the survey's protocols, the linear probe) came within 1
     and 3 points of the reference (``refs``: per complete (size, target, seed)), and its mean gap to it."""
-    runs = [r for r in results if r["prior"] == "surface" and "prior_candidates" in r
-            and (r["size"], r["target"], r["seed"]) in refs]
+    runs = [
+        r
+        for r in results
+        if r["prior"] == "surface" and "prior_candidates" in r and (r["size"], r["target"], r["seed"]) in refs
+    ]
     if not runs:
         return ""
     k = len(runs[0]["prior_candidates"])
-    names = ["surface centre", *(f"nearest study {i + 1}" for i in range(k)),
-             "survey: recommended", "survey: less similar", "linear probe"]
-    rows = [f"Enqueued trials of the {len(runs)} surface runs, in the order they ran:", "",
-            "| trial | protocol | within 1 point | within 3 points | pruned or failed | mean gap when completed |",
-            "|---|---|---|---|---|---|"]
+    names = [
+        "surface centre",
+        *(f"nearest study {i + 1}" for i in range(k)),
+        "survey: recommended",
+        "survey: less similar",
+        "linear probe",
+    ]
+    rows = [
+        f"Enqueued trials of the {len(runs)} surface runs, in the order they ran:",
+        "",
+        "| trial | protocol | within 1 point | within 3 points | pruned or failed | mean gap when completed |",
+        "|---|---|---|---|---|---|",
+    ]
     for i, name in enumerate(names):
         gaps, stopped = [], 0
         for r in runs:
@@ -168,8 +187,10 @@ def enqueued_table(results: list[dict], refs: dict[tuple[int, str, int], float])
             else:
                 gaps.append(ref - v)
         mean_gap = f"{sum(gaps) / len(gaps):.3f}" if gaps else "-"
-        rows.append(f"| {i + 1} | {name} | {sum(g <= 0.01 + 1e-9 for g in gaps)}/{len(runs)} |"
-                    f" {sum(g <= 0.03 + 1e-9 for g in gaps)}/{len(runs)} | {stopped}/{len(runs)} | {mean_gap} |")
+        rows.append(
+            f"| {i + 1} | {name} | {sum(g <= 0.01 + 1e-9 for g in gaps)}/{len(runs)} |"
+            f" {sum(g <= 0.03 + 1e-9 for g in gaps)}/{len(runs)} | {stopped}/{len(runs)} | {mean_gap} |"
+        )
     return "\n".join(rows)
 
 
@@ -181,15 +202,26 @@ def main() -> None:
     parser.add_argument("--targets", default=None, help="comma-separated; default: every target of the spec")
     parser.add_argument("--priors", default=",".join(PRIORS))
     parser.add_argument("--results", default=str(OUT / "surface-loto.jsonl"))
-    parser.add_argument("--summary", action="store_true",
-                        help="only print the tables of recorded results (--results may then list several files, comma-separated)")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="only print the tables of recorded results (--results may then list several files, comma-separated)",
+    )
     parser.add_argument("--tolerance", type=float, default=0.01, help="'within' this much of the best (0.01 = 1 point)")
-    parser.add_argument("--quadrant-from", choices=("sweep", "rerun"), default="sweep",
-                        help="sweep: the quadrant runs are the sweep's own studies; rerun: a new study with the "
-                             "sweep study's prior (after a change to how studies search)")
-    parser.add_argument("--reference", choices=("common", "sweep"), default="common",
-                        help="common: the best any prior reached; sweep: the final best of the quadrant run "
-                             "(the target's sweep study, or its rerun with --quadrant-from rerun)")
+    parser.add_argument(
+        "--quadrant-from",
+        choices=("sweep", "rerun"),
+        default="sweep",
+        help="sweep: the quadrant runs are the sweep's own studies; rerun: a new study with the "
+        "sweep study's prior (after a change to how studies search)",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=("common", "sweep"),
+        default="common",
+        help="common: the best any prior reached; sweep: the final best of the quadrant run "
+        "(the target's sweep study, or its rerun with --quadrant-from rerun)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -223,8 +255,10 @@ def main() -> None:
                     print(f"{target} seed {seed}: the sweep's study is not finished yet; skipped", flush=True)
                     continue
                 log.append(record)
-                print(f"{target} seed {seed} {prior_kind}: best {max((v for v in record['values'] if v is not None), default=float('nan')):.3f}",
-                      flush=True)
+                print(
+                    f"{target} seed {seed} {prior_kind}: best {max((v for v in record['values'] if v is not None), default=float('nan')):.3f}",
+                    flush=True,
+                )
     print(summary(log.records, spec.trials, args.tolerance, args.reference))
 
 

@@ -25,6 +25,7 @@ back after k search trials:
     OMP_NUM_THREADS=1 python benchmarks/bench_surface_loto_judged.py --size 100 --scope complete --loto benchmarks/out/surface-loto-v2-100.jsonl --results benchmarks/out/surface-loto-judged-100.jsonl
     python benchmarks/bench_surface_loto_judged.py --summary --results benchmarks/out/surface-loto-judged-100.jsonl,...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -167,8 +168,10 @@ def summary(records: list[dict], trials: int) -> str:
     def final(scores: list[float | None]) -> float:
         return next((s for s in reversed(scores) if s is not None), float("-inf"))
 
-    rows = ["| N | target | seed | judge images | R | " + " | ".join(f"{p}: trials (S_{trials})" for p in PRIORS) + " |",
-            "|---|---|---|---|---|" + "---|" * len(PRIORS)]
+    rows = [
+        "| N | target | seed | judge images | R | " + " | ".join(f"{p}: trials (S_{trials})" for p in PRIORS) + " |",
+        "|---|---|---|---|---|" + "---|" * len(PRIORS),
+    ]
     handed: dict[float, dict[str, dict[int, list[int]]]] = {t: {p: {} for p in PRIORS} for t in TOLERANCES}
     tried: dict[float, dict[str, dict[int, list[int]]]] = {t: {p: {} for p in PRIORS} for t in TOLERANCES}
     gaps: dict[str, dict[int, list[float]]] = {p: {} for p in PRIORS}
@@ -184,7 +187,11 @@ def summary(records: list[dict], trials: int) -> str:
             for k_gap in (1, 3, 5, 10, 20):
                 s = scores[p][k_gap - 1] if k_gap <= len(scores[p]) else None
                 gaps[p].setdefault(k_gap, []).append(ref - (s if s is not None else 0.0))
-        rows.append(f"| {size} | {target.removeprefix('builtin:')} | {seed} | {by['none']['judge_images']} | {ref:.3f} | " + " | ".join(cells) + " |")
+        rows.append(
+            f"| {size} | {target.removeprefix('builtin:')} | {seed} | {by['none']['judge_images']} | {ref:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
         if all(by[p]["scope"] == "complete" for p in PRIORS):
             every = {p: [by[p]["judge"].get(str(i)) for i in range(len(by[p]["values"]))] for p in PRIORS}
             best = max(v for p in PRIORS for v in every[p] if v is not None)
@@ -196,8 +203,13 @@ def summary(records: list[dict], trials: int) -> str:
         sizes = sorted({s for p in PRIORS for s in counts[TOLERANCES[0]][p]})
         if not sizes:
             return []
-        out = ["", title, "", "| N | runs | prior | " + " | ".join(f"within {t * 100:g} | ratio" for t in TOLERANCES) + " |",
-               "|---|---|---|" + "---|---|" * len(TOLERANCES)]
+        out = [
+            "",
+            title,
+            "",
+            "| N | runs | prior | " + " | ".join(f"within {t * 100:g} | ratio" for t in TOLERANCES) + " |",
+            "|---|---|---|" + "---|---|" * len(TOLERANCES),
+        ]
         for size in [*sizes, "all"]:
             for p in PRIORS:
                 cells = []
@@ -209,20 +221,34 @@ def summary(records: list[dict], trials: int) -> str:
                 out.append(f"| {size} | {len(ks)} | {p} | " + " | ".join(cells) + " |")
         return out
 
-    rows += table(f"Handed back: mean search trials until the model the study would hand back is within t points "
-                  f"(judge set) of the best full search's, censored at {trials + 1} (censored runs), ratio to no prior:", handed)
-    rows += table("Tried: mean search trials until a trial's judge score is within t points of the best any trial "
-                  "reached (runs where every completed trial was judged):", tried)
+    rows += table(
+        f"Handed back: mean search trials until the model the study would hand back is within t points "
+        f"(judge set) of the best full search's, censored at {trials + 1} (censored runs), ratio to no prior:",
+        handed,
+    )
+    rows += table(
+        "Tried: mean search trials until a trial's judge score is within t points of the best any trial "
+        "reached (runs where every completed trial was judged):",
+        tried,
+    )
     ks = sorted(gaps["none"])
-    rows += ["", "Mean gap R - S_k (judge set; nothing handed back yet counts as 0):", "",
-             "| prior | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    rows += [
+        "",
+        "Mean gap R - S_k (judge set; nothing handed back yet counts as 0):",
+        "",
+        "| prior | " + " | ".join(f"k = {k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
     for p in PRIORS:
         rows.append(f"| {p} | " + " | ".join(f"{sum(gaps[p][k]) / len(gaps[p][k]):.3f}" for k in ks) + " |")
     # how faithful the retraining is, and how far validation scores sit from the judge's
     pairs = [(r["values"][int(i)], v, r["judge"][i]) for r in latest.values() for i, v in r["val_again"].items()]
     same = sum(abs(a - b) < 1e-9 for a, b, _ in pairs)
-    rows += ["", f"Retrained trials: {len(pairs)}; recorded validation score reproduced exactly on {same}. "
-             f"Mean |validation - judge| {sum(abs(a - j) for a, _, j in pairs) / max(len(pairs), 1):.3f}."]
+    rows += [
+        "",
+        f"Retrained trials: {len(pairs)}; recorded validation score reproduced exactly on {same}. "
+        f"Mean |validation - judge| {sum(abs(a - j) for a, _, j in pairs) / max(len(pairs), 1):.3f}.",
+    ]
     return "\n".join(rows)
 
 
@@ -231,11 +257,18 @@ def main() -> None:
     parser.add_argument("--loto", default=None, help="comma-separated bench_surface_loto.py result files to judge")
     parser.add_argument("--size", type=int, default=None, help="judge only the studies of this N")
     parser.add_argument("--seeds", default=None, help="comma-separated: judge only the studies of these seeds")
-    parser.add_argument("--scope", choices=("picks", "complete"), default="picks",
-                        help="judge the trials a study would hand back (picks) or every completed search trial")
+    parser.add_argument(
+        "--scope",
+        choices=("picks", "complete"),
+        default="picks",
+        help="judge the trials a study would hand back (picks) or every completed search trial",
+    )
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--results", default=str(OUT / "surface-loto-judged.jsonl"),
-                        help="JSON-lines file the judged studies are appended to (comma-separated with --summary)")
+    parser.add_argument(
+        "--results",
+        default=str(OUT / "surface-loto-judged.jsonl"),
+        help="JSON-lines file the judged studies are appended to (comma-separated with --summary)",
+    )
     parser.add_argument("--summary", action="store_true", help="print the summary of --results and exit")
     args = parser.parse_args()
 
@@ -259,11 +292,17 @@ def main() -> None:
                 r = json.loads(line)
                 if args.size in (None, r["size"]) and (args.seeds is None or str(r["seed"]) in args.seeds.split(",")):
                     todo.append(r)
-    todo.sort(key=lambda r: (r["size"], r["target"], r["seed"]))  # a (target, seed)'s priors together: complete runs sooner
+    todo.sort(
+        key=lambda r: (r["size"], r["target"], r["seed"])
+    )  # a (target, seed)'s priors together: complete runs sooner
     done = {r["study"] + "|" + r["storage"]: r for r in records}
     results.parent.mkdir(parents=True, exist_ok=True)
     for n, r in enumerate(todo, start=1):
-        earlier = [d for d in done.values() if d["study"] == r["study"] and d["values"][: args.trials] == _recorded(r, args.trials)]
+        earlier = [
+            d
+            for d in done.values()
+            if d["study"] == r["study"] and d["values"][: args.trials] == _recorded(r, args.trials)
+        ]
         if earlier and (earlier[-1]["scope"] == "complete" or args.scope == "picks"):
             continue
         out = judge_study(r, args.trials, args.scope, earlier[-1] if earlier else None)
@@ -271,8 +310,11 @@ def main() -> None:
         with results.open("a") as fh:
             fh.write(json.dumps(out) + "\n")
         s = handed_back_scores(out)
-        print(f"[{n}/{len(todo)}] N={r['size']} {r['target']} seed {r['seed']} {r['prior']}: "
-              f"judged {len(out['judge'])} trials on {out['judge_images']} images, hands back {s[-1]}", flush=True)
+        print(
+            f"[{n}/{len(todo)}] N={r['size']} {r['target']} seed {r['seed']} {r['prior']}: "
+            f"judged {len(out['judge'])} trials on {out['judge_images']} images, hands back {s[-1]}",
+            flush=True,
+        )
     print(summary(list(done.values()), args.trials))
 
 

@@ -17,6 +17,7 @@ prints markdown:
 
     python benchmarks/bench_surface_science.py [--spec studies/other.yaml]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,11 @@ def freeze_advantage(study) -> tuple[float, int, int]:
 
     complete = (optuna.trial.TrialState.COMPLETE,)
     done = [t for t in search_trials(study, states=complete) if t.value is not None]
-    done += [t for t in study.get_trials(deepcopy=False, states=complete)
-             if t.user_attrs.get(CONTROL_ATTR) == "probe" and t.value is not None]
+    done += [
+        t
+        for t in study.get_trials(deepcopy=False, states=complete)
+        if t.user_attrs.get(CONTROL_ATTR) == "probe" and t.value is not None
+    ]
     frozen = [t.value for t in done if t.params.get("freeze_frac", 0.0) >= 0.5]
     unfrozen = [t.value for t in done if t.params.get("freeze_frac", 0.0) < 0.5]
     if not frozen or not unfrozen:
@@ -77,19 +81,39 @@ def main() -> None:
     rows = []
     for p in points:
         adv, n_frozen, n_unfrozen = freeze_advantage(load_study(p.study, storage))
-        rows.append({
-            "target": p.target, "n": p.n, "seed": p.seed, "log10_n": p.log10_n, "similarity": p.similarity,
-            "log10_elr": p.protocol["log10_elr"], "reinit_frac": p.protocol["reinit_frac"],
-            "freeze_frac": p.protocol["freeze_frac"], "f": p.freeze, "r": p.reinit, "G": p.num_groups,
-            "score": p.score, "test": p.test_score if p.test_score is not None else float("nan"),
-            "adv": adv, "n_frozen": n_frozen, "n_unfrozen": n_unfrozen,
-        })
-    print(f"{len(rows)} studies of {spec.model} from {spec.store}"
-          + (f" (left out: {', '.join(sorted(excluded))})" if excluded else "") + "\n")
-    print("| target | N | seeds | similarity | log10 ELR | freeze_frac (f) | reinit_frac (r) | val | test | freezing advantage |")
+        rows.append(
+            {
+                "target": p.target,
+                "n": p.n,
+                "seed": p.seed,
+                "log10_n": p.log10_n,
+                "similarity": p.similarity,
+                "log10_elr": p.protocol["log10_elr"],
+                "reinit_frac": p.protocol["reinit_frac"],
+                "freeze_frac": p.protocol["freeze_frac"],
+                "f": p.freeze,
+                "r": p.reinit,
+                "G": p.num_groups,
+                "score": p.score,
+                "test": p.test_score if p.test_score is not None else float("nan"),
+                "adv": adv,
+                "n_frozen": n_frozen,
+                "n_unfrozen": n_unfrozen,
+            }
+        )
+    print(
+        f"{len(rows)} studies of {spec.model} from {spec.store}"
+        + (f" (left out: {', '.join(sorted(excluded))})" if excluded else "")
+        + "\n"
+    )
+    print(
+        "| target | N | seeds | similarity | log10 ELR | freeze_frac (f) | reinit_frac (r) | val | test | freezing advantage |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    keys = sorted({(r["target"], r["n"]) for r in rows},
-                  key=lambda k: (-sum(r["similarity"] for r in rows if r["target"] == k[0]), k[1]))
+    keys = sorted(
+        {(r["target"], r["n"]) for r in rows},
+        key=lambda k: (-sum(r["similarity"] for r in rows if r["target"] == k[0]), k[1]),
+    )
     for target, n in keys:
         group = [r for r in rows if r["target"] == target and r["n"] == n]
 
@@ -99,19 +123,29 @@ def main() -> None:
 
         fr = "/".join(f"{r['f']}" for r in group)
         rr = "/".join(f"{r['r']}" for r in group)
-        print(f"| {target.removeprefix('builtin:')} | {n} | {len(group)} | {mean('similarity'):.2f} |"
-              f" {mean('log10_elr'):+.2f} | {mean('freeze_frac'):.2f} ({fr}) | {mean('reinit_frac'):.2f} ({rr}) |"
-              f" {mean('score'):.3f} | {mean('test'):.3f} | {mean('adv'):+.3f} |")
+        print(
+            f"| {target.removeprefix('builtin:')} | {n} | {len(group)} | {mean('similarity'):.2f} |"
+            f" {mean('log10_elr'):+.2f} | {mean('freeze_frac'):.2f} ({fr}) | {mean('reinit_frac'):.2f} ({rr}) |"
+            f" {mean('score'):.3f} | {mean('test'):.3f} | {mean('adv'):+.3f} |"
+        )
     sizes = sorted({r["n"] for r in rows if r["n"] in spec.sizes})
-    print("\n| optimal parameter | Spearman with similarity (all sizes) | "
-          + " | ".join(f"with similarity at N = {n}" for n in sizes) + " | with log10 N |")
+    print(
+        "\n| optimal parameter | Spearman with similarity (all sizes) | "
+        + " | ".join(f"with similarity at N = {n}" for n in sizes)
+        + " | with log10 N |"
+    )
     print("|---|---|" + "---|" * len(sizes) + "---|")
     for param in PARAMS + ("adv",):
         label = "freezing advantage" if param == "adv" else param
-        by_size = [spearman([r["similarity"] for r in rows if r["n"] == n], [r[param] for r in rows if r["n"] == n])
-                   for n in sizes]
-        print(f"| {label} | {spearman([r['similarity'] for r in rows], [r[param] for r in rows])} | "
-              + " | ".join(by_size) + f" | {spearman([r['log10_n'] for r in rows], [r[param] for r in rows])} |")
+        by_size = [
+            spearman([r["similarity"] for r in rows if r["n"] == n], [r[param] for r in rows if r["n"] == n])
+            for n in sizes
+        ]
+        print(
+            f"| {label} | {spearman([r['similarity'] for r in rows], [r[param] for r in rows])} | "
+            + " | ".join(by_size)
+            + f" | {spearman([r['log10_n'] for r in rows], [r[param] for r in rows])} |"
+        )
     if len(sizes) >= 2:
         small, large = sizes[0], sizes[-1]
         print(f"\nPaired by target and seed: value at N = {small} minus value at N = {large}\n")
@@ -120,17 +154,25 @@ def main() -> None:
         deltas: dict[str, list[float]] = {p: [] for p in PARAMS + ("adv",)}
         by_key = {(r["target"], r["seed"], r["n"]): r for r in rows}
         for target in dict.fromkeys(r["target"] for r in rows):
-            pairs = [(a, by_key[(target, seed, large)]) for (t, seed, n), a in by_key.items()
-                     if t == target and n == small and (target, seed, large) in by_key]
+            pairs = [
+                (a, by_key[(target, seed, large)])
+                for (t, seed, n), a in by_key.items()
+                if t == target and n == small and (target, seed, large) in by_key
+            ]
             cells = []
             for param in PARAMS + ("adv",):
                 d = [a[param] - b[param] for a, b in pairs if math.isfinite(a[param]) and math.isfinite(b[param])]
                 deltas[param] += d
                 cells.append(f"{sum(d) / len(d):+.2f} ({len(d)})" if d else "n/a")
             print(f"| {target.removeprefix('builtin:')} | " + " | ".join(cells) + " |")
-        print("| **all: mean (pairs, positive/negative)** | " + " | ".join(
-            f"{sum(v) / len(v):+.2f} ({len(v)}, {sum(x > 0 for x in v)}/{sum(x < 0 for x in v)})" if v else "n/a"
-            for v in deltas.values()) + " |")
+        print(
+            "| **all: mean (pairs, positive/negative)** | "
+            + " | ".join(
+                f"{sum(v) / len(v):+.2f} ({len(v)}, {sum(x > 0 for x in v)}/{sum(x < 0 for x in v)})" if v else "n/a"
+                for v in deltas.values()
+            )
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ Usage::
     python benchmarks/bench_trial_loop.py --device cuda --n 2000 --size 224 --steps 300
     python benchmarks/bench_trial_loop.py --model tv:resnet50 --random-weights ...   # no offline weights
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,9 @@ def write_image_folder(root: Path, images: np.ndarray, labels: np.ndarray, class
         Image.fromarray(image).save(root / f"{int(label):03d}" / f"{i:05d}.png")
 
 
-def reference_trial(args, train_dir: Path, val_dir: Path, num_classes: int, f: int, flip: bool,
-                    seed: int, fair: bool = False) -> dict:
+def reference_trial(
+    args, train_dir: Path, val_dir: Path, num_classes: int, f: int, flip: bool, seed: int, fair: bool = False
+) -> dict:
     """A plain loop: ImageFolder + DataLoader + torchvision transforms, no caching; fp32 unless
     ``fair`` (AMP, channels_last, pinned memory, cudnn.benchmark and a warm-up, see above)."""
     from torchvision import datasets, transforms
@@ -95,8 +97,13 @@ def reference_trial(args, train_dir: Path, val_dir: Path, num_classes: int, f: i
     val_set = datasets.ImageFolder(str(val_dir), transform=transforms.Compose(normalise))
     loader_opts = dict(pin_memory=cuda, persistent_workers=args.workers > 0) if fair else {}
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
-        generator=torch.Generator().manual_seed(seed), **loader_opts,
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        generator=torch.Generator().manual_seed(seed),
+        **loader_opts,
     )
     model = backbone.model.to(device)
     layout = torch.channels_last if fair else torch.contiguous_format
@@ -137,8 +144,9 @@ def reference_trial(args, train_dir: Path, val_dir: Path, num_classes: int, f: i
             torch.cuda.synchronize()
         loader.generator.manual_seed(seed)  # the timed trial sees the same batches as without warm-up
         cpu0, start = cpu_seconds(), time.perf_counter()  # the warm-up is not timed
-    groups = param_groups(backbone, f, lr=args.lr, head_lr_mult=args.head_lr_mult, layer_decay=1.0,
-                          weight_decay=args.weight_decay)
+    groups = param_groups(
+        backbone, f, lr=args.lr, head_lr_mult=args.head_lr_mult, layer_decay=1.0, weight_decay=args.weight_decay
+    )
     opt = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.steps, args.warmup_frac))
     step = 0
@@ -173,28 +181,50 @@ def reference_trial(args, train_dir: Path, val_dir: Path, num_classes: int, f: i
     del loader  # persistent workers end here
     gc.collect()  # make sure every loader worker has been joined, so its CPU time is counted
     cpu = cpu_seconds() - cpu0
-    return {"images_per_s": step * args.batch_size / wall, "images_per_cpu_s": step * args.batch_size / cpu,
-            "accuracy": correct / len(val_set), "wall_s": wall, "cpu_s": cpu}
+    return {
+        "images_per_s": step * args.batch_size / wall,
+        "images_per_cpu_s": step * args.batch_size / cpu,
+        "accuracy": correct / len(val_set),
+        "wall_s": wall,
+        "cpu_s": cpu,
+    }
 
 
-def autotransfer_trial(args, train: DeviceBatches, val: DeviceBatches, num_classes: int, f: int,
-                       cache: PrefixCache, seed: int) -> dict:
+def autotransfer_trial(
+    args, train: DeviceBatches, val: DeviceBatches, num_classes: int, f: int, cache: PrefixCache, seed: int
+) -> dict:
     """One ``train_protocol`` trial at freeze depth ``f`` (sharing ``cache`` across calls)."""
     backbone = create_backbone(args.model, num_classes, pretrained=not args.random_weights)
     config = TrainConfig(
-        lr=args.lr, momentum=args.momentum, head_lr_mult=args.head_lr_mult, freeze=f,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, resolution=args.size, steps=args.steps,
-        eval_every=args.steps, warmup_frac=args.warmup_frac, views=args.views, augment=True, seed=seed,
+        lr=args.lr,
+        momentum=args.momentum,
+        head_lr_mult=args.head_lr_mult,
+        freeze=f,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        resolution=args.size,
+        steps=args.steps,
+        eval_every=args.steps,
+        warmup_frac=args.warmup_frac,
+        views=args.views,
+        augment=True,
+        seed=seed,
         device=args.device,
     )
     cpu0 = cpu_seconds()
     result = train_protocol(backbone, train, val, config, cache=cache)
     cpu = cpu_seconds() - cpu0
     return {
-        "images_per_s": result.images_per_s, "images_per_cpu_s": result.steps_done * args.batch_size / cpu,
-        "accuracy": result.final_score, "wall_s": result.wall_time_s, "cpu_s": cpu,
-        "cache_build_s": result.cache_build_s, "cached": result.cached, "cache_hit": result.cache_hit,
-        "peak_memory_bytes": result.peak_memory_bytes, "notes": result.notes,
+        "images_per_s": result.images_per_s,
+        "images_per_cpu_s": result.steps_done * args.batch_size / cpu,
+        "accuracy": result.final_score,
+        "wall_s": result.wall_time_s,
+        "cpu_s": cpu,
+        "cache_build_s": result.cache_build_s,
+        "cached": result.cached,
+        "cache_hit": result.cache_hit,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "notes": result.notes,
         "prefix_bf16": any("bf16 autocast" in n for n in result.notes),
     }
 
@@ -216,11 +246,17 @@ def _best(runs: list[dict]) -> dict | None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="builtin:animals")
-    parser.add_argument("--model", default="efficientnet_lite0",
-                        help="any backbone spec (tv:resnet50, timm:resnet50, ...); lite0's weights ship with the package")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="random initial weights (no pretrained download; for throughput only: accuracies "
-                             "then say nothing about transfer)")
+    parser.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="any backbone spec (tv:resnet50, timm:resnet50, ...); lite0's weights ship with the package",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random initial weights (no pretrained download; for throughput only: accuracies "
+        "then say nothing about transfer)",
+    )
     parser.add_argument("--n", type=int, default=300, help="images, before a 75/25 train/val split")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60)
@@ -237,13 +273,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-warm", action="store_true", help="skip the warm-cache trials")
-    parser.add_argument("--compare-fp32-build", action="store_true",
-                        help="also run each frozen cold trial with the prefix built in fp32 (bf16_build=False)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="run each trial this many times (seeds seed..seed+R-1), interleaved: "
-                             "fastest throughput, mean accuracy")
-    parser.add_argument("--fair", action="store_true",
-                        help="also run the fair reference (AMP, channels_last, pinned memory, warm-up)")
+    parser.add_argument(
+        "--compare-fp32-build",
+        action="store_true",
+        help="also run each frozen cold trial with the prefix built in fp32 (bf16_build=False)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run each trial this many times (seeds seed..seed+R-1), interleaved: fastest throughput, mean accuracy",
+    )
+    parser.add_argument(
+        "--fair", action="store_true", help="also run the fair reference (AMP, channels_last, pinned memory, warm-up)"
+    )
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps of the fair reference")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -263,16 +306,26 @@ def main(argv: list[str] | None = None) -> dict:
         token = token.strip()
         depths.append(G // 2 if token == "half" else G if token == "all" else int(token))
 
-    common = dict(device=args.device, out_size=args.size, mean=pre.mean, std=pre.std, flip=ds.flip,
-                  scale=SCALE, ratio=RATIO, channels_last=True)  # as search.prepared builds them
+    common = dict(
+        device=args.device,
+        out_size=args.size,
+        mean=pre.mean,
+        std=pre.std,
+        flip=ds.flip,
+        scale=SCALE,
+        ratio=RATIO,
+        channels_last=True,
+    )  # as search.prepared builds them
     train_b = DeviceBatches(train_x, train_y, fingerprint=splits.train.fingerprint, **common)
     val_b = DeviceBatches(val_x, val_y, fingerprint=splits.val.fingerprint, **common)
 
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
-    header = (f"{args.model} (G={G}) on {args.data}: {len(train_y)} train / {len(val_y)} val images at "
-              f"{args.size} px, {args.steps} steps x {args.batch_size}, device {args.device}"
-              f"{' (' + gpu + ')' if gpu else ''}, {args.threads} threads, {args.workers} loader workers, "
-              f"V={args.views}{', random weights' if args.random_weights else ''}")
+    header = (
+        f"{args.model} (G={G}) on {args.data}: {len(train_y)} train / {len(val_y)} val images at "
+        f"{args.size} px, {args.steps} steps x {args.batch_size}, device {args.device}"
+        f"{' (' + gpu + ')' if gpu else ''}, {args.threads} threads, {args.workers} loader workers, "
+        f"V={args.views}{', random weights' if args.random_weights else ''}"
+    )
     print(header)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -287,19 +340,26 @@ def main(argv: list[str] | None = None) -> dict:
                 runs["reference"].append(reference_trial(args, train_dir, val_dir, num_classes, f, ds.flip, seed))
                 if args.fair:
                     torch.manual_seed(seed)
-                    runs["fair"].append(reference_trial(args, train_dir, val_dir, num_classes, f, ds.flip, seed,
-                                                        fair=True))
+                    runs["fair"].append(
+                        reference_trial(args, train_dir, val_dir, num_classes, f, ds.flip, seed, fair=True)
+                    )
                 cache = PrefixCache()
                 runs["cold"].append(autotransfer_trial(args, train_b, val_b, num_classes, f, cache, seed))
                 if f > 0 and not args.no_warm:
                     runs["warm"].append(autotransfer_trial(args, train_b, val_b, num_classes, f, cache, seed))
                 if f > 0 and args.compare_fp32_build:
-                    runs["cold_fp32"].append(autotransfer_trial(args, train_b, val_b, num_classes, f,
-                                                                PrefixCache(bf16_build=False), seed))
+                    runs["cold_fp32"].append(
+                        autotransfer_trial(args, train_b, val_b, num_classes, f, PrefixCache(bf16_build=False), seed)
+                    )
             ref, cold, warm, cold32 = (_best(runs[k]) for k in ("reference", "cold", "warm", "cold_fp32"))
-            row = {"freeze": f, "reference": ref, "cold": cold, "warm": warm,
-                   "ratio_cold": cold["images_per_s"] / ref["images_per_s"],
-                   "ratio_warm": None if warm is None else warm["images_per_s"] / ref["images_per_s"]}
+            row = {
+                "freeze": f,
+                "reference": ref,
+                "cold": cold,
+                "warm": warm,
+                "ratio_cold": cold["images_per_s"] / ref["images_per_s"],
+                "ratio_warm": None if warm is None else warm["images_per_s"] / ref["images_per_s"],
+            }
             rows.append(row)
             fair = _best(runs["fair"])
             if fair is not None:
@@ -311,24 +371,41 @@ def main(argv: list[str] | None = None) -> dict:
             if cold32 is not None:
                 row["cold_fp32"] = cold32
                 row["ratio_cold_fp32"] = cold32["images_per_s"] / ref["images_per_s"]
-            fp32_txt = ("" if cold32 is None else
-                        f" | cold, fp32 prefix build {cold32['images_per_s']:6.0f} img/s ({row['ratio_cold_fp32']:.1f}x),"
-                        f" acc {cold32['accuracy']:.3f}, build {cold32['cache_build_s']:.1f} s")
-            warm_txt = ("" if warm is None else
-                        f" | warm {warm['images_per_s']:6.0f} img/s ({row['ratio_warm']:.1f}x), "
-                        f"{warm['images_per_cpu_s']:6.0f} img/CPU-s ({row['cpu_ratio_warm']:.1f}x)")
-            print(f"f={f:2d} | reference {ref['images_per_s']:6.0f} img/s, {ref['images_per_cpu_s']:6.0f} img/CPU-s, "
-                  f"acc {ref['accuracy']:.3f} | autotransfer cold {cold['images_per_s']:6.0f} img/s "
-                  f"({row['ratio_cold']:.1f}x), {cold['images_per_cpu_s']:6.0f} img/CPU-s ({row['cpu_ratio_cold']:.1f}x), "
-                  f"acc {cold['accuracy']:.3f}, prefix build {cold['cache_build_s']:.1f} s"
-                  f"{' (bf16)' if cold.get('prefix_bf16') else ''}{warm_txt}{fp32_txt}", flush=True)
+            fp32_txt = (
+                ""
+                if cold32 is None
+                else f" | cold, fp32 prefix build {cold32['images_per_s']:6.0f} img/s ({row['ratio_cold_fp32']:.1f}x),"
+                f" acc {cold32['accuracy']:.3f}, build {cold32['cache_build_s']:.1f} s"
+            )
+            warm_txt = (
+                ""
+                if warm is None
+                else f" | warm {warm['images_per_s']:6.0f} img/s ({row['ratio_warm']:.1f}x), "
+                f"{warm['images_per_cpu_s']:6.0f} img/CPU-s ({row['cpu_ratio_warm']:.1f}x)"
+            )
+            print(
+                f"f={f:2d} | reference {ref['images_per_s']:6.0f} img/s, {ref['images_per_cpu_s']:6.0f} img/CPU-s, "
+                f"acc {ref['accuracy']:.3f} | autotransfer cold {cold['images_per_s']:6.0f} img/s "
+                f"({row['ratio_cold']:.1f}x), {cold['images_per_cpu_s']:6.0f} img/CPU-s ({row['cpu_ratio_cold']:.1f}x), "
+                f"acc {cold['accuracy']:.3f}, prefix build {cold['cache_build_s']:.1f} s"
+                f"{' (bf16)' if cold.get('prefix_bf16') else ''}{warm_txt}{fp32_txt}",
+                flush=True,
+            )
             if fair is not None:
-                print(f"     | fair reference {fair['images_per_s']:6.0f} img/s, acc {fair['accuracy']:.3f} | "
-                      f"autotransfer cold {row['ratio_cold_fair']:.2f}x"
-                      + ("" if warm is None else f", warm {row['ratio_warm_fair']:.2f}x") + " of it", flush=True)
+                print(
+                    f"     | fair reference {fair['images_per_s']:6.0f} img/s, acc {fair['accuracy']:.3f} | "
+                    f"autotransfer cold {row['ratio_cold_fair']:.2f}x"
+                    + ("" if warm is None else f", warm {row['ratio_warm_fair']:.2f}x")
+                    + " of it",
+                    flush=True,
+                )
     out = {
-        "header": header, "gpu": gpu, "torch": torch.__version__, "machine": platform.machine(),
-        "cpus": os.cpu_count(), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "header": header,
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "rows": rows,
     }
     if args.json:

@@ -21,6 +21,7 @@ Usage::
     python benchmarks/bench_workers.py --workers 1,2 --trials 8 --json out.json
     python benchmarks/bench_workers.py --device cuda --workers 1,4 --trials 32 --resolution 64 --steps 200
 """
+
 from __future__ import annotations
 
 import argparse

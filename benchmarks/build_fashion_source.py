@@ -15,6 +15,7 @@ recipe, seed, versions), which ``create_backbone("fashion-source", k)`` loads.
 
 Usage: ``python benchmarks/build_fashion_source.py [--epochs 5] [--out autotransfer/assets]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -131,14 +132,18 @@ def main(argv: list[str] | None = None) -> dict:
     y_train, y_test = torch.from_numpy(train_y), torch.from_numpy(test_y)
     print(f"train {tuple(x_train.shape)}, test {tuple(x_test.shape)}, mean {mean}, std {std}")
 
-    model = timm.create_model(ARCH.split(":", 1)[1], pretrained=False, num_classes=len(CLASSES),
-                              **{k: tuple(v) for k, v in KWARGS.items()})
+    model = timm.create_model(
+        ARCH.split(":", 1)[1], pretrained=False, num_classes=len(CLASSES), **{k: tuple(v) for k, v in KWARGS.items()}
+    )
     model = model.to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=args.lr, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
     steps_per_epoch = len(y_train) // args.batch_size
     total = steps_per_epoch * args.epochs
     warmup = steps_per_epoch // 2
@@ -166,19 +171,27 @@ def main(argv: list[str] | None = None) -> dict:
             running += float(loss.detach())
             step += 1
         acc = evaluate(model, x_test[:1000], y_test[:1000])
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {running / steps_per_epoch:.3f}, "
-              f"test[:1000] acc {acc:.4f}, {time.perf_counter() - start:.0f}s", flush=True)
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: loss {running / steps_per_epoch:.3f}, "
+            f"test[:1000] acc {acc:.4f}, {time.perf_counter() - start:.0f}s",
+            flush=True,
+        )
     train_time = time.perf_counter() - start
 
     # store float16 and measure the accuracy of exactly what is stored
-    state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.detach().contiguous()
-             for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     model = model.to(memory_format=torch.contiguous_format)
     test_acc = evaluate(model, x_test, y_test)
     train_acc = evaluate(model, x_train[:5000], y_train[:5000])
-    print(f"stored float16 weights: source test accuracy {test_acc:.4f} on {len(y_test)} images "
-          f"(train[:5000] {train_acc:.4f}); {train_time:.0f}s training")
+    print(
+        f"stored float16 weights: source test accuracy {test_acc:.4f} on {len(y_test)} images "
+        f"(train[:5000] {train_acc:.4f}); {train_time:.0f}s training"
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / "fashion-source.safetensors"
@@ -200,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         "source_test_accuracy": round(test_acc, 4),
         "source_test_size": int(len(y_test)),
         "preprocess_note": "28 px grey replicated to RGB, bicubic upscale to 32 px (no antialias), "
-                           "clamped to [0, 255], then (x/255 - mean)/std",
+        "clamped to [0, 255], then (x/255 - mean)/std",
         "recipe": {
             "optimizer": "SGD nesterov momentum 0.9",
             "lr": args.lr,

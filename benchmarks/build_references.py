@@ -12,6 +12,7 @@ of the images (``halves``), i.e. what a same-domain sample of half the size meas
 
     python benchmarks/build_references.py [--models fashion-source,efficientnet_lite0] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ def build(name: str, seed: int = 0) -> dict:
     values = measure_bn_profile(backbone, images)
     order = np.random.default_rng(seed).permutation(len(images))
     half = len(order) // 2
-    halves = [measure_bn_profile(backbone, images[np.sort(part)]) for part in (order[:half], order[half:2 * half])]
+    halves = [measure_bn_profile(backbone, images[np.sort(part)]) for part in (order[:half], order[half : 2 * half])]
     seconds = time.perf_counter() - start
     subsample = f", a stratified subsample of {len(images)} (seed {seed})" if n is not None else ""
     how = (
@@ -51,7 +52,11 @@ def build(name: str, seed: int = 0) -> dict:
         f"{subsample}, resized to {backbone.preprocessing.input_size} px with to_array (bicubic, centre crop)"
     )
     payload = reference_payload(
-        backbone, values, dataset_spec=spec, n_images=len(images), how=how,
+        backbone,
+        values,
+        dataset_spec=spec,
+        n_images=len(images),
+        how=how,
         extra={
             "halves": {"n_images": half, "values": [[float(v) for v in h] for h in halves]},
             "seed": seed,
@@ -60,9 +65,11 @@ def build(name: str, seed: int = 0) -> dict:
     )
     path = write_reference(name, payload)
     tail = values[len(values) // 2 :].mean()
-    print(f"{name}: {path.name}  n={len(images)}  values={np.round(values, 4).tolist()}  "
-          f"tail mean={tail:.4f}  halves tail={[round(float(h[len(h) // 2:].mean()), 4) for h in halves]}  "
-          f"({seconds:.1f} s)")
+    print(
+        f"{name}: {path.name}  n={len(images)}  values={np.round(values, 4).tolist()}  "
+        f"tail mean={tail:.4f}  halves tail={[round(float(h[len(h) // 2 :].mean()), 4) for h in halves]}  "
+        f"({seconds:.1f} s)"
+    )
     return payload
 
 

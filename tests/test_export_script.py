@@ -6,6 +6,7 @@ sampler, augmentation). Run on its own on real data (sklearn digits written as a
 trains to within noise of ``autotransfer train --config`` on the same split, and leaves the frozen
 groups bit-identical to the source.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,8 +30,15 @@ ENTRY = Path(sys.executable).with_name("autotransfer")
 
 #: Freeze 1 of 5 groups, re-init the last, layer decay, L2-SP, weight decay and a head multiplier.
 PROTOCOL = {
-    "log10_elr": -1.0, "momentum": 0.9, "freeze_frac": 0.2, "reinit_frac": 0.25, "head_lr_mult": 10.0,
-    "layer_decay": 0.8, "l2sp": 0.001, "bn_mode": "adapt", "weight_decay": 1e-4,
+    "log10_elr": -1.0,
+    "momentum": 0.9,
+    "freeze_frac": 0.2,
+    "reinit_frac": 0.25,
+    "head_lr_mult": 10.0,
+    "layer_decay": 0.8,
+    "l2sp": 0.001,
+    "bn_mode": "adapt",
+    "weight_decay": 1e-4,
 }
 #: The largest gap allowed between the script's test accuracy and train --config's, on the same split.
 #: Both train the same protocol on the same images; only the data order and the augmentation draws
@@ -42,9 +50,15 @@ TOLERANCE = 0.08
 
 def _payload(settings: StudySettings, protocol: dict) -> dict:
     return {
-        "schema": "autotransfer/protocol-export/v1", "study": "script-test", "exported_at": "now", "trial": 0,
-        "protocol": protocol, "members": [{"trial": 0, "protocol": protocol, "trained_on": "train+val"}],
-        "settings": settings.to_dict(), "metric": settings.metric, "scores": {"val": None, "test": None},
+        "schema": "autotransfer/protocol-export/v1",
+        "study": "script-test",
+        "exported_at": "now",
+        "trial": 0,
+        "protocol": protocol,
+        "members": [{"trial": 0, "protocol": protocol, "trained_on": "train+val"}],
+        "settings": settings.to_dict(),
+        "metric": settings.metric,
+        "scores": {"val": None, "test": None},
     }
 
 
@@ -58,9 +72,22 @@ def _load_script(path: Path):
 def _tiny(tmp_path: Path, protocol: dict, *, optimizer: str = "sgd", steps: int = 12):
     """``(settings, the script loaded as a module, its path, 40 random images, their labels)``."""
     settings = StudySettings(
-        target="builtin:digits", model="fashion-source", n=160, seed=3, resolution=16, batch_size=16, steps=steps,
-        eval_every=steps, views=2, trials=2, device="cpu", optimizer=optimizer, metric="accuracy", num_classes=10,
-        n_train=40, val_images=0,
+        target="builtin:digits",
+        model="fashion-source",
+        n=160,
+        seed=3,
+        resolution=16,
+        batch_size=16,
+        steps=steps,
+        eval_every=steps,
+        views=2,
+        trials=2,
+        device="cpu",
+        optimizer=optimizer,
+        metric="accuracy",
+        num_classes=10,
+        n_train=40,
+        val_images=0,
     )
     script = write_export(_payload(settings, protocol), tmp_path / "train_it.py", "script")
     rng = np.random.default_rng(0)
@@ -97,13 +124,25 @@ def test_each_piece_of_the_script_is_autotransfers(tmp_path):
     sp = _l2sp_params(backbone, f, r)
     names = {id(q): n for n, q in backbone.model.named_parameters()}
     assert module.l2sp_names(model, p) == [names[id(q)] for q in sp]
-    groups = _without_decay(param_groups(backbone, f, lr=p["lr"], head_lr_mult=p["head_lr_mult"],
-                                         layer_decay=p["layer_decay"], weight_decay=p["weight_decay"]), sp)
+    groups = _without_decay(
+        param_groups(
+            backbone,
+            f,
+            lr=p["lr"],
+            head_lr_mult=p["head_lr_mult"],
+            layer_decay=p["layer_decay"],
+            weight_decay=p["weight_decay"],
+        ),
+        sp,
+    )
     expected = {names[id(q)]: (g["lr"], g["weight_decay"]) for g in groups for q in g["params"]}
     mine = {n: q for n, q in model.named_parameters()}
     ids = {id(q): n for n, q in mine.items()}
-    got = {ids[id(q)]: (g["lr"], g["weight_decay"]) for g in module.param_groups(model, p, set(module.l2sp_names(model, p)))
-           for q in g["params"]}
+    got = {
+        ids[id(q)]: (g["lr"], g["weight_decay"])
+        for g in module.param_groups(model, p, set(module.l2sp_names(model, p)))
+        for q in g["params"]
+    }
     assert got == expected and len({lr for lr, _ in got.values()}) == 4  # groups 2, 3, 4 (decayed) and the head
     schedule = lr_lambda(settings.steps, 0.0)
     assert [module.lr_factor(t) for t in range(settings.steps + 1)] == [schedule(t) for t in range(settings.steps + 1)]
@@ -121,7 +160,9 @@ def test_each_piece_of_the_script_is_autotransfers(tmp_path):
     torch.testing.assert_close(module.normalise(uint8[idx]), batches.plain(idx), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("bn_mode, optimizer, steps", [("frozen", "sgd", 12), ("adapt", "sgd", 12), ("adapt", "adamw", 1)])
+@pytest.mark.parametrize(
+    "bn_mode, optimizer, steps", [("frozen", "sgd", 12), ("adapt", "sgd", 12), ("adapt", "adamw", 1)]
+)
 def test_the_script_trains_as_train_protocol_does(tmp_path, bn_mode, optimizer, steps):
     """The whole run on the same images in the same order. Float rounding differs (the crop's grid
     comes from affine_grid here) and grows with the steps; Adam turns it into sign flips of
@@ -135,16 +176,29 @@ def test_the_script_trains_as_train_protocol_does(tmp_path, bn_mode, optimizer, 
     settings, module, script, images, labels = _tiny(tmp_path, protocol, optimizer=optimizer, steps=steps)
     backbone = create_backbone("fashion-source", num_classes=10)
     config = train_config_for(Protocol.from_dict(protocol), settings, backbone.num_groups).replace(
-        channels_last=False, amp=False, cache_prefix=False)  # the plain path: no frozen-prefix cache
+        channels_last=False, amp=False, cache_prefix=False
+    )  # the plain path: no frozen-prefix cache
     assert (config.freeze, config.reinit) == (module.MEMBERS[0]["freeze"], module.MEMBERS[0]["reinit"]) == (2, 1)
-    batches = DeviceBatches(images, labels, device="cpu", out_size=16, mean=backbone.preprocessing.mean,
-                            std=backbone.preprocessing.std, flip=module.FLIP)
+    batches = DeviceBatches(
+        images,
+        labels,
+        device="cpu",
+        out_size=16,
+        mean=backbone.preprocessing.mean,
+        std=backbone.preprocessing.std,
+        flip=module.FLIP,
+    )
     train_protocol(backbone, batches, None, config)
 
     model = module.build_model(weights_path(script))
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    module.train(model, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
-                 module.MEMBERS[0], torch.device("cpu"))
+    module.train(
+        model,
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(labels),
+        module.MEMBERS[0],
+        torch.device("cpu"),
+    )
     ours, theirs = model.state_dict(), backbone.model.state_dict()
     assert ours.keys() == theirs.keys()
     moved = 0
@@ -179,26 +233,52 @@ def test_the_script_on_its_own_trains_within_noise_of_train_config(tmp_path):
     from autotransfer.search.prepared import prepare_data
 
     settings = StudySettings(
-        target="builtin:digits", model="fashion-source", seed=0, resolution=16, batch_size=32, steps=150,
-        eval_every=150, views=2, trials=2, device="cpu",
+        target="builtin:digits",
+        model="fashion-source",
+        seed=0,
+        resolution=16,
+        batch_size=32,
+        steps=150,
+        eval_every=150,
+        views=2,
+        trials=2,
+        device="cpu",
     )
     prepared = prepare_data(settings)
-    settings = settings.resolved(fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10,
-                                 n_train=len(prepared.train), val_images=len(prepared.val))
+    settings = settings.resolved(
+        fingerprint=prepared.fingerprint,
+        metric="accuracy",
+        num_classes=10,
+        n_train=len(prepared.train),
+        val_images=len(prepared.val),
+    )
     payload = _payload(settings, PROTOCOL)
 
     config = tmp_path / "best.yaml"
     config.write_text(yaml.safe_dump(payload, sort_keys=False))
-    done = _run([str(ENTRY), "train", "--config", str(config), "-o", str(tmp_path / "reference"), "--device", "cpu"],
-                tmp_path)
+    done = _run(
+        [str(ENTRY), "train", "--config", str(config), "-o", str(tmp_path / "reference"), "--device", "cpu"], tmp_path
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     reference = json.loads((tmp_path / "reference" / "metrics.json").read_text())
 
     trainval = _write_folder(prepared.trainval, tmp_path / "trainval")
     test = _write_folder(prepared.test, tmp_path / "test")
     script = write_export(payload, tmp_path / "train_digits.py", "script")
-    done = _run([sys.executable, str(script), str(trainval), "--out", str(tmp_path / "model"), "--eval-dir", str(test),
-                 "--device", "cpu"], tmp_path)
+    done = _run(
+        [
+            sys.executable,
+            str(script),
+            str(trainval),
+            "--out",
+            str(tmp_path / "model"),
+            "--eval-dir",
+            str(test),
+            "--device",
+            "cpu",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     scored = json.loads(done.stdout.strip().splitlines()[-1])
     assert scored["images"] == reference["test_images"] == len(prepared.test)
@@ -226,5 +306,7 @@ def test_the_script_refuses_a_folder_of_other_classes_in_one_line(tmp_path):
         (tmp_path / "data" / name).mkdir(parents=True)
     done = _run([sys.executable, str(script), str(tmp_path / "data"), "--out", str(tmp_path / "model")], tmp_path)
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [f"{tmp_path / 'data'} has 2 class folders, but the model has 10 classes"]
+    assert done.stderr.strip().splitlines() == [
+        f"{tmp_path / 'data'} has 2 class folders, but the model has 10 classes"
+    ]
     assert not (tmp_path / "model").exists()

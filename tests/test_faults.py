@@ -1,5 +1,6 @@
 """Unit-level guards from the faults issue: study names as file names, the skipped-files record in a
 task profile and tune's summary, masked storage URLs, the chance-level check."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,15 @@ def test_safe_names_pass_unchanged(name):
 @pytest.mark.parametrize(
     "name, why",
     [
-        ("../../x", "separator"), ("..", "relative"), (".", "relative"), ("a/b", "separator"), ("a\\b", "separator"),
-        ("a\x00b", "control"), ("new\nline", "control"), ("x" * 201, "longer"), ("", "non-empty"),
+        ("../../x", "separator"),
+        ("..", "relative"),
+        (".", "relative"),
+        ("a/b", "separator"),
+        ("a\\b", "separator"),
+        ("a\x00b", "control"),
+        ("new\nline", "control"),
+        ("x" * 201, "longer"),
+        ("", "non-empty"),
     ],
 )
 def test_unsafe_names_are_refused_in_one_line(name, why):
@@ -35,8 +43,11 @@ def test_unsafe_names_are_refused_in_one_line(name, why):
 
 
 def test_skipped_record_survives_the_profile_and_reaches_the_summary():
-    skipped = {"count": 6, "first": ["a/empty.png", "a/text.png", "a/up", "b/x.png", "b/y.png"],
-               "reasons": {"unreadable": 5, "link-loop": 1}}
+    skipped = {
+        "count": 6,
+        "first": ["a/empty.png", "a/text.png", "a/up", "b/x.png", "b/y.png"],
+        "reasons": {"unreadable": 5, "link-loop": 1},
+    }
     profile = dataclasses.replace(_profile(), skipped=skipped)
     back = TaskProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
     assert back.skipped == skipped
@@ -48,10 +59,20 @@ def test_skipped_record_survives_the_profile_and_reaches_the_summary():
 
     fields = {f.name for f in dataclasses.fields(TuneResult)}
     values = dict(
-        study_name="s", storage="postgresql://user:hunter2@db.lan:5432/at", settings=StudySettings(),
-        best_protocol=None, best_trial=None, val_score=None, test_score=None, controls={},
-        negative_transfer=False, export_path=None, model_path=None, n_search_trials=0,
-        profile=back.to_dict(), prior=None,
+        study_name="s",
+        storage="postgresql://user:hunter2@db.lan:5432/at",
+        settings=StudySettings(),
+        best_protocol=None,
+        best_trial=None,
+        val_score=None,
+        test_score=None,
+        controls={},
+        negative_transfer=False,
+        export_path=None,
+        model_path=None,
+        n_search_trials=0,
+        profile=back.to_dict(),
+        prior=None,
     )
     result = TuneResult(**{k: v for k, v in values.items() if k in fields})
     console = Console(width=200, record=True)

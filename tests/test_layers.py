@@ -1,6 +1,7 @@
 """The package's shape (issue 17): every import points down the layers of docs/design.md, "Layers",
 and no modules import each other in a cycle. Read from the source with ``ast``, imports inside
 functions included (a function-level import is still a dependency)."""
+
 from __future__ import annotations
 
 import ast

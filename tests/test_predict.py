@@ -4,6 +4,7 @@ One tiny real study (sklearn digits, the fashion-source lab model, 16 px) is tun
 folder must load in timm with the same predictions as ``autotransfer predict``, and ``autotransfer
 evaluate`` on the study's test split must reproduce the test score ``tune`` printed.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,11 +42,25 @@ def tuned(tmp_path_factory):
     torch.set_num_threads(1)
     work = tmp_path_factory.mktemp("tuned")
     settings = StudySettings(
-        target="builtin:digits", model="fashion-source", n=160, seed=0, resolution=16, batch_size=16,
-        steps=12, eval_every=4, views=2, trials=2, device="cpu",
+        target="builtin:digits",
+        model="fashion-source",
+        n=160,
+        seed=0,
+        resolution=16,
+        batch_size=16,
+        steps=12,
+        eval_every=4,
+        views=2,
+        trials=2,
+        device="cpu",
     )
-    result = tune(settings, study_name="digits-tiny", storage=f"sqlite:///{work / 's.db'}",
-                  export_dir=work / "exports", runs_dir=work / "runs")
+    result = tune(
+        settings,
+        study_name="digits-tiny",
+        storage=f"sqlite:///{work / 's.db'}",
+        export_dir=work / "exports",
+        runs_dir=work / "runs",
+    )
     return result, work
 
 
@@ -86,8 +101,14 @@ def test_the_model_folder_is_timms_format_with_a_card(tuned):
     assert set(own["controls"]) == {"scratch", "probe"} and own["metric"] == "accuracy"
     assert own["settings"]["target"] == "builtin:digits" and own["dataset_fingerprint"]
     card = (folder / "README.md").read_text()
-    for needle in ("builtin:digits", f"{result.test_score:.4f}", "95% interval", "from scratch",
-                   f'timm.create_model("local-dir:{folder}", pretrained=True)', "autotransfer.load_model"):
+    for needle in (
+        "builtin:digits",
+        f"{result.test_score:.4f}",
+        "95% interval",
+        "from scratch",
+        f'timm.create_model("local-dir:{folder}", pretrained=True)',
+        "autotransfer.load_model",
+    ):
         assert needle in card, needle
     assert json.loads(json.dumps(result.to_dict()))["model"] == str(folder)
 
@@ -98,14 +119,19 @@ def test_timm_local_dir_predicts_as_autotransfer_predict(tuned, test_images):
 
     result, work = tuned
     folder, files, _ = test_images
-    done = run_cli("predict", str(result.model_path), str(folder), "--format", "json", "--top-k", "10",
-                   "--device", "cpu", cwd=work)
+    done = run_cli(
+        "predict", str(result.model_path), str(folder), "--format", "json", "--top-k", "10", "--device", "cpu", cwd=work
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)
     assert [Path(p["path"]).name for p in out["predictions"]] == [f.name for f in files]
     assert out["skipped"] == []
-    ours = np.array([[dict((t["class"], t["probability"]) for t in p["top"])[str(c)] for c in range(10)]
-                     for p in out["predictions"]])
+    ours = np.array(
+        [
+            [dict((t["class"], t["probability"]) for t in p["top"])[str(c)] for c in range(10)]
+            for p in out["predictions"]
+        ]
+    )
 
     # the handed-back model is an ensemble (the default pick): timm reads each member folder, and
     # the mean of their softmax is what autotransfer predicts
@@ -183,8 +209,20 @@ def test_bad_inputs_are_skipped_counted_or_one_line(tuned, test_images, tmp_path
     manifest = tmp_path / "list.csv"
     manifest.write_text("path\nmixed/000.png\nmixed/gone.png\n")
     # a folder, a manifest and a missing file: unreadable ones skipped and counted, on stderr
-    done = run_cli("predict", str(result.model_path), str(mixed), str(manifest), str(tmp_path / "nope.png"),
-                   "--format", "csv", "--top-k", "2", "--device", "cpu", cwd=tmp_path)
+    done = run_cli(
+        "predict",
+        str(result.model_path),
+        str(mixed),
+        str(manifest),
+        str(tmp_path / "nope.png"),
+        "--format",
+        "csv",
+        "--top-k",
+        "2",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "path,class_1,probability_1,class_2,probability_2"
@@ -287,8 +325,10 @@ def test_torchvision_backbones_write_a_folder_autotransfer_loads(tmp_path):
     assert config["autotransfer"]["library"] == "torchvision" and config["architecture"] == "resnet18"
     predictor = autotransfer.load_model(tmp_path / "tv", device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
-    x = (torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255 - torch.tensor(
-        backbone.preprocessing.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.preprocessing.std).view(1, 3, 1, 1)
+    x = (
+        torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+        - torch.tensor(backbone.preprocessing.mean).view(1, 3, 1, 1)
+    ) / torch.tensor(backbone.preprocessing.std).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = torch.softmax(backbone.model.eval()(x), 1).numpy()
     np.testing.assert_allclose(predictor.predict_proba([image]), expected, atol=1e-5)

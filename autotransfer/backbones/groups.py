@@ -13,6 +13,7 @@ Every rule yields a map *parameter name -> group index* plus the set of head par
 (in registration order, which is forward order for the supported families) and checks that
 the groups are contiguous and cover every non-head parameter exactly once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -107,8 +108,9 @@ def timm_rule(model: nn.Module) -> GroupRule:
     return GroupRule("timm", group_of, head_params, head_name)
 
 
-def _prefix_rule(model: nn.Module, adapter: str, groups: list[list[str]], head: str,
-                 names: list[str] | None = None) -> GroupRule:
+def _prefix_rule(
+    model: nn.Module, adapter: str, groups: list[list[str]], head: str, names: list[str] | None = None
+) -> GroupRule:
     """A rule from lists of name prefixes per group (``conv1``, ``layer1``, ``features.3``...)."""
     group_of: dict[str, int] = {}
     for index, prefixes in enumerate(groups):
@@ -126,9 +128,13 @@ def torchvision_rule(model: nn.Module) -> GroupRule:
     from torchvision import models as tvm
 
     if isinstance(model, tvm.ResNet):
-        return _prefix_rule(model, "torchvision:resnet",
-                            [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]], "fc",
-                            ["stem", "layer1", "layer2", "layer3", "layer4"])
+        return _prefix_rule(
+            model,
+            "torchvision:resnet",
+            [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]],
+            "fc",
+            ["stem", "layer1", "layer2", "layer3", "layer4"],
+        )
     family = {
         tvm.EfficientNet: "efficientnet",
         tvm.MobileNetV2: "mobilenet_v2",
@@ -137,8 +143,9 @@ def torchvision_rule(model: nn.Module) -> GroupRule:
     if family is not None:
         count = len(model.features)
         names = ["stem"] + [f"features.{i}" for i in range(1, count)]
-        return _prefix_rule(model, f"torchvision:{family}", [[f"features.{i}"] for i in range(count)],
-                            "classifier", names)
+        return _prefix_rule(
+            model, f"torchvision:{family}", [[f"features.{i}"] for i in range(count)], "classifier", names
+        )
     if isinstance(model, tvm.ConvNeXt):
         count = len(model.features)
         groups = [["features.0"], ["features.1"]]
@@ -182,9 +189,12 @@ def fallback_rule(model: nn.Module, min_groups: int = 4) -> GroupRule:
         if not sizes:
             break
         _, i = max(sizes)
-        inner = [f"{units[i]}.{n}" for n, c in model.get_submodule(units[i]).named_children()
-                 if any(True for _ in c.parameters())]
-        units[i:i + 1] = inner
+        inner = [
+            f"{units[i]}.{n}"
+            for n, c in model.get_submodule(units[i]).named_children()
+            if any(True for _ in c.parameters())
+        ]
+        units[i : i + 1] = inner
     group_of: dict[str, int] = {}
     for index, unit in enumerate(units):
         for pname in _params_under(model, unit):
@@ -268,8 +278,13 @@ def partition(model: nn.Module, rule: GroupRule) -> list[DepthGroup]:
     ]
 
 
-def check_chain(model: nn.Module, groups: list[DepthGroup], forward_head: Callable[[torch.Tensor], torch.Tensor],
-                head_name: str, size: int) -> bool:
+def check_chain(
+    model: nn.Module,
+    groups: list[DepthGroup],
+    forward_head: Callable[[torch.Tensor], torch.Tensor],
+    head_name: str,
+    size: int,
+) -> bool:
     """True when running the group modules in order, then ``forward_head``, equals ``model(x)``.
 
     Checked numerically on two random ``size``-px images in eval mode, with the head's

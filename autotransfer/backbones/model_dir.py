@@ -17,6 +17,7 @@ read (``timm.models.save_for_hf`` writes the same layout):
 (bicubic) so its shorter side is the input size, then centre-cropped, which is timm's evaluation
 transform with ``crop_pct = 1``.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,7 @@ def _architecture(backbone) -> tuple[str, str]:
     if arch.startswith("timm:"):
         cfg = getattr(backbone.model, "pretrained_cfg", None) or {}
         # the real architecture (``tf_efficientnet_lite0``, not a hub id or an alias)
-        return "timm", str(cfg.get("architecture") or arch[len("timm:"):])
+        return "timm", str(cfg.get("architecture") or arch[len("timm:") :])
     if arch.startswith(("tv:", "torchvision:")):
         return "torchvision", arch.split(":", 1)[1]
     raise UserError(
@@ -179,7 +180,7 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read {str(path)!r}: {err}") from None
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
-        raise UserError(f"{str(path)!r} has no \"architecture\" string; {hint}")
+        raise UserError(f'{str(path)!r} has no "architecture" string; {hint}')
     num_classes = config.get("num_classes")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"{str(path)!r} needs a positive integer num_classes, but got {num_classes!r}")
@@ -257,7 +258,6 @@ def build_model(directory: str | Path, config: dict[str, Any] | None = None) -> 
     return model.eval()
 
 
-
 def ensemble_member_dirs(directory: str | Path, config: dict[str, Any] | None = None) -> list[Path]:
     """The model folders whose mean softmax is the model at ``directory``: ``[directory]`` for a
     single network, else every folder listed in ``config["autotransfer"]["ensemble"]["members"]``
@@ -279,9 +279,13 @@ def ensemble_member_dirs(directory: str | Path, config: dict[str, Any] | None = 
     for entry in listed:
         path = (directory / entry).resolve()
         if Path(entry).is_absolute() or (path != root and root not in path.parents):
-            raise UserError(f"{where!r}: ensemble member {entry!r} lies outside the model folder; members are sub-folders")
+            raise UserError(
+                f"{where!r}: ensemble member {entry!r} lies outside the model folder; members are sub-folders"
+            )
         member = read_model_config(path)
-        if member["label_names"] != config["label_names"] or model_dir_preprocessing(member) != model_dir_preprocessing(config):
+        if member["label_names"] != config["label_names"] or model_dir_preprocessing(member) != model_dir_preprocessing(
+            config
+        ):
             raise UserError(
                 f"{where!r}: ensemble member {entry!r} has other classes or preprocessing than the folder; write the"
                 " model again with `autotransfer tune` or `train --config`"

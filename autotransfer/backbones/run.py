@@ -1,4 +1,5 @@
 """Run a backbone group by group: a slice of a chaining model, or every group's output via hooks."""
+
 from __future__ import annotations
 
 import torch

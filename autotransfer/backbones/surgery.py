@@ -1,4 +1,5 @@
 """Surgery on depth groups: freeze the first f, set BN modes, re-initialise the last r, optimizer param groups."""
+
 from __future__ import annotations
 
 import torch
@@ -132,15 +133,23 @@ def _reinit_by_reset(backbone: Backbone, indices: list[int]) -> None:
                 param = params[name]
                 if id(param) not in covered:
                     nn.init.trunc_normal_(param, std=0.02) if param.ndim > 1 else param.fill_(
-                        1.0 if name.endswith(("weight", "gamma", "scale")) else 0.0)
+                        1.0 if name.endswith(("weight", "gamma", "scale")) else 0.0
+                    )
 
 
 def _no_decay(name: str, param: torch.Tensor, extra: set[str]) -> bool:
     return param.ndim <= 1 or name in extra or name.split(".")[-1] in _NO_DECAY_NAMES
 
 
-def param_groups(backbone: Backbone, f: int, *, lr: float, head_lr_mult: float = 1.0,
-                 layer_decay: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
+def param_groups(
+    backbone: Backbone,
+    f: int,
+    *,
+    lr: float,
+    head_lr_mult: float = 1.0,
+    layer_decay: float = 1.0,
+    weight_decay: float = 0.0,
+) -> list[dict]:
     """Optimizer param groups for training with freeze depth ``f``.
 
     Depth group ``i`` (``f <= i < G``) gets ``lr * layer_decay ** (G - 1 - i)``; the head gets
@@ -161,8 +170,10 @@ def param_groups(backbone: Backbone, f: int, *, lr: float, head_lr_mult: float =
     no_wd = getattr(model, "no_weight_decay", None)
     extra = set(no_wd()) if callable(no_wd) else set()
     count = backbone.num_groups
-    units = [(f"{i}:{backbone.groups[i].name}", i, backbone.groups[i].params, lr * layer_decay ** (count - 1 - i))
-             for i in range(f, count)]
+    units = [
+        (f"{i}:{backbone.groups[i].name}", i, backbone.groups[i].params, lr * layer_decay ** (count - 1 - i))
+        for i in range(f, count)
+    ]
     units.append(("head", count, head_params(backbone), lr * head_lr_mult))
     result = []
     for name, depth, names, group_lr in units:
@@ -170,8 +181,9 @@ def param_groups(backbone: Backbone, f: int, *, lr: float, head_lr_mult: float =
         plain = [params[n] for n in names if _no_decay(n, params[n], extra)]
         for suffix, members, wd in (("", decay, weight_decay), ("/no_decay", plain, 0.0)):
             if members:
-                result.append({"params": members, "lr": group_lr, "weight_decay": wd,
-                               "name": name + suffix, "depth": depth})
+                result.append(
+                    {"params": members, "lr": group_lr, "weight_decay": wd, "name": name + suffix, "depth": depth}
+                )
     return result
 
 

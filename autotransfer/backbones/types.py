@@ -1,4 +1,5 @@
 """What ``create_backbone`` returns: the model, its depth groups and its preprocessing."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

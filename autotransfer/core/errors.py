@@ -6,6 +6,7 @@ too (``train.DivergedError``, ``train.OutOfMemory``, ``search.objective.TrialFai
 ``backbones.groups.GroupingError``); each also keeps the builtin base its callers catch
 (``RuntimeError``, ``ValueError``), as optuna's errors do.
 """
+
 from __future__ import annotations
 
 __all__ = ["AutotransferError", "UserError"]

@@ -1,4 +1,5 @@
 """Where autotransfer keeps caches and packaged assets."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """A fine-tuning protocol (one point of the search space) and the space it is drawn from."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
@@ -213,5 +214,3 @@ class ProtocolSpace:
                 lo = hi = outer.clip(c)
             ranges[name] = ParamRange(lo, hi, outer.log)
         return ProtocolSpace(ranges=ranges, bn_modes=bounds.bn_modes)
-
-

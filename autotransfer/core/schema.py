@@ -6,6 +6,7 @@ control, where an enqueued protocol came from, its integer freeze/reinit depths)
 (the device, the precision, why it was pruned or failed). Optuna's own system attributes that
 autotransfer reads are named here too.
 """
+
 from __future__ import annotations
 
 __all__ = [

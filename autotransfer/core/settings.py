@@ -1,4 +1,5 @@
 """Study-level settings: fixed for every trial of a study and recorded as its provenance."""
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ class PriorSpec:
         if text in ("quadrant", "none"):
             return cls(text)
         if isinstance(text, str) and text.startswith("surface:") and len(text) > len("surface:"):
-            return cls("surface", text[len("surface:"):])
+            return cls("surface", text[len("surface:") :])
         raise UserError(f"--prior must be quadrant, none or surface:PATH, but got {text!r}")
 
     def __str__(self) -> str:

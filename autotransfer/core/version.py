@@ -1,4 +1,5 @@
 """The package version (``pyproject.toml`` holds the same string)."""
+
 from __future__ import annotations
 
 __all__ = ["__version__"]

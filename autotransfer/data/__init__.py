@@ -1,4 +1,5 @@
 """Dataset sources (folder:, builtin:), sampling and splits, image cache, device batches."""
+
 from autotransfer.data.builtin import BuiltinInfo, list_builtins
 from autotransfer.data.cache import to_array
 from autotransfer.data.sampling import DataSplits, stratified_split, stratified_subsample, unseen_subset

@@ -3,6 +3,7 @@
 Over 400 lines: one small loader per packaged dataset (digits, animals, elpv, mnist5k, fashion...),
 each with its own file format; one registry keeps the names in one place.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,9 +26,7 @@ from autotransfer.data.decode import decode_bytes
 
 __all__ = ["BuiltinInfo", "list_builtins", "builtin_names", "load_builtin_arrays"]
 
-FASHION_MNIST_DIR = Path(
-    os.environ.get("AUTOTRANSFER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
-)
+FASHION_MNIST_DIR = Path(os.environ.get("AUTOTRANSFER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 _FASHION_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -35,19 +34,35 @@ _FASHION_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 ANIMAL_CLASSES = [
-    "Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra",
+    "Bear",
+    "Bird",
+    "Cat",
+    "Cow",
+    "Dog",
+    "Elephant",
+    "Giraffe",
+    "Horse",
+    "Sheep",
+    "Zebra",
 ]
 DIGIT_CLASSES = [str(d) for d in range(10)]
 # ELPV labels are a defect probability in {0, 1/3, 2/3, 1} given by experts.
 # builtin:elpv uses 2 classes (functional: p < 0.5, defective: p >= 0.5; 69/31 split);
 # builtin:elpv4 keeps the 4 probability levels as 4 ordered classes.
 ELPV_CLASSES = ["functional", "defective"]
-ELPV4_CLASSES = ["functional (p=0)", "possibly defective (p=1/3)",
-                 "likely defective (p=2/3)", "defective (p=1)"]
+ELPV4_CLASSES = ["functional (p=0)", "possibly defective (p=1/3)", "likely defective (p=2/3)", "defective (p=1)"]
 
 
 @dataclass(frozen=True)
@@ -177,9 +192,7 @@ def _load_mnist5k():
 def _load_animals():
     folder = _module_dir("animal_mnist")
     if folder is None:
-        raise UserError(
-            "builtin:animals needs animal-mnist; run `pip install --no-deps animal-mnist`"
-        )
+        raise UserError("builtin:animals needs animal-mnist; run `pip install --no-deps animal-mnist`")
     data_dir = folder / "data" / "Animal_MNIST"
     with gzip.open(data_dir / "animal_data_version_3.gz", "rb") as handle:
         images = np.asarray(pickle.load(handle), dtype=np.uint8)
@@ -261,8 +274,7 @@ _REGISTRY: dict[str, _Builtin] = {
             num_classes=10,
             image_size=(28, 28),
             description=(
-                "Zalando clothing photos, 28x28 grey; train (60k) then test (10k), "
-                "?split=train|test picks one"
+                "Zalando clothing photos, 28x28 grey; train (60k) then test (10k), ?split=train|test picks one"
             ),
             flip=True,
             grey=True,
@@ -368,8 +380,7 @@ _REGISTRY: dict[str, _Builtin] = {
     ]
 }
 
-_ALIASES = {"fashion": "fashion-mnist", "mnist": "mnist5k", "animal-mnist": "animals",
-            "imagenet": "imagenet-photos"}
+_ALIASES = {"fashion": "fashion-mnist", "mnist": "mnist5k", "animal-mnist": "animals", "imagenet": "imagenet-photos"}
 
 
 def builtin_names() -> list[str]:
@@ -404,15 +415,11 @@ def resolve_builtin(name: str) -> _Builtin:
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
         raise UserError(
-            f"unknown built-in dataset {name!r}; known: {', '.join(_REGISTRY)} "
-            "(see `autotransfer datasets`)"
+            f"unknown built-in dataset {name!r}; known: {', '.join(_REGISTRY)} (see `autotransfer datasets`)"
         )
     entry = _REGISTRY[key]
     if not entry.is_installed():
-        raise UserError(
-            f"builtin:{entry.name} needs {entry.package}, which is not installed; "
-            f"run `{entry.install}`"
-        )
+        raise UserError(f"builtin:{entry.name} needs {entry.package}, which is not installed; run `{entry.install}`")
     return entry
 
 
@@ -430,9 +437,7 @@ def load_builtin_arrays(
     try:
         images, labels, classes = entry.load()
     except ImportError as err:
-        raise UserError(
-            f"builtin:{entry.name} needs {entry.package} ({err}); run `{entry.install}`"
-        ) from None
+        raise UserError(f"builtin:{entry.name} needs {entry.package} ({err}); run `{entry.install}`") from None
     if isinstance(images, list):
         images = [np.ascontiguousarray(im, dtype=np.uint8) for im in images]
         _readonly(*images)
@@ -442,8 +447,7 @@ def load_builtin_arrays(
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     if len(images) != len(labels):
         raise UserError(
-            f"builtin:{entry.name}: {len(images)} images but {len(labels)} labels; "
-            f"reinstall with `{entry.install}`"
+            f"builtin:{entry.name}: {len(images)} images but {len(labels)} labels; reinstall with `{entry.install}`"
         )
     _readonly(labels)
     return images, labels, tuple(classes)

@@ -1,4 +1,5 @@
 """Resize datasets to square arrays, with a decoded-and-resized image cache on disk."""
+
 from __future__ import annotations
 
 import os
@@ -29,10 +30,7 @@ def worker_count() -> int:
 def _is_grey(image: np.ndarray) -> bool:
     if image.strides[-1] == 0:  # a broadcast grey view
         return True
-    return bool(
-        np.array_equal(image[:, :, 0], image[:, :, 1])
-        and np.array_equal(image[:, :, 1], image[:, :, 2])
-    )
+    return bool(np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 1], image[:, :, 2]))
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

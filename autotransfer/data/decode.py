@@ -1,4 +1,5 @@
 """Decode any Pillow-readable image into an RGB uint8 array (grey, RGBA, palette, 16-bit...)."""
+
 from __future__ import annotations
 
 import io
@@ -47,9 +48,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         if grey.ndim == 3:  # e.g. "I;16" read as (H, W, 1)
             grey = grey[:, :, 0]
         return np.repeat(grey[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in image.info
-    )
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
         alpha = rgba[:, :, 3:4]

@@ -1,4 +1,5 @@
 """Device-resident images and batched on-device augmentation for the trial loop."""
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     if a.type == "cpu":
         return True
     current = torch.cuda.current_device() if a.type == "cuda" else 0
-    return (a.index if a.index is not None else current) == (
-        b.index if b.index is not None else current
-    )
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
 class DeviceBatches:
@@ -71,8 +70,7 @@ class DeviceBatches:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
             raise ValueError(
-                f"images must be an (N, S, S, 3) uint8 array but got shape {images.shape} "
-                f"dtype {images.dtype}"
+                f"images must be an (N, S, S, 3) uint8 array but got shape {images.shape} dtype {images.dtype}"
             )
         if len(images) == 0:
             raise ValueError("images must hold at least one image but got an empty array")
@@ -103,9 +101,7 @@ class DeviceBatches:
         if not self.channels_last:
             self.images = self.images.contiguous()
         self.labels = (
-            None
-            if labels is None
-            else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
+            None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
         )
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -135,8 +131,10 @@ class DeviceBatches:
         normalisation run fastest on NCHW (CPU, 32 x 224 px: ``grid_sample`` 18 vs 21 ms, the
         resize 19 vs 30 ms, normalisation 1 vs 7 ms; a 3-wide channel dim defeats vectorisation)."""
         if self._nhwc is not None:
-            return self._nhwc.index_select(0, idx).permute(0, 3, 1, 2).to(
-                torch.float32, memory_format=torch.contiguous_format
+            return (
+                self._nhwc.index_select(0, idx)
+                .permute(0, 3, 1, 2)
+                .to(torch.float32, memory_format=torch.contiguous_format)
             )
         return self.images.index_select(0, idx).float()
 
@@ -156,9 +154,7 @@ class DeviceBatches:
         Like torchvision's RandomResizedCrop (10 tries, then the largest centred crop with
         an allowed ratio), but with continuous crop boxes and all tries drawn at once."""
         height, width = self.image_size
-        draws = torch.rand(
-            (count, 2 * _ATTEMPTS + 3), generator=generator, device=self.device
-        )
+        draws = torch.rand((count, 2 * _ATTEMPTS + 3), generator=generator, device=self.device)
         low_s, high_s = self.scale
         area = low_s + (high_s - low_s) * draws[:, :_ATTEMPTS]
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
@@ -217,9 +213,7 @@ class DeviceBatches:
         batch = self._gather(idx)
         theta = self.crop_params(int(idx.numel()), generator)
         grid = self.sampling_grid(theta)
-        out = F.grid_sample(
-            batch, grid, mode="bilinear", padding_mode="border", align_corners=False
-        )
+        out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return self._finish(out)
 
     @torch.no_grad()
@@ -230,14 +224,15 @@ class DeviceBatches:
         batch = self._gather(idx)
         if self.image_size != (self.out_size, self.out_size):
             batch = F.interpolate(
-                batch, size=(self.out_size, self.out_size), mode="bilinear",
-                align_corners=False, antialias=True,
+                batch,
+                size=(self.out_size, self.out_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
             )
         return self._finish(batch)
 
-    def eval_batches(
-        self, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """``(x, y)`` over all images in order, plain view; ``y`` is None when unlabelled."""
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer but got {batch_size!r}")

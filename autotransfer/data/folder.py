@@ -3,6 +3,7 @@
 Over 400 lines: folder walking, CSV manifests, symbolic-link rules and the decode cache share one
 set of skip reasons, so that every skipped file is counted the same way.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,12 @@ from autotransfer.data.cache import atomic_save, worker_count
 from autotransfer.data.decode import decode_bytes
 
 __all__ = [
-    "RawImages", "load_folder", "load_manifest", "decode_files", "class_sort_key", "SKIP_REASONS",
+    "RawImages",
+    "load_folder",
+    "load_manifest",
+    "decode_files",
+    "class_sort_key",
+    "SKIP_REASONS",
     "DECODE_SIDE",
 ]
 
@@ -57,9 +63,7 @@ class RawImages:
 
 
 def _visible(path: Path) -> bool:
-    return not path.name.startswith(".") and path.name.lower() not in _IGNORED_NAMES and (
-        path.name != "__MACOSX"
-    )
+    return not path.name.startswith(".") and path.name.lower() not in _IGNORED_NAMES and (path.name != "__MACOSX")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -216,7 +220,10 @@ def _decode_or_none(data: bytes, max_side: int | None) -> np.ndarray | None:
 
 
 def decode_files(
-    files: list[Path], source: Path | None = None, *, cache: bool = True,
+    files: list[Path],
+    source: Path | None = None,
+    *,
+    cache: bool = True,
     max_side: int | None = DECODE_SIDE,
 ) -> list[np.ndarray | None]:
     """Decode ``files`` to ``(H, W, 3)`` uint8 arrays (``None`` for unreadable ones), the
@@ -274,7 +281,11 @@ def _skip_note(where: str, skipped: list[tuple[str, str]], shown: int = 3) -> st
 
 
 def load_folder(
-    root: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False,
+    root: Path,
+    *,
+    require_labels: bool = True,
+    cache: bool = True,
+    allow_outside: bool = False,
     max_side: int | None = DECODE_SIDE,
 ) -> RawImages:
     """An ImageFolder tree (``root/CLASS/...image``), or with ``require_labels=False`` a
@@ -299,9 +310,7 @@ def load_folder(
                     if entry.is_symlink():
                         walker._index_real(target)
     if not entries and not walker.skipped:
-        raise UserError(
-            f"dataset folder {root} is empty; put one sub-folder of images per class in it"
-        )
+        raise UserError(f"dataset folder {root} is empty; put one sub-folder of images per class in it")
     class_dirs = sorted(
         ((e, target) for e, target in entries if target.is_dir()), key=lambda item: class_sort_key(item[0].name)
     )
@@ -315,9 +324,7 @@ def load_folder(
                 + (f" ({_skip_note(f'under {root}', walker.skipped)})" if walker.skipped else "")
             )
         decoded = decode_files(loose, root, cache=cache, max_side=max_side)
-        skipped = walker.skipped + [
-            (_relative(p, root), "unreadable") for p, a in zip(loose, decoded) if a is None
-        ]
+        skipped = walker.skipped + [(_relative(p, root), "unreadable") for p, a in zip(loose, decoded) if a is None]
         images = [a for a in decoded if a is not None]
         if not images:
             raise UserError(f"dataset folder {root} holds no readable images; add image files")
@@ -326,15 +333,11 @@ def load_folder(
         return RawImages(images, None, [], len(skipped), notes, skipped)
 
     if loose:
-        notes.append(
-            f"ignored {len(loose)} file(s) directly inside {root} (only class sub-folders count)"
-        )
+        notes.append(f"ignored {len(loose)} file(s) directly inside {root} (only class sub-folders count)")
     per_class = [(d, walker.files_under(d, target, chain)) for d, target in class_dirs]
     for folder, files in per_class:
         if not files:
-            raise UserError(
-                f"class folder {folder} has no images; add images to it or remove it"
-            )
+            raise UserError(f"class folder {folder} has no images; add images to it or remove it")
     all_files = [f for _, files in per_class for f in files]
     decoded = decode_files(all_files, root, cache=cache, max_side=max_side)
     images: list[np.ndarray] = []
@@ -353,15 +356,11 @@ def load_folder(
             labels.append(label)
             found += 1
         if found == 0:
-            raise UserError(
-                f"class folder {folder} has no readable images; add images to it or remove it"
-            )
+            raise UserError(f"class folder {folder} has no readable images; add images to it or remove it")
     if skipped:
         notes.append(_skip_note(f"under {root}", skipped))
     classes = [d.name for d, _ in class_dirs]
-    return RawImages(
-        images, np.asarray(labels, dtype=np.int64), classes, len(skipped), notes, skipped
-    )
+    return RawImages(images, np.asarray(labels, dtype=np.int64), classes, len(skipped), notes, skipped)
 
 
 def class_sort_key(name: str) -> tuple[list[int | str], str]:
@@ -374,9 +373,7 @@ def class_sort_key(name: str) -> tuple[list[int | str], str]:
     return [int(p) if i % 2 else p for i, p in enumerate(parts)], name
 
 
-def _manifest_path(
-    base: Path, rel: str, csv_path: Path, line: int, allow_outside: bool
-) -> Path:
+def _manifest_path(base: Path, rel: str, csv_path: Path, line: int, allow_outside: bool) -> Path:
     """The file a manifest row names: relative to the manifest's folder, and (unless
     ``allow_outside``) inside it once ``..`` and symbolic links are resolved."""
     path = Path(rel)
@@ -390,15 +387,16 @@ def _manifest_path(
         raise UserError(f"CSV manifest {csv_path} line {line} names the absolute path {rel!r}; {hint}")
     full = base / path
     if not _inside(full.resolve(), base.resolve()):
-        raise UserError(
-            f"CSV manifest {csv_path} line {line} names {rel!r}, which lies outside "
-            f"{base}; {hint}"
-        )
+        raise UserError(f"CSV manifest {csv_path} line {line} names {rel!r}, which lies outside {base}; {hint}")
     return full
 
 
 def load_manifest(
-    csv_path: Path, *, require_labels: bool = True, cache: bool = True, allow_outside: bool = False,
+    csv_path: Path,
+    *,
+    require_labels: bool = True,
+    cache: bool = True,
+    allow_outside: bool = False,
     max_side: int | None = DECODE_SIDE,
 ) -> RawImages:
     """A CSV manifest with a ``path,label`` header; paths are relative to the CSV's folder.
@@ -424,9 +422,7 @@ def load_manifest(
         )
     has_labels = "label" in lower
     if require_labels and not has_labels:
-        raise UserError(
-            f"CSV manifest {csv_path} has no 'label' column; its first line must be path,label"
-        )
+        raise UserError(f"CSV manifest {csv_path} has no 'label' column; its first line must be path,label")
     base = csv_path.parent
     paths: list[Path] = []
     rels: list[str] = []
@@ -440,17 +436,11 @@ def load_manifest(
         if has_labels:
             label = (row.get(lower["label"]) or "").strip()
             if not label:
-                raise UserError(
-                    f"CSV manifest {csv_path} line {line} has an empty label; fill it in"
-                )
+                raise UserError(f"CSV manifest {csv_path} line {line} has an empty label; fill it in")
             names.append(label)
     decoded = decode_files(paths, csv_path, cache=cache, max_side=max_side)
     keep = [i for i, a in enumerate(decoded) if a is not None]
-    skipped = [
-        (rels[i], "unreadable" if paths[i].is_file() else "missing")
-        for i, a in enumerate(decoded)
-        if a is None
-    ]
+    skipped = [(rels[i], "unreadable" if paths[i].is_file() else "missing") for i, a in enumerate(decoded) if a is None]
     if not keep:
         raise UserError(
             f"CSV manifest {csv_path} lists no readable images; check its paths"
@@ -466,7 +456,6 @@ def load_manifest(
     missing = [c for c in classes if not np.any(labels == index[c])]
     if missing:
         raise UserError(
-            f"CSV manifest {csv_path}: class {missing[0]!r} has no readable images; "
-            "fix its paths or remove its rows"
+            f"CSV manifest {csv_path}: class {missing[0]!r} has no readable images; fix its paths or remove its rows"
         )
     return RawImages(images, labels, classes, len(skipped), notes, skipped)

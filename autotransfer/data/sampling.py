@@ -1,4 +1,5 @@
 """Seeded stratified subsampling and train/val/test splits of an ImageDataset."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -137,9 +138,7 @@ def _class_parts(count: int, val: float, test: float) -> tuple[int, int]:
     return 0, 0
 
 
-def stratified_split(
-    ds: ImageDataset, val: float = 0.15, test: float = 0.15, seed: int = 0
-) -> DataSplits:
+def stratified_split(ds: ImageDataset, val: float = 0.15, test: float = 0.15, seed: int = 0) -> DataSplits:
     """Seeded, stratified, disjoint train/val/test splits that together cover ``ds``.
 
     Every class with >= 3 images appears in each non-empty split; a class with 2 images

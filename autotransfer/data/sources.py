@@ -1,4 +1,5 @@
 """``load_dataset(spec)``: parse a dataset spec string and load it as an ImageDataset."""
+
 from __future__ import annotations
 
 import functools
@@ -36,26 +37,18 @@ def split_spec(spec: str) -> tuple[str, dict[str, str]]:
     for pair in tail.split("&"):
         key, _, value = pair.partition("=")
         if key not in _KNOWN_KEYS:
-            raise UserError(
-                f"unknown option {key!r} in dataset spec {spec!r}; "
-                f"known: {', '.join(_KNOWN_KEYS)}"
-            )
+            raise UserError(f"unknown option {key!r} in dataset spec {spec!r}; known: {', '.join(_KNOWN_KEYS)}")
         options[key] = value
     return base, options
 
 
-def parse_class_selector(
-    text: str, classes: list[str] | tuple[str, ...], spec: str = ""
-) -> list[int]:
+def parse_class_selector(text: str, classes: list[str] | tuple[str, ...], spec: str = "") -> list[int]:
     """Class indices (sorted, unique) from ``'5-9'``, ``'0,2,4-6'`` or class names.
 
     Raises a UserError naming the selector when it is malformed or out of range.
     """
     where = f" for {spec}" if spec else ""
-    hint = (
-        f"use class indices 0..{len(classes) - 1}, ranges like 2-5, or class names, "
-        "separated by commas"
-    )
+    hint = f"use class indices 0..{len(classes) - 1}, ranges like 2-5, or class names, separated by commas"
     chosen: set[int] = set()
     tokens = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in tokens):
@@ -67,15 +60,11 @@ def parse_class_selector(
             continue
         match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", token)
         if not match:
-            raise UserError(
-                f"bad class selector {text!r}{where}: {token!r} is not a class; {hint}"
-            )
+            raise UserError(f"bad class selector {text!r}{where}: {token!r} is not a class; {hint}")
         low = int(match.group(1))
         high = int(match.group(2)) if match.group(2) is not None else low
         if high < low or high >= len(classes):
-            raise UserError(
-                f"bad class selector {text!r}{where}: {token!r} is out of range; {hint}"
-            )
+            raise UserError(f"bad class selector {text!r}{where}: {token!r} is out of range; {hint}")
         chosen.update(range(low, high + 1))
     return sorted(chosen)
 
@@ -100,9 +89,7 @@ def _grey_fingerprint(grey: np.ndarray, labels: np.ndarray, classes: tuple[str, 
 
 
 @functools.lru_cache(maxsize=32)
-def _builtin_selection(
-    name: str, rows: tuple[int, int] | None, selection: tuple[int, ...] | None
-):
+def _builtin_selection(name: str, rows: tuple[int, int] | None, selection: tuple[int, ...] | None):
     """Images (read-only RGB view or list), labels, classes and fingerprint of a builtin,
     restricted to ``rows`` (an official split) and then to the classes in ``selection``."""
     images, labels, classes = load_builtin_arrays(name)
@@ -137,10 +124,7 @@ def _load_builtin(name: str, options: dict[str, str], spec: str) -> ImageDataset
         known = {split: (start, stop) for split, start, stop in entry.splits}
         if options["split"] not in known:
             offered = ", ".join(known) if known else "none"
-            raise UserError(
-                f"bad split {options['split']!r} for {spec}; builtin:{entry.name} offers: "
-                f"{offered}"
-            )
+            raise UserError(f"bad split {options['split']!r} for {spec}; builtin:{entry.name} offers: {offered}")
         rows = known[options["split"]]
     selection = None
     if "classes" in options:
@@ -172,31 +156,26 @@ def _flag(options: dict[str, str], key: str, spec: str) -> bool:
     return value in _TRUE
 
 
-def _load_path(raw_path: str, options: dict[str, str], spec: str, *, require_labels: bool,
-               cache: bool) -> ImageDataset:
+def _load_path(raw_path: str, options: dict[str, str], spec: str, *, require_labels: bool, cache: bool) -> ImageDataset:
     if not raw_path.strip():
         raise UserError(f"dataset spec {spec!r} has no path; {_SPEC_HELP}")
     path = Path(os.path.expanduser(raw_path))
     if not path.exists():
-        raise UserError(
-            f"dataset path {path} does not exist; {_SPEC_HELP} "
-            f"(built-ins: {', '.join(builtin_names())})"
-        )
+        raise UserError(f"dataset path {path} does not exist; {_SPEC_HELP} (built-ins: {', '.join(builtin_names())})")
     outside = _flag(options, "allow_outside", spec)
     side = _int_option(options, "decode", spec, 0) if "decode" in options else DECODE_SIDE
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise UserError(
-                f"dataset path {path} is a file, not a folder or a .csv manifest; {_SPEC_HELP}"
-            )
+            raise UserError(f"dataset path {path} is a file, not a folder or a .csv manifest; {_SPEC_HELP}")
         raw: RawImages = load_manifest(
-            path, require_labels=require_labels, cache=cache, allow_outside=outside,
+            path,
+            require_labels=require_labels,
+            cache=cache,
+            allow_outside=outside,
             max_side=side,
         )
     elif path.is_dir():
-        raw = load_folder(
-            path, require_labels=require_labels, cache=cache, allow_outside=outside, max_side=side
-        )
+        raw = load_folder(path, require_labels=require_labels, cache=cache, allow_outside=outside, max_side=side)
     else:
         raise UserError(f"dataset path {path} is neither a folder nor a file; {_SPEC_HELP}")
     if "split" in options:
@@ -228,10 +207,7 @@ def _int_option(options: dict[str, str], key: str, spec: str, minimum: int) -> i
     except ValueError:
         value = minimum - 1
     if value < minimum:
-        raise UserError(
-            f"option {key}={options[key]!r} in dataset spec {spec!r} must be an integer "
-            f">= {minimum}"
-        )
+        raise UserError(f"option {key}={options[key]!r} in dataset spec {spec!r} must be an integer >= {minimum}")
     return value
 
 
@@ -255,9 +231,7 @@ def load_dataset(spec: str, *, require_labels: bool = True, cache: bool = True) 
     Raises :class:`UserError` naming the bad path or value.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise UserError(
-            f"dataset spec must be a non-empty string but got {spec!r}; {_SPEC_HELP}"
-        )
+        raise UserError(f"dataset spec must be a non-empty string but got {spec!r}; {_SPEC_HELP}")
     spec = spec.strip()
     base, options = split_spec(spec)
     if base.startswith("builtin:"):
@@ -267,8 +241,7 @@ def load_dataset(spec: str, *, require_labels: bool = True, cache: bool = True) 
         ds = _load_path(raw_path, options, spec, require_labels=require_labels, cache=cache)
     if require_labels and ds.labels is not None and len(ds.classes) < 2:
         raise UserError(
-            f"dataset {spec} has only one class ({ds.classes[0]!r}); a labelled dataset needs at "
-            "least 2 classes"
+            f"dataset {spec} has only one class ({ds.classes[0]!r}); a labelled dataset needs at least 2 classes"
         )
     if "n" in options:
         seed = _int_option(options, "seed", spec, 0) if "seed" in options else 0

@@ -1,4 +1,5 @@
 """The in-memory dataset every part of autotransfer passes around."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """autotransfer.estimate: task size, divergence by depth, transferability and the TaskProfile."""
+
 from __future__ import annotations
 
 from autotransfer.estimate.bnstats import BNDivergence, NoBatchNormError, bn_divergence, reestimate_bn_stats

@@ -1,4 +1,5 @@
 """Source-free divergence: target activation statistics vs a model's stored BatchNorm statistics."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -97,9 +98,7 @@ def _images(batch) -> torch.Tensor:
     if isinstance(batch, (tuple, list)):
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
-        raise ValueError(
-            f"batches must yield tensors (B, 3, H, W) or (images, ...) tuples, but got {type(batch)!r}"
-        )
+        raise ValueError(f"batches must yield tensors (B, 3, H, W) or (images, ...) tuples, but got {type(batch)!r}")
     return batch
 
 
@@ -145,16 +144,12 @@ def _restore_training_flags(flags: dict[nn.Module, bool]) -> None:
         module.training = training
 
 
-def _group_means(
-    layers: list[str], values: np.ndarray, layer_groups: Sequence[Sequence[str]]
-) -> np.ndarray:
+def _group_means(layers: list[str], values: np.ndarray, layer_groups: Sequence[Sequence[str]]) -> np.ndarray:
     def in_group(name: str, prefixes: Sequence[str]) -> bool:
         return any(name == p or name.startswith(p + ".") for p in prefixes)
 
     if isinstance(layer_groups, str) or any(isinstance(g, str) for g in layer_groups):
-        raise ValueError(
-            f"layer_groups must be a list of lists of module-name prefixes, but got {layer_groups!r}"
-        )
+        raise ValueError(f"layer_groups must be a list of lists of module-name prefixes, but got {layer_groups!r}")
     membership = np.zeros((len(layer_groups), len(layers)), dtype=bool)
     for g, prefixes in enumerate(layer_groups):
         membership[g] = [in_group(name, prefixes) for name in layers]
@@ -269,13 +264,9 @@ def reestimate_bn_stats(model: nn.Module, batches: Iterable) -> None:
         NoBatchNormError: if the model has no BatchNorm layer that tracks running stats.
         ValueError: if ``batches`` is empty (the model is then left unchanged).
     """
-    layers = [
-        m for _, m in _require_batchnorm(model) if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+    layers = [m for _, m in _require_batchnorm(model) if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not layers:
-        raise NoBatchNormError(
-            "model has only frozen BatchNorm layers: their statistics cannot be re-estimated"
-        )
+        raise NoBatchNormError("model has only frozen BatchNorm layers: their statistics cannot be re-estimated")
     device = _model_device(model)
     flags = _save_training_flags(model)
     momenta = [bn.momentum for bn in layers]
@@ -296,6 +287,4 @@ def reestimate_bn_stats(model: nn.Module, batches: Iterable) -> None:
             bn.momentum = momentum
         _restore_training_flags(flags)
     if not started:
-        raise ValueError(
-            "batches yielded no images: give at least one batch to re-estimate BatchNorm statistics"
-        )
+        raise ValueError("batches yielded no images: give at least one batch to re-estimate BatchNorm statistics")

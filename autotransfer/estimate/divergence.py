@@ -3,6 +3,7 @@
 Over 400 lines: three estimators (MMD, debiased Wasserstein, CORAL), each with its calibration and
 bias correction; they share the sampling and standardisation code here.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -53,13 +54,9 @@ def _as_array(X, name: str) -> np.ndarray:
 def _check_pair(X, Y, min_points: int = 2) -> tuple[np.ndarray, np.ndarray]:
     X, Y = _as_array(X, "X"), _as_array(Y, "Y")
     if X.shape[1] != Y.shape[1]:
-        raise ValueError(
-            f"X and Y must have the same number of features, but got shapes {X.shape} and {Y.shape}"
-        )
+        raise ValueError(f"X and Y must have the same number of features, but got shapes {X.shape} and {Y.shape}")
     if X.shape[0] < min_points or Y.shape[0] < min_points:
-        raise ValueError(
-            f"X and Y need at least {min_points} points each, but got shapes {X.shape} and {Y.shape}"
-        )
+        raise ValueError(f"X and Y need at least {min_points} points each, but got shapes {X.shape} and {Y.shape}")
     return X, Y
 
 
@@ -244,8 +241,14 @@ def _sinkhorn_cost_checked(a: np.ndarray, b: np.ndarray, reg: float, num_itermax
         warnings.simplefilter("error", UserWarning)
         try:
             P = ot.sinkhorn(
-                w_a, w_b, M, reg, method="sinkhorn_stabilized",
-                numItermax=int(num_itermax), stopThr=1e-7, warn=True,
+                w_a,
+                w_b,
+                M,
+                reg,
+                method="sinkhorn_stabilized",
+                numItermax=int(num_itermax),
+                stopThr=1e-7,
+                warn=True,
             )
         except UserWarning as err:
             raise RuntimeError(
@@ -312,8 +315,7 @@ def sinkhorn_divergence(
     s = _ot_scale(X, Y, scale, seed)
     X1, X2, Y1, Y2 = _split_halves(*_centre_and_scale(X, Y, s), rng)
     xy1, xy2, xx, yy = (
-        _sinkhorn_cost_checked(a, b, float(reg), num_itermax)
-        for a, b in ((X1, Y2), (X2, Y1), (X1, X2), (Y1, Y2))
+        _sinkhorn_cost_checked(a, b, float(reg), num_itermax) for a, b in ((X1, Y2), (X2, Y1), (X1, X2), (Y1, Y2))
     )
     cross, within = 0.5 * (xy1 + xy2), 0.5 * (xx + yy)
     return max(0.0, cross - within)

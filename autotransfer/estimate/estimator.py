@@ -26,6 +26,7 @@ classification: a survey", arXiv 2205.09904):
 Over 400 lines: the estimator's steps (features, divergence with and without a source sample,
 transferability, placement) share its caches and timings.
 """
+
 from __future__ import annotations
 
 import time
@@ -239,9 +240,7 @@ class TaskEstimator:
         if source is not None:
             source_ds = load_dataset(source, require_labels=False) if isinstance(source, str) else source
             if not isinstance(source_ds, ImageDataset):
-                raise UserError(
-                    f"source must be a dataset spec or an ImageDataset, but got {type(source).__name__}"
-                )
+                raise UserError(f"source must be a dataset spec or an ImageDataset, but got {type(source).__name__}")
             if len(source_ds) < 4:
                 raise UserError(
                     f"source sample {source_ds.spec!r} has {len(source_ds)} images; give at least 4 "
@@ -282,9 +281,7 @@ class TaskEstimator:
                 if source_ds is None:
                     divergence, features, scale = self._source_free(backbone, images, device, timings, notes)
                 else:
-                    divergence, features, scale = self._with_source(
-                        backbone, images, source_ds, device, timings, notes
-                    )
+                    divergence, features, scale = self._with_source(backbone, images, source_ds, device, timings, notes)
             finally:
                 backbone.model.to(model_device)
 
@@ -297,8 +294,13 @@ class TaskEstimator:
         score = transferability_from_logme(transferability.logme_over_chance)
         placement = place(size.images, size.classes, similarity)
         prior = quadrant_prior(
-            placement.log10_n, similarity, list(divergence.excess), backbone.num_groups,
-            num_classes=size.classes, scale=scale, transferability=score,
+            placement.log10_n,
+            similarity,
+            list(divergence.excess),
+            backbone.num_groups,
+            num_classes=size.classes,
+            scale=scale,
+            transferability=score,
         )
         timings["prior"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
@@ -326,8 +328,12 @@ class TaskEstimator:
     # -- divergence ---------------------------------------------------------------------------
 
     def _source_free(
-        self, backbone: Backbone, images: np.ndarray, device: torch.device,
-        timings: dict[str, float], notes: list[str],
+        self,
+        backbone: Backbone,
+        images: np.ndarray,
+        device: torch.device,
+        timings: dict[str, float],
+        notes: list[str],
     ) -> tuple[DivergenceProfile, list[np.ndarray], float]:
         """BN-W2 per depth group and the pooled features, in one forward pass."""
         tick = time.perf_counter()
@@ -335,8 +341,12 @@ class TaskEstimator:
         label = f"target features + BN statistics ({len(images)} images, {images.shape[1]} px)"
         with progress_bar(label, len(images), self.progress) as bar, GroupFeatureCollector(backbone) as collector:
             batches = image_batches(
-                backbone, images, batch_size=self._batch_size(device, images.shape[1]), device=device,
-                channels_last=True, progress=bar,
+                backbone,
+                images,
+                batch_size=self._batch_size(device, images.shape[1]),
+                device=device,
+                channels_last=True,
+                progress=bar,
             )
             result = bn_divergence(backbone.model, batches, layer_groups=groups)
         features = collector.features()
@@ -366,16 +376,19 @@ class TaskEstimator:
         return divergence, features, BN_W2_SIMILARITY_SCALE
 
     def _with_source(
-        self, backbone: Backbone, images: np.ndarray, source: ImageDataset, device: torch.device,
-        timings: dict[str, float], notes: list[str],
+        self,
+        backbone: Backbone,
+        images: np.ndarray,
+        source: ImageDataset,
+        device: torch.device,
+        timings: dict[str, float],
+        notes: list[str],
     ) -> tuple[DivergenceProfile, list[np.ndarray], float]:
         """MMD² per depth group against a source sample, and the last-group measures."""
         tick = time.perf_counter()
         source_capped = stratified_subsample(source, int(self.max_source_images), seed=int(self.seed))
         if len(source_capped) < len(source):
-            notes.append(
-                f"source sample: a seeded subsample of {len(source_capped):,} of {len(source):,} images"
-            )
+            notes.append(f"source sample: a seeded subsample of {len(source_capped):,} of {len(source):,} images")
         source_images = native_array(backbone, source_capped)
         timings["resize"] = timings.get("resize", 0.0) + time.perf_counter() - tick
 
@@ -385,8 +398,10 @@ class TaskEstimator:
             backbone, images, description=f"target features ({len(images)} images, {images.shape[1]} px)", **common
         )
         source_features = extract_group_features(
-            backbone, source_images,
-            description=f"source features ({len(source_images)} images, {source_images.shape[1]} px)", **common,
+            backbone,
+            source_images,
+            description=f"source features ({len(source_images)} images, {source_images.shape[1]} px)",
+            **common,
         )
         timings["features"] = time.perf_counter() - tick
 
@@ -464,8 +479,7 @@ class TaskEstimator:
         else:
             over_chance, n_ref = logme_over_chance(final, labels, max_images=cap, seed=seed)
             notes.append(
-                f"LogME over chance on a stratified subsample of {n_ref} of {len(final)} images "
-                "(its calibration size)"
+                f"LogME over chance on a stratified subsample of {n_ref} of {len(final)} images (its calibration size)"
             )
         return Transferability(
             logme=logme_all,

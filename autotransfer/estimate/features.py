@@ -1,4 +1,5 @@
 """Pooled backbone features at every depth group, and source-head probabilities for LEEP."""
+
 from __future__ import annotations
 
 import contextlib
@@ -81,9 +82,7 @@ class GroupFeatureCollector:
                 f"({sorted(counts)}); groups without output: {missing}"
             )
         return [
-            torch.cat(blocks).numpy().astype(np.float32, copy=False)
-            if blocks
-            else np.zeros((0, 0), np.float32)
+            torch.cat(blocks).numpy().astype(np.float32, copy=False) if blocks else np.zeros((0, 0), np.float32)
             for blocks in self._blocks
         ]
 
@@ -152,8 +151,7 @@ def _as_images(backbone: Backbone, data) -> np.ndarray | Iterable:
     if hasattr(data, "eval_batches"):  # DeviceBatches: its plain (evaluation) view
         return data
     raise ValueError(
-        "expected an ImageDataset, an (N, S, S, 3) uint8 array or DeviceBatches, "
-        f"but got {type(data).__name__}"
+        f"expected an ImageDataset, an (N, S, S, 3) uint8 array or DeviceBatches, but got {type(data).__name__}"
     )
 
 
@@ -203,8 +201,12 @@ def extract_group_features(
         with progress_bar(description, total, progress) as bar, GroupFeatureCollector(backbone) as collector:
             if isinstance(data, np.ndarray):
                 batches: Iterable = image_batches(
-                    backbone, data, batch_size=batch_size, device=device,
-                    channels_last=channels_last, progress=bar,
+                    backbone,
+                    data,
+                    batch_size=batch_size,
+                    device=device,
+                    channels_last=channels_last,
+                    progress=bar,
                 )
                 for x in batches:
                     model(x)

@@ -1,4 +1,5 @@
 """``TaskProfile``: everything the estimator learns about a task, as plain, JSON-able values."""
+
 from __future__ import annotations
 
 import math
@@ -65,9 +66,7 @@ class DivergenceProfile:
         for name in ("raw", "excess", "reference"):
             values = getattr(self, name)
             if values is not None and len(values) != g:
-                raise ValueError(
-                    f"divergence {name} must have one value per depth group ({g}), but got {len(values)}"
-                )
+                raise ValueError(f"divergence {name} must have one value per depth group ({g}), but got {len(values)}")
 
 
 @dataclass

@@ -7,6 +7,7 @@ Each built-in model therefore ships the profile of a few real source-domain imag
 (``autotransfer/assets/<name>-reference.json``, built by ``benchmarks/build_references.py``);
 the estimator reports the *excess* over it (docs/design.md, "divergence profile").
 """
+
 from __future__ import annotations
 
 import json
@@ -142,9 +143,7 @@ def load_reference(backbone: Backbone) -> np.ndarray | None:
     if payload.get("groups") != groups:
         problems.append(f"groups {payload.get('groups')!r} are not the model's {groups!r}")
     if int(payload.get("input_size", -1)) != backbone.preprocessing.input_size:
-        problems.append(
-            f"input size {payload.get('input_size')!r} is not {backbone.preprocessing.input_size}"
-        )
+        problems.append(f"input size {payload.get('input_size')!r} is not {backbone.preprocessing.input_size}")
     if problems:
         raise ValueError(
             f"reference profile {str(path)!r} does not fit {backbone.spec!r}: {'; '.join(problems)}; "

@@ -1,4 +1,5 @@
 """Size statistics of a labelled target: images, classes, per-class counts, image sizes, metric."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -95,9 +96,7 @@ def size_stats(ds: ImageDataset) -> SizeStats:
         raise UserError(f"dataset {ds.spec!r} has no labels; the estimator needs a labelled target")
     labels = np.asarray(ds.labels)
     if labels.ndim != 1 or len(labels) != len(ds):
-        raise UserError(
-            f"dataset {ds.spec!r} has {len(labels)} labels for {len(ds)} images; give one label per image"
-        )
+        raise UserError(f"dataset {ds.spec!r} has {len(labels)} labels for {len(ds)} images; give one label per image")
     if len(ds.classes) < 2:
         raise UserError(
             f"dataset {ds.spec!r} has fewer than 2 classes (classes={ds.classes!r}); "
@@ -105,17 +104,14 @@ def size_stats(ds: ImageDataset) -> SizeStats:
         )
     if len(labels) and (labels.min() < 0 or labels.max() >= len(ds.classes)):
         bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
-        raise UserError(
-            f"dataset {ds.spec!r} has a label outside [0, {len(ds.classes) - 1}], but got {bad!r}"
-        )
+        raise UserError(f"dataset {ds.spec!r} has a label outside [0, {len(ds.classes) - 1}], but got {bad!r}")
     counts = np.bincount(labels.astype(np.int64), minlength=len(ds.classes))
     thin = np.flatnonzero(counts < 2)
     if len(thin):
         shown = ", ".join(f"{ds.classes[i]!r} ({int(counts[i])} images)" for i in thin[:5])
         more = f" and {len(thin) - 5} more" if len(thin) > 5 else ""
         raise UserError(
-            f"dataset {ds.spec!r}: class {shown}{more} has fewer than 2 images; "
-            "add images or remove the class"
+            f"dataset {ds.spec!r}: class {shown}{more} has fewer than 2 images; add images or remove the class"
         )
     heights, widths = _image_sizes(ds)
     imbalance = float(counts.max() / counts.min())

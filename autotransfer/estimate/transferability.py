@@ -1,4 +1,5 @@
 """Label-aware transferability scores of final-layer features: LogME (and over chance), LEEP, H-score."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -182,9 +183,11 @@ def logme_over_chance(F, y, *, max_images: int = TRANSFER_REF_IMAGES, seed: int 
         rng = np.random.default_rng(seed)
         counts = np.bincount(codes, minlength=n_classes)
         take = allocate(counts, int(max_images), seed)
-        rows = np.sort(np.concatenate([
-            rng.choice(np.flatnonzero(codes == c), size=int(k), replace=False) for c, k in enumerate(take) if k
-        ]))
+        rows = np.sort(
+            np.concatenate(
+                [rng.choice(np.flatnonzero(codes == c), size=int(k), replace=False) for c, k in enumerate(take) if k]
+            )
+        )
         F, codes = F[rows], codes[rows]
     return logme(F, codes) - logme_chance(codes), int(F.shape[0])
 

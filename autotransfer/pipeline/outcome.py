@@ -1,5 +1,6 @@
 """What ``tune`` reports: its ``TuneResult`` and the one-line notes of its summary (which prior,
 which pick and what it cost, whether the study may enter the surface)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

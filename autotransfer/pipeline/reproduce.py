@@ -1,4 +1,5 @@
 """``autotransfer train --config``: reproduce the final model from an exported protocol."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,12 @@ def _read_members(payload: dict[str, Any], protocol: Protocol) -> list[tuple[Pro
     listed = payload.get("members")
     if not listed:
         return [(protocol, "trainval", {})]
-    if not isinstance(listed, list) or not all(isinstance(m, dict) and isinstance(m.get("protocol"), dict) for m in listed):
-        raise UserError("the config's 'members' must list mappings with a 'protocol' each; use the YAML `autotransfer export` writes")
+    if not isinstance(listed, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("protocol"), dict) for m in listed
+    ):
+        raise UserError(
+            "the config's 'members' must list mappings with a 'protocol' each; use the YAML `autotransfer export` writes"
+        )
     out = []
     for i, member in enumerate(listed):
         try:
@@ -159,7 +164,9 @@ def train_from_config(
                 f" (log10_elr = {member_protocol.log10_elr:g}, lr = {member_protocol.lr:.3g}); lower log10_elr in the config"
             ) from None
     backbone, _, result = trained[0]
-    test_score = trained[0][1] if len(trained) == 1 else ensemble_test_score([t[0] for t in trained], settings, prepared)
+    test_score = (
+        trained[0][1] if len(trained) == 1 else ensemble_test_score([t[0] for t in trained], settings, prepared)
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test_labels = np.asarray(prepared.test.labels)
@@ -167,18 +174,28 @@ def train_from_config(
     val = (payload.get("scores") or {}).get("val")
     save_tuned_ensemble(
         [
-            (b, p, {
-                "trial": m.get("trial", payload.get("trial", 0)),
-                "val_score": m.get("val", val) if isinstance(m.get("val", val), (int, float)) else None,
-                "test_score": t, "trained_on": "train" if split == "train" else "train+val",
-            })
+            (
+                b,
+                p,
+                {
+                    "trial": m.get("trial", payload.get("trial", 0)),
+                    "val_score": m.get("val", val) if isinstance(m.get("val", val), (int, float)) else None,
+                    "test_score": t,
+                    "trained_on": "train" if split == "train" else "train+val",
+                },
+            )
             for (b, t, _), (p, split, m) in zip(trained, members)
         ],
-        out, settings, classes=list(prepared.dataset.classes), test_score=test_score, test_images=len(test_labels),
-        controls=controls, study=payload.get("study"),
+        out,
+        settings,
+        classes=list(prepared.dataset.classes),
+        test_score=test_score,
+        test_images=len(test_labels),
+        controls=controls,
+        study=payload.get("study"),
     )
     chance = chance_level(test_labels, len(prepared.dataset.classes), settings.metric)
-    probe = ((payload.get("controls") or {}).get("probe"))
+    probe = (payload.get("controls") or {}).get("probe")
     probe = float(probe) if isinstance(probe, (int, float)) else None
     at_chance, below_probe, warnings = quality_warnings(test_score, len(test_labels), chance, probe)
     metrics = {

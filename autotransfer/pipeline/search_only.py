@@ -1,6 +1,7 @@
 """Search-only studies, for the benchmarks that measure the search itself: ``tune``'s search trials
 without the controls, the pick, the retrain or the export; how quickly a study's trials reach a
 reference score; and a resumable JSON-lines log of benchmark results."""
+
 from __future__ import annotations
 
 import json

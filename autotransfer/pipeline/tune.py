@@ -11,6 +11,7 @@
 Over 400 lines: the four stages and their small result types; each stage is a function that can be
 run and tested alone.
 """
+
 from __future__ import annotations
 
 import gc
@@ -69,8 +70,6 @@ __all__ = [
 ]
 
 
-
-
 @dataclass(frozen=True)
 class OpenStudy:
     """A study ready to run (stage 1's result).
@@ -120,7 +119,9 @@ def open_study_for(
     ui.stage("loading data")
     prepared = prepare_data(settings)
     if settings.n is not None and settings.n > len(prepared.dataset):
-        ui.note(f"--n {settings.n} is more than {settings.target!r} holds: the study uses all {len(prepared.dataset)} images")
+        ui.note(
+            f"--n {settings.n} is more than {settings.target!r} holds: the study uses all {len(prepared.dataset)} images"
+        )
         settings = replace(settings, n=len(prepared.dataset))
         notes.append(f"N was capped at {settings.n}: all the images {settings.target!r} holds")
     probe_backbone = create_backbone(settings.model, num_classes=len(prepared.dataset.classes))
@@ -136,8 +137,15 @@ def open_study_for(
         ui.note(f"created study {name!r} in {masked_url(url)}")
     ui.note(describe_prior(settings.prior_spec, prior_dict))
     return OpenStudy(
-        study=open_study(name, store, settings), name=name, url=url, settings=settings, prepared=prepared,
-        preprocessing=probe_backbone.preprocessing, profile=profile_dict, prior=prior_dict, notes=tuple(notes),
+        study=open_study(name, store, settings),
+        name=name,
+        url=url,
+        settings=settings,
+        prepared=prepared,
+        preprocessing=probe_backbone.preprocessing,
+        profile=profile_dict,
+        prior=prior_dict,
+        notes=tuple(notes),
     )
 
 
@@ -172,7 +180,9 @@ def _resume(name, store, settings: StudySettings, prepared: PreparedData, warm_s
     return study, settings, study.user_attrs.get(ATTR["profile"]), study.user_attrs.get(ATTR["prior"]), overridden
 
 
-def _create(name, store, settings: StudySettings, prepared: PreparedData, probe_backbone, warm_start, estimator_kwargs, ui):
+def _create(
+    name, store, settings: StudySettings, prepared: PreparedData, probe_backbone, warm_start, estimator_kwargs, ui
+):
     """A new study ``name``: estimate the task, derive the prior, enqueue the fixed protocols."""
     from autotransfer.estimate import TaskEstimator
 
@@ -208,7 +218,13 @@ def _create(name, store, settings: StudySettings, prepared: PreparedData, probe_
     profile_dict = profile.to_dict()
     prior_dict = prior.to_dict() if prior is not None else None
     study = create_study(
-        name, store, settings, profile=profile_dict, prior=prior_dict, space=space, enqueue=fixed,
+        name,
+        store,
+        settings,
+        profile=profile_dict,
+        prior=prior_dict,
+        space=space,
+        enqueue=fixed,
         spread=prior.spread if prior is not None else None,
     )
     return study, settings, profile_dict, prior_dict
@@ -276,7 +292,11 @@ def finalise(opened: OpenStudy, *, model_dir: Path, micro_batch: int | None = No
     if settings.pick == "cv":
         ui.stage(f"picking: cross-validating the top {PICK_TOP} protocols on train+val")
     pick = pick_protocol(
-        study, settings, opened.prepared, make_backbone, progress=ui.trial_progress,
+        study,
+        settings,
+        opened.prepared,
+        make_backbone,
+        progress=ui.trial_progress,
         on_candidate=lambda i, k, number: ui.note(f"pick: candidate {i + 1} of {k} (trial {number})"),
         micro_batch=micro_batch,
     )
@@ -291,12 +311,19 @@ def finalise(opened: OpenStudy, *, model_dir: Path, micro_batch: int | None = No
         notes.append("the handed-back model was already retrained and tested: kept that result")
         return Finalised(pick, best, tuple(members), final.get("test_score"), None, tuple(notes))
     ui.stage(
-        f"retraining trial {best.number} on train+val" if len(members) == 1
+        f"retraining trial {best.number} on train+val"
+        if len(members) == 1
         else f"retraining the {len(members)} members (trials {', '.join(map(str, wanted))}) on train+val"
     )
     trained = train_ensemble(
-        members, settings, opened.prepared, progress=ui.trial_progress, micro_batch=micro_batch,
-        on_member=(lambda i, k, number: ui.note(f"member {i + 1} of {k}: trial {number}")) if len(members) > 1 else None,
+        members,
+        settings,
+        opened.prepared,
+        progress=ui.trial_progress,
+        micro_batch=micro_batch,
+        on_member=(lambda i, k, number: ui.note(f"member {i + 1} of {k}: trial {number}"))
+        if len(members) > 1
+        else None,
     )
     notes.extend(trained.notes)
     if len(members) > 1:
@@ -345,15 +372,29 @@ def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     save_tuned_ensemble(
         [
-            (f.backbone, m.protocol, {
-                "trial": m.trial, "val_score": m.val_score, "test_score": f.test_score, "trained_on": f.trained_on,
-                "freeze_reinit": (int(trials[m.trial].user_attrs.get("freeze", 0)),
-                                  int(trials[m.trial].user_attrs.get("reinit", 0))),
-            })
+            (
+                f.backbone,
+                m.protocol,
+                {
+                    "trial": m.trial,
+                    "val_score": m.val_score,
+                    "test_score": f.test_score,
+                    "trained_on": f.trained_on,
+                    "freeze_reinit": (
+                        int(trials[m.trial].user_attrs.get("freeze", 0)),
+                        int(trials[m.trial].user_attrs.get("reinit", 0)),
+                    ),
+                },
+            )
             for m, f in zip(final.members, trained.members)
         ],
-        model_dir, opened.settings, classes=list(opened.prepared.dataset.classes), test_score=trained.test_score,
-        test_images=len(opened.prepared.test), controls=control_scores(study), study=opened.name,
+        model_dir,
+        opened.settings,
+        classes=list(opened.prepared.dataset.classes),
+        test_score=trained.test_score,
+        test_images=len(opened.prepared.test),
+        controls=control_scores(study),
+        study=opened.name,
     )
     study.set_user_attr(
         ATTR["final"],
@@ -400,7 +441,12 @@ def tune(
     if workers < 1:
         raise UserError(f"--workers must be >= 1, but got {workers!r}")
     opened = open_study_for(
-        settings, study_name=study_name, storage=storage, warm_start=warm_start, estimator_kwargs=estimator_kwargs, ui=ui
+        settings,
+        study_name=study_name,
+        storage=storage,
+        warm_start=warm_start,
+        estimator_kwargs=estimator_kwargs,
+        ui=ui,
     )
     micro_batch = run_trials(opened, workers=workers, timeout=timeout, ui=ui)
     model_dir = Path(runs_dir) / safe_name(opened.name)
@@ -414,15 +460,28 @@ def tune(
             "trials closer than that are tied within noise, and the best trial's validation score is optimistic"
         )
     common = dict(
-        study_name=opened.name, storage=opened.url, settings=settings, controls=control_scores(study),
-        n_search_trials=len(search_trials(study)), profile=opened.profile, prior=opened.prior,
-        val_images=val_images, test_images=len(prepared.test),
+        study_name=opened.name,
+        storage=opened.url,
+        settings=settings,
+        controls=control_scores(study),
+        n_search_trials=len(search_trials(study)),
+        profile=opened.profile,
+        prior=opened.prior,
+        val_images=val_images,
+        test_images=len(prepared.test),
     )
     if final is None:
         notes.append("no transfer trial completed: nothing to retrain or export")
         return TuneResult(
-            best_protocol=None, best_trial=None, val_score=None, test_score=None, negative_transfer=False,
-            export_path=None, model_path=None, notes=notes, **common,
+            best_protocol=None,
+            best_trial=None,
+            val_score=None,
+            test_score=None,
+            negative_transfer=False,
+            export_path=None,
+            model_path=None,
+            notes=notes,
+            **common,
         )
     export_path, published = publish(
         opened, final, model_dir=model_dir, export_dir=export_dir, surface_store=surface_store

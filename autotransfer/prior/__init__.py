@@ -2,6 +2,7 @@
 
 Plested & Gedeon, "Deep transfer learning for image classification: a survey", arXiv 2205.09904.
 """
+
 from __future__ import annotations
 
 from autotransfer.prior.none import wide_prior

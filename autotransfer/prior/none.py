@@ -1,4 +1,5 @@
 """The "no prior" baseline: the default wide search ranges, nothing centred, nothing enqueued."""
+
 from __future__ import annotations
 
 from autotransfer.core.protocol import ProtocolSpace

@@ -18,6 +18,7 @@ Graded scores used by the continuous prior (``autotransfer.prior.quadrant``):
     (label-aware: how much the pretrained features explain; similarity is label-blind).
     ``effective_similarity``: the two combined, what the prior's scalar rules consume.
 """
+
 from __future__ import annotations
 
 import math

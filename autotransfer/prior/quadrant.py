@@ -26,6 +26,7 @@ The module also gives the survey's fixed protocols and the controls that a study
 Over 400 lines: each rule of the survey's map is a short function with its citation and rationale
 line; splitting them would scatter the one table they implement.
 """
+
 from __future__ import annotations
 
 import math
@@ -259,8 +260,7 @@ def quadrant_prior(
         raise ValueError(f"similarity must lie in [0, 1], but got {similarity!r}")
     if excess_profile is not None and len(excess_profile) != num_groups:
         raise ValueError(
-            f"excess_profile must have one value per depth group ({num_groups}), "
-            f"but got {len(excess_profile)} values"
+            f"excess_profile must have one value per depth group ({num_groups}), but got {len(excess_profile)} values"
         )
     bounds = bounds or ProtocolSpace()
     domain_s = float(similarity)

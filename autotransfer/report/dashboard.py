@@ -1,4 +1,5 @@
 """optuna-dashboard for autotransfer studies: attach autotransfer's figures and notes, then serve."""
+
 from __future__ import annotations
 
 import errno
@@ -140,7 +141,11 @@ def study_note(study: optuna.Study) -> str:
         lines += _table(figures.DIVERGENCE_HEADERS, figures.divergence_rows(div))
     prior = figures.prior_found_info(study)
     if prior.kind is not None:
-        lines += ["", f"### Prior ({prior.kind}, {prior.quadrant}) against the best found (trial {prior.best_trial})", ""]
+        lines += [
+            "",
+            f"### Prior ({prior.kind}, {prior.quadrant}) against the best found (trial {prior.best_trial})",
+            "",
+        ]
         lines += _table(figures.PRIOR_FOUND_HEADERS, figures.prior_found_rows(prior, overview.metric))
         if prior.rationale:
             lines += ["", "Why this prior:", ""] + [f"- {line}" for line in prior.rationale]
@@ -184,7 +189,9 @@ def check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        raise UserError(f"--host {host!r} cannot be resolved ({err.strerror}): pass an address such as 127.0.0.1") from err
+        raise UserError(
+            f"--host {host!r} cannot be resolved ({err.strerror}): pass an address such as 127.0.0.1"
+        ) from err
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         # the dashboard's server (wsgiref) sets SO_REUSEADDR too: only a live listener conflicts

@@ -1,4 +1,5 @@
 """The drawing step of ``autotransfer evaluate --html``: one self-contained page from an ``EvaluationInfo``."""
+
 from __future__ import annotations
 
 import html
@@ -13,12 +14,24 @@ def confusion_figure(info):
     """A plotly heatmap of ``info.confusion`` (rows: true class, columns: predicted)."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Heatmap(
-        z=info.confusion, x=info.classes, y=info.classes, colorscale="Blues",
-        text=info.confusion, texttemplate="%{text}", hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>",
-    ))
-    fig.update_layout(title="confusion matrix", xaxis_title="predicted", yaxis_title="true",
-                      yaxis_autorange="reversed", height=max(360, 28 * len(info.classes) + 160))
+    fig = go.Figure(
+        go.Heatmap(
+            z=info.confusion,
+            x=info.classes,
+            y=info.classes,
+            colorscale="Blues",
+            text=info.confusion,
+            texttemplate="%{text}",
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="confusion matrix",
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis_autorange="reversed",
+        height=max(360, 28 * len(info.classes) + 160),
+    )
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     return fig
@@ -28,11 +41,18 @@ def per_class_figure(info):
     """Grouped bars of per-class precision and recall."""
     import plotly.graph_objects as go
 
-    fig = go.Figure([
-        go.Bar(name="precision", x=info.classes, y=info.precision),
-        go.Bar(name="recall", x=info.classes, y=info.recall, customdata=info.support,
-               hovertemplate="%{x}: recall %{y:.3f} (%{customdata} images)<extra></extra>"),
-    ])
+    fig = go.Figure(
+        [
+            go.Bar(name="precision", x=info.classes, y=info.precision),
+            go.Bar(
+                name="recall",
+                x=info.classes,
+                y=info.recall,
+                customdata=info.support,
+                hovertemplate="%{x}: recall %{y:.3f} (%{customdata} images)<extra></extra>",
+            ),
+        ]
+    )
     fig.update_layout(title="per-class precision and recall", barmode="group", yaxis_range=[0, 1.02], height=380)
     fig.update_xaxes(type="category")
     return fig
@@ -46,10 +66,12 @@ def evaluation_html(info, model_dir: str | Path | None = None) -> str:
         for c, p, r, s in zip(info.classes, info.precision, info.recall, info.support)
     )
     figs = [
-        confusion_figure(info).to_html(full_html=False, include_plotlyjs=True, include_mathjax=False,
-                                       config={"displaylogo": False}),
-        per_class_figure(info).to_html(full_html=False, include_plotlyjs=False, include_mathjax=False,
-                                       config={"displaylogo": False}),
+        confusion_figure(info).to_html(
+            full_html=False, include_plotlyjs=True, include_mathjax=False, config={"displaylogo": False}
+        ),
+        per_class_figure(info).to_html(
+            full_html=False, include_plotlyjs=False, include_mathjax=False, config={"displaylogo": False}
+        ),
     ]
     skipped = f"<p>skipped {info.skipped} unreadable or missing file(s)</p>" if info.skipped else ""
     return (
@@ -68,7 +90,9 @@ def write_evaluation_html(info, path: str | Path, model_dir: str | Path | None =
     """Write ``evaluation_html(info)`` to ``path`` (parent folders created); returns the path."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"--html {str(path)!r} is a directory: give a file name such as {str(path / 'evaluation.html')!r}")
+        raise UserError(
+            f"--html {str(path)!r} is a directory: give a file name such as {str(path / 'evaluation.html')!r}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(evaluation_html(info, model_dir), encoding="utf-8")
     return path

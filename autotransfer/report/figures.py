@@ -3,6 +3,7 @@
 Over 400 lines: one small info function per report figure, all reading the same study attributes;
 the drawing is in plots.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -418,9 +419,7 @@ def _widened(trial: FrozenTrial, trials: list[FrozenTrial], names: list[str]) ->
         dist = trial.distributions[name]
         if isinstance(dist, optuna.distributions.FloatDistribution):
             values = [float(t.params[name]) for t in trials]
-            dist = optuna.distributions.FloatDistribution(
-                min(dist.low, *values), max(dist.high, *values), log=dist.log
-            )
+            dist = optuna.distributions.FloatDistribution(min(dist.low, *values), max(dist.high, *values), log=dist.log)
         distributions[name] = dist
     return optuna.trial.create_trial(
         params={name: trial.params[name] for name in names},
@@ -463,11 +462,7 @@ def prior_found_info(study: optuna.Study) -> PriorFoundInfo:
         )
     num_groups = _num_groups(study)
     prior_trial = next(
-        (
-            t
-            for t in search_trials(study, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get(SOURCE_ATTR) == "prior"
-        ),
+        (t for t in search_trials(study, states=(TrialState.COMPLETE,)) if t.user_attrs.get(SOURCE_ATTR) == "prior"),
         None,
     )
     return PriorFoundInfo(

@@ -1,4 +1,5 @@
 """A study's report as one self-contained HTML page (plotly.js inline: no network needed to view it)."""
+
 from __future__ import annotations
 
 import html
@@ -105,7 +106,9 @@ def report_html(study: optuna.Study) -> str:
     ]
     parts.append(
         '<div class="cards">'
-        + "".join(f'<div class="card"><div class="v">{_esc(v)}</div><div class="k">{_esc(k)}</div></div>' for k, v in cards)
+        + "".join(
+            f'<div class="card"><div class="v">{_esc(v)}</div><div class="k">{_esc(k)}</div></div>' for k, v in cards
+        )
         + "</div>"
     )
     if controls.negative_transfer:
@@ -130,7 +133,9 @@ def report_html(study: optuna.Study) -> str:
             parts.append(fig(plots.prior_found_figure(prior)))
         parts.append(_table(figures.PRIOR_FOUND_HEADERS, figures.prior_found_rows(prior, ov.metric)))
         if prior.rationale:
-            parts.append("<p>Why this prior:</p><ul>" + "".join(f"<li>{_esc(r)}</li>" for r in prior.rationale) + "</ul>")
+            parts.append(
+                "<p>Why this prior:</p><ul>" + "".join(f"<li>{_esc(r)}</li>" for r in prior.rationale) + "</ul>"
+            )
 
     parts.append("<h2>Optimisation history</h2>")
     history = figures.history_info(study)
@@ -155,8 +160,10 @@ def report_html(study: optuna.Study) -> str:
 
     parts.append("<h2>Held-out test score</h2>")
     if ov.test_score is None:
-        parts.append("<p>Not measured yet: <code>autotransfer tune</code> retrains the best protocol on train+val"
-                     " and scores it on the held-out test split at the end of a study.</p>")
+        parts.append(
+            "<p>Not measured yet: <code>autotransfer tune</code> retrains the best protocol on train+val"
+            " and scores it on the held-out test split at the end of a study.</p>"
+        )
     else:
         parts.append(
             f"<p>Test {_esc(metric)} <b>{_num(ov.test_score)}</b>: the best protocol (trial {_esc(ov.best_trial)},"

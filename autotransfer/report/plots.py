@@ -1,4 +1,5 @@
 """The drawing step of the report: plotly figures from the infos of ``autotransfer.report.figures``."""
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,18 @@ __all__ = [
 
 #: Every autotransfer figure's title starts with this (the browser test looks for it).
 _TEMPLATE = "plotly_white"
-_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 def _layout(fig: go.Figure, title: str, *, height: int = 420) -> go.Figure:
@@ -49,25 +61,42 @@ def divergence_figure(info: DivergenceInfo) -> go.Figure:
     x = list(range(len(info.groups)))
     fig = go.Figure()
     if info.reference is None:  # no same-domain reference: the excess is the raw divergence
-        fig.add_trace(go.Scatter(x=x, y=info.excess, mode="lines+markers", name="divergence (no reference: excess = raw)",
-                                 line={"width": 3}))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=info.excess,
+                mode="lines+markers",
+                name="divergence (no reference: excess = raw)",
+                line={"width": 3},
+            )
+        )
     else:
-        fig.add_trace(go.Scatter(x=x, y=info.excess, mode="lines+markers", name="excess over reference", line={"width": 3}))
+        fig.add_trace(
+            go.Scatter(x=x, y=info.excess, mode="lines+markers", name="excess over reference", line={"width": 3})
+        )
         fig.add_trace(go.Scatter(x=x, y=info.raw, mode="lines", name="raw", line={"dash": "dash", "color": "grey"}))
-        fig.add_trace(go.Scatter(x=x, y=info.reference, mode="lines", name="same-domain reference", line={"dash": "dot"}))
+        fig.add_trace(
+            go.Scatter(x=x, y=info.reference, mode="lines", name="same-domain reference", line={"dash": "dot"})
+        )
     if info.threshold is not None:
         fig.add_hline(
-            y=info.threshold, line={"dash": "dot", "color": "#d62728"}, annotation_text="freeze threshold",
+            y=info.threshold,
+            line={"dash": "dot", "color": "#d62728"},
+            annotation_text="freeze threshold",
             annotation_position="top left",
         )
     for f, label, colour in ((info.prior_freeze, "prior", "#9467bd"), (info.best_freeze, "best", "#2ca02c")):
         if f is not None:
             fig.add_vline(
-                x=f - 0.5, line={"color": colour, "width": 2},
-                annotation_text=f"{label}: freeze f = {f}", annotation_position="top right" if label == "best" else "bottom right",
+                x=f - 0.5,
+                line={"color": colour, "width": 2},
+                annotation_text=f"{label}: freeze f = {f}",
+                annotation_position="top right" if label == "best" else "bottom right",
             )
     fig.update_xaxes(
-        tickvals=x, ticktext=[f"{i} {name}" for i, name in zip(x, info.groups)], title="depth group (stem first)",
+        tickvals=x,
+        ticktext=[f"{i} {name}" for i, name in zip(x, info.groups)],
+        title="depth group (stem first)",
         range=[-0.6, len(x) - 0.4],
     )
     fig.update_yaxes(title=f"divergence ({info.method})", rangemode="tozero")
@@ -77,7 +106,9 @@ def divergence_figure(info: DivergenceInfo) -> go.Figure:
 def protocol_score_figure(info: ProtocolScoreInfo) -> go.Figure:
     """Score against log10 ELR (coloured by freeze depth ``f``), and over (``f``, ``r``) coloured by score."""
     fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("score vs log10 ELR, by freeze f", "freeze f × reinit r, coloured by score"),
+        rows=1,
+        cols=2,
+        subplot_titles=("score vs log10 ELR, by freeze f", "freeze f × reinit r, coloured by score"),
         horizontal_spacing=0.12,
     )
     metric = info.metric.replace("_", " ")
@@ -98,7 +129,8 @@ def protocol_score_figure(info: ProtocolScoreInfo) -> go.Figure:
                 text=[_hover(p) for p in points],
                 hoverinfo="text",
             ),
-            row=1, col=1,
+            row=1,
+            col=1,
         )
     if info.points:
         scores = [p.score for p in info.points]
@@ -121,28 +153,45 @@ def protocol_score_figure(info: ProtocolScoreInfo) -> go.Figure:
                 text=[_hover(p) for p in info.points],
                 hoverinfo="text",
             ),
-            row=1, col=2,
+            row=1,
+            col=2,
         )
     best = [p for p in info.points if p.number == info.best_number]
     if best:
         b = best[0]
         star = {"size": 20, "symbol": "star", "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}}
         fig.add_trace(
-            go.Scatter(x=[b.log10_elr], y=[b.score], mode="markers", name=f"best (trial {b.number})", marker=star,
-                       hoverinfo="skip"),
-            row=1, col=1,
+            go.Scatter(
+                x=[b.log10_elr],
+                y=[b.score],
+                mode="markers",
+                name=f"best (trial {b.number})",
+                marker=star,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=1,
         )
         fig.add_trace(
-            go.Scatter(x=[b.freeze + _jitter(b.number)], y=[b.reinit + _jitter(b.number + 7)], mode="markers",
-                       showlegend=False, marker=star, hoverinfo="skip"),
-            row=1, col=2,
+            go.Scatter(
+                x=[b.freeze + _jitter(b.number)],
+                y=[b.reinit + _jitter(b.number + 7)],
+                mode="markers",
+                showlegend=False,
+                marker=star,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=2,
         )
     fig.update_xaxes(title="log10 ELR (lr / (1 − momentum))", row=1, col=1)
     fig.update_yaxes(title=f"validation {metric}", row=1, col=1)
     g = info.num_groups
     fig.update_xaxes(title="freeze f (frozen groups)", dtick=1, range=[-0.5, (g or 1) + 0.5], row=1, col=2)
     fig.update_yaxes(title="reinit r (re-initialised groups)", dtick=1, range=[-0.5, (g or 1) + 0.5], row=1, col=2)
-    title = f"protocol against {metric}" + ("" if all(p.state == "COMPLETE" for p in info.points) else " (open: pruned)")
+    title = f"protocol against {metric}" + (
+        "" if all(p.state == "COMPLETE" for p in info.points) else " (open: pruned)"
+    )
     return _layout(fig, title, height=460)
 
 
@@ -176,20 +225,36 @@ def controls_figure(info: ControlsInfo) -> go.Figure:
     values = [v for _, v, _ in bars]
     fig = go.Figure()
     fig.add_trace(
-        go.Bar(x=values, y=[lab for lab, _, _ in bars], orientation="h", marker={"color": [c for _, _, c in bars]},
-               name=f"validation {metric}", text=[f"{v:.3f}" for v in values], textposition="auto")
+        go.Bar(
+            x=values,
+            y=[lab for lab, _, _ in bars],
+            orientation="h",
+            marker={"color": [c for _, _, c in bars]},
+            name=f"validation {metric}",
+            text=[f"{v:.3f}" for v in values],
+            textposition="auto",
+        )
     )
     for runs, label, legend in ((info.scratch, scratch, True), (info.probe, probe, not info.scratch)):
         if runs:
             fig.add_trace(
-                go.Scatter(x=[v for _, v in runs], y=[label] * len(runs), mode="markers", name="each control run",
-                           marker={"color": "black", "size": 12, "symbol": "line-ns-open", "line": {"width": 2}},
-                           text=[f"trial {n}: {v:.4f}" for n, v in runs], hoverinfo="text", showlegend=legend)
+                go.Scatter(
+                    x=[v for _, v in runs],
+                    y=[label] * len(runs),
+                    mode="markers",
+                    name="each control run",
+                    marker={"color": "black", "size": 12, "symbol": "line-ns-open", "line": {"width": 2}},
+                    text=[f"trial {n}: {v:.4f}" for n, v in runs],
+                    hoverinfo="text",
+                    showlegend=legend,
+                )
             )
     if info.test_score is not None:
         fig.add_vline(
-            x=info.test_score, line={"dash": "dash", "color": "#2ca02c"},
-            annotation_text=f"best, retrained: test {info.test_score:.3f}", annotation_position="top",
+            x=info.test_score,
+            line={"dash": "dash", "color": "#2ca02c"},
+            annotation_text=f"best, retrained: test {info.test_score:.3f}",
+            annotation_position="top",
         )
     fig.update_xaxes(title=f"validation {metric}", range=[0, max([1.0, *values])])
     title = "controls against the best protocol"
@@ -203,11 +268,19 @@ def history_figure(info: HistoryInfo) -> go.Figure:
     metric = info.metric.replace("_", " ")
     fig = go.Figure()
     fig.add_trace(
-        go.Scatter(x=info.numbers, y=info.values, mode="markers", name=f"trial {metric}", marker={"size": 9},
-                   text=[f"trial {n} [{s}]: {v:.4f}" for n, v, s in zip(info.numbers, info.values, info.sources)],
-                   hoverinfo="text")
+        go.Scatter(
+            x=info.numbers,
+            y=info.values,
+            mode="markers",
+            name=f"trial {metric}",
+            marker={"size": 9},
+            text=[f"trial {n} [{s}]: {v:.4f}" for n, v, s in zip(info.numbers, info.values, info.sources)],
+            hoverinfo="text",
+        )
     )
-    fig.add_trace(go.Scatter(x=info.numbers, y=info.best_so_far, mode="lines", name="best so far", line={"shape": "hv"}))
+    fig.add_trace(
+        go.Scatter(x=info.numbers, y=info.best_so_far, mode="lines", name="best so far", line={"shape": "hv"})
+    )
     fig.update_xaxes(title="trial number", tickformat="d")
     fig.update_yaxes(title=f"validation {metric}")
     return _layout(fig, "optimisation history (search trials)")
@@ -218,8 +291,13 @@ def importance_figure(info: ImportanceInfo) -> go.Figure | None:
     if info.reason is not None or not info.params:
         return None
     fig = go.Figure(
-        go.Bar(x=info.importances[::-1], y=info.params[::-1], orientation="h",
-               text=[f"{v:.2f}" for v in info.importances[::-1]], textposition="auto")
+        go.Bar(
+            x=info.importances[::-1],
+            y=info.params[::-1],
+            orientation="h",
+            text=[f"{v:.2f}" for v in info.importances[::-1]],
+            textposition="auto",
+        )
     )
     fig.update_xaxes(title="importance (fANOVA, sums to 1)", range=[0, 1])
     return _layout(fig, f"parameter importances ({info.n_trials} completed search trials)", height=360)
@@ -231,8 +309,16 @@ def prior_found_figure(info: PriorFoundInfo) -> go.Figure:
     fig = go.Figure()
     for r in rows:
         if r.prior_pos is not None and r.found_pos is not None:
-            fig.add_trace(go.Scatter(x=[r.prior_pos, r.found_pos], y=[r.param, r.param], mode="lines",
-                                     line={"color": "lightgrey", "width": 4}, showlegend=False, hoverinfo="skip"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[r.prior_pos, r.found_pos],
+                    y=[r.param, r.param],
+                    mode="lines",
+                    line={"color": "lightgrey", "width": 4},
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
     for name, key, pos, symbol, colour in (
         ("prior", "prior", "prior_pos", "diamond", "#9467bd"),
         (f"found (trial {info.best_trial})", "found", "found_pos", "star", "#2ca02c"),
@@ -240,17 +326,24 @@ def prior_found_figure(info: PriorFoundInfo) -> go.Figure:
         shown = [r for r in rows if getattr(r, pos) is not None]
         fig.add_trace(
             go.Scatter(
-                x=[getattr(r, pos) for r in shown], y=[r.param for r in shown], mode="markers", name=name,
+                x=[getattr(r, pos) for r in shown],
+                y=[r.param for r in shown],
+                mode="markers",
+                name=name,
                 marker={"symbol": symbol, "size": 14, "color": colour},
-                text=[f"{r.param} {key}: {getattr(r, key):.4g} (range {r.low:.3g}–{r.high:.3g}{', log' if r.log else ''})"
-                      for r in shown],
+                text=[
+                    f"{r.param} {key}: {getattr(r, key):.4g} (range {r.low:.3g}–{r.high:.3g}{', log' if r.log else ''})"
+                    for r in shown
+                ],
                 hoverinfo="text",
             )
         )
     fig.add_vrect(x0=0, x1=1, fillcolor="lightblue", opacity=0.15, line_width=0)
     xs = [v for r in rows for v in (r.prior_pos, r.found_pos) if v is not None]
-    fig.update_xaxes(title="position in the search range (0 = low, 1 = high)",
-                     range=[min([-0.05, *xs]) - 0.05, max([1.05, *xs]) + 0.05])
+    fig.update_xaxes(
+        title="position in the search range (0 = low, 1 = high)",
+        range=[min([-0.05, *xs]) - 0.05, max([1.05, *xs]) + 0.05],
+    )
     return _layout(fig, "prior against found protocol", height=420)
 
 

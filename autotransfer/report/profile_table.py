@@ -1,4 +1,5 @@
 """Rich tables for a ``TaskProfile``: size, divergence by depth, similarity, placement, prior."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Accuracy along protocol slices: each sweep study's search-trial scores against each protocol knob (no plotly)."""
+
 from __future__ import annotations
 
 import math
@@ -160,21 +161,33 @@ def load_slice_info(points: Sequence[SurfacePoint], storage: str | None) -> Slic
     from autotransfer.search.study import load_study
 
     url = storage_location(storage)
-    if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
-        if not Path(url[len("sqlite:///"):]).is_file():
-            return SliceInfo(list(SLICE_PARAMS), NORMALISATION, [],
-                             [f"storage {url!r} does not exist: no protocol slices (pass the sweep's --storage)"])
+    if url.startswith("sqlite:///") and url[len("sqlite:///") :] not in ("", ":memory:"):
+        if not Path(url[len("sqlite:///") :]).is_file():
+            return SliceInfo(
+                list(SLICE_PARAMS),
+                NORMALISATION,
+                [],
+                [f"storage {url!r} does not exist: no protocol slices (pass the sweep's --storage)"],
+            )
     elif "://" not in url and not Path(url).is_file():
-        return SliceInfo(list(SLICE_PARAMS), NORMALISATION, [],
-                         [f"storage {url!r} does not exist: no protocol slices (pass the sweep's --storage)"])
+        return SliceInfo(
+            list(SLICE_PARAMS),
+            NORMALISATION,
+            [],
+            [f"storage {url!r} does not exist: no protocol slices (pass the sweep's --storage)"],
+        )
     try:
         store = open_storage(url, heartbeat=False)
         names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
     except UserError as err:
         return SliceInfo(list(SLICE_PARAMS), NORMALISATION, [], [f"no protocol slices: {err}"])
     except Exception as err:  # noqa: BLE001 - a storage of another kind: the surface is still drawn
-        return SliceInfo(list(SLICE_PARAMS), NORMALISATION, [],
-                         [f"no protocol slices: cannot read studies from the storage: {type(err).__name__}"])
+        return SliceInfo(
+            list(SLICE_PARAMS),
+            NORMALISATION,
+            [],
+            [f"no protocol slices: cannot read studies from the storage: {type(err).__name__}"],
+        )
     studies, notes = [], []
     for point in points:
         if point.study not in names:

@@ -1,4 +1,5 @@
 """What every autotransfer figure shares (its title prefix)."""
+
 from __future__ import annotations
 
 __all__ = ["TITLE_PREFIX"]

@@ -1,4 +1,5 @@
 """The end-of-tune summary as a rich table (numbers come from ``TuneResult``)."""
+
 from __future__ import annotations
 
 from rich.table import Table

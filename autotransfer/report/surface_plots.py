@@ -1,4 +1,5 @@
 """Surface plots: grid numbers (info step) and plotly surface + contour figures and HTML (drawing step)."""
+
 from __future__ import annotations
 
 import math
@@ -110,43 +111,86 @@ def param_figure(info: SurfaceGridInfo, *, mark: tuple[float, float] | None = No
 
     label = LABELS.get(info.param, info.param)
     fig = make_subplots(
-        rows=1, cols=2, specs=[[{"type": "surface"}, {"type": "xy"}]],
+        rows=1,
+        cols=2,
+        specs=[[{"type": "surface"}, {"type": "xy"}]],
         subplot_titles=(f"{label}: surface", f"{label}: contour, std as hover"),
     )
     fig.add_trace(
-        go.Surface(x=info.log10_n, y=info.similarity, z=info.mean, colorscale="Viridis", showscale=False,
-                   name=label, hovertemplate="log10 N %{x:.2f}<br>similarity %{y:.2f}<br>%{z:.3f}<extra></extra>"),
-        row=1, col=1,
+        go.Surface(
+            x=info.log10_n,
+            y=info.similarity,
+            z=info.mean,
+            colorscale="Viridis",
+            showscale=False,
+            name=label,
+            hovertemplate="log10 N %{x:.2f}<br>similarity %{y:.2f}<br>%{z:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
     )
     fig.add_trace(
-        go.Scatter3d(x=info.points_log10_n, y=info.points_similarity, z=info.points_value, mode="markers",
-                     marker={"size": 4, "color": "black"}, text=info.points_label, name="measured optima"),
-        row=1, col=1,
+        go.Scatter3d(
+            x=info.points_log10_n,
+            y=info.points_similarity,
+            z=info.points_value,
+            mode="markers",
+            marker={"size": 4, "color": "black"},
+            text=info.points_label,
+            name="measured optima",
+        ),
+        row=1,
+        col=1,
     )
     fig.add_trace(
-        go.Contour(x=info.log10_n, y=info.similarity, z=info.mean, colorscale="Viridis", customdata=info.std,
-                   colorbar={"title": label, "x": 1.02}, name=label,
-                   hovertemplate="log10 N %{x:.2f}<br>similarity %{y:.2f}<br>%{z:.3f} ± %{customdata:.3f}<extra></extra>"),
-        row=1, col=2,
+        go.Contour(
+            x=info.log10_n,
+            y=info.similarity,
+            z=info.mean,
+            colorscale="Viridis",
+            customdata=info.std,
+            colorbar={"title": label, "x": 1.02},
+            name=label,
+            hovertemplate="log10 N %{x:.2f}<br>similarity %{y:.2f}<br>%{z:.3f} ± %{customdata:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=2,
     )
     fig.add_trace(
-        go.Scatter(x=info.points_log10_n, y=info.points_similarity, mode="markers", text=info.points_label,
-                   marker={"color": "white", "line": {"color": "black", "width": 1}, "size": 9},
-                   customdata=info.points_value, name="measured optima",
-                   hovertemplate="%{text}<br>value %{customdata:.3f}<extra></extra>"),
-        row=1, col=2,
+        go.Scatter(
+            x=info.points_log10_n,
+            y=info.points_similarity,
+            mode="markers",
+            text=info.points_label,
+            marker={"color": "white", "line": {"color": "black", "width": 1}, "size": 9},
+            customdata=info.points_value,
+            name="measured optima",
+            hovertemplate="%{text}<br>value %{customdata:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=2,
     )
     if mark is not None:
         fig.add_trace(
-            go.Scatter(x=[mark[0]], y=[mark[1]], mode="markers", name="this study",
-                       marker={"symbol": "star", "size": 16, "color": "#d62728"}),
-            row=1, col=2,
+            go.Scatter(
+                x=[mark[0]],
+                y=[mark[1]],
+                mode="markers",
+                name="this study",
+                marker={"symbol": "star", "size": 16, "color": "#d62728"},
+            ),
+            row=1,
+            col=2,
         )
     fig.update_xaxes(title="log10 N", row=1, col=2)
     fig.update_yaxes(title="similarity", row=1, col=2)
     fig.update_scenes(xaxis_title="log10 N", yaxis_title="similarity", zaxis_title=label)
-    fig.update_layout(title={"text": _title(f"surface of optimal protocols: {label}"), "x": 0.01},
-                      template="plotly_white", height=460, margin={"l": 40, "r": 40, "t": 80, "b": 40})
+    fig.update_layout(
+        title={"text": _title(f"surface of optimal protocols: {label}"), "x": 0.01},
+        template="plotly_white",
+        height=460,
+        margin={"l": 40, "r": 40, "t": 80, "b": 40},
+    )
     return fig
 
 
@@ -156,25 +200,65 @@ def surface_overview_figure(model: SurfaceModel, *, grid: int = 25, mark: tuple[
     from plotly.subplots import make_subplots
 
     params = list(model.gps_)
-    fig = make_subplots(rows=1, cols=len(params), subplot_titles=[LABELS.get(p, p) for p in params],
-                        shared_yaxes=True, horizontal_spacing=0.04)
+    fig = make_subplots(
+        rows=1,
+        cols=len(params),
+        subplot_titles=[LABELS.get(p, p) for p in params],
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+    )
     for i, param in enumerate(params, start=1):
         info = surface_grid_info(model, param, grid)
-        fig.add_trace(go.Contour(x=info.log10_n, y=info.similarity, z=info.mean, colorscale="Viridis",
-                                 showscale=False, customdata=info.std, name=LABELS.get(param, param),
-                                 hovertemplate="log10 N %{x:.2f}<br>similarity %{y:.2f}<br>%{z:.3f} ± %{customdata:.3f}<extra></extra>",
-                                 contours={"showlabels": True}), row=1, col=i)
-        fig.add_trace(go.Scatter(x=info.points_log10_n, y=info.points_similarity, mode="markers", text=info.points_label,
-                                 marker={"color": "white", "line": {"color": "black", "width": 1}, "size": 8},
-                                 showlegend=i == 1, name="measured optima"), row=1, col=i)
+        fig.add_trace(
+            go.Contour(
+                x=info.log10_n,
+                y=info.similarity,
+                z=info.mean,
+                colorscale="Viridis",
+                showscale=False,
+                customdata=info.std,
+                name=LABELS.get(param, param),
+                hovertemplate="log10 N %{x:.2f}<br>similarity %{y:.2f}<br>%{z:.3f} ± %{customdata:.3f}<extra></extra>",
+                contours={"showlabels": True},
+            ),
+            row=1,
+            col=i,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=info.points_log10_n,
+                y=info.points_similarity,
+                mode="markers",
+                text=info.points_label,
+                marker={"color": "white", "line": {"color": "black", "width": 1}, "size": 8},
+                showlegend=i == 1,
+                name="measured optima",
+            ),
+            row=1,
+            col=i,
+        )
         if mark is not None:
-            fig.add_trace(go.Scatter(x=[mark[0]], y=[mark[1]], mode="markers", name="this study", showlegend=i == 1,
-                                     marker={"symbol": "star", "size": 14, "color": "#d62728"}), row=1, col=i)
+            fig.add_trace(
+                go.Scatter(
+                    x=[mark[0]],
+                    y=[mark[1]],
+                    mode="markers",
+                    name="this study",
+                    showlegend=i == 1,
+                    marker={"symbol": "star", "size": 14, "color": "#d62728"},
+                ),
+                row=1,
+                col=i,
+            )
         fig.update_xaxes(title="log10 N", row=1, col=i)
     fig.update_yaxes(title="similarity", row=1, col=1)
-    fig.update_layout(title={"text": _title(f"surface of optimal protocols ({model.n_points_} studies)"), "x": 0.01},
-                      template="plotly_white", height=420, margin={"l": 60, "r": 30, "t": 80, "b": 60},
-                      legend={"orientation": "h", "y": -0.25})
+    fig.update_layout(
+        title={"text": _title(f"surface of optimal protocols ({model.n_points_} studies)"), "x": 0.01},
+        template="plotly_white",
+        height=420,
+        margin={"l": 60, "r": 30, "t": 80, "b": 60},
+        legend={"orientation": "h", "y": -0.25},
+    )
     return fig
 
 
@@ -192,8 +276,13 @@ def slices_figure(info: SliceInfo):
     from plotly.colors import sample_colorscale
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=len(info.params), shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[LABELS.get(p, p) for p in info.params])
+    fig = make_subplots(
+        rows=1,
+        cols=len(info.params),
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
+        subplot_titles=[LABELS.get(p, p) for p in info.params],
+    )
     sims = [s.similarity for s in info.studies]
     lo, hi = (min(sims), max(sims)) if sims else (0.0, 1.0)
     span = hi - lo if hi > lo else 1.0
@@ -203,38 +292,84 @@ def slices_figure(info: SliceInfo):
         symbol = _SIZE_SYMBOLS[sizes.index(s.n) % len(_SIZE_SYMBOLS)]
         symbols = [symbol + "-open" if p else symbol for p in s.pruned]
         hover = [
-            f"{s.study}<br>trial {n} [{src}]" + (f" pruned at step {st}" if p else "")
+            f"{s.study}<br>trial {n} [{src}]"
+            + (f" pruned at step {st}" if p else "")
             + f"<br>{s.metric} {sc:.4f} ({r:+.4f} vs best)"
             for n, src, p, st, sc, r in zip(s.numbers, s.sources, s.pruned, s.steps, s.score, s.relative)
         ]
         name = f"{s.study} (N {s.n}, sim {s.similarity:.2f})"
         for col, param in enumerate(info.params, start=1):
             x = s.values[param]
-            fig.add_trace(go.Scatter(x=x, y=s.relative, mode="markers", name=name, legendgroup=s.study,
-                                     showlegend=col == 1, text=hover, hoverinfo="text",
-                                     marker={"size": 9, "color": colour, "symbol": symbols,
-                                             "line": {"width": 1.5, "color": colour}}),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=s.relative,
+                    mode="markers",
+                    name=name,
+                    legendgroup=s.study,
+                    showlegend=col == 1,
+                    text=hover,
+                    hoverinfo="text",
+                    marker={"size": 9, "color": colour, "symbol": symbols, "line": {"width": 1.5, "color": colour}},
+                ),
+                row=1,
+                col=col,
+            )
             b = s.best_index
-            fig.add_trace(go.Scatter(x=[x[b]], y=[s.relative[b]], mode="markers", legendgroup=s.study,
-                                     showlegend=False, hoverinfo="text", name=f"{s.study}: best",
-                                     text=[f"{s.study}: best, trial {s.numbers[b]}, {s.metric} {s.best_score:.4f}"],
-                                     marker={"size": 17, "symbol": "star", "color": "rgba(0,0,0,0)",
-                                             "line": {"width": 2, "color": colour}}),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[x[b]],
+                    y=[s.relative[b]],
+                    mode="markers",
+                    legendgroup=s.study,
+                    showlegend=False,
+                    hoverinfo="text",
+                    name=f"{s.study}: best",
+                    text=[f"{s.study}: best, trial {s.numbers[b]}, {s.metric} {s.best_score:.4f}"],
+                    marker={
+                        "size": 17,
+                        "symbol": "star",
+                        "color": "rgba(0,0,0,0)",
+                        "line": {"width": 2, "color": colour},
+                    },
+                ),
+                row=1,
+                col=col,
+            )
     if info.studies:  # the similarity colour bar (an invisible trace carries it)
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-                                 marker={"color": [lo, hi], "colorscale": "Viridis", "cmin": lo, "cmax": lo + span,
-                                         "showscale": True, "colorbar": {"title": "similarity", "x": 1.02}}),
-                      row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                showlegend=False,
+                hoverinfo="skip",
+                marker={
+                    "color": [lo, hi],
+                    "colorscale": "Viridis",
+                    "cmin": lo,
+                    "cmax": lo + span,
+                    "showscale": True,
+                    "colorbar": {"title": "similarity", "x": 1.02},
+                },
+            ),
+            row=1,
+            col=1,
+        )
     for col, param in enumerate(info.params, start=1):
         fig.update_xaxes(title=LABELS.get(param, param), row=1, col=col)
     metrics = sorted({s.metric.replace("_", " ") for s in info.studies}) or ["score"]
     fig.update_yaxes(title=f"validation {' / '.join(metrics)} − study best", row=1, col=1)
     fig.update_layout(
-        title={"text": _title(f"accuracy along protocol slices ({len(info.studies)} studies;"
-                              " star: best, open: pruned, symbol: N)"), "x": 0.01},
-        template="plotly_white", height=480, margin={"l": 60, "r": 30, "t": 80, "b": 60},
+        title={
+            "text": _title(
+                f"accuracy along protocol slices ({len(info.studies)} studies; star: best, open: pruned, symbol: N)"
+            ),
+            "x": 0.01,
+        },
+        template="plotly_white",
+        height=480,
+        margin={"l": 60, "r": 30, "t": 80, "b": 60},
         legend={"orientation": "h", "y": -0.3},
     )
     return fig
@@ -258,18 +393,16 @@ def write_surface_html(model: SurfaceModel, path: str | Path, *, grid: int = 25,
         slice_notes = slices.notes
         if slices.studies:
             figures.append(slices_figure(slices))
-    parts = [
-        pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)
-    ]
+    parts = [pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     notes = ""
     if model.few_points_:
-        notes = (f"<p><b>Only {model.n_points_} point(s)</b>: the fit is unreliable and priors from it are"
-                 " widened.</p>")
+        notes = f"<p><b>Only {model.n_points_} point(s)</b>: the fit is unreliable and priors from it are widened.</p>"
     if storage is not None:
         from html import escape
 
-        notes += ("<p>Protocol slices: each study's finished search trials, score normalised as"
-                  f" {escape(NORMALISATION)}.</p>")
+        notes += (
+            f"<p>Protocol slices: each study's finished search trials, score normalised as {escape(NORMALISATION)}.</p>"
+        )
         notes += "".join(f"<p class='slice-note'>{escape(n)}</p>" for n in slice_notes)
     rows = "".join(
         f"<tr><td>{p.study}</td><td>{p.n}</td><td>{p.similarity:.3f}</td><td>{p.protocol['log10_elr']:.2f}</td>"

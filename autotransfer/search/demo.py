@@ -1,4 +1,5 @@
 """The embedded default job that ``autotransfer tune`` runs with no target (~2.5 min on 2 CPU cores)."""
+
 from __future__ import annotations
 
 from autotransfer.core.settings import StudySettings

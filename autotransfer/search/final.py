@@ -15,6 +15,7 @@ An ensemble (pick rule ``ensemble``) is its members, each retrained and checked 
 handed-back model averages their softmax probabilities, and its test score is that average's
 (``ensemble_test_score``).
 """
+
 from __future__ import annotations
 
 import math
@@ -217,12 +218,19 @@ def train_ensemble(
             on_member(i, len(members), member.trial)
         finals.append(
             train_final(
-                member.protocol, settings, prepared, expected=member.expected,
-                expected_images=member.expected_images, progress=progress, micro_batch=micro_batch,
+                member.protocol,
+                settings,
+                prepared,
+                expected=member.expected,
+                expected_images=member.expected_images,
+                progress=progress,
+                micro_batch=micro_batch,
             )
         )
-    test_score = finals[0].test_score if len(finals) == 1 else ensemble_test_score(
-        [f.backbone for f in finals], settings, prepared
+    test_score = (
+        finals[0].test_score
+        if len(finals) == 1
+        else ensemble_test_score([f.backbone for f in finals], settings, prepared)
     )
     return FinalEnsemble(finals, test_score, time.perf_counter() - started)
 

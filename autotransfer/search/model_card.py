@@ -4,6 +4,7 @@
 layout ``timm.create_model("local-dir:DIR", pretrained=True)`` reads) and a ``README.md`` model
 card: the data, the protocol, the test score with its 95% interval, the controls, how to load it.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,13 @@ def save_tuned_model(
         },
         "controls": dict(controls or {}),
         "protocol": protocol.to_dict(),
-        "derived": {"lr": protocol.lr, "elr": protocol.elr, "freeze": int(freeze_reinit[0]),
-                    "reinit": int(freeze_reinit[1]), "num_groups": backbone.num_groups},
+        "derived": {
+            "lr": protocol.lr,
+            "elr": protocol.elr,
+            "freeze": int(freeze_reinit[0]),
+            "reinit": int(freeze_reinit[1]),
+            "num_groups": backbone.num_groups,
+        },
         "trained_on": trained_on,
         "settings": settings.to_dict(),
         "dataset_fingerprint": settings.fingerprint,
@@ -74,7 +80,12 @@ def save_tuned_model(
         extra["ensemble"] = ensemble
     directory = Path(directory)
     write_model_dir(
-        backbone, directory, label_names=list(classes), input_size=settings.resolution, extra=extra, card=None,
+        backbone,
+        directory,
+        label_names=list(classes),
+        input_size=settings.resolution,
+        extra=extra,
+        card=None,
     )
     config = json.loads((directory / "config.json").read_text())
     from autotransfer.backbones.model_dir import CARD_NAME
@@ -126,15 +137,28 @@ def save_tuned_ensemble(
         }
         for i, (backbone, protocol, info) in enumerate(members[1:], start=2):
             save_tuned_model(
-                backbone, extra_dir / str(i), settings, protocol, test_score=float(info["test_score"]),
-                val_score=info.get("val_score"), trained_on=str(info.get("trained_on", "train+val")),
-                freeze_reinit=info.get("freeze_reinit"), **common,
+                backbone,
+                extra_dir / str(i),
+                settings,
+                protocol,
+                test_score=float(info["test_score"]),
+                val_score=info.get("val_score"),
+                trained_on=str(info.get("trained_on", "train+val")),
+                freeze_reinit=info.get("freeze_reinit"),
+                **common,
             )
     backbone, protocol, info = members[0]
     return save_tuned_model(
-        backbone, directory, settings, protocol, test_score=test_score, val_score=info.get("val_score"),
-        trained_on=str(info.get("trained_on", "train+val")), freeze_reinit=info.get("freeze_reinit"),
-        ensemble=ensemble, **common,
+        backbone,
+        directory,
+        settings,
+        protocol,
+        test_score=test_score,
+        val_score=info.get("val_score"),
+        trained_on=str(info.get("trained_on", "train+val")),
+        freeze_reinit=info.get("freeze_reinit"),
+        ensemble=ensemble,
+        **common,
     )
 
 
@@ -186,14 +210,25 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
         "| parameter | value |",
         "|---|---|",
     ]
-    for key in ("log10_elr", "momentum", "freeze_frac", "reinit_frac", "head_lr_mult", "layer_decay",
-                "weight_decay", "l2sp", "bn_mode"):
+    for key in (
+        "log10_elr",
+        "momentum",
+        "freeze_frac",
+        "reinit_frac",
+        "head_lr_mult",
+        "layer_decay",
+        "weight_decay",
+        "l2sp",
+        "bn_mode",
+    ):
         if key in protocol:
             lines.append(f"| {key} | {protocol[key]} |")
     if derived:
         lines.append(f"| lr (derived) | {float(derived.get('lr', 0)):.4g} |")
-        lines.append(f"| frozen / re-initialised depth groups | {derived.get('freeze')} / {derived.get('reinit')}"
-                     f" of {derived.get('num_groups')} |")
+        lines.append(
+            f"| frozen / re-initialised depth groups | {derived.get('freeze')} / {derived.get('reinit')}"
+            f" of {derived.get('num_groups')} |"
+        )
     interval = "" if low is None else f" (95% interval {low:.3f}–{high:.3f})"
     ensemble = own.get("ensemble") or {}
     if ensemble:
@@ -211,7 +246,10 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
             "|---|---|---|---|---|---|",
         ]
         for i, folder in enumerate(ensemble.get("members") or []):
-            row = [(ensemble.get(key) or [None] * k)[i] for key in ("trials", "member_val_scores", "member_test_scores", "trained_on")]
+            row = [
+                (ensemble.get(key) or [None] * k)[i]
+                for key in ("trials", "member_val_scores", "member_test_scores", "trained_on")
+            ]
             lines.append(f"| {i + 1} | `{folder}` | {row[0]} | {_score(row[1])} | {_score(row[2])} | {row[3]} |")
     lines += [
         "",
@@ -234,8 +272,8 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
         "",
         "```python",
         "import autotransfer",
-        "model = autotransfer.load_model(\"@@DIR@@\")",
-        "model.classes_, model.predict([\"image.png\"]), model.predict_proba([\"image.png\"])",
+        'model = autotransfer.load_model("@@DIR@@")',
+        'model.classes_, model.predict(["image.png"]), model.predict_proba(["image.png"])',
         "```",
     ]
     if timm_ok:
@@ -251,13 +289,17 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
             "```python",
             "import timm, torch",
             "from PIL import Image",
-            "model = timm.create_model(\"local-dir:@@DIR@@\", pretrained=True).eval()",
+            'model = timm.create_model("local-dir:@@DIR@@", pretrained=True).eval()',
             "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
-            "logits = model(transform(Image.open(\"image.png\").convert(\"RGB\"))[None])",
-            "label = model.pretrained_cfg[\"label_names\"][logits.argmax(1).item()]",
+            'logits = model(transform(Image.open("image.png").convert("RGB"))[None])',
+            'label = model.pretrained_cfg["label_names"][logits.argmax(1).item()]',
             "```",
         ]
     else:
         lines += ["", "This architecture comes from torchvision: timm cannot build it; `autotransfer.load_model` can."]
-    lines += ["", f"Written by autotransfer {(own.get('versions') or {}).get('autotransfer', '')} at {own.get('written_at')}.", ""]
+    lines += [
+        "",
+        f"Written by autotransfer {(own.get('versions') or {}).get('autotransfer', '')} at {own.get('written_at')}.",
+        "",
+    ]
     return "\n".join(lines).replace("@@DIR@@", str(directory))

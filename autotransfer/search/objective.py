@@ -1,4 +1,5 @@
 """The Optuna objective: one trial = one real fine-tuning run of a suggested protocol."""
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,12 @@ from autotransfer.core.settings import StudySettings
 MIXED_PRECISION_ENV = "AUTOTRANSFER_ALLOW_MIXED_PRECISION"
 
 __all__ = [
-    "TrialFailed", "TrialRunner", "train_config_for", "MIXED_PRECISION_ENV", "trial_precision", "study_precisions",
+    "TrialFailed",
+    "TrialRunner",
+    "train_config_for",
+    "MIXED_PRECISION_ENV",
+    "trial_precision",
+    "study_precisions",
     "precision_refusal",
 ]
 
@@ -181,7 +187,9 @@ class TrialRunner:
                 decisions.append(line)
                 trial.set_user_attr(RUNGS_ATTR, decisions)
             if prune:
-                trial.set_user_attr(PRUNE_REASON_ATTR, line or f"pruned by {type(trial.study.pruner).__name__} at step {step}")
+                trial.set_user_attr(
+                    PRUNE_REASON_ATTR, line or f"pruned by {type(trial.study.pruner).__name__} at step {step}"
+                )
             return prune
 
         started = time.perf_counter()
@@ -191,8 +199,14 @@ class TrialRunner:
             model = first.pop() if first else self.make_backbone()
             config = train_config_for(protocol, self.settings, num_groups, micro_batch=micro_batch)
             return train_protocol(
-                model, self.train, self.val, config, metric=self.settings.metric, report=report,
-                progress=self.on_progress, cache=self.prefix_cache,
+                model,
+                self.train,
+                self.val,
+                config,
+                metric=self.settings.metric,
+                report=report,
+                progress=self.on_progress,
+                cache=self.prefix_cache,
             )
 
         def shrink(micro_batch: int, error: str) -> None:
@@ -230,7 +244,11 @@ class TrialRunner:
         trial.set_user_attr("history", [[int(s), float(v)] for s, v in result.history])
         if result.final_val_loss is not None and math.isfinite(result.final_val_loss):
             trial.set_user_attr(VAL_LOSS_ATTR, round(float(result.final_val_loss), 6))
-        stopped_early, history, value = result.stopped_early, result.history, (math.nan if result.final_score is None else float(result.final_score))
+        stopped_early, history, value = (
+            result.stopped_early,
+            result.history,
+            (math.nan if result.final_score is None else float(result.final_score)),
+        )
         del result  # the trained model goes with it: nothing of this trial outlives the call
         release_memory()
         if stopped_early:
@@ -239,7 +257,6 @@ class TrialRunner:
             trial.set_user_attr(FAIL_REASON_ATTR, f"non-finite score {value!r}")
             raise TrialFailed(f"non-finite score {value!r}")
         return value
-
 
     def _claim_precision(self, trial: optuna.trial.Trial) -> None:
         """Record the trial's device and precision, then refuse (``UserError``) when the study's
@@ -272,5 +289,3 @@ def _rung_line(trial: optuna.trial.Trial) -> str | None:
     """The pruner's account of its last decision on ``trial`` (``NoiseAwarePruner``), if any."""
     reasons = getattr(trial.study.pruner, "reasons", None)
     return reasons.pop(trial.number, None) if isinstance(reasons, dict) else None
-
-

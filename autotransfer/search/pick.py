@@ -28,6 +28,7 @@ The pick is stored on the study (``ATTR["pick"]``), so a resumed study hands bac
 trial without re-scoring, and ``export`` / ``train --config`` reproduce it
 (``best_transfer_trial`` reads it). docs/design.md, "The pick", gives the measurements.
 """
+
 from __future__ import annotations
 
 import math

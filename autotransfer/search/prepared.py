@@ -1,4 +1,5 @@
 """A study's data, prepared once: the seeded subsample, its splits, device-resident batches."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,7 +30,11 @@ class PreparedData:
     def trainval(self) -> Any:
         """Train and validation images together: all the labels a study may look at (never test)."""
         a, b = self.train, self.val
-        same_shape = isinstance(a.images, np.ndarray) and isinstance(b.images, np.ndarray) and a.images.shape[1:] == b.images.shape[1:]
+        same_shape = (
+            isinstance(a.images, np.ndarray)
+            and isinstance(b.images, np.ndarray)
+            and a.images.shape[1:] == b.images.shape[1:]
+        )
         return type(a)(
             spec=self.dataset.spec + "#trainval",
             images=np.concatenate([a.images, b.images]) if same_shape else [*a.images, *b.images],

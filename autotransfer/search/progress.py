@@ -1,5 +1,6 @@
 """Progress display for long jobs on stderr: during the search a bar for the whole study and one for the
 trial in flight; outside it (the pick's cross-validation, the final retrain) a bar per training run."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -92,8 +93,14 @@ class RichUI(NullUI):
         if self.run is None or step <= 1:
             self._end_run()
             self.run = Progress(
-                TextColumn("  training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+                TextColumn("  training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
             )
             self.run.start()
             self.run_task = self.run.add_task("training", total=total)

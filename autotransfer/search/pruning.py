@@ -19,6 +19,7 @@ per-instance scores, not a learning curve), so this one is written here:
 Every decision is kept in ``reasons`` (trial number -> one line) so the objective can record why
 a trial was pruned.
 """
+
 from __future__ import annotations
 
 import math
@@ -137,7 +138,9 @@ class NoiseAwarePruner(optuna.pruners.BasePruner):
         # controls (scratch, linear probe) are baselines, not competitors: they do not set the bar
         others = [
             t.intermediate_values[step]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+            for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            )
             if t.number != trial.number and "control" not in t.user_attrs and step in t.intermediate_values
         ]
         scores = sorted([v for v in others if v is not None and math.isfinite(v)] + [value], reverse=True)

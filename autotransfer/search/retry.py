@@ -1,6 +1,7 @@
 """Dead and interrupted trials are run again: a trial whose worker died (its heartbeat went
 stale) or that Ctrl-C / SIGTERM stopped is re-queued with its parameters, so nothing already
 recorded is lost and no protocol is silently dropped (docs/faults.md)."""
+
 from __future__ import annotations
 
 import contextlib

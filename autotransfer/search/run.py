@@ -2,6 +2,7 @@
 runner, and one more worker joining a study (``join_study``). ``pipeline.tune`` strings these
 together with the estimate, the pick and the final model; ``search.workers`` launches
 ``join_study`` in processes."""
+
 from __future__ import annotations
 
 import re
@@ -163,7 +164,6 @@ def validation_counts(prepared: PreparedData, metric: str) -> dict[str, int]:
     return {"val_images": int(len(labels)), "val_effective": effective_images(counts.tolist(), metric)}
 
 
-
 def control_scores(study: optuna.Study) -> dict[str, float | None]:
     """Best score of each control kind (from scratch: best of 3 ELRs; linear probe: best of 2)."""
     scores: dict[str, float | None] = {"scratch": None, "probe": None}
@@ -174,9 +174,7 @@ def control_scores(study: optuna.Study) -> dict[str, float | None]:
     return scores
 
 
-def build_runner(
-    study: optuna.Study, settings: StudySettings, prepared: PreparedData, *, ui=None, preprocessing=None
-):
+def build_runner(study: optuna.Study, settings: StudySettings, prepared: PreparedData, *, ui=None, preprocessing=None):
     """The objective for ``study`` over ``prepared`` data (fresh backbone per trial, shared prefix cache)."""
     from autotransfer.backbones import create_backbone
     from autotransfer.search.objective import TrialRunner

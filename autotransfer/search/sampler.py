@@ -14,6 +14,7 @@ centre with the prior's spread (in decades for log parameters), truncated to the
 categorical ones uniformly; with no centre (``--prior none``), uniformly. After that, multivariate
 TPE (seeded, ``constant_liar`` for parallel workers) learns from every finished trial.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,9 +65,7 @@ class PriorSampler(optuna.samplers.BaseSampler):
         self._rng = np.random.RandomState(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._tpe = optuna.samplers.TPESampler(
-                multivariate=True, seed=seed, n_startup_trials=0, constant_liar=True
-            )
+            self._tpe = optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=0, constant_liar=True)
 
     def reseed_rng(self) -> None:
         """Fresh randomness (each parallel worker draws its own start-up protocols)."""

@@ -1,4 +1,5 @@
 """Opening Optuna storages from a URL: SQLite by default, PostgreSQL or a journal file on request."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """Creating, resuming and reading autotransfer studies (an Optuna study plus its provenance)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -92,7 +93,9 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     return NoiseAwarePruner(rung_steps(int(settings.steps), eval_every, RUNG_FRACTIONS), n_eff, z=PRUNE_Z)
 
 
-def open_study(name: str, storage: optuna.storages.BaseStorage, settings: StudySettings, *, reseed: bool = False) -> optuna.Study:
+def open_study(
+    name: str, storage: optuna.storages.BaseStorage, settings: StudySettings, *, reseed: bool = False
+) -> optuna.Study:
     """Load a study with the sampler and pruner its stored attributes ask for.
 
     ``reseed``: a parallel worker draws its own start-up protocols (with the study's seed in
@@ -109,9 +112,7 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     return name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
 
 
-def load_study(
-    name: str, storage: optuna.storages.BaseStorage, *, sampler=None, pruner=None
-) -> optuna.Study:
+def load_study(name: str, storage: optuna.storages.BaseStorage, *, sampler=None, pruner=None) -> optuna.Study:
     """Load an existing study, or raise a one-line ``UserError`` listing the known names."""
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
     if name not in names:
@@ -231,7 +232,8 @@ def resume_overrides(stored: StudySettings, asked: StudySettings, *, warm_start:
     if not differ:
         return None
     return (
-        "resuming with the study's recorded settings, not this run's: " + ", ".join(differ)
+        "resuming with the study's recorded settings, not this run's: "
+        + ", ".join(differ)
         + ": use another --study to search with them"
     )
 

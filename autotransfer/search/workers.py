@@ -14,6 +14,7 @@ worker only (a row lock), so no trial runs on two workers at once. A trial stopp
 Over 400 lines: planning, launching, waiting on and stopping worker processes, and the worker loop
 itself, which share the signal handling and the process bookkeeping.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,6 @@ __all__ = [
     "refuse_other_precision",
     "worker_tag",
 ]
-
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The surface of optimal protocols: record each study's best protocol, fit it, use it as a prior.
 
 Drawing it is the report's (``report.surface_plots``, ``report.slices``)."""
+
 from __future__ import annotations
 
 from autotransfer.surface.fit import (

@@ -3,6 +3,7 @@
 Over 400 lines: the GP fit per parameter and the priors it gives (at coordinates, for a task, from
 a prediction) share the fitted model's normalisation.
 """
+
 from __future__ import annotations
 
 import copy
@@ -107,8 +108,12 @@ def quadrant_values(
         raise ValueError(f"num_classes must be >= 1, but got {num_classes!r}")
     profile = [float(v) if math.isfinite(float(v)) else 0.0 for v in excess] if excess else None
     centre = quadrant_prior(
-        float(log10_n), float(similarity), profile, int(num_groups),
-        num_classes=int(num_classes), transferability=transferability,
+        float(log10_n),
+        float(similarity),
+        profile,
+        int(num_groups),
+        num_classes=int(num_classes),
+        transferability=transferability,
     ).centre
     return {param: _shown(centre, param) for param in PARAMS}
 
@@ -121,8 +126,12 @@ def _point_baseline(point: SurfacePoint) -> dict[str, float] | None:
     if point.excess and len(point.excess) != point.num_groups:
         return None
     return quadrant_values(
-        point.log10_n, point.similarity, point.excess or None, point.num_groups,
-        num_classes=point.num_classes, transferability=point.transferability,
+        point.log10_n,
+        point.similarity,
+        point.excess or None,
+        point.num_groups,
+        num_classes=point.num_classes,
+        transferability=point.transferability,
     )
 
 
@@ -498,7 +507,11 @@ def prior_from_prediction(
         f" similarity {prediction.similarity:.2f} ({mode})",
         *(
             f"{param} = {_shown(centre, param):.3g}"
-            + (f" (quadrant {base[param]:.3g}, residual {_shown(centre, param) - base[param]:+.3g})" if base is not None else "")
+            + (
+                f" (quadrant {base[param]:.3g}, residual {_shown(centre, param) - base[param]:+.3g})"
+                if base is not None
+                else ""
+            )
             + f" ± {prediction.std[param]:.3g} (1 latent std); start-up spread {widths[_FIELD[param]]:.3g}"
             for param in prediction.std
         ),

@@ -1,4 +1,5 @@
 """The surface store: one best protocol per study at its (log10 N, similarity) point, in a JSON file."""
+
 from __future__ import annotations
 
 import fcntl
@@ -43,6 +44,8 @@ def default_surface(model: str) -> Path | None:
     path = active_store()
     store = SurfaceStore(path)
     return path if store.exists() and store.load(model=model) else None
+
+
 #: Study user attribute holding the study's own surface point (the same record as in the store).
 POINT_ATTR = "autotransfer.surface_point"
 #: Bumped when the file layout changes incompatibly.
@@ -278,7 +281,9 @@ def _transferability(profile: dict[str, Any]) -> float | None:
     return float(score)
 
 
-def record_study(study: optuna.Study, store: SurfaceStore | str | os.PathLike[str] = DEFAULT_STORE) -> SurfacePoint | None:
+def record_study(
+    study: optuna.Study, store: SurfaceStore | str | os.PathLike[str] = DEFAULT_STORE
+) -> SurfacePoint | None:
     """Write a finished study's point into ``store`` and into the study's ``autotransfer.surface_point``.
 
     Idempotent: recording again replaces the point. Returns ``None`` (and writes nothing) when

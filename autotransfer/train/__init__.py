@@ -1,4 +1,5 @@
 """autotransfer.train: the fine-tuning trial loop (no optuna), frozen-prefix caching, evaluation."""
+
 from __future__ import annotations
 
 from autotransfer.train.config import TrainConfig, resolve_device

@@ -1,4 +1,5 @@
 """``TrainConfig``: every setting of one fine-tuning trial, as plain JSON-serialisable values."""
+
 from __future__ import annotations
 
 import math
@@ -26,6 +27,7 @@ def native_bf16() -> bool:
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     except TypeError:  # torch < 2.3: no such argument, and no emulation counted
         return bool(torch.cuda.is_bf16_supported())
+
 
 _OPTIMIZERS = ("sgd", "adamw")
 _BN_MODES = ("adapt", "frozen")
@@ -120,9 +122,7 @@ class TrainConfig:
         for name in ("channels_last", "amp"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
-                raise UserError(
-                    f"TrainConfig.{name} must be true, false or null (auto), but got {value!r}"
-                )
+                raise UserError(f"TrainConfig.{name} must be true, false or null (auto), but got {value!r}")
         if num_groups is not None:
             if self.freeze > num_groups:
                 raise UserError(
@@ -146,9 +146,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise UserError(
-                f"unknown TrainConfig field(s) {unknown!r}; known fields are {sorted(known)!r}"
-            )
+            raise UserError(f"unknown TrainConfig field(s) {unknown!r}; known fields are {sorted(known)!r}")
         return cls(**values)
 
     def replace(self, **changes: Any) -> "TrainConfig":

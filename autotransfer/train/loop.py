@@ -3,6 +3,7 @@
 Over 400 lines: the one training loop, with its parameter groups, gradient accumulation, BN modes,
 L2-SP and validation; one loop keeps trials, the pick and the final retrain identical.
 """
+
 from __future__ import annotations
 
 import math
@@ -246,8 +247,15 @@ def train_protocol(
             t0 = time.perf_counter()
             hits_before = cache.hits
             entry, note = cache.get(
-                backbone, f, train, val, views=config.views, seed=config.seed, augment=config.augment,
-                amp=amp, channels_last=channels_last,
+                backbone,
+                f,
+                train,
+                val,
+                views=config.views,
+                seed=config.seed,
+                augment=config.augment,
+                amp=amp,
+                channels_last=channels_last,
             )
             cache_hit = cache.hits > hits_before
             cache_build_s = 0.0 if cache_hit else time.perf_counter() - t0
@@ -276,9 +284,7 @@ def train_protocol(
                 forward_cached, entry.val_batches(eval_batch, entry.step_dtype(amp)), amp=amp, channels_last=False
             )
         else:
-            logits, labels = predict_logits(
-                model, val.eval_batches(eval_batch), amp=amp, channels_last=channels_last
-            )
+            logits, labels = predict_logits(model, val.eval_batches(eval_batch), amp=amp, channels_last=channels_last)
         val_loss.append(float(F.cross_entropy(logits, labels.long())))
         return score(labels, logits.argmax(1), metric)
 
@@ -302,8 +308,9 @@ def train_protocol(
         idx, epochs = sampler.next(config.batch_size)
         if entry is not None:
             view_idx = _view_indices(epochs, entry.views, gen, device)
-            spent = cache.ensure(entry, (e for e, _ in epochs if e < entry.views), backbone, train,
-                                 channels_last=channels_last)
+            spent = cache.ensure(
+                entry, (e for e, _ in epochs if e < entry.views), backbone, train, channels_last=channels_last
+            )
             if spent:  # building ran the model in eval mode
                 cache_build_s += spent
                 train_mode(backbone, f, config.bn_mode, r)
@@ -401,8 +408,9 @@ def _accumulate(forward, x: torch.Tensor, y: torch.Tensor, micro: int, autocast)
     return total
 
 
-def _view_indices(epochs: list[tuple[int, int]], views: int, generator: torch.Generator,
-                  device: torch.device) -> torch.Tensor:
+def _view_indices(
+    epochs: list[tuple[int, int]], views: int, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """View of each batch element: epoch ``e < V`` uses view ``e`` (fresh augmentations, as
     on the fly); later epochs draw one of the ``V`` views uniformly per element."""
     parts = []
@@ -418,11 +426,22 @@ def _optimizer(groups: list[dict], config: TrainConfig, *, fused: bool = False) 
     """SGD with momentum (nesterov off) or AdamW; ``fused`` (on CUDA) runs each step as a few
     fused kernels instead of one launch per parameter, where this torch supports it."""
     if config.optimizer == "sgd":
-        make = lambda **kw: torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False,  # noqa: E731
-                                            weight_decay=config.weight_decay, **kw)
+        make = lambda **kw: torch.optim.SGD(  # noqa: E731
+            groups,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=False,
+            weight_decay=config.weight_decay,
+            **kw,
+        )
     else:
-        make = lambda **kw: torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999),  # noqa: E731
-                                              weight_decay=config.weight_decay, **kw)
+        make = lambda **kw: torch.optim.AdamW(  # noqa: E731
+            groups,
+            lr=config.lr,
+            betas=(config.momentum, 0.999),
+            weight_decay=config.weight_decay,
+            **kw,
+        )
     if fused:
         try:
             return make(fused=True)

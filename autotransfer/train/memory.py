@@ -1,5 +1,6 @@
 """Out-of-memory handling: one exception tuple for every supported torch, release, and retry with
 gradient accumulation over smaller micro-batches (the protocol stays the same)."""
+
 from __future__ import annotations
 
 import gc
@@ -12,6 +13,7 @@ from autotransfer.core.errors import AutotransferError
 __all__ = ["OOM_ERRORS", "OutOfMemory", "oom_error_types", "release_memory", "with_oom_retry"]
 
 T = TypeVar("T")
+
 
 def oom_error_types(module=torch) -> tuple[type[BaseException], ...]:
     """The out-of-memory exception classes ``module`` (a torch) has: ``torch.OutOfMemoryError``

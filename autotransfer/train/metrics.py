@@ -1,4 +1,5 @@
 """Validation metrics (accuracy, balanced accuracy) and ``evaluate`` over device-resident batches."""
+
 from __future__ import annotations
 
 import warnings
@@ -12,8 +13,16 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from autotransfer.core.errors import UserError
 from autotransfer.train.config import default_amp
 
-__all__ = ["METRICS", "score", "score_interval", "check_metric", "evaluate", "predict_logits", "predict_labels",
-           "predict_proba"]
+__all__ = [
+    "METRICS",
+    "score",
+    "score_interval",
+    "check_metric",
+    "evaluate",
+    "predict_logits",
+    "predict_labels",
+    "predict_proba",
+]
 
 METRICS = ("accuracy", "balanced_accuracy")
 
@@ -147,7 +156,10 @@ def predict_proba(
         device = next(model.parameters()).device
         use_amp = default_amp(device) if amp is None else amp
         logits, labels = predict_logits(
-            model, batches.eval_batches(batch_size), amp=use_amp, channels_last=True if channels_last is None else channels_last
+            model,
+            batches.eval_batches(batch_size),
+            amp=use_amp,
+            channels_last=True if channels_last is None else channels_last,
         )
         proba = torch.softmax(logits, dim=1)
         total = proba if total is None else total + proba

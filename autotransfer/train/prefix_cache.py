@@ -53,6 +53,7 @@ at most one conversion (before: to float32, to channels_last, and autocast's cas
 Over 400 lines: the cache's key, memory cap, build in chunks and the training views on cached
 features must agree exactly, so they stay together.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,7 +71,12 @@ import torch
 from autotransfer.backbones import run_groups
 
 __all__ = [
-    "PrefixCache", "CachedPrefix", "prefix_digest", "data_identity", "view_seed", "native_cpu_bf16",
+    "PrefixCache",
+    "CachedPrefix",
+    "prefix_digest",
+    "data_identity",
+    "view_seed",
+    "native_cpu_bf16",
     "WORKERS_PER_DEVICE_ENV",
 ]
 
@@ -191,8 +197,14 @@ class PrefixCache:
             (set by ``search.workers.launch_local_workers``), else 1.
     """
 
-    def __init__(self, max_bytes: int | None = None, dtype: torch.dtype | None = None, chunk_size: int = 128,
-                 bf16_build: bool | None = None, workers_per_device: int | None = None):
+    def __init__(
+        self,
+        max_bytes: int | None = None,
+        dtype: torch.dtype | None = None,
+        chunk_size: int = 128,
+        bf16_build: bool | None = None,
+        workers_per_device: int | None = None,
+    ):
         if workers_per_device is not None and workers_per_device < 1:
             raise ValueError(f"workers_per_device must be >= 1, but got {workers_per_device!r}")
         self.workers_per_device = workers_per_device
@@ -420,8 +432,9 @@ class PrefixCache:
             target[lo : lo + len(idx)] = out.to(target.dtype)
 
 
-def _storage(lead: tuple[int, ...], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-             channels_last: bool) -> torch.Tensor:
+def _storage(
+    lead: tuple[int, ...], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, channels_last: bool
+) -> torch.Tensor:
     """An empty ``(*lead, *shape)`` tensor; with ``channels_last`` (``shape`` = ``(C, H, W)``) a view
     of ``(*lead, H, W, C)`` memory, so that every ``(C, H, W)`` slice is channels_last."""
     if not channels_last:
@@ -466,8 +479,11 @@ def prefix_digest(backbone, freeze: int) -> str:
             module = model.get_submodule(name) if name else model
             for key, value in module.state_dict().items():
                 digest.update(f"{name}.{key}:{tuple(value.shape)}:{value.dtype}".encode())
-                digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                              if value.numel() else b"")
+                digest.update(
+                    value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                    if value.numel()
+                    else b""
+                )
     return digest.hexdigest()
 
 

@@ -1,4 +1,5 @@
 """create_backbone: builtin weights on real images, the laboratory source, local checkpoints, bad specs."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """Depth groups across timm and torchvision families: counts, names, coverage, contiguity, chaining."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,12 @@ CASES = {
     "tv:resnet18": ("torchvision:resnet", 5, RESNET_NAMES, True),
     "tv:efficientnet_b0": ("torchvision:efficientnet", 9, ["stem"] + [f"features.{i}" for i in range(1, 9)], True),
     "tv:mobilenet_v3_small": ("torchvision:mobilenet_v3", 13, None, True),
-    "tv:convnext_tiny": ("torchvision:convnext", 5,
-                         ["stem", "features.1", "features.2+features.3", "features.4+features.5",
-                          "features.6+features.7"], True),
+    "tv:convnext_tiny": (
+        "torchvision:convnext",
+        5,
+        ["stem", "features.1", "features.2+features.3", "features.4+features.5", "features.6+features.7"],
+        True,
+    ),
 }
 
 
@@ -142,7 +146,12 @@ def test_torchvision_vit_groups() -> None:
     assert backbone.num_groups == 5
     assert backbone.chain is False
     assert [g.name for g in backbone.groups] == [
-        "stem", "encoder.layers.0-1", "encoder.layers.2-3", "encoder.layers.4", "encoder.layers.5+encoder.ln"]
+        "stem",
+        "encoder.layers.0-1",
+        "encoder.layers.2-3",
+        "encoder.layers.4",
+        "encoder.layers.5+encoder.ln",
+    ]
     stem = backbone.groups[0]
     assert {"class_token", "encoder.pos_embedding", "conv_proj.weight"} <= set(stem.params)
     assert backbone.groups[-1].params[-2:] == ["encoder.ln.weight", "encoder.ln.bias"]

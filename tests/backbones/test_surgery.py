@@ -1,4 +1,5 @@
 """Surgery on depth groups: freeze, train_mode (BN modes), reinit, param_groups, snapshot."""
+
 from __future__ import annotations
 
 import pytest
@@ -148,8 +149,16 @@ def test_reinit_without_factory_uses_reset_parameters(source: Backbone) -> None:
 def test_param_groups_lrs_and_decay(source: Backbone) -> None:
     groups = param_groups(source, 2, lr=0.1, head_lr_mult=10.0, layer_decay=0.5, weight_decay=1e-4)
     by_name = {g["name"]: g for g in groups}
-    assert set(by_name) == {"2:layer2", "2:layer2/no_decay", "3:layer3", "3:layer3/no_decay",
-                            "4:layer4", "4:layer4/no_decay", "head", "head/no_decay"}
+    assert set(by_name) == {
+        "2:layer2",
+        "2:layer2/no_decay",
+        "3:layer3",
+        "3:layer3/no_decay",
+        "4:layer4",
+        "4:layer4/no_decay",
+        "head",
+        "head/no_decay",
+    }
     assert by_name["2:layer2"]["lr"] == pytest.approx(0.025)
     assert by_name["3:layer3"]["lr"] == pytest.approx(0.05)
     assert by_name["4:layer4/no_decay"]["lr"] == pytest.approx(0.1)
@@ -181,7 +190,13 @@ def test_param_groups_lrs_and_decay(source: Backbone) -> None:
 def test_param_groups_full_and_validation(source: Backbone) -> None:
     groups = param_groups(source, 0, lr=0.01)
     assert [g["name"] for g in groups if not g["name"].endswith("/no_decay")] == [
-        "0:stem", "1:layer1", "2:layer2", "3:layer3", "4:layer4", "head"]
+        "0:stem",
+        "1:layer1",
+        "2:layer2",
+        "3:layer3",
+        "4:layer4",
+        "head",
+    ]
     assert {g["lr"] for g in groups} == {0.01}
     only_head = param_groups(source, 5, lr=0.01, head_lr_mult=3)
     assert {g["name"] for g in only_head} == {"head", "head/no_decay"}

@@ -1,4 +1,5 @@
 """Fixtures for the data tests: a private cache directory and tiny image trees."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,6 @@ def private_cache(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("AUTOTRANSFER_CACHE", str(root))
     return root
-
 
 
 def write_mixed_tree(root: Path) -> Path:
@@ -36,9 +36,7 @@ def write_mixed_tree(root: Path) -> Path:
     deep[0, 0] = 0
     deep[0, 1] = 257 * 100
     Image.fromarray(deep).save(root / "dog/deep16.png")
-    Image.fromarray(rng.integers(0, 256, (16, 12, 3), dtype=np.uint8), "RGB").save(
-        root / "dog/photo.jpg", quality=95
-    )
+    Image.fromarray(rng.integers(0, 256, (16, 12, 3), dtype=np.uint8), "RGB").save(root / "dog/photo.jpg", quality=95)
     (root / "dog/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
     (root / "dog/notes.txt").write_text("not an image\n")
     return root

@@ -1,4 +1,5 @@
 """Built-in sources: shapes, labels, class names, class subsets and error messages."""
+
 from __future__ import annotations
 
 import time
@@ -16,9 +17,7 @@ NAMES = {"fashion-mnist", "mnist5k", "animals", "elpv", "elpv4", "digits", "imag
 
 def _grey_rgb(ds: ImageDataset) -> bool:
     images = np.asarray(ds.images[:50])
-    return bool(
-        (images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all()
-    )
+    return bool((images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all())
 
 
 def test_list_builtins_describes_every_source():

@@ -1,4 +1,5 @@
 """to_array: resizing, the decoded-image cache and the chunked fingerprint."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,9 +80,7 @@ def test_chunked_fingerprint_equals_property(monkeypatch):
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (50, 6, 6, 3), dtype=np.uint8)
     a = ImageDataset(spec="x", images=images, labels=np.zeros(50, np.int64), classes=["a", "b"])
-    b = ImageDataset(
-        spec="x", images=images.copy(), labels=np.zeros(50, np.int64), classes=["a", "b"]
-    )
+    b = ImageDataset(spec="x", images=images.copy(), labels=np.zeros(50, np.int64), classes=["a", "b"])
     whole, listed = b.fingerprint, _list_ds().fingerprint  # hashed in one chunk
     monkeypatch.setattr(types_module, "_HASH_CHUNK_BYTES", 500)  # force many chunks
     fingerprint = types_module.content_fingerprint

@@ -1,4 +1,5 @@
 """to_rgb: every Pillow mode becomes (H, W, 3) uint8."""
+
 from __future__ import annotations
 
 import io

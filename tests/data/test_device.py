@@ -1,4 +1,5 @@
 """DeviceBatches: shapes, normalisation, crops, flips, determinism and epochs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -127,9 +128,7 @@ def test_eval_batches_in_order(animals):
     assert [len(y) for y in seen_y] == [16, 16, 8]
     assert torch.equal(torch.cat(seen_y), db.labels)
     torch.testing.assert_close(torch.cat(seen_x), db.plain(torch.arange(40)))
-    unlabelled = DeviceBatches(
-        animals[0][:5], None, device="cpu", out_size=16, mean=MEAN, std=STD, flip=False
-    )
+    unlabelled = DeviceBatches(animals[0][:5], None, device="cpu", out_size=16, mean=MEAN, std=STD, flip=False)
     assert [y for _, y in unlabelled.eval_batches(4)] == [None, None]
 
 
@@ -165,12 +164,16 @@ def test_fingerprint_is_kept_for_the_cache_key(animals):
 def test_bad_arguments(animals):
     with pytest.raises(ValueError, match="uint8"):
         DeviceBatches(
-            animals[0].astype(np.float32), None, device="cpu", out_size=8, mean=MEAN, std=STD,
+            animals[0].astype(np.float32),
+            None,
+            device="cpu",
+            out_size=8,
+            mean=MEAN,
+            std=STD,
             flip=False,
         )
     with pytest.raises(ValueError, match="labels"):
-        DeviceBatches(animals[0], animals[1][:3], device="cpu", out_size=8, mean=MEAN, std=STD,
-                      flip=False)
+        DeviceBatches(animals[0], animals[1][:3], device="cpu", out_size=8, mean=MEAN, std=STD, flip=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -1,4 +1,5 @@
 """Folder and CSV sources: image modes, skipped files, decode cache and error messages."""
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,7 @@ def test_mixed_modes_normalised_to_rgb_and_bad_files_skipped(tmp_path, private_c
     assert grey.shape == (12, 18, 3)
     np.testing.assert_array_equal(grey[..., 0], np.asarray(Image.open(root / "cat/grey.png")))
     palette = ds.images[1]
-    np.testing.assert_array_equal(
-        palette, np.asarray(Image.open(root / "cat/palette.png").convert("RGB"))
-    )
+    np.testing.assert_array_equal(palette, np.asarray(Image.open(root / "cat/palette.png").convert("RGB")))
     rgba = ds.images[2]
     assert rgba[0, 0].tolist() == [0, 0, 0]  # transparent -> black
     assert rgba[0, 1].tolist() == [200, 100, 50]  # opaque kept

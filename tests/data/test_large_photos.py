@@ -1,4 +1,5 @@
 """Folders of large photos are decoded at a reduced size (docs/design.md, "Memory")."""
+
 from __future__ import annotations
 
 import io
@@ -82,9 +83,7 @@ def test_any_format_is_reduced_and_small_images_are_untouched():
     assert decode_bytes(big.getvalue(), max_side=300).shape == (300, 400, 3)
     small = io.BytesIO()
     photo(40, 30, seed=4).save(small, format="JPEG")
-    np.testing.assert_array_equal(
-        decode_bytes(small.getvalue(), max_side=300), decode_bytes(small.getvalue())
-    )
+    np.testing.assert_array_equal(decode_bytes(small.getvalue(), max_side=300), decode_bytes(small.getvalue()))
     # a portrait JPEG (shorter side is the width) keeps its orientation
     tall = io.BytesIO()
     photo(1000, 3000, seed=5).save(tall, format="JPEG")

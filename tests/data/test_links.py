@@ -1,5 +1,6 @@
 """Folder datasets with symbolic links, corrupt files and CSV manifests that point elsewhere:
 each file counted once, nothing read from outside the dataset unless asked, every skip told."""
+
 from __future__ import annotations
 
 import os

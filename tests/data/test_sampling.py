@@ -1,4 +1,5 @@
 """Stratified subsampling and train/val/test splits."""
+
 from __future__ import annotations
 
 import numpy as np

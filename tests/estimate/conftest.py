@@ -1,4 +1,5 @@
 """Shared estimator fixtures: the fashion-source laboratory model."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Source-free divergence from BatchNorm statistics, on EfficientNet-Lite0 (package weights) and real images."""
+
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,5 @@
 """Two-sample divergences on real image subsets (Fashion-MNIST, MNIST, ELPV, digits)."""
+
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,5 @@
 """TaskEstimator end to end on real subsets: orderings, JSON round trip, bad input, edge cases."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,6 @@ GREYSCALE = (
     "builtin:elpv",
     "builtin:digits",
 )
-
-
 
 
 def _subset(spec: str, n: int, seed: int = 0) -> ImageDataset:
@@ -76,8 +75,12 @@ def test_source_free_profile_end_to_end_and_json_round_trip(lab):
 
 def test_transferability_score_is_label_aware_and_feeds_the_prior(lab):
     target = _subset("builtin:fashion-mnist?classes=5-9", 60)
-    shuffled = ImageDataset(spec="shuffled", images=target.images, classes=target.classes,
-                            labels=np.random.default_rng(0).permutation(target.labels))
+    shuffled = ImageDataset(
+        spec="shuffled",
+        images=target.images,
+        classes=target.classes,
+        labels=np.random.default_rng(0).permutation(target.labels),
+    )
     estimator = TaskEstimator(max_images=60)
     real, noise = estimator.fit(target, lab), estimator.fit(shuffled, lab)
     for profile in (real, noise):
@@ -85,8 +88,12 @@ def test_transferability_score_is_label_aware_and_feeds_the_prior(lab):
         assert tr.n_ref == 60
         assert profile.transferability_score == pytest.approx(transferability_from_logme(tr.logme_over_chance))
         expected = quadrant_prior(
-            profile.placement.log10_n, profile.similarity, profile.divergence.excess, lab.num_groups,
-            num_classes=5, transferability=profile.transferability_score,
+            profile.placement.log10_n,
+            profile.similarity,
+            profile.divergence.excess,
+            lab.num_groups,
+            num_classes=5,
+            transferability=profile.transferability_score,
         )
         assert profile.prior.centre == expected.centre
     # the same images: the same (label-blind) similarity, but shuffled labels carry nothing
@@ -123,9 +130,7 @@ def test_fashion_source_places_fashion_5_9_nearer_than_elpv(lab):
     assert _tail(near_p.divergence.raw) < _tail(far_p.divergence.raw)
     assert near_p.divergence.source.mmd_p < 0.01  # new classes are a detectable shift
     assert far_p.divergence.source.mmd > near_p.divergence.source.mmd
-    assert near_p.similarity == pytest.approx(
-        similarity_from_excess(near_p.divergence.excess, MMD_SIMILARITY_SCALE)
-    )
+    assert near_p.similarity == pytest.approx(similarity_from_excess(near_p.divergence.excess, MMD_SIMILARITY_SCALE))
 
 
 def test_lite0_places_imagenet_photos_nearer_than_every_greyscale_set():
@@ -150,8 +155,9 @@ def test_model_without_batchnorm_needs_a_source_sample():
     import timm
 
     model = timm.create_model("convnext_atto", pretrained=False, num_classes=3)
-    backbone = wrap_model(model, 2, spec="convnext_atto (random)",
-                          preprocessing=Preprocessing((0.5,) * 3, (0.5,) * 3, 32))
+    backbone = wrap_model(
+        model, 2, spec="convnext_atto (random)", preprocessing=Preprocessing((0.5,) * 3, (0.5,) * 3, 32)
+    )
     target = _subset("builtin:digits?classes=0-1", 20)
     with pytest.raises(UserError, match=r"convnext_atto \(random\).*no BatchNorm layers.*--source"):
         TaskEstimator(max_images=20).fit(target, backbone)
@@ -166,8 +172,9 @@ def test_constant_images_give_finite_numbers(lab):
     levels = np.array([0, 40, 80, 120, 160, 200, 255, 30, 60, 90, 220, 250], dtype=np.uint8)
     images = np.broadcast_to(levels[:, None, None, None], (12, 20, 20, 3)).copy()
     constant = ImageDataset(spec="constant", images=images, labels=np.arange(12) % 2, classes=["a", "b"])
-    black = ImageDataset(spec="black", images=np.zeros((12, 20, 20, 3), np.uint8),
-                         labels=np.arange(12) % 2, classes=["a", "b"])
+    black = ImageDataset(
+        spec="black", images=np.zeros((12, 20, 20, 3), np.uint8), labels=np.arange(12) % 2, classes=["a", "b"]
+    )
     for target in (constant, black):
         for source in (None, black):
             profile = TaskEstimator(max_images=12).fit(target, lab, source=source)
@@ -227,8 +234,23 @@ def test_cli_bad_target_is_one_line_exit_2(monkeypatch, capsys, target, expected
 def test_cli_json_prints_every_number(monkeypatch, capsys):
     from autotransfer.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["autotransfer", "estimate", "builtin:digits", "--model", "fashion-source",
-                                      "--n", "60", "--max-images", "40", "--format", "json"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "autotransfer",
+            "estimate",
+            "builtin:digits",
+            "--model",
+            "fashion-source",
+            "--n",
+            "60",
+            "--max-images",
+            "40",
+            "--format",
+            "json",
+        ],
+    )
     try:
         main()
     except SystemExit as done:
@@ -271,13 +293,35 @@ def test_cli_shows_the_surface_prior_and_refuses_a_missing_store_before_estimati
     from autotransfer.surface import SurfacePoint, SurfaceStore
 
     store = tmp_path / "surface.json"
-    SurfaceStore(store).add([
-        SurfacePoint(study=f"s{i}", target=f"builtin:t{i}", model="fashion-source", n=100 * (i + 1), seed=0,
-                     log10_n=2.0 + 0.2 * i, similarity=0.2 * (i + 1), protocol=Protocol(log10_elr=-1.0 - 0.2 * i).to_dict(),
-                     score=0.7, metric="accuracy", excess=[])
-        for i in range(3)
-    ])
-    args = ["autotransfer", "estimate", "builtin:digits", "--model", "fashion-source", "--n", "60", "--max-images", "40"]
+    SurfaceStore(store).add(
+        [
+            SurfacePoint(
+                study=f"s{i}",
+                target=f"builtin:t{i}",
+                model="fashion-source",
+                n=100 * (i + 1),
+                seed=0,
+                log10_n=2.0 + 0.2 * i,
+                similarity=0.2 * (i + 1),
+                protocol=Protocol(log10_elr=-1.0 - 0.2 * i).to_dict(),
+                score=0.7,
+                metric="accuracy",
+                excess=[],
+            )
+            for i in range(3)
+        ]
+    )
+    args = [
+        "autotransfer",
+        "estimate",
+        "builtin:digits",
+        "--model",
+        "fashion-source",
+        "--n",
+        "60",
+        "--max-images",
+        "40",
+    ]
     # the active store (as tune reads it) has points for the model: its prior is shown beside the quadrant's
     monkeypatch.setenv("AUTOTRANSFER_SURFACE", str(store))
     monkeypatch.setattr(sys, "argv", [*args, "--format", "json"])

@@ -1,4 +1,5 @@
 """Pooled features at every depth group, and source-head probabilities, on real images."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,8 +58,9 @@ def test_device_batches_and_array_inputs_agree(lab, fashion_test):
     size = lab.preprocessing.input_size
     images = to_array(fashion_test, size, cache=False)
     pre = lab.preprocessing
-    batches = DeviceBatches(images, fashion_test.labels, device="cpu", out_size=size,
-                            mean=pre.mean, std=pre.std, flip=False)
+    batches = DeviceBatches(
+        images, fashion_test.labels, device="cpu", out_size=size, mean=pre.mean, std=pre.std, flip=False
+    )
     from_batches = extract_group_features(lab, batches, batch_size=32)
     from_array = extract_group_features(lab, images, batch_size=7, channels_last=False)
     for a, b in zip(from_batches, from_array):

@@ -1,4 +1,5 @@
 """TaskProfile: to_dict / from_dict round trip, JSON safety, and the rich tables."""
+
 from __future__ import annotations
 
 import json
@@ -115,9 +116,21 @@ def test_tables_render_every_section() -> None:
     f, r = profile.prior.integers()
     # last group: raw 0.61, reference 0.05, excess 0.56
     assert "0.6100" in text and "0.0500" in text and "0.5600" in text
-    for expected in ("builtin:digits", "blocks.6+head", "bn-w2", "accuracy",
-                     "LogME", "MMD^2", "quadrant", profile.placement.quadrant, f"f = {f}", f"r = {r}",
-                     "log10_elr", "Li et al.", "features"):
+    for expected in (
+        "builtin:digits",
+        "blocks.6+head",
+        "bn-w2",
+        "accuracy",
+        "LogME",
+        "MMD^2",
+        "quadrant",
+        profile.placement.quadrant,
+        f"f = {f}",
+        f"r = {r}",
+        "log10_elr",
+        "Li et al.",
+        "features",
+    ):
         assert expected in text, expected
     # divergence rows: one per group with raw, reference and excess
     assert text.count("blocks.") >= len(GROUPS) - 1

@@ -1,4 +1,5 @@
 """Size statistics on real data: sklearn digits, foolbox photos, imbalanced subsets, bad input."""
+
 from __future__ import annotations
 
 import importlib.util

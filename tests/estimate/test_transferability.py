@@ -1,4 +1,5 @@
 """LogME, LEEP and H-score on real data (digits, MNIST -> Fashion-MNIST) and against references."""
+
 from __future__ import annotations
 
 import gzip
@@ -93,7 +94,9 @@ def _logme_brute_force(F: np.ndarray, y: np.ndarray) -> float:
         t = (y == c).astype(np.float64)
         start = max(((a, b) for a in grid for b in grid), key=lambda p, t=t: _log_evidence(F, t, *p))
         best = minimize(
-            lambda p, t=t: -_log_evidence(F, t, *p), start, method="Nelder-Mead",
+            lambda p, t=t: -_log_evidence(F, t, *p),
+            start,
+            method="Nelder-Mead",
             options=dict(xatol=1e-8, fatol=1e-10, maxiter=4000),
         )
         values.append(-best.fun / len(y))
@@ -243,9 +246,7 @@ def test_logme_spectrum_matches_thin_svd():
         assert len(sigma) == k
         np.testing.assert_allclose(np.sort(sigma)[::-1], s[:k], rtol=1e-9)
         # U is unique up to sign (and rotation within repeated values): compare the projector
-        np.testing.assert_allclose(
-            np.sum(projected**2, axis=0), np.sum((U[:, :k].T @ targets) ** 2, axis=0), rtol=1e-9
-        )
+        np.testing.assert_allclose(np.sum(projected**2, axis=0), np.sum((U[:, :k].T @ targets) ** 2, axis=0), rtol=1e-9)
 
 
 def test_h_score_is_higher_for_true_labels_than_shuffled():

@@ -1,4 +1,5 @@
 """A tiny real sweep (2 targets x 2 sizes, 3 trials, 16 px, fashion-source) end to end, then resumed."""
+
 from __future__ import annotations
 
 import time
@@ -20,10 +21,22 @@ def test_tiny_sweep_end_to_end_and_resume(tmp_path, monkeypatch):
     base = StudySettings(resolution=16, batch_size=16, steps=12, eval_every=4, views=2, device="cpu")
     targets = ["builtin:digits", "builtin:digits?classes=0-4"]
     seen: list[tuple[int, int, str]] = []
-    kwargs = dict(trials=3, storage=storage, store_path=tmp_path / "surface.json", base_settings=base,
-                  export_dir=tmp_path / "exports", runs_dir=tmp_path / "runs")
-    result = run_sweep(targets, [80, 1000], "fashion-source", [0],
-                       on_study=lambda k, total, e: seen.append((k, total, e.status)), **kwargs)
+    kwargs = dict(
+        trials=3,
+        storage=storage,
+        store_path=tmp_path / "surface.json",
+        base_settings=base,
+        export_dir=tmp_path / "exports",
+        runs_dir=tmp_path / "runs",
+    )
+    result = run_sweep(
+        targets,
+        [80, 1000],
+        "fashion-source",
+        [0],
+        on_study=lambda k, total, e: seen.append((k, total, e.status)),
+        **kwargs,
+    )
     assert [s[:2] for s in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert all(e.status == "done" for e in result.entries)
     capped = [e for e in result.entries if e.target.endswith("0-4") and e.size == 1000][0]

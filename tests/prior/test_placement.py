@@ -1,4 +1,5 @@
 """Placement on the survey's map: the similarity scale, the size score, the quadrants."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The continuous quadrant prior moves in the documented directions; fixed protocols are valid."""
+
 from __future__ import annotations
 
 import itertools

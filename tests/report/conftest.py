@@ -1,4 +1,5 @@
 """A tiny real study shared by the report tests: builtin:digits, the fashion-source lab model, 16 px."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ class MadeStudy:
     name: str
     storage_url: str
     workdir: Path
-
 
 
 def tiny_settings(trials: int = 4) -> StudySettings:
@@ -82,8 +82,17 @@ def synthetic_study(*, scratch=(0.30, 0.20, 0.10), probe=(0.15, 0.25), search=No
     from autotransfer.prior.quadrant import quadrant_prior
 
     settings = StudySettings(
-        target="builtin:digits", model="fashion-source", n=160, resolution=16, batch_size=16,
-        steps=12, eval_every=4, metric="accuracy", num_classes=10, n_train=112, fingerprint="f" * 64,
+        target="builtin:digits",
+        model="fashion-source",
+        n=160,
+        resolution=16,
+        batch_size=16,
+        steps=12,
+        eval_every=4,
+        metric="accuracy",
+        num_classes=10,
+        n_train=112,
+        fingerprint="f" * 64,
     )
     space = ProtocolSpace()
     excess = [0.0, 0.05, 0.1, 0.3, 0.5]
@@ -98,51 +107,89 @@ def synthetic_study(*, scratch=(0.30, 0.20, 0.10), probe=(0.15, 0.25), search=No
             "num_groups": 5,
             "metric": "accuracy",
             "similarity": 0.6,
-            "size": {"images": 160, "classes": 10, "per_class_min": 16, "per_class_median": 16.0,
-                     "per_class_max": 16, "imbalance": 1.0},
+            "size": {
+                "images": 160,
+                "classes": 10,
+                "per_class_min": 16,
+                "per_class_median": 16.0,
+                "per_class_max": 16,
+                "imbalance": 1.0,
+            },
             "divergence": {
-                "method": "bn-w2", "groups": SYN_GROUPS, "raw": [0.1, 0.2, 0.3, 0.5, 0.7],
-                "reference": [0.1, 0.15, 0.2, 0.2, 0.2], "excess": excess,
+                "method": "bn-w2",
+                "groups": SYN_GROUPS,
+                "raw": [0.1, 0.2, 0.3, 0.5, 0.7],
+                "reference": [0.1, 0.15, 0.2, 0.2, 0.2],
+                "excess": excess,
             },
         },
     )
-    dists = {
-        name: FloatDistribution(r.low, r.high, log=r.log) for name, r in space.ranges.items()
-    } | {"bn_mode": CategoricalDistribution(space.bn_modes)}
+    dists = {name: FloatDistribution(r.low, r.high, log=r.log) for name, r in space.ranges.items()} | {
+        "bn_mode": CategoricalDistribution(space.bn_modes)
+    }
 
     def add(protocol, value, inter, attrs, state=TrialState.COMPLETE):
         f, r = protocol.integers(5)
         study.add_trial(
             create_trial(
-                state=state, value=value, params=protocol.to_dict(), distributions=dists,
+                state=state,
+                value=value,
+                params=protocol.to_dict(),
+                distributions=dists,
                 intermediate_values=inter,
                 user_attrs={"freeze": f, "reinit": r, "num_groups": 5, **attrs},
             )
         )
 
     for i, v in enumerate(scratch):
-        add(Protocol(log10_elr=-0.5 + 0.5 * i, freeze_frac=0.0, reinit_frac=1.0, head_lr_mult=1.0), v,
-            {4: v / 2, 12: v}, {"control": "scratch", "source": f"control:scratch#{i}"})
+        add(
+            Protocol(log10_elr=-0.5 + 0.5 * i, freeze_frac=0.0, reinit_frac=1.0, head_lr_mult=1.0),
+            v,
+            {4: v / 2, 12: v},
+            {"control": "scratch", "source": f"control:scratch#{i}"},
+        )
     for i, v in enumerate(probe):
-        add(Protocol(log10_elr=-2.0 + i, freeze_frac=1.0), v, {4: v / 2, 12: v},
-            {"control": "probe", "source": f"control:probe#{i}"})
+        add(
+            Protocol(log10_elr=-2.0 + i, freeze_frac=1.0),
+            v,
+            {4: v / 2, 12: v},
+            {"control": "probe", "source": f"control:probe#{i}"},
+        )
     if search is None:
         search = [
             (prior.centre, 0.40, {4: 0.3, 8: 0.35, 12: 0.40}, "prior"),
-            (Protocol(log10_elr=-1.5, head_lr_mult=10.0, freeze_frac=0.4, reinit_frac=0.0), 0.35,
-             {4: 0.2, 12: 0.35}, "survey:recommended"),
-            (Protocol(log10_elr=-0.5, head_lr_mult=3.0, freeze_frac=0.0, reinit_frac=0.5), None,
-             {4: 0.05}, "survey:less-similar"),
-            (Protocol(log10_elr=-1.0, head_lr_mult=20.0, freeze_frac=0.6, reinit_frac=0.25, momentum=0.8), 0.45,
-             {4: 0.3, 12: 0.45}, "search"),
-            (Protocol(log10_elr=-2.5, head_lr_mult=5.0, freeze_frac=0.2, reinit_frac=0.1, weight_decay=1e-3), 0.20,
-             {4: 0.1, 12: 0.20}, "search"),
+            (
+                Protocol(log10_elr=-1.5, head_lr_mult=10.0, freeze_frac=0.4, reinit_frac=0.0),
+                0.35,
+                {4: 0.2, 12: 0.35},
+                "survey:recommended",
+            ),
+            (
+                Protocol(log10_elr=-0.5, head_lr_mult=3.0, freeze_frac=0.0, reinit_frac=0.5),
+                None,
+                {4: 0.05},
+                "survey:less-similar",
+            ),
+            (
+                Protocol(log10_elr=-1.0, head_lr_mult=20.0, freeze_frac=0.6, reinit_frac=0.25, momentum=0.8),
+                0.45,
+                {4: 0.3, 12: 0.45},
+                "search",
+            ),
+            (
+                Protocol(log10_elr=-2.5, head_lr_mult=5.0, freeze_frac=0.2, reinit_frac=0.1, weight_decay=1e-3),
+                0.20,
+                {4: 0.1, 12: 0.20},
+                "search",
+            ),
         ]
     for protocol, value, inter, source in search:
         state = TrialState.COMPLETE if value is not None else TrialState.PRUNED
         add(protocol, value, inter, {"source": source}, state)
     if with_final:
-        best = max((t for t in study.trials if t.value is not None and t.user_attrs.get("control") != "scratch"),
-                   key=lambda t: t.value)
+        best = max(
+            (t for t in study.trials if t.value is not None and t.user_attrs.get("control") != "scratch"),
+            key=lambda t: t.value,
+        )
         study.set_user_attr(ATTR["final"], {"trial": best.number, "test_score": 0.42, "model": None})
     return study

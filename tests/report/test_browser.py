@@ -4,6 +4,7 @@ Skipped when chromium is missing, unless ``CI`` is set (then it fails: ``.ci/bro
 With ``AUTOTRANSFER_SCREENSHOT_DIR`` set, the dashboard screenshot is saved there as
 ``dashboard.png`` (the README's picture: ``AUTOTRANSFER_SCREENSHOT_DIR=benchmarks``).
 """
+
 from __future__ import annotations
 
 import io
@@ -90,8 +91,18 @@ def dashboard(made_study, tmp_path):
     db = tmp_path / "studies.db"
     shutil.copy(made_study.workdir / "studies.db", db)
     url, port = f"sqlite:///{db}", _free_port()
-    cmd = [sys.executable, "-m", "autotransfer.cli", "dashboard", "--storage", url, "--port", str(port),
-           "--study", made_study.name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "autotransfer.cli",
+        "dashboard",
+        "--storage",
+        url,
+        "--port",
+        str(port),
+        "--study",
+        made_study.name,
+    ]
     log_path = tmp_path / "dashboard.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})

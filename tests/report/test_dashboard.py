@@ -1,4 +1,5 @@
 """Attaching autotransfer's views to studies (fixed ids, idempotent) and the dashboard's bad-input errors."""
+
 from __future__ import annotations
 
 import shutil
@@ -131,7 +132,9 @@ def test_cli_dashboard_bad_input_exits_2_with_one_line(made_study, storage_copy,
         for args in cases:
             done = subprocess.run(
                 [sys.executable, "-m", "autotransfer.cli", "dashboard", *args],
-                capture_output=True, text=True, timeout=120,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             assert done.returncode == 2, (args, done.stdout, done.stderr)
             lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -1,4 +1,5 @@
 """The info step: the numbers behind each figure, on a hand-set study and on a real tiny study."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The self-contained HTML report: every section, plotly inline once, no network reference to load."""
+
 from __future__ import annotations
 
 import re
@@ -36,12 +37,23 @@ def test_report_shows_every_section(report, made_study):
     _, text = report
     study = load_study(made_study.name, open_storage(made_study.storage_url, heartbeat=False))
     for heading in (
-        "Task profile", "Prior against the found protocol", "Optimisation history", "Parameter importances",
-        "Controls", "Held-out test score", "Exported config",
+        "Task profile",
+        "Prior against the found protocol",
+        "Optimisation history",
+        "Parameter importances",
+        "Controls",
+        "Held-out test score",
+        "Exported config",
     ):
         assert f"<h2>{heading}</h2>" in text
-    for title in ("excess divergence by depth", "prior against found protocol", "optimisation history",
-                  "parameter importances", "controls against the best protocol", "protocol against accuracy"):
+    for title in (
+        "excess divergence by depth",
+        "prior against found protocol",
+        "optimisation history",
+        "parameter importances",
+        "controls against the best protocol",
+        "protocol against accuracy",
+    ):
         assert title in text
     final = study.user_attrs["autotransfer.final"]
     assert f"<b>{final['test_score']:.4f}</b>" in text

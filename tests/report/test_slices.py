@@ -1,4 +1,5 @@
 """Accuracy along protocol slices: exact numbers on hand-set studies; 2 tiny real studies, the HTML, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ _EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\bsrc\s*=", re.IGNORECASE)
 
 
 # --- hand-set studies: exact numbers ------------------------------------------------------------
+
 
 def test_slice_normalises_to_the_best_and_flags_pruned_trials():
     s = study_slice(synthetic_study())
@@ -80,6 +82,7 @@ def test_slices_figure_draws_one_trace_per_study_and_panel():
 
 # --- two tiny real studies from a sweep ---------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """2 real studies (builtin:digits, 50 and 100 images, fashion-source, 16 px, 4 steps, 3 search trials)."""
@@ -89,9 +92,18 @@ def sweep(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = run_sweep(["builtin:digits"], [50, 100], "fashion-source", [0], trials=3, storage=url,
-                           store_path=workdir / "surface.json", base_settings=base,
-                           export_dir=workdir / "exports", runs_dir=workdir / "runs")
+        result = run_sweep(
+            ["builtin:digits"],
+            [50, 100],
+            "fashion-source",
+            [0],
+            trials=3,
+            storage=url,
+            store_path=workdir / "surface.json",
+            base_settings=base,
+            export_dir=workdir / "exports",
+            runs_dir=workdir / "runs",
+        )
     finally:
         torch.set_num_threads(before)
     assert [e.status for e in result.entries] == ["done", "done"]
@@ -141,8 +153,9 @@ def test_surface_html_contains_the_slices_and_is_self_contained(sweep, tmp_path)
     # no storage: the surface alone, with no slices; a missing storage file: a note, not an error
     plain = write_surface_html(model, tmp_path / "plain.html", grid=6).read_text()
     assert "accuracy along protocol slices" not in plain
-    missing = write_surface_html(model, tmp_path / "missing.html", grid=6,
-                                 storage=f"sqlite:///{tmp_path / 'nope.db'}").read_text()
+    missing = write_surface_html(
+        model, tmp_path / "missing.html", grid=6, storage=f"sqlite:///{tmp_path / 'nope.db'}"
+    ).read_text()
     assert "accuracy along protocol slices" not in missing and "does not exist" in missing
     assert not (tmp_path / "nope.db").exists()  # drawing never creates a storage
 
@@ -152,8 +165,22 @@ def test_cli_surface_html_passes_the_storage_through(sweep, tmp_path, monkeypatc
 
     workdir, url = sweep
     out = tmp_path / "cli.html"
-    monkeypatch.setattr(sys, "argv", ["autotransfer", "surface", "--store", str(workdir / "surface.json"),
-                                      "--storage", url, "--html", str(out), "--format", "json"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "autotransfer",
+            "surface",
+            "--store",
+            str(workdir / "surface.json"),
+            "--storage",
+            url,
+            "--html",
+            str(out),
+            "--format",
+            "json",
+        ],
+    )
     try:
         main()
     except SystemExit as done:

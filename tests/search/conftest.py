@@ -1,5 +1,6 @@
 """Shared tiny study settings: real data (sklearn digits), the fashion-source lab model, 16 px;
 ``make_study``, a real tiny study in a fresh SQLite storage."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -48,7 +49,10 @@ def prepared_tiny(settings: StudySettings) -> tuple[StudySettings, PreparedData]
     ``tune`` resolves them before creating a study."""
     prepared = prepare_data(settings)
     resolved = settings.resolved(
-        fingerprint=prepared.fingerprint, metric="accuracy", num_classes=10, n_train=len(prepared.train),
+        fingerprint=prepared.fingerprint,
+        metric="accuracy",
+        num_classes=10,
+        n_train=len(prepared.train),
         **validation_counts(prepared, "accuracy"),
     )
     return resolved, prepared

@@ -2,6 +2,7 @@
 train+val, probabilities averaged. On a real tiny study: the folder holds every member and timm's
 layout, ``load_model`` and ``evaluate`` reproduce tune's test score, ``export`` -> ``train
 --config`` reproduces the ensemble, a resume keeps it, and a member path cannot leave its folder."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """A real study end to end at tiny scale: controls, search, resume, refusal, export → train, faults."""
+
 from __future__ import annotations
 
 import json
@@ -118,13 +119,22 @@ def test_resume_says_which_recorded_settings_win(finished_study, tiny_settings, 
     changed = replace(tiny_settings, steps=24, prior="none", prune=False, pick="val")
     ui = _NotesUI()
     result = tune(
-        changed, study_name="digits-tiny", storage=storage_url, export_dir=tmp_path / "exports",
-        runs_dir=tmp_path / "runs", warm_start="digits-tiny", ui=ui,
+        changed,
+        study_name="digits-tiny",
+        storage=storage_url,
+        export_dir=tmp_path / "exports",
+        runs_dir=tmp_path / "runs",
+        warm_start="digits-tiny",
+        ui=ui,
     )
     (line,) = [n for n in ui.notes if n.startswith(RECORDED_WIN)]
     for needle in (
-        "--steps 12 (this run: 24)", "--prior quadrant (this run: none)", "--prune on (this run: off)",
-        "--pick ensemble (this run: val)", "no --warm-start (this run: digits-tiny;", "use another --study",
+        "--steps 12 (this run: 24)",
+        "--prior quadrant (this run: none)",
+        "--prune on (this run: off)",
+        "--pick ensemble (this run: val)",
+        "no --warm-start (this run: digits-tiny;",
+        "use another --study",
     ):
         assert needle in line, (needle, line)
     assert "\n" not in line and line in result.notes
@@ -133,8 +143,12 @@ def test_resume_says_which_recorded_settings_win(finished_study, tiny_settings, 
     # the same options: no such line
     ui = _NotesUI()
     result = tune(
-        tiny_settings, study_name="digits-tiny", storage=storage_url, export_dir=tmp_path / "exports",
-        runs_dir=tmp_path / "runs", ui=ui,
+        tiny_settings,
+        study_name="digits-tiny",
+        storage=storage_url,
+        export_dir=tmp_path / "exports",
+        runs_dir=tmp_path / "runs",
+        ui=ui,
     )
     assert not [n for n in ui.notes + result.notes if n.startswith(RECORDED_WIN)]
 
@@ -201,18 +215,46 @@ def test_surface_prior_enqueues_its_centre_then_the_nearest_optima(tiny_settings
     # three recorded studies of the lab model: two near the tiny digits task (log10 N ~2.1), one far
     store_path = tmp_path / "surface.json"
     recorded = {
-        "near-a": ("builtin:mnist5k", 2.1, 0.30, Protocol(log10_elr=-0.9, freeze_frac=0.25, reinit_frac=0.5, bn_mode="frozen")),
-        "near-b": ("builtin:animals", 2.0, 0.45, Protocol(log10_elr=-1.6, freeze_frac=0.5, reinit_frac=0.0, layer_decay=0.8)),
+        "near-a": (
+            "builtin:mnist5k",
+            2.1,
+            0.30,
+            Protocol(log10_elr=-0.9, freeze_frac=0.25, reinit_frac=0.5, bn_mode="frozen"),
+        ),
+        "near-b": (
+            "builtin:animals",
+            2.0,
+            0.45,
+            Protocol(log10_elr=-1.6, freeze_frac=0.5, reinit_frac=0.0, layer_decay=0.8),
+        ),
         "far": ("builtin:elpv", 3.0, 0.95, Protocol(log10_elr=-2.0, freeze_frac=1.0)),
     }
-    SurfaceStore(store_path).add([
-        SurfacePoint(study=name, target=target, model="fashion-source", n=int(10**x), seed=0, log10_n=x,
-                     similarity=s, protocol=p.to_dict(), score=0.8, metric="accuracy", excess=[])
-        for name, (target, x, s, p) in recorded.items()
-    ])
+    SurfaceStore(store_path).add(
+        [
+            SurfacePoint(
+                study=name,
+                target=target,
+                model="fashion-source",
+                n=int(10**x),
+                seed=0,
+                log10_n=x,
+                similarity=s,
+                protocol=p.to_dict(),
+                score=0.8,
+                metric="accuracy",
+                excess=[],
+            )
+            for name, (target, x, s, p) in recorded.items()
+        ]
+    )
     settings = replace(tiny_settings, prior=f"surface:{store_path}", trials=3)
-    tune(settings, study_name="digits-surface", storage=storage_url, export_dir=tmp_path / "e",
-         runs_dir=tmp_path / "runs")
+    tune(
+        settings,
+        study_name="digits-surface",
+        storage=storage_url,
+        export_dir=tmp_path / "e",
+        runs_dir=tmp_path / "runs",
+    )
     study = load_study("digits-surface", open_storage(storage_url))
     first = search_trials(study)[:3]
     # the surface's own protocol first, then the measured optima of the two nearest studies (never the far one)
@@ -232,7 +274,10 @@ def test_n_larger_than_the_dataset_records_the_n_used(tiny_settings, storage_url
     available = len(load_dataset("builtin:digits"))
     result = tune(
         replace(tiny_settings, n=available + 500, trials=1, pick="val"),
-        study_name="capped", storage=storage_url, export_dir=tmp_path / "e", runs_dir=tmp_path / "r",
+        study_name="capped",
+        storage=storage_url,
+        export_dir=tmp_path / "e",
+        runs_dir=tmp_path / "r",
     )
     assert result.settings.n == available
     stored = load_study("capped", open_storage(storage_url)).user_attrs[ATTR["settings"]]
@@ -252,6 +297,11 @@ def test_the_estimator_runs_on_the_trials_device(tiny_settings, storage_url, tmp
             super().__init__(**kwargs)
 
     monkeypatch.setattr(estimate, "TaskEstimator", Recording)
-    tune(replace(tiny_settings, trials=1, pick="val", device="cpu"), study_name="device", storage=storage_url,
-         export_dir=tmp_path / "e", runs_dir=tmp_path / "r")
+    tune(
+        replace(tiny_settings, trials=1, pick="val", device="cpu"),
+        study_name="device",
+        storage=storage_url,
+        export_dir=tmp_path / "e",
+        runs_dir=tmp_path / "r",
+    )
     assert seen == ["cpu"]

@@ -1,6 +1,7 @@
 """Memory across trials, on CPU with an injected out-of-memory: the micro-batch found by one trial
 is kept for the next ones, and nothing of a finished, failed or pruned trial is alive when the next
 trial builds its model."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """The pick and the final model on real tiny studies: the cross-validated pick is deterministic,
 survives an interrupted resume, is what export and train --config reproduce; a broken retrain
 falls back to the trial's own model; thin studies stay off the surface."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -83,8 +84,15 @@ def test_the_val_rule_takes_the_best_validation_trial(tiny_settings, storage_url
     result = _tune(replace(tiny_settings, pick="val"), storage_url, tmp_path)
     study = load_study("pick", open_storage(storage_url))
     best = best_by_validation(study).number
-    assert result.pick == {"rule": "val", "trial": best, "members": [best], "candidates": [],
-                           "trainings": 0, "steps": 0, "seconds": 0.0}
+    assert result.pick == {
+        "rule": "val",
+        "trial": best,
+        "members": [best],
+        "candidates": [],
+        "trainings": 0,
+        "steps": 0,
+        "seconds": 0.0,
+    }
     assert any("rule 'val'" in note for note in result.notes)
 
 

@@ -1,4 +1,5 @@
 """Three real workers on one study in a real PostgreSQL server; one is killed mid-trial and the study survives."""
+
 from __future__ import annotations
 
 import os
@@ -136,8 +137,9 @@ def test_three_workers_survive_a_killed_worker(postgres_url, study_name, tmp_pat
     # each live worker ran one trial at a time
     for tag in {t.user_attrs[WORKER_ATTR] for t in trials if t.state == TrialState.COMPLETE}:
         spans = sorted(
-            (t.datetime_start, t.datetime_complete) for t in trials if t.user_attrs.get(WORKER_ATTR) == tag
-            and t.state == TrialState.COMPLETE
+            (t.datetime_start, t.datetime_complete)
+            for t in trials
+            if t.user_attrs.get(WORKER_ATTR) == tag and t.state == TrialState.COMPLETE
         )
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
 

@@ -1,4 +1,5 @@
 """Protocol and ProtocolSpace: ELR arithmetic, integers from fractions, centred ranges, suggest."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,13 @@ def test_lr_follows_elr_and_momentum():
 
 @pytest.mark.parametrize(
     "freeze_frac, reinit_frac, groups, expected",
-    [(0.0, 0.0, 8, (0, 0)), (1.0, 1.0, 8, (8, 0)), (0.5, 0.5, 8, (4, 2)), (0.25, 1.0, 5, (1, 4)), (0.6, 0.34, 5, (3, 1))],
+    [
+        (0.0, 0.0, 8, (0, 0)),
+        (1.0, 1.0, 8, (8, 0)),
+        (0.5, 0.5, 8, (4, 2)),
+        (0.25, 1.0, 5, (1, 4)),
+        (0.6, 0.34, 5, (3, 1)),
+    ],
 )
 def test_integers_from_fractions(freeze_frac, reinit_frac, groups, expected):
     f, r = Protocol(freeze_frac=freeze_frac, reinit_frac=reinit_frac).integers(groups)

@@ -1,6 +1,7 @@
 """Pruning: sampled trials are pruned on noise-aware successive-halving rungs only when their score
 is told apart from the rung's bar; enqueued candidates run to the full budget but still stand on
 the rungs; every decision is recorded on the trial."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -45,7 +46,11 @@ def test_enqueued_candidates_run_to_the_full_budget_while_sampled_trials_are_pru
     # ... and stood on the rung, where the sampled trial was measured against it: the recorded
     # reason names the step, the bar (the candidate-led top third) and the noise margin
     reason = sampled.user_attrs[PRUNE_REASON_ATTR]
-    assert reason.startswith("pruned: step 4:") and "noise margin" in reason and f"{settings.val_images} validation images" in reason
+    assert (
+        reason.startswith("pruned: step 4:")
+        and "noise margin" in reason
+        and f"{settings.val_images} validation images" in reason
+    )
     assert sampled.user_attrs[RUNGS_ATTR] == [reason]
     assert PRUNE_REASON_ATTR not in candidate.user_attrs
 

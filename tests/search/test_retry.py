@@ -1,6 +1,7 @@
 """A trial that dies (SIGKILL, OOM kill, Ctrl-C) is re-run once with its parameters, whether it was
 sampled or enqueued (controls included), even when an enqueued value lies outside the study's
 range; no worker crashes because of it (issue 16, §1). The PostgreSQL case is in test_postgres.py."""
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,12 @@ def queued_params(trial) -> dict:
 def make_narrow_study(name: str, url: str, settings: StudySettings, enqueue) -> optuna.Study:
     settings, _ = prepared_tiny(settings)
     return create_study(
-        name, open_storage(url, heartbeat=False), settings, profile=None, prior=None, space=narrow_space(),
+        name,
+        open_storage(url, heartbeat=False),
+        settings,
+        profile=None,
+        prior=None,
+        space=narrow_space(),
         enqueue=enqueue,
     )
 
@@ -128,8 +134,23 @@ def test_a_dead_sampled_trial_is_requeued_with_its_parameters(tiny_settings, sto
 # --- the real thing: SIGKILL and Ctrl-C of the real CLI ---------------------------------------------
 
 COMMON = (
-    "builtin:digits", "--model", "fashion-source", "--n", "160", "--resolution", "16", "--batch-size", "16",
-    "--steps", "48", "--trials", "2", "--device", "cpu", "--pick", "val",
+    "builtin:digits",
+    "--model",
+    "fashion-source",
+    "--n",
+    "160",
+    "--resolution",
+    "16",
+    "--batch-size",
+    "16",
+    "--steps",
+    "48",
+    "--trials",
+    "2",
+    "--device",
+    "cpu",
+    "--pick",
+    "val",
 )
 
 
@@ -149,14 +170,22 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def start_tune(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(ENTRY), "tune", *COMMON, *args], cwd=tmp_path, env=cli_env(tmp_path),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [str(ENTRY), "tune", *COMMON, *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def run_tune(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(ENTRY), "tune", *COMMON, *args], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+        [str(ENTRY), "tune", *COMMON, *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -189,8 +218,15 @@ def test_killed_tune_reruns_an_out_of_range_candidate_and_finishes(tmp_path):
     db = tmp_path / "studies.db"
     url = f"sqlite:///{db}"
     settings = StudySettings(
-        target="builtin:digits", model="fashion-source", n=160, resolution=16, batch_size=16, steps=48, trials=2,
-        device="cpu", pick="val",
+        target="builtin:digits",
+        model="fashion-source",
+        n=160,
+        resolution=16,
+        batch_size=16,
+        steps=48,
+        trials=2,
+        device="cpu",
+        pick="val",
     )
     make_narrow_study("killed", url, settings, [SCRATCH, RECOMMENDED])
     proc = start_tune(tmp_path, "--storage", str(db), "--study", "killed")
@@ -280,8 +316,10 @@ def test_only_optunas_records_of_an_interrupted_trial_are_silenced(caplog):
         try:
             raise err
         except BaseException:  # noqa: BLE001 - only to log it as Optuna does
-            logger.warning(f"Trial {number} failed with parameters: {{}} because of the following error: {err!r}.",
-                           exc_info=_sys.exc_info())
+            logger.warning(
+                f"Trial {number} failed with parameters: {{}} because of the following error: {err!r}.",
+                exc_info=_sys.exc_info(),
+            )
         logger.warning(f"Trial {number} failed with value None.")
 
     with caplog.at_level(logging.INFO, logger="optuna"), quiet_interrupted_trials():

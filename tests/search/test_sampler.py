@@ -1,5 +1,6 @@
 """The sampler and the searched space: start-up draws count only sampled trials and centre on the
 prior; the wide space reaches every protocol the survey, the controls and a plain grid consider."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,13 @@ def _contains(space: ProtocolSpace, protocol: Protocol) -> bool:
 def test_the_prior_space_reaches_every_protocol_the_survey_and_controls_consider(log10_n, similarity):
     G = 8
     prior = quadrant_prior(log10_n, similarity, None, G, num_classes=10, transferability=0.5)
-    fixed = [recommended_protocol(), less_similar_protocol(G), linear_probe_protocol(), *scratch_protocols(),
-             *probe_control_protocols()]
+    fixed = [
+        recommended_protocol(),
+        less_similar_protocol(G),
+        linear_probe_protocol(),
+        *scratch_protocols(),
+        *probe_control_protocols(),
+    ]
     assert all(_contains(prior.space, p) for p in fixed)
     ranges = prior.space.ranges
     # freeze depth 0..G, re-init 0..all, BN both ways, ELR over two decades either side of the centre
@@ -45,7 +51,11 @@ def test_the_prior_space_reaches_every_protocol_the_survey_and_controls_consider
     assert ranges["reinit_frac"].low == 0.0 and ranges["reinit_frac"].high == 1.0
     assert set(prior.space.bn_modes) == {"adapt", "frozen"}
     c = prior.centre.log10_elr
-    assert ranges["log10_elr"].high - ranges["log10_elr"].low >= 2.0 and ranges["log10_elr"].low <= c - 1 and ranges["log10_elr"].high >= c + 0.5
+    assert (
+        ranges["log10_elr"].high - ranges["log10_elr"].low >= 2.0
+        and ranges["log10_elr"].low <= c - 1
+        and ranges["log10_elr"].high >= c + 0.5
+    )
     # a plain 12-protocol grid (lr x freeze x reinit) lies inside too
     for lr in (0.003, 0.01, 0.03):
         for f in (0.0, 0.5, 1.0):

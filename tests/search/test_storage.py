@@ -1,4 +1,5 @@
 """Storage opening: default SQLite, journal files, and one-line errors for bad storages."""
+
 from __future__ import annotations
 
 import optuna

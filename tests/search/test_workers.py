@@ -1,4 +1,5 @@
 """Workers: device plans, refusals (one line), dead workers' trials retried, clean stops, local workers."""
+
 from __future__ import annotations
 
 import signal
@@ -42,7 +43,11 @@ def test_plan_puts_one_worker_per_gpu():
     plans = plan_workers(2, device="auto", gpus=["0", "1"], cores=16)
     assert [(p.device, p.gpu) for p in plans] == [("cuda", "0"), ("cuda", "1")]
     # more workers than GPUs: round robin
-    assert [p.gpu for p in plan_workers(3, device="cuda", gpus=["GPU-a", "GPU-b"], cores=8)] == ["GPU-a", "GPU-b", "GPU-a"]
+    assert [p.gpu for p in plan_workers(3, device="cuda", gpus=["GPU-a", "GPU-b"], cores=8)] == [
+        "GPU-a",
+        "GPU-b",
+        "GPU-a",
+    ]
     # no GPU: auto falls back to CPU, cuda is refused
     assert {p.device for p in plan_workers(2, device="auto", gpus=[], cores=2)} == {"cpu"}
     with pytest.raises(UserError, match="no.*visible|none is visible"):

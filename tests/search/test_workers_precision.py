@@ -1,5 +1,6 @@
 """Issue 19 §7: each trial records its device and precision; a worker refuses a study whose
 trials ran at another precision (faked here: no GPU), unless mixing is asked for."""
+
 from __future__ import annotations
 
 import optuna
@@ -57,8 +58,13 @@ def test_a_trial_records_its_precision_and_is_refused_and_requeued(make_study):
     study = make_study("race", trials=2, enqueue=1)
     _ran(study, device="cuda:0", precision="bf16-autocast")
     waiting = len(study.get_trials(states=(TrialState.WAITING,)))
-    runner = TrialRunner(settings=read_settings(study), space=ProtocolSpace(),
-                         make_backbone=lambda: pytest.fail("a refused trial builds no model"), train=None, val=None)
+    runner = TrialRunner(
+        settings=read_settings(study),
+        space=ProtocolSpace(),
+        make_backbone=lambda: pytest.fail("a refused trial builds no model"),
+        train=None,
+        val=None,
+    )
     trial = study.ask()
     with pytest.raises(UserError, match="refused.*bf16-autocast on cuda:0"):
         runner(trial)

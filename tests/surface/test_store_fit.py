@@ -1,5 +1,6 @@
 """The surface store round-trips; the GP fit recovers a smooth function, widens away from data and with few
 points; the residual fit follows the quadrant rules plus what the points add, and falls back to them."""
+
 from __future__ import annotations
 
 import json
@@ -38,11 +39,27 @@ def make_points(coords) -> list[SurfacePoint]:
     points = []
     for i, (x, s) in enumerate(coords):
         t = truth(x, s)
-        protocol = Protocol(log10_elr=t["log10_elr"], head_lr_mult=10 ** t["log10_head_lr_mult"],
-                            freeze_frac=t["freeze_frac"], reinit_frac=t["reinit_frac"])
-        points.append(SurfacePoint(study=f"study-{i}", target=f"builtin:t{i % 3}", model="fashion-source",
-                                   n=int(10**x), seed=0, log10_n=x, similarity=s, protocol=protocol.to_dict(),
-                                   score=0.5 + 0.01 * i, metric="accuracy", excess=[0.1, 0.2, 0.3]))
+        protocol = Protocol(
+            log10_elr=t["log10_elr"],
+            head_lr_mult=10 ** t["log10_head_lr_mult"],
+            freeze_frac=t["freeze_frac"],
+            reinit_frac=t["reinit_frac"],
+        )
+        points.append(
+            SurfacePoint(
+                study=f"study-{i}",
+                target=f"builtin:t{i % 3}",
+                model="fashion-source",
+                n=int(10**x),
+                seed=0,
+                log10_n=x,
+                similarity=s,
+                protocol=protocol.to_dict(),
+                score=0.5 + 0.01 * i,
+                metric="accuracy",
+                excess=[0.1, 0.2, 0.3],
+            )
+        )
     return points
 
 
@@ -150,8 +167,10 @@ def test_grid_info_and_html(tmp_path):
 
 def test_sweep_spec(tmp_path):
     spec_path = tmp_path / "sweep.yaml"
-    spec_path.write_text("model: fashion-source\ntargets: [builtin:digits]\nsizes: [100, 300]\nseeds: 2\n"
-                         "trials: 3\nresolution: 16\nsteps: 12\n")
+    spec_path.write_text(
+        "model: fashion-source\ntargets: [builtin:digits]\nsizes: [100, 300]\nseeds: 2\n"
+        "trials: 3\nresolution: 16\nsteps: 12\n"
+    )
     spec = load_sweep_spec(spec_path)
     assert spec.seeds == [0, 1] and spec.sizes == [100, 300] and spec.trials == 3
     base = spec.base_settings()
@@ -179,14 +198,19 @@ def task_inputs(x: float, s: float) -> dict:
 
 def q_at(x: float, s: float) -> dict[str, float]:
     inputs = task_inputs(x, s)
-    return quadrant_values(x, s, inputs["excess"], G, num_classes=inputs["num_classes"],
-                           transferability=inputs["transferability"])
+    return quadrant_values(
+        x, s, inputs["excess"], G, num_classes=inputs["num_classes"], transferability=inputs["transferability"]
+    )
 
 
 def offset(x: float, s: float) -> dict[str, float]:
     """A smooth correction to the quadrant rules (fractions left alone: they must stay in [0, 1])."""
-    return {"log10_elr": 0.6 * math.sin(3.0 * x) * (0.5 + s), "log10_head_lr_mult": -0.4 * math.cos(2.5 * x),
-            "freeze_frac": 0.0, "reinit_frac": 0.0}
+    return {
+        "log10_elr": 0.6 * math.sin(3.0 * x) * (0.5 + s),
+        "log10_head_lr_mult": -0.4 * math.cos(2.5 * x),
+        "freeze_frac": 0.0,
+        "reinit_frac": 0.0,
+    }
 
 
 def task_points(coords, *, with_fields: bool = True, noise: float = 0.0, smooth: bool = True, seed: int = 0):
@@ -199,16 +223,31 @@ def task_points(coords, *, with_fields: bool = True, noise: float = 0.0, smooth:
         y = {k: q[k] + (off[k] if smooth else 0.0) for k in q}
         y["log10_elr"] += noise * rng.standard_normal()
         y["log10_head_lr_mult"] += noise / 2 * rng.standard_normal()
-        protocol = Protocol(log10_elr=y["log10_elr"], head_lr_mult=10 ** y["log10_head_lr_mult"],
-                            freeze_frac=y["freeze_frac"], reinit_frac=y["reinit_frac"])
+        protocol = Protocol(
+            log10_elr=y["log10_elr"],
+            head_lr_mult=10 ** y["log10_head_lr_mult"],
+            freeze_frac=y["freeze_frac"],
+            reinit_frac=y["reinit_frac"],
+        )
         inputs = task_inputs(x, s)
-        points.append(SurfacePoint(
-            study=f"task-{i}", target=f"builtin:t{i}", model="fashion-source", n=int(10**x), seed=0,
-            log10_n=x, similarity=s, protocol=protocol.to_dict(), score=0.5, metric="accuracy",
-            excess=inputs["excess"], num_groups=G,
-            num_classes=inputs["num_classes"] if with_fields else 0,
-            transferability=inputs["transferability"] if with_fields else None,
-        ))
+        points.append(
+            SurfacePoint(
+                study=f"task-{i}",
+                target=f"builtin:t{i}",
+                model="fashion-source",
+                n=int(10**x),
+                seed=0,
+                log10_n=x,
+                similarity=s,
+                protocol=protocol.to_dict(),
+                score=0.5,
+                metric="accuracy",
+                excess=inputs["excess"],
+                num_groups=G,
+                num_classes=inputs["num_classes"] if with_fields else 0,
+                transferability=inputs["transferability"] if with_fields else None,
+            )
+        )
     return points
 
 
@@ -281,11 +320,14 @@ def test_pure_noise_residuals_give_the_rules_and_narrow_ranges():
     # the scatter of noisy optima is not uncertainty about where to search: the latent std is
     # well below it, while the predictive std (noise=True) carries it
     x, s = queries[12]
-    _, noisy = model.predict_param("log10_elr", np.array([x]), np.array([s]),
-                                   baseline=np.array([q_at(x, s)["log10_elr"]]), noise=True)
+    _, noisy = model.predict_param(
+        "log10_elr", np.array([x]), np.array([s]), baseline=np.array([q_at(x, s)["log10_elr"]]), noise=True
+    )
     assert np.mean(latent) < sigma / 2 < float(noisy[0]), (np.mean(latent), noisy)
     prior = prior_from_prediction(model.predict(x, s, baseline=q_at(x, s)), num_groups=G)
-    assert prior.spread["log10_elr"] == pytest.approx(WIDTHS["log10_elr"])  # the quadrant spread: not widened by the noise
+    assert prior.spread["log10_elr"] == pytest.approx(
+        WIDTHS["log10_elr"]
+    )  # the quadrant spread: not widened by the noise
 
 
 def test_fallback_to_the_plain_gp_is_noted(tmp_path):
@@ -306,25 +348,48 @@ def test_fallback_to_the_plain_gp_is_noted(tmp_path):
     path = tmp_path / "surface.json"
     SurfaceStore(path).add(task_points(coords))
     inputs = task_inputs(2.2, 0.5)
-    with_fields = prior_at_coordinates(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
-                                     excess=inputs["excess"], num_classes=10,
-                                     transferability=inputs["transferability"])
+    with_fields = prior_at_coordinates(
+        path,
+        model="fashion-source",
+        log10_n=2.2,
+        similarity=0.5,
+        num_groups=G,
+        excess=inputs["excess"],
+        num_classes=10,
+        transferability=inputs["transferability"],
+    )
     assert "residuals" in with_fields.rationale[0] and "quadrant" in with_fields.rationale[1]
     assert with_fields.centre.log10_elr == pytest.approx(q["log10_elr"] + offset(2.2, 0.5)["log10_elr"], abs=0.08)
     without = prior_at_coordinates(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G)
     assert "constant mean" in without.rationale[0]
     assert any("no quadrant baseline" in line for line in without.rationale)
     # points recorded without a transferability: the target's baseline ignores its own, and says so
-    SurfaceStore(path).add([SurfacePoint.from_dict({**p.to_dict(), "transferability": None})
-                            for p in task_points(coords)])
-    ignored = prior_at_coordinates(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
-                                 excess=inputs["excess"], num_classes=10, transferability=0.9)
+    SurfaceStore(path).add(
+        [SurfacePoint.from_dict({**p.to_dict(), "transferability": None}) for p in task_points(coords)]
+    )
+    ignored = prior_at_coordinates(
+        path,
+        model="fashion-source",
+        log10_n=2.2,
+        similarity=0.5,
+        num_groups=G,
+        excess=inputs["excess"],
+        num_classes=10,
+        transferability=0.9,
+    )
     assert any("no surface point records a transferability" in line for line in ignored.rationale)
     q_plain = quadrant_values(2.2, 0.5, inputs["excess"], G, num_classes=10)
     assert f"(quadrant {q_plain['log10_elr']:.3g}," in ignored.rationale[1]
     with pytest.raises(UserError, match="excess profile has 3 values"):
-        prior_at_coordinates(path, model="fashion-source", log10_n=2.2, similarity=0.5, num_groups=G,
-                           excess=[0.1, 0.2, 0.3], num_classes=10)
+        prior_at_coordinates(
+            path,
+            model="fashion-source",
+            log10_n=2.2,
+            similarity=0.5,
+            num_groups=G,
+            excess=[0.1, 0.2, 0.3],
+            num_classes=10,
+        )
 
 
 def test_point_from_study_records_the_task_fields():
@@ -342,9 +407,14 @@ def test_point_from_study_records_the_task_fields():
     # quadrant_values reads the centre of the prior the study was made with (quadrant_prior(2.2, 0.6, ...))
     centre = study.user_attrs[ATTR["prior"]]["centre"]
     q = quadrant_values(2.2, 0.6, point.excess, 5, num_classes=10)
-    assert q == pytest.approx({"log10_elr": centre["log10_elr"], "reinit_frac": centre["reinit_frac"],
-                               "freeze_frac": centre["freeze_frac"],
-                               "log10_head_lr_mult": math.log10(centre["head_lr_mult"])})
+    assert q == pytest.approx(
+        {
+            "log10_elr": centre["log10_elr"],
+            "reinit_frac": centre["reinit_frac"],
+            "freeze_frac": centre["freeze_frac"],
+            "log10_head_lr_mult": math.log10(centre["head_lr_mult"]),
+        }
+    )
 
 
 def test_neighbours_are_one_per_target_nearest_first_and_round_trip_in_the_prior(tmp_path):
@@ -365,7 +435,11 @@ def test_neighbours_are_one_per_target_nearest_first_and_round_trip_in_the_prior
     assert prior.candidates[0][1] == Protocol.from_dict(points[0].protocol)
     again = Prior.from_dict(json.loads(json.dumps(prior.to_dict())))
     assert again.candidates == prior.candidates
-    assert prior_at_coordinates(path, model="fashion-source", log10_n=2.0, similarity=0.2, num_groups=8,
-                              neighbours=0).candidates == []
+    assert (
+        prior_at_coordinates(
+            path, model="fashion-source", log10_n=2.0, similarity=0.2, num_groups=8, neighbours=0
+        ).candidates
+        == []
+    )
     with pytest.raises(ValueError, match="k must be >= 0"):
         model.neighbours(2.0, 0.2, -1)

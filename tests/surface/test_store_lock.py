@@ -1,4 +1,5 @@
 """Two processes adding points to one surface store at once lose none; writes never touch the umask."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -12,8 +13,16 @@ PER_PROCESS = 40
 
 def _point(name: str) -> SurfacePoint:
     return SurfacePoint(
-        study=name, target="builtin:digits", model="fashion-source", n=100, seed=0, log10_n=2.0,
-        similarity=0.5, protocol=Protocol().to_dict(), score=0.5, metric="accuracy",
+        study=name,
+        target="builtin:digits",
+        model="fashion-source",
+        n=100,
+        seed=0,
+        log10_n=2.0,
+        similarity=0.5,
+        protocol=Protocol().to_dict(),
+        score=0.5,
+        metric="accuracy",
     )
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures for the trial-loop tests: tiny real data (scikit-learn digits) at 32 px."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,13 @@ def batches(split, backbone, *, flip: bool = False, limit: int | None = None) ->
     pre = backbone.preprocessing
     images, labels = to_array(split, SIZE), np.asarray(split.labels)
     return DeviceBatches(
-        images[:limit], labels[:limit], device="cpu", out_size=SIZE, mean=pre.mean, std=pre.std, flip=flip,
+        images[:limit],
+        labels[:limit],
+        device="cpu",
+        out_size=SIZE,
+        mean=pre.mean,
+        std=pre.std,
+        flip=flip,
     )
 
 
@@ -46,8 +53,7 @@ def digits_batches(digits_splits):
 def small_batches(digits_splits):
     """48 train / 24 val digits: enough for exactness checks of the cache."""
     template = lite0()
-    return (batches(digits_splits.train, template, flip=True, limit=48),
-            batches(digits_splits.val, template, limit=24))
+    return (batches(digits_splits.train, template, flip=True, limit=48), batches(digits_splits.val, template, limit=24))
 
 
 def out_of_memory_above(backbone, limit: int):

@@ -1,4 +1,5 @@
 """TrainConfig validation, JSON round-trip and the lr schedule."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The trial loop on real data: what changes under freeze/reinit, learning, early stop, divergence, L2-SP."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def test_only_groups_from_freeze_depth_and_head_change(digits_batches, depth, ca
     G = backbone.num_groups
     f = G if depth == "all" else G // 2
     before = _state(backbone)
-    config = TrainConfig(lr=0.02, freeze=f, steps=3, eval_every=3, batch_size=16, resolution=32, views=2,
-                         cache_prefix=cache_prefix)
+    config = TrainConfig(
+        lr=0.02, freeze=f, steps=3, eval_every=3, batch_size=16, resolution=32, views=2, cache_prefix=cache_prefix
+    )
     result = train_protocol(backbone, train, val, config)
     assert result.cached == cache_prefix
     # every trainable group (weights or BN statistics) and the head moved; nothing below f did
@@ -62,14 +64,26 @@ def test_reinit_replaces_last_groups_before_training(small_batches):
         backbone = lite0()
         before = _state(backbone)
         # a vanishing lr: whatever moves far from the pretrained weights was re-initialised
-        config = TrainConfig(lr=1e-12, freeze=G - 2, reinit=r, steps=1, eval_every=1, batch_size=8,
-                             resolution=32, bn_mode="frozen", augment=False)
+        config = TrainConfig(
+            lr=1e-12,
+            freeze=G - 2,
+            reinit=r,
+            steps=1,
+            eval_every=1,
+            batch_size=8,
+            resolution=32,
+            bn_mode="frozen",
+            augment=False,
+        )
         train_protocol(backbone, train, val, config)
         groups = _group_of(backbone)
         after = backbone.model.state_dict()
         results[r] = {
-            g: max(float((after[n] - before[n]).abs().max()) for n in before
-                   if groups[n] == g and before[n].dtype.is_floating_point and before[n].dim() > 1)
+            g: max(
+                float((after[n] - before[n]).abs().max())
+                for n in before
+                if groups[n] == g and before[n].dtype.is_floating_point and before[n].dim() > 1
+            )
             for g in range(G)
         }
     for g in range(G):
@@ -108,8 +122,7 @@ def test_report_true_stops_early(small_batches):
 
 def test_huge_lr_raises_diverged_with_step(small_batches):
     train, val = small_batches
-    config = TrainConfig(lr=1e6, freeze=0, steps=20, eval_every=20, batch_size=8, resolution=32,
-                         bn_mode="frozen")
+    config = TrainConfig(lr=1e6, freeze=0, steps=20, eval_every=20, batch_size=8, resolution=32, bn_mode="frozen")
     with pytest.raises(DivergedError) as err:
         train_protocol(lite0(), train, val, config)
     assert 1 <= err.value.step <= 20
@@ -124,10 +137,11 @@ def test_l2sp_pulls_weights_toward_pretrained(small_batches):
     for alpha in (0.0, 5.0):
         backbone = lite0()
         G = backbone.num_groups
-        names = [n for g in backbone.groups[G - 2:] for n in g.params]
+        names = [n for g in backbone.groups[G - 2 :] for n in g.params]
         start = {n: p.detach().clone() for n, p in backbone.model.named_parameters() if n in names}
-        config = TrainConfig(lr=0.05, freeze=G - 2, l2sp=alpha, steps=8, eval_every=8, batch_size=16,
-                             resolution=32, views=2, seed=1)
+        config = TrainConfig(
+            lr=0.05, freeze=G - 2, l2sp=alpha, steps=8, eval_every=8, batch_size=16, resolution=32, views=2, seed=1
+        )
         train_protocol(backbone, train, val, config, cache=cache)
         params = dict(backbone.model.named_parameters())
         distances[alpha] = sum(float((params[n].detach() - start[n]).pow(2).sum()) for n in names) ** 0.5

@@ -1,5 +1,6 @@
 """Out-of-memory on CPU, injected: accumulation keeps the protocol, the retry shrinks the
 micro-batch and releases the failed attempt's memory, and the exception type works on any torch."""
+
 from __future__ import annotations
 
 import weakref
@@ -15,8 +16,18 @@ from .conftest import lite0, out_of_memory_above
 def _config(**kw) -> TrainConfig:
     # BN in eval mode everywhere (bn frozen), no prefix cache: a micro-batch changes nothing but
     # the order of float additions
-    base = dict(lr=0.02, freeze=0, steps=4, eval_every=4, batch_size=16, resolution=32, bn_mode="frozen",
-                cache_prefix=False, device="cpu", seed=3)
+    base = dict(
+        lr=0.02,
+        freeze=0,
+        steps=4,
+        eval_every=4,
+        batch_size=16,
+        resolution=32,
+        bn_mode="frozen",
+        cache_prefix=False,
+        device="cpu",
+        seed=3,
+    )
     return TrainConfig(**{**base, **kw})
 
 

@@ -1,4 +1,5 @@
 """Accuracy and balanced accuracy on hand-computed predictions."""
+
 from __future__ import annotations
 
 import numpy as np

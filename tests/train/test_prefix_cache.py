@@ -1,4 +1,5 @@
 """Frozen-prefix caching: cached and uncached forward passes agree; keys, reuse and the byte cap."""
+
 from __future__ import annotations
 
 import pytest

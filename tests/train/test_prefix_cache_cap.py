@@ -1,4 +1,5 @@
 """The prefix cache's cap on CUDA comes from free memory and the workers per GPU (docs/design.md, "Memory")."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Issue 19 §5: the cache key reads no image, and cached features are stored in the layout and
 dtype the trial step consumes (the results do not change)."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -121,16 +122,18 @@ def test_cached_batches_come_in_the_steps_layout_and_dtype(small_batches, amp):
 def _old_layout_and_dtype(monkeypatch):
     """The storage before issue 19 §5: NCHW, always converted to float32 per batch."""
     storage = pc._storage
-    monkeypatch.setattr(pc, "_storage", lambda lead, shape, dtype, device, channels_last:
-                        storage(lead, shape, dtype, device, False))
+    monkeypatch.setattr(
+        pc, "_storage", lambda lead, shape, dtype, device, channels_last: storage(lead, shape, dtype, device, False)
+    )
     monkeypatch.setattr(CachedPrefix, "step_dtype", lambda self, amp: torch.float32)
 
 
 @pytest.mark.parametrize("amp", [False, True])
 def test_training_on_the_new_layout_gives_the_old_result(small_batches, monkeypatch, amp):
     train, val = small_batches
-    config = TrainConfig(lr=0.05, freeze=3, steps=4, eval_every=2, batch_size=16, resolution=SIZE, views=2,
-                         seed=2, amp=amp)
+    config = TrainConfig(
+        lr=0.05, freeze=3, steps=4, eval_every=2, batch_size=16, resolution=SIZE, views=2, seed=2, amp=amp
+    )
     new = train_protocol(lite0(), train, val, config, cache=PrefixCache(bf16_build=False))
     with monkeypatch.context() as patch:
         _old_layout_and_dtype(patch)
