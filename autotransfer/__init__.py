@@ -14,6 +14,7 @@ The handful of names a Python user needs:
 
 docs/design.md describes the layers below these.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,6 @@
 """The public API (issue 17 §5): a handful of documented names in ``autotransfer.__all__``, every
 one importable; importing the package does not load torch (the CLI's --help stays fast)."""
+
 from __future__ import annotations
 
 import importlib
@@ -11,8 +12,15 @@ import autotransfer
 
 def test_every_public_name_resolves_and_is_documented():
     assert set(autotransfer.__all__) == {
-        "tune", "estimate_task", "load_model", "evaluate_model", "StudySettings", "Protocol",
-        "AutotransferError", "UserError", "__version__",
+        "tune",
+        "estimate_task",
+        "load_model",
+        "evaluate_model",
+        "StudySettings",
+        "Protocol",
+        "AutotransferError",
+        "UserError",
+        "__version__",
     }
     for name in autotransfer.__all__:
         value = getattr(autotransfer, name)

@@ -1,5 +1,6 @@
 """``estimate_task``: measure a target task (size, divergence by depth, transferability) and derive the
 priors ``tune`` would start from, without running a study."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,7 @@
 """What the command line's options resolve to, so that ``cli.py`` only parses and prints: the
 settings of a ``tune`` run (the embedded demo or a target, the user's overrides, the default
 surface prior) and the folder, storage and surface it writes to."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Sweeps: one study per (target, size, seed), run or resumed, each recorded as a surface point."""
+
 from __future__ import annotations
 
 import time
@@ -11,7 +12,13 @@ from autotransfer.core.settings import StudySettings
 from autotransfer.surface.store import DEFAULT_STORE, SurfacePoint, SurfaceStore
 
 __all__ = [
-    "SweepSpec", "SweepEntry", "SweepResult", "load_sweep_spec", "plan_sweep", "run_sweep", "sweep_from_options",
+    "SweepSpec",
+    "SweepEntry",
+    "SweepResult",
+    "load_sweep_spec",
+    "plan_sweep",
+    "run_sweep",
+    "sweep_from_options",
     "surface_job",
 ]
 
@@ -80,9 +87,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     settable = {f.name for f in fields(StudySettings)} - _DERIVED
     unknown = sorted(set(raw) - _SPEC_KEYS - settable)
     if unknown:
-        raise UserError(
-            f"sweep spec {str(path)!r} has unknown keys {unknown!r}: use {sorted(_SPEC_KEYS | settable)}"
-        )
+        raise UserError(f"sweep spec {str(path)!r} has unknown keys {unknown!r}: use {sorted(_SPEC_KEYS | settable)}")
     for key in ("targets", "sizes", "model"):
         if key not in raw:
             raise UserError(f"sweep spec {str(path)!r} needs a {key!r} key")
@@ -292,9 +297,15 @@ def surface_job(
     if sweep is not None:
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         result = run_sweep(
-            sweep.targets, sweep.sizes, sweep.model, sweep.seeds, trials=trials or sweep.trials,
-            storage=storage or sweep.storage, store_path=store_path,
-            base_settings=replace(sweep.base_settings(), **given), ui=ui,
+            sweep.targets,
+            sweep.sizes,
+            sweep.model,
+            sweep.seeds,
+            trials=trials or sweep.trials,
+            storage=storage or sweep.storage,
+            store_path=store_path,
+            base_settings=replace(sweep.base_settings(), **given),
+            ui=ui,
         )
         out = result.to_dict()
     points = SurfaceStore(store_path).load(model=(sweep.model if sweep else model))
