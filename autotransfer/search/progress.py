@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 __all__ = ["NullUI", "RichUI"]
 
@@ -36,11 +44,12 @@ class RichUI(NullUI):
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
+        # each task id is read only while its Progress is set, and is added together with it
         self.progress: Progress | None = None
-        self.study_task = None
-        self.trial_task = None
+        self.study_task = TaskID(0)
+        self.trial_task = TaskID(0)
         self.run: Progress | None = None  # one training run outside the search
-        self.run_task = None
+        self.run_task = TaskID(0)
 
     def stage(self, text: str) -> None:
         self._end_run()
