@@ -128,8 +128,8 @@ class SourceModel:
     model_kwargs: dict[str, Any]
     fresh_kwargs: dict[str, Any]
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per channel: three for RGB models
+    std: tuple[float, ...]
     groups: list[list[str]]
     group_names: list[str]
     head: str

@@ -16,8 +16,8 @@ __all__ = ["Preprocessing", "DepthGroup", "Backbone"]
 class Preprocessing:
     """How the source model expects its input: ``(x/255 - mean) / std`` at ``input_size`` px."""
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per channel: three for RGB models
+    std: tuple[float, ...]
     input_size: int
     interpolation: str = "bicubic"
 
