@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -88,8 +89,8 @@ def _require_batchnorm(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -127,7 +128,8 @@ class _Moments:
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.total / self.count
+        # read after the first update, which makes the sums tensors
+        return cast(torch.Tensor, self.total / self.count)
 
     @property
     def var(self) -> torch.Tensor:
@@ -236,11 +238,14 @@ def bn_divergence(
     values = []
     for name in order:
         bn, stats = modules[name], moments[name]
-        mu_s = bn.running_mean.detach().to(stats.mean.device, torch.float64)
-        var_s = bn.running_var.detach().to(stats.mean.device, torch.float64).clamp_min(0.0)
+        # batchnorm_layers() keeps only modules whose running statistics are tensors
+        running_mean, running_var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
+        mu_s = running_mean.detach().to(stats.mean.device, torch.float64)
+        var_s = running_var.detach().to(stats.mean.device, torch.float64).clamp_min(0.0)
         sd_t = stats.var.clamp_min(0.0).sqrt()
         w2 = (stats.mean - mu_s) ** 2 + (sd_t - var_s.sqrt()) ** 2
-        values.append(float((w2 / (var_s + float(bn.eps))).mean()))
+        eps = float(cast(float, bn.eps))
+        values.append(float((w2 / (var_s + eps)).mean()))
     per_layer = np.asarray(values, dtype=np.float64)
     per_group = None if layer_groups is None else _group_means(order, per_layer, layer_groups)
     return BNDivergence(layers=order, per_layer=per_layer, per_group=per_group, n_images=n_images)
