@@ -83,7 +83,7 @@ def weights_offline(spec: str) -> bool:
             except Exception:
                 pass
         url = getattr(cfg, "url", None) if cfg is not None else None
-        return bool(url) and (hub / os.path.basename(url)).is_file()
+        return bool(url) and (hub / os.path.basename(str(url))).is_file()
     if spec.startswith("tv:"):
         from torchvision import models as tvm
 

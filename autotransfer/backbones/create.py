@@ -11,7 +11,7 @@ import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from autotransfer.backbones.groups import (
     timm_rule,
     torchvision_rule,
 )
-from autotransfer.backbones.types import Backbone, Preprocessing
+from autotransfer.backbones.types import Backbone, Preprocessing, TimmModel
 from autotransfer.core.errors import UserError
 from autotransfer.core.paths import assets_dir
 
@@ -249,8 +249,9 @@ def _fit_head_to_state(model: nn.Module, state: dict[str, torch.Tensor], family:
     """Resize the model's classifier to the number of classes stored in ``state``."""
     from autotransfer.backbones.groups import find_head_name
 
+    timm_model = cast(TimmModel, model)  # used only when family == "timm"
     if family == "timm":
-        classifier = model.get_classifier()
+        classifier = timm_model.get_classifier()
         head = next(n for n, m in model.named_modules() if m is classifier)
     else:
         head = find_head_name(model)
@@ -258,15 +259,16 @@ def _fit_head_to_state(model: nn.Module, state: dict[str, torch.Tensor], family:
     current = model.get_submodule(head)
     if key not in state:
         if family == "timm":
-            model.reset_classifier(0)
+            timm_model.reset_classifier(0)
         return
     classes = int(state[key].shape[0])
     if getattr(current, "out_features", classes) == classes:
         return
     if family == "timm":
-        model.reset_classifier(classes)
-    else:
-        _set_module(model, head, nn.Linear(current.in_features, classes, bias=current.bias is not None))
+        timm_model.reset_classifier(classes)
+    else:  # find_head_name: the last nn.Linear
+        in_features = cast(int, current.in_features)
+        _set_module(model, head, nn.Linear(in_features, classes, bias=current.bias is not None))
 
 
 def _lite_source(index: int, pretrained: bool) -> _Source:
@@ -402,10 +404,12 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _timm_forward_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.forward_head(x)
+    return cast(TimmModel, model).forward_head(x)
 
 
-def _tv_head(model: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
+def _tv_head(model: Any, kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The head of a torchvision classifier of ``kind`` (``model``: an ``nn.Module`` whose head
+    modules are attributes named by the kind, hence ``Any``)."""
     if kind == "resnet":
         return model.fc(torch.flatten(model.avgpool(x), 1))
     if kind in ("efficientnet", "mobilenet_v3"):
@@ -472,8 +476,9 @@ def _assemble(spec: str, source: _Source, num_classes: int) -> Backbone:
         for p in source_head.parameters():
             p.requires_grad_(False)
     if rule.adapter == "timm":
-        model.reset_classifier(num_classes)
-        new_head = model.get_classifier()
+        timm_model = cast(TimmModel, model)
+        timm_model.reset_classifier(num_classes)
+        new_head = timm_model.get_classifier()
     else:
         if not isinstance(head, nn.Linear):
             raise UserError(f"the classifier {rule.head_name!r} of {spec!r} is not a Linear layer")

@@ -17,12 +17,12 @@ the groups are contiguous and cover every non-head parameter exactly once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import nn
 
-from autotransfer.backbones.types import DepthGroup
+from autotransfer.backbones.types import DepthGroup, TimmModel
 from autotransfer.core.errors import AutotransferError
 
 __all__ = [
@@ -85,12 +85,13 @@ def timm_rule(model: nn.Module) -> GroupRule:
 
     if not hasattr(model, "group_matcher") or not hasattr(model, "get_classifier"):
         raise GroupingError(f"{type(model).__name__} is not a timm model with a group matcher")
+    timm_model = cast(TimmModel, model)
     try:
-        matcher = model.group_matcher(coarse=True)
+        matcher = timm_model.group_matcher(coarse=True)
     except NotImplementedError as err:
         raise GroupingError(f"{type(model).__name__} has no group matcher") from err
     grouped = group_parameters(model, matcher)
-    classifier = model.get_classifier()
+    classifier = timm_model.get_classifier()
     head_name = next((n for n, m in model.named_modules() if m is classifier), None)
     if head_name is None or not isinstance(classifier, nn.Module):
         raise GroupingError(f"{type(model).__name__} has no classifier module")
@@ -141,7 +142,7 @@ def torchvision_rule(model: nn.Module) -> GroupRule:
         tvm.MobileNetV3: "mobilenet_v3",
     }.get(type(model))
     if family is not None:
-        count = len(model.features)
+        count = len(cast(nn.Sequential, model.features))
         names = ["stem"] + [f"features.{i}" for i in range(1, count)]
         return _prefix_rule(
             model, f"torchvision:{family}", [[f"features.{i}"] for i in range(count)], "classifier", names

@@ -124,8 +124,9 @@ def _reinit_by_reset(backbone: Backbone, indices: list[int]) -> None:
             covered: set[int] = set()
             for module_name in backbone.groups[i].modules:
                 for sub in model.get_submodule(module_name).modules():
-                    if hasattr(sub, "reset_parameters"):
-                        sub.reset_parameters()
+                    reset = getattr(sub, "reset_parameters", None)
+                    if reset is not None:
+                        reset()
                         covered.update(id(p) for p in sub.parameters(recurse=False))
                     if isinstance(sub, _BatchNorm):
                         sub.reset_running_stats()

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
-__all__ = ["Preprocessing", "DepthGroup", "Backbone"]
+__all__ = ["Preprocessing", "DepthGroup", "Backbone", "TimmModel"]
+
+
+class TimmModel(Protocol):
+    """The methods timm's classification models add to ``nn.Module``: they share no base class
+    that declares them, so code that has checked a model is timm's casts it to this."""
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]: ...
+
+    def get_classifier(self) -> nn.Module: ...
+
+    def reset_classifier(self, num_classes: int) -> None: ...
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
