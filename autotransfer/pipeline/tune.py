@@ -14,11 +14,12 @@ run and tested alone.
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 
@@ -57,6 +58,9 @@ from autotransfer.search.study import (
     search_trials,
     study_exists,
 )
+
+if TYPE_CHECKING:
+    from autotransfer.prior import Prior
 
 __all__ = [
     "TuneResult",
@@ -203,7 +207,7 @@ def _create(
     if spec.kind == "surface":
         from autotransfer.surface import prior_for_task
 
-        prior = prior_for_task(spec.path, profile)
+        prior: Prior | None = prior_for_task(cast(str, spec.path), profile)  # a surface spec has its path
     else:
         prior = profile.prior if spec.kind != "none" else None
     if prior is None:
@@ -459,11 +463,13 @@ def tune(
             f"the validation split holds {val_images} images (one image is {100 / val_images:.1f} points): "
             "trials closer than that are tied within noise, and the best trial's validation score is optimistic"
         )
-    common = dict(
+    controls = control_scores(study)
+    result = functools.partial(  # the fields common to both outcomes
+        TuneResult,
         study_name=opened.name,
         storage=opened.url,
         settings=settings,
-        controls=control_scores(study),
+        controls=controls,
         n_search_trials=len(search_trials(study)),
         profile=opened.profile,
         prior=opened.prior,
@@ -472,7 +478,7 @@ def tune(
     )
     if final is None:
         notes.append("no transfer trial completed: nothing to retrain or export")
-        return TuneResult(
+        return result(
             best_protocol=None,
             best_trial=None,
             val_score=None,
@@ -481,15 +487,14 @@ def tune(
             export_path=None,
             model_path=None,
             notes=notes,
-            **common,
         )
     export_path, published = publish(
         opened, final, model_dir=model_dir, export_dir=export_dir, surface_store=surface_store
     )
     best = final.best
-    val_score = float(best.value)
-    scratch = common["controls"].get("scratch")
-    return TuneResult(
+    val_score = float(cast(float, best.value))  # the best trial is a completed one
+    scratch = controls.get("scratch")
+    return result(
         best_protocol=Protocol.from_dict(best.params),
         best_trial=best.number,
         val_score=val_score,
@@ -501,5 +506,4 @@ def tune(
         notes=notes + list(final.notes) + published,
         pick=final.pick.to_dict() if final.pick is not None else None,
         trained_on=(study.user_attrs.get(ATTR["final"]) or {}).get("trained_on", "train+val"),
-        **common,
     )

@@ -7,6 +7,7 @@ card: the data, the protocol, the test score with its 95% interval, the controls
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -124,7 +125,9 @@ def save_tuned_ensemble(
     extra_dir = directory / ENSEMBLE_DIR
     if extra_dir.exists():
         shutil.rmtree(extra_dir)
-    common = dict(classes=classes, test_images=test_images, controls=controls, study=study)
+    save = functools.partial(  # what every member's folder shares
+        save_tuned_model, classes=classes, test_images=test_images, controls=controls, study=study
+    )
     ensemble = None
     if len(members) > 1:
         ensemble = {
@@ -136,7 +139,7 @@ def save_tuned_ensemble(
             "trained_on": [str(info.get("trained_on", "train+val")) for _, _, info in members],
         }
         for i, (backbone, protocol, info) in enumerate(members[1:], start=2):
-            save_tuned_model(
+            save(
                 backbone,
                 extra_dir / str(i),
                 settings,
@@ -145,10 +148,9 @@ def save_tuned_ensemble(
                 val_score=info.get("val_score"),
                 trained_on=str(info.get("trained_on", "train+val")),
                 freeze_reinit=info.get("freeze_reinit"),
-                **common,
             )
     backbone, protocol, info = members[0]
-    return save_tuned_model(
+    return save(
         backbone,
         directory,
         settings,
@@ -158,7 +160,6 @@ def save_tuned_ensemble(
         trained_on=str(info.get("trained_on", "train+val")),
         freeze_reinit=info.get("freeze_reinit"),
         ensemble=ensemble,
-        **common,
     )
 
 
