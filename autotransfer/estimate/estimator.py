@@ -29,8 +29,9 @@ transferability, placement) share its caches and timings.
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -286,12 +287,13 @@ class TaskEstimator:
                 backbone.model.to(model_device)
 
             tick = time.perf_counter()
-            transferability = self._transferability(backbone, features[-1], capped.labels, notes, int(self.seed))
+            labels = cast(np.ndarray, capped.labels)  # size_stats refused an unlabelled target
+            transferability = self._transferability(backbone, features[-1], labels, notes, int(self.seed))
             timings["transferability"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
         similarity = similarity_from_excess(divergence.excess, scale)
-        score = transferability_from_logme(transferability.logme_over_chance)
+        score = transferability_from_logme(cast(float, transferability.logme_over_chance))  # always measured here
         placement = place(size.images, size.classes, similarity)
         prior = quadrant_prior(
             placement.log10_n,
@@ -393,15 +395,16 @@ class TaskEstimator:
         timings["resize"] = timings.get("resize", 0.0) + time.perf_counter() - tick
 
         tick = time.perf_counter()
-        common = dict(batch_size=self._batch_size(device, images.shape[1]), progress=self.progress)
-        features = extract_group_features(
-            backbone, images, description=f"target features ({len(images)} images, {images.shape[1]} px)", **common
+        extract = functools.partial(
+            extract_group_features, batch_size=self._batch_size(device, images.shape[1]), progress=self.progress
         )
-        source_features = extract_group_features(
+        features = extract(
+            backbone, images, description=f"target features ({len(images)} images, {images.shape[1]} px)"
+        )
+        source_features = extract(
             backbone,
             source_images,
             description=f"source features ({len(source_images)} images, {source_images.shape[1]} px)",
-            **common,
         )
         timings["features"] = time.perf_counter() - tick
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, cast
 
 import numpy as np
 import torch
@@ -11,6 +11,11 @@ from torch import nn
 
 from autotransfer.backbones.types import Backbone
 from autotransfer.data.types import ImageDataset
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from autotransfer.data.device import DeviceBatches
 
 __all__ = [
     "GroupFeatureCollector",
@@ -103,7 +108,7 @@ def image_batches(
     batch_size: int,
     device: torch.device | str = "cpu",
     channels_last: bool = False,
-    progress: object | None = None,
+    progress: tuple[Progress, TaskID] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Normalised float32 batches ``(B, 3, S, S)`` of ``images`` ``(N, S, S, 3)`` uint8:
     ``(x / 255 - mean) / std`` with the backbone's preprocessing, in order.
@@ -139,7 +144,7 @@ def progress_bar(description: str, total: int, enabled: bool):
         yield bar, bar.add_task(description, total=total)
 
 
-def _as_images(backbone: Backbone, data) -> np.ndarray | Iterable:
+def _as_images(backbone: Backbone, data) -> np.ndarray | DeviceBatches:
     if isinstance(data, ImageDataset):
         return native_array(backbone, data)
     if isinstance(data, np.ndarray):
@@ -149,7 +154,7 @@ def _as_images(backbone: Backbone, data) -> np.ndarray | Iterable:
             )
         return data
     if hasattr(data, "eval_batches"):  # DeviceBatches: its plain (evaluation) view
-        return data
+        return cast("DeviceBatches", data)
     raise ValueError(
         f"expected an ImageDataset, an (N, S, S, 3) uint8 array or DeviceBatches, but got {type(data).__name__}"
     )
