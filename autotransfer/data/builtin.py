@@ -241,8 +241,8 @@ def _imagenet_photo_files() -> list[Path]:
     if folder is None:
         return []
     pattern = re.compile(r"imagenet_(\d+)_(\d+)\.(png|jpg|jpeg)$")
-    found = [p for p in (folder / "data").glob("imagenet_*") if pattern.search(p.name)]
-    return sorted(found, key=lambda p: int(pattern.search(p.name).group(1)))
+    found = {p: m for p in (folder / "data").glob("imagenet_*") if (m := pattern.search(p.name))}
+    return sorted(found, key=lambda p: int(found[p].group(1)))
 
 
 def _load_imagenet_photos():

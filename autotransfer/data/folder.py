@@ -13,6 +13,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -184,7 +185,7 @@ class _DecodeCache:
     def __init__(self, max_side: int | None) -> None:
         self.folder = cache_dir() / "decoded" / f"{max_side or 'full'}-{_DECODE_VERSION}"
 
-    def get(self, key: str) -> np.ndarray | None | bool:
+    def get(self, key: str) -> np.ndarray | None | Literal[False]:
         """The array, ``None`` for known-bad bytes, ``False`` when not cached."""
         if (self.folder / f"{key}.bad").exists():
             return None
@@ -325,7 +326,7 @@ def load_folder(
             )
         decoded = decode_files(loose, root, cache=cache, max_side=max_side)
         skipped = walker.skipped + [(_relative(p, root), "unreadable") for p, a in zip(loose, decoded) if a is None]
-        images = [a for a in decoded if a is not None]
+        images: list[np.ndarray] = [a for a in decoded if a is not None]
         if not images:
             raise UserError(f"dataset folder {root} holds no readable images; add image files")
         if skipped:
@@ -340,7 +341,7 @@ def load_folder(
             raise UserError(f"class folder {folder} has no images; add images to it or remove it")
     all_files = [f for _, files in per_class for f in files]
     decoded = decode_files(all_files, root, cache=cache, max_side=max_side)
-    images: list[np.ndarray] = []
+    images = []
     labels: list[int] = []
     skipped = list(walker.skipped)
     position = 0
@@ -447,7 +448,7 @@ def load_manifest(
             + (f" ({_skip_note(f'listed in {csv_path}', skipped)})" if skipped else "")
         )
     notes = [_skip_note(f"listed in {csv_path}", skipped)] if skipped else []
-    images = [decoded[i] for i in keep]
+    images = [a for a in decoded if a is not None]  # decoded[i] for i in keep
     if not has_labels:
         return RawImages(images, None, [], len(skipped), notes, skipped)
     classes = sorted(set(names), key=class_sort_key)

@@ -82,7 +82,7 @@ def _grey_fingerprint(grey: np.ndarray, labels: np.ndarray, classes: tuple[str, 
     the bytes of the generic fingerprint; equal grey data, equal key)."""
     digest = hashlib.sha256(b"grey-as-rgb\x00")
     digest.update(str(grey.shape).encode())
-    digest.update(memoryview(np.ascontiguousarray(grey)).cast("B"))
+    digest.update(np.ascontiguousarray(grey).data.cast("B"))
     digest.update(np.asarray(labels, dtype=np.int64).tobytes())
     digest.update("\x00".join(classes).encode())
     return digest.hexdigest()
@@ -105,6 +105,7 @@ def _builtin_selection(name: str, rows: tuple[int, int] | None, selection: tuple
         classes = tuple(classes[i] for i in selection)
     labels = np.array(labels, dtype=np.int64)
     labels.flags.writeable = False
+    view: np.ndarray | list[np.ndarray]
     if isinstance(images, np.ndarray) and images.ndim == 3:
         digest = _grey_fingerprint(images, labels, classes)
         view = np.broadcast_to(images[..., None], images.shape + (3,))
