@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -98,7 +99,7 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(headers: list[str], rows: list[list[object]]) -> list[str]:
+def _table(headers: list[str], rows: Sequence[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return lines

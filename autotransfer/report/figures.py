@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -539,7 +539,7 @@ PRIOR_FOUND_HEADERS = ["parameter", "prior", "search range", "found"]
 
 def divergence_rows(info: DivergenceInfo) -> list[list[str]]:
     """One text row per depth group: index, name, raw, reference, excess."""
-    ref = info.reference or [None] * len(info.groups)
+    ref: Sequence[float | None] = info.reference or [None] * len(info.groups)
     return [
         [str(i), g, _fmt(r, ".4g"), _fmt(s, ".4g"), _fmt(e, ".4g")]
         for i, (g, r, s, e) in enumerate(zip(info.groups, info.raw, ref, info.excess))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(headers: list[str] | None, rows: list[list[object]]) -> str:
+def _table(headers: list[str] | None, rows: Sequence[Sequence[object]]) -> str:
     head = "" if headers is None else "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in headers) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table>{head}{body}</table>"

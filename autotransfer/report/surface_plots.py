@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from autotransfer.report.slices import NORMALISATION, SliceInfo, load_slice_info
 from autotransfer.report.style import TITLE_PREFIX
 from autotransfer.surface.fit import PARAMS, SurfaceModel
 from autotransfer.surface.store import POINT_ATTR, SurfacePoint, SurfaceStore, active_store
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = [
     "SurfaceGridInfo",
@@ -434,7 +437,7 @@ def store_path_for(study) -> Path:
     return active_store()
 
 
-def surface_figure(study):
+def surface_figure(study: optuna.Study):
     """Dashboard / report hook: the surface of this study's model with this study marked, or ``None``.
 
     ``None`` when no store exists or it has no point for the study's model.
