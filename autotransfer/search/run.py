@@ -76,11 +76,10 @@ def fixed_protocols(prior, num_groups: int) -> list[tuple[Protocol, dict[str, An
 def warm_start_protocols(storage, name: str, top: int = 3) -> list[tuple[Protocol, dict[str, Any]]]:
     """The top protocols (parameters only) of an earlier study, to enqueue in a new one."""
     earlier = load_study(name, storage)
-    ranked = sorted(
-        (t for t in search_trials(earlier, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None),
-        key=lambda t: t.value,
-        reverse=True,
-    )[:top]
+    scored = [
+        (t.value, t) for t in search_trials(earlier, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None
+    ]
+    ranked = [t for _, t in sorted(scored, key=lambda pair: pair[0], reverse=True)[:top]]
     return [(Protocol.from_dict(t.params), {SOURCE_ATTR: f"warm-start:{name}#{t.number}"}) for t in ranked]
 
 
@@ -169,7 +168,8 @@ def control_scores(study: optuna.Study) -> dict[str, float | None]:
     scores: dict[str, float | None] = {"scratch": None, "probe": None}
     for t in control_trials(study):
         kind = t.user_attrs[CONTROL_ATTR]
-        if t.value is not None and (scores.get(kind) is None or t.value > scores[kind]):
+        best = scores.get(kind)
+        if t.value is not None and (best is None or t.value > best):
             scores[kind] = float(t.value)
     return scores
 

@@ -6,7 +6,7 @@ import importlib.metadata
 import json
 import math
 import platform
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -282,4 +282,5 @@ def rank_key(trial: FrozenTrial) -> tuple[float, float, int]:
     """How trials rank as the study's best: the higher score, then the lower validation loss, then
     the earlier trial (the larger key wins)."""
     loss = trial.user_attrs.get(VAL_LOSS_ATTR)
-    return (trial.value, -loss if isinstance(loss, (int, float)) else -math.inf, -trial.number)
+    score = cast(float, trial.value)  # ranked trials are transfer_trials: all scored
+    return (score, -loss if isinstance(loss, (int, float)) else -math.inf, -trial.number)

@@ -323,7 +323,7 @@ class SurfaceModel:
             )
         else:
             for param in self.params:
-                q = np.array([b[param] for b in baselines], dtype=float)
+                q = np.array([b[param] for b in baselines if b is not None], dtype=float)  # none lacks one
                 self.residual_gps_[param] = self._gp(
                     self._residual_kernel(param), Z, self.y_[param] - q, normalize_y=False
                 )
@@ -412,13 +412,14 @@ class SurfaceModel:
             missing = [p for p in self.params if p not in baseline]
             if missing:
                 raise ValueError(f"baseline must give every fitted parameter, but lacks {missing!r}")
-        residual = self.residual_ and baseline is not None
+        used = baseline if self.residual_ else None  # the baseline the residual fit adds to
+        residual = used is not None
         near = self.nearest(log10_n, similarity)
         values = dict(near.protocol)
         std: dict[str, float] = {}
         notes: list[str] = []
         for param in self.params:
-            base = np.array([baseline[param]]) if residual else None
+            base = np.array([used[param]]) if used is not None else None
             mean, sd = self.predict_param(param, np.array([log10_n]), np.array([similarity]), baseline=base)
             m, s = float(mean[0]), float(sd[0])
             if self.few_points_:
@@ -463,7 +464,7 @@ class SurfaceModel:
             similarity=float(similarity),
             notes=notes,
             residual=residual,
-            baseline={p: float(baseline[p]) for p in self.params} if residual else None,
+            baseline={p: float(used[p]) for p in self.params} if used is not None else None,
         )
 
 

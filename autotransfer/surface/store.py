@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, cast
 
 import optuna
 
@@ -246,7 +246,7 @@ def point_from_study(study: optuna.Study) -> SurfacePoint | None:
         similarity=float(profile["similarity"]),
         excess=[v if math.isfinite(v) else 0.0 for v in excess],
         protocol=Protocol.from_dict(best.params).to_dict(),
-        score=float(best.value),
+        score=float(cast(float, best.value)),  # the best transfer trial is scored
         test_score=final.get("test_score") if final.get("trial") == best.number else None,
         metric=settings.metric or str(profile.get("metric", "")),
         num_groups=int(profile.get("num_groups", 0)),
