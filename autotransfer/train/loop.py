@@ -11,13 +11,14 @@ import resource
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
 
 from autotransfer.backbones import freeze as freeze_groups
 from autotransfer.backbones import param_groups, reinit, run_groups, train_mode
+from autotransfer.backbones.types import Backbone
 from autotransfer.core.errors import AutotransferError, UserError
 from autotransfer.data.device import EpochSampler
 from autotransfer.train.config import TrainConfig, default_amp, resolve_device
@@ -69,7 +70,7 @@ class TrainResult:
         notes: human-readable notes (cache skipped, dtype fallbacks...).
     """
 
-    backbone: object
+    backbone: Backbone
     config: TrainConfig
     metric: str
     steps_done: int
@@ -267,8 +268,8 @@ def train_protocol(
 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
 
-    def forward_cached(x: torch.Tensor) -> torch.Tensor:
-        if channels_last and x.dim() == 4 and not entry.pooled:  # a no-op on a channels_last entry
+    def forward_cached(x: torch.Tensor) -> torch.Tensor:  # on the cache's batches: entry is set
+        if channels_last and x.dim() == 4 and not cast(CachedPrefix, entry).pooled:  # a no-op on a channels_last entry
             x = x.contiguous(memory_format=torch.channels_last)
         if f < G:
             x = run_groups(backbone, x, f, G)
@@ -308,7 +309,7 @@ def train_protocol(
         idx, epochs = sampler.next(config.batch_size)
         if entry is not None:
             view_idx = _view_indices(epochs, entry.views, gen, device)
-            spent = cache.ensure(
+            spent = cast(PrefixCache, cache).ensure(  # an entry comes from the cache
                 entry, (e for e, _ in epochs if e < entry.views), backbone, train, channels_last=channels_last
             )
             if spent:  # building ran the model in eval mode
@@ -425,6 +426,7 @@ def _view_indices(
 def _optimizer(groups: list[dict], config: TrainConfig, *, fused: bool = False) -> torch.optim.Optimizer:
     """SGD with momentum (nesterov off) or AdamW; ``fused`` (on CUDA) runs each step as a few
     fused kernels instead of one launch per parameter, where this torch supports it."""
+    make: Callable[..., torch.optim.Optimizer]
     if config.optimizer == "sgd":
         make = lambda **kw: torch.optim.SGD(  # noqa: E731
             groups,
@@ -453,7 +455,7 @@ def _optimizer(groups: list[dict], config: TrainConfig, *, fused: bool = False) 
 def _l2sp_params(backbone, f: int, r: int) -> list[torch.nn.Parameter]:
     """Trainable backbone parameters that keep their pretrained values (groups ``f..G-r-1``)."""
     named = dict(backbone.model.named_parameters())
-    out = []
+    out: list[torch.nn.Parameter] = []
     for group in backbone.groups[f : backbone.num_groups - r]:
         out.extend(named[name] for name in group.params if named[name].requires_grad)
     return out
@@ -477,11 +479,12 @@ def _without_decay(groups: list[dict], sp_params: list[torch.nn.Parameter]) -> l
 def _add_l2sp_grad(params: list[torch.nn.Parameter], start: list[torch.Tensor], alpha: float) -> None:
     """``grad += alpha * (w - w0)``: the gradient of ``alpha/2 ||w - w0||^2``."""
     with_grad = [(p, w0) for p, w0 in zip(params, start)]
+    grads: list[torch.Tensor] = []
     for p, _ in with_grad:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
     ps = [p.detach() for p, _ in with_grad]
-    grads = [p.grad for p, _ in with_grad]
     diffs = torch._foreach_sub(ps, [w0 for _, w0 in with_grad])
     torch._foreach_add_(grads, diffs, alpha=alpha)
 

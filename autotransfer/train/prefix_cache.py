@@ -64,7 +64,7 @@ import weakref
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 
@@ -428,7 +428,7 @@ class PrefixCache:
                 if entry.val is not None:
                     entry.val = entry.val.to(torch.bfloat16)
                 entry.notes.append(f"float16 overflowed in the f={entry.freeze} prefix outputs; stored as bfloat16")
-            target = entry.val if slot == "val" else entry.train[slot]
+            target = cast(torch.Tensor, entry.val) if slot == "val" else entry.train[slot]  # "val": entry has one
             target[lo : lo + len(idx)] = out.to(target.dtype)
 
 
