@@ -330,7 +330,7 @@ def test_cli_shows_the_surface_prior_and_refuses_a_missing_store_before_estimati
     except SystemExit as done:
         assert done.code in (0, None)
     payload = json.loads(capsys.readouterr().out)
-    surface = payload["prior_from_prediction"]
+    surface = payload["surface_prior"]
     assert surface["kind"] == "surface" and payload["prior"]["kind"] == "quadrant"
     assert len(surface["candidates"]) == 2 and all(c["source"].startswith("surface:s") for c in surface["candidates"])
     assert "3 recorded studies" in surface["rationale"][0]
@@ -340,7 +340,7 @@ def test_cli_shows_the_surface_prior_and_refuses_a_missing_store_before_estimati
         main()
     except SystemExit as done:
         assert done.code in (0, None)
-    assert json.loads(capsys.readouterr().out)["prior_from_prediction"] is None
+    assert json.loads(capsys.readouterr().out)["surface_prior"] is None
     # a store that does not exist: one line, exit 2, before any estimate is made
     monkeypatch.setattr(sys, "argv", [*args, "--prior", f"surface:{tmp_path / 'none.json'}"])
     with pytest.raises(SystemExit) as done:
