@@ -1,11 +1,11 @@
 """The ``autotransfer`` command line: thin typer commands that call the library and print."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 from contextlib import contextmanager
-
 from enum import Enum
 from typing import Optional
 
@@ -17,6 +17,7 @@ from rich.table import Table
 from autotransfer.core.errors import UserError
 
 __all__ = ["app", "main"]
+
 
 class _App(typer.Typer):
     """The typer app, run as the console script (``main = app``). Typer's standalone mode prints
@@ -199,7 +200,11 @@ def estimate_cmd(
     n: Optional[int] = typer.Option(None, "--n", help="estimate on a stratified subsample of N images"),
     max_images: int = typer.Option(1000, "--max-images", help="cap on images per side for features"),
     seed: int = typer.Option(0, "--seed"),
-    prior: Optional[str] = typer.Option(None, "--prior", help="quadrant, or surface:PATH to show that surface's prior too (default: the surface tune would use, if any)"),
+    prior: Optional[str] = typer.Option(
+        None,
+        "--prior",
+        help="quadrant, or surface:PATH to show that surface's prior too (default: the surface tune would use, if any)",
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
 ) -> None:
     """Measure a target task: size, divergence by depth, transferability, placement and prior.
@@ -215,14 +220,20 @@ def estimate_cmd(
     from autotransfer.pipeline.estimate import estimate_task
 
     measured = estimate_task(
-        target, model, source=source, n=n, max_images=max_images, seed=seed, prior=prior,
+        target,
+        model,
+        source=source,
+        n=n,
+        max_images=max_images,
+        seed=seed,
+        prior=prior,
         progress=fmt is OutputFormat.table,
     )
     profile, surface = measured.profile, measured.surface_prior
     if fmt is OutputFormat.json:
         _print_json(measured.to_dict())
         return
-    from autotransfer.report.profile_table import profile_tables, prior_table
+    from autotransfer.report.profile_table import prior_table, profile_tables
 
     for table in profile_tables(profile):
         console.print(table)
@@ -237,17 +248,33 @@ def tune_cmd(
     trials: Optional[int] = typer.Option(None, "--trials", help="finished search trials, controls excluded"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     study: Optional[str] = typer.Option(None, "--study", help="study name (default: from target, model, n, seed)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else OUT/autotransfer.db)"),
-    out: str = typer.Option("studies", "--out", help="the folder for everything tune writes: the model (runs/STUDY), the export (exports/STUDY.yaml), the surface (surface.json, unless $AUTOTRANSFER_SURFACE) and the default storage"),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else OUT/autotransfer.db)"
+    ),
+    out: str = typer.Option(
+        "studies",
+        "--out",
+        help="the folder for everything tune writes: the model (runs/STUDY), the export (exports/STUDY.yaml), the surface (surface.json, unless $AUTOTRANSFER_SURFACE) and the default storage",
+    ),
     n: Optional[int] = typer.Option(None, "--n", help="stratified subsample of N images"),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="training input size in px"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     steps: Optional[int] = typer.Option(None, "--steps", help="budget in optimizer steps (default from size)"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (default) or adamw"),
-    prior: Optional[str] = typer.Option(None, "--prior", help="surface:PATH (default when OUT/surface.json has points for the model), quadrant or none"),
-    warm_start: Optional[str] = typer.Option(None, "--warm-start", help="enqueue the top protocols of an earlier study"),
-    prune: bool = typer.Option(True, "--prune/--no-prune", help="noise-aware successive-halving pruning of sampled trials"),
-    pick: Optional[str] = typer.Option(None, "--pick", help="ensemble (default: the top 3 protocols retrained on train+val, probabilities averaged), cv (cross-validate the top 3 on train+val, keep the best) or val (the best validation trial)"),
+    prior: Optional[str] = typer.Option(
+        None, "--prior", help="surface:PATH (default when OUT/surface.json has points for the model), quadrant or none"
+    ),
+    warm_start: Optional[str] = typer.Option(
+        None, "--warm-start", help="enqueue the top protocols of an earlier study"
+    ),
+    prune: bool = typer.Option(
+        True, "--prune/--no-prune", help="noise-aware successive-halving pruning of sampled trials"
+    ),
+    pick: Optional[str] = typer.Option(
+        None,
+        "--pick",
+        help="ensemble (default: the top 3 protocols retrained on train+val, probabilities averaged), cv (cross-validate the top 3 on train+val, keep the best) or val (the best validation trial)",
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     workers: int = typer.Option(
@@ -281,8 +308,17 @@ def tune_cmd(
     settings = tune_settings(
         target,
         {
-            "model": model, "trials": trials, "n": n, "resolution": resolution, "batch_size": batch_size,
-            "steps": steps, "optimizer": optimizer, "prior": prior, "device": device, "seed": seed, "pick": pick,
+            "model": model,
+            "trials": trials,
+            "n": n,
+            "resolution": resolution,
+            "batch_size": batch_size,
+            "steps": steps,
+            "optimizer": optimizer,
+            "prior": prior,
+            "device": device,
+            "seed": seed,
+            "pick": pick,
         },
         prune=prune,
         surface=outputs.surface,
@@ -319,7 +355,9 @@ def tune_cmd(
 def worker_cmd(
     study: str = typer.Option(..., "--study", help="name of an existing study"),
     storage: Optional[str] = typer.Option(
-        None, "--storage", help="the study's storage URL, e.g. postgresql://user:pass@host/db (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"
+        None,
+        "--storage",
+        help="the study's storage URL, e.g. postgresql://user:pass@host/db (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
     ),
     device: str = typer.Option("auto", "--device", help="this machine's device: auto (default), cpu or cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
@@ -349,12 +387,19 @@ def worker_cmd(
 def export_cmd(
     study: str = typer.Argument(..., help="study name"),
     fmt: str = typer.Option(
-        "yaml", "--format",
+        "yaml",
+        "--format",
         help="yaml or json (the protocol with its provenance, for train --config), timm (an args file for timm's"
         " train.py) or script (a Python file that trains the protocol with torch and timm alone)",
     ),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="file to write (default: stdout; timm and script need a file)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"),
+    output: Optional[str] = typer.Option(
+        None, "-o", "--output", help="file to write (default: stdout; timm and script need a file)"
+    ),
+    storage: Optional[str] = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
+    ),
 ) -> None:
     """Write a study's best protocol with its provenance, or as something that trains it outside autotransfer.
 
@@ -396,12 +441,17 @@ def export_cmd(
     written = f"{path} and {weights_path(path)}" if backbone is not None else str(path)
     err_console.print(f"wrote {written}", highlight=False, soft_wrap=True)
     if fmt == "script":
-        err_console.print(f"run: python {path} DATA_DIR --out MODEL_DIR   (DATA_DIR: one folder of images per class)",
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"run: python {path} DATA_DIR --out MODEL_DIR   (DATA_DIR: one folder of images per class)",
+            highlight=False,
+            soft_wrap=True,
+        )
     missing = not_expressed(payload, fmt, source_model(backbone) if backbone is not None else None)
     if fmt == "timm":
-        err_console.print("timm's train.py cannot express:" if missing else "timm's train.py expresses all of this protocol",
-                          highlight=False)
+        err_console.print(
+            "timm's train.py cannot express:" if missing else "timm's train.py expresses all of this protocol",
+            highlight=False,
+        )
     for line in missing:
         err_console.print(f"  - {line}", highlight=False, soft_wrap=True)
 
@@ -409,7 +459,12 @@ def export_cmd(
 @app.command("train")
 def train_cmd(
     config: str = typer.Option(..., "--config", "-c", help="an export written by `autotransfer export`"),
-    output: str = typer.Option("studies/runs/final", "-o", "--output", help="the model folder to write (config.json + model.safetensors + README.md) and metrics.json"),
+    output: str = typer.Option(
+        "studies/runs/final",
+        "-o",
+        "--output",
+        help="the model folder to write (config.json + model.safetensors + README.md) and metrics.json",
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
 ) -> None:
     """Reproduce the final model from an exported protocol: train on train+val, test, save.
@@ -462,22 +517,28 @@ def predict_cmd(
     k = min(top_k, len(classes))
     order = np.argsort(-found.proba, axis=1, kind="stable")[:, :k]
     rows = [
-        (path, [(str(classes[j]), float(found.proba[i, j])) for j in order[i]])
-        for i, path in enumerate(found.paths)
+        (path, [(str(classes[j]), float(found.proba[i, j])) for j in order[i]]) for i, path in enumerate(found.paths)
     ]
     names = ", ".join(p for p, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
     if not rows:
         listed = f" ({names})" if names else ""
-        raise UserError(f"no readable images among the {len(files) + len(missing)} file(s) given{listed}; check the paths")
+        raise UserError(
+            f"no readable images among the {len(files) + len(missing)} file(s) given{listed}; check the paths"
+        )
     if skipped:
-        err_console.print(f"skipped {len(skipped)} file(s) that are missing or not images: {names}",
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"skipped {len(skipped)} file(s) that are missing or not images: {names}", highlight=False, soft_wrap=True
+        )
     if fmt is PredictFormat.json:
-        _print_json({
-            "model": model_dir,
-            "predictions": [{"path": p, "top": [{"class": c, "probability": v} for c, v in top]} for p, top in rows],
-            "skipped": [{"path": p, "reason": r} for p, r in skipped],
-        })
+        _print_json(
+            {
+                "model": model_dir,
+                "predictions": [
+                    {"path": p, "top": [{"class": c, "probability": v} for c, v in top]} for p, top in rows
+                ],
+                "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            }
+        )
         return
     if fmt is PredictFormat.csv:
         writer = csv_module.writer(sys.stdout, lineterminator="\n")
@@ -504,7 +565,9 @@ def evaluate_cmd(
     ),
     metric: Optional[str] = typer.Option(None, "--metric", help="accuracy or balanced_accuracy (default: the study's)"),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
-    html: Optional[str] = typer.Option(None, "--html", help="also write a page with the confusion matrix and per-class bars"),
+    html: Optional[str] = typer.Option(
+        None, "--html", help="also write a page with the confusion matrix and per-class bars"
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ) -> None:
     """Score a tuned model on labelled images: the metric with its 95% interval, per-class
@@ -578,9 +641,17 @@ def surface_cmd(
     steps: Optional[int] = typer.Option(None, "--steps"),
     device: Optional[str] = typer.Option(None, "--device"),
     spec: Optional[str] = typer.Option(None, "--spec", help="YAML sweep spec (see studies/sweep-small.yaml)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"),
+    storage: Optional[str] = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
+    ),
     store: Optional[str] = typer.Option(None, "--store", help="surface store (default studies/surface.json)"),
-    html: Optional[str] = typer.Option(None, "--html", help="write the fitted surface (and, from --storage, accuracy along protocol slices) as self-contained HTML"),
+    html: Optional[str] = typer.Option(
+        None,
+        "--html",
+        help="write the fitted surface (and, from --storage, accuracy along protocol slices) as self-contained HTML",
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format"),
 ) -> None:
     """Sweep targets x sizes x seeds (one study each, resumable), record each best protocol, fit the surface.
@@ -595,8 +666,14 @@ def surface_cmd(
 
     sweep = sweep_from_options(spec=spec, targets=targets, sizes=sizes, model=model, seeds=seeds, trials=trials)
     out = surface_job(
-        sweep, model=model, trials=trials, overrides={"resolution": resolution, "steps": steps, "device": device},
-        storage=storage, store=store, html=html, ui=RichUI() if fmt is OutputFormat.table else NullUI(),
+        sweep,
+        model=model,
+        trials=trials,
+        overrides={"resolution": resolution, "steps": steps, "device": device},
+        storage=storage,
+        store=store,
+        html=html,
+        ui=RichUI() if fmt is OutputFormat.table else NullUI(),
     )
     if fmt is OutputFormat.json:
         _print_json(out)
@@ -608,7 +685,11 @@ def surface_cmd(
 
 @app.command("dashboard")
 def dashboard_cmd(
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"),
+    storage: Optional[str] = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: this machine only)"),
     port: int = typer.Option(8080, "--port", help="port to serve on"),
     study: Optional[str] = typer.Option(None, "--study", help="attach views to this study only and print its page"),
@@ -640,7 +721,11 @@ def dashboard_cmd(
 def report_cmd(
     study: str = typer.Argument(..., help="study name"),
     output: str = typer.Option("report.html", "-o", "--output", help="HTML file to write"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)"),
+    storage: Optional[str] = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
+    ),
 ) -> None:
     """Write one self-contained HTML page about a study (plotly inline: no network needed to view it).
 

@@ -1,5 +1,6 @@
 """The real ``autotransfer`` entry point under bad input: one line on stderr, exit 2, no traceback;
 nothing written outside its folder; no secret printed; a useless model said to be useless."""
+
 from __future__ import annotations
 
 import json
@@ -106,8 +107,20 @@ def test_read_only_sqlite_study_file_is_one_line(tmp_path):
     _make_read_only(db)
     try:
         done = run_cli(
-            "tune", "builtin:digits", "--model", "fashion-source", "--n", "100", "--trials", "1",
-            "--storage", str(db), "--study", "kept", cwd=tmp_path, timeout=120,
+            "tune",
+            "builtin:digits",
+            "--model",
+            "fashion-source",
+            "--n",
+            "100",
+            "--trials",
+            "1",
+            "--storage",
+            str(db),
+            "--study",
+            "kept",
+            cwd=tmp_path,
+            timeout=120,
         )
         assert_one_line_error(done, "read-only", str(db))
         # reading it is fine: export reaches the study (and says it is not autotransfer's)
@@ -156,8 +169,19 @@ def test_estimate_shows_skipped_files_in_table_and_json(tmp_path):
 def _export(tmp_path: Path, name: str, *, drop: str | None = None, **protocol) -> Path:
     """A protocol export as `autotransfer export` writes it, for the tiny digits task."""
     settings = StudySettings(
-        target="builtin:digits", model="fashion-source", n=160, seed=0, resolution=16, batch_size=16,
-        steps=12, eval_every=12, views=2, trials=2, device="cpu", metric="accuracy", num_classes=10,
+        target="builtin:digits",
+        model="fashion-source",
+        n=160,
+        seed=0,
+        resolution=16,
+        batch_size=16,
+        steps=12,
+        eval_every=12,
+        views=2,
+        trials=2,
+        device="cpu",
+        metric="accuracy",
+        num_classes=10,
     )
     payload = {
         "schema": "autotransfer/protocol-export/v1",
@@ -232,13 +256,33 @@ def test_postgres_password_is_never_printed(tmp_path):
     assert secret not in masked_url(POSTGRES_URL) and ":***@" in masked_url(POSTGRES_URL)
     study = f"mask-{uuid.uuid4().hex[:8]}"
     common = (
-        "builtin:digits", "--model", "fashion-source", "--n", "160", "--resolution", "16", "--batch-size", "16",
-        "--steps", "12", "--trials", "1", "--device", "cpu", "--prior", "quadrant",
-        "--storage", POSTGRES_URL, "--study", study,
+        "builtin:digits",
+        "--model",
+        "fashion-source",
+        "--n",
+        "160",
+        "--resolution",
+        "16",
+        "--batch-size",
+        "16",
+        "--steps",
+        "12",
+        "--trials",
+        "1",
+        "--device",
+        "cpu",
+        "--prior",
+        "quadrant",
+        "--storage",
+        POSTGRES_URL,
+        "--study",
+        study,
     )
     done = run_cli("tune", *common, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"created study {study!r} in {masked_url(POSTGRES_URL)}" in " ".join(done.stderr.split() + done.stdout.split())
+    assert f"created study {study!r} in {masked_url(POSTGRES_URL)}" in " ".join(
+        done.stderr.split() + done.stdout.split()
+    )
     assert secret not in done.stdout and secret not in done.stderr
     done = run_cli("tune", *common, "--format", "json", cwd=tmp_path, timeout=600)  # resumes: nothing left to run
     assert done.returncode == 0, done.stderr[-3000:]
@@ -251,7 +295,10 @@ def test_postgres_password_is_never_printed(tmp_path):
     [
         (["tune", "builtin:digits", "--steps", "-5"], ("--steps must be >= 1", "-5")),
         (["tune", "builtin:digits", "--steps", "0"], ("--steps must be >= 1", "leave it out")),
-        (["tune", "builtin:digits", "--prior", "quadrnt"], ("--prior must be quadrant, none or surface:PATH", "quadrnt")),
+        (
+            ["tune", "builtin:digits", "--prior", "quadrnt"],
+            ("--prior must be quadrant, none or surface:PATH", "quadrnt"),
+        ),
         (["tune", "builtin:digits", "--pick", "best"], ("--pick must be one of ensemble, cv, val", "best")),
     ],
 )
@@ -262,8 +309,26 @@ def test_bad_tune_values_are_one_line_before_any_work(tmp_path, args, needles):
 # -- tune --out, AUTOTRANSFER_STORAGE, progress, exports -------------------------------------------
 
 TINY_TUNE = (
-    "tune", "builtin:digits", "--model", "fashion-source", "--n", "160", "--resolution", "16", "--batch-size", "16",
-    "--steps", "12", "--trials", "1", "--pick", "val", "--device", "cpu", "--prior", "quadrant",
+    "tune",
+    "builtin:digits",
+    "--model",
+    "fashion-source",
+    "--n",
+    "160",
+    "--resolution",
+    "16",
+    "--batch-size",
+    "16",
+    "--steps",
+    "12",
+    "--trials",
+    "1",
+    "--pick",
+    "val",
+    "--device",
+    "cpu",
+    "--prior",
+    "quadrant",
 )
 
 
@@ -272,8 +337,9 @@ def tuned_out(tmp_path_factory):
     """``(work folder, tune's JSON, its stderr)`` of a tiny study tuned with ``--out out``, as a terminal
     would show it (FORCE_COLOR: rich draws its bars), no surface shared through the environment."""
     work = tmp_path_factory.mktemp("tune-out")
-    done = run_cli(*TINY_TUNE, "--out", "out", "--format", "json", cwd=work,
-                   env={"AUTOTRANSFER_SURFACE": "", "FORCE_COLOR": "1"})
+    done = run_cli(
+        *TINY_TUNE, "--out", "out", "--format", "json", cwd=work, env={"AUTOTRANSFER_SURFACE": "", "FORCE_COLOR": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return work, json.loads(done.stdout), done.stderr
 
@@ -281,7 +347,10 @@ def tuned_out(tmp_path_factory):
 def test_tune_out_puts_every_artifact_in_one_folder_and_says_where_absolutely(tuned_out):
     work, result, _ = tuned_out
     out = (work / "out").resolve()
-    assert result["model"] == str(out / "runs" / result["study"]) and (out / "runs" / result["study"] / "config.json").is_file()
+    assert (
+        result["model"] == str(out / "runs" / result["study"])
+        and (out / "runs" / result["study"] / "config.json").is_file()
+    )
     assert result["export"] == str(out / "exports" / f"{result['study']}.yaml") and Path(result["export"]).is_file()
     assert result["storage"] == f"sqlite:///{out / 'autotransfer.db'}" and (out / "autotransfer.db").is_file()
     assert result["surface"] == {"path": str(out / "surface.json"), "recorded": False}  # 1 trial: too thin to record
