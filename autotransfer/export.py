@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -231,7 +231,7 @@ def crop_ranges() -> tuple[tuple[float, float], tuple[float, float]]:
     (``DeviceBatches``' defaults, which the study's batches use)."""
     from autotransfer.data.device import DeviceBatches
 
-    defaults = DeviceBatches.__init__.__kwdefaults__
+    defaults = cast(dict[str, Any], DeviceBatches.__init__.__kwdefaults__)  # it has keyword-only defaults
     return tuple(defaults["scale"]), tuple(defaults["ratio"])
 
 

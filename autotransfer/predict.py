@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import numpy as np
 
@@ -215,9 +215,9 @@ class Predictor:
             )
             proba = None
             for member in self.members:
-                logits, _ = predict_logits(
-                    member, batches.eval_batches(BATCH_SIZE), amp=self.device.type == "cuda", channels_last=True
-                )
+                # a fresh pass per member; labelled (zeros), so every batch has its label tensor
+                labelled = cast("Iterable[tuple[torch.Tensor, torch.Tensor]]", batches.eval_batches(BATCH_SIZE))
+                logits, _ = predict_logits(member, labelled, amp=self.device.type == "cuda", channels_last=True)
                 p = torch.softmax(logits, dim=1)
                 proba = p if proba is None else proba + p
             assert proba is not None

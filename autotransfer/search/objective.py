@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 import optuna
 
@@ -28,6 +28,11 @@ from autotransfer.core.schema import (
     VAL_LOSS_ATTR,
 )
 from autotransfer.core.settings import StudySettings
+
+if TYPE_CHECKING:
+    from autotransfer.backbones.types import Backbone
+    from autotransfer.data.device import DeviceBatches
+    from autotransfer.train.prefix_cache import PrefixCache
 
 #: Set to 1 to let a worker run a study whose trials ran at another precision (``precision_refusal``).
 MIXED_PRECISION_ENV = "AUTOTRANSFER_ALLOW_MIXED_PRECISION"
@@ -67,8 +72,8 @@ def train_config_for(protocol: Protocol, settings: StudySettings, num_groups: in
         batch_size=settings.batch_size,
         micro_batch=micro_batch,
         resolution=settings.resolution,
-        steps=int(settings.steps),
-        eval_every=int(settings.eval_every),
+        steps=int(cast(int, settings.steps)),  # resolved settings: filled in
+        eval_every=int(cast(int, settings.eval_every)),
         views=settings.views if settings.augment else 1,
         augment=settings.augment,
         seed=settings.seed,
@@ -136,10 +141,10 @@ class TrialRunner:
 
     settings: StudySettings
     space: ProtocolSpace
-    make_backbone: Callable[[], object]
-    train: object
-    val: object
-    prefix_cache: object | None = None
+    make_backbone: Callable[[], Backbone]
+    train: DeviceBatches
+    val: DeviceBatches
+    prefix_cache: PrefixCache | None = None
     on_progress: Callable[[int, int], None] | None = None
     on_trial_start: Callable[[optuna.trial.Trial, Protocol], None] | None = None
     num_groups: int = field(default=0)
@@ -218,6 +223,7 @@ class TrialRunner:
             trial.set_user_attr("oom", error)
 
         del backbone
+        reason: str | None
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*is already reported")

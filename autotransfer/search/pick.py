@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import optuna
@@ -209,7 +209,11 @@ def pick_protocol(
     if settings.pick == "ensemble":
         members = [t.number for t in candidates]
         chosen = Pick(
-            rule="ensemble", trial=members[0], members=members, trainings=len(members) - 1, steps=int(settings.steps)
+            rule="ensemble",
+            trial=members[0],
+            members=members,
+            trainings=len(members) - 1,
+            steps=int(cast(int, settings.steps)),
         )
         study.set_user_attr(ATTR["pick"], chosen.to_dict())
         return chosen
@@ -232,7 +236,7 @@ def pick_protocol(
         trial=winner.trial,
         candidates=scores,
         trainings=len(scores) * len(folds),
-        steps=int(settings.steps),
+        steps=int(cast(int, settings.steps)),
         seconds=time.perf_counter() - started,
     )
     study.set_user_attr(ATTR["pick"], chosen.to_dict())
