@@ -203,6 +203,7 @@ def launch_local_workers(
             finally:
                 if out is not None:
                     out.close()  # the child holds its own descriptor
+            # each worker's plan and log ride on its Popen (tests stand a fake Popen in for subprocess's)
             proc.plan = plan  # type: ignore[attr-defined]
             proc.log_path = Path(log_dir) / f"worker-{plan.index}.log" if log_dir is not None else None  # type: ignore[attr-defined]
             procs.append(proc)
@@ -313,7 +314,7 @@ def run_local_workers(
     log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="autotransfer-workers-"))
     procs = launch_local_workers(study_name, storage_url, n, device=device, timeout=timeout, log_dir=log_dir)
     for proc in procs:
-        plan = proc.plan  # type: ignore[attr-defined]
+        plan = proc.plan  # type: ignore[attr-defined]  # set by launch_local_workers
         where = f"GPU {plan.gpu}" if plan.gpu is not None else f"CPU, {plan.threads} thread(s)"
         ui.note(f"worker {plan.index}: pid {proc.pid}, {where}")
     ui.note(f"worker logs: {log_dir}")
@@ -333,9 +334,9 @@ def run_local_workers(
     failed = [(p, c) for p, c in zip(procs, codes) if c != 0]
     if failed:
         proc, code = failed[0]
-        reason = _last_line(proc.log_path) or "no output"  # type: ignore[attr-defined]
+        reason = _last_line(proc.log_path) or "no output"  # type: ignore[attr-defined]  # set by launch_local_workers
         message = (
-            f"{len(failed)} of {n} workers failed (worker {proc.plan.index}, pid {proc.pid}, exit {code}: {reason});"  # type: ignore[attr-defined]
+            f"{len(failed)} of {n} workers failed (worker {proc.plan.index}, pid {proc.pid}, exit {code}: {reason});"  # type: ignore[attr-defined]  # set by launch_local_workers
             f" logs in {log_dir}"
         )
         if done < total:
