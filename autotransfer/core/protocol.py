@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.validation import known_fields
 
 __all__ = ["Protocol", "ProtocolSpace", "ParamRange", "SEARCHED", "freeze_depth", "reinit_count"]
 
@@ -92,14 +92,7 @@ class Protocol:
     def from_dict(cls, values: dict[str, Any]) -> "Protocol":
         """Build from a mapping (trial parameters, an export); missing keys take defaults, and an
         unknown key is a one-line ``UserError`` naming it (a typo must not vanish silently)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(
-                f"unknown protocol parameter(s) {', '.join(map(repr, unknown))}; the parameters are:"
-                f" {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        return cls(**known_fields(cls, values, "protocol parameters"))
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.validation import known_fields
 
 __all__ = ["StudySettings", "PriorSpec", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL", "PICK_RULES"]
 
@@ -152,10 +153,4 @@ class StudySettings:
     def from_dict(cls, values: dict[str, Any]) -> "StudySettings":
         """Build from a mapping (a study's record, an export); missing keys take defaults, and an
         unknown key is a one-line ``UserError`` naming it (a typo must not vanish silently)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(
-                f"unknown study setting(s) {', '.join(map(repr, unknown))}; the settings are: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        return cls(**known_fields(cls, values, "study settings"))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from autotransfer.core.errors import UserError
+from autotransfer.train.config import module_device
 
 __all__ = [
     "BNDivergence",
@@ -84,14 +85,6 @@ def _require_batchnorm(model: nn.Module) -> list[tuple[str, nn.Module]]:
             )
         raise NoBatchNormError(_NO_BN_MESSAGE)
     return layers
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
 
 
 def _images(batch) -> torch.Tensor:
@@ -215,7 +208,7 @@ def bn_divergence(
 
         return hook
 
-    device = _model_device(model)
+    device = module_device(model)
     flags = _save_training_flags(model)
     handles = [module.register_forward_pre_hook(make_hook(name)) for name, module in named]
     n_images = 0
@@ -272,7 +265,7 @@ def reestimate_bn_stats(model: nn.Module, batches: Iterable) -> None:
     layers = [m for _, m in _require_batchnorm(model) if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not layers:
         raise NoBatchNormError("model has only frozen BatchNorm layers: their statistics cannot be re-estimated")
-    device = _model_device(model)
+    device = module_device(model)
     flags = _save_training_flags(model)
     momenta = [bn.momentum for bn in layers]
     started = False

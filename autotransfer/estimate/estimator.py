@@ -76,6 +76,7 @@ from autotransfer.prior.placement import (
     transferability_from_logme,
 )
 from autotransfer.prior.quadrant import quadrant_prior
+from autotransfer.train.config import module_device, resolve_device
 
 __all__ = [
     "TaskEstimator",
@@ -127,7 +128,6 @@ def auto_batch_size(device: torch.device | str, input_size: int) -> int:
 
 
 _NO_REFERENCE_NOTE = "no same-domain reference: raw divergence reported as excess"
-_DEVICES = ("auto", "cpu", "cuda")
 
 
 class TaskEstimator:
@@ -177,20 +177,7 @@ class TaskEstimator:
                 raise UserError(f"TaskEstimator {name} must be an integer >= {low}, but got {value!r}")
         if not isinstance(self.progress, bool):
             raise UserError(f"TaskEstimator progress must be true or false, but got {self.progress!r}")
-        device = self.device
-        if not isinstance(device, (str, torch.device)):
-            raise UserError(f"TaskEstimator device must be auto, cpu or cuda, but got {device!r}")
-        if str(device) == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            resolved = torch.device(device)
-        except RuntimeError as err:
-            raise UserError(f"TaskEstimator device must be auto, cpu or cuda, but got {device!r}") from err
-        if resolved.type not in _DEVICES:
-            raise UserError(f"TaskEstimator device must be auto, cpu or cuda, but got {device!r}")
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
-        return resolved
+        return resolve_device(self.device, what="TaskEstimator device")
 
     def _batch_size(self, device: torch.device, input_size: int) -> int:
         if self.batch_size is not None:
@@ -276,7 +263,7 @@ class TaskEstimator:
         # numpy's BLAS follows torch's thread setting: on a shared CPU an oversubscribed OpenBLAS
         # was measured 4-5x slower (SVD of 1000 x 1280: 10.8 s at its default, 2.3 s at 1 thread)
         with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-            model_device = _device_of(backbone.model)
+            model_device = module_device(backbone.model)
             backbone.model.to(device)
             try:
                 if source_ds is None:
@@ -491,12 +478,6 @@ class TaskEstimator:
             logme_over_chance=over_chance,
             n_ref=n_ref,
         )
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _fill_missing(values: np.ndarray) -> np.ndarray:

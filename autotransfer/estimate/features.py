@@ -11,6 +11,7 @@ from torch import nn
 
 from autotransfer.backbones.types import Backbone
 from autotransfer.data.types import ImageDataset
+from autotransfer.train.config import module_device
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -160,12 +161,6 @@ def _as_images(backbone: Backbone, data) -> np.ndarray | DeviceBatches:
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def extract_group_features(
     backbone: Backbone,
@@ -198,7 +193,7 @@ def extract_group_features(
         raise ValueError(f"batch_size must be a positive integer, but got {batch_size!r}")
     data = _as_images(backbone, batches_or_array)
     model = backbone.model
-    device = _model_device(model)
+    device = module_device(model)
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()

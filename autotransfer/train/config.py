@@ -10,7 +10,7 @@ import torch
 
 from autotransfer.core.errors import UserError
 
-__all__ = ["TrainConfig", "resolve_device", "default_amp"]
+__all__ = ["TrainConfig", "resolve_device", "module_device", "default_amp"]
 
 
 def default_amp(device: torch.device) -> bool:
@@ -159,14 +159,32 @@ class TrainConfig:
         return self.lr / (1.0 - self.momentum)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ``UserError``."""
-    _choice("device", device, _DEVICES)
-    if device == "auto":
+def resolve_device(device: str | torch.device, *, what: str = "device") -> torch.device:
+    """The one device resolver: ``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda`` or
+    ``cuda:N`` (or a ``torch.device``) as given. Anything else, or CUDA without a GPU, is a one-line
+    ``UserError`` (``what`` names the setting in it)."""
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
-    return torch.device(device)
+    if not isinstance(device, (str, torch.device)):
+        raise UserError(f"{what} must be auto, cpu or cuda, but got {device!r}")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"{what} must be auto, cpu or cuda, but got {device!r}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise UserError(f"{what} must be auto, cpu or cuda, but got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(device)!r} was requested but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def module_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model`` lives: the device of its first parameter, else of its first buffer, else the CPU."""
+    for tensor in model.parameters():
+        return tensor.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
 
 
 def _number(name: str, value: Any) -> float:
