@@ -20,7 +20,6 @@ from PIL import Image
 
 import autotransfer
 from autotransfer.core.errors import UserError
-from autotransfer.core.settings import StudySettings
 
 ENTRY = Path(sys.executable).with_name("autotransfer")
 needs_entry = pytest.mark.skipif(not ENTRY.exists(), reason="the autotransfer console script is not installed")
@@ -38,22 +37,11 @@ def run_cli(*args: str, cwd: Path, columns: str | None = "200") -> subprocess.Co
 def tuned(tmp_path_factory):
     """``(TuneResult, work folder)`` of a tiny real study."""
     from autotransfer.pipeline.tune import tune
+    from tests.search.conftest import tiny
 
     torch.set_num_threads(1)
     work = tmp_path_factory.mktemp("tuned")
-    settings = StudySettings(
-        target="builtin:digits",
-        model="fashion-source",
-        n=160,
-        seed=0,
-        resolution=16,
-        batch_size=16,
-        steps=12,
-        eval_every=4,
-        views=2,
-        trials=2,
-        device="cpu",
-    )
+    settings = tiny()  # the tiny digits study of tests/search
     result = tune(
         settings,
         study_name="digits-tiny",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from autotransfer.core.settings import StudySettings
+from tests.search.conftest import tiny
 
 
 @dataclass
@@ -21,20 +22,8 @@ class MadeStudy:
 
 
 def tiny_settings(trials: int = 4) -> StudySettings:
-    return StudySettings(
-        target="builtin:digits",
-        model="fashion-source",
-        n=160,
-        seed=0,
-        resolution=16,
-        batch_size=16,
-        steps=12,
-        eval_every=4,
-        views=2,
-        trials=trials,
-        prune=False,  # every search trial completes: enough points for parameter importances
-        device="cpu",
-    )
+    # every search trial completes (no pruning): enough points for parameter importances
+    return replace(tiny(), trials=trials, prune=False)
 
 
 def make_study(name: str, storage_url: str, workdir: Path, trials: int = 4) -> None:
