@@ -1,4 +1,8 @@
-"""The ``autotransfer`` command line: thin typer commands that call the library and print."""
+"""The ``autotransfer`` command line: thin typer commands that call the library and print.
+
+Over 400 lines: one typer command per subcommand, each with its options, help text and examples;
+each only parses, calls one library function and prints (docs/design.md, "Layers").
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -513,12 +516,8 @@ def predict_cmd(
     with _progress_bar("predicting", len(files)) as advance:
         found = predictor.predict_files(files, progress=advance)
     skipped = missing + found.skipped
-    classes = predictor.classes_
-    k = min(top_k, len(classes))
-    order = np.argsort(-found.proba, axis=1, kind="stable")[:, :k]
-    rows = [
-        (path, [(str(classes[j]), float(found.proba[i, j])) for j in order[i]]) for i, path in enumerate(found.paths)
-    ]
+    k = min(top_k, len(predictor.classes_))
+    rows = found.top(predictor.classes_, k)
     names = ", ".join(p for p, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
     if not rows:
         listed = f" ({names})" if names else ""

@@ -41,6 +41,15 @@ class FilePredictions:
     proba: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
+    def top(self, classes: Sequence[str] | np.ndarray, k: int) -> list[tuple[str, list[tuple[str, float]]]]:
+        """Per file, its ``k`` most probable ``(class name, probability)``, most probable first (ties
+        keep the class order); ``k`` is capped at the number of classes."""
+        k = min(k, len(classes))
+        order = np.argsort(-self.proba, axis=1, kind="stable")[:, :k]
+        return [
+            (path, [(str(classes[j]), float(self.proba[i, j])) for j in order[i]]) for i, path in enumerate(self.paths)
+        ]
+
 
 def _as_rgb(image: Any, where: str) -> np.ndarray:
     """``(H, W, 3)`` uint8 from a path, a PIL image or an array (grey, RGB, RGBA; uint8 or float)."""
