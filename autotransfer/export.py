@@ -12,6 +12,7 @@ from typing import Any, cast
 import yaml
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.schema import FREEZE_ATTR, NUM_GROUPS_ATTR, REINIT_ATTR
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -66,8 +67,8 @@ def export_payload(study) -> dict[str, Any]:
         {
             "trial": n,
             "protocol": Protocol.from_dict(trials[n].params).to_dict(),
-            "freeze": trials[n].user_attrs.get("freeze"),
-            "reinit": trials[n].user_attrs.get("reinit"),
+            "freeze": trials[n].user_attrs.get(FREEZE_ATTR),
+            "reinit": trials[n].user_attrs.get(REINIT_ATTR),
             "val": trials[n].value,
             "trained_on": (trained_on or [])[i] if trained_on and i < len(trained_on) else "train+val",
         }
@@ -81,9 +82,9 @@ def export_payload(study) -> dict[str, Any]:
         "derived": {
             "lr": protocol.lr,
             "elr": protocol.elr,
-            "freeze": best.user_attrs.get("freeze"),
-            "reinit": best.user_attrs.get("reinit"),
-            "num_groups": best.user_attrs.get("num_groups"),
+            "freeze": best.user_attrs.get(FREEZE_ATTR),
+            "reinit": best.user_attrs.get(REINIT_ATTR),
+            "num_groups": best.user_attrs.get(NUM_GROUPS_ATTR),
         },
         "trial": best.number,
         "pick": pick.get("rule"),

@@ -26,7 +26,7 @@ import optuna
 from autotransfer.core.errors import UserError
 from autotransfer.core.paths import safe_name
 from autotransfer.core.protocol import Protocol
-from autotransfer.core.schema import ATTR
+from autotransfer.core.schema import ATTR, FREEZE_ATTR, REINIT_ATTR
 from autotransfer.core.settings import StudySettings
 from autotransfer.pipeline.outcome import (
     SMALL_VALIDATION,
@@ -385,8 +385,8 @@ def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
                     "test_score": f.test_score,
                     "trained_on": f.trained_on,
                     "freeze_reinit": (
-                        int(trials[m.trial].user_attrs.get("freeze", 0)),
-                        int(trials[m.trial].user_attrs.get("reinit", 0)),
+                        int(trials[m.trial].user_attrs.get(FREEZE_ATTR, 0)),
+                        int(trials[m.trial].user_attrs.get(REINIT_ATTR, 0)),
                     ),
                 },
             )
@@ -502,7 +502,7 @@ def tune(
         negative_transfer=scratch is not None and scratch > val_score,
         export_path=export_path,
         model_path=model_dir,  # the model folder: config.json + model.safetensors + README.md
-        integers=(int(best.user_attrs.get("freeze", 0)), int(best.user_attrs.get("reinit", 0))),
+        integers=(int(best.user_attrs.get(FREEZE_ATTR, 0)), int(best.user_attrs.get(REINIT_ATTR, 0))),
         notes=notes + list(final.notes) + published,
         pick=final.pick.to_dict() if final.pick is not None else None,
         trained_on=(study.user_attrs.get(ATTR["final"]) or {}).get("trained_on", "train+val"),

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotransfer.core.protocol import SEARCHED, Protocol
-from autotransfer.core.schema import CONTROL_ATTR, SOURCE_ATTR
+from autotransfer.core.schema import CONTROL_ATTR, FREEZE_ATTR, NUM_GROUPS_ATTR, REINIT_ATTR, SOURCE_ATTR
 from autotransfer.search.study import (
     best_transfer_trial,
     control_trials,
@@ -257,13 +257,15 @@ def divergence_info(study: optuna.Study) -> DivergenceInfo | None:
         excess=[nan if v is None else float(v) for v in div["excess"]],
         threshold=excess_threshold(BN_W2_SIMILARITY_SCALE) if div.get("method") == "bn-w2" else None,
         prior_freeze=None if prior.get("freeze") is None else int(prior["freeze"]),
-        best_freeze=None if best is None or best.user_attrs.get("freeze") is None else int(best.user_attrs["freeze"]),
+        best_freeze=None
+        if best is None or best.user_attrs.get(FREEZE_ATTR) is None
+        else int(best.user_attrs[FREEZE_ATTR]),
     )
 
 
 def _integers(trial: FrozenTrial, num_groups: int | None) -> tuple[int, int] | None:
     if "freeze" in trial.user_attrs and "reinit" in trial.user_attrs:
-        return int(trial.user_attrs["freeze"]), int(trial.user_attrs["reinit"])
+        return int(trial.user_attrs[FREEZE_ATTR]), int(trial.user_attrs[REINIT_ATTR])
     if num_groups and {"freeze_frac", "reinit_frac"} <= set(trial.params):
         return Protocol.from_dict(trial.params).integers(num_groups)
     return None
@@ -272,7 +274,7 @@ def _integers(trial: FrozenTrial, num_groups: int | None) -> tuple[int, int] | N
 def _num_groups(study: optuna.Study) -> int | None:
     for t in study.get_trials(deepcopy=False):
         if "num_groups" in t.user_attrs:
-            return int(t.user_attrs["num_groups"])
+            return int(t.user_attrs[NUM_GROUPS_ATTR])
     profile = read_attr(study, "profile") or {}
     return int(profile["num_groups"]) if profile.get("num_groups") else None
 

@@ -18,6 +18,7 @@ from autotransfer.core.schema import (
     DEVICE_ATTR,
     DEVICE_NAME_ATTR,
     FAIL_REASON_ATTR,
+    FIXED_PARAMS,
     FREEZE_ATTR,
     NUM_GROUPS_ATTR,
     PRECISION_ATTR,
@@ -285,7 +286,7 @@ class TrialRunner:
         from autotransfer.search.storage import requeue_trial
 
         frozen = trial.storage.get_trial(trial._trial_id)
-        if "fixed_params" in frozen.system_attrs:
+        if FIXED_PARAMS in frozen.system_attrs:
             requeue_trial(trial.study, frozen, max_retry=None)
         trial.set_user_attr(FAIL_REASON_ATTR, refusal)
         raise UserError(refusal)

@@ -16,6 +16,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from autotransfer.core.schema import FREEZE_ATTR, REINIT_ATTR
+
 __all__ = ["NullUI", "RichUI"]
 
 
@@ -86,7 +88,7 @@ class RichUI(NullUI):
 
     def trial_start(self, trial: Any, protocol: Any) -> None:
         label = trial.user_attrs.get("source") or "tpe"
-        f, r = trial.user_attrs.get("freeze"), trial.user_attrs.get("reinit")
+        f, r = trial.user_attrs.get(FREEZE_ATTR), trial.user_attrs.get(REINIT_ATTR)
         text = f"trial {trial.number} [{label}] elr={protocol.elr:.3g} f={f} r={r}"
         if self.progress is not None:
             self.progress.update(self.trial_task, description=text, completed=0)

@@ -15,6 +15,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.schema import FIXED_PARAMS
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -78,9 +79,9 @@ def requeue_trial(study: optuna.Study, trial: FrozenTrial, *, max_retry: int | N
         "retry_history": history,
     }
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k in QUEUED_ATTRS}
-    fixed = trial.system_attrs.get("fixed_params")
+    fixed = trial.system_attrs.get(FIXED_PARAMS)
     if fixed is not None:
-        system_attrs["fixed_params"] = {**fixed, **trial.params}
+        system_attrs[FIXED_PARAMS] = {**fixed, **trial.params}
         retry = optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=user_attrs, system_attrs=system_attrs)
     else:
         retry = optuna.trial.create_trial(

@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autotransfer.core.errors import UserError
-from autotransfer.core.schema import RETRY_ATTR, WORKER_ATTR
+from autotransfer.core.schema import FAIL_REASON_ATTR, RETRY_ATTR, WORKER_ATTR
 from autotransfer.search.retry import retried_trial_number
 from autotransfer.search.run import join_study
 
@@ -388,7 +388,7 @@ def _lost_to_another_worker(study_name: str, storage, number: int | None) -> boo
         trial = load_study(study_name, storage).trials[number]
     except Exception:  # noqa: BLE001 - only a diagnosis; the original error is re-raised
         return False
-    return trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
+    return trial.state == TrialState.FAIL and FAIL_REASON_ATTR not in trial.user_attrs
 
 
 def refuse_other_precision(study_name: str, storage: str | None, device: str | None) -> None:

@@ -17,6 +17,7 @@ import optuna
 
 from autotransfer.core.errors import UserError
 from autotransfer.core.protocol import Protocol
+from autotransfer.core.schema import FREEZE_ATTR, REINIT_ATTR
 from autotransfer.search.study import best_transfer_trial, read_attr, read_settings, search_trials
 
 __all__ = [
@@ -250,8 +251,8 @@ def point_from_study(study: optuna.Study) -> SurfacePoint | None:
         test_score=final.get("test_score") if final.get("trial") == best.number else None,
         metric=settings.metric or str(profile.get("metric", "")),
         num_groups=int(profile.get("num_groups", 0)),
-        freeze=best.user_attrs.get("freeze"),
-        reinit=best.user_attrs.get("reinit"),
+        freeze=best.user_attrs.get(FREEZE_ATTR),
+        reinit=best.user_attrs.get(REINIT_ATTR),
         trials=len(search_trials(study)),
         time=time.strftime("%Y-%m-%dT%H:%M:%S"),
         num_classes=_num_classes(settings.num_classes, profile),
