@@ -260,8 +260,10 @@ def tune_cmd(
         help="the folder for everything tune writes: the model (runs/STUDY), the export (exports/STUDY.yaml), the surface (surface.json, unless $AUTOTRANSFER_SURFACE) and the default storage",
     ),
     n: Optional[int] = typer.Option(None, "--n", help="stratified subsample of N images"),
-    resolution: Optional[int] = typer.Option(None, "--resolution", help="training input size in px"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution", help="training input size in px (default 64; 224 on a GPU)"
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="default 32; 128 on a GPU"),
     steps: Optional[int] = typer.Option(None, "--steps", help="budget in optimizer steps (default from size)"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (default) or adamw"),
     prior: Optional[str] = typer.Option(
