@@ -8,14 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
-from autotransfer.core.settings import StudySettings
 
 ENTRY = Path(sys.executable).with_name("autotransfer")
 pytestmark = pytest.mark.skipif(not ENTRY.exists(), reason="the autotransfer console script is not installed")
@@ -168,21 +167,9 @@ def test_estimate_shows_skipped_files_in_table_and_json(tmp_path):
 
 def _export(tmp_path: Path, name: str, *, drop: str | None = None, **protocol) -> Path:
     """A protocol export as `autotransfer export` writes it, for the tiny digits task."""
-    settings = StudySettings(
-        target="builtin:digits",
-        model="fashion-source",
-        n=160,
-        seed=0,
-        resolution=16,
-        batch_size=16,
-        steps=12,
-        eval_every=12,
-        views=2,
-        trials=2,
-        device="cpu",
-        metric="accuracy",
-        num_classes=10,
-    )
+    from tests.search.conftest import tiny
+
+    settings = replace(tiny(), eval_every=12, metric="accuracy", num_classes=10)
     payload = {
         "schema": "autotransfer/protocol-export/v1",
         "study": "hand-made",

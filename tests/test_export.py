@@ -51,23 +51,10 @@ PLAIN = {
 
 def tiny_payload(protocol: dict, members: int = 1, **settings) -> dict:
     """An export as ``export_payload`` writes it, for the tiny digits task on the fashion-source model."""
-    values = dict(
-        target="builtin:digits",
-        model="fashion-source",
-        n=160,
-        seed=0,
-        resolution=16,
-        batch_size=16,
-        steps=12,
-        eval_every=12,
-        views=2,
-        trials=2,
-        device="cpu",
-        metric="accuracy",
-        num_classes=10,
-        n_train=112,
-        val_images=24,
-    )
+    from tests.search.conftest import tiny
+
+    values = {**tiny().to_dict(), "eval_every": 12, "metric": "accuracy", "num_classes": 10, "n_train": 112}
+    values["val_images"] = 24
     values.update(settings)
     return {
         "schema": "autotransfer/protocol-export/v1",
