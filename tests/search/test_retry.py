@@ -168,6 +168,12 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # a shell starts background jobs (a CI runner's `cmd &`) with SIGINT ignored, and Python keeps
+    # an ignored SIGINT ignored: give the child the terminal's default, where Ctrl-C is delivered
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_tune(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [str(ENTRY), "tune", *COMMON, *args],
@@ -176,6 +182,7 @@ def start_tune(tmp_path: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
 
 
