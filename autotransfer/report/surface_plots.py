@@ -1,4 +1,8 @@
-"""Surface plots: grid numbers (info step) and plotly surface + contour figures and HTML (drawing step)."""
+"""Surface plots: grid numbers (info step) and plotly surface + contour figures and HTML (drawing step).
+
+Over 400 lines: the surface's grid numbers and its four figures (surface, overview, parameter
+slices, the per-study hook) share the fitted model's grid, so they stay in one module.
+"""
 
 from __future__ import annotations
 
