@@ -96,6 +96,7 @@ def _main(
 ) -> None:
     """Automated transfer-learning protocol search for image classification."""
     import signal
+    import threading
 
     import optuna
 
@@ -104,7 +105,9 @@ def _main(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # SIGTERM stops like Ctrl-C: Optuna marks the running trial FAIL, completed trials stay.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # (Only the main thread may set a handler: an app run in-process from another thread keeps its own.)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _print_json(payload: object) -> None:
