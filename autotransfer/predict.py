@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, cast
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -201,18 +201,18 @@ class Predictor:
         self, arrays: Sequence[np.ndarray], *, progress: Callable[[int, int], None] | None = None
     ) -> np.ndarray:
         """``(N, K)`` probabilities of ``(H, W, 3)`` uint8 arrays, ``BATCH_SIZE`` at a time."""
-        import torch
 
         from autotransfer.data.cache import resize_square
         from autotransfer.data.device import DeviceBatches
-        from autotransfer.train.metrics import predict_logits
+        from autotransfer.train.metrics import predict_proba
 
         size, pre = self.preprocessing.input_size, self.preprocessing
         out: list[np.ndarray] = []
         total = len(arrays)
         for start in range(0, total, BATCH_SIZE):
             chunk = np.stack([resize_square(a, size) for a in arrays[start : start + BATCH_SIZE]])
-            # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, bf16 on CUDA
+            # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, and bf16
+            # where the study's own evaluation uses it (native bf16 GPUs: train.default_amp)
             batches = DeviceBatches(
                 chunk,
                 np.zeros(len(chunk), np.int64),
@@ -222,15 +222,8 @@ class Predictor:
                 std=pre.std,
                 flip=False,
             )
-            proba = None
-            for member in self.members:
-                # a fresh pass per member; labelled (zeros), so every batch has its label tensor
-                labelled = cast("Iterable[tuple[torch.Tensor, torch.Tensor]]", batches.eval_batches(BATCH_SIZE))
-                logits, _ = predict_logits(member, labelled, amp=self.device.type == "cuda", channels_last=True)
-                p = torch.softmax(logits, dim=1)
-                proba = p if proba is None else proba + p
-            assert proba is not None
-            out.append((proba / len(self.members)).cpu().numpy().astype(np.float32))
+            _, proba = predict_proba(self.members, batches, batch_size=BATCH_SIZE, channels_last=True)
+            out.append(proba.cpu().numpy().astype(np.float32))
             if progress is not None:
                 progress(min(start + BATCH_SIZE, total), total)
         if not out:

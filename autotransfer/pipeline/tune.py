@@ -373,7 +373,6 @@ def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
 
     study, trained = opened.study, final.trained
     assert trained is not None
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     save_tuned_ensemble(
         [
             (
@@ -384,10 +383,7 @@ def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
                     "val_score": m.val_score,
                     "test_score": f.test_score,
                     "trained_on": f.trained_on,
-                    "freeze_reinit": (
-                        int(trials[m.trial].user_attrs.get(FREEZE_ATTR, 0)),
-                        int(trials[m.trial].user_attrs.get(REINIT_ATTR, 0)),
-                    ),
+                    "freeze_reinit": m.freeze_reinit,
                 },
             )
             for m, f in zip(final.members, trained.members)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autotransfer.core.protocol import Protocol
+from autotransfer.core.schema import FREEZE_ATTR, REINIT_ATTR
 from autotransfer.core.settings import StudySettings
 from autotransfer.search.prepared import PreparedData, split_batches
 
@@ -154,13 +155,15 @@ def train_final(
 @dataclass(frozen=True)
 class Member:
     """One model of the handed-back model: the study trial whose protocol it trains, and the score
-    the check expects of it on ``expected_images`` unseen images."""
+    the check expects of it on ``expected_images`` unseen images. ``freeze_reinit``: the integer
+    depths the trial recorded for its model."""
 
     trial: int
     protocol: Protocol
     expected: float
     expected_images: int
     val_score: float | None = None
+    freeze_reinit: tuple[int, int] | None = None
 
 
 @dataclass
@@ -249,7 +252,8 @@ def handed_back_members(study, pick, best, val_images: int) -> list[Member]:
             expected, images = chosen.oof_score, chosen.images
         else:
             expected, images = float(trial.value), val_images
-        members.append(Member(number, Protocol.from_dict(trial.params), expected, images, float(trial.value)))
+        depths = (int(trial.user_attrs.get(FREEZE_ATTR, 0)), int(trial.user_attrs.get(REINIT_ATTR, 0)))
+        members.append(Member(number, Protocol.from_dict(trial.params), expected, images, float(trial.value), depths))
     return members
 
 

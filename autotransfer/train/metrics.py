@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -132,26 +132,27 @@ def predict_labels(
     ``backbone`` may be a list of backbones (an ensemble): the prediction is then the argmax of
     their mean softmax probabilities (``predict_proba``).
     """
-    labels, proba = predict_proba(backbone, batches, batch_size=batch_size, amp=amp, channels_last=channels_last)
+    members = [b.model for b in backbone] if isinstance(backbone, (list, tuple)) else backbone.model
+    labels, proba = predict_proba(members, batches, batch_size=batch_size, amp=amp, channels_last=channels_last)
     return _numpy(labels), _numpy(proba.argmax(1))
 
 
 def predict_proba(
-    backbones,
+    models: torch.nn.Module | Sequence[torch.nn.Module],
     batches,
     *,
     batch_size: int = 256,
     amp: bool | None = None,
     channels_last: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(labels (N,), probabilities (N, K) float32)``: the mean softmax of ``backbones`` (one
-    ``Backbone`` or a list of them; each model in eval mode) on every image of ``batches``."""
-    members = list(backbones) if isinstance(backbones, (list, tuple)) else [backbones]
+    """``(labels (N,), probabilities (N, K) float32)``: the mean softmax of ``models`` (one module
+    or an ensemble's; each put in eval mode) on every image of ``batches``, one fresh pass each.
+    ``amp`` ``None``: bf16 autocast where the device has native bf16 (``default_amp``)."""
+    members = [models] if isinstance(models, torch.nn.Module) else list(models)
     if not members:
-        raise ValueError("predict_proba needs at least one backbone")
+        raise ValueError("predict_proba needs at least one model")
     total, labels = None, None
-    for member in members:
-        model = member.model
+    for model in members:
         model.eval()
         device = next(model.parameters()).device
         use_amp = default_amp(device) if amp is None else amp
