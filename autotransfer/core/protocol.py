@@ -8,7 +8,15 @@ from typing import Protocol as TypingProtocol
 
 from autotransfer.core.validation import known_fields
 
-__all__ = ["Protocol", "ProtocolSpace", "ParamRange", "SEARCHED", "freeze_depth", "reinit_count"]
+__all__ = [
+    "Protocol",
+    "ProtocolSpace",
+    "ParamRange",
+    "SEARCHED",
+    "SCHEDULES",
+    "freeze_depth",
+    "reinit_count",
+]
 
 #: The searched parameters, in the order they are suggested.
 SEARCHED = (
@@ -21,7 +29,17 @@ SEARCHED = (
     "weight_decay",
     "bn_mode",
     "l2sp",
+    "schedule",
+    "stage_frac",
 )
+
+#: How the trainable groups change over the budget (docs/design.md, "Schedules"):
+#: ``one-stage`` trains groups f..G-1 from the first step; ``lp-ft`` trains only the new
+#: parameters (head and re-initialised groups) for the first ``stage_frac`` of the budget, then
+#: groups f..G-1 (Kumar et al., ICLR 2022); ``gradual`` starts like ``lp-ft`` and unfreezes the
+#: pretrained groups one at a time from the top, the last at ``stage_frac`` of the budget
+#: (Howard & Ruder, ACL 2018).
+SCHEDULES = ("one-stage", "lp-ft", "gradual")
 
 
 def freeze_depth(freeze_frac: float, num_groups: int) -> int:
@@ -44,6 +62,8 @@ class Protocol:
 
     ``lr`` follows from the effective learning rate: ``lr = 10**log10_elr * (1 - momentum)``
     (Li et al., ICLR 2020). Freeze and reinit are fractions; ``integers(G)`` gives ``(f, r)``.
+    ``schedule`` and ``stage_frac`` say when groups f..G-1 start to train (``SCHEDULES``);
+    ``stage_frac`` is ignored by ``one-stage``.
     """
 
     log10_elr: float = -1.5
@@ -55,8 +75,14 @@ class Protocol:
     weight_decay: float = 1e-5
     bn_mode: str = "adapt"
     l2sp: float = 0.0
+    schedule: str = "one-stage"
+    stage_frac: float = 0.3
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)!r}, but got {self.schedule!r}")
+        if not 0.0 <= self.stage_frac < 1.0:
+            raise ValueError(f"stage_frac must lie in [0, 1), but got {self.stage_frac!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), but got {self.momentum!r}")
         if self.bn_mode not in ("adapt", "frozen"):
@@ -131,6 +157,7 @@ def _default_ranges() -> dict[str, ParamRange]:
         "layer_decay": ParamRange(0.5, 1.0),
         "weight_decay": ParamRange(1e-6, 1e-2, log=True),
         "l2sp": ParamRange(0.0, 0.1),
+        "stage_frac": ParamRange(0.1, 0.8),
     }
 
 
@@ -139,22 +166,38 @@ class ProtocolSpace:
     """Search ranges for every searched parameter, plus the BN-mode choices.
 
     A parameter whose range has ``low == high`` is fixed (suggested as a one-value range).
+    With ``schedules == ("one-stage",)`` neither ``schedule`` nor ``stage_frac`` is suggested
+    (trials carry no such parameters and run one-stage, as studies did before schedules existed).
     """
 
     ranges: dict[str, ParamRange] = field(default_factory=_default_ranges)
     bn_modes: tuple[str, ...] = ("adapt", "frozen")
+    schedules: tuple[str, ...] = SCHEDULES
 
     def __post_init__(self) -> None:
-        missing = set(SEARCHED) - {"bn_mode"} - set(self.ranges)
+        missing = set(SEARCHED) - {"bn_mode", "schedule"} - set(self.ranges)
         if missing:
             raise ValueError(f"ProtocolSpace is missing ranges for {sorted(missing)!r}")
+        unknown = [s for s in self.schedules if s not in SCHEDULES]
+        if unknown or not self.schedules:
+            raise ValueError(f"schedules must be a non-empty subset of {list(SCHEDULES)!r}, but got {self.schedules!r}")
+
+    @property
+    def searches_schedule(self) -> bool:
+        """Whether trials suggest ``schedule`` and ``stage_frac`` (not for one-stage only)."""
+        return tuple(self.schedules) != ("one-stage",)
 
     def suggest(self, trial: _Suggester) -> Protocol:
         """Draw one protocol through an optuna-style ``trial`` (``suggest_float`` ...)."""
         values: dict[str, Any] = {}
         for name in SEARCHED:
+            if name in ("schedule", "stage_frac") and not self.searches_schedule:
+                continue
             if name == "bn_mode":
                 values[name] = trial.suggest_categorical(name, list(self.bn_modes))
+                continue
+            if name == "schedule":
+                values[name] = trial.suggest_categorical(name, list(self.schedules))
                 continue
             rng = self.ranges[name]
             values[name] = trial.suggest_float(name, rng.low, rng.high, log=rng.log)
@@ -167,18 +210,26 @@ class ProtocolSpace:
             values[name] = rng.clip(float(values[name]))
         if values["bn_mode"] not in self.bn_modes:
             values["bn_mode"] = self.bn_modes[0]
+        if values["schedule"] not in self.schedules:
+            values["schedule"] = self.schedules[0]
         return Protocol(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ranges": {k: [r.low, r.high, r.log] for k, r in self.ranges.items()},
             "bn_modes": list(self.bn_modes),
+            "schedules": list(self.schedules),
         }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ProtocolSpace":
+        """The inverse of ``to_dict``. A space stored before schedules existed reads as one-stage
+        only, so a resumed old study keeps the space its trials were drawn from."""
         ranges = {k: ParamRange(float(v[0]), float(v[1]), bool(v[2])) for k, v in values["ranges"].items()}
-        return cls(ranges=ranges, bn_modes=tuple(values["bn_modes"]))
+        fixed = Protocol().stage_frac
+        ranges.setdefault("stage_frac", ParamRange(fixed, fixed))
+        schedules = tuple(values.get("schedules", ("one-stage",)))
+        return cls(ranges=ranges, bn_modes=tuple(values["bn_modes"]), schedules=schedules)
 
     @staticmethod
     def centred(
@@ -206,4 +257,4 @@ class ProtocolSpace:
             if lo > hi:  # centre outside the bounds: collapse onto the nearest bound
                 lo = hi = outer.clip(c)
             ranges[name] = ParamRange(lo, hi, outer.log)
-        return ProtocolSpace(ranges=ranges, bn_modes=bounds.bn_modes)
+        return ProtocolSpace(ranges=ranges, bn_modes=bounds.bn_modes, schedules=bounds.schedules)

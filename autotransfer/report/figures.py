@@ -446,7 +446,7 @@ def prior_found_info(study: optuna.Study) -> PriorFoundInfo:
     rows = []
     for name in SEARCHED:
         p, f = centre.get(name), found.get(name)
-        if name == "bn_mode":
+        if name in ("bn_mode", "schedule"):  # categorical: no position in a range
             rows.append(PriorFoundRow(name, p, f, None, None, False, None, None))
             continue
         rng = space.ranges[name]

@@ -69,6 +69,8 @@ def train_config_for(protocol: Protocol, settings: StudySettings, num_groups: in
         weight_decay=protocol.weight_decay,
         bn_mode=protocol.bn_mode,
         l2sp=protocol.l2sp,
+        schedule=protocol.schedule,
+        stage_frac=protocol.stage_frac,
         optimizer=settings.optimizer,
         batch_size=settings.batch_size,
         micro_batch=micro_batch,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import SCHEDULES
 
 __all__ = ["TrainConfig", "resolve_device", "module_device", "default_amp"]
 
@@ -49,6 +50,10 @@ class TrainConfig:
         bn_mode: ``adapt`` (trainable groups' BN in train mode) or ``frozen`` (eval mode).
         l2sp: L2-SP strength alpha (0 = off): ``alpha/2 * ||w - w0||^2`` on the pretrained,
             trainable, non-re-initialised backbone weights (Li et al. 2018).
+        schedule: ``one-stage``, ``lp-ft`` or ``gradual``: when groups f..G-r-1 start to train
+            (``core.protocol.SCHEDULES``; docs/design.md, "Schedules").
+        stage_frac: ``lp-ft``: the fraction of ``steps`` that trains only the head and the
+            re-initialised groups; ``gradual``: the fraction by which the last group is unfrozen.
         optimizer: ``sgd`` or ``adamw``.
         batch_size: images per optimizer step.
         micro_batch: images per forward/backward pass (``None`` = ``batch_size``); gradients
@@ -76,6 +81,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     bn_mode: str = "adapt"
     l2sp: float = 0.0
+    schedule: str = "one-stage"
+    stage_frac: float = 0.3
     optimizer: str = "sgd"
     batch_size: int = 32
     micro_batch: int | None = None
@@ -107,6 +114,8 @@ class TrainConfig:
         _in_range("weight_decay", self.weight_decay, 0.0, math.inf)
         _in_range("l2sp", self.l2sp, 0.0, math.inf)
         _in_range("warmup_frac", self.warmup_frac, 0.0, 1.0, high_open=True)
+        _in_range("stage_frac", self.stage_frac, 0.0, 1.0, high_open=True)
+        _choice("schedule", self.schedule, SCHEDULES)
         _choice("bn_mode", self.bn_mode, _BN_MODES)
         _choice("optimizer", self.optimizer, _OPTIMIZERS)
         _choice("device", self.device, _DEVICES)

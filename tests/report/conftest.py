@@ -114,7 +114,8 @@ def synthetic_study(*, scratch=(0.30, 0.20, 0.10), probe=(0.15, 0.25), search=No
         },
     )
     dists = {name: FloatDistribution(r.low, r.high, log=r.log) for name, r in space.ranges.items()} | {
-        "bn_mode": CategoricalDistribution(space.bn_modes)
+        "bn_mode": CategoricalDistribution(space.bn_modes),
+        "schedule": CategoricalDistribution(space.schedules),
     }
 
     def add(protocol, value, inter, attrs, state=TrialState.COMPLETE):

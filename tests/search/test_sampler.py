@@ -28,6 +28,9 @@ def _contains(space: ProtocolSpace, protocol: Protocol) -> bool:
         if name == "bn_mode":
             if value not in space.bn_modes:
                 return False
+        elif name == "schedule":
+            if value not in space.schedules:
+                return False
         elif not space.ranges[name].low - 1e-12 <= value <= space.ranges[name].high + 1e-12:
             return False
     return True
