@@ -14,6 +14,7 @@ __all__ = [
     "ParamRange",
     "SEARCHED",
     "SCHEDULES",
+    "describe_schedule",
     "freeze_depth",
     "reinit_count",
 ]
@@ -40,6 +41,16 @@ SEARCHED = (
 #: pretrained groups one at a time from the top, the last at ``stage_frac`` of the budget
 #: (Howard & Ruder, ACL 2018).
 SCHEDULES = ("one-stage", "lp-ft", "gradual")
+
+
+def describe_schedule(schedule: str, stage_frac: float) -> str:
+    """The schedule in words, as the reports show it: ``one-stage``, ``lp-ft (first stage 30% of
+    the budget)``, ``gradual (last group unfrozen at 30% of the budget)``."""
+    if schedule == "lp-ft":
+        return f"lp-ft (first stage {stage_frac:.0%} of the budget)"
+    if schedule == "gradual":
+        return f"gradual (last group unfrozen at {stage_frac:.0%} of the budget)"
+    return str(schedule)
 
 
 def freeze_depth(freeze_frac: float, num_groups: int) -> int:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
+from autotransfer.core.protocol import describe_schedule
 from autotransfer.report.slices import NORMALISATION, SliceInfo, load_slice_info
 from autotransfer.report.style import TITLE_PREFIX
 from autotransfer.surface.fit import PARAMS, SurfaceModel
@@ -414,7 +415,8 @@ def write_surface_html(model: SurfaceModel, path: str | Path, *, grid: int = 25,
     rows = "".join(
         f"<tr><td>{p.study}</td><td>{p.n}</td><td>{p.similarity:.3f}</td><td>{p.protocol['log10_elr']:.2f}</td>"
         f"<td>{p.protocol['freeze_frac']:.2f}</td><td>{p.protocol['reinit_frac']:.2f}</td>"
-        f"<td>{p.protocol['head_lr_mult']:.3g}</td><td>{p.score:.3f} ({p.metric})</td></tr>"
+        f"<td>{p.protocol['head_lr_mult']:.3g}</td><td>{describe_schedule(p.best.schedule, p.best.stage_frac)}</td>"
+        f"<td>{p.score:.3f} ({p.metric})</td></tr>"
         for p in model.points_
     )
     html = (
@@ -424,7 +426,7 @@ def write_surface_html(model: SurfaceModel, path: str | Path, *, grid: int = 25,
         f"{notes}{''.join(parts)}"
         "<h2>Measured points</h2><table border='1' cellpadding='4' style='border-collapse:collapse'>"
         "<tr><th>study</th><th>N</th><th>similarity</th><th>log10 ELR</th><th>freeze</th><th>reinit</th>"
-        f"<th>head lr x</th><th>best val score</th></tr>{rows}</table></body></html>"
+        f"<th>head lr x</th><th>schedule</th><th>best val score</th></tr>{rows}</table></body></html>"
     )
     path.write_text(html)
     return path

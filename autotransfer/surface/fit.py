@@ -19,7 +19,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from autotransfer.core.errors import UserError
-from autotransfer.core.protocol import Protocol, ProtocolSpace
+from autotransfer.core.protocol import SCHEDULES, Protocol, ProtocolSpace, describe_schedule
 from autotransfer.core.settings import PriorSpec
 from autotransfer.prior.quadrant import WIDTHS, Prior, exploring_space, quadrant_prior
 from autotransfer.surface.store import SurfacePoint, SurfaceStore, default_surface
@@ -37,6 +37,7 @@ __all__ = [
     "prior_at_coordinates",
     "quadrant_values",
     "RESIDUAL_MIN_LENGTH_SCALE",
+    "SCHEDULE_VOTERS",
 ]
 
 #: The fitted parameters, in the units the GP sees (the head multiplier in log10).
@@ -71,6 +72,13 @@ RESIDUAL_MIN_LENGTH_SCALE = 0.25
 #: portfolio of protocols that won on similar tasks (warm-starting from similar tasks' best
 #: configurations, Feurer et al., AAAI 2015).
 NEIGHBOURS = 2
+#: How many recorded points nearest the task vote on the surface prediction's ``schedule``
+#: (``SurfaceModel.schedule_at``). The schedule is categorical, so no GP fits it: each of these
+#: points votes for its optimum's schedule with weight ``1 / (d + SCHEDULE_DISTANCE_FLOOR)`` (``d``
+#: in normalised coordinates, the measured span being 1; the floor keeps a point at the task's
+#: own coordinates from outvoting every other).
+SCHEDULE_VOTERS = 5
+SCHEDULE_DISTANCE_FLOOR = 0.1
 #: Protocol field and ProtocolSpace width key of each fitted parameter.
 _FIELD = {
     "log10_elr": "log10_elr",
@@ -163,6 +171,8 @@ class SurfacePrediction:
         residual: the fitted parameters are the quadrant prior's values (``baseline``) plus a
             GP fitted to the residuals of the quadrant rules; ``False``: the plain GP.
         baseline: the quadrant values at the target (``PARAMS`` units), when ``residual``.
+        schedule_votes: each schedule's share of the nearest points' vote that chose
+            ``protocol.schedule`` (``SurfaceModel.schedule_at``; sums to 1).
     """
 
     protocol: Protocol
@@ -174,6 +184,7 @@ class SurfacePrediction:
     notes: list[str] = field(default_factory=list)
     residual: bool = False
     baseline: dict[str, float] | None = None
+    schedule_votes: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,6 +197,7 @@ class SurfacePrediction:
             "notes": list(self.notes),
             "residual": self.residual,
             "baseline": None if self.baseline is None else dict(self.baseline),
+            "schedule_votes": dict(self.schedule_votes),
         }
 
 
@@ -394,6 +406,34 @@ class SurfaceModel:
                 chosen.append(point)
         return chosen
 
+    def schedule_at(
+        self, log10_n: float, similarity: float, k: int = SCHEDULE_VOTERS
+    ) -> tuple[str, float, dict[str, float]]:
+        """``(schedule, stage_frac, votes)`` the surface predicts at ``(log10_n, similarity)``.
+
+        The ``k`` recorded points nearest in normalised coordinates (every point, not one per
+        target) vote for their optimum's schedule, each with weight ``1 / (d +
+        SCHEDULE_DISTANCE_FLOOR)``; ``votes`` are the schedules' shares of the weight. The
+        schedule with the most weight wins; a tie goes to the first in ``SCHEDULES`` order, so
+        to ``one-stage`` whenever it ties. ``stage_frac`` is the weighted mean over the voters
+        that chose the winner; for ``one-stage`` (which ignores it) the ``Protocol`` default.
+        Points recorded before schedules existed read as ``one-stage``.
+        """
+        self._check_fitted()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, but got {k!r}")
+        d = np.linalg.norm(self._normalise(self.X_) - self._normalise(np.array([[log10_n, similarity]])), axis=1)
+        nearest = [int(i) for i in np.argsort(d, kind="stable")[:k]]
+        chosen = [(self.points_[i].best, 1.0 / (float(d[i]) + SCHEDULE_DISTANCE_FLOOR)) for i in nearest]
+        total = sum(w for _, w in chosen)
+        votes = {s: sum(w for p, w in chosen if p.schedule == s) / total for s in SCHEDULES}
+        top = max(votes.values())
+        schedule = next(s for s in SCHEDULES if math.isclose(votes[s], top, rel_tol=1e-9, abs_tol=1e-12))
+        if schedule == "one-stage":
+            return schedule, Protocol().stage_frac, votes
+        fracs = [(p.stage_frac, w) for p, w in chosen if p.schedule == schedule]
+        return schedule, sum(f * w for f, w in fracs) / sum(w for _, w in fracs), votes
+
     def predict(
         self, log10_n: float, similarity: float, *, baseline: dict[str, float] | None = None
     ) -> SurfacePrediction:
@@ -402,8 +442,9 @@ class SurfaceModel:
         ``baseline``: the quadrant values of the target task (``quadrant_values``: param ->
         value in ``PARAMS`` units); with it and a residual fit, each parameter is the quadrant
         value plus the residual GP; without either, the plain GP (noted). Fractions are clipped
-        to [0, 1]; parameters the surface does not model (momentum, weight decay, ...) come
-        from the nearest measured point's best protocol.
+        to [0, 1]; the schedule and its ``stage_frac`` come from a vote of the nearest points
+        (``schedule_at``); the other parameters the surface does not model (momentum, weight
+        decay, ...) from the nearest measured point's best protocol.
         """
         self._check_fitted()
         if not 0.0 <= similarity <= 1.0:
@@ -416,6 +457,7 @@ class SurfaceModel:
         residual = used is not None
         near = self.nearest(log10_n, similarity)
         values = dict(near.protocol)
+        values["schedule"], values["stage_frac"], votes = self.schedule_at(log10_n, similarity)
         std: dict[str, float] = {}
         notes: list[str] = []
         for param in self.params:
@@ -454,7 +496,16 @@ class SurfaceModel:
                 f"(log10 N {log10_n:.2f}, similarity {similarity:.2f}) lies outside the measured points:"
                 " the prediction is an extrapolation"
             )
-        notes.append(f"parameters the surface does not model come from the nearest point, study {near.study!r}")
+        voters = min(SCHEDULE_VOTERS, self.n_points_)
+        shares = ", ".join(f"{s} {v:.2f}" for s, v in sorted(votes.items(), key=lambda kv: -kv[1]) if v > 0)
+        notes.append(
+            f"schedule {describe_schedule(values['schedule'], values['stage_frac'])}: a distance-weighted vote"
+            f" of the {voters} nearest point(s) ({shares})"
+            + ("; stage_frac their weighted mean for it" if values["schedule"] != "one-stage" else "")
+        )
+        notes.append(
+            f"the other parameters the surface does not model come from the nearest point, study {near.study!r}"
+        )
         return SurfacePrediction(
             protocol=Protocol.from_dict(values),
             std=std,
@@ -465,6 +516,7 @@ class SurfaceModel:
             notes=notes,
             residual=residual,
             baseline={p: float(used[p]) for p in self.params} if used is not None else None,
+            schedule_votes=votes,
         )
 
 
@@ -519,6 +571,11 @@ def prior_from_prediction(
         f"f = {f}, r = {r} of {num_groups} groups",
         *prediction.notes,
     ]
+    if centre.schedule != prediction.protocol.schedule:
+        rationale.append(
+            f"the study does not search the schedule {prediction.protocol.schedule!r}: the centre runs"
+            f" {describe_schedule(centre.schedule, centre.stage_frac)}"
+        )
     if neighbours:
         rationale.append(
             f"then the measured optima of the {len(neighbours)} nearest recorded studies (one per target): "
