@@ -24,6 +24,7 @@ from autotransfer.data.device import EpochSampler
 from autotransfer.train.config import TrainConfig, default_amp, resolve_device
 from autotransfer.train.metrics import check_metric, predict_logits, score
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
+from autotransfer.train.schedule import frozen_depth, unfreeze_steps
 
 __all__ = ["DivergedError", "TrainResult", "train_protocol", "lr_lambda"]
 
@@ -68,6 +69,8 @@ class TrainResult:
             whether the entry already existed; ``cache_build_s``: time spent computing prefix
             features in this trial; ``views_built``: augmentation views computed in this trial.
         notes: human-readable notes (cache skipped, dtype fallbacks...).
+        unfrozen: ``[(step, group)]``: when each group that the schedule held frozen started to
+            train (the first step that updated it), in order; empty for ``one-stage``.
     """
 
     backbone: Backbone
@@ -93,6 +96,7 @@ class TrainResult:
     views_built: int
     eval_time_s: float
     notes: list[str] = field(default_factory=list)
+    unfrozen: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -124,6 +128,7 @@ class TrainResult:
             "views_built": self.views_built,
             "eval_time_s": self.eval_time_s,
             "notes": list(self.notes),
+            "unfrozen": [list(u) for u in self.unfrozen],
         }
 
 
@@ -157,12 +162,19 @@ def train_protocol(
 
     Order: freeze groups ``0..f-1`` -> re-initialise the last ``r`` groups -> optimizer (SGD with
     momentum, nesterov off, or AdamW) over ``param_groups`` with linear warmup + cosine decay
-    over ``steps`` -> train with groups in ``train_mode(f, bn_mode, r)`` -> validate every
+    over ``steps`` -> train with groups in ``train_mode(d, bn_mode, r)`` -> validate every
     ``eval_every`` steps and at the end. Batches walk a fresh random permutation per epoch
     (sampler state is local to the call: equal seeds give equal runs). When ``f > 0`` and the
     backbone chains, the frozen prefix's outputs come from ``cache`` (see ``prefix_cache``;
     a private one when ``None``), epoch ``e < V`` using augmentation view ``e``. On CUDA the
     default is bf16 autocast and channels_last; the data stays on the device throughout.
+
+    ``d`` is the schedule's frozen depth (``train.schedule``): ``f`` throughout for ``one-stage``;
+    ``lp-ft`` and ``gradual`` start at ``G - r`` (only the head and the re-initialised groups
+    train) and lower it to ``f``. The optimizer holds groups ``f..G-1`` from the start (the
+    layer-wise lrs and the one lr schedule are unchanged); a group that does not train yet gets
+    no gradient, which SGD and AdamW skip (no momentum, no weight decay, no L2-SP). The cache
+    serves only the prefix ``0..f-1`` frozen for the whole run.
 
     Args:
         backbone: a fresh ``Backbone`` (its model is modified in place and returned).
@@ -231,6 +243,13 @@ def train_protocol(
         groups = _without_decay(groups, sp_params)
     optimizer = _optimizer(groups, config, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.steps, config.warmup_frac))
+    # the schedule: groups depth..G-1 and the head train; depth falls from G - r to f (one-stage: f)
+    plan = (config.steps, config.schedule, config.stage_frac, f, r, G)
+    joins = unfreeze_steps(*plan)
+    unfrozen: list[tuple[int, int]] = []
+    depth = frozen_depth(1, *plan)
+    if depth > f:
+        freeze_groups(backbone, depth)
 
     # after an out-of-memory every pass shrinks with the micro-batch: validation and cache building too
     eval_batch = EVAL_BATCH if config.micro_batch is None else min(EVAL_BATCH, config.micro_batch)
@@ -304,8 +323,13 @@ def train_protocol(
     step = 0
 
     micro = min(config.micro_batch or config.batch_size, config.batch_size)
-    train_mode(backbone, f, config.bn_mode, r)
+    train_mode(backbone, depth, config.bn_mode, r)
     for step in range(1, config.steps + 1):
+        if len(unfrozen) < len(joins) and joins[len(unfrozen)][0] == step:
+            unfrozen.extend(j for j in joins if j[0] == step)
+            depth = frozen_depth(step, *plan)
+            freeze_groups(backbone, depth)
+            train_mode(backbone, depth, config.bn_mode, r)
         idx, epochs = sampler.next(config.batch_size)
         if entry is not None:
             view_idx = _view_indices(epochs, entry.views, gen, device)
@@ -314,7 +338,7 @@ def train_protocol(
             )
             if spent:  # building ran the model in eval mode
                 cache_build_s += spent
-                train_mode(backbone, f, config.bn_mode, r)
+                train_mode(backbone, depth, config.bn_mode, r)
             x = entry.batch(idx, view_idx, entry.step_dtype(amp))
             y = entry.train_labels[idx]
             forward = forward_cached
@@ -351,7 +375,7 @@ def train_protocol(
             value = validate()
             eval_time += time.perf_counter() - t0
             history.append((step, value))
-            train_mode(backbone, f, config.bn_mode, r)
+            train_mode(backbone, depth, config.bn_mode, r)
             if report is not None and report(step, value):
                 stopped = step < config.steps
                 break
@@ -385,6 +409,7 @@ def train_protocol(
         views_built=0 if entry is None else sum(entry.built) - views_built_before,
         eval_time_s=eval_time,
         notes=notes,
+        unfrozen=unfrozen,
     )
 
 
@@ -477,8 +502,11 @@ def _without_decay(groups: list[dict], sp_params: list[torch.nn.Parameter]) -> l
 
 
 def _add_l2sp_grad(params: list[torch.nn.Parameter], start: list[torch.Tensor], alpha: float) -> None:
-    """``grad += alpha * (w - w0)``: the gradient of ``alpha/2 ||w - w0||^2``."""
-    with_grad = [(p, w0) for p, w0 in zip(params, start)]
+    """``grad += alpha * (w - w0)``: the gradient of ``alpha/2 ||w - w0||^2``, on the parameters
+    that train now (a group the schedule holds frozen keeps ``grad = None``, which the optimizer skips)."""
+    with_grad = [(p, w0) for p, w0 in zip(params, start) if p.requires_grad]
+    if not with_grad:
+        return
     grads: list[torch.Tensor] = []
     for p, _ in with_grad:
         if p.grad is None:
