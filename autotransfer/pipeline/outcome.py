@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotransfer.core.protocol import Protocol
+from autotransfer.core.protocol import Protocol, describe_schedule
 from autotransfer.core.settings import PriorSpec, StudySettings
 from autotransfer.search.pick import Pick
 
@@ -43,12 +43,26 @@ def surface_evidence_shortfall(search_trials: int, val_images: int) -> str | Non
 
 
 def describe_prior(spec: PriorSpec, prior: dict[str, Any] | None) -> str:
-    """One line: which prior the study searches around, and from which file."""
+    """One line: which prior the study searches around, and from which file; the centre's
+    schedule too when the study searches schedules or the centre is not one-stage."""
     if spec.kind == "none" or prior is None:
         return "prior: none (uniform start-up draws over the wide ranges; nothing enqueued)"
     if spec.kind == "surface":
-        return f"prior: the surface of optimal protocols in {spec.path!r} ({prior.get('quadrant', '')})"
-    return f"prior: the quadrant rules ({prior.get('quadrant', '')}; survey arXiv 2205.09904)"
+        line = f"prior: the surface of optimal protocols in {spec.path!r} ({prior.get('quadrant', '')})"
+    else:
+        line = f"prior: the quadrant rules ({prior.get('quadrant', '')}; survey arXiv 2205.09904)"
+    return line + _centre_schedule(prior)
+
+
+def _centre_schedule(prior: dict[str, Any]) -> str:
+    """``"; centre schedule lp-ft (...)"``, or ``""`` for a one-stage centre of a study that
+    searches no other schedule (as every study did before schedules existed)."""
+    centre = prior.get("centre") or {}
+    schedule = centre.get("schedule", "one-stage")
+    searched = list((prior.get("space") or {}).get("schedules") or ["one-stage"]) != ["one-stage"]
+    if schedule == "one-stage" and not searched:
+        return ""
+    return f"; centre schedule {describe_schedule(schedule, float(centre.get('stage_frac', Protocol().stage_frac)))}"
 
 
 def describe_pick(pick: Pick | None, settings: StudySettings) -> str:

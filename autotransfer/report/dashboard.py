@@ -122,7 +122,8 @@ def study_note(study: optuna.Study) -> str:
         "### Result",
         "",
         f"- best protocol: trial {overview.best_trial}, validation {overview.metric} {_num(overview.val_score)};"
-        f" held-out test {_num(overview.test_score)} (retrained on train+val)",
+        f" held-out test {_num(overview.test_score)} (retrained on train+val)"
+        + (f"; schedule {overview.schedule}" if overview.schedule is not None else ""),
     ]
     controls = figures.controls_info(study)
     lines.append(

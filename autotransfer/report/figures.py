@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotransfer.core.protocol import SEARCHED, Protocol
+from autotransfer.core.protocol import SEARCHED, Protocol, describe_schedule
 from autotransfer.core.schema import CONTROL_ATTR, FREEZE_ATTR, NUM_GROUPS_ATTR, REINIT_ATTR, SOURCE_ATTR
 from autotransfer.search.study import (
     best_transfer_trial,
@@ -55,7 +55,8 @@ MIN_IMPORTANCE_TRIALS = 3
 
 
 class StudyOverview(NamedTuple):
-    """Headline facts of a study."""
+    """Headline facts of a study (``schedule``: the best transfer protocol's schedule in words,
+    ``core.protocol.describe_schedule``; ``None`` without one)."""
 
     name: str
     target: str
@@ -72,6 +73,7 @@ class StudyOverview(NamedTuple):
     best_trial: int | None
     val_score: float | None
     test_score: float | None
+    schedule: str | None = None
 
 
 class DivergenceInfo(NamedTuple):
@@ -219,6 +221,7 @@ def overview_info(study: optuna.Study) -> StudyOverview:
     best = best_transfer_trial(study)
     final = _final(study)
     test = final.get("test_score") if best is not None and final.get("trial") == best.number else None
+    found = Protocol.from_dict(best.params) if best is not None else None
     return StudyOverview(
         name=study.study_name,
         target=settings.target,
@@ -235,6 +238,7 @@ def overview_info(study: optuna.Study) -> StudyOverview:
         best_trial=None if best is None else best.number,
         val_score=None if best is None else _finite(best.value),
         test_score=_finite(test),
+        schedule=None if found is None else describe_schedule(found.schedule, found.stage_frac),
     )
 
 
@@ -437,7 +441,10 @@ def _position(value: float, low: float, high: float, log: bool) -> float:
 
 
 def prior_found_info(study: optuna.Study) -> PriorFoundInfo:
-    """The prior centre against the best found protocol, parameter by parameter, in the study's ranges."""
+    """The prior centre against the best found protocol, parameter by parameter, in the study's ranges.
+
+    ``schedule`` and ``stage_frac`` have rows only when the study searches schedules (before
+    schedules existed every study ran one-stage, and a one-stage-only study still does)."""
     prior = read_attr(study, "prior") or {}
     centre = prior.get("centre") or {}
     best = best_transfer_trial(study)
@@ -445,6 +452,8 @@ def prior_found_info(study: optuna.Study) -> PriorFoundInfo:
     space = read_space(study)
     rows = []
     for name in SEARCHED:
+        if name in ("schedule", "stage_frac") and not space.searches_schedule:
+            continue
         p, f = centre.get(name), found.get(name)
         if name in ("bn_mode", "schedule"):  # categorical: no position in a range
             rows.append(PriorFoundRow(name, p, f, None, None, False, None, None))
@@ -552,7 +561,7 @@ def prior_found_rows(info: PriorFoundInfo, metric: str) -> list[list[str]]:
     """One text row per parameter (prior, range, found), then ``(f, r)`` and both validation scores."""
     rows = []
     for r in info.rows:
-        if r.low is None:  # categorical (bn_mode)
+        if r.low is None:  # categorical (bn_mode, schedule)
             rows.append([r.param, _fmt(r.prior), "", _fmt(r.found)])
         else:
             span = f"[{r.low:.3g}, {r.high:.3g}]" + (" log" if r.log else "")

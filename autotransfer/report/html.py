@@ -112,6 +112,8 @@ def report_html(study: optuna.Study) -> str:
         )
         + "</div>"
     )
+    if ov.schedule is not None:
+        parts.append(f"<p>Best protocol (trial {_esc(ov.best_trial)}): schedule {_esc(ov.schedule)}.</p>")
     if controls.negative_transfer:
         parts.append('<p class="warn">Negative transfer: training from scratch beats every transfer protocol.</p>')
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autotransfer.core.protocol import Protocol
+from autotransfer.core.protocol import Protocol, describe_schedule
 from autotransfer.core.settings import StudySettings
 
 __all__ = ["save_tuned_model", "save_tuned_ensemble", "model_card"]
@@ -224,6 +224,9 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
     ):
         if key in protocol:
             lines.append(f"| {key} | {protocol[key]} |")
+    schedule = protocol.get("schedule", "one-stage")  # a folder written before schedules existed: one-stage
+    stage_frac = float(protocol.get("stage_frac", Protocol().stage_frac))
+    lines.append(f"| schedule | {describe_schedule(schedule, stage_frac)} |")
     if derived:
         lines.append(f"| lr (derived) | {float(derived.get('lr', 0)):.4g} |")
         lines.append(
