@@ -38,6 +38,7 @@ ATTR = {
     "final": "autotransfer.final",
     "sampler": "autotransfer.sampler",
     "pick": "autotransfer.pick",
+    "self_training": "autotransfer.self_training",
 }
 
 # Trial user attributes: what the trial is.

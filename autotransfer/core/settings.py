@@ -9,7 +9,15 @@ from typing import Any
 from autotransfer.core.errors import UserError
 from autotransfer.core.validation import known_fields
 
-__all__ = ["StudySettings", "PriorSpec", "default_steps", "DEFAULT_TARGET", "DEFAULT_MODEL", "PICK_RULES"]
+__all__ = [
+    "StudySettings",
+    "PriorSpec",
+    "default_steps",
+    "DEFAULT_TARGET",
+    "DEFAULT_MODEL",
+    "PICK_RULES",
+    "PSEUDO_THRESHOLD",
+]
 
 #: The embedded default job: built-in data and built-in weights, ~5 minutes on 2 CPU cores.
 DEFAULT_TARGET = "builtin:animals"
@@ -19,6 +27,10 @@ DEFAULT_MODEL = "efficientnet_lite0"
 #: ``cv`` re-scores the top trials by cross-validation on train+val and retrains the winner;
 #: ``val`` retrains the best validation trial (the cheap rule, noisy on small validation splits).
 PICK_RULES = ("ensemble", "cv", "val")
+#: Self-training's default pseudo-label threshold: the teachers' mean softmax must give an
+#: unlabelled image at least this probability (docs/design.md, "Self-training": below FixMatch's
+#: 0.95, which its model re-applies every step; ours labels once, with an averaged ensemble).
+PSEUDO_THRESHOLD = 0.9
 
 
 def default_steps(n_train: int, batch_size: int) -> int:
@@ -34,6 +46,14 @@ def default_steps(n_train: int, batch_size: int) -> int:
         raise ValueError(f"need n_train > 0 and batch_size > 0, but got {n_train!r}, {batch_size!r}")
     epochs = 20 if n_train < 1000 else 12 if n_train < 5000 else 6 if n_train < 20000 else 3
     return int(min(5000, max(60, math.ceil(epochs * n_train / batch_size))))
+
+
+def _open_unit(value: Any) -> bool:
+    """Whether ``value`` is a number in the open interval (0, 1)."""
+    try:
+        return not isinstance(value, bool) and 0 < float(value) < 1
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,11 @@ class StudySettings:
     val_images: int = 0
     val_effective: int = 0
     pick: str = "ensemble"
+    #: Self-training (docs/design.md, "Self-training"): a dataset spec or folder of unlabelled
+    #: images of the target domain (``tune --unlabelled``), and the teacher's least confidence
+    #: for a pseudo-label (``--pseudo-threshold``).
+    unlabelled: str | None = None
+    pseudo_threshold: float = PSEUDO_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n < 4:
@@ -112,6 +137,10 @@ class StudySettings:
         if self.pick not in PICK_RULES:
             raise UserError(f"--pick must be one of {', '.join(PICK_RULES)}, but got {self.pick!r}")
         PriorSpec.parse(self.prior)
+        if not _open_unit(self.pseudo_threshold):
+            raise UserError(f"--pseudo-threshold must lie in (0, 1), but got {self.pseudo_threshold!r}")
+        if self.unlabelled is not None and not str(self.unlabelled).strip():
+            raise UserError("--unlabelled must name a folder of unlabelled images, but got an empty string")
         if not (0 < self.val_frac < 0.5 and 0 < self.test_frac < 0.5):
             raise UserError(f"val/test fractions must lie in (0, 0.5), but got {self.val_frac!r}, {self.test_frac!r}")
 

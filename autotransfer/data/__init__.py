@@ -2,7 +2,13 @@
 
 from autotransfer.data.builtin import BuiltinInfo, list_builtins
 from autotransfer.data.cache import to_array
-from autotransfer.data.sampling import DataSplits, stratified_split, stratified_subsample, unseen_subset
+from autotransfer.data.sampling import (
+    DataSplits,
+    stratified_split,
+    stratified_subsample,
+    unlabelled_pool,
+    unseen_subset,
+)
 from autotransfer.data.sources import load_dataset, parse_class_selector, skipped_summary
 from autotransfer.data.types import ImageDataset
 
@@ -18,6 +24,7 @@ __all__ = [
     "stratified_split",
     "stratified_subsample",
     "unseen_subset",
+    "unlabelled_pool",
     "to_array",
 ]
 

@@ -10,7 +10,15 @@ import numpy as np
 from autotransfer.core.errors import UserError
 from autotransfer.data.types import ImageDataset
 
-__all__ = ["DataSplits", "stratified_subsample", "unseen_subset", "subsample_indices", "stratified_split", "allocate"]
+__all__ = [
+    "DataSplits",
+    "stratified_subsample",
+    "unseen_subset",
+    "unlabelled_pool",
+    "subsample_indices",
+    "stratified_split",
+    "allocate",
+]
 
 
 class DataSplits(NamedTuple):
@@ -93,6 +101,43 @@ def unseen_subset(ds: ImageDataset, n: int, seed: int, *, limit: int = 1000, jud
     if len(unseen) == 0:
         raise UserError(f"{ds.spec}: N = {n} leaves no image outside the subsample to judge on")
     return stratified_subsample(ds.subset(unseen), min(limit, len(unseen)), seed=judge_seed)
+
+
+def _judge_indices(ds: ImageDataset, unseen: np.ndarray, limit: int, judge_seed: int) -> np.ndarray:
+    """The indices into ``ds`` of ``unseen_subset``'s judge set, drawn from ``unseen`` as it draws them."""
+    if len(unseen) == 0:
+        return unseen
+    # subsample_indices reads only the labels and the length: no pixels are copied
+    stub = ImageDataset(
+        spec=ds.spec,
+        images=np.zeros((len(unseen), 0, 0, 3), dtype=np.uint8),
+        labels=None if ds.labels is None else np.asarray(ds.labels)[unseen],
+        classes=list(ds.classes),
+    )
+    return unseen[subsample_indices(stub, min(limit, len(unseen)), judge_seed)]
+
+
+def unlabelled_pool(
+    ds: ImageDataset, n: int, seed: int, count: int, *, limit: int = 1000, judge_seed: int = 12345
+) -> ImageDataset:
+    """Up to ``count`` images of ``ds`` that are neither in the study's subsample
+    (``stratified_subsample(ds, n, seed)``) nor in the judge set (``unseen_subset(ds, n, seed,
+    limit=limit, judge_seed=judge_seed)``), with their labels removed: the unlabelled images of
+    the target's own pool that a benchmark hands to self-training (``tune(..., unlabelled=pool)``).
+
+    Drawn with a seeded random order (``seed``), so equal arguments give an equal pool; the pool
+    keeps the dataset's order. An empty pool is a ``UserError``.
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise UserError(f"the unlabelled pool's size must be a positive integer but got {count!r}")
+    unseen = np.setdiff1d(np.arange(len(ds)), subsample_indices(ds, n, seed))
+    rest = np.setdiff1d(unseen, _judge_indices(ds, unseen, limit, judge_seed))
+    if len(rest) == 0:
+        raise UserError(f"{ds.spec}: N = {n} and the judge set leave no image for an unlabelled pool")
+    chosen = np.sort(np.random.default_rng(seed).permutation(rest)[: int(count)])
+    pool = ds.subset(chosen, f"#unlabelled?n={n}&seed={seed}&count={int(count)}&judge_seed={judge_seed}")
+    pool.labels = None
+    return pool
 
 
 def stratified_subsample(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
