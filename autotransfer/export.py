@@ -266,6 +266,8 @@ def member_protocols(payload: dict[str, Any], num_groups: int) -> list[dict[str,
                 "weight_decay": protocol.weight_decay,
                 "bn_mode": protocol.bn_mode,
                 "l2sp": protocol.l2sp,
+                "schedule": protocol.schedule,
+                "stage_frac": protocol.stage_frac,
             }
         )
     return out
@@ -429,6 +431,9 @@ def timm_unexpressed(payload: dict[str, Any], source: SourceModel) -> list[str]:
             f"layer decay {m['layer_decay']:.3g} per depth group ({G} coarse groups; timm's layer_decay spans"
             " its finer layers, so it is left out)"
         )
+    staged = _schedule_line(payload, m, G, source.group_names)
+    if staged:
+        lines.append(staged)
     if len(members) > 1:
         trials = ", ".join(str(x["trial"]) for x in members)
         lines.append(
@@ -436,6 +441,27 @@ def timm_unexpressed(payload: dict[str, Any], source: SourceModel) -> list[str]:
             " these args train the first alone"
         )
     return lines
+
+
+def _schedule_line(payload: dict[str, Any], member: dict[str, Any], G: int, names: list[str]) -> str | None:
+    """What timm cannot express of ``member``'s schedule (timm's train.py trains every unfrozen
+    group from the first update: it has no stage-wise unfreezing), or ``None`` when every
+    trainable group trains from the first step (``one-stage``, or no pretrained group trains)."""
+    from autotransfer.core.protocol import describe_schedule
+    from autotransfer.train.schedule import unfreeze_steps
+
+    steps = int(payload["settings"]["steps"])
+    joins = unfreeze_steps(steps, member["schedule"], member["stage_frac"], member["freeze"], member["reinit"], G)
+    if not joins:
+        return None
+    when = ", ".join(f"{names[g]} at step {s}" for s, g in joins)
+    return (
+        f"schedule {describe_schedule(member['schedule'], member['stage_frac'])}: only the head and the"
+        f" re-initialised groups train at first; the pretrained groups join ({when}, of the {steps}-step"
+        " budget), each in"
+        " eval mode with no gradient until then, under the one cosine lr schedule (timm's train.py has no"
+        " stage-wise unfreezing)"
+    )
 
 
 def timm_header(payload: dict[str, Any], source: SourceModel, args: dict[str, Any]) -> str:

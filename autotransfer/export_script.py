@@ -5,8 +5,9 @@ The file is the protocol's values as constants (``_constants``) followed by a fi
 that re-states autotransfer's semantics in plain torch: the depth groups as module names, freezing
 (no gradient, eval mode), re-initialisation from a freshly built model seeded like
 ``backbones.surgery.reinit``, per-group learning rates (layer decay, head multiplier), weight decay
-off for 1-d parameters, L2-SP, the BN modes of ``surgery.train_mode``, SGD with classical momentum or
-AdamW, cosine decay per step, the epoch sampler and the random-resized crop of ``data.device``.
+off for 1-d parameters, L2-SP, the BN modes of ``surgery.train_mode``, the schedule's stages of
+``train.schedule`` (groups that join later train from the step it names), SGD with classical momentum
+or AdamW, cosine decay per step, the epoch sampler and the random-resized crop of ``data.device``.
 ``tests/test_export_script.py`` checks each piece against autotransfer's own and the trained result
 against ``autotransfer train --config``.
 
@@ -79,7 +80,12 @@ The protocol, in autotransfer's words (its docs/design.md):
   head starts at zero; no weight decay on 1-d parameters (biases, norms);
 - L2-SP: alpha/2 ||w - w0||^2 pulls the kept pretrained weights towards the source (and replaces
   weight decay on them);
-- schedule: cosine from lr to 0 over STEPS optimizer steps, no warm-up;
+- lr schedule: cosine from lr to 0 over STEPS optimizer steps, no warm-up, one for the whole run;
+- stages ("schedule"): "one-stage" trains groups f..G-1 from the first step; "lp-ft" trains only the
+  head and the re-initialised groups for the first stage_frac of STEPS, then groups f..G-r-1 too;
+  "gradual" starts like "lp-ft" and lets the pretrained groups f..G-r-1 join one at a time from the
+  top, the last at stage_frac of STEPS. A group that has not joined gets no gradient (so no momentum,
+  weight decay or L2-SP) and runs in eval mode, like a frozen one;
 - data: every image resized (bicubic) so its shorter side is RESOLUTION px and centre-cropped; each
   step draws BATCH_SIZE images from a fresh random permutation per epoch and augments them with a
   random-resized crop (bilinear) and, where FLIP, a horizontal flip.
@@ -167,6 +173,8 @@ def _member_repr(member: dict[str, Any]) -> str:
         "weight_decay",
         "bn_mode",
         "l2sp",
+        "schedule",
+        "stage_frac",
     )
     values = ", ".join(f"{k}={member[k]!r}" for k in keys)
     note = "" if member["trained_on"] != "train" else "  # tune handed back this member trained on the train split only"
@@ -373,6 +381,29 @@ def l2sp_names(model: torch.nn.Module, p: dict) -> list[str]:
             if q.requires_grad and group_of(n) is not None and p["freeze"] <= group_of(n) < G - p["reinit"]]
 
 
+def join_steps(p: dict) -> list[tuple[int, int]]:
+    """``[(step, group)]``: the first step (1-based) that trains each pretrained trainable group
+    f..G-r-1, top group first. "one-stage": step 1; "lp-ft": all at round(stage_frac * STEPS) + 1;
+    "gradual": the k-th of K = G-r-f groups from the top at round(k / K * stage_frac * STEPS) + 1."""
+    top = len(GROUPS) - p["reinit"]
+    count = top - p["freeze"]
+    out = []
+    for k in range(1, count + 1):
+        if p["schedule"] == "one-stage":
+            start = 0
+        elif p["schedule"] == "lp-ft":
+            start = int(round(p["stage_frac"] * STEPS))
+        else:
+            start = int(round(k / count * p["stage_frac"] * STEPS))
+        out.append((start + 1, top - k))
+    return out
+
+
+def frozen_depth(step: int, p: dict) -> int:
+    """How many leading groups do not train at (1-based) ``step``: f once every group has joined."""
+    return len(GROUPS) - p["reinit"] - sum(1 for s, _ in join_steps(p) if s <= step)
+
+
 def lr_factor(step: int) -> float:
     """The lr multiplier after ``step`` optimizer steps: cosine from 1 to 0 over STEPS."""
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / STEPS)))
@@ -395,12 +426,20 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, p:
     params = dict(model.named_parameters())
     sp = l2sp_names(model, p) if p["l2sp"] > 0 else []
     anchors = [params[n].detach().clone() for n in sp]
+    # the optimizer holds groups f..G-1 from the start; the schedule's later groups join below
     optimizer = make_optimizer(param_groups(model, p, set(sp)), p)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     generator = torch.Generator(device=device).manual_seed(SEED)
     sampler = EpochSampler(len(labels), generator, device)
-    set_train_mode(model, p["freeze"], p["bn_mode"], p["reinit"])
+    depth = frozen_depth(1, p)  # groups 0..depth-1 do not train yet (f once all have joined)
+    freeze(model, depth)
+    set_train_mode(model, depth, p["bn_mode"], p["reinit"])
     for step in range(1, STEPS + 1):
+        if frozen_depth(step, p) != depth:  # the schedule's next groups join at this step
+            depth = frozen_depth(step, p)
+            freeze(model, depth)
+            set_train_mode(model, depth, p["bn_mode"], p["reinit"])
+            print(f"step {step}: groups {depth}..{len(GROUPS) - 1} and the head train", flush=True)
         idx = sampler.next(BATCH_SIZE)
         x = augment(images[idx], generator) if AUGMENT else normalise(images[idx])
         optimizer.zero_grad(set_to_none=True)
@@ -408,6 +447,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, p:
         loss.backward()
         for name, w0 in zip(sp, anchors):  # L2-SP: the gradient of alpha/2 ||w - w0||^2
             param = params[name]
+            if not param.requires_grad:  # its group has not joined yet: it stays untouched
+                continue
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             param.grad.add_(param.detach() - w0, alpha=p["l2sp"])

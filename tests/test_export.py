@@ -187,3 +187,43 @@ def test_a_linear_probe_lists_only_what_matters_for_it():
         "freezing: all 5 groups get no gradient and run BatchNorm in eval mode (a linear probe)",
         "head lr multiplier: the new head trains at lr x 10; timm trains it at lr",
     ]  # no pretrained group trains: BN mode, L2-SP and layer decay change nothing
+
+
+def test_the_schedule_travels_in_every_export(tmp_path):
+    """YAML: each member's protocol carries its schedule (``train --config`` reads it back); timm:
+    a staged schedule is among what train.py cannot express, with the steps the groups join at."""
+    from autotransfer.export import export_payload, member_protocols, read_export
+    from autotransfer.pipeline.reproduce import _read_members, _read_payload
+    from tests.report.test_schedule_report import schedule_study
+
+    payload = export_payload(schedule_study())
+    assert (payload["protocol"]["schedule"], payload["protocol"]["stage_frac"]) == ("lp-ft", 0.4)
+    back = read_export(write_export(payload, tmp_path / "best.yaml", "yaml"))
+    assert [m["protocol"]["schedule"] for m in back["members"]] == ["lp-ft"]
+    _, protocol = _read_payload(back)
+    (member, _, _), *_ = _read_members(back, protocol)
+    assert (member.schedule, member.stage_frac) == ("lp-ft", 0.4)
+    # the training run train --config starts is staged as the export says
+    from autotransfer.search.objective import train_config_for
+    from autotransfer.search.study import read_settings
+
+    config = train_config_for(member, read_settings(schedule_study()), 5)
+    assert (config.schedule, config.stage_frac) == ("lp-ft", 0.4)
+
+    # timm: G = 5, f = 2, r = 1 (EVERYTHING): groups 3 and 2 join; the budget is 12 steps
+    staged = tiny_payload({**EVERYTHING, "schedule": "gradual", "stage_frac": 0.5})
+    source = source_model(source_backbone(staged))
+    assert member_protocols(staged, source.num_groups)[0]["schedule"] == "gradual"
+    line = timm_unexpressed(staged, source)[-1]
+    assert line.startswith("schedule gradual (last group unfrozen at 50% of the budget)")
+    assert f"{source.group_names[3]} at step 4, {source.group_names[2]} at step 7" in line
+    assert "no stage-wise unfreezing" in line
+    _, text = _timm_export(tmp_path, staged)
+    assert any(row.startswith("#   - schedule gradual") for row in text.splitlines())
+    lpft = timm_unexpressed(tiny_payload({**EVERYTHING, "schedule": "lp-ft", "stage_frac": 0.4}), source)
+    assert lpft[-1].startswith("schedule lp-ft (first stage 40% of the budget)") and "at step 6" in lpft[-1]
+    # one-stage, or a schedule with no pretrained group to stage (a linear probe): nothing to say
+    assert not any("schedule" in x for x in timm_unexpressed(tiny_payload(EVERYTHING), source))
+    probe = tiny_payload({**EVERYTHING, "freeze_frac": 1.0, "reinit_frac": 0.0, "schedule": "lp-ft"})
+    assert not any("schedule" in x for x in timm_unexpressed(probe, source))
+    assert timm_unexpressed(tiny_payload({**PLAIN, "schedule": "lp-ft"}), source)[0].startswith("schedule lp-ft")

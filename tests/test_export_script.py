@@ -160,19 +160,57 @@ def test_each_piece_of_the_script_is_autotransfers(tmp_path):
     torch.testing.assert_close(module.normalise(uint8[idx]), batches.plain(idx), rtol=0, atol=1e-6)
 
 
+def test_the_scripts_stages_are_train_schedules():
+    """``join_steps`` / ``frozen_depth`` of the script give ``train.schedule``'s steps for every
+    schedule, depth and budget."""
+    import types
+
+    from autotransfer.train.schedule import frozen_depth, join_steps
+
+    body = types.ModuleType("body")
+    exec(compile(_script_body(), "body", "exec"), body.__dict__)
+    for G, f, r in ((5, 2, 1), (5, 0, 0), (8, 1, 3), (5, 2, 3), (3, 0, 1)):
+        body.GROUPS = [[f"g{i}"] for i in range(G)]
+        for steps in (1, 7, 12, 150):
+            body.STEPS = steps
+            for schedule in ("one-stage", "lp-ft", "gradual"):
+                for frac in (0.0, 0.1, 0.3, 0.5, 0.95):
+                    p = {"freeze": f, "reinit": r, "schedule": schedule, "stage_frac": frac}
+                    assert body.join_steps(p) == join_steps(steps, schedule, frac, f, r, G)
+                    assert [body.frozen_depth(t, p) for t in range(1, steps + 1)] == [
+                        frozen_depth(t, steps, schedule, frac, f, r, G) for t in range(1, steps + 1)
+                    ]
+
+
+def _script_body() -> str:
+    """The functions of the exported script's fixed body, without its constants."""
+    from autotransfer.export_script import _BODY, _IMPORTS
+
+    return _IMPORTS + _BODY
+
+
 @pytest.mark.parametrize(
-    "bn_mode, optimizer, steps", [("frozen", "sgd", 12), ("adapt", "sgd", 12), ("adapt", "adamw", 1)]
+    "bn_mode, optimizer, steps, schedule, stage_frac",
+    [
+        ("frozen", "sgd", 12, "one-stage", 0.3),
+        ("adapt", "sgd", 12, "one-stage", 0.3),
+        ("adapt", "adamw", 1, "one-stage", 0.3),
+        ("adapt", "sgd", 12, "lp-ft", 0.4),  # groups 2, 3 join at step 6
+        ("frozen", "sgd", 12, "lp-ft", 0.4),
+        ("adapt", "sgd", 12, "gradual", 0.5),  # group 3 joins at step 4, group 2 at step 7
+    ],
 )
-def test_the_script_trains_as_train_protocol_does(tmp_path, bn_mode, optimizer, steps):
+def test_the_script_trains_as_train_protocol_does(tmp_path, bn_mode, optimizer, steps, schedule, stage_frac):
     """The whole run on the same images in the same order. Float rounding differs (the crop's grid
     comes from affine_grid here) and grows with the steps; Adam turns it into sign flips of
-    near-zero gradients after its first step, so AdamW is compared after one step."""
+    near-zero gradients after its first step, so AdamW is compared after one step. With a staged
+    schedule, the groups join at the same steps, and the run differs from the one-stage one."""
     from autotransfer.backbones import create_backbone
     from autotransfer.data.device import DeviceBatches
     from autotransfer.search.objective import train_config_for
     from autotransfer.train import train_protocol
 
-    protocol = {**STRONG, "bn_mode": bn_mode}
+    protocol = {**STRONG, "bn_mode": bn_mode, "schedule": schedule, "stage_frac": stage_frac}
     settings, module, script, images, labels = _tiny(tmp_path, protocol, optimizer=optimizer, steps=steps)
     backbone = create_backbone("fashion-source", num_classes=10)
     config = train_config_for(Protocol.from_dict(protocol), settings, backbone.num_groups).replace(
@@ -188,7 +226,11 @@ def test_the_script_trains_as_train_protocol_does(tmp_path, bn_mode, optimizer, 
         std=backbone.preprocessing.std,
         flip=module.FLIP,
     )
-    train_protocol(backbone, batches, None, config)
+    result = train_protocol(backbone, batches, None, config)
+    p = module.MEMBERS[0]
+    assert (p["schedule"], p["stage_frac"]) == (schedule, stage_frac)
+    assert result.unfrozen == [(s, g) for s, g in module.join_steps(p) if s > 1]
+    assert bool(result.unfrozen) == (schedule != "one-stage")
 
     model = module.build_model(weights_path(script))
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -208,6 +250,11 @@ def test_the_script_trains_as_train_protocol_does(tmp_path, bn_mode, optimizer, 
     assert moved > 50  # the run changed most tensors, so the match is not that of two untouched models
     frozen = [k for k in ours if module.group_of(k) in (0, 1)]
     assert frozen and all(torch.equal(ours[k], start[k]) for k in frozen)  # frozen: untouched, BN statistics too
+    if schedule != "one-stage":  # the stages changed the run: it is not the one-stage run
+        one = create_backbone("fashion-source", num_classes=10)
+        train_protocol(one, batches, None, config.replace(schedule="one-stage"))
+        staged = [k for k in ours if module.group_of(k) in (2, 3)]
+        assert any(not torch.allclose(ours[k], one.model.state_dict()[k], rtol=1e-3, atol=1e-4) for k in staged)
 
 
 def _write_folder(split, root: Path) -> Path:
