@@ -111,9 +111,9 @@ def test_describe_prior_names_the_centre_schedule():
 
     study = schedule_study()
     prior = read_attr(study, "prior")
-    # the synthetic study searches every schedule: the one-stage centre is named
-    line = describe_prior(PriorSpec.parse("quadrant"), prior)
-    assert line.endswith("; centre schedule one-stage")
+    # the synthetic study searches every schedule: a one-stage centre is named too
+    one = {**prior, "centre": Protocol().to_dict()}
+    assert describe_prior(PriorSpec.parse("quadrant"), one).endswith("; centre schedule one-stage")
     lpft = {**prior, "centre": LPFT.to_dict()}
     assert describe_prior(PriorSpec.parse("quadrant"), lpft).endswith(
         "; centre schedule lp-ft (first stage 40% of the budget)"
