@@ -283,6 +283,12 @@ def tune_cmd(
         "--pick",
         help="ensemble (default: the top 3 protocols retrained on train+val, probabilities averaged), cv (cross-validate the top 3 on train+val, keep the best) or val (the best validation trial)",
     ),
+    schedules: Optional[str] = typer.Option(
+        None,
+        "--schedules",
+        help="the schedules to search, comma-separated (default one-stage,lp-ft,gradual): one-stage trains"
+        " every unfrozen group from the start, lp-ft trains the head first, gradual unfreezes top-down",
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     workers: int = typer.Option(
@@ -327,6 +333,7 @@ def tune_cmd(
             "device": device,
             "seed": seed,
             "pick": pick,
+            "schedules": schedules,
         },
         prune=prune,
         surface=outputs.surface,

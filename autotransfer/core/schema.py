@@ -20,6 +20,7 @@ __all__ = [
     "FAIL_REASON_ATTR",
     "PRUNE_REASON_ATTR",
     "RUNGS_ATTR",
+    "UNFROZEN_ATTR",
     "DEVICE_ATTR",
     "DEVICE_NAME_ATTR",
     "PRECISION_ATTR",
@@ -60,6 +61,9 @@ FAIL_REASON_ATTR = "fail_reason"
 PRUNE_REASON_ATTR = "prune_reason"
 #: Every rung decision of the trial (step, score, bar, margin, pruned).
 RUNGS_ATTR = "rungs"
+#: When each group the trial's schedule held frozen started to train: ``[[step, group], ...]``
+#: (``TrainResult.unfrozen``; absent when nothing waited: one-stage, or f = G - r).
+UNFROZEN_ATTR = "unfrozen"
 #: The device the trial ran on (``cpu``, ``cuda:0``), the GPU's name, and the precision
 #: (``fp32`` or ``bf16-autocast``): a study runs at one precision (docs/devices.md).
 DEVICE_ATTR = "device"

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import SCHEDULES
 from autotransfer.core.validation import known_fields
 
 __all__ = [
@@ -54,6 +55,16 @@ def _open_unit(value: Any) -> bool:
         return not isinstance(value, bool) and 0 < float(value) < 1
     except (TypeError, ValueError):
         return False
+
+
+def _schedules(value: Any) -> tuple[str, ...]:
+    """``--schedules`` (a comma-separated string or a sequence) as a tuple in ``SCHEDULES`` order;
+    an unknown or missing name is a one-line ``UserError``."""
+    names = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s) for s in value]
+    for name in names or [""]:
+        if name not in SCHEDULES:
+            raise UserError(f"--schedules takes a comma-separated list of {', '.join(SCHEDULES)}, but got {name!r}")
+    return tuple(s for s in SCHEDULES if s in names)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,9 @@ class StudySettings:
     #: for a pseudo-label (``--pseudo-threshold``).
     unlabelled: str | None = None
     pseudo_threshold: float = PSEUDO_THRESHOLD
+    #: The schedules the study searches (``--schedules``; docs/design.md, "Schedules"), in
+    #: ``SCHEDULES`` order; ``("one-stage",)`` searches as studies did before schedules existed.
+    schedules: tuple[str, ...] = SCHEDULES
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n < 4:
@@ -137,6 +151,7 @@ class StudySettings:
         if self.pick not in PICK_RULES:
             raise UserError(f"--pick must be one of {', '.join(PICK_RULES)}, but got {self.pick!r}")
         PriorSpec.parse(self.prior)
+        self.schedules = _schedules(self.schedules)
         if not _open_unit(self.pseudo_threshold):
             raise UserError(f"--pseudo-threshold must lie in (0, 1), but got {self.pseudo_threshold!r}")
         if self.unlabelled is not None and not str(self.unlabelled).strip():

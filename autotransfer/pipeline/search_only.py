@@ -38,7 +38,7 @@ def run_search_study(
     """Create study ``name`` afresh (an older one of that name is deleted) with ``prior``'s ranges
     and enqueued protocols (wide ranges, nothing enqueued, when ``prior`` is None), then run
     multivariate TPE with successive-halving pruning for ``trials`` search trials or ``timeout`` s."""
-    from autotransfer.prior import wide_prior
+    from autotransfer.prior import wide_prior, with_schedules
     from autotransfer.search.run import build_runner, run_search
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import create_study, load_study, make_pruner, make_sampler, study_exists
@@ -46,7 +46,9 @@ def run_search_study(
     store = open_storage(storage)
     if study_exists(store, name):  # an interrupted run: start it again from nothing
         optuna.delete_study(study_name=name, storage=store)
-    space = wide_prior() if prior is None else prior.space
+    if prior is not None:
+        prior = with_schedules(prior, settings.schedules)
+    space = wide_prior(settings.schedules) if prior is None else prior.space
     enqueue = enqueued_protocols(prior, backbone.num_groups)
     create_study(name, store, settings, profile=None, prior=None, space=space, enqueue=enqueue)
     study = load_study(name, store, sampler=make_sampler(settings.seed), pruner=make_pruner(settings))

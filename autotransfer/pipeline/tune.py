@@ -213,8 +213,11 @@ def _create(
     if prior is None:
         from autotransfer.prior import wide_prior
 
-        space = wide_prior()
+        space = wide_prior(settings.schedules)
     else:
+        from autotransfer.prior import with_schedules
+
+        prior = with_schedules(prior, settings.schedules)  # the recorded prior says what runs
         space = prior.space
     fixed = fixed_protocols(prior, probe_backbone.num_groups)
     if warm_start:

@@ -23,6 +23,7 @@ from autotransfer.prior.quadrant import (
     quadrant_prior,
     recommended_protocol,
     scratch_protocols,
+    with_schedules,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "size_score",
     "transferability_from_logme",
     "wide_prior",
+    "with_schedules",
 ]

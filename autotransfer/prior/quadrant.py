@@ -10,7 +10,10 @@ smooth rule, so that a task between quadrants gets a protocol between theirs:
   ICLR 2020, for the ELR);
 - small N -> more freezing and more regularisation (weight decay, L2-SP) (survey);
 - the freeze depth follows the excess-divergence profile: freeze up to the (smoothed) depth where the
-  excess first crosses ``excess_threshold()``, then scale by size and similarity.
+  excess first crosses ``excess_threshold()``, then scale by size and similarity;
+- the schedule (``schedule_rule``): one stage for large targets; for small ones LP-FT when the
+  features transfer (Kumar et al., ICLR 2022), gradual unfreezing when they do not (Howard &
+  Ruder, ACL 2018).
 
 Notation: ``s`` = similarity, ``d = 1 - s``, ``z`` = ``size_score`` (0 small ... 1 large).
 When a transferability ``t`` is given (LogME over chance, ``transferability_from_logme``), the
@@ -55,6 +58,8 @@ __all__ = [
     "probe_control_protocols",
     "WIDTHS",
     "exploring_space",
+    "schedule_rule",
+    "with_schedules",
 ]
 
 # --- ELR (log10 of lr / (1 - momentum)) -----------------------------------------------------
@@ -108,6 +113,27 @@ L2SP_MAX = 0.05
 #: Layer-wise lr decay for a small, same-domain target: lower layers, already right, learn
 #: slower (discriminative fine-tuning, discussed in the survey); 1 (no decay) when large or far.
 LAYER_DECAY_MIN = 0.7
+
+# --- schedule (docs/design.md, "Schedules") -------------------------------------------------------
+#: From this size score on, the centre trains in one stage: with plenty of data the survey's
+#: large rows fine-tune everything, and a protective first stage would spend budget the body needs.
+#: 0.5 is the quadrant's own small/large split (``size_score``).
+SCHEDULE_LARGE = 0.5
+#: A small target whose effective similarity reaches this uses LP-FT (Kumar et al., "Fine-Tuning
+#: can Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022: when the
+#: features are good, a head that starts at zero sends them large, distorting gradients; fit the
+#: head first). Below it, gradual unfreezing (Howard & Ruder, "Universal Language Model
+#: Fine-tuning for Text Classification", ACL 2018: unfreeze from the top against catastrophic
+#: forgetting on small targets) lets the far target adapt the top groups before the lower ones.
+#: The quadrant's own similar/dissimilar split (``SIMILAR_THRESHOLD``).
+SCHEDULE_SIMILAR = SIMILAR_THRESHOLD
+#: LP-FT's head-only stage as a share of the budget: long enough for the zero-initialised head (at
+#: its x3-x10 lr) to fit on the frozen features (Kumar et al. probe to convergence first), short
+#: enough to leave most of a fixed budget to fine-tuning. The protocol's default stage.
+LPFT_STAGE = 0.3
+#: Gradual unfreezing's stage (the last group joins here): ULMFiT unfreezes one group per epoch;
+#: a small target's budget is ~20 epochs (``default_steps``), so 8 groups take 8/20 = 0.4 of it.
+GRADUAL_STAGE = 0.4
 
 #: The prior's spread: one standard deviation per parameter (log parameters in decades) of the
 #: sampler's start-up draws around the centre (``search/sampler.py``). It says how far the prior
@@ -313,8 +339,10 @@ def quadrant_prior(
         l2sp=l2sp,
     )
     centre = bounds.clip(raw)
-    space = exploring_space(centre, bounds)
     f, r = centre.integers(num_groups)
+    schedule, stage_frac, schedule_line = schedule_rule(z, s, num_groups - r - f)
+    centre = bounds.clip(replace(centre, schedule=schedule, stage_frac=stage_frac))
+    space = exploring_space(centre, bounds)
     n = 10.0**log10_n
     rationale = [
         f"placement: N = {n:.0f} (size score {z:.2f}, {size}), similarity {domain_s:.2f} ({domain}) -> "
@@ -354,6 +382,7 @@ def quadrant_prior(
         f"BN {centre.bn_mode}: "
         + ("adapt statistics to a far target (AdaBN)" if bn_mode == "adapt" else "keep source statistics")
         + "; momentum 0.9 (Li et al., ICLR 2020)",
+        schedule_line,
     ]
     return Prior(
         centre=centre,
@@ -362,6 +391,67 @@ def quadrant_prior(
         rationale=rationale,
         num_groups=num_groups,
         kind="quadrant",
+    )
+
+
+def schedule_rule(size: float, similarity: float, pretrained: int) -> tuple[str, float, str]:
+    """``(schedule, stage_frac, rationale line)`` for a target of size score ``size`` and
+    (effective) ``similarity`` whose centre trains ``pretrained`` pretrained groups (``G - r - f``).
+
+    One stage when nothing pretrained trains (every schedule is one-stage then) or the target is
+    large (``SCHEDULE_LARGE``); else LP-FT when similar (``SCHEDULE_SIMILAR``), gradual unfreezing
+    when not.
+    """
+    if pretrained <= 0:
+        return "one-stage", LPFT_STAGE, "schedule one-stage: no pretrained group trains, so every schedule is one stage"
+    if size >= SCHEDULE_LARGE:
+        return (
+            "one-stage",
+            LPFT_STAGE,
+            f"schedule one-stage: size score {size:.2f} >= {SCHEDULE_LARGE:g}, enough data to fine-tune every"
+            " trainable group from the start (survey: large -> fine-tune everything)",
+        )
+    if similarity >= SCHEDULE_SIMILAR:
+        return (
+            "lp-ft",
+            LPFT_STAGE,
+            f"schedule lp-ft, head and re-initialised groups alone for the first {LPFT_STAGE:g} of the budget:"
+            f" small (size score {size:.2f}) and similar ({similarity:.2f}): good features, which a zero head's"
+            " early gradients would distort (Kumar et al., ICLR 2022)",
+        )
+    return (
+        "gradual",
+        GRADUAL_STAGE,
+        f"schedule gradual, {pretrained} pretrained groups unfrozen top-down by {GRADUAL_STAGE:g} of the budget:"
+        f" small (size score {size:.2f}) and dissimilar ({similarity:.2f}): adapt the top before the lower groups,"
+        " against forgetting (ULMFiT, Howard & Ruder, ACL 2018)",
+    )
+
+
+def with_schedules(prior: Prior, schedules: Sequence[str]) -> Prior:
+    """``prior`` searching only ``schedules`` (``StudySettings.schedules``): its space's schedules,
+    and a centre or candidate whose schedule is not among them runs the first of them (one-stage
+    when searched), with a rationale line when the centre changes."""
+    allowed = tuple(schedules)
+    if not allowed:
+        raise ValueError("schedules must not be empty")
+
+    def inside(p: Protocol) -> Protocol:
+        return p if p.schedule in allowed else replace(p, schedule=allowed[0])
+
+    centre = inside(prior.centre)
+    rationale = list(prior.rationale)
+    if centre != prior.centre:
+        rationale.append(
+            f"schedule {centre.schedule}, not the rule's {prior.centre.schedule}: the study searches"
+            f" {', '.join(allowed)} only (--schedules)"
+        )
+    return replace(
+        prior,
+        centre=centre,
+        space=replace(prior.space, schedules=allowed),
+        rationale=rationale,
+        candidates=[(source, inside(p)) for source, p in prior.candidates],
     )
 
 

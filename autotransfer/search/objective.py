@@ -26,6 +26,7 @@ from autotransfer.core.schema import (
     REINIT_ATTR,
     RUNGS_ATTR,
     SOURCE_ATTR,
+    UNFROZEN_ATTR,
     VAL_LOSS_ATTR,
 )
 from autotransfer.core.settings import StudySettings
@@ -251,6 +252,8 @@ class TrialRunner:
         trial.set_user_attr(DEVICE_ATTR, result.device)
         trial.set_user_attr("prefix_cached", bool(result.cached))
         trial.set_user_attr("history", [[int(s), float(v)] for s, v in result.history])
+        if result.unfrozen:
+            trial.set_user_attr(UNFROZEN_ATTR, [[int(s), int(g)] for s, g in result.unfrozen])
         if result.final_val_loss is not None and math.isfinite(result.final_val_loss):
             trial.set_user_attr(VAL_LOSS_ATTR, round(float(result.final_val_loss), 6))
         stopped_early, history, value = (

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import math
 import platform
+from dataclasses import replace
 from typing import Any, Iterable, cast
 
 import optuna
@@ -28,6 +29,7 @@ __all__ = [
     "study_exists",
     "read_settings",
     "read_space",
+    "within_schedules",
     "read_attr",
     "check_compatible",
     "resume_overrides",
@@ -139,8 +141,11 @@ def create_study(
 
     The sampler's start-up draws centre on ``prior["centre"]`` with ``spread`` (``sampler.py``);
     their number follows the search budget left after the enqueued non-control protocols.
+    The study searches ``settings.schedules``, whatever ``space`` says; an enqueued protocol
+    whose schedule is not among them runs the first of them (``within_schedules``).
     """
-    enqueue = list(enqueue)
+    space = replace(space, schedules=settings.schedules)
+    enqueue = [(within_schedules(p, space.schedules), attrs) for p, attrs in enqueue]
     centre = (prior or {}).get("centre")
     enqueued = sum(1 for _, attrs in enqueue if CONTROL_ATTR not in attrs)
     sampler_config = {
@@ -168,6 +173,13 @@ def create_study(
     return study
 
 
+def within_schedules(protocol: Protocol, schedules: tuple[str, ...]) -> Protocol:
+    """``protocol``, with the first of ``schedules`` (in ``SCHEDULES`` order: one-stage when it is
+    searched) when its own is not among them: an enqueued value must be one of the categorical's
+    choices. A control (``f = G - r``) trains the same under every schedule."""
+    return protocol if protocol.schedule in schedules else replace(protocol, schedule=schedules[0])
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -181,7 +193,8 @@ def read_attr(study: optuna.Study, key: str) -> Any:
 
 
 def read_settings(study: optuna.Study) -> StudySettings:
-    return StudySettings.from_dict(study.user_attrs[ATTR["settings"]])
+    """The study's recorded settings; one recorded before schedules existed searched one-stage only."""
+    return StudySettings.from_dict({"schedules": ["one-stage"], **study.user_attrs[ATTR["settings"]]})
 
 
 def read_space(study: optuna.Study) -> ProtocolSpace:
@@ -211,15 +224,17 @@ def check_compatible(study: optuna.Study, settings: StudySettings) -> None:
 
 #: Options a resumed study keeps from its record, whatever this run asks (the search must stay one
 #: search: one budget, one prior, one pruning rule, one pick rule).
-_RECORDED_WIN = ("steps", "prior", "prune", "pick")
+_RECORDED_WIN = ("steps", "prior", "prune", "pick", "schedules")
 
 
 def resume_overrides(stored: StudySettings, asked: StudySettings, *, warm_start: str | None = None) -> str | None:
     """One line saying which of this run's options the resumed study's recorded settings override
-    (``--steps``, ``--prior``, ``--prune``, ``--pick``, and ``--warm-start``, which only a new study
+    (``--steps``, ``--prior``, ``--prune``, ``--pick``, ``--schedules``, and ``--warm-start``, which only a new study
     enqueues), or ``None`` when they agree. ``asked`` is this run's settings, resolved on the data."""
 
     def shown(key: str, value: Any) -> str:
+        if key == "schedules":
+            return ",".join(value)
         return ("on" if value else "off") if key == "prune" else str(value)
 
     differ = [
