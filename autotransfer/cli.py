@@ -289,6 +289,15 @@ def tune_cmd(
         help="the schedules to search, comma-separated (default one-stage,lp-ft,gradual): one-stage trains"
         " every unfrozen group from the start, lp-ft trains the head first, gradual unfreezes top-down",
     ),
+    unlabelled: Optional[str] = typer.Option(
+        None,
+        "--unlabelled",
+        help="a folder of unlabelled images of the target: self-train the handed-back model on its confident"
+        " pseudo-labels, kept only if it beats the teacher on validation",
+    ),
+    pseudo_threshold: Optional[float] = typer.Option(
+        None, "--pseudo-threshold", help="least teacher probability for a pseudo-label (default 0.9)"
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     workers: int = typer.Option(
@@ -309,6 +318,7 @@ def tune_cmd(
       autotransfer tune builtin:elpv --n 600 --trials 20 --resolution 64
       autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
+      autotransfer tune folder:~/data/leaves --unlabelled ~/data/leaves-unlabelled   # self-training
     """
     from autotransfer.core.paths import safe_name
     from autotransfer.pipeline.options import on_surface, tune_outputs, tune_settings
@@ -334,6 +344,8 @@ def tune_cmd(
             "seed": seed,
             "pick": pick,
             "schedules": schedules,
+            "unlabelled": unlabelled,
+            "pseudo_threshold": pseudo_threshold,
         },
         prune=prune,
         surface=outputs.surface,

@@ -15,6 +15,7 @@ __all__ = [
     "TuneResult",
     "describe_prior",
     "describe_pick",
+    "describe_self_training",
     "surface_evidence_shortfall",
     "SMALL_VALIDATION",
     "SURFACE_MIN_TRIALS",
@@ -90,6 +91,42 @@ def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
     )
 
 
+def describe_self_training(record: dict[str, Any]) -> str:
+    """One line: whether self-training's students were kept, on what evidence, and what it cost,
+    e.g. ``self-training: kept (student 0.833 vs teacher 0.800 on 30 validation images; 1,240 of
+    2,000 unlabelled images at or above 0.9); ...``."""
+    verdict = "kept" if record.get("kept") else "not kept"
+    threshold = float(record.get("threshold", 0.0))
+    offered, kept_images = int(record.get("offered", 0)), record.get("kept_images")
+    images = (
+        f"{int(kept_images):,} of {offered:,} unlabelled images at or above {threshold:g}"
+        if kept_images is not None
+        else f"{offered:,} unlabelled images offered"
+    )
+    teacher, student = record.get("teacher_val"), record.get("student_val")
+    if teacher is not None and student is not None:
+        evidence = (
+            f"student {student:.3f} vs teacher {teacher:.3f} on {record.get('val_images')} validation images; {images}"
+        )
+    elif teacher is not None:
+        evidence = f"teacher {teacher:.3f} on {record.get('val_images')} validation images; {images}"
+    else:
+        evidence = images
+    line = f"self-training: {verdict} ({evidence})"
+    if record.get("reason"):
+        line += f"; {record['reason']}"
+    final = record.get("final") or {}
+    if record.get("kept"):
+        line += (
+            f"; the handed-back model pseudo-labelled {int(final.get('kept_images', 0)):,} images for"
+            f" {final.get('students')} final student(s) on train+val"
+        )
+    cost = f"cost {record.get('trainings', 0)} trainings of {record.get('steps')} steps"
+    if record.get("seconds") is not None:
+        cost += f" ({float(record['seconds']):.0f} s)"
+    return f"{line}; {cost}"
+
+
 @dataclass(frozen=True)
 class TuneResult:
     """What ``tune`` hands back (the CLI prints it), built once when the job ends."""
@@ -114,6 +151,7 @@ class TuneResult:
     test_images: int | None = None
     pick: dict[str, Any] | None = None
     trained_on: str | None = None
+    self_training: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +168,7 @@ class TuneResult:
             "pick": self.pick,
             "skipped": (self.profile or {}).get("skipped"),
             "trained_on": self.trained_on,
+            "self_training": self.self_training,
             "controls": self.controls,
             "negative_transfer": self.negative_transfer,
             "export": str(self.export_path) if self.export_path else None,

@@ -33,6 +33,7 @@ from autotransfer.pipeline.outcome import (
     TuneResult,
     describe_pick,
     describe_prior,
+    describe_self_training,
     surface_evidence_shortfall,
 )
 from autotransfer.search.final import FinalEnsemble, Member, final_is_current, handed_back_members, train_ensemble
@@ -70,6 +71,7 @@ __all__ = [
     "open_study_for",
     "run_trials",
     "finalise",
+    "self_train_stage",
     "publish",
 ]
 
@@ -173,11 +175,16 @@ def _resume(name, store, settings: StudySettings, prepared: PreparedData, warm_s
     if refusal is not None:
         raise UserError(refusal)
     overridden = resume_overrides(stored, settings, warm_start=warm_start)
-    # resume with the stored budget and options; only --trials may grow
-    settings = type(settings).from_dict({**stored.to_dict(), "trials": settings.trials, "device": settings.device})
-    if settings.trials != stored.trials:
+    # resume with the stored budget and options; only --trials may grow. Self-training follows
+    # the search (it does not change it): a run's --unlabelled (with its threshold) wins, and
+    # without it the study's recorded request stands
+    this_run: dict[str, Any] = {"trials": settings.trials}
+    if settings.unlabelled:
+        this_run.update(unlabelled=settings.unlabelled, pseudo_threshold=settings.pseudo_threshold)
+    settings = type(settings).from_dict({**stored.to_dict(), **this_run, "device": settings.device})
+    if any(getattr(settings, key) != getattr(stored, key) for key in this_run):
         # workers read the budget from the study
-        study.set_user_attr(ATTR["settings"], {**stored.to_dict(), "trials": settings.trials})
+        study.set_user_attr(ATTR["settings"], {**stored.to_dict(), **this_run})
     ui.note(f"resuming study {name!r}: {len(search_trials(study))} finished search trials")
     if overridden:
         ui.note(overridden)
@@ -281,12 +288,22 @@ class Finalised:
     test_score: float | None
     trained: FinalEnsemble | None
     notes: tuple[str, ...] = ()
+    self_training: dict[str, Any] | None = None
 
 
-def finalise(opened: OpenStudy, *, model_dir: Path, micro_batch: int | None = None, ui=None) -> Finalised | None:
+def finalise(
+    opened: OpenStudy,
+    *,
+    model_dir: Path,
+    micro_batch: int | None = None,
+    ui=None,
+    self_training: dict[str, Any] | None = None,
+) -> Finalised | None:
     """Stage 3: apply the pick rule (recorded on the study), then retrain and check each member on
     train+val and score the handed-back model on the test split. ``None`` when no transfer trial
-    completed. A resumed study whose recorded final model is still in ``model_dir`` keeps it."""
+    completed. A resumed study whose recorded final model is still in ``model_dir`` keeps it, if
+    it was made with this run's self-training request ``self_training``
+    (``search.self_training.self_training_key``: ``None`` without ``--unlabelled``)."""
     from autotransfer.backbones import create_backbone
     from autotransfer.search.progress import NullUI
 
@@ -314,9 +331,14 @@ def finalise(opened: OpenStudy, *, model_dir: Path, micro_batch: int | None = No
     members = handed_back_members(study, pick, best, len(opened.prepared.val) or 1)
     wanted = [m.trial for m in members]
     final = study.user_attrs.get(ATTR["final"]) or {}
-    if final_is_current(final, wanted, model_dir):
+    if final_is_current(final, wanted, model_dir) and final.get("self_training") == self_training:
         notes.append("the handed-back model was already retrained and tested: kept that result")
-        return Finalised(pick, best, tuple(members), final.get("test_score"), None, tuple(notes))
+        recorded = study.user_attrs.get(ATTR["self_training"]) if self_training else None
+        if recorded:
+            notes.append(describe_self_training(recorded))
+        return Finalised(
+            pick, best, tuple(members), final.get("test_score"), None, tuple(notes), self_training=recorded or None
+        )
     ui.stage(
         f"retraining trial {best.number} on train+val"
         if len(members) == 1
@@ -340,6 +362,51 @@ def finalise(opened: OpenStudy, *, model_dir: Path, micro_batch: int | None = No
             f" the retrains took {trained.seconds:.0f} s"
         )
     return Finalised(pick, best, tuple(members), trained.test_score, trained, tuple(notes))
+
+
+def self_train_stage(
+    opened: OpenStudy, final: Finalised, *, pool=None, micro_batch: int | None = None, ui=None
+) -> Finalised:
+    """Stage 3b (``--unlabelled``): self-training on the unlabelled images ``pool`` (an
+    ``ImageDataset``; ``None``: loaded from ``settings.unlabelled``) for the handed-back model's
+    members (``search.self_training.self_train``). Returns ``final`` with the students when they
+    won, else the teacher, and the outcome in its notes either way. A ``final`` kept from an
+    earlier run (nothing retrained) is returned as is: its self-training was recorded with it."""
+    from autotransfer.search.progress import NullUI
+    from autotransfer.search.self_training import load_unlabelled, self_train
+
+    ui = ui or NullUI()
+    settings = opened.settings
+    if final.trained is None or not settings.unlabelled:
+        return final
+    if pool is None:
+        pool = load_unlabelled(settings.unlabelled)
+    ui.stage(
+        f"self-training on {len(pool):,} unlabelled images (threshold {settings.pseudo_threshold:g}):"
+        f" {len(final.members)} teacher(s) and student(s) on the train split, then the decision on validation"
+    )
+    outcome = self_train(
+        opened.study,
+        settings,
+        opened.prepared,
+        list(final.members),
+        final.trained,
+        pool,
+        progress=ui.trial_progress,
+        micro_batch=micro_batch,
+        note=ui.note,
+    )
+    notes = list(final.notes) + [describe_self_training(outcome.record)]
+    if outcome.final is None:
+        return replace(final, notes=tuple(notes), self_training=outcome.record)
+    notes.extend(outcome.final.notes)
+    return replace(
+        final,
+        test_score=outcome.final.test_score,
+        trained=outcome.final,
+        notes=tuple(notes),
+        self_training=outcome.record,
+    )
 
 
 def publish(
@@ -373,6 +440,7 @@ def publish(
 def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
     """Write the handed-back model folder and record the final model on the study."""
     from autotransfer.search.model_card import save_tuned_ensemble
+    from autotransfer.search.self_training import self_training_key
 
     study, trained = opened.study, final.trained
     assert trained is not None
@@ -398,6 +466,7 @@ def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
         test_images=len(opened.prepared.test),
         controls=control_scores(study),
         study=opened.name,
+        self_training=final.self_training,
     )
     study.set_user_attr(
         ATTR["final"],
@@ -414,6 +483,8 @@ def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
             "train_images_per_s": trained.members[0].images_per_s,
             "seconds": round(trained.seconds, 1),
             "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            # the self-training request this model answers (None: none asked)
+            "self_training": self_training_key(opened.settings),
         },
     )
 
@@ -431,6 +502,7 @@ def tune(
     surface_store: str | Path | None = None,
     ui=None,
     workers: int = 1,
+    unlabelled=None,
 ) -> TuneResult:
     """Run (or resume) a protocol search for ``settings`` and return its summary.
 
@@ -440,9 +512,21 @@ def tune(
     ``None`` is silent. ``workers`` > 1 runs the search on that many local worker processes
     (``search.workers.run_local_workers``: one per GPU, or the CPU cores split). With
     ``surface_store``, the study's best protocol is recorded on that surface.
+
+    Self-training (docs/design.md, "Self-training") follows the retrain when
+    ``settings.unlabelled`` names unlabelled images of the target, or when ``unlabelled`` gives
+    them as an ``ImageDataset`` (e.g. ``data.unlabelled_pool``; its ``spec`` is recorded). A
+    missing or empty source is refused before the study opens.
     """
+    from autotransfer.search.self_training import load_unlabelled, self_training_key
+
     if workers < 1:
         raise UserError(f"--workers must be >= 1, but got {workers!r}")
+    pool = unlabelled
+    if pool is not None:
+        settings = replace(settings, unlabelled=str(pool.spec))
+    elif settings.unlabelled:
+        pool = load_unlabelled(settings.unlabelled)
     opened = open_study_for(
         settings,
         study_name=study_name,
@@ -453,7 +537,10 @@ def tune(
     )
     micro_batch = run_trials(opened, workers=workers, timeout=timeout, ui=ui)
     model_dir = Path(runs_dir) / safe_name(opened.name)
-    final = finalise(opened, model_dir=model_dir, micro_batch=micro_batch, ui=ui)
+    asked = self_training_key(opened.settings)
+    final = finalise(opened, model_dir=model_dir, micro_batch=micro_batch, ui=ui, self_training=asked)
+    if final is not None and asked is not None:
+        final = self_train_stage(opened, final, pool=pool, micro_batch=micro_batch, ui=ui)
     study, settings, prepared = opened.study, opened.settings, opened.prepared
     notes = list(opened.notes)
     val_images = len(prepared.val)
@@ -505,4 +592,5 @@ def tune(
         notes=notes + list(final.notes) + published,
         pick=final.pick.to_dict() if final.pick is not None else None,
         trained_on=(study.user_attrs.get(ATTR["final"]) or {}).get("trained_on", "train+val"),
+        self_training=final.self_training,
     )

@@ -35,6 +35,7 @@ def save_tuned_model(
     freeze_reinit: tuple[int, int] | None = None,
     versions: dict[str, str] | None = None,
     ensemble: dict[str, Any] | None = None,
+    self_training: dict[str, Any] | None = None,
 ) -> Path:
     """Write the fine-tuned ``backbone`` as a model folder at ``directory``; returns the folder.
 
@@ -79,6 +80,8 @@ def save_tuned_model(
     }
     if ensemble:
         extra["ensemble"] = ensemble
+    if self_training:
+        extra["self_training"] = self_training
     directory = Path(directory)
     write_model_dir(
         backbone,
@@ -105,6 +108,7 @@ def save_tuned_ensemble(
     test_images: int,
     controls: dict[str, float | None] | None = None,
     study: str | None = None,
+    self_training: dict[str, Any] | None = None,
 ) -> Path:
     """Write the handed-back model: its first member as the folder itself, the others as model
     folders under ``members/2``, ``members/3``... (``ENSEMBLE_DIR``), listed in the top
@@ -160,11 +164,40 @@ def save_tuned_ensemble(
         trained_on=str(info.get("trained_on", "train+val")),
         freeze_reinit=info.get("freeze_reinit"),
         ensemble=ensemble,
+        self_training=self_training,
     )
 
 
 def _score(value: Any) -> str:
     return "—" if value is None else f"{float(value):.4f}"
+
+
+def _self_training_lines(record: dict[str, Any]) -> list[str]:
+    """The card's "Self-training" section (``tune --unlabelled``), or nothing."""
+    if not record:
+        return []
+    offered, kept = int(record.get("offered", 0)), record.get("kept_images")
+    teacher, student = record.get("teacher_val"), record.get("student_val")
+    lines = [
+        "",
+        "## Self-training",
+        "",
+        f"- Unlabelled images: `{record.get('unlabelled')}`, {offered:,} offered;"
+        f" {'—' if kept is None else f'{int(kept):,}'} at or above the threshold {record.get('threshold')}"
+        " by the teachers (the members' protocols trained on the train split, probabilities averaged).",
+        f"- Validation {record.get('metric') or 'score'} ({record.get('val_images')} images): students"
+        f" {_score(student)}, teachers {_score(teacher)}. Students are kept only when strictly better.",
+    ]
+    if record.get("kept"):
+        final = record.get("final") or {}
+        lines.append(
+            f"- Kept: this model's members were trained on train+val plus {int(final.get('kept_images', 0)):,}"
+            " images pseudo-labelled by the train+val model, with the same protocols and step budgets"
+            f" ({final.get('students')} of them; a member whose student broke stays the plain retrain)."
+        )
+    else:
+        lines.append(f"- Not kept: {record.get('reason') or 'the teacher is handed back'}.")
+    return lines
 
 
 def model_card(config: dict[str, Any], directory: str | Path) -> str:
@@ -255,6 +288,7 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
                 for key in ("trials", "member_val_scores", "member_test_scores", "trained_on")
             ]
             lines.append(f"| {i + 1} | `{folder}` | {row[0]} | {_score(row[1])} | {_score(row[2])} | {row[3]} |")
+    lines += _self_training_lines(own.get("self_training") or {})
     lines += [
         "",
         "## Scores",
