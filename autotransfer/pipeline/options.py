@@ -16,6 +16,7 @@ __all__ = [
     "TuneOutputs",
     "tune_outputs",
     "tune_settings",
+    "absolute_spec",
     "surface_with_points",
     "on_surface",
     "SURFACE_ENV",
@@ -71,6 +72,8 @@ def tune_settings(
 
     base = DEFAULT_SETTINGS if target is None else StudySettings(target=target)
     given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("unlabelled"):
+        given["unlabelled"] = absolute_spec(str(given["unlabelled"]))
     if target is not None and _on_gpu(given.get("device", base.device)):
         given = {"batch_size": GPU_BATCH_SIZE, "resolution": GPU_RESOLUTION, **given}
     settings = StudySettings.from_dict({**base.to_dict(), **given, "prune": prune})
@@ -82,6 +85,20 @@ def tune_settings(
     if prior is None and path is not None:
         settings = StudySettings.from_dict({**settings.to_dict(), "prior": f"surface:{path}"})
     return settings
+
+
+def absolute_spec(spec: str) -> str:
+    """A dataset spec naming an existing path, with the path made absolute (``folder:`` and any
+    ``?options`` kept), so that a study records where its ``--unlabelled`` images are wherever it
+    is resumed from; anything else as given."""
+    if spec.startswith("builtin:"):
+        return spec
+    prefix = "folder:" if spec.startswith("folder:") else ""
+    raw, sep, options = spec[len(prefix) :].partition("?")
+    path = Path(raw).expanduser()
+    if not raw or not path.exists():
+        return spec
+    return f"{prefix}{path.resolve()}{sep}{options}"
 
 
 def surface_with_points(store: Path, model: str) -> Path | None:

@@ -197,6 +197,20 @@ def test_a_missing_or_empty_unlabelled_folder_is_one_line(tmp_path):
     assert "\n" not in str(empty.value)
 
 
+def test_an_unlabelled_folder_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    from autotransfer.pipeline.options import absolute_spec, tune_settings
+
+    (tmp_path / "pool").mkdir()
+    monkeypatch.chdir(tmp_path)
+    absolute = str((tmp_path / "pool").resolve())
+    assert (
+        absolute_spec("pool") == absolute and absolute_spec("folder:pool?decode=64") == f"folder:{absolute}?decode=64"
+    )
+    assert absolute_spec("builtin:digits") == "builtin:digits" and absolute_spec("missing") == "missing"
+    settings = tune_settings("builtin:digits", {"unlabelled": "pool", "device": "cpu"}, surface=None)
+    assert settings.unlabelled == absolute and settings.pseudo_threshold == 0.9
+
+
 @pytest.mark.parametrize("threshold", [0, 1, 1.2, -0.5])
 def test_a_threshold_outside_the_open_unit_interval_is_refused(threshold):
     with pytest.raises(UserError, match="--pseudo-threshold"):
@@ -244,6 +258,6 @@ def test_cli_self_trains_on_a_folder_and_shows_it(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     record = result["self_training"]
-    assert record["offered"] == 40 and record["threshold"] == 0.11 and record["unlabelled"] == str(folder)
+    assert record["offered"] == 40 and record["threshold"] == 0.11 and record["unlabelled"] == str(folder.resolve())
     assert any(n.startswith("self-training: ") for n in result["notes"])
     assert "self-training: teacher 1 of 1" in done.stderr and "self-training: student 1 of 1" in done.stderr
