@@ -68,12 +68,12 @@ def test_a_study_over_every_schedule_records_schedule_params(tiny_settings, stor
     if sampled.params["schedule"] != "one-stage":
         assert sampled.user_attrs.get(UNFROZEN_ATTR, []) == _expected_unfrozen(sampled, settings.steps)
 
-    # a dead enqueued trial is queued again with its (categorical) schedule, and re-runs it
-    assert requeue_trial(study, lp_ft)
-    run_search(study, runner, 4)
-    rerun = study.trials[-1]
-    assert rerun.state == TrialState.COMPLETE and rerun.params["schedule"] == "lp-ft"
-    assert rerun.user_attrs[UNFROZEN_ATTR] == lp_ft.user_attrs[UNFROZEN_ATTR]
+    # a dead trial, enqueued or sampled, is queued again with its (categorical) schedule and re-runs it
+    assert requeue_trial(study, lp_ft) and requeue_trial(study, sampled)
+    run_search(study, runner, 5)
+    for dead, rerun in zip((lp_ft, sampled), study.trials[-2:]):
+        assert rerun.state == TrialState.COMPLETE and rerun.params == dead.params
+        assert rerun.user_attrs.get(UNFROZEN_ATTR) == dead.user_attrs.get(UNFROZEN_ATTR)
 
 
 def test_a_one_stage_study_suggests_no_schedule(tiny_settings, storage_url):
