@@ -198,6 +198,12 @@ def train_from_config(
     probe = (payload.get("controls") or {}).get("probe")
     probe = float(probe) if isinstance(probe, (int, float)) else None
     at_chance, below_probe, warnings = quality_warnings(test_score, len(test_labels), chance, probe)
+    self_trained = [i + 1 for i, (_, _, m) in enumerate(members) if "pseudo" in str(m.get("trained_on", ""))]
+    if self_trained:
+        warnings.append(
+            f"self-training is not reproduced: tune trained member(s) {', '.join(map(str, self_trained))} on train+val"
+            " plus pseudo-labelled unlabelled images (--unlabelled); this model trained them on train+val only"
+        )
     metrics = {
         "study": payload.get("study"),
         "metric": settings.metric,

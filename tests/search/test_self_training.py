@@ -125,6 +125,17 @@ def test_kept_students_are_handed_back_in_the_model_folder_format(kept_study):
     )
 
 
+def test_train_config_says_it_does_not_reproduce_self_training(kept_study, tmp_path):
+    from autotransfer.export import export_payload
+    from autotransfer.pipeline.reproduce import train_from_config
+
+    result, url, _, _ = kept_study
+    payload = export_payload(load_study("kept", open_storage(url)))
+    assert [m["trained_on"] for m in payload["members"]] == list(result.self_training["final"]["member_trained_on"])
+    metrics = train_from_config(payload, out_dir=tmp_path / "again")
+    assert any(w.startswith("self-training is not reproduced") for w in metrics["warnings"])
+
+
 def test_a_resumed_study_keeps_its_self_training(kept_study, monkeypatch):
     result, url, tmp, _ = kept_study
     monkeypatch.setattr(tune_module, "train_ensemble", lambda *a, **k: pytest.fail("retrained a recorded model"))
