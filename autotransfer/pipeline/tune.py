@@ -397,9 +397,9 @@ def self_train_stage(
         note=ui.note,
     )
     notes = list(final.notes) + [describe_self_training(outcome.record)]
+    notes.extend((outcome.record.get("final") or {}).get("broken") or [])
     if outcome.final is None:
         return replace(final, notes=tuple(notes), self_training=outcome.record)
-    notes.extend(outcome.final.notes)
     return replace(
         final,
         test_score=outcome.final.test_score,

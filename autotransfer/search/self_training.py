@@ -307,7 +307,7 @@ def self_train(
         finally:
             trainings += 1
         if broken:
-            teacher.notes.append(
+            final_record.setdefault("broken", []).append(
                 f"self-training: final student {i + 1} (trial {member.trial}) broke ({why}); its teacher stays"
             )
             finals.append(teacher)
