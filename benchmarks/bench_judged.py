@@ -17,6 +17,14 @@ scored on the judge set:
 - e: the best judge score over all of h's study's completed transfer trials (what it tried);
 - f: the prior's centre alone (one trial, no search).
 
+Issue 18 adds two methods, run only when named in ``--methods``:
+
+- s: ``tune`` as h, but searching the schedules too (one-stage, lp-ft, gradual; h searches
+  one-stage only, as every h row before schedules existed did);
+- t: h's study with self-training on ``UNLABELLED`` images of the target's pool outside the
+  study's subsample and the judge set (labels removed): the model ``tune`` hands back then, the
+  student when it beat its teacher on validation, else the teacher (= h).
+
 Resumable per (target, N, seed, method): results append to a JSONL file, and a study that was cut
 short resumes from its storage. Run one process per core with ``--cells``:
 
@@ -49,7 +57,12 @@ DEFAULT_CELLS = [f"{t}:200:{s}" for s in (0, 1, 2) for t in ("elpv", "animals", 
     f"{t}:1000:0" for t in ("elpv", "animals", "mnist5k")
 ]
 METHODS = ("h", "a", "b", "c", "f", "d", "e")
+#: Issue 18's methods (see the docstring); compared with h, paired by cell.
+EXTRA = ("s", "t")
+UNLABELLED = 2000
 NAMES = {
+    "s": "tune with schedules",
+    "t": "tune + self-training",
     "h": "tune (handed back)",
     "a": "classic recipe",
     "b": "survey recommended",
@@ -79,6 +92,7 @@ def settings_for(target: str, n: int, seed: int, pick: str | None = None):
             trials=TRIALS,
             prior="quadrant",
             device="cpu",
+            schedules=("one-stage",),  # h: the one-stage search (issue 14); s searches all schedules
         )
     return replace(settings, pick=pick) if pick else settings
 
@@ -131,15 +145,41 @@ def retrained(protocol, settings, prepared, judge) -> float:
     return judge(backbone, settings.metric)
 
 
-def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None) -> None:
-    import optuna
-
+def folder_members(model_path):
+    """The backbones of a model folder ``tune`` wrote: every member of an ensemble."""
     from autotransfer.backbones.model_dir import (
         build_model,
         ensemble_member_dirs,
         model_dir_preprocessing,
         read_model_config,
     )
+
+    return [
+        SimpleNamespace(model=build_model(d), preprocessing=model_dir_preprocessing(read_model_config(d)))
+        for d in ensemble_member_dirs(model_path)
+    ]
+
+
+def search_counts(study, resolved) -> dict:
+    """How the study searched: sampled trials, how many completed, pruned, pruned at the first rung."""
+    import optuna
+
+    from autotransfer.search.study import make_pruner
+
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    sampled = [t for t in study.trials if "fixed_params" not in t.system_attrs]
+    first = f"pruned: step {make_pruner(resolved).rungs[0]}:"
+    return {
+        "sampled": len(sampled),
+        "sampled_complete": sum(t.state == optuna.trial.TrialState.COMPLETE for t in sampled),
+        "pruned_at_first_rung": sum(1 for t in pruned if str(t.user_attrs.get("prune_reason", "")).startswith(first)),
+        "pruned": len(pruned),
+    }
+
+
+def run_cell(
+    cell: str, done: set[tuple[str, str]], log, pick: str | None = None, methods: tuple[str, ...] = METHODS
+) -> None:
     from autotransfer.core.protocol import Protocol
     from autotransfer.pipeline.tune import tune
     from autotransfer.prior import linear_probe_protocol, recommended_protocol, wide_prior
@@ -150,7 +190,6 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
         best_by_validation,
         create_study,
         load_study,
-        make_pruner,
         open_study,
         read_attr,
         read_settings,
@@ -186,38 +225,47 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
     study = load_study("h", store)
     resolved = read_settings(study)
     prepared = prepare_data(resolved)
-    if (cell, "h") not in done:
+    if (cell, "h") not in done and "h" in methods:
         # the folder tune wrote: every member of an ensemble, scored by their mean softmax
-        backbone = [
-            SimpleNamespace(model=build_model(d), preprocessing=model_dir_preprocessing(read_model_config(d)))
-            for d in ensemble_member_dirs(result.model_path)
-        ]
-        pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-        sampled = [t for t in study.trials if "fixed_params" not in t.system_attrs]
         record(
             "h",
-            judge(backbone, resolved.metric),
+            judge(folder_members(result.model_path), resolved.metric),
             wall_s=round(h_wall, 1),
             val=result.val_score,
             test=result.test_score,
             pick=result.pick,
             trained_on=result.trained_on,
-            sampled=len(sampled),
-            sampled_complete=sum(t.state == optuna.trial.TrialState.COMPLETE for t in sampled),
-            pruned_at_first_rung=sum(
-                1
-                for t in pruned
-                if str(t.user_attrs.get("prune_reason", "")).startswith(
-                    f"pruned: step {make_pruner(resolved).rungs[0]}:"
-                )
-            ),
-            pruned=len(pruned),
+            **search_counts(study, resolved),
+        )
+    if (cell, "s") not in done and "s" in methods:
+        from autotransfer.core.protocol import SCHEDULES
+
+        t0 = time.perf_counter()
+        with_schedules = tune(
+            replace(settings, schedules=SCHEDULES),
+            study_name="s",
+            storage=url,
+            runs_dir=runs / f"{cell.replace(':', '-')}-s",
+            export_dir=runs / f"{cell.replace(':', '-')}-s",
+        )
+        s_study = load_study("s", store)
+        record(
+            "s",
+            judge(folder_members(with_schedules.model_path), resolved.metric),
+            wall_s=round(time.perf_counter() - t0, 1),
+            val=with_schedules.val_score,
+            test=with_schedules.test_score,
+            pick=with_schedules.pick,
+            schedules=sorted_schedules(s_study),
+            **search_counts(s_study, read_settings(s_study)),
         )
     if target == "demo":  # the demo's claim: better than its own linear-probe control on unseen images
         if (cell, "c") not in done:
             probes = [t for t in study.trials if t.user_attrs.get("control") == "probe" and t.value is not None]
             best_probe = max(probes, key=lambda t: t.value)
             record("c", retrained(Protocol.from_dict(best_probe.params), resolved, prepared, judge), control=True)
+        return
+    if not set(methods) & set(METHODS[1:]):
         return
     fixed = {
         "a": Protocol(log10_elr=math.log10(0.001 / 0.1), momentum=0.9, head_lr_mult=1.0, weight_decay=0.0),
@@ -226,9 +274,9 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
         "f": Protocol.from_dict(read_attr(study, "prior")["centre"]),
     }
     for method, protocol in fixed.items():
-        if (cell, method) not in done:
+        if (cell, method) not in done and method in methods:
             record(method, retrained(protocol, resolved, prepared, judge))
-    if (cell, "d") not in done:
+    if (cell, "d") not in done and "d" in methods:
         t0 = time.perf_counter()
         plain = replace(resolved, prune=False, prior="none")
         if not study_exists(store, "d"):
@@ -242,12 +290,30 @@ def run_cell(cell: str, done: set[tuple[str, str]], log, pick: str | None = None
             wall_s=round(time.perf_counter() - t0, 1),
             val=best.value,
         )
-    if (cell, "e") not in done:
+    if (cell, "e") not in done and "e" in methods:
         scores = {
             t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in transfer_trials(study)
         }
         best_trial = max(scores, key=scores.get)
         record("e", scores[best_trial], trial=best_trial, per_trial=scores)
+
+
+def sorted_schedules(study) -> dict:
+    """How often each schedule was tried, and which ones the members of the pick use."""
+    import optuna
+
+    from autotransfer.core.protocol import Protocol
+
+    tried: dict[str, int] = {}
+    complete: dict[str, int] = {}
+    for t in study.trials:
+        if "fixed_params" in t.system_attrs or not t.params:
+            continue
+        name = Protocol.from_dict(t.params).schedule
+        tried[name] = tried.get(name, 0) + 1
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            complete[name] = complete.get(name, 0) + 1
+    return {"sampled": tried, "complete": complete}
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -273,9 +339,10 @@ def summary(rows: list[dict]) -> str:
 
     by = {(r["cell"], r["method"]): r for r in rows}
     cells = sorted({r["cell"] for r in rows if r["cell"] != "demo"})
+    shown = METHODS + tuple(m for m in EXTRA if any(r["method"] == m for r in rows))
     lines = [
-        "| target, N | " + " | ".join(f"{m}: {NAMES[m]}" for m in METHODS) + " | seeds |",
-        "|---" * (len(METHODS) + 2) + "|",
+        "| target, N | " + " | ".join(f"{m}: {NAMES[m]}" for m in shown) + " | seeds |",
+        "|---" * (len(shown) + 2) + "|",
     ]
     groups: dict[str, list[str]] = {}
     for c in cells:
@@ -283,7 +350,7 @@ def summary(rows: list[dict]) -> str:
         groups.setdefault(f"{t}, {n}", []).append(c)
     for g, cs in groups.items():
         vals = []
-        for m in METHODS:
+        for m in shown:
             xs = [by[(c, m)]["judge"] for c in cs if (c, m) in by]
             if not xs:
                 vals.append("—")
@@ -292,9 +359,10 @@ def summary(rows: list[dict]) -> str:
             se = math.sqrt(np.mean(xs) * (1 - np.mean(xs)) / (k * len(xs)))
             vals.append(f"{100 * np.mean(xs):.1f} ± {100 * se:.1f}")
         lines.append(f"| {g} | " + " | ".join(vals) + f" | {len(cs)} |")
-    lines += ["", "| h − x | mean (points) | 95% CI | cells |", "|---|---|---|---|"]
-    for m in METHODS[1:]:
-        diffs = [by[(c, "h")]["judge"] - by[(c, m)]["judge"] for c in cells if (c, "h") in by and (c, m) in by]
+    lines += ["", "| difference | mean (points) | 95% CI | cells |", "|---|---|---|---|"]
+    for m in shown[1:]:
+        sign = -1.0 if m in EXTRA else 1.0  # issue 18's methods read as x - h: what they add to h
+        diffs = [sign * (by[(c, "h")]["judge"] - by[(c, m)]["judge"]) for c in cells if (c, "h") in by and (c, m) in by]
         if not diffs:
             continue
         mean = 100 * float(np.mean(diffs))
@@ -303,7 +371,8 @@ def summary(rows: list[dict]) -> str:
             ci = f"{mean - half:+.1f} to {mean + half:+.1f}"
         else:
             ci = "—"
-        lines.append(f"| h − {m} ({NAMES[m]}) | {mean:+.1f} | {ci} | {len(diffs)} |")
+        label = f"{m} − h" if m in EXTRA else f"h − {m}"
+        lines.append(f"| {label} ({NAMES[m]}) | {mean:+.1f} | {ci} | {len(diffs)} |")
     hs = [by[(c, "h")] for c in cells if (c, "h") in by]
     if hs:
         lines += [
@@ -335,6 +404,12 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--summary", action="store_true")
     parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"methods to run, of {','.join(METHODS + EXTRA)} (default: issue 14's {','.join(METHODS)});"
+        " h's study is always run or resumed first",
+    )
+    parser.add_argument(
         "--pick",
         default=None,
         help="the pick rule h uses (default: tune's default); h rows of"
@@ -350,11 +425,16 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     rule = args.pick or settings_for("demo", 0, 0).pick
     done = {(r["cell"], r["method"]) for r in current_rows(load_rows(path), rule)}
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(METHODS + EXTRA))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {','.join(METHODS + EXTRA)}")
     with path.open("a") as log:
         for cell in args.cells.split(","):
-            if all((cell, m) in done for m in (("h", "c") if cell == "demo" else METHODS)):
+            wanted = ("h", "c") if cell == "demo" else methods
+            if all((cell, m) in done for m in wanted):
                 continue
-            run_cell(cell, done, log, rule)
+            run_cell(cell, done, log, rule, methods)
 
 
 if __name__ == "__main__":
