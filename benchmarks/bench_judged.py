@@ -23,7 +23,8 @@ Issue 18 adds two methods, run only when named in ``--methods``:
   one-stage only, as every h row before schedules existed did);
 - t: h's study with self-training on ``UNLABELLED`` images of the target's pool outside the
   study's subsample and the judge set (labels removed): the model ``tune`` hands back then, the
-  student when it beat its teacher on validation, else the teacher (= h).
+  student when it beat its teacher on validation, else the teacher (= h);
+- u: as t, with the students always kept: what self-training itself does on unseen images.
 
 Resumable per (target, N, seed, method): results append to a JSONL file, and a study that was cut
 short resumes from its storage. Run one process per core with ``--cells``:
@@ -58,11 +59,12 @@ DEFAULT_CELLS = [f"{t}:200:{s}" for s in (0, 1, 2) for t in ("elpv", "animals", 
 ]
 METHODS = ("h", "a", "b", "c", "f", "d", "e")
 #: Issue 18's methods (see the docstring); compared with h, paired by cell.
-EXTRA = ("s", "t")
+EXTRA = ("s", "t", "u")
 UNLABELLED = 2000
 NAMES = {
     "s": "tune with schedules",
     "t": "tune + self-training",
+    "u": "self-training, student always kept",
     "h": "tune (handed back)",
     "a": "classic recipe",
     "b": "survey recommended",
@@ -265,6 +267,9 @@ def run_cell(
             best_probe = max(probes, key=lambda t: t.value)
             record("c", retrained(Protocol.from_dict(best_probe.params), resolved, prepared, judge), control=True)
         return
+    for method in ("t", "u"):
+        if (cell, method) not in done and method in methods:
+            record(method, **self_trained(cell, settings, url, store, runs, judge, resolved.metric, method))
     if not set(methods) & set(METHODS[1:]):
         return
     fixed = {
@@ -296,6 +301,59 @@ def run_cell(
         }
         best_trial = max(scores, key=scores.get)
         record("e", scores[best_trial], trial=best_trial, per_trial=scores)
+
+
+def self_trained(cell: str, settings, url: str, store, runs: Path, judge, metric: str, method: str = "t") -> dict:
+    """Method t: a copy of h's study, resumed with ``UNLABELLED`` images of the target's pool
+    outside the subsample and the judge set; the copy keeps h's own model untouched. Method u:
+    the same with the students always kept (what self-training itself does on unseen images,
+    apart from the decision)."""
+    import optuna
+
+    from autotransfer.data import load_dataset, unlabelled_pool
+    from autotransfer.pipeline.tune import tune
+    from autotransfer.search import self_training
+    from autotransfer.search.study import study_exists
+
+    if not study_exists(store, method):
+        optuna.copy_study(from_study_name="h", from_storage=url, to_storage=url, to_study_name=method)
+    full = load_dataset(settings.target, require_labels=True)
+    pool = unlabelled_pool(full, settings.n, settings.seed, UNLABELLED, limit=1000, judge_seed=JUDGE_SEED)
+    t0 = time.perf_counter()
+    decide = self_training.keep_student
+    if method == "u":
+        self_training.keep_student = lambda student, teacher: True  # type: ignore[assignment]
+    try:
+        result = tune(
+            settings,
+            study_name=method,
+            storage=url,
+            runs_dir=runs / f"{cell.replace(':', '-')}-{method}",
+            export_dir=runs / f"{cell.replace(':', '-')}-{method}",
+            unlabelled=pool,
+        )
+    finally:
+        self_training.keep_student = decide
+    record = dict(result.self_training or {})
+    return {
+        "score": judge(folder_members(result.model_path), metric),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "val": result.val_score,
+        "test": result.test_score,
+        "self_training": {
+            k: record.get(k)
+            for k in (
+                "kept",
+                "teacher_val",
+                "student_val",
+                "offered",
+                "kept_images",
+                "trainings",
+                "seconds",
+                "threshold",
+            )
+        },
+    }
 
 
 def sorted_schedules(study) -> dict:
