@@ -287,6 +287,8 @@ def test_postgres_password_is_never_printed(tmp_path):
             ("--prior must be quadrant, none or surface:PATH", "quadrnt"),
         ),
         (["tune", "builtin:digits", "--pick", "best"], ("--pick must be one of ensemble, cv, val", "best")),
+        (["tune", "builtin:digits", "--schedules", "one-stage,lpft"], ("--schedules", "lp-ft", "'lpft'")),
+        (["tune", "builtin:digits", "--pseudo-threshold", "1.5"], ("--pseudo-threshold must lie in (0, 1)", "1.5")),
     ],
 )
 def test_bad_tune_values_are_one_line_before_any_work(tmp_path, args, needles):
