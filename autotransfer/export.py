@@ -440,7 +440,23 @@ def timm_unexpressed(payload: dict[str, Any], source: SourceModel) -> list[str]:
             f"ensemble: the handed-back model averages {len(members)} networks (trials {trials});"
             " these args train the first alone"
         )
+    pseudo = _pseudo_line(payload)
+    if pseudo:
+        lines.append(pseudo)
     return lines
+
+
+def _pseudo_line(payload: dict[str, Any]) -> str | None:
+    """What no export reproduces of a self-trained model (its pseudo-labelled images), or ``None``."""
+    members = payload.get("members") or []
+    pseudo = [i + 1 for i, m in enumerate(members) if "pseudo" in str(m.get("trained_on", ""))]
+    if not pseudo:
+        return None
+    which = "the handed-back model" if len(members) == 1 else f"member(s) {', '.join(map(str, pseudo))}"
+    return (
+        f"self-training: {which} also trained on pseudo-labelled images of --unlabelled"
+        f" {payload.get('settings', {}).get('unlabelled')!r}; this export trains on the labelled images only"
+    )
 
 
 def _schedule_line(payload: dict[str, Any], member: dict[str, Any], G: int, names: list[str]) -> str | None:
@@ -545,16 +561,19 @@ def write_export(payload: dict[str, Any], path: str | Path, fmt: str = "yaml", *
 
 def not_expressed(payload: dict[str, Any], fmt: str, source: SourceModel | None = None) -> list[str]:
     """What the ``fmt`` export leaves out of the handed-back model, one short line each (the CLI
-    prints them): for ``timm``, ``timm_unexpressed``; for ``script``, the other ensemble members."""
+    prints them): for ``timm``, ``timm_unexpressed``; for ``script``, the other ensemble members
+    and self-training's pseudo-labelled images."""
     if fmt == "timm":
         return timm_unexpressed(payload, source or source_model(source_backbone(payload)))
     members = payload.get("members") or []
+    lines = []
     if fmt == "script" and len(members) > 1:
-        return [
+        lines.append(
             f"ensemble: the handed-back model averages {len(members)} networks; the script trains one per run"
             f" (--member 1 to {len(members)}, default 1)"
-        ]
-    return []
+        )
+    pseudo = _pseudo_line(payload) if fmt == "script" else None
+    return lines + [pseudo] if pseudo else lines
 
 
 def read_export(path: str | Path) -> dict[str, Any]:

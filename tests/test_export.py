@@ -166,6 +166,15 @@ def test_an_ensemble_says_which_member_each_export_trains(tmp_path):
     assert "--member 1 to 3" in line
 
 
+def test_a_self_trained_model_says_no_export_reproduces_its_pseudo_labels():
+    payload = tiny_payload(PLAIN, members=2, unlabelled="/data/unlabelled")
+    assert not any("self-training" in line for fmt in ("timm", "script") for line in not_expressed(payload, fmt))
+    payload["members"][1]["trained_on"] = "train+val+pseudo"
+    for fmt in ("timm", "script"):
+        (line,) = [x for x in not_expressed(payload, fmt) if "self-training" in x]
+        assert "member(s) 2" in line and "'/data/unlabelled'" in line and "labelled images only" in line
+
+
 def test_a_torchvision_model_is_refused_in_one_line_and_nothing_is_written(tmp_path):
     payload = tiny_payload(PLAIN, model="tv:resnet18")
     for fmt in ("timm", "script"):
