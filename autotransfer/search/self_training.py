@@ -227,19 +227,27 @@ def self_train(
     val = split_batches(prepared, "val", settings, preprocessing)
 
     # phase 1: decide on validation, with teachers and students that never saw it
-    teachers = []
-    for i, member in enumerate(members):
-        say(f"self-training: teacher {i + 1} of {k} (trial {member.trial}) on the train split")
-        try:
-            backbone, _, micro_batch = _train(
-                member.protocol, settings, train, progress=progress, micro_batch=micro_batch
-            )
-        except DivergedError as err:
-            record["reason"] = f"teacher {i + 1} (trial {member.trial}) diverged on the train split ({err})"
-            return finish(SelfTraining(record))
-        finally:
-            trainings += 1
-        teachers.append(backbone)
+    def train_all(role: str, data, where: str) -> list[Any] | None:
+        """Every member's protocol trained on ``data``; ``None`` (the reason recorded) when one diverged."""
+        nonlocal trainings, micro_batch
+        out = []
+        for i, member in enumerate(members):
+            say(f"self-training: {role} {i + 1} of {k} (trial {member.trial}) on {where}")
+            try:
+                backbone, _, micro_batch = _train(
+                    member.protocol, settings, data, progress=progress, micro_batch=micro_batch
+                )
+            except DivergedError as err:
+                record["reason"] = f"{role} {i + 1} (trial {member.trial}) diverged on {where} ({err})"
+                return None
+            finally:
+                trainings += 1
+            out.append(backbone)
+        return out
+
+    teachers = train_all("teacher", train, "the train split")
+    if teachers is None:
+        return finish(SelfTraining(record))
     record["teacher_val"] = round(float(evaluate(teachers, val, settings.metric)), 6)
     say(f"self-training: pseudo-labelling {len(pool):,} unlabelled images (threshold {threshold:g})")
     pseudo = select_pseudo_labels(_teacher_probabilities(teachers, pool_batches), threshold)
@@ -250,22 +258,9 @@ def self_train(
         record["reason"] = f"no unlabelled image reached the threshold {threshold:g}: no student trained"
         return finish(SelfTraining(record))
     student_data = _with_pseudo(prepared.train, array, pseudo, settings, preprocessing, prepared.device)
-    students = []
-    for i, member in enumerate(members):
-        say(
-            f"self-training: student {i + 1} of {k} (trial {member.trial}) on train + {len(pseudo.indices):,}"
-            " pseudo-labelled images"
-        )
-        try:
-            backbone, _, micro_batch = _train(
-                member.protocol, settings, student_data, progress=progress, micro_batch=micro_batch
-            )
-        except DivergedError as err:
-            record["reason"] = f"student {i + 1} (trial {member.trial}) diverged ({err})"
-            return finish(SelfTraining(record))
-        finally:
-            trainings += 1
-        students.append(backbone)
+    students = train_all("student", student_data, f"train + {len(pseudo.indices):,} pseudo-labelled images")
+    if students is None:
+        return finish(SelfTraining(record))
     record["student_val"] = round(float(evaluate(students, val, settings.metric)), 6)
     del students, student_data
     release_memory()
