@@ -351,6 +351,8 @@ def self_trained(cell: str, settings, url: str, store, runs: Path, judge, metric
                 "trainings",
                 "seconds",
                 "threshold",
+                "decision_seed",
+                "members_trial_val",
             )
         },
     }
@@ -386,8 +388,15 @@ def pick_rule(row: dict) -> str:
 
 
 def current_rows(rows: list[dict], rule: str) -> list[dict]:
-    """The rows that count for pick rule ``rule``: every row but h rows of another rule."""
-    return [r for r in rows if r["method"] != "h" or pick_rule(r) == rule]
+    """The rows that count for pick rule ``rule``: every row but h rows of another rule, and t rows
+    of the first self-training decision (teachers re-run with the study's seed, before
+    ``DECISION_SEED_OFFSET``; kept in the file as history)."""
+    return [
+        r
+        for r in rows
+        if (r["method"] != "h" or pick_rule(r) == rule)
+        and (r["method"] != "t" or "decision_seed" in (r.get("self_training") or {}))
+    ]
 
 
 def summary(rows: list[dict]) -> str:

@@ -8,7 +8,9 @@ validation. That decision must read a validation split neither model trained on,
 handed-back model trained on train+val, so it runs in two phases:
 
 1. Decide. The teachers are the handed-back model's member protocols trained on the train split
-   with the study's seed (the study's own trials, re-run). Their ensemble (mean softmax)
+   with a fresh seed (``DECISION_SEED_OFFSET``): the study's own trials were picked for their
+   validation scores, so re-running them with the study's seed would hand the teachers that
+   selection's luck, and the students none of it. Their ensemble (mean softmax)
    pseudo-labels the images; the students train on train + pseudo-labelled images; the students'
    ensemble is kept only if its validation score is strictly above the teachers' (a tie keeps
    the teacher: no evidence for the change).
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -49,6 +51,10 @@ __all__ = [
 
 #: What the record says about the students' augmentation.
 AUGMENTATION = "the protocol's own (pseudo-labelled images augmented as the labelled ones; no added noise)"
+#: Phase 1 trains teachers and students with ``seed + DECISION_SEED_OFFSET``: both sides are fresh
+#: runs, paired by seed, so the teachers' validation score is not the selected trials' optimistic
+#: one (the members are the top 3 of ~20 trials by that very score).
+DECISION_SEED_OFFSET = 1
 #: ``trained_on`` of a final student.
 TRAINED_ON = "train+val+pseudo"
 
@@ -209,8 +215,11 @@ def self_train(
         "steps": int(settings.steps or 0),
         "augmentation": AUGMENTATION,
         "kept": False,
+        "decision_seed": int(settings.seed) + DECISION_SEED_OFFSET,
+        "members_trial_val": [m.val_score for m in members],
     }
     trainings = 0
+    decide = replace(settings, seed=int(settings.seed) + DECISION_SEED_OFFSET)
 
     def finish(outcome: SelfTraining) -> SelfTraining:
         outcome.record.update(
@@ -235,7 +244,7 @@ def self_train(
             say(f"self-training: {role} {i + 1} of {k} (trial {member.trial}) on {where}")
             try:
                 backbone, _, micro_batch = _train(
-                    member.protocol, settings, data, progress=progress, micro_batch=micro_batch
+                    member.protocol, decide, data, progress=progress, micro_batch=micro_batch
                 )
             except DivergedError as err:
                 record["reason"] = f"{role} {i + 1} (trial {member.trial}) diverged on {where} ({err})"
