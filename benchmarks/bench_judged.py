@@ -315,8 +315,10 @@ def self_trained(cell: str, settings, url: str, store, runs: Path, judge, metric
     from autotransfer.search import self_training
     from autotransfer.search.study import study_exists
 
-    if not study_exists(store, method):
-        optuna.copy_study(from_study_name="h", from_storage=url, to_storage=url, to_study_name=method)
+    # t's studies before DECISION_SEED_OFFSET are named "t": a resume would keep their outcome
+    name = "t1" if method == "t" else method
+    if not study_exists(store, name):
+        optuna.copy_study(from_study_name="h", from_storage=url, to_storage=url, to_study_name=name)
     full = load_dataset(settings.target, require_labels=True)
     pool = unlabelled_pool(full, settings.n, settings.seed, UNLABELLED, limit=1000, judge_seed=JUDGE_SEED)
     t0 = time.perf_counter()
@@ -326,10 +328,10 @@ def self_trained(cell: str, settings, url: str, store, runs: Path, judge, metric
     try:
         result = tune(
             settings,
-            study_name=method,
+            study_name=name,
             storage=url,
-            runs_dir=runs / f"{cell.replace(':', '-')}-{method}",
-            export_dir=runs / f"{cell.replace(':', '-')}-{method}",
+            runs_dir=runs / f"{cell.replace(':', '-')}-{name}",
+            export_dir=runs / f"{cell.replace(':', '-')}-{name}",
             unlabelled=pool,
         )
     finally:
