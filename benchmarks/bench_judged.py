@@ -378,6 +378,65 @@ def sorted_schedules(study) -> dict:
     return {"sampled": tried, "complete": complete}
 
 
+def schedule_report(cells: list[str]) -> str:
+    """Per cell with an s study: the schedules its sampled trials drew, how many of each completed,
+    their best validation score, and the schedules of the handed-back members; and the summed
+    trial time of the s and h studies (the search's cost; both ran beside other benchmark
+    processes on 2 cores)."""
+    import optuna
+
+    from autotransfer.core.protocol import SCHEDULES, Protocol
+    from autotransfer.search.storage import open_storage
+    from autotransfer.search.study import load_study, read_attr, study_exists
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lines = [
+        "| cell | sampled (one-stage / lp-ft / gradual) | completed | best val per schedule |"
+        " members' schedules | trial time s: s / h |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        target, n, seed = cell.split(":")
+        path = OUT / f"judged-{target}-{n}-{seed}.db"
+        if not path.exists():
+            continue
+        store = open_storage(f"sqlite:///{path}")
+        if not study_exists(store, "s"):
+            continue
+        study = load_study("s", store)
+        by_number = {t.number: t for t in study.trials}
+        drawn = {k: 0 for k in SCHEDULES}
+        complete = {k: 0 for k in SCHEDULES}
+        best: dict[str, float] = {}
+        for t in study.trials:
+            if not t.params:
+                continue
+            name = Protocol.from_dict(t.params).schedule
+            if "fixed_params" not in t.system_attrs:
+                drawn[name] += 1
+            if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
+                complete[name] += 1
+                best[name] = max(best.get(name, 0.0), float(t.value))
+        members = (read_attr(study, "pick") or {}).get("members") or []
+        member_schedules = [Protocol.from_dict(by_number[int(m)].params).schedule for m in members]
+
+        def busy(s) -> float:
+            return sum(
+                (t.datetime_complete - t.datetime_start).total_seconds()
+                for t in s.trials
+                if t.datetime_complete and t.datetime_start
+            )
+
+        h_time = busy(load_study("h", store)) if study_exists(store, "h") else float("nan")
+        lines.append(
+            f"| {cell} | {' / '.join(str(drawn[k]) for k in SCHEDULES)} |"
+            f" {' / '.join(str(complete[k]) for k in SCHEDULES)} |"
+            f" {', '.join(f'{k} {v:.3f}' for k, v in best.items())} | {', '.join(member_schedules)} |"
+            f" {busy(study):.0f} / {h_time:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def load_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -472,6 +531,10 @@ def main() -> None:
     parser.add_argument("--cells", default=",".join(DEFAULT_CELLS), help="target:N:seed,...")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--as-h", default=None, help="with --summary: read this method's rows as h (s, t or u)")
+    parser.add_argument(
+        "--schedule-report", action="store_true", help="how the s studies used the schedules (reads the databases)"
+    )
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -486,8 +549,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     path = Path(args.results)
+    if args.schedule_report:
+        print(schedule_report(args.cells.split(",")))
+        return
     if args.summary:
-        print(summary(current_rows(load_rows(path), args.pick or settings_for("demo", 0, 0).pick)))
+        rows = current_rows(load_rows(path), args.pick or settings_for("demo", 0, 0).pick)
+        if args.as_h:  # read another method's rows as h (e.g. s: tune as it runs now, schedules searched)
+            rows = [{**r, "method": "h"} if r["method"] == args.as_h else r for r in rows if r["method"] != "h"]
+            rows = [r for r in rows if r["method"] not in EXTRA]
+        print(summary(rows))
         return
     import torch
 
