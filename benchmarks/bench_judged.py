@@ -24,7 +24,9 @@ Issue 18 adds two methods, run only when named in ``--methods``:
 - t: h's study with self-training on ``UNLABELLED`` images of the target's pool outside the
   study's subsample and the judge set (labels removed): the model ``tune`` hands back then, the
   student when it beat its teacher on validation, else the teacher (= h);
-- u: as t, with the students always kept: what self-training itself does on unseen images.
+- u: as t, with the students always kept: what self-training itself does on unseen images;
+- p, g: h's members (one-stage protocols) retrained with schedule lp-ft (stage 0.3) or gradual
+  (stage 0.4), everything else equal: the schedule's own effect, free of the search's noise.
 
 Resumable per (target, N, seed, method): results append to a JSONL file, and a study that was cut
 short resumes from its storage. Run one process per core with ``--cells``:
@@ -59,12 +61,17 @@ DEFAULT_CELLS = [f"{t}:200:{s}" for s in (0, 1, 2) for t in ("elpv", "animals", 
 ]
 METHODS = ("h", "a", "b", "c", "f", "d", "e")
 #: Issue 18's methods (see the docstring); compared with h, paired by cell.
-EXTRA = ("s", "t", "u")
+EXTRA = ("s", "t", "u", "p", "g")
+#: p and g: h's handed-back members re-run with one schedule each, at the prior's stage fraction
+#: for it (``prior.quadrant``): the schedule's own effect, paired with h member by member.
+RESCHEDULED = {"p": "lp-ft", "g": "gradual"}
 UNLABELLED = 2000
 NAMES = {
     "s": "tune with schedules",
     "t": "tune + self-training",
     "u": "self-training, student always kept",
+    "p": "h's members as lp-ft",
+    "g": "h's members as gradual",
     "h": "tune (handed back)",
     "a": "classic recipe",
     "b": "survey recommended",
@@ -267,6 +274,19 @@ def run_cell(
             best_probe = max(probes, key=lambda t: t.value)
             record("c", retrained(Protocol.from_dict(best_probe.params), resolved, prepared, judge), control=True)
         return
+    for method, schedule in RESCHEDULED.items():
+        if (cell, method) not in done and method in methods:
+            from autotransfer.prior.quadrant import GRADUAL_STAGE, LPFT_STAGE
+            from autotransfer.search.final import retrain_and_test
+
+            stage = LPFT_STAGE if schedule == "lp-ft" else GRADUAL_STAGE
+            members = [int(m) for m in (read_attr(study, "pick") or {}).get("members") or []]
+            trials = {t.number: t for t in study.trials}
+            protocols = [
+                replace(Protocol.from_dict(trials[m].params), schedule=schedule, stage_frac=stage) for m in members
+            ]
+            backbones = [retrain_and_test(p, resolved, prepared)[0] for p in protocols]
+            record(method, judge(backbones, resolved.metric), members=members, schedule=schedule, stage_frac=stage)
     for method in ("t", "u"):
         if (cell, method) not in done and method in methods:
             record(method, **self_trained(cell, settings, url, store, runs, judge, resolved.metric, method))
