@@ -25,6 +25,7 @@ Issue 18 adds two methods, run only when named in ``--methods``:
   study's subsample and the judge set (labels removed): the model ``tune`` hands back then, the
   student when it beat its teacher on validation, else the teacher (= h);
 - u: as t, with the students always kept: what self-training itself does on unseen images;
+- x: as e, over s's study: the best judge score of every transfer trial s completed;
 - p, g: h's members (one-stage protocols) retrained with schedule lp-ft (stage 0.3) or gradual
   (stage 0.4), everything else equal: the schedule's own effect, free of the search's noise.
 
@@ -61,7 +62,7 @@ DEFAULT_CELLS = [f"{t}:200:{s}" for s in (0, 1, 2) for t in ("elpv", "animals", 
 ]
 METHODS = ("h", "a", "b", "c", "f", "d", "e")
 #: Issue 18's methods (see the docstring); compared with h, paired by cell.
-EXTRA = ("s", "t", "u", "p", "g")
+EXTRA = ("s", "t", "u", "p", "g", "x")
 #: p and g: h's handed-back members re-run with one schedule each, at the prior's stage fraction
 #: for it (``prior.quadrant``): the schedule's own effect, paired with h member by member.
 RESCHEDULED = {"p": "lp-ft", "g": "gradual"}
@@ -72,6 +73,7 @@ NAMES = {
     "u": "self-training, student always kept",
     "p": "h's members as lp-ft",
     "g": "h's members as gradual",
+    "x": "best tried by s",
     "h": "tune (handed back)",
     "a": "classic recipe",
     "b": "survey recommended",
@@ -290,7 +292,7 @@ def run_cell(
     for method in ("t", "u"):
         if (cell, method) not in done and method in methods:
             record(method, **self_trained(cell, settings, url, store, runs, judge, resolved.metric, method))
-    if not set(methods) & set(METHODS[1:]):
+    if not set(methods) & {*METHODS[1:], "x"}:
         return
     fixed = {
         "a": Protocol(log10_elr=math.log10(0.001 / 0.1), momentum=0.9, head_lr_mult=1.0, weight_decay=0.0),
@@ -315,6 +317,11 @@ def run_cell(
             wall_s=round(time.perf_counter() - t0, 1),
             val=best.value,
         )
+    if (cell, "x") not in done and "x" in methods and study_exists(store, "s"):
+        tried = transfer_trials(load_study("s", store))
+        scores = {t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in tried}
+        best_trial = max(scores, key=scores.get)
+        record("x", scores[best_trial], trial=best_trial, per_trial=scores)
     if (cell, "e") not in done and "e" in methods:
         scores = {
             t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in transfer_trials(study)
