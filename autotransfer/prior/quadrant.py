@@ -416,14 +416,16 @@ def schedule_rule(size: float, similarity: float, pretrained: int) -> tuple[str,
             "lp-ft",
             LPFT_STAGE,
             f"schedule lp-ft, head and re-initialised groups alone for the first {LPFT_STAGE:g} of the budget:"
-            f" small (size score {size:.2f}) and similar ({similarity:.2f}): good features, which a zero head's"
+            f" small (size score {size:.2f}) with good features (effective similarity {similarity:.2f}"
+            f" >= {SCHEDULE_SIMILAR:g}, transferability included), which a zero head's"
             " early gradients would distort (Kumar et al., ICLR 2022)",
         )
     return (
         "gradual",
         GRADUAL_STAGE,
         f"schedule gradual, {pretrained} pretrained groups unfrozen top-down by {GRADUAL_STAGE:g} of the budget:"
-        f" small (size score {size:.2f}) and dissimilar ({similarity:.2f}): adapt the top before the lower groups,"
+        f" small (size score {size:.2f}) and far (effective similarity {similarity:.2f} < {SCHEDULE_SIMILAR:g},"
+        " transferability included): adapt the top before the lower groups,"
         " against forgetting (ULMFiT, Howard & Ruder, ACL 2018)",
     )
 
