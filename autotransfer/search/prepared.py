@@ -80,16 +80,40 @@ def device_batches(split: Any, settings: StudySettings, preprocessing, device: t
     split's content fingerprint (already computed by ``to_array`` for its disk cache), which with
     the resolution and preprocessing keys the frozen-prefix cache without reading the images back."""
     from autotransfer.data import to_array
+
+    return array_batches(
+        to_array(split, settings.resolution),
+        split.labels,
+        settings,
+        preprocessing,
+        device,
+        flip=split.flip,
+        fingerprint=split.fingerprint,
+    )
+
+
+def array_batches(
+    images: Any,
+    labels: Any,
+    settings: StudySettings,
+    preprocessing,
+    device: torch.device,
+    *,
+    flip: bool,
+    fingerprint: str | None = None,
+) -> Any:
+    """``DeviceBatches`` of resized ``images`` ``(N, H, W, 3)`` uint8 and ``labels`` ``(N,)`` at the
+    study's resolution and normalisation, stored channels_last (the one place they are built)."""
     from autotransfer.data.device import DeviceBatches
 
     return DeviceBatches(
-        to_array(split, settings.resolution),
-        split.labels,
+        images,
+        labels,
         device=device,
         out_size=settings.resolution,
         mean=preprocessing.mean,
         std=preprocessing.std,
-        flip=split.flip,
+        flip=flip,
         channels_last=True,
-        fingerprint=split.fingerprint,
+        fingerprint=fingerprint,
     )

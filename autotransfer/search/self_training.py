@@ -38,7 +38,7 @@ from autotransfer.core.errors import UserError
 from autotransfer.core.schema import ATTR
 from autotransfer.core.settings import StudySettings
 from autotransfer.search.final import FinalEnsemble, FinalModel, Member, ensemble_test_score, is_broken
-from autotransfer.search.prepared import PreparedData, split_batches
+from autotransfer.search.prepared import PreparedData, array_batches, split_batches
 
 __all__ = [
     "AUGMENTATION",
@@ -128,18 +128,7 @@ def _pool_array(pool, settings: StudySettings) -> np.ndarray:
 
 def _pool_batches(array: np.ndarray, settings: StudySettings, preprocessing, device) -> Any:
     """The unlabelled images as ``DeviceBatches`` for prediction (placeholder labels, never read)."""
-    from autotransfer.data.device import DeviceBatches
-
-    return DeviceBatches(
-        array,
-        np.zeros(len(array), dtype=np.int64),
-        device=device,
-        out_size=settings.resolution,
-        mean=preprocessing.mean,
-        std=preprocessing.std,
-        flip=False,
-        channels_last=True,
-    )
+    return array_batches(array, np.zeros(len(array), dtype=np.int64), settings, preprocessing, device, flip=False)
 
 
 def _teacher_probabilities(backbones: list[Any], batches) -> np.ndarray:
@@ -154,23 +143,14 @@ def _with_pseudo(labelled, array: np.ndarray, pseudo, settings: StudySettings, p
     """``DeviceBatches`` of ``labelled`` (a split) plus the pseudo-labelled images: one training
     set, augmented as the labelled split is (its ``flip``)."""
     from autotransfer.data import to_array
-    from autotransfer.data.device import DeviceBatches
 
     images = np.concatenate([to_array(labelled, settings.resolution), array[pseudo.indices]])
     labels = np.concatenate([np.asarray(labelled.labels, dtype=np.int64), pseudo.labels])
     digest = hashlib.sha256(labelled.fingerprint.encode())
     digest.update(np.ascontiguousarray(array[pseudo.indices]).tobytes())
     digest.update(pseudo.labels.tobytes())
-    return DeviceBatches(
-        images,
-        labels,
-        device=device,
-        out_size=settings.resolution,
-        mean=preprocessing.mean,
-        std=preprocessing.std,
-        flip=labelled.flip,
-        channels_last=True,
-        fingerprint=digest.hexdigest(),
+    return array_batches(
+        images, labels, settings, preprocessing, device, flip=labelled.flip, fingerprint=digest.hexdigest()
     )
 
 
