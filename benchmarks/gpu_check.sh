@@ -14,7 +14,9 @@
 #    utilisation sampled every 2 s while it runs.
 # Every step has its own time limit; a failed step is recorded (its exit status and the tail of its
 # log) and the script goes on. Runs from the repository root; PYTHON overrides the interpreter.
-# Not yet run on a GPU: written and checked by reading (bash -n) on a machine without one.
+# Not yet run on a GPU. GPU_CHECK_SMOKE=1 runs every step on the CPU at toy sizes (32 px, a few
+# steps): it checks the script's plumbing (flags, paths, the result file), not the GPU; session 9
+# ran it so, on a machine without a GPU.
 set -u
 
 cd "$(dirname "$0")/.."
@@ -29,6 +31,21 @@ export AUTOTRANSFER_CACHE=$WORK/cache   # cold caches: every step pays its decod
 export PYTHONUNBUFFERED=1
 
 log() { echo "$*" | tee -a "$RESULT"; }
+
+# the sizes of each step: the GPU check's, or toy ones on the CPU (GPU_CHECK_SMOKE=1)
+if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
+    DEV=cpu
+    LOOP="--size 32 --batch-size 16 --steps 6 --views 2 --threads 2 --workers 2"
+    LITE_N=300 R50_N=200 WARM=1
+    DEMO_EXTRA="--trials 2 --steps 12"
+    WORKERS_EXTRA="--n 200 --trials 4 --resolution 32 --steps 12"
+else
+    DEV=cuda
+    LOOP="--size 224 --batch-size 64 --views 4 --threads 8 --workers 8"
+    LITE_N=2000 R50_N=1000 WARM=""
+    DEMO_EXTRA=""
+    WORKERS_EXTRA="--n 600 --trials 12"
+fi
 
 # step NAME LIMIT_S COMMAND...: run in $WORK/NAME, its output to $WORK/NAME.log, time and status
 # to the result file.
@@ -63,10 +80,10 @@ if torch.cuda.is_available():
 PY
 
 # 1. trial loop at 224 px on lite0 (estimated 2-3 min; never run on a GPU yet): 1500 train / 500 val images, batch 64, 150 steps
+# shellcheck disable=SC2086 # LOOP is a list of flags
 step trial_loop_224 210 "$PY" "$ROOT/benchmarks/bench_trial_loop.py" \
-    --device cuda --model efficientnet_lite0 --data builtin:animals --n 2000 --size 224 \
-    --batch-size 64 --steps 150 --views 4 --freeze 0,half,all --threads 8 --workers 8 \
-    --fair --warmup 10 --json "$WORK/trial_loop_224.json"
+    --device $DEV --model efficientnet_lite0 --data builtin:animals --n $LITE_N --steps 150 $LOOP \
+    --freeze 0,half,all --fair --warmup ${WARM:-10} --json "$WORK/trial_loop_224.json"
 cp "$WORK/trial_loop_224.json" "${RESULT%.txt}-trial_loop_224.json" 2>/dev/null || true
 
 # 1b. trial loop at 224 px on torchvision's ResNet-50 (estimated 1-2 min): 750 train / 250 val, 80 steps
@@ -78,23 +95,24 @@ else
     R50_WEIGHTS="--random-weights"
     log "resnet50: RANDOM weights (no offline copy of torchvision's here): throughput only, accuracies mean nothing"
 fi
-# shellcheck disable=SC2086 # R50_WEIGHTS is one flag or nothing
+# shellcheck disable=SC2086 # R50_WEIGHTS is one flag or nothing; LOOP a list of flags
 step trial_loop_224_resnet50 120 "$PY" "$ROOT/benchmarks/bench_trial_loop.py" \
-    --device cuda --model tv:resnet50 $R50_WEIGHTS --data builtin:animals --n 1000 --size 224 \
-    --batch-size 64 --steps 80 --views 4 --freeze 0,all --threads 8 --workers 8 \
-    --fair --warmup 5 --json "$WORK/trial_loop_224_resnet50.json"
+    --device $DEV --model tv:resnet50 $R50_WEIGHTS --data builtin:animals --n $R50_N --steps 80 $LOOP \
+    --freeze 0,all --fair --warmup ${WARM:-5} --json "$WORK/trial_loop_224_resnet50.json"
 cp "$WORK/trial_loop_224_resnet50.json" "${RESULT%.txt}-trial_loop_224_resnet50.json" 2>/dev/null || true
 
 # 2. the embedded demo on the GPU (2.5 min on 2 CPU cores)
-step demo_cuda 130 "$PY" -m autotransfer.cli tune --device cuda \
+# shellcheck disable=SC2086 # DEMO_EXTRA is a list of flags or nothing
+step demo_cuda 130 "$PY" -m autotransfer.cli tune --device $DEV $DEMO_EXTRA \
     --storage "sqlite:///$WORK/demo_cuda/demo.db"
 
 # 3. four workers sharing one GPU, memory and utilisation sampled meanwhile
 SMI_LOG=$WORK/workers4-smi.csv
 nvidia-smi --query-gpu=timestamp,memory.used,memory.total,utilization.gpu --format=csv -l 2 >"$SMI_LOG" 2>&1 &
 SMI_PID=$!
+# shellcheck disable=SC2086 # WORKERS_EXTRA is a list of flags
 step workers4 130 env CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" \
-    "$PY" -m autotransfer.cli tune builtin:animals --n 600 --trials 12 --workers 4 --device cuda \
+    "$PY" -m autotransfer.cli tune builtin:animals $WORKERS_EXTRA --workers 4 --device $DEV \
     --study gpu-check-workers4 --storage "sqlite:///$WORK/workers4/study.db"
 kill "$SMI_PID" 2>/dev/null
 wait "$SMI_PID" 2>/dev/null
