@@ -6,7 +6,8 @@
 3. ``finalise``: the pick, then the final retrain(s) on train+val, checked, and the test score;
 4. ``publish``: save the model folder, write the export, record the surface point.
 
-``tune`` runs them in order and builds its ``TuneResult`` once, at the end.
+With ``--unlabelled``, ``self_train_stage`` runs between ``finalise`` and ``publish``
+(docs/design.md, "Self-training"). ``tune`` runs them in order and builds its ``TuneResult`` once, at the end.
 
 Over 400 lines: the four stages and their small result types; each stage is a function that can be
 run and tested alone.
