@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
 from typing import Protocol as TypingProtocol
 
 from autotransfer.core.validation import known_fields
@@ -122,6 +122,14 @@ class Protocol:
         f = freeze_depth(self.freeze_frac, num_groups)
         return f, reinit_count(self.reinit_frac, num_groups, f)
 
+    def within_schedules(self, schedules: Sequence[str]) -> "Protocol":
+        """This protocol, or the same with the first of ``schedules`` (in ``SCHEDULES`` order:
+        one-stage when searched) when its own schedule is not among them: a study searching only
+        ``schedules`` must enqueue one of its categorical's choices."""
+        if not schedules:
+            raise ValueError("schedules must not be empty")
+        return self if self.schedule in schedules else replace(self, schedule=schedules[0])
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -221,9 +229,7 @@ class ProtocolSpace:
             values[name] = rng.clip(float(values[name]))
         if values["bn_mode"] not in self.bn_modes:
             values["bn_mode"] = self.bn_modes[0]
-        if values["schedule"] not in self.schedules:
-            values["schedule"] = self.schedules[0]
-        return Protocol(**values)
+        return Protocol(**values).within_schedules(self.schedules)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -435,13 +435,7 @@ def with_schedules(prior: Prior, schedules: Sequence[str]) -> Prior:
     and a centre or candidate whose schedule is not among them runs the first of them (one-stage
     when searched), with a rationale line when the centre changes."""
     allowed = tuple(schedules)
-    if not allowed:
-        raise ValueError("schedules must not be empty")
-
-    def inside(p: Protocol) -> Protocol:
-        return p if p.schedule in allowed else replace(p, schedule=allowed[0])
-
-    centre = inside(prior.centre)
+    centre = prior.centre.within_schedules(allowed)
     rationale = list(prior.rationale)
     if centre != prior.centre:
         rationale.append(
@@ -453,7 +447,7 @@ def with_schedules(prior: Prior, schedules: Sequence[str]) -> Prior:
         centre=centre,
         space=replace(prior.space, schedules=allowed),
         rationale=rationale,
-        candidates=[(source, inside(p)) for source, p in prior.candidates],
+        candidates=[(source, p.within_schedules(allowed)) for source, p in prior.candidates],
     )
 
 

@@ -29,7 +29,6 @@ __all__ = [
     "study_exists",
     "read_settings",
     "read_space",
-    "within_schedules",
     "read_attr",
     "check_compatible",
     "resume_overrides",
@@ -142,10 +141,10 @@ def create_study(
     The sampler's start-up draws centre on ``prior["centre"]`` with ``spread`` (``sampler.py``);
     their number follows the search budget left after the enqueued non-control protocols.
     The study searches ``settings.schedules``, whatever ``space`` says; an enqueued protocol
-    whose schedule is not among them runs the first of them (``within_schedules``).
+    whose schedule is not among them runs the first of them (``Protocol.within_schedules``).
     """
     space = replace(space, schedules=settings.schedules)
-    enqueue = [(within_schedules(p, space.schedules), attrs) for p, attrs in enqueue]
+    enqueue = [(p.within_schedules(space.schedules), attrs) for p, attrs in enqueue]
     centre = (prior or {}).get("centre")
     enqueued = sum(1 for _, attrs in enqueue if CONTROL_ATTR not in attrs)
     sampler_config = {
@@ -171,13 +170,6 @@ def create_study(
     for protocol, attrs in enqueue:
         study.enqueue_trial(protocol.to_dict(), user_attrs=attrs)
     return study
-
-
-def within_schedules(protocol: Protocol, schedules: tuple[str, ...]) -> Protocol:
-    """``protocol``, with the first of ``schedules`` (in ``SCHEDULES`` order: one-stage when it is
-    searched) when its own is not among them: an enqueued value must be one of the categorical's
-    choices. A control (``f = G - r``) trains the same under every schedule."""
-    return protocol if protocol.schedule in schedules else replace(protocol, schedule=schedules[0])
 
 
 def _jsonable(value: Any) -> Any:
