@@ -29,6 +29,13 @@ Issue 18 adds two methods, run only when named in ``--methods``:
 - p, g: h's members (one-stage protocols) retrained with schedule lp-ft (stage 0.3) or gradual
   (stage 0.4), everything else equal: the schedule's own effect, free of the search's noise.
 
+Session 10 adds two more, run only when named in ``--methods``:
+
+- k: s's study re-picked by the settled score (``search.pick.pick_candidates`` as it is now: the
+  mean of each trial's last ``SETTLE_EVALS`` validation scores), its members retrained and judged
+  as an ensemble; when the members are s's own, s's recorded score (the same retrains);
+- m: the same over h's study.
+
 Resumable per (target, N, seed, method): results append to a JSONL file, and a study that was cut
 short resumes from its storage. Run one process per core with ``--cells``:
 
@@ -62,7 +69,9 @@ DEFAULT_CELLS = [f"{t}:200:{s}" for s in (0, 1, 2) for t in ("elpv", "animals", 
 ]
 METHODS = ("h", "a", "b", "c", "f", "d", "e")
 #: Issue 18's methods (see the docstring); compared with h, paired by cell.
-EXTRA = ("s", "t", "u", "p", "g", "x")
+EXTRA = ("s", "t", "u", "p", "g", "x", "k", "m")
+#: k and m: the study whose recorded pick each re-picks with the settled score.
+REPICKED = {"k": "s", "m": "h"}
 #: p and g: h's handed-back members re-run with one schedule each, at the prior's stage fraction
 #: for it (``prior.quadrant``): the schedule's own effect, paired with h member by member.
 RESCHEDULED = {"p": "lp-ft", "g": "gradual"}
@@ -74,6 +83,8 @@ NAMES = {
     "p": "h's members as lp-ft",
     "g": "h's members as gradual",
     "x": "best tried by s",
+    "k": "s re-picked by settled score",
+    "m": "h re-picked by settled score",
     "h": "tune (handed back)",
     "a": "classic recipe",
     "b": "survey recommended",
@@ -292,7 +303,7 @@ def run_cell(
     for method in ("t", "u"):
         if (cell, method) not in done and method in methods:
             record(method, **self_trained(cell, settings, url, store, runs, judge, resolved.metric, method))
-    if not set(methods) & {*METHODS[1:], "x"}:
+    if not set(methods) & {*METHODS[1:], "x", *REPICKED}:
         return
     fixed = {
         "a": Protocol(log10_elr=math.log10(0.001 / 0.1), momentum=0.9, head_lr_mult=1.0, weight_decay=0.0),
@@ -322,12 +333,37 @@ def run_cell(
         scores = {t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in tried}
         best_trial = max(scores, key=scores.get)
         record("x", scores[best_trial], trial=best_trial, per_trial=scores)
+    for method, name in REPICKED.items():
+        if (cell, method) not in done and method in methods and study_exists(store, name):
+            record(method, **repicked(cell, load_study(name, store), name, resolved, prepared, judge, log.name))
     if (cell, "e") not in done and "e" in methods:
         scores = {
             t.number: retrained(Protocol.from_dict(t.params), resolved, prepared, judge) for t in transfer_trials(study)
         }
         best_trial = max(scores, key=scores.get)
         record("e", scores[best_trial], trial=best_trial, per_trial=scores)
+
+
+def repicked(cell: str, study, name: str, resolved, prepared, judge, results: str) -> dict:
+    """Methods k and m: ``study`` (s's or h's) re-picked by ``pick_candidates`` as the code picks
+    now; its members retrained on train+val and judged as an ensemble. When they are the members
+    the study recorded, the recorded score of ``name`` is the same retrains: it is reused."""
+    from autotransfer.core.protocol import Protocol
+    from autotransfer.search.pick import pick_candidates
+    from autotransfer.search.study import read_attr
+
+    members = [t.number for t in pick_candidates(study)]
+    recorded = [int(m) for m in (read_attr(study, "pick") or {}).get("members") or []]
+    if sorted(members) == sorted(recorded):
+        with open(results) as lines:
+            rows = [json.loads(line) for line in lines if line.strip()]
+        score = next(r["judge"] for r in rows if r["cell"] == cell and r["method"] == name)
+        return {"score": score, "members": members, "same_members": True}
+    from autotransfer.search.final import retrain_and_test
+
+    trials = {t.number: t for t in study.trials}
+    backbones = [retrain_and_test(Protocol.from_dict(trials[m].params), resolved, prepared)[0] for m in members]
+    return {"score": judge(backbones, resolved.metric), "members": members, "recorded_members": recorded}
 
 
 def self_trained(cell: str, settings, url: str, store, runs: Path, judge, metric: str, method: str = "t") -> dict:

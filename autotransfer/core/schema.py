@@ -13,6 +13,7 @@ __all__ = [
     "ATTR",
     "CONTROL_ATTR",
     "SOURCE_ATTR",
+    "HISTORY_ATTR",
     "VAL_LOSS_ATTR",
     "FREEZE_ATTR",
     "REINIT_ATTR",
@@ -55,6 +56,8 @@ NUM_GROUPS_ATTR = "num_groups"
 # Trial user attributes: how it ran.
 #: Mean validation loss at the last validation (breaks ties between equal scores).
 VAL_LOSS_ATTR = "val_loss"
+#: Every validation evaluation of a completed or pruned trial: ``[[step, score], ...]`` in step order.
+HISTORY_ATTR = "history"
 #: Why a trial failed (NaN loss, out of memory...), recorded before it is marked FAIL.
 FAIL_REASON_ATTR = "fail_reason"
 #: Why a trial was pruned (the rung, its score, the bar and the noise margin), or kept.

@@ -74,7 +74,7 @@ def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
         if not pick.is_ensemble:
             return "pick: an ensemble of the top protocols (rule 'ensemble'), but only one transfer trial completed: that one"
         return (
-            f"pick: an ensemble of the top {len(pick.members)} distinct protocols by validation (trials"
+            f"pick: an ensemble of the top {len(pick.members)} distinct protocols by settled validation score (trials"
             f" {', '.join(map(str, pick.members))}; rule 'ensemble'), each retrained on train+val, probabilities"
             f" averaged; cost {pick.trainings} extra trainings of {pick.steps} steps and {len(pick.members)}x the"
             " prediction time; the validation scores of the top protocols lie within noise of each other"

@@ -275,7 +275,7 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
             "## Ensemble",
             "",
             f"This model is an ensemble of {k} fine-tuned networks: the study's {k} best distinct protocols by"
-            " validation, each retrained on the same images; its prediction is the mean of their softmax"
+            " settled validation score (the mean of each trial's last evaluations), each retrained on the same images; its prediction is the mean of their softmax"
             " probabilities. The table above is the first member's protocol; each other member is a model folder"
             " of its own, with its protocol in its config.json.",
             "",

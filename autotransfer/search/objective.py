@@ -20,6 +20,7 @@ from autotransfer.core.schema import (
     FAIL_REASON_ATTR,
     FIXED_PARAMS,
     FREEZE_ATTR,
+    HISTORY_ATTR,
     NUM_GROUPS_ATTR,
     PRECISION_ATTR,
     PRUNE_REASON_ATTR,
@@ -251,7 +252,7 @@ class TrialRunner:
         trial.set_user_attr("peak_memory_mb", round(result.peak_memory_bytes / 2**20, 1))
         trial.set_user_attr(DEVICE_ATTR, result.device)
         trial.set_user_attr("prefix_cached", bool(result.cached))
-        trial.set_user_attr("history", [[int(s), float(v)] for s, v in result.history])
+        trial.set_user_attr(HISTORY_ATTR, [[int(s), float(v)] for s, v in result.history])
         if result.unfrozen:
             trial.set_user_attr(UNFROZEN_ATTR, [[int(s), int(g)] for s, g in result.unfrozen])
         if result.final_val_loss is not None and math.isfinite(result.final_val_loss):

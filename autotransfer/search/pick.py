@@ -4,7 +4,9 @@ A study's validation split is small (30 images at N = 200: one image is 3.3 poin
 best validation score is the luckiest of twenty noisy draws.
 
 Rule ``ensemble`` (the default) does not choose among the top protocols: it keeps the top
-``PICK_TOP`` distinct ones by validation (``pick_candidates``) as the members of an ensemble;
+``PICK_TOP`` distinct ones by settled validation score (``pick_candidates``, ``settled_score``: the
+mean of a trial's last ``SETTLE_EVALS`` validation evaluations, so a protocol whose curve swings
+loses to a steady one of similar score) as the members of an ensemble;
 ``search.final`` retrains each on train+val and the handed-back model averages their softmax
 probabilities. Measured on the judged benchmark (docs/design.md, "The pick"): the validation
 and cross-validation scores on a few hundred images cannot tell the top protocols apart, while
@@ -40,7 +42,7 @@ import numpy as np
 import optuna
 
 from autotransfer.core.protocol import Protocol
-from autotransfer.core.schema import ATTR, SOURCE_ATTR
+from autotransfer.core.schema import ATTR, HISTORY_ATTR, SOURCE_ATTR
 from autotransfer.core.settings import StudySettings
 from autotransfer.search.prepared import PreparedData, device_batches
 from autotransfer.search.study import best_by_validation, rank_key, transfer_trials
@@ -54,10 +56,15 @@ __all__ = [
     "pick_candidates",
     "pick_protocol",
     "read_pick",
+    "settled_score",
+    "SETTLE_EVALS",
 ]
 
 #: How many of the study's best distinct protocols the ``cv`` rule re-scores.
 PICK_TOP = 3
+#: How many of a trial's last validation evaluations its settled score averages (docs/design.md,
+#: "The pick": measured on the judged benchmark's recorded studies).
+SETTLE_EVALS = 3
 #: Folds of the re-score (each trains at the study's step budget on (K-1)/K of train+val).
 PICK_FOLDS = 3
 
@@ -168,11 +175,25 @@ def read_pick(study: optuna.Study) -> Pick | None:
     return Pick.from_dict(values) if values else None
 
 
+def settled_score(trial: optuna.trial.FrozenTrial) -> float:
+    """The mean of ``trial``'s last ``SETTLE_EVALS`` validation scores (its recorded history); its
+    final score when it recorded none (trials from before the history was kept)."""
+    history = trial.user_attrs.get(HISTORY_ATTR) or []
+    tail = [float(v) for _, v in history[-SETTLE_EVALS:]]
+    return sum(tail) / len(tail) if tail else cast(float, trial.value)
+
+
 def pick_candidates(study: optuna.Study, top: int = PICK_TOP) -> list[optuna.trial.FrozenTrial]:
-    """The ``top`` best COMPLETE transfer trials by ``rank_key``, one per distinct protocol."""
+    """The ``top`` best COMPLETE transfer trials, one per distinct protocol, ranked by
+    ``settled_score`` (ties: ``rank_key``: the final score, the lower validation loss, the earlier
+    trial).
+
+    The final validation score alone rewards a curve that happens to peak at its last evaluation,
+    which is how an unstable protocol joined ensembles on the judged benchmark (docs/design.md,
+    "The pick")."""
     seen: set[tuple] = set()
     out = []
-    for t in sorted(transfer_trials(study), key=rank_key, reverse=True):
+    for t in sorted(transfer_trials(study), key=lambda t: (settled_score(t), *rank_key(t)), reverse=True):
         key = tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in t.params.items()))
         if key in seen:
             continue

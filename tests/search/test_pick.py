@@ -158,3 +158,51 @@ def test_instability_is_measured_against_the_other_candidates_on_the_same_folds(
     assert steady < 0.01 < swinging  # the shared hard fold is not held against the first protocol
     assert paired_instability([[0.7, 0.5], [0.8, 0.6]]) == pytest.approx([0.0, 0.0], abs=1e-12)  # parallel: none
     assert paired_instability([[0.7, 0.5]]) == [0.0]  # one candidate: nothing to pair with
+
+
+def _recorded_trial(lr: float, value: float, history: list[float] | None, loss: float = 0.5):
+    import optuna
+
+    attrs = {"val_loss": loss}
+    if history is not None:
+        attrs["history"] = [[10 * (i + 1), v] for i, v in enumerate(history)]
+    return optuna.trial.create_trial(
+        params={"log10_elr": lr},
+        distributions={"log10_elr": optuna.distributions.FloatDistribution(-4, 1)},
+        value=value,
+        user_attrs=attrs,
+    )
+
+
+def test_the_members_rank_by_their_settled_score_not_a_last_evaluation_spike():
+    """elpv:1000:0's third member (benchmarks/RESULTS.md): a curve that swung and peaked at its last
+    evaluation (0.717) joined the ensemble over steady ones, and scored 62.8 alone on unseen images."""
+    import optuna
+
+    from autotransfer.search.pick import SETTLE_EVALS, pick_candidates, settled_score
+
+    study = optuna.create_study(direction="maximize")
+    spiking = _recorded_trial(-0.6, 0.717, [0.665, 0.702, 0.697, 0.694, 0.674, 0.717])
+    steady = _recorded_trial(-1.9, 0.705, [0.700, 0.707, 0.728, 0.736, 0.702, 0.705])
+    best = _recorded_trial(-1.5, 0.761, [0.660, 0.703, 0.754, 0.723, 0.740, 0.761])
+    legacy = _recorded_trial(-2.5, 0.690, None)  # recorded before trials kept their history
+    for t in (spiking, steady, best, legacy):
+        study.add_trial(t)
+    assert SETTLE_EVALS == 3
+    assert settled_score(study.trials[0]) == pytest.approx((0.694 + 0.674 + 0.717) / 3)
+    assert settled_score(study.trials[3]) == pytest.approx(0.690)  # no history: its final score
+    assert [t.number for t in pick_candidates(study, 3)] == [2, 1, 0]  # by the final score: 2, 0, 1
+    assert [t.number for t in pick_candidates(study, 4)] == [2, 1, 0, 3]
+
+
+def test_equal_settled_scores_fall_back_to_the_final_score_then_the_loss():
+    import optuna
+
+    from autotransfer.search.pick import pick_candidates
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(_recorded_trial(-1.0, 0.70, [0.8, 0.7, 0.7, 0.7]))
+    study.add_trial(_recorded_trial(-2.0, 0.75, [0.7, 0.65, 0.75]))  # settled 0.7 too, higher final
+    study.add_trial(_recorded_trial(-3.0, 0.75, [0.7, 0.65, 0.75], loss=0.4))  # the same, lower loss
+    study.add_trial(_recorded_trial(-2.0, 0.75, [0.7, 0.65, 0.75]))  # trial 1's protocol again: one place
+    assert [t.number for t in pick_candidates(study, 4)] == [2, 1, 0]
