@@ -353,11 +353,12 @@ def repicked(cell: str, study, name: str, resolved, prepared, judge, results: st
     from autotransfer.search.study import read_attr
 
     members = [t.number for t in pick_candidates(study)]
-    recorded = [int(m) for m in (read_attr(study, "pick") or {}).get("members") or []]
+    pick = read_attr(study, "pick") or {}
+    recorded = [int(m) for m in pick.get("members") or []]
     if sorted(members) == sorted(recorded):
-        with open(results) as lines:
-            rows = [json.loads(line) for line in lines if line.strip()]
-        score = next(r["judge"] for r in rows if r["cell"] == cell and r["method"] == name)
+        # the row of the rule that recorded these members (h has rows of other rules too)
+        rows = [r for r in load_rows(Path(results)) if r["cell"] == cell and r["method"] == name]
+        score = [r["judge"] for r in rows if pick_rule(r) == pick["rule"]][-1]
         return {"score": score, "members": members, "same_members": True}
     from autotransfer.search.final import retrain_and_test
 
