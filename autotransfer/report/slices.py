@@ -38,8 +38,11 @@ class StudySlice(NamedTuple):
         relative: ``(t,)`` ``score - best_score`` (``NORMALISATION``).
         values: parameter -> ``(t,)`` its value in each trial (``SLICE_PARAMS``).
         sources: ``(t,)`` where each protocol came from (``prior``, ``survey:...``, ``search``).
-        best_index: index of the study's best completed search trial in the arrays.
-        best_score: its score (the normalisation's reference).
+        best_index: index of the trial the study hands back (its pick's first member) when that
+            is a search trial, else of the best completed search trial by score.
+        best_score: the highest completed search score (the normalisation's reference). The
+            handed-back trial can sit below it: the pick ranks by the settled score
+            (``search.pick.settled_score``), not the final one.
     """
 
     study: str
@@ -88,8 +91,9 @@ def study_slice(study: optuna.Study, point: SurfacePoint | None = None) -> Study
     """The slice numbers of one study, or ``None`` when it has no completed search trial or no coordinates.
 
     Scores come from ``autotransfer.report.figures.protocol_score_info`` (COMPLETE trials at their
-    value, PRUNED at their last report). The best is the study's best transfer trial when that is
-    a search trial, else (a linear-probe control won) the best completed search trial.
+    value, PRUNED at their last report). Scores are put relative to the best completed search
+    score; the marked trial is the one the study hands back when that is a search trial, else (a
+    linear-probe control won) the best completed search trial.
     """
     coords = _coordinates(study, point)
     info = protocol_score_info(study)
@@ -104,7 +108,7 @@ def study_slice(study: optuna.Study, point: SurfacePoint | None = None) -> Study
         complete = [i for i, p in enumerate(points) if p.state == "COMPLETE"]
         best_index = max(complete, key=lambda i: (points[i].score, -points[i].number))
     score = np.array([p.score for p in points], dtype=float)
-    best_score = float(score[best_index])
+    best_score = float(score[[p.state == "COMPLETE" for p in points]].max())
     head = [Protocol.from_dict(trials[p.number].params).head_lr_mult for p in points]
     n, log10_n, similarity = coords
     return StudySlice(

@@ -332,8 +332,8 @@ def slices_figure(info: SliceInfo):
                     legendgroup=s.study,
                     showlegend=False,
                     hoverinfo="text",
-                    name=f"{s.study}: best",
-                    text=[f"{s.study}: best, trial {s.numbers[b]}, {s.metric} {s.best_score:.4f}"],
+                    name=f"{s.study}: handed back",
+                    text=[f"{s.study}: handed back, trial {s.numbers[b]}, {s.metric} {s.score[b]:.4f}"],
                     marker={
                         "size": 17,
                         "symbol": "star",
@@ -371,7 +371,7 @@ def slices_figure(info: SliceInfo):
     fig.update_layout(
         title={
             "text": _title(
-                f"accuracy along protocol slices ({len(info.studies)} studies; star: best, open: pruned, symbol: N)"
+                f"accuracy along protocol slices ({len(info.studies)} studies; star: handed back, open: pruned, symbol: N)"
             ),
             "x": 0.01,
         },

@@ -133,12 +133,12 @@ def test_slices_of_real_studies_match_their_trials(sweep):
             assert s.values["log10_elr"][i] == t.params["log10_elr"]
             assert s.values["log10_head_lr_mult"][i] == pytest.approx(math.log10(t.params["head_lr_mult"]))
         complete = ~s.pruned
-        assert s.best_score == s.score[complete].max() and s.relative[s.best_index] == 0.0
+        assert s.best_score == s.score[complete].max() and s.relative[s.best_index] <= 0.0
         np.testing.assert_allclose(s.relative, s.score - s.best_score)
         assert s.relative[complete].max() == 0.0
         best = best_transfer_trial(study)
         if CONTROL_ATTR not in best.user_attrs:  # the surface point's protocol is the marked best
-            assert s.numbers[s.best_index] == best.number and s.best_score == p.score
+            assert s.numbers[s.best_index] == best.number and s.score[s.best_index] == p.score
             assert s.values["log10_elr"][s.best_index] == pytest.approx(p.protocol["log10_elr"])
 
 
