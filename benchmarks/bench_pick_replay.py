@@ -2,7 +2,7 @@
 
 For every cell of the judged benchmark with a judge score for each completed transfer trial (rows
 ``e`` over h's study and ``x`` over s's, in ``judged.jsonl``), rank the trials by each candidate
-rule, take the top ``PICK_TOP`` distinct protocols as the pick would, and report the mean judge
+rule, take the top ``PICK_TOP`` distinct protocols with the pick's own ``pick_candidates``, and report the mean judge
 score of those members (and of the first alone), paired by cell against the final validation
 score. It is the proxy that chose the settled score (``search.pick.settled_score``); the ensemble's
 own judge score under the chosen rule is method k / m of ``bench_judged.py``.
@@ -25,8 +25,9 @@ STUDY_OF = {"e": "h", "x": "s"}
 
 def curve(trial) -> list[float]:
     """The trial's validation scores in step order (its final score alone when none was kept)."""
-    history = trial.user_attrs.get("history") or []
-    return [float(v) for _, v in history] or [float(trial.value)]
+    from autotransfer.core.schema import HISTORY_ATTR
+
+    return [float(v) for _, v in trial.user_attrs.get(HISTORY_ATTR) or []] or [float(trial.value)]
 
 
 RULES: dict[str, Callable] = {
@@ -38,29 +39,10 @@ RULES: dict[str, Callable] = {
 }
 
 
-def members(trials: list, key: Callable, top: int) -> list[int]:
-    """The ``top`` distinct protocols by ``key`` (ties: final score, lower loss, earlier trial)."""
-    ranked = sorted(
-        trials,
-        key=lambda t: (key(t), float(t.value), -t.user_attrs.get("val_loss", math.inf), -t.number),
-        reverse=True,
-    )
-    seen: set[tuple] = set()
-    out: list[int] = []
-    for t in ranked:
-        protocol = tuple(sorted(t.params.items()))
-        if protocol not in seen:
-            seen.add(protocol)
-            out.append(t.number)
-        if len(out) == top:
-            break
-    return out
-
-
 def main() -> None:
     import optuna
 
-    from autotransfer.search.pick import PICK_TOP
+    from autotransfer.search.pick import PICK_TOP, pick_candidates
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rows = [json.loads(line) for line in (HERE / "judged.jsonl").read_text().splitlines() if line.strip()]
@@ -71,9 +53,8 @@ def main() -> None:
         url = f"sqlite:///{HERE / 'out' / f'judged-{target}-{n}-{seed}.db'}"
         study = optuna.load_study(study_name=STUDY_OF[row["method"]], storage=url)
         judged = {int(k): v for k, v in row["per_trial"].items()}
-        trials = [t for t in study.trials if t.number in judged]
         for name, key in RULES.items():
-            chosen = members(trials, key, PICK_TOP)
+            chosen = [t.number for t in pick_candidates(study, PICK_TOP, score=key)]
             results[name]["first"].append(judged[chosen[0]])
             results[name]["members"].append(statistics.mean(judged[m] for m in chosen))
     print(f"{len(scored)} studies (rows {', '.join(sorted({r['method'] for r in scored}))})", file=sys.stderr)

@@ -183,17 +183,21 @@ def settled_score(trial: optuna.trial.FrozenTrial) -> float:
     return sum(tail) / len(tail) if tail else cast(float, trial.value)
 
 
-def pick_candidates(study: optuna.Study, top: int = PICK_TOP) -> list[optuna.trial.FrozenTrial]:
-    """The ``top`` best COMPLETE transfer trials, one per distinct protocol, ranked by
-    ``settled_score`` (ties: ``rank_key``: the final score, the lower validation loss, the earlier
-    trial).
+def pick_candidates(
+    study: optuna.Study,
+    top: int = PICK_TOP,
+    score: Callable[[optuna.trial.FrozenTrial], float] = settled_score,
+) -> list[optuna.trial.FrozenTrial]:
+    """The ``top`` best COMPLETE transfer trials, one per distinct protocol, ranked by ``score``
+    (default ``settled_score``; ties: ``rank_key``: the final score, the lower validation loss,
+    the earlier trial). ``benchmarks/bench_pick_replay.py`` passes other rankings.
 
     The final validation score alone rewards a curve that happens to peak at its last evaluation,
     which is how an unstable protocol joined ensembles on the judged benchmark (docs/design.md,
     "The pick")."""
     seen: set[tuple] = set()
     out = []
-    for t in sorted(transfer_trials(study), key=lambda t: (settled_score(t), *rank_key(t)), reverse=True):
+    for t in sorted(transfer_trials(study), key=lambda t: (score(t), *rank_key(t)), reverse=True):
         key = tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in t.params.items()))
         if key in seen:
             continue
