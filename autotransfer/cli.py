@@ -251,7 +251,14 @@ def estimate_cmd(
 def tune_cmd(
     target: Optional[str] = typer.Argument(None, help="dataset spec; omitted: the embedded default demo"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec (default efficientnet_lite0)"),
-    trials: Optional[int] = typer.Option(None, "--trials", help="finished search trials, controls excluded"),
+    trials: Optional[int] = typer.Option(
+        None, "--trials", help="finished search trials, controls excluded (default 20, within the default budget)"
+    ),
+    time_budget: Optional[str] = typer.Option(
+        None,
+        "--time-budget",
+        help="the whole job's time: 600, 90s, 10m, 1h (default without --trials: about 6 full trainings at this size)",
+    ),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     study: Optional[str] = typer.Option(None, "--study", help="study name (default: from target, model, n, seed)"),
     storage: Optional[str] = typer.Option(
@@ -307,27 +314,35 @@ def tune_cmd(
 ) -> None:
     """Search the best fine-tuning protocol for TARGET with real trials; export it and the model.
 
-    Runs: estimate → prior → controls + search → retrain the best on train+val → test → export.
-    Re-running the same study resumes it. Everything lands under --out (default studies/): the model
+    Runs: estimate → prior → controls + search → the final model (the top 3 retrained on train+val,
+    or the trials' own models when the time budget cannot afford it) → test → export. The whole job
+    fits in --time-budget; without it and without --trials, in the default budget of about 6 full
+    trainings. The summary ends with the compute ledger. Re-running the same study resumes it. Everything lands under --out (default studies/): the model
     folder runs/STUDY, the export exports/STUDY.yaml, the surface, and the studies' database unless
     --storage or $AUTOTRANSFER_STORAGE names another. Progress goes to stderr, results to stdout.
 
     Examples:
       autotransfer tune                       # the embedded demo (~2.5 min on 2 CPU cores)
       autotransfer tune builtin:digits --out runs/digits --format json > digits.json
+      autotransfer tune builtin:elpv --n 1000 --time-budget 10m   # the best it can in 10 minutes
       autotransfer tune builtin:elpv --n 600 --trials 20 --resolution 64
       autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
       autotransfer tune folder:~/data/leaves --unlabelled ~/data/leaves-unlabelled   # self-training
     """
+    from autotransfer.core.budget import parse_duration
     from autotransfer.core.paths import safe_name
     from autotransfer.pipeline.options import on_surface, tune_outputs, tune_settings
     from autotransfer.pipeline.tune import tune
-    from autotransfer.search.progress import RichUI
+    from autotransfer.search.progress import make_ui
     from autotransfer.search.storage import masked_url
 
     if study is not None:
         safe_name(study)  # refused before any work: the name becomes a folder and a file
+    # refused before any work; without either limit the default job's budget applies
+    budget: float | str | None = parse_duration(time_budget) if time_budget is not None else None
+    if budget is None and trials is None:
+        budget = "auto"
     outputs = tune_outputs(out, storage)
     settings = tune_settings(
         target,
@@ -350,7 +365,7 @@ def tune_cmd(
         prune=prune,
         surface=outputs.surface,
     )
-    ui = RichUI(console=err_console)  # progress on stderr in either format: stdout carries only the result
+    ui = make_ui(err_console)  # progress on stderr in either format: stdout carries only the result
     try:
         result = tune(
             settings,
@@ -364,6 +379,7 @@ def tune_cmd(
             surface_store=outputs.surface,
             ui=ui,
             workers=workers,
+            time_budget=budget,
         )
     finally:
         ui.close()

@@ -36,6 +36,13 @@ Session 10 adds two more, run only when named in ``--methods``:
   as an ensemble; when the members are s's own, s's recorded score (the same retrains);
 - m: the same over h's study.
 
+Issue 27 adds the anytime methods (``benchmarks/anytime.py``), run only when named in
+``--methods``: G (the 12-cell grid, top 3 by test), q6/q3/q23/q1 (``tune --time-budget`` at 1/6,
+1/3, 2/3 and 1x the grid's compute, measured in the same run), r6/r3/r23/r1 (random search at
+those budgets) and z (the default job); ``--summary --anytime`` prints their table:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_judged.py --cells animals:200:0 --methods G,q3,q1,z,r3,r1
+
 Resumable per (target, N, seed, method): results append to a JSONL file, and a study that was cut
 short resumes from its storage. Run one process per core with ``--cells``:
 
@@ -590,11 +597,36 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def anytime_cell(cell: str, done: set, log, methods: tuple[str, ...]) -> None:
+    """Issue 27's methods on ``cell`` (``anytime.run_anytime``), with this file's judge and rows."""
+    from anytime import NAMES as ANYTIME_NAMES
+    from anytime import run_anytime
+
+    rows = {(r["cell"], r["method"]): r for r in load_rows(Path(log.name))}
+    state: dict = {}
+
+    def judge_for(settings):
+        state["judge"] = Judge(settings)
+        return state["judge"], folder_members, rows
+
+    def record(method: str, score: float, **extra) -> None:
+        row = {"cell": cell, "method": method, "judge": score, "judge_images": len(state["judge"].dataset), **extra}
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        done.add((cell, method))
+        rows[(cell, method)] = row
+        print(f"{cell} {method} ({ANYTIME_NAMES[method]}): {score:.4f}", file=sys.stderr, flush=True)
+
+    OUT.mkdir(exist_ok=True)
+    run_anytime(cell, done, record, methods, OUT, judge_for)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", default=",".join(DEFAULT_CELLS), help="target:N:seed,...")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--anytime", action="store_true", help="with --summary: issue 27's anytime table")
     parser.add_argument("--as-h", default=None, help="with --summary: read this method's rows as h (s, t or u)")
     parser.add_argument(
         "--schedule-report", action="store_true", help="how the s studies used the schedules (reads the databases)"
@@ -616,6 +648,11 @@ def main() -> None:
     if args.schedule_report:
         print(schedule_report(args.cells.split(",")))
         return
+    if args.summary and args.anytime:
+        from anytime import anytime_summary
+
+        print(anytime_summary(load_rows(path)))
+        return
     if args.summary:
         rows = current_rows(load_rows(path), args.pick or settings_for("demo", 0, 0).pick)
         if args.as_h:  # read another method's rows as h (e.g. s: tune as it runs now, schedules searched)
@@ -629,11 +666,18 @@ def main() -> None:
     rule = args.pick or settings_for("demo", 0, 0).pick
     done = {(r["cell"], r["method"]) for r in current_rows(load_rows(path), rule)}
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    unknown = sorted(set(methods) - set(METHODS + EXTRA))
+    from anytime import ANYTIME
+
+    unknown = sorted(set(methods) - set(METHODS + EXTRA + ANYTIME))
     if unknown:
-        parser.error(f"unknown methods {unknown}; known: {','.join(METHODS + EXTRA)}")
+        parser.error(f"unknown methods {unknown}; known: {','.join(METHODS + EXTRA + ANYTIME)}")
     with path.open("a") as log:
         for cell in args.cells.split(","):
+            if set(methods) & set(ANYTIME):
+                anytime_cell(cell, done, log, tuple(m for m in methods if m in ANYTIME))
+                methods_left = tuple(m for m in methods if m not in ANYTIME)
+                if not methods_left:
+                    continue
             wanted = ("h", "c") if cell == "demo" else methods
             if all((cell, m) in done for m in wanted):
                 continue

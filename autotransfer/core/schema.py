@@ -27,6 +27,8 @@ __all__ = [
     "PRECISION_ATTR",
     "WORKER_ATTR",
     "RETRY_ATTR",
+    "BUDGET_STOP_ATTR",
+    "KEPT_MODEL_ATTR",
     "FIXED_PARAMS",
 ]
 
@@ -41,6 +43,7 @@ ATTR = {
     "sampler": "autotransfer.sampler",
     "pick": "autotransfer.pick",
     "self_training": "autotransfer.self_training",
+    "ledger": "autotransfer.ledger",
 }
 
 # Trial user attributes: what the trial is.
@@ -76,6 +79,12 @@ PRECISION_ATTR = "precision"
 WORKER_ATTR = "worker"
 #: The number of the dead trial this one re-runs.
 RETRY_ATTR = "retry_of"
+
+#: The step at which the job's time budget stopped the trial (its model as trained so far is
+#: scored; absent when it ran its whole budget).
+BUDGET_STOP_ATTR = "budget_stopped_at"
+#: True when the process that ran the trial kept its trained model (``search.trial_models``).
+KEPT_MODEL_ATTR = "kept_model"
 
 #: Optuna's system attribute holding an enqueued trial's parameters.
 FIXED_PARAMS = "fixed_params"

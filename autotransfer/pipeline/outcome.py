@@ -152,6 +152,10 @@ class TuneResult:
     pick: dict[str, Any] | None = None
     trained_on: str | None = None
     self_training: dict[str, Any] | None = None
+    #: seconds per stage, and as multiples of one full training (``core.budget.Ledger.to_dict``)
+    ledger: dict[str, Any] | None = None
+    #: the time budget's plan (``pipeline.plan.JobPlan``), when the job had one
+    plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,4 +180,6 @@ class TuneResult:
             "search_trials": self.n_search_trials,
             "settings": self.settings.to_dict(),
             "notes": self.notes,
+            "ledger": self.ledger,
+            "plan": self.plan,
         }

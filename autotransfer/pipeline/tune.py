@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 
+from autotransfer.core.budget import parse_duration
 from autotransfer.core.errors import UserError
 from autotransfer.core.paths import safe_name
 from autotransfer.core.protocol import Protocol
@@ -37,6 +38,7 @@ from autotransfer.pipeline.outcome import (
     describe_self_training,
     surface_evidence_shortfall,
 )
+from autotransfer.pipeline.plan import RETRAIN_COST, JobBudget
 from autotransfer.search.final import FinalEnsemble, Member, final_is_current, handed_back_members, train_ensemble
 from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.search.prepared import PreparedData, prepare_data
@@ -60,9 +62,16 @@ from autotransfer.search.study import (
     search_trials,
     study_exists,
 )
+from autotransfer.search.trial_models import TrialModels
 
 if TYPE_CHECKING:
     from autotransfer.prior import Prior
+
+#: Under a time budget the estimator reads at most this many images (its default is 1,000): its
+#: features come from forward passes at the model's native input size (224 px for Lite0), which
+#: at N = 1000 cost about half a training on 2 CPU cores; 300 keep LogME's features-to-images
+#: ratio under 5 for a 1,280-wide feature.
+BUDGET_ESTIMATE_IMAGES = 300
 
 __all__ = [
     "TuneResult",
@@ -245,10 +254,22 @@ def _create(
     return study, settings, profile_dict, prior_dict
 
 
-def run_trials(opened: OpenStudy, *, workers: int = 1, timeout: float | None = None, ui=None) -> int | None:
+def run_trials(
+    opened: OpenStudy,
+    *,
+    workers: int = 1,
+    timeout: float | None = None,
+    ui=None,
+    budget: JobBudget | None = None,
+    keep: TrialModels | None = None,
+) -> int | None:
     """Stage 2: controls + search until the study's budget is met (or ``timeout``), in this
     process or on ``workers`` local worker processes. Returns the micro-batch an out-of-memory
-    shrank the search to (``None``: the full batch fitted, or the workers ran it)."""
+    shrank the search to (``None``: the full batch fitted, or the workers ran it).
+
+    With a time ``budget`` (``pipeline.plan.JobBudget``), one full training is timed first and the
+    plan printed; the search then stops, mid-trial if need be, when its share of the budget is
+    spent. ``keep`` keeps the best trials' models for a hand-back without retraining."""
     from autotransfer.search.progress import NullUI
 
     ui = ui or NullUI()
@@ -257,17 +278,75 @@ def run_trials(opened: OpenStudy, *, workers: int = 1, timeout: float | None = N
         from autotransfer.search.workers import run_local_workers
 
         ui.stage(f"controls + search on {workers} local workers")
+        left = None if budget is None else budget.clock.left()
+        if left is not None:
+            timeout = left if timeout is None else min(timeout, left)
+        t0 = time.monotonic()
         run_local_workers(opened.name, opened.url, workers, device=settings.device, timeout=timeout, ui=ui)
+        if budget is not None:
+            budget.ledger.add("controls + search", time.monotonic() - t0)
         return None
-    ui.stage("controls + search")
     runner = build_runner(opened.study, settings, opened.prepared, ui=ui, preprocessing=opened.preprocessing)
+    if budget is not None and budget.limited:
+        _plan(opened, runner, budget, ui)
+        runner.stop = budget.search_expired
+    runner.keep = keep
+    ui.stage("controls + search")
     ui.search_start(total=settings.trials, done=len(search_trials(opened.study)))
-    run_search(opened.study, runner, settings.trials, timeout=timeout, on_trial_end=ui.search_advance)
+    t0 = time.monotonic()
+    started = time.time()
+    run_search(
+        opened.study,
+        runner,
+        settings.trials,
+        timeout=timeout,
+        on_trial_end=ui.search_advance,
+        expired=budget.search_expired if budget is not None else None,
+        on_trial_done=ui.trial_end,
+    )
     ui.search_end()
+    if budget is not None:
+        _account_search(opened.study, budget, time.monotonic() - t0, started)
+        if budget.search_expired():
+            ui.note(f"the search's share of the time budget is spent: {len(search_trials(opened.study))} search trials")
     micro_batch = runner.micro_batch  # an out-of-memory in the search shrank it: keep it
     del runner  # its prefix cache is not needed by the pick or the retrain
     gc.collect()
     return micro_batch
+
+
+def _plan(opened: OpenStudy, runner, budget: JobBudget, ui) -> None:
+    """Time one full training (a few steps of the prior's model, every group trainable) and fix
+    the job's plan; print it."""
+    from autotransfer.search.objective import train_config_for
+    from autotransfer.train.timing import time_training
+
+    t0 = time.monotonic()
+    config = train_config_for(Protocol(), opened.settings, runner.make_backbone().num_groups)
+    training_s = time_training(runner.make_backbone, runner.train, runner.val, config, metric=opened.settings.metric)
+    budget.ledger.add("timing", time.monotonic() - t0)
+    plan = budget.make_plan(
+        training_s,
+        members=PICK_TOP if opened.settings.pick == "ensemble" else 1,
+        self_training=bool(opened.settings.unlabelled),
+    )
+    ui.note(plan.describe())
+    for note in plan.notes:
+        ui.note(note)
+    ui.budget_start(budget.clock)
+
+
+def _account_search(study: optuna.Study, budget: JobBudget, seconds: float, since: float) -> None:
+    """Split the search's ``seconds`` into the controls' and the search trials' (by the wall time
+    each trial this run finished recorded) in the ledger."""
+    from autotransfer.search.study import control_trials
+
+    controls = [
+        t for t in control_trials(study) if t.datetime_complete is not None and t.datetime_complete.timestamp() >= since
+    ]
+    control_s = sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in controls)
+    budget.ledger.add("controls", control_s, trainings=len(controls))
+    budget.ledger.add("search", max(0.0, seconds - control_s))
 
 
 @dataclass(frozen=True)
@@ -299,6 +378,8 @@ def finalise(
     micro_batch: int | None = None,
     ui=None,
     self_training: dict[str, Any] | None = None,
+    budget: JobBudget | None = None,
+    keep: TrialModels | None = None,
 ) -> Finalised | None:
     """Stage 3: apply the pick rule (recorded on the study), then retrain and check each member on
     train+val and score the handed-back model on the test split. ``None`` when no transfer trial
@@ -340,29 +421,86 @@ def finalise(
         return Finalised(
             pick, best, tuple(members), final.get("test_score"), None, tuple(notes), self_training=recorded or None
         )
-    ui.stage(
-        f"retraining trial {best.number} on train+val"
-        if len(members) == 1
-        else f"retraining the {len(members)} members (trials {', '.join(map(str, wanted))}) on train+val"
-    )
-    trained = train_ensemble(
+    if budget is not None and budget.limited:
+        trained = _hand_back_within(opened, members, budget, keep, micro_batch, ui)
+    else:
+        ui.stage(
+            f"retraining trial {best.number} on train+val"
+            if len(members) == 1
+            else f"retraining the {len(members)} members (trials {', '.join(map(str, wanted))}) on train+val"
+        )
+        t0 = time.monotonic()
+        trained = train_ensemble(
+            members,
+            settings,
+            opened.prepared,
+            progress=ui.trial_progress,
+            micro_batch=micro_batch,
+            on_member=(lambda i, k, number: ui.note(f"member {i + 1} of {k}: trial {number}"))
+            if len(members) > 1
+            else None,
+        )
+        if budget is not None:
+            budget.ledger.add("final retrain", time.monotonic() - t0, trainings=len(members))
+    notes.extend(trained.notes)
+    if len(trained.members) > 1:
+        alone = ", ".join(f"{f.test_score:.3f}" for f in trained.members)
+        how = "retrains" if all(f.trained_on == "train+val" for f in trained.members) else "final stage"
+        notes.append(
+            f"ensemble of {len(trained.members)}: test {trained.test_score:.3f}; its members alone {alone};"
+            f" the {how} took {trained.seconds:.0f} s"
+        )
+    members = [m for m in members if m.trial in _kept_trials(members, trained)]
+    return Finalised(pick, best, tuple(members), trained.test_score, trained, tuple(notes))
+
+
+def _kept_trials(members: list[Member], trained: FinalEnsemble) -> set[int]:
+    """The trials of ``members`` that ``trained`` holds (a budget may leave some out)."""
+    numbers = [f.trial for f in trained.members]
+    return {m.trial for m in members} if None in numbers else {int(n) for n in numbers if n is not None}
+
+
+def _hand_back_within(
+    opened: OpenStudy, members: list[Member], budget: JobBudget, keep: TrialModels | None, micro_batch, ui
+) -> FinalEnsemble:
+    """The final stage under a time budget: each member retrained on train+val while the plan
+    says so and the time left affords it; else the trial's own kept model (``search.final.hand_back``)."""
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.final import hand_back
+
+    settings = opened.settings
+    plan = budget.plan
+    k = len(members)
+
+    def retrain(i: int) -> bool:
+        return plan is None or (plan.retrain and budget.affords(RETRAIN_COST * (k - i)))
+
+    def make_backbone():
+        return create_backbone(settings.model, num_classes=settings.num_classes)
+
+    def trial_model(member: Member):
+        return keep.load(member.trial, make_backbone) if keep is not None else None
+
+    def on_member(i: int, n: int, number: int, again: bool) -> None:
+        how = "retraining on train+val" if again else "the trial's own model"
+        ui.note(f"member {i + 1} of {n}: trial {number}, {how}")
+
+    ui.stage(f"final model: {k} member(s) (trials {', '.join(str(m.trial) for m in members)})")
+    t0 = time.monotonic()
+    trained = hand_back(
         members,
         settings,
         opened.prepared,
+        retrain=retrain,
+        trial_model=trial_model,
+        reproduce=lambda i: budget.affords(RETRAIN_COST),
         progress=ui.trial_progress,
         micro_batch=micro_batch,
-        on_member=(lambda i, k, number: ui.note(f"member {i + 1} of {k}: trial {number}"))
-        if len(members) > 1
-        else None,
+        on_member=on_member,
     )
-    notes.extend(trained.notes)
-    if len(members) > 1:
-        alone = ", ".join(f"{f.test_score:.3f}" for f in trained.members)
-        notes.append(
-            f"ensemble of {len(members)}: test {trained.test_score:.3f}; its members alone {alone};"
-            f" the retrains took {trained.seconds:.0f} s"
-        )
-    return Finalised(pick, best, tuple(members), trained.test_score, trained, tuple(notes))
+    retrained = sum(f.trained_on == "train+val" or (f.fell_back and f.fit_score is not None) for f in trained.members)
+    budget.ledger.add("final model", time.monotonic() - t0, trainings=retrained)
+    return trained
 
 
 def self_train_stage(
@@ -481,7 +619,9 @@ def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
             "member_trained_on": [f.trained_on for f in trained.members],
             "fit_score": trained.members[0].fit_score,
             "fit_scores": [f.fit_score for f in trained.members],
-            "train_images_per_s": trained.members[0].images_per_s,
+            "train_images_per_s": trained.members[0].images_per_s
+            if trained.members[0].images_per_s == trained.members[0].images_per_s  # NaN: a trial's own model
+            else None,
             "seconds": round(trained.seconds, 1),
             "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             # the self-training request this model answers (None: none asked)
@@ -504,6 +644,7 @@ def tune(
     ui=None,
     workers: int = 1,
     unlabelled=None,
+    time_budget: float | str | None = None,
 ) -> TuneResult:
     """Run (or resume) a protocol search for ``settings`` and return its summary.
 
@@ -518,16 +659,28 @@ def tune(
     ``settings.unlabelled`` names unlabelled images of the target, or when ``unlabelled`` gives
     them as an ``ImageDataset`` (e.g. ``data.unlabelled_pool``; its ``spec`` is recorded). A
     missing or empty source is refused before the study opens.
+
+    ``time_budget`` (seconds, or a duration such as ``"10m"``; docs/design.md, "The time budget")
+    bounds the whole job: the search stops when its share is spent, and the final stage retrains
+    on train+val only when the budget affords it, else hands back the best trials' own models.
+    ``"auto"`` is the default job's budget (``pipeline.plan.DEFAULT_BUDGET_TRAININGS`` full
+    trainings); ``None``: no time limit, ``settings.trials`` alone decides. Either way the result
+    carries a compute ledger (seconds per stage, and in full trainings).
     """
     from autotransfer.search.self_training import load_unlabelled, self_training_key
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, but got {workers!r}")
+    auto = time_budget == "auto"
+    budget = JobBudget.start(None if time_budget is None or auto else parse_duration(time_budget), auto=auto)
     pool = unlabelled
     if pool is not None:
         settings = replace(settings, unlabelled=str(pool.spec))
     elif settings.unlabelled:
         pool = load_unlabelled(settings.unlabelled)
+    if budget.limited:  # the estimator's forward passes at the model's native size: a budget caps them
+        estimator_kwargs = {"max_images": BUDGET_ESTIMATE_IMAGES, **(estimator_kwargs or {})}
+    t0 = time.monotonic()
     opened = open_study_for(
         settings,
         study_name=study_name,
@@ -536,12 +689,22 @@ def tune(
         estimator_kwargs=estimator_kwargs,
         ui=ui,
     )
-    micro_batch = run_trials(opened, workers=workers, timeout=timeout, ui=ui)
+    budget.ledger.add("data + estimate", time.monotonic() - t0)
     model_dir = Path(runs_dir) / safe_name(opened.name)
+    keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials") if workers == 1 else None
+    micro_batch = run_trials(opened, workers=workers, timeout=timeout, ui=ui, budget=budget, keep=keep)
     asked = self_training_key(opened.settings)
-    final = finalise(opened, model_dir=model_dir, micro_batch=micro_batch, ui=ui, self_training=asked)
+    final = finalise(
+        opened, model_dir=model_dir, micro_batch=micro_batch, ui=ui, self_training=asked, budget=budget, keep=keep
+    )
     if final is not None and asked is not None:
-        final = self_train_stage(opened, final, pool=pool, micro_batch=micro_batch, ui=ui)
+        plan = budget.plan
+        if plan is not None and plan.budget_s is not None and not plan.self_training_s:
+            final = replace(final, notes=final.notes + tuple(n for n in plan.notes if n.startswith("self-training")))
+        else:
+            t0 = time.monotonic()
+            final = self_train_stage(opened, final, pool=pool, micro_batch=micro_batch, ui=ui)
+            budget.ledger.add("self-training", time.monotonic() - t0)
     study, settings, prepared = opened.study, opened.settings, opened.prepared
     notes = list(opened.notes)
     val_images = len(prepared.val)
@@ -566,6 +729,8 @@ def tune(
     if final is None:
         notes.append("no transfer trial completed: nothing to retrain or export")
         return result(
+            ledger=budget.ledger.to_dict(),
+            plan=budget.plan.to_dict() if budget.plan else None,
             best_protocol=None,
             best_trial=None,
             val_score=None,
@@ -575,9 +740,15 @@ def tune(
             model_path=None,
             notes=notes,
         )
+    t0 = time.monotonic()
     export_path, published = publish(
         opened, final, model_dir=model_dir, export_dir=export_dir, surface_store=surface_store
     )
+    budget.ledger.add("publish", time.monotonic() - t0)
+    if keep is not None:
+        keep.clear()  # the members are in the model folder now
+    ledger = budget.ledger.to_dict()
+    study.set_user_attr(ATTR["ledger"], {**ledger, "plan": budget.plan.to_dict() if budget.plan else None})
     best = final.best
     val_score = float(cast(float, best.value))  # the best trial is a completed one
     scratch = controls.get("scratch")
@@ -594,4 +765,6 @@ def tune(
         pick=final.pick.to_dict() if final.pick is not None else None,
         trained_on=(study.user_attrs.get(ATTR["final"]) or {}).get("trained_on", "train+val"),
         self_training=final.self_training,
+        ledger=ledger,
+        plan=budget.plan.to_dict() if budget.plan else None,
     )

@@ -15,6 +15,7 @@ from autotransfer.prior.placement import (
     size_score,
     transferability_from_logme,
 )
+from autotransfer.prior.portfolio import grid_protocols, portfolio_protocols
 from autotransfer.prior.quadrant import (
     Prior,
     less_similar_protocol,
@@ -30,6 +31,8 @@ __all__ = [
     "DECISION_TABLE",
     "Placement",
     "effective_similarity",
+    "grid_protocols",
+    "portfolio_protocols",
     "Prior",
     "less_similar_protocol",
     "linear_probe_protocol",

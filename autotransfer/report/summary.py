@@ -52,7 +52,7 @@ def summary_table(result) -> Table:
     table.add_row(f"validation {metric}", _fmt(result.val_score, result.val_images))
     trained_on = getattr(result, "trained_on", None) or "train+val"
     table.add_row(f"test {metric} (trained on {trained_on})", _fmt(result.test_score, result.test_images))
-    table.add_row("control: from scratch (best of 3)", _fmt(result.controls.get("scratch")))
+    table.add_row("control: from scratch", _fmt(result.controls.get("scratch")))
     table.add_row("control: linear probe (best of 2)", _fmt(result.controls.get("probe")))
     table.add_row(
         "negative transfer",

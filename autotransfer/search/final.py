@@ -35,6 +35,8 @@ __all__ = [
     "retrain_and_test",
     "train_final",
     "train_ensemble",
+    "hand_back",
+    "trial_model_final",
     "ensemble_test_score",
     "is_broken",
     "BROKEN_MARGIN",
@@ -71,6 +73,8 @@ class FinalModel:
     trained_on: str
     images_per_s: float
     notes: list[str] = field(default_factory=list)
+    #: the study trial whose protocol this is (``hand_back`` sets it; it may leave members out)
+    trial: int | None = None
 
     @property
     def fell_back(self) -> bool:
@@ -230,6 +234,74 @@ def train_ensemble(
                 micro_batch=micro_batch,
             )
         )
+    test_score = (
+        finals[0].test_score
+        if len(finals) == 1
+        else ensemble_test_score([f.backbone for f in finals], settings, prepared)
+    )
+    return FinalEnsemble(finals, test_score, time.perf_counter() - started)
+
+
+def trial_model_final(backbone: Any, settings: StudySettings, prepared: PreparedData, note: str) -> FinalModel:
+    """A search trial's own model (trained on the train split) as a member of what is handed
+    back, scored on the test split; ``note`` says why it was not retrained."""
+    from autotransfer.train import evaluate
+
+    test = split_batches(prepared, "test", settings, backbone.preprocessing)
+    return FinalModel(backbone, float(evaluate(backbone, test, settings.metric)), None, "train", float("nan"), [note])
+
+
+def hand_back(
+    members: list[Member],
+    settings: StudySettings,
+    prepared: PreparedData,
+    *,
+    retrain: Callable[[int], bool],
+    trial_model: Callable[[Member], Any | None],
+    reproduce: Callable[[int], bool],
+    progress: Callable[[int, int], None] | None = None,
+    micro_batch: int | None = None,
+    on_member: Callable[[int, int, int, bool], None] | None = None,
+) -> FinalEnsemble:
+    """The handed-back model under a time budget (docs/design.md, "The time budget"): member ``i``
+    is retrained on train+val and checked (``train_final``) when ``retrain(i)``; otherwise its
+    trial's own model is used (``trial_model``: the kept weights, ``None`` when this process did
+    not keep them), re-created on the train split with the trial's seed when ``reproduce(i)``
+    allows the training, and left out when not (the first member is always handed back).
+    ``on_member(i, k, trial, retrained)`` is called before each member."""
+    import time
+
+    started = time.perf_counter()
+    finals: list[FinalModel] = []
+    for i, member in enumerate(members):
+        again = retrain(i)
+        if on_member:
+            on_member(i, len(members), member.trial, again)
+        if again:
+            final = train_final(
+                member.protocol,
+                settings,
+                prepared,
+                expected=member.expected,
+                expected_images=member.expected_images,
+                progress=progress,
+                micro_batch=micro_batch,
+            )
+            final.trial = member.trial
+            finals.append(final)
+            continue
+        backbone = trial_model(member)
+        why = f"member trial {member.trial}: the trial's own model (train split), not retrained: the time budget"
+        if backbone is None:
+            if finals and not reproduce(i):
+                continue
+            backbone, _, _ = retrain_and_test(
+                member.protocol, settings, prepared, progress=progress, micro_batch=micro_batch, split="train"
+            )
+            why += "; re-created with the trial's seed (its weights were not kept by this process)"
+        final = trial_model_final(backbone, settings, prepared, why)
+        final.trial = member.trial
+        finals.append(final)
     test_score = (
         finals[0].test_score
         if len(finals) == 1

@@ -14,6 +14,7 @@ import optuna
 from autotransfer.core.errors import AutotransferError, UserError
 from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.core.schema import (
+    BUDGET_STOP_ATTR,
     CONTROL_ATTR,
     DEVICE_ATTR,
     DEVICE_NAME_ATTR,
@@ -21,6 +22,7 @@ from autotransfer.core.schema import (
     FIXED_PARAMS,
     FREEZE_ATTR,
     HISTORY_ATTR,
+    KEPT_MODEL_ATTR,
     NUM_GROUPS_ATTR,
     PRECISION_ATTR,
     PRUNE_REASON_ATTR,
@@ -35,6 +37,7 @@ from autotransfer.core.settings import StudySettings
 if TYPE_CHECKING:
     from autotransfer.backbones.types import Backbone
     from autotransfer.data.device import DeviceBatches
+    from autotransfer.search.trial_models import TrialModels
     from autotransfer.train.prefix_cache import PrefixCache
 
 #: Set to 1 to let a worker run a study whose trials ran at another precision (``precision_refusal``).
@@ -156,6 +159,11 @@ class TrialRunner:
     #: images per forward/backward pass after an out-of-memory (``None``: the whole batch);
     #: remembered for later trials, the pick and the final retrain
     micro_batch: int | None = None
+    #: the job's time budget: called after every step, True ends the trial there (its model as
+    #: trained so far is scored and kept, ``BUDGET_STOP_ATTR``)
+    stop: Callable[[], bool] | None = None
+    #: where the best trials' models are kept for the hand-back without a retrain
+    keep: TrialModels | None = None
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
         from autotransfer.train import DivergedError, OutOfMemory, release_memory, train_protocol, with_oom_retry
@@ -217,6 +225,7 @@ class TrialRunner:
                 report=report,
                 progress=self.on_progress,
                 cache=self.prefix_cache,
+                stop=self.stop,
             )
 
         def shrink(micro_batch: int, error: str) -> None:
@@ -258,10 +267,18 @@ class TrialRunner:
         if result.final_val_loss is not None and math.isfinite(result.final_val_loss):
             trial.set_user_attr(VAL_LOSS_ATTR, round(float(result.final_val_loss), 6))
         stopped_early, history, value = (
-            result.stopped_early,
+            result.stopped_early and not result.budget_stopped,
             result.history,
             (math.nan if result.final_score is None else float(result.final_score)),
         )
+        if result.budget_stopped:
+            # the job's time ran out mid-trial: the model as it stands is scored and usable
+            trial.set_user_attr(BUDGET_STOP_ATTR, int(result.steps_done))
+        if self.keep is not None and not stopped_early and math.isfinite(value):
+            from autotransfer.search.trial_models import settled_of_history
+
+            if self.keep.offer(trial.number, settled_of_history(history), result.model):
+                trial.set_user_attr(KEPT_MODEL_ATTR, True)
         del result  # the trained model goes with it: nothing of this trial outlives the call
         release_memory()
         if stopped_early:

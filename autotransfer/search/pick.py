@@ -42,7 +42,7 @@ import numpy as np
 import optuna
 
 from autotransfer.core.protocol import Protocol
-from autotransfer.core.schema import ATTR, HISTORY_ATTR, SOURCE_ATTR
+from autotransfer.core.schema import ATTR, BUDGET_STOP_ATTR, HISTORY_ATTR, SOURCE_ATTR
 from autotransfer.core.settings import StudySettings
 from autotransfer.search.prepared import PreparedData, device_batches
 from autotransfer.search.study import best_by_validation, rank_key, transfer_trials
@@ -197,7 +197,13 @@ def pick_candidates(
     "The pick")."""
     seen: set[tuple] = set()
     out = []
-    for t in sorted(transfer_trials(study), key=lambda t: (score(t), *rank_key(t)), reverse=True):
+
+    # a trial the time budget stopped mid-run ranks after every trial that ran its whole budget
+    # (its score is of a model trained less): it is handed back only when too few others completed
+    def order(t: optuna.trial.FrozenTrial) -> tuple:
+        return (BUDGET_STOP_ATTR not in t.user_attrs, score(t), *rank_key(t))
+
+    for t in sorted(transfer_trials(study), key=order, reverse=True):
         key = tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in t.params.items()))
         if key in seen:
             continue

@@ -1,11 +1,14 @@
 """Progress display for long jobs on stderr: during the search a bar for the whole study and one for the
-trial in flight; outside it (the pick's cross-validation, the final retrain) a bar per training run."""
+trial in flight; outside it (the pick's cross-validation, the final retrain) a bar per training run.
+When stderr is not a terminal (a log file, nohup, CI, a batch scheduler), ``PlainUI`` writes one
+plain line per stage and per trial instead, with the time left in the job's budget."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,7 +21,29 @@ from rich.progress import (
 
 from autotransfer.core.schema import FREEZE_ATTR, REINIT_ATTR
 
-__all__ = ["NullUI", "RichUI"]
+__all__ = ["NullUI", "RichUI", "PlainUI", "make_ui", "trial_label"]
+
+
+def trial_label(trial: Any, protocol: Any) -> str:
+    """``trial 3 [portfolio:#0] elr=0.3 f=0 r=2 one-stage``: what the trial runs."""
+    label = trial.user_attrs.get("source") or "tpe"
+    f, r = trial.user_attrs.get(FREEZE_ATTR), trial.user_attrs.get(REINIT_ATTR)
+    schedule = getattr(protocol, "schedule", "one-stage")
+    return f"trial {trial.number} [{label}] elr={protocol.elr:.3g} f={f} r={r} {schedule}"
+
+
+def _time_left(clock: Any) -> str:
+    """``; 3 min 20 s left in the budget``, or ``""`` without a budget."""
+    from autotransfer.core.budget import format_duration
+
+    left = clock.left() if clock is not None else None
+    return "" if left is None else f"; {format_duration(left)} left in the budget"
+
+
+def make_ui(console: Console | None = None) -> "NullUI":
+    """``RichUI`` on a terminal, ``PlainUI`` when ``console`` (stderr by default) is not one."""
+    console = console or Console(stderr=True)
+    return RichUI(console) if console.is_terminal else PlainUI(console)
 
 
 class NullUI:
@@ -38,7 +63,52 @@ class NullUI:
 
     def trial_progress(self, step: int, total: int) -> None: ...
 
+    def trial_end(self, trial: Any) -> None: ...
+
+    def budget_start(self, clock: Any) -> None: ...
+
     def close(self) -> None: ...
+
+
+class PlainUI(NullUI):
+    """One plain line per stage, note and trial on stderr, for logs: no bars, no colour."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.clock: Any = None
+        self.total = 0
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.console.file.flush()
+
+    def stage(self, text: str) -> None:
+        self._line(f"» {text}{_time_left(self.clock)}")
+
+    def note(self, text: str) -> None:
+        self._line(f"  {text}")
+
+    def budget_start(self, clock: Any) -> None:
+        self.clock = clock
+
+    def search_start(self, total: int, done: int) -> None:
+        self.total = total
+        self._line(f"  search: {done} of {total} search trials done{_time_left(self.clock)}")
+
+    def trial_start(self, trial: Any, protocol: Any) -> None:
+        self._line(f"  {trial_label(trial, protocol)}: started")
+
+    def trial_end(self, trial: Any) -> None:
+        seconds = trial.user_attrs.get("wall_time_s")
+        took = f" in {float(seconds):.0f} s" if seconds is not None else ""
+        state = trial.state.name.lower()
+        value = f" {trial.value:.4f}" if trial.value is not None else ""
+        why = ""
+        if trial.user_attrs.get("budget_stopped_at") is not None:
+            why = f" (stopped by the time budget at step {trial.user_attrs['budget_stopped_at']})"
+        elif trial.user_attrs.get("fail_reason"):
+            why = f" ({trial.user_attrs['fail_reason']})"
+        self._line(f"  trial {trial.number}: {state}{value}{took}{why}{_time_left(self.clock)}")
 
 
 class RichUI(NullUI):
@@ -52,6 +122,10 @@ class RichUI(NullUI):
         self.trial_task = TaskID(0)
         self.run: Progress | None = None  # one training run outside the search
         self.run_task = TaskID(0)
+        self.clock: Any = None  # the job's time budget (``core.budget.Deadline``), once planned
+
+    def budget_start(self, clock: Any) -> None:
+        self.clock = clock
 
     def stage(self, text: str) -> None:
         self._end_run()
@@ -87,10 +161,9 @@ class RichUI(NullUI):
             self.progress = None
 
     def trial_start(self, trial: Any, protocol: Any) -> None:
-        label = trial.user_attrs.get("source") or "tpe"
-        f, r = trial.user_attrs.get(FREEZE_ATTR), trial.user_attrs.get(REINIT_ATTR)
-        text = f"trial {trial.number} [{label}] elr={protocol.elr:.3g} f={f} r={r}"
+        text = escape(trial_label(trial, protocol))
         if self.progress is not None:
+            self.progress.update(self.study_task, description=f"search trials{_time_left(self.clock)}")
             self.progress.update(self.trial_task, description=text, completed=0)
         else:
             self.note(text)

@@ -49,27 +49,34 @@ def default_study_name(settings: StudySettings) -> str:
 
 
 def fixed_protocols(prior, num_groups: int) -> list[tuple[Protocol, dict[str, Any]]]:
-    """Controls first, then (with a prior; ``None`` for ``--prior none``) the prior, its
-    candidates, the survey's two protocols and a linear probe."""
+    """The enqueued protocols in the order they run, the most useful first, so that a small time
+    budget spends itself on them (docs/design.md, "The time budget"): with a prior (``None`` for
+    ``--prior none``) its centre, then the portfolio (``prior.portfolio``); the linear-probe
+    control (cheap: only the head trains); then the prior's candidates, the survey's two protocols
+    and a linear probe; the from-scratch control last (one full training of a re-initialised
+    network). Without a prior, the two controls alone."""
     from autotransfer.prior import (
         less_similar_protocol,
         linear_probe_protocol,
+        portfolio_protocols,
         probe_control_protocols,
         recommended_protocol,
         scratch_protocols,
     )
 
     fixed: list[tuple[Protocol, dict[str, Any]]] = []
-    for i, p in enumerate(scratch_protocols()):
-        fixed.append((p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}))
+    if prior is not None:
+        fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
+        fixed += [(p, {SOURCE_ATTR: source}) for source, p in portfolio_protocols(num_groups)]
     for i, p in enumerate(probe_control_protocols()):
         fixed.append((p, {CONTROL_ATTR: "probe", SOURCE_ATTR: f"control:probe#{i}"}))
     if prior is not None:
-        fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
         fixed += [(p, {SOURCE_ATTR: source}) for source, p in prior.candidates]
         fixed.append((recommended_protocol(), {SOURCE_ATTR: "survey:recommended"}))
         fixed.append((less_similar_protocol(num_groups), {SOURCE_ATTR: "survey:less-similar"}))
         fixed.append((linear_probe_protocol(), {SOURCE_ATTR: "linear-probe"}))
+    for i, p in enumerate(scratch_protocols()):
+        fixed.append((p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}))
     return fixed
 
 
@@ -85,7 +92,8 @@ def warm_start_protocols(storage, name: str, top: int = 3) -> list[tuple[Protoco
 
 class SearchBudget:
     """Stops ``optimize`` once the study holds ``trials`` finished search trials (controls excluded)
-    and no control, and no retry of a dead worker's trial, is left waiting."""
+    and no control, and no retry of a dead worker's trial, is left waiting; or, whatever is left,
+    once ``expired()`` says the job's time for the search is spent."""
 
     def __init__(
         self,
@@ -93,10 +101,12 @@ class SearchBudget:
         on_trial_end: Callable[[int], None] | None = None,
         *,
         deadline: float | None = None,
+        expired: Callable[[], bool] | None = None,
     ) -> None:
         self.trials = trials
         self.on_trial_end = on_trial_end
         self.deadline = deadline
+        self.expired = expired or (lambda: False)
 
     def remaining(self, study: optuna.Study) -> int:
         return max(0, self.trials - len(search_trials(study)))
@@ -113,6 +123,8 @@ class SearchBudget:
         ``wait``, until every other running trial is finished or found stale)."""
         from autotransfer.search.retry import settle_stale_trials
 
+        if self.expired():
+            return True
         if self.remaining(study) > 0:
             return False
         settle_stale_trials(study, wait=wait, deadline=self.deadline)
@@ -132,24 +144,33 @@ def run_search(
     *,
     timeout: float | None = None,
     on_trial_end: Callable[[int], None] | None = None,
+    expired: Callable[[], bool] | None = None,
+    on_trial_done: Callable[[optuna.trial.FrozenTrial], None] | None = None,
 ) -> None:
-    """Run trials until ``trials`` finished search trials exist (and the controls ran), or timeout.
+    """Run trials until ``trials`` finished search trials exist (and the controls ran), or timeout,
+    or ``expired()`` (the job's time budget for the search: the runner's ``stop`` ends the trial in
+    flight, and no other starts).
 
     Failed trials (NaN loss, out of memory) are recorded with their reason and the study
     goes on; Ctrl-C stops at once, keeping every completed trial: the trial it stopped is
     re-queued with its parameters (``workers.interruptible``), without Optuna's traceback.
+    ``on_trial_done(trial)`` is called with every trial as it ends (a log line per trial).
     """
     from autotransfer.search.objective import TrialFailed
     from autotransfer.search.retry import interruptible, quiet_interrupted_trials
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    budget = SearchBudget(trials, on_trial_end, deadline=deadline)
+    budget = SearchBudget(trials, on_trial_end, deadline=deadline, expired=expired)
     if budget.done(study, wait=False):
         return
     with warnings.catch_warnings(), quiet_interrupted_trials():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = []
+        if on_trial_done is not None:
+            callbacks.append(lambda _study, trial: on_trial_done(trial))
+        callbacks.append(budget)
         study.optimize(
-            interruptible(runner), timeout=timeout, callbacks=[budget], catch=(TrialFailed,), gc_after_trial=False
+            interruptible(runner), timeout=timeout, callbacks=callbacks, catch=(TrialFailed,), gc_after_trial=False
         )
 
 
@@ -164,7 +185,7 @@ def validation_counts(prepared: PreparedData, metric: str) -> dict[str, int]:
 
 
 def control_scores(study: optuna.Study) -> dict[str, float | None]:
-    """Best score of each control kind (from scratch: best of 3 ELRs; linear probe: best of 2)."""
+    """Best score of each control kind (from scratch: one ELR; linear probe: best of 2)."""
     scores: dict[str, float | None] = {"scratch": None, "probe": None}
     for t in control_trials(study):
         kind = t.user_attrs[CONTROL_ATTR]

@@ -71,6 +71,7 @@ class TrainResult:
         notes: human-readable notes (cache skipped, dtype fallbacks...).
         unfrozen: ``[(step, group)]``: when each group that the schedule held frozen started to
             train (the first step that updated it), in order; empty for ``one-stage``.
+        budget_stopped: ``stop`` ended the run early (the job's time budget); the model is kept.
     """
 
     backbone: Backbone
@@ -97,6 +98,9 @@ class TrainResult:
     eval_time_s: float
     notes: list[str] = field(default_factory=list)
     unfrozen: list[tuple[int, int]] = field(default_factory=list)
+    #: True when ``stop`` ended the run before its budget (the job's time ran out): the model is
+    #: usable as trained so far, and with validation its last score is that of the stopped model
+    budget_stopped: bool = False
 
     @property
     def model(self) -> torch.nn.Module:
@@ -157,6 +161,7 @@ def train_protocol(
     report: Callable[[int, float], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cache: PrefixCache | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Fine-tune ``backbone`` on ``train`` for ``config.steps`` optimizer steps; validate on ``val``.
 
@@ -186,6 +191,8 @@ def train_protocol(
             training (``stopped_early``); the search layer turns that into a pruned trial.
         progress: called as ``progress(step, steps)`` after every optimizer step.
         cache: a ``PrefixCache`` kept alive across trials to reuse frozen-prefix features.
+        stop: called after every optimizer step; returning True ends the run there (the job's
+            time budget ran out), validating the model as it stands first (``budget_stopped``).
 
     Raises:
         DivergedError: the loss became NaN or infinite (``.step``, ``.loss``).
@@ -320,6 +327,7 @@ def train_protocol(
     check_every = CUDA_CHECK_EVERY if device.type == "cuda" else 1
     eval_time = 0.0
     stopped = False
+    budget_stopped = False
     step = 0
 
     micro = min(config.micro_batch or config.batch_size, config.batch_size)
@@ -361,7 +369,8 @@ def train_protocol(
         bad_loss = torch.where(finite, bad_loss, detached)
         loss_sum += torch.where(finite, detached, torch.zeros_like(detached))
         loss_count += 1
-        is_eval = val is not None and (step % config.eval_every == 0 or step == config.steps)
+        out_of_time = stop is not None and step < config.steps and stop()
+        is_eval = val is not None and (step % config.eval_every == 0 or step == config.steps or out_of_time)
         if step % check_every == 0 or is_eval or step == config.steps:
             if int(first_bad) >= 0:
                 raise DivergedError(int(first_bad), float(bad_loss))
@@ -376,9 +385,15 @@ def train_protocol(
             eval_time += time.perf_counter() - t0
             history.append((step, value))
             train_mode(backbone, depth, config.bn_mode, r)
+            if out_of_time:
+                budget_stopped = stopped = True
+                break
             if report is not None and report(step, value):
                 stopped = step < config.steps
                 break
+        elif out_of_time:
+            budget_stopped = stopped = True
+            break
     if loss_count:
         losses.append((step, float(loss_sum) / loss_count))
 
@@ -410,6 +425,7 @@ def train_protocol(
         eval_time_s=eval_time,
         notes=notes,
         unfrozen=unfrozen,
+        budget_stopped=budget_stopped,
     )
 
 

@@ -1,0 +1,183 @@
+"""What a time budget buys: the plan ``tune`` prints before the search (docs/design.md, "The time
+budget"). Pure arithmetic on measured seconds, so it is testable without training anything."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autotransfer.core.budget import Deadline, Ledger, format_duration
+
+__all__ = [
+    "JobBudget",
+    "JobPlan",
+    "plan_job",
+    "DEFAULT_BUDGET_TRAININGS",
+    "TRIAL_COST",
+    "RETRAIN_COST",
+    "MIN_SEARCH_TRAININGS",
+]
+
+#: The default job's budget, in full trainings at the study's size, when neither ``--trials`` nor
+#: ``--time-budget`` is given: half the 12-cell grid that issue 27 measured the search against.
+DEFAULT_BUDGET_TRAININGS = 6.0
+#: A search trial's mean cost in full trainings: frozen prefixes are served from the cache, the
+#: probe controls train only the head, and pruned trials stop at a rung (measured on the judged
+#: benchmark's studies: see ``benchmarks/RESULTS.md``, "Compute").
+TRIAL_COST = 0.75
+#: A final retrain on train+val in full trainings (no validation passes, a test pass).
+RETRAIN_COST = 1.0
+#: The search the final retrain must leave room for: below it the trials' own models are handed
+#: back (a retrain of k members costs k trainings that a small budget cannot spare).
+MIN_SEARCH_TRAININGS = 6.0
+#: The default job's least budget beyond what loading and estimating took, in full trainings.
+MIN_AUTO_TRAININGS = 4.0
+#: Seconds held back for publishing (model folder, export, surface) and the test pass.
+PUBLISH_S = 3.0
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """How a job spends its time.
+
+    Attributes:
+        budget_s: the whole job's budget (``None``: no time limit, ``--trials`` alone decides).
+        left_s: seconds left when the plan was made (after loading and estimating).
+        training_s: one full training at the study's size (measured: ``train.time_training``).
+        members: the handed-back ensemble's size.
+        retrain: whether the final stage retrains the members on train+val (else the search
+            trials' own models are handed back).
+        final_s: seconds held for the final stage and publishing.
+        search_s: seconds for controls + trials (``None``: no limit).
+        trials: about how many search trials that buys (``None``: ``--trials`` decides).
+        self_training_s: seconds held for self-training (0: not asked, or not affordable).
+        notes: what the plan had to give up.
+    """
+
+    budget_s: float | None
+    left_s: float | None
+    training_s: float
+    members: int
+    retrain: bool
+    final_s: float
+    search_s: float | None
+    trials: int | None
+    self_training_s: float = 0.0
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    def describe(self) -> str:
+        """One line for the start of the job."""
+        t = format_duration(self.training_s)
+        if self.budget_s is None:
+            final = f"then {self.members} retrain(s) on train+val" if self.retrain else "then the trials' own models"
+            return f"plan: no time budget; one full training takes about {t}; the search runs its trials, {final}"
+        share = 100 * self.final_s / self.budget_s
+        final = (
+            f"{self.members} retrain(s) on train+val ({share:.0f}% of the budget)"
+            if self.retrain
+            else f"the {self.members} best trials' own models, no retrain ({share:.0f}% held for the test and saving)"
+        )
+        parts = [
+            f"plan: {format_duration(self.budget_s)} budget, {format_duration(self.left_s or 0)} left;"
+            f" one full training takes about {t};"
+            f" about {self.trials} trial(s) in {format_duration(self.search_s or 0)}, then {final}"
+        ]
+        if self.self_training_s:
+            parts.append(f"self-training {format_duration(self.self_training_s)}")
+        return "; ".join(parts)
+
+
+def plan_job(
+    *,
+    budget_s: float | None,
+    left_s: float | None,
+    training_s: float,
+    members: int,
+    self_training: bool = False,
+    retrain: bool | None = None,
+) -> JobPlan:
+    """The plan for ``left_s`` seconds (of a ``budget_s`` budget) at ``training_s`` seconds per
+    full training, handing back ``members`` models. ``retrain`` forces the final stage's choice
+    (``None``: retrain only when the budget leaves ``MIN_SEARCH_TRAININGS`` for the search)."""
+    if training_s <= 0 or not math.isfinite(training_s):
+        raise ValueError(f"training_s must be a positive number of seconds, but got {training_s!r}")
+    retrain_s = members * RETRAIN_COST * training_s
+    if budget_s is None or left_s is None:
+        return JobPlan(None, None, training_s, members, True if retrain is None else retrain, retrain_s, None, None)
+    notes: list[str] = []
+    if retrain is None:
+        retrain = left_s - PUBLISH_S - retrain_s >= MIN_SEARCH_TRAININGS * training_s
+    final_s = PUBLISH_S + (retrain_s if retrain else 0.0)
+    st_s = 0.0
+    if self_training:
+        wanted = 3 * members * RETRAIN_COST * training_s  # teachers, students, final students
+        if left_s - final_s - wanted >= MIN_SEARCH_TRAININGS * training_s:
+            st_s = wanted
+        else:
+            notes.append(
+                f"self-training skipped: it needs about {format_duration(wanted)} the budget cannot spare"
+                " beside the search"
+            )
+    search_s = max(0.0, left_s - final_s - st_s)
+    trials = int(search_s // (TRIAL_COST * training_s))
+    if trials < members:
+        notes.append(
+            f"the budget buys about {trials} trial(s) at {format_duration(training_s)} each: fewer than the"
+            f" {members} models of the ensemble; give a larger --time-budget for a search"
+        )
+    return JobPlan(budget_s, left_s, training_s, members, retrain, final_s, search_s, trials, st_s, tuple(notes))
+
+
+@dataclass
+class JobBudget:
+    """One job's clock, ledger and plan, handed from stage to stage by ``pipeline.tune``.
+
+    ``clock`` runs from the job's start; with ``auto`` (the default job) its budget is fixed once
+    one full training has been timed: ``DEFAULT_BUDGET_TRAININGS`` of them, and never less than
+    what loading and estimating took plus ``MIN_AUTO_TRAININGS`` (tiny studies train faster than
+    they load)."""
+
+    clock: Deadline = field(default_factory=Deadline)
+    ledger: Ledger = field(default_factory=Ledger)
+    auto: bool = False
+    plan: JobPlan | None = None
+
+    @classmethod
+    def start(cls, seconds: float | None, *, auto: bool = False) -> "JobBudget":
+        return cls(Deadline.after(seconds), Ledger(), auto)
+
+    @property
+    def limited(self) -> bool:
+        """Whether the job has a time budget (given, or the default job's)."""
+        return self.auto or self.clock.budget is not None
+
+    def make_plan(self, training_s: float, *, members: int, self_training: bool = False) -> JobPlan:
+        """Fix the plan once one full training was timed (``training_s``); for ``auto``, the budget too."""
+        self.ledger.training_s = training_s
+        if self.auto:
+            seconds = max(DEFAULT_BUDGET_TRAININGS * training_s, self.clock.elapsed() + MIN_AUTO_TRAININGS * training_s)
+            self.clock = Deadline(self.clock.started + seconds, seconds, self.clock.started)
+        self.plan = plan_job(
+            budget_s=self.clock.budget,
+            left_s=self.clock.left(),
+            training_s=training_s,
+            members=members,
+            self_training=self_training,
+        )
+        return self.plan
+
+    def search_expired(self) -> bool:
+        """Whether the search's share of the budget is spent (what the final stages hold is kept)."""
+        if self.plan is None or self.clock.at is None:
+            return False
+        return self.clock.earlier(self.plan.final_s + self.plan.self_training_s).expired()
+
+    def affords(self, trainings: float) -> bool:
+        """Whether ``trainings`` more full trainings (and publishing) fit in the time left."""
+        left = self.clock.left()
+        unit = self.ledger.training_s
+        return left is None or unit is None or left >= trainings * unit + PUBLISH_S
