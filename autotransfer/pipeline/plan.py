@@ -124,7 +124,14 @@ def plan_job(
             )
     search_s = max(0.0, left_s - final_s - st_s)
     trials = int(search_s // (TRIAL_COST * training_s))
-    if trials < members:
+    if trials < 1:
+        notes.append(
+            f"the budget is spent before the search ({format_duration(left_s)} left, one training takes"
+            f" {format_duration(training_s)}): one trial runs anyway, so that a model is handed back;"
+            " give a larger --time-budget"
+        )
+        trials = 1
+    elif trials < members:
         notes.append(
             f"the budget buys about {trials} trial(s) at {format_duration(training_s)} each: fewer than the"
             f" {members} models of the ensemble; give a larger --time-budget for a search"

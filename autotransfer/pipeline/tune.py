@@ -287,9 +287,10 @@ def run_trials(
             budget.ledger.add("controls + search", time.monotonic() - t0)
         return None
     runner = build_runner(opened.study, settings, opened.prepared, ui=ui, preprocessing=opened.preprocessing)
+    expired = None
     if budget is not None and budget.limited:
         _plan(opened, runner, budget, ui)
-        runner.stop = budget.search_expired
+        expired = runner.stop = _SearchClock(budget, opened.study)
     runner.keep = keep
     ui.stage("controls + search")
     ui.search_start(total=settings.trials, done=len(search_trials(opened.study)))
@@ -301,7 +302,7 @@ def run_trials(
         settings.trials,
         timeout=timeout,
         on_trial_end=ui.search_advance,
-        expired=budget.search_expired if budget is not None else None,
+        expired=expired,
         on_trial_done=ui.trial_end,
     )
     ui.search_end()
@@ -313,6 +314,28 @@ def run_trials(
     del runner  # its prefix cache is not needed by the pick or the retrain
     gc.collect()
     return micro_batch
+
+
+class _SearchClock:
+    """Whether the search's share of the time budget is spent (``JobBudget.search_expired``), but
+    never before one transfer trial has completed: a budget that loading and estimating already
+    spent still hands back a model (and the plan said so). Called after every optimizer step, so
+    it reads the study at most once a second, and only once the time is up."""
+
+    def __init__(self, budget: JobBudget, study: optuna.Study) -> None:
+        self.budget, self.study = budget, study
+        self.have_one = False
+        self.checked = 0.0
+
+    def __call__(self) -> bool:
+        if not self.budget.search_expired():
+            return False
+        if not self.have_one and time.monotonic() - self.checked >= 1.0:
+            from autotransfer.search.study import transfer_trials
+
+            self.checked = time.monotonic()
+            self.have_one = bool(transfer_trials(self.study))
+        return self.have_one
 
 
 def _plan(opened: OpenStudy, runner, budget: JobBudget, ui) -> None:

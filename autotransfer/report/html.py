@@ -13,6 +13,7 @@ import yaml
 
 from autotransfer.core.errors import UserError
 from autotransfer.report import figures, plots
+from autotransfer.report.anytime import anytime_info, ledger_table
 from autotransfer.search.study import read_attr, read_settings
 
 __all__ = ["report_html", "write_report", "write_study_report"]
@@ -146,6 +147,15 @@ def report_html(study: optuna.Study) -> str:
     score = figures.protocol_score_info(study)
     if score.points:
         parts.append(fig(plots.protocol_score_figure(score)))
+
+    parts.append("<h2>Compute</h2>")
+    anytime = anytime_info(study)
+    if anytime.numbers:
+        parts.append(fig(plots.anytime_figure(anytime)))
+    ledger = ledger_table(study)
+    if ledger:
+        parts.append("<p>The last job's compute ledger: seconds per stage, and as full trainings at this size.</p>")
+        parts.append(_table(["stage", "seconds", "full trainings"], ledger))
 
     parts.append("<h2>Parameter importances</h2>")
     importance = figures.importance_info(study)

@@ -8,6 +8,7 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from autotransfer.report.anytime import AnytimeInfo
 from autotransfer.report.figures import (
     ControlsInfo,
     DivergenceInfo,
@@ -284,6 +285,27 @@ def history_figure(info: HistoryInfo) -> go.Figure:
     fig.update_xaxes(title="trial number", tickformat="d")
     fig.update_yaxes(title=f"validation {metric}")
     return _layout(fig, "optimisation history (search trials)")
+
+
+def anytime_figure(info: AnytimeInfo) -> go.Figure:
+    """The best settled validation score found so far against the compute spent (in full trainings
+    when the study's ledger measured one, else seconds of trial time)."""
+    metric = info.metric.replace("_", " ")
+    x = info.trainings if info.trainings is not None else info.seconds
+    fig = go.Figure(
+        go.Scatter(
+            x=x,
+            y=info.best,
+            mode="lines+markers",
+            line={"shape": "hv"},
+            name="best so far",
+            text=[f"after trial {n}" for n in info.numbers],
+            hoverinfo="text+x+y",
+        )
+    )
+    fig.update_xaxes(title="compute spent (full trainings)" if info.trainings is not None else "trial seconds")
+    fig.update_yaxes(title=f"best settled validation {metric}")
+    return _layout(fig, "anytime: best found for the compute spent")
 
 
 def importance_figure(info: ImportanceInfo) -> go.Figure | None:

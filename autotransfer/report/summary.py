@@ -8,7 +8,7 @@ from autotransfer.core.protocol import describe_schedule
 from autotransfer.search.storage import masked_url
 from autotransfer.train.metrics import score_interval
 
-__all__ = ["summary_table", "skipped_text"]
+__all__ = ["summary_table", "skipped_text", "ledger_rows"]
 
 
 def _fmt(value: float | None, n: int | None = None) -> str:
@@ -67,4 +67,22 @@ def summary_table(result) -> Table:
     table.add_row("fine-tuned model", str(result.model_path or "—"))
     for note in result.notes:
         table.add_row("note", note)
+    for what, value in ledger_rows(getattr(result, "ledger", None)):
+        table.add_row(what, value)
     return table
+
+
+def ledger_rows(ledger: dict | None) -> list[tuple[str, str]]:
+    """The compute ledger's rows: seconds per stage, and as multiples of one full training."""
+    if not ledger or not ledger.get("stages"):
+        return []
+    unit = ledger.get("training_s")
+    in_t = ledger.get("in_trainings") or {}
+
+    def cell(seconds: float, key: str) -> str:
+        return f"{seconds:.0f} s" + (f" ({in_t[key]:.2f} trainings)" if key in in_t else "")
+
+    rows = [("compute ledger", f"one full training at this size: {unit:.1f} s" if unit else "—")]
+    rows += [(f"  {stage}", cell(float(seconds), stage)) for stage, seconds in ledger["stages"].items()]
+    rows.append(("  total", cell(float(ledger.get("total_s", 0.0)), "total")))
+    return rows

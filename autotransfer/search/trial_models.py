@@ -84,8 +84,9 @@ class TrialModels:
         except Exception:  # a torn file from a killed process: re-create the model instead
             return None
         backbone = make_backbone()
-        missing, unexpected = backbone.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        try:
+            backbone.model.load_state_dict(state, strict=True)
+        except RuntimeError:  # keys or shapes of another model (a changed study): re-create it
             return None
         backbone.model.eval()
         return backbone

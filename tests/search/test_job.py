@@ -40,7 +40,7 @@ def test_study_end_to_end(finished_study, tiny_settings, storage_url):
     # --trials counts finished search trials, controls excluded
     assert len(search_trials(study)) == 2
     controls = control_trials(study)
-    assert sorted(t.user_attrs[CONTROL_ATTR] for t in controls) == ["probe", "probe", "scratch", "scratch", "scratch"]
+    assert sorted(t.user_attrs[CONTROL_ATTR] for t in controls) == ["probe", "probe", "scratch"]
     # controls are never pruned and were run to the full budget
     for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if CONTROL_ATTR in t.user_attrs:
