@@ -519,8 +519,13 @@ def train_cmd(
     """
     from autotransfer.export import read_export
     from autotransfer.pipeline.reproduce import train_from_config
+    from autotransfer.search.progress import make_ui
 
-    metrics = train_from_config(read_export(config), output, device=device)
+    ui = make_ui(err_console)  # a bar per training on a terminal, a line per training in a log
+    try:
+        metrics = train_from_config(read_export(config), output, device=device, progress=ui.trial_progress)
+    finally:
+        ui.close()
     console.print(
         f"test {metrics['metric']} = [bold]{metrics['test_score']:.4f}[/bold]"
         f" (at export: {metrics['exported_test_score']}); wrote the model folder {output}/ and metrics.json"

@@ -123,7 +123,7 @@ def tuned_row(settings, study: str, url: str, runs: Path, judge, folder_members,
     finally:
         for obj, name, value in saved:
             setattr(obj, name, value)
-    return {
+    row = {
         "score": judge(folder_members(result.model_path), result.settings.metric),
         "wall_s": round(t.wall, 1),
         "cpu_s": round(t.cpu, 1),
@@ -134,6 +134,28 @@ def tuned_row(settings, study: str, url: str, runs: Path, judge, folder_members,
         "ledger": result.ledger,
         "plan": result.plan,
     }
+    if result.trained_on != "train+val":
+        # what the retrain on train+val would have bought (not counted in this row's compute)
+        row["retrained_instead"] = retrained_members(result, url, study, judge)
+    return row
+
+
+def retrained_members(result, url: str, study: str, judge) -> float:
+    """The judge score of the handed-back members' protocols retrained on train+val (the final
+    stage a larger budget runs), paired with the trial models the job handed back."""
+    from autotransfer.core.protocol import Protocol
+    from autotransfer.search.final import retrain_and_test
+    from autotransfer.search.prepared import prepare_data
+    from autotransfer.search.storage import open_storage
+    from autotransfer.search.study import load_study, read_attr, read_settings
+
+    tuned = load_study(study, open_storage(url))
+    settings = read_settings(tuned)
+    prepared = prepare_data(settings)
+    members = [int(m) for m in (read_attr(tuned, "final") or {}).get("members") or []]
+    trials = {t.number: t for t in tuned.trials}
+    backbones = [retrain_and_test(Protocol.from_dict(trials[m].params), settings, prepared)[0] for m in members]
+    return judge(backbones, settings.metric)
 
 
 def run_anytime(cell: str, done: set, record: Callable, methods: tuple[str, ...], out: Path, judge_for) -> None:

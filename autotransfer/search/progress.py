@@ -5,6 +5,7 @@ plain line per stage and per trial instead, with the time left in the job's budg
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -77,6 +78,9 @@ class PlainUI(NullUI):
         self.console = console or Console(stderr=True)
         self.clock: Any = None
         self.total = 0
+        self.in_search = False
+        self.total_steps: int | None = None  # the training outside the search in flight
+        self.started = 0.0
 
     def _line(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -91,12 +95,26 @@ class PlainUI(NullUI):
     def budget_start(self, clock: Any) -> None:
         self.clock = clock
 
+    def search_end(self) -> None:
+        self.in_search = False
+
     def search_start(self, total: int, done: int) -> None:
-        self.total = total
+        self.total, self.in_search = total, True
         self._line(f"  search: {done} of {total} search trials done{_time_left(self.clock)}")
 
     def trial_start(self, trial: Any, protocol: Any) -> None:
         self._line(f"  {trial_label(trial, protocol)}: started")
+
+    def trial_progress(self, step: int, total: int) -> None:
+        """Outside the search (a retrain, ``train --config``): a line when a training starts and ends."""
+        if self.in_search:
+            return
+        if self.total_steps is None and step <= 1:
+            self.total_steps, self.started = total, time.monotonic()
+            self._line(f"  training: {total} steps{_time_left(self.clock)}")
+        if step >= total and self.total_steps is not None:
+            self._line(f"  training: done in {time.monotonic() - self.started:.0f} s{_time_left(self.clock)}")
+            self.total_steps = None
 
     def trial_end(self, trial: Any) -> None:
         seconds = trial.user_attrs.get("wall_time_s")

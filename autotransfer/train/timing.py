@@ -1,6 +1,6 @@
 """How long one full training takes on this device, measured before the search so a time budget
-can be planned (``pipeline.plan``): a few optimizer steps of a fully trainable model, timed after a
-warm-up step, scaled to the study's budget."""
+can be planned (``pipeline.plan``): a few optimizer steps of a fully trainable model, timed from
+the end of the first (which builds the kernels and the data path), scaled to the study's budget."""
 
 from __future__ import annotations
 
@@ -9,27 +9,34 @@ import time
 from autotransfer.train.config import TrainConfig
 from autotransfer.train.loop import train_protocol
 
-__all__ = ["time_training", "PROBE_STEPS"]
+__all__ = ["time_training", "PROBE_STEPS", "EVAL_COST"]
 
-#: Optimizer steps timed (after one warm-up run of 1 step that builds the kernels and the data path).
+#: Optimizer steps run; the first is a warm-up, the others are timed.
 PROBE_STEPS = 4
+#: A validation image's cost against a training image's: a forward pass without the backward
+#: (about a third of a training step's work per image).
+EVAL_COST = 1 / 3
 
 
 def time_training(make_backbone, train, val, config: TrainConfig, *, metric: str = "accuracy") -> float:
-    """Seconds one full training of ``config.steps`` steps with every group trainable takes, with
-    ``config.steps // config.eval_every`` validations on ``val`` (``DeviceBatches``; ``None``: none).
+    """Seconds one full training of ``config.steps`` steps with every group trainable takes,
+    validating every ``config.eval_every`` steps on ``val`` (``DeviceBatches``; ``None``: none).
 
-    Cost: ``PROBE_STEPS + 1`` optimizer steps and one validation pass, on fresh backbones from
-    ``make_backbone``. Trials that freeze a prefix or train only the head run faster than this."""
+    Cost: ``PROBE_STEPS`` optimizer steps on one fresh backbone from ``make_backbone``, no
+    validation pass (its cost is scaled from the training steps' images per second). Trials that
+    freeze a prefix or train only the head run faster than this."""
     steps = max(1, int(config.steps))
-    probe = config.replace(freeze=0, reinit=0, schedule="one-stage", steps=1, eval_every=1)
-    train_protocol(make_backbone(), train, None, probe, metric=metric)  # warm-up: kernels, allocator
-    timed = config.replace(freeze=0, reinit=0, schedule="one-stage", steps=PROBE_STEPS, eval_every=PROBE_STEPS)
-    backbone = make_backbone()
-    t0 = time.perf_counter()
-    result = train_protocol(backbone, train, val, timed, metric=metric)
-    wall = time.perf_counter() - t0
-    eval_s = result.eval_time_s
-    step_s = max(1e-6, (wall - eval_s) / PROBE_STEPS)
-    evals = max(1, steps // max(1, int(config.eval_every or steps))) if val is not None else 0
-    return step_s * steps + eval_s * evals
+    stamps: list[float] = []
+    probe = config.replace(freeze=0, reinit=0, schedule="one-stage", steps=PROBE_STEPS, eval_every=PROBE_STEPS)
+    train_protocol(
+        make_backbone(),
+        train,
+        None,
+        probe,
+        metric=metric,
+        progress=lambda step, total: stamps.append(time.perf_counter()),
+    )
+    step_s = max(1e-6, (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1))
+    evals = steps // max(1, int(config.eval_every or steps)) if val is not None else 0
+    eval_s = evals * len(val) * EVAL_COST * step_s / config.batch_size if evals else 0.0
+    return step_s * steps + eval_s
