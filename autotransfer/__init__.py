@@ -2,8 +2,10 @@
 
 The handful of names a Python user needs:
 
-- ``tune(StudySettings(...))``: the main job (estimate, prior, Optuna study, pick, final model);
-  returns a ``TuneResult`` whose ``model_path`` is the handed-back model folder;
+- ``tune("builtin:animals", n=200, out="studies", time_budget="10m", progress=True)``: the main
+  job as ``autotransfer tune`` runs it, with the same defaults (estimate, prior, Optuna study,
+  pick, final model); returns a ``TuneResult`` whose ``model_path`` is the handed-back model
+  folder and whose ``ledger`` says what it cost; ``tune(StudySettings(...))`` runs given settings;
 - ``estimate_task(target, model)``: measure a task and show the priors ``tune`` would start from
   (not ``estimate``: that name is the ``autotransfer.estimate`` package, and importing it would
   replace a function of the same name here);
@@ -39,10 +41,10 @@ __all__ = [
 #: The public functions that need torch, and where they live. They load on first use, so that
 #: ``import autotransfer`` and ``autotransfer --help`` stay fast (PEP 562).
 _LAZY = {
-    "tune": "autotransfer.pipeline.tune",
-    "estimate_task": "autotransfer.pipeline.estimate",
-    "load_model": "autotransfer.predict",
-    "evaluate_model": "autotransfer.evaluation",
+    "tune": ("autotransfer.pipeline.tune_job", "tune_job"),
+    "estimate_task": ("autotransfer.pipeline.estimate", "estimate_task"),
+    "load_model": ("autotransfer.predict", "load_model"),
+    "evaluate_model": ("autotransfer.evaluation", "evaluate_model"),
 }
 
 
@@ -50,7 +52,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -330,59 +330,40 @@ def tune_cmd(
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
       autotransfer tune folder:~/data/leaves --unlabelled ~/data/leaves-unlabelled   # self-training
     """
-    from autotransfer.core.budget import parse_duration
-    from autotransfer.core.paths import safe_name
-    from autotransfer.pipeline.options import on_surface, tune_outputs, tune_settings
-    from autotransfer.pipeline.tune import tune
+    from autotransfer.pipeline.options import on_surface, tune_outputs
+    from autotransfer.pipeline.tune_job import tune_job
     from autotransfer.search.progress import make_ui
     from autotransfer.search.storage import masked_url
 
-    if study is not None:
-        safe_name(study)  # refused before any work: the name becomes a folder and a file
-    # refused before any work; without either limit the default job's budget applies
-    budget: float | str | None = parse_duration(time_budget) if time_budget is not None else None
-    if budget is None and trials is None:
-        budget = "auto"
     outputs = tune_outputs(out, storage)
-    settings = tune_settings(
-        target,
-        {
-            "model": model,
-            "trials": trials,
-            "n": n,
-            "resolution": resolution,
-            "batch_size": batch_size,
-            "steps": steps,
-            "optimizer": optimizer,
-            "prior": prior,
-            "device": device,
-            "seed": seed,
-            "pick": pick,
-            "schedules": schedules,
-            "unlabelled": unlabelled,
-            "pseudo_threshold": pseudo_threshold,
-        },
-        prune=prune,
-        surface=outputs.surface,
-    )
     ui = make_ui(err_console)  # progress on stderr in either format: stdout carries only the result
-    try:
-        result = tune(
-            settings,
-            study_name=study,
-            storage=outputs.storage,
-            timeout=timeout,
-            warm_start=warm_start,
-            export_dir=outputs.export_dir,
-            runs_dir=outputs.runs_dir,
-            estimator_kwargs={"progress": True},
-            surface_store=outputs.surface,
-            ui=ui,
-            workers=workers,
-            time_budget=budget,
-        )
-    finally:
-        ui.close()
+    result = tune_job(
+        target,
+        out=out,
+        storage=storage,
+        study=study,
+        trials=trials,
+        time_budget=time_budget,
+        timeout=timeout,
+        warm_start=warm_start,
+        workers=workers,
+        prune=prune,
+        progress=ui,
+        estimator_progress=True,
+        model=model,
+        n=n,
+        resolution=resolution,
+        batch_size=batch_size,
+        steps=steps,
+        optimizer=optimizer,
+        prior=prior,
+        device=device,
+        seed=seed,
+        pick=pick,
+        schedules=schedules,
+        unlabelled=unlabelled,
+        pseudo_threshold=pseudo_threshold,
+    )
     if fmt is OutputFormat.json:
         payload = result.to_dict()
         payload["storage"] = masked_url(str(payload.get("storage") or ""))

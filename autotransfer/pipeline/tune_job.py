@@ -1,0 +1,138 @@
+"""``autotransfer.tune``: the main job as ``autotransfer tune`` runs it, for Python users and the CLI
+alike (one set of defaults): the outputs under one folder (``out``), the default time budget, the
+surface prior and the surface record, progress opt-in, Optuna's per-trial lines kept quiet."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+from autotransfer.core.budget import parse_duration
+from autotransfer.core.settings import StudySettings
+from autotransfer.pipeline.outcome import TuneResult
+
+__all__ = ["tune_job", "LoggingUI"]
+
+log = logging.getLogger("autotransfer")
+
+
+class LoggingUI:
+    """Progress as ``logging`` records of the ``autotransfer`` logger (INFO): what a library
+    reports when its caller asked for no progress display."""
+
+    def stage(self, text: str) -> None:
+        log.info("%s", text)
+
+    def note(self, text: str) -> None:
+        log.info("%s", text)
+
+    def search_start(self, total: int, done: int) -> None: ...
+
+    def search_advance(self, done: int) -> None: ...
+
+    def search_end(self) -> None: ...
+
+    def trial_start(self, trial: Any, protocol: Any) -> None: ...
+
+    def trial_progress(self, step: int, total: int) -> None: ...
+
+    def budget_start(self, clock: Any) -> None: ...
+
+    def trial_end(self, trial: Any) -> None:
+        log.info("trial %s: %s %s", trial.number, trial.state.name.lower(), trial.value)
+
+    def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO line per trial off for the job (the job reports trials itself)."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def tune_job(
+    target: str | StudySettings | None = None,
+    *,
+    out: str | Path = "studies",
+    storage: str | None = None,
+    study: str | None = None,
+    trials: int | None = None,
+    time_budget: float | str | None = None,
+    timeout: float | None = None,
+    warm_start: str | None = None,
+    workers: int = 1,
+    prune: bool = True,
+    progress: bool | Any = False,
+    estimator_progress: bool = False,
+    **options: Any,
+) -> TuneResult:
+    """Run (or resume) the protocol search for ``target`` as ``autotransfer tune`` does.
+
+    Args:
+        target: a dataset spec (``builtin:animals``, ``folder:PATH``, a CSV manifest), ``None`` for
+            the embedded demo, or a ``StudySettings`` used as given (no option below changes it).
+        out: the folder for everything the job writes: the model ``runs/STUDY``, the export
+            ``exports/STUDY.yaml``, the surface ``surface.json`` (``$AUTOTRANSFER_SURFACE`` wins)
+            and, unless ``storage`` or ``$AUTOTRANSFER_STORAGE`` names another, ``autotransfer.db``.
+        trials, time_budget: the limits; with both, the first reached wins. With neither, the
+            default job's budget (``pipeline.plan.DEFAULT_BUDGET_TRAININGS`` full trainings).
+            A ``StudySettings`` target runs its own ``trials`` unless ``time_budget`` is given.
+        progress: ``True`` draws progress on stderr (bars on a terminal, lines in a log), or a UI
+            object (``search.progress``); ``False`` logs stages and trials to the
+            ``autotransfer`` logger at INFO and prints nothing.
+        **options: the other ``tune`` options by their ``StudySettings`` names (``model``, ``n``,
+            ``resolution``, ``seed``, ``pick``, ``schedules``, ``unlabelled``, ...).
+
+    Returns:
+        the ``TuneResult`` (``model_path``: the handed-back model folder; ``ledger``: its compute).
+    """
+    from autotransfer.core.paths import safe_name
+    from autotransfer.pipeline.options import tune_outputs, tune_settings
+    from autotransfer.pipeline.tune import tune
+    from autotransfer.search.progress import make_ui
+
+    if study is not None:
+        safe_name(study)  # refused before any work: the name becomes a folder and a file
+    budget: float | str | None = parse_duration(time_budget) if time_budget is not None else None
+    outputs = tune_outputs(out, storage)
+    if isinstance(target, StudySettings):
+        if options:
+            from autotransfer.core.errors import UserError
+
+            raise UserError(
+                f"tune got StudySettings and options {sorted(options)}: give the options inside the settings,"
+                " or a target spec with the options"
+            )
+        settings = target if trials is None else StudySettings.from_dict({**target.to_dict(), "trials": trials})
+    else:
+        settings = tune_settings(target, {**options, "trials": trials}, prune=prune, surface=outputs.surface)
+        if budget is None and trials is None:
+            budget = "auto"
+    ui = make_ui() if progress is True else (progress or LoggingUI())
+    try:
+        with quiet_optuna():
+            return tune(
+                settings,
+                study_name=study,
+                storage=outputs.storage,
+                timeout=timeout,
+                warm_start=warm_start,
+                export_dir=outputs.export_dir,
+                runs_dir=outputs.runs_dir,
+                estimator_kwargs={"progress": bool(estimator_progress)},
+                surface_store=outputs.surface,
+                ui=ui,
+                workers=workers,
+                time_budget=budget,
+            )
+    finally:
+        ui.close()
