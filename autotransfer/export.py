@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import yaml
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.core.schema import FREEZE_ATTR, NUM_GROUPS_ATTR, REINIT_ATTR
 
 __all__ = [
@@ -383,7 +383,7 @@ def timm_args(payload: dict[str, Any], source: SourceModel, weights: str | Path)
     )
     unknown = sorted(set(args) - TIMM_TRAIN_KEYS)
     if unknown:  # a programming error: train.py would ignore these without a word
-        raise ValueError(f"timm_args wrote keys timm's train.py does not know: {unknown}")
+        raise InvalidValueError(f"timm_args wrote keys timm's train.py does not know: {unknown}")
     return args
 
 
