@@ -582,7 +582,16 @@ def read_export(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config {str(path)!r} does not exist: export one with `autotransfer export STUDY -o {path}`")
     try:
-        payload = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"config {str(path)!r} is not UTF-8 text (byte {err.start} is {err.object[err.start : err.start + 1]!r}):"
+            " give the YAML or JSON written by `autotransfer export`"
+        ) from None
+    except OSError as err:
+        raise UserError(f"cannot read config {str(path)!r} ({err.strerror or err}): check its permissions") from None
+    try:
+        payload = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise UserError(f"config {str(path)!r} is not valid YAML/JSON: {str(err).splitlines()[0]}") from err
     if not isinstance(payload, dict) or payload.get("schema") != _SCHEMA:

@@ -201,6 +201,21 @@ def test_train_config_faults_are_one_line(tmp_path, name, change, needles):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("binary.yaml", bytes(range(256)) * 4),  # a binary file (its 0x80 is no UTF-8 start byte)
+        ("latin-1.yaml", "schema: autotransfer/protocol-export/v1\nstudy: café\n".encode("latin-1")),
+    ],
+)
+def test_train_config_that_is_not_utf8_text_is_one_line(tmp_path, name, content):
+    config = tmp_path / name
+    config.write_bytes(content)
+    done = run_cli("train", "--config", str(config), "-o", str(tmp_path / "out"), "--device", "cpu", cwd=tmp_path)
+    assert_one_line_error(done, f"config {str(config)!r}", "UTF-8", "autotransfer export")
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_config_at_chance_says_so_loudly(tmp_path):
     config = _export(tmp_path, "chance", log10_elr=2)  # (3 diverges here, in 12 steps at 16 px)
     out = tmp_path / "out"
