@@ -29,6 +29,7 @@ from autotransfer.core.paths import safe_name
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import ATTR, FREEZE_ATTR, REINIT_ATTR
 from autotransfer.core.settings import StudySettings
+from autotransfer.core.validation import check_timeout
 from autotransfer.pipeline.outcome import (
     SMALL_VALIDATION,
     TuneResult,
@@ -523,6 +524,7 @@ def tune(
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, but got {workers!r}")
+    check_timeout(timeout)
     pool = unlabelled
     if pool is not None:
         settings = replace(settings, unlabelled=str(pool.spec))

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from autotransfer.core.errors import AutotransferTimeoutError, UserError
 from autotransfer.core.schema import FAIL_REASON_ATTR, RETRY_ATTR, WORKER_ATTR
+from autotransfer.core.validation import check_timeout
 from autotransfer.search.retry import retried_trial_number
 from autotransfer.search.run import join_study
 
@@ -433,6 +434,7 @@ def run_worker(
     from autotransfer.search.progress import NullUI
     from autotransfer.search.storage import open_storage, storage_location
 
+    check_timeout(timeout)
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be >= 1, but got {threads!r}")
