@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -89,7 +90,7 @@ class RichUI(NullUI):
     def trial_start(self, trial: Any, protocol: Any) -> None:
         label = trial.user_attrs.get("source") or "tpe"
         f, r = trial.user_attrs.get(FREEZE_ATTR), trial.user_attrs.get(REINIT_ATTR)
-        text = f"trial {trial.number} [{label}] elr={protocol.elr:.3g} f={f} r={r}"
+        text = escape(f"trial {trial.number} [{label}] elr={protocol.elr:.3g} f={f} r={r}")  # "[tpe]" is no tag
         if self.progress is not None:
             self.progress.update(self.trial_task, description=text, completed=0)
         else:
