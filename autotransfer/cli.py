@@ -369,10 +369,23 @@ def tune_cmd(
         payload["storage"] = masked_url(str(payload.get("storage") or ""))
         payload["surface"] = {"path": str(outputs.surface), "recorded": on_surface(outputs.surface, result.study_name)}
         _print_json(payload)
-        return
-    from autotransfer.report.summary import summary_table
+    else:
+        from autotransfer.report.summary import summary_table
 
-    console.print(summary_table(result))
+        console.print(summary_table(result))
+    if result.model_path is None:  # nothing handed back: not a success (README, "CLI reference": exit 1)
+        why = (
+            f"--timeout {timeout:g} s ran out first"
+            if timeout is not None
+            else "every transfer trial failed or was pruned"
+        )
+        err_console.print(
+            f"[red]error:[/red] nothing handed back: no transfer trial completed ({why}); run the same command"
+            " again to resume the study",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command("worker")

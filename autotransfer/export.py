@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import yaml
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.core.schema import FREEZE_ATTR, NUM_GROUPS_ATTR, REINIT_ATTR
 
 __all__ = [
@@ -383,7 +383,7 @@ def timm_args(payload: dict[str, Any], source: SourceModel, weights: str | Path)
     )
     unknown = sorted(set(args) - TIMM_TRAIN_KEYS)
     if unknown:  # a programming error: train.py would ignore these without a word
-        raise ValueError(f"timm_args wrote keys timm's train.py does not know: {unknown}")
+        raise InvalidValueError(f"timm_args wrote keys timm's train.py does not know: {unknown}")
     return args
 
 
@@ -582,7 +582,16 @@ def read_export(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config {str(path)!r} does not exist: export one with `autotransfer export STUDY -o {path}`")
     try:
-        payload = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"config {str(path)!r} is not UTF-8 text (byte {err.start} is {err.object[err.start : err.start + 1]!r}):"
+            " give the YAML or JSON written by `autotransfer export`"
+        ) from None
+    except OSError as err:
+        raise UserError(f"cannot read config {str(path)!r} ({err.strerror or err}): check its permissions") from None
+    try:
+        payload = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise UserError(f"config {str(path)!r} is not valid YAML/JSON: {str(err).splitlines()[0]}") from err
     if not isinstance(payload, dict) or payload.get("schema") != _SCHEMA:

@@ -201,6 +201,21 @@ def test_train_config_faults_are_one_line(tmp_path, name, change, needles):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("binary.yaml", bytes(range(256)) * 4),  # a binary file (its 0x80 is no UTF-8 start byte)
+        ("latin-1.yaml", "schema: autotransfer/protocol-export/v1\nstudy: café\n".encode("latin-1")),
+    ],
+)
+def test_train_config_that_is_not_utf8_text_is_one_line(tmp_path, name, content):
+    config = tmp_path / name
+    config.write_bytes(content)
+    done = run_cli("train", "--config", str(config), "-o", str(tmp_path / "out"), "--device", "cpu", cwd=tmp_path)
+    assert_one_line_error(done, f"config {str(config)!r}", "UTF-8", "autotransfer export")
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_config_at_chance_says_so_loudly(tmp_path):
     config = _export(tmp_path, "chance", log10_elr=2)  # (3 diverges here, in 12 steps at 16 px)
     out = tmp_path / "out"
@@ -289,10 +304,14 @@ def test_postgres_password_is_never_printed(tmp_path):
         (["tune", "builtin:digits", "--pick", "best"], ("--pick must be one of ensemble, cv, val", "best")),
         (["tune", "builtin:digits", "--schedules", "one-stage,lpft"], ("--schedules", "lp-ft", "'lpft'")),
         (["tune", "builtin:digits", "--pseudo-threshold", "1.5"], ("--pseudo-threshold must lie in (0, 1)", "1.5")),
+        (["tune", "builtin:digits", "--timeout", "-1"], ("--timeout must be > 0", "-1.0")),
+        (["tune", "builtin:digits", "--timeout", "0"], ("--timeout must be > 0", "0.0", "leave it out")),
+        (["worker", "--study", "s", "--timeout", "0"], ("--timeout must be > 0", "0.0")),
     ],
 )
 def test_bad_tune_values_are_one_line_before_any_work(tmp_path, args, needles):
     assert_one_line_error(run_cli(*args, cwd=tmp_path), *needles)
+    assert not (tmp_path / "studies").exists()
 
 
 # -- tune --out, AUTOTRANSFER_STORAGE, progress, exports -------------------------------------------
@@ -403,6 +422,20 @@ def test_a_secret_in_autotransfer_storage_stays_masked(tmp_path, command):
 def test_bad_export_requests_are_one_line(tmp_path, args, needles):
     assert_one_line_error(run_cli(*args, cwd=tmp_path), *needles)
     assert not (tmp_path / "studies").exists()
+
+
+def test_tune_that_hands_back_nothing_exits_1_with_one_line(tmp_path):
+    """A ``--timeout`` that runs out before any transfer trial completes (one from-scratch control
+    at most) hands back no model: that is not a success (issue 31 C)."""
+    done = run_cli(*TINY_TUNE, "--timeout", "0.01", "--format", "json", cwd=tmp_path)
+    assert done.returncode == 1, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: nothing handed back: no transfer trial completed"), done.stderr[-3000:]
+    assert "--timeout 0.01 s ran out" in last
+    payload = json.loads(done.stdout)  # the summary still comes, for scripts
+    assert payload["model"] is None and payload["export"] is None and payload["best_trial"] is None
+    assert not list((tmp_path / "studies").glob("runs/*/model.safetensors"))
 
 
 def test_tune_out_that_is_a_file_is_one_line(tmp_path):

@@ -115,3 +115,45 @@ def test_the_library_validates_the_prior_and_the_budget():
     with pytest.raises(UserError, match="--steps must be >= 1"):
         StudySettings(steps=0)
     assert StudySettings(prior="surface:studies/surface.json").prior.endswith(".json")
+
+
+def test_a_config_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
+    """An unreadable config (``chmod 000``; root reads everything, so the read is made to fail) is a
+    ``UserError`` naming the file, like one that is not UTF-8 (tests/test_cli.py)."""
+    from pathlib import Path
+
+    from autotransfer.export import read_export
+
+    config = tmp_path / "locked.yaml"
+    config.write_text("schema: x\n")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(UserError) as err:
+        read_export(config)
+    assert f"config {str(config)!r}" in str(err.value) and "Permission denied" in str(err.value)
+
+
+@pytest.mark.parametrize("source", [None, "control:scratch#0", "prior:centre", "survey:recommended"])
+def test_trial_labels_survive_rich_markup(source):
+    """The running trial's label (``[tpe]``, ``[control:…]``, ``[prior:…]``) reaches the bar and the
+    plain note as written: rich read it as a markup tag and dropped it (issue 31 D)."""
+    import io
+    from types import SimpleNamespace
+
+    from autotransfer.core.protocol import Protocol
+    from autotransfer.search.progress import RichUI
+
+    trial = SimpleNamespace(number=3, user_attrs={"source": source} if source else {})
+    label = f"[{source or 'tpe'}]"
+    for in_search in (True, False):
+        console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+        ui = RichUI(console=console)
+        if in_search:
+            ui.search_start(total=2, done=0)
+        ui.trial_start(trial, Protocol())
+        ui.close()
+        shown = console.export_text()
+        assert f"trial 3 {label} elr=" in shown, shown

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 
 __all__ = ["WEIGHT_SUFFIXES", "read_state_dict", "load_into", "sidecar_path", "read_sidecar", "save_backbone"]
 
@@ -117,7 +117,7 @@ def save_backbone(
         raise UserError(f"checkpoint path must end in one of {WEIGHT_SUFFIXES}, but got {str(path)!r}")
     arch = backbone.extra.get("arch")
     if not arch:
-        raise ValueError(f"backbone {backbone.spec!r} records no architecture; it cannot be saved")
+        raise InvalidValueError(f"backbone {backbone.spec!r} records no architecture; it cannot be saved")
     state = {
         k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
         for k, v in backbone.model.state_dict().items()

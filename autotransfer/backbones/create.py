@@ -28,7 +28,7 @@ from autotransfer.backbones.groups import (
     torchvision_rule,
 )
 from autotransfer.backbones.types import Backbone, Preprocessing, TimmModel
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import AutotransferRuntimeError, InvalidValueError, UserError
 from autotransfer.core.paths import assets_dir
 
 __all__ = ["create_backbone", "wrap_model", "BUILTIN_MODELS", "ACCEPTED_SPECS"]
@@ -305,11 +305,15 @@ def _load_by_order(model: nn.Module, source: dict[str, torch.Tensor], origin: st
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
-        raise RuntimeError(f"{origin} holds {len(src)} tensors but {type(model).__name__} expects {len(dst)}")
+        raise AutotransferRuntimeError(
+            f"{origin} holds {len(src)} tensors but {type(model).__name__} expects {len(dst)}"
+        )
     mapped = {}
     for (skey, sval), (dkey, dval) in zip(src, dst):
         if tuple(sval.shape) != tuple(dval.shape):
-            raise RuntimeError(f"{origin}: {skey} {tuple(sval.shape)} does not fit {dkey} {tuple(dval.shape)}")
+            raise AutotransferRuntimeError(
+                f"{origin}: {skey} {tuple(sval.shape)} does not fit {dkey} {tuple(dval.shape)}"
+            )
         mapped[dkey] = sval
     model.load_state_dict(mapped, strict=False)
 
@@ -420,7 +424,7 @@ def _tv_head(model: Any, kind: str, x: torch.Tensor) -> torch.Tensor:
         return model.classifier(model.avgpool(x))
     if kind == "vit":
         return model.heads(x[:, 0])
-    raise ValueError(f"unknown torchvision head kind {kind!r}")
+    raise InvalidValueError(f"unknown torchvision head kind {kind!r}")
 
 
 def _generic_head(model: nn.Module, head_top: str, x: torch.Tensor) -> torch.Tensor:
@@ -493,7 +497,7 @@ def _assemble(spec: str, source: _Source, num_classes: int) -> Backbone:
     names = [n for n, _ in model.named_parameters()]
     lost = grouped - set(names)
     if lost:
-        raise RuntimeError(f"resetting the head of {spec!r} removed group parameters {sorted(lost)[:4]}")
+        raise AutotransferRuntimeError(f"resetting the head of {spec!r} removed group parameters {sorted(lost)[:4]}")
     head_params = [n for n in names if n not in grouped]
     source_classes = source.meta.get("classes")
     model.eval()

@@ -28,7 +28,7 @@ from torch import nn
 
 from autotransfer.backbones.checkpoint import load_into, read_state_dict
 from autotransfer.backbones.types import Preprocessing
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 
 __all__ = [
     "MODEL_DIR_FORMAT",
@@ -108,7 +108,7 @@ def write_model_dir(
     head = backbone.model.get_submodule(backbone.head_name)
     num_classes = int(getattr(head, "out_features", 0) or 0)
     if num_classes != len(label_names):
-        raise ValueError(f"the head has {num_classes} outputs but got {len(label_names)} label names")
+        raise InvalidValueError(f"the head has {num_classes} outputs but got {len(label_names)} label names")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}

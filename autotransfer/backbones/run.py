@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from autotransfer.backbones.types import Backbone
+from autotransfer.core.errors import AutotransferRuntimeError, InvalidValueError
 
 __all__ = ["run_groups", "group_outputs"]
 
@@ -17,10 +18,10 @@ def run_groups(backbone: Backbone, x: torch.Tensor, start: int, stop: int) -> to
     ``x`` itself when ``start == stop``. Runs in whatever train/eval mode the modules are in.
     """
     if not backbone.chain:
-        raise ValueError(f"backbone {backbone.spec!r} does not chain its groups; use group_outputs")
+        raise InvalidValueError(f"backbone {backbone.spec!r} does not chain its groups; use group_outputs")
     count = backbone.num_groups
     if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= count):
-        raise ValueError(f"need 0 <= start <= stop <= {count}, but got start={start!r}, stop={stop!r}")
+        raise InvalidValueError(f"need 0 <= start <= stop <= {count}, but got start={start!r}, stop={stop!r}")
     model = backbone.model
     for group in backbone.groups[start:stop]:
         for name in group.modules:
@@ -39,7 +40,7 @@ def group_outputs(backbone: Backbone, x: torch.Tensor, stop: int | None = None) 
     """
     count = backbone.num_groups if stop is None else stop
     if not 0 <= count <= backbone.num_groups:
-        raise ValueError(f"stop must be in [0, {backbone.num_groups}], but got {stop!r}")
+        raise InvalidValueError(f"stop must be in [0, {backbone.num_groups}], but got {stop!r}")
     if backbone.chain:
         outputs = []
         for i in range(count):
@@ -59,7 +60,7 @@ def group_outputs(backbone: Backbone, x: torch.Tensor, stop: int | None = None) 
     try:
         for i, group in enumerate(backbone.groups[:count]):
             if not group.modules:
-                raise ValueError(f"group {group.name!r} of {backbone.spec!r} has no module to hook")
+                raise InvalidValueError(f"group {group.name!r} of {backbone.spec!r} has no module to hook")
             handles.append(model.get_submodule(group.modules[-1]).register_forward_hook(hook(i)))
         model(x)
     finally:
@@ -67,5 +68,5 @@ def group_outputs(backbone: Backbone, x: torch.Tensor, stop: int | None = None) 
             handle.remove()
     missing = [backbone.groups[i].name for i in range(count) if i not in captured]
     if missing:
-        raise RuntimeError(f"groups {missing} of {backbone.spec!r} produced no output in forward")
+        raise AutotransferRuntimeError(f"groups {missing} of {backbone.spec!r} produced no output in forward")
     return [captured[i] for i in range(count)]

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from autotransfer.backbones.types import Backbone
+from autotransfer.core.errors import InvalidValueError
 
 __all__ = ["freeze", "train_mode", "reinit", "param_groups", "snapshot", "head_params", "BN_MODES"]
 
@@ -17,7 +18,7 @@ _NO_DECAY_NAMES = ("cls_token", "class_token", "pos_embed", "pos_embedding", "di
 def _check_depth(backbone: Backbone, value: int, what: str) -> None:
     count = backbone.num_groups
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= count:
-        raise ValueError(f"{what} must be an integer in [0, {count}] for {backbone.spec!r}, but got {value!r}")
+        raise InvalidValueError(f"{what} must be an integer in [0, {count}] for {backbone.spec!r}, but got {value!r}")
 
 
 def head_params(backbone: Backbone) -> list[str]:
@@ -52,7 +53,7 @@ def train_mode(backbone: Backbone, f: int, bn_mode: str = "adapt", r: int = 0) -
     (measured, issue 14: elpv at N = 200)."""
     _check_depth(backbone, f, "freeze depth f")
     if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {BN_MODES}, but got {bn_mode!r}")
+        raise InvalidValueError(f"bn_mode must be one of {BN_MODES}, but got {bn_mode!r}")
     model = backbone.model
     model.train()
     for i in range(f):
@@ -163,9 +164,9 @@ def param_groups(
     _check_depth(backbone, f, "freeze depth f")
     for label, value in (("lr", lr), ("head_lr_mult", head_lr_mult), ("layer_decay", layer_decay)):
         if not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{label} must be a positive number, but got {value!r}")
+            raise InvalidValueError(f"{label} must be a positive number, but got {value!r}")
     if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, but got {weight_decay!r}")
+        raise InvalidValueError(f"weight_decay must be >= 0, but got {weight_decay!r}")
     model = backbone.model
     params = dict(model.named_parameters())
     no_wd = getattr(model, "no_weight_decay", None)

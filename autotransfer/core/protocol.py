@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 from typing import Protocol as TypingProtocol
 
+from autotransfer.core.errors import InvalidValueError
 from autotransfer.core.validation import known_fields
 
 __all__ = [
@@ -56,14 +57,14 @@ def describe_schedule(schedule: str, stage_frac: float) -> str:
 def freeze_depth(freeze_frac: float, num_groups: int) -> int:
     """``f``: the number of frozen depth groups for a fraction of ``G`` (rounded)."""
     if not 0.0 <= freeze_frac <= 1.0:
-        raise ValueError(f"freeze_frac must lie in [0, 1], but got {freeze_frac!r}")
+        raise InvalidValueError(f"freeze_frac must lie in [0, 1], but got {freeze_frac!r}")
     return int(round(freeze_frac * num_groups))
 
 
 def reinit_count(reinit_frac: float, num_groups: int, freeze: int) -> int:
     """``r``: re-initialised groups, a fraction of the ``G - f`` groups left trainable."""
     if not 0.0 <= reinit_frac <= 1.0:
-        raise ValueError(f"reinit_frac must lie in [0, 1], but got {reinit_frac!r}")
+        raise InvalidValueError(f"reinit_frac must lie in [0, 1], but got {reinit_frac!r}")
     return int(round(reinit_frac * (num_groups - freeze)))
 
 
@@ -91,19 +92,19 @@ class Protocol:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(SCHEDULES)!r}, but got {self.schedule!r}")
+            raise InvalidValueError(f"schedule must be one of {list(SCHEDULES)!r}, but got {self.schedule!r}")
         if not 0.0 <= self.stage_frac < 1.0:
-            raise ValueError(f"stage_frac must lie in [0, 1), but got {self.stage_frac!r}")
+            raise InvalidValueError(f"stage_frac must lie in [0, 1), but got {self.stage_frac!r}")
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1), but got {self.momentum!r}")
+            raise InvalidValueError(f"momentum must lie in [0, 1), but got {self.momentum!r}")
         if self.bn_mode not in ("adapt", "frozen"):
-            raise ValueError(f"bn_mode must be 'adapt' or 'frozen', but got {self.bn_mode!r}")
+            raise InvalidValueError(f"bn_mode must be 'adapt' or 'frozen', but got {self.bn_mode!r}")
         for name in ("head_lr_mult", "layer_decay"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, but got {getattr(self, name)!r}")
+                raise InvalidValueError(f"{name} must be > 0, but got {getattr(self, name)!r}")
         for name in ("weight_decay", "l2sp"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, but got {getattr(self, name)!r}")
+                raise InvalidValueError(f"{name} must be >= 0, but got {getattr(self, name)!r}")
         freeze_depth(self.freeze_frac, 1)
         reinit_count(self.reinit_frac, 1, 0)
 
@@ -127,7 +128,7 @@ class Protocol:
         one-stage when searched) when its own schedule is not among them: a study searching only
         ``schedules`` must enqueue one of its categorical's choices."""
         if not schedules:
-            raise ValueError("schedules must not be empty")
+            raise InvalidValueError("schedules must not be empty")
         return self if self.schedule in schedules else replace(self, schedule=schedules[0])
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,9 +151,9 @@ class ParamRange:
 
     def __post_init__(self) -> None:
         if not self.low <= self.high:
-            raise ValueError(f"range low must be <= high, but got [{self.low!r}, {self.high!r}]")
+            raise InvalidValueError(f"range low must be <= high, but got [{self.low!r}, {self.high!r}]")
         if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, but got {self.low!r}")
+            raise InvalidValueError(f"a log range needs low > 0, but got {self.low!r}")
 
     def clip(self, value: float) -> float:
         return min(max(value, self.low), self.high)
@@ -196,10 +197,12 @@ class ProtocolSpace:
     def __post_init__(self) -> None:
         missing = set(SEARCHED) - {"bn_mode", "schedule"} - set(self.ranges)
         if missing:
-            raise ValueError(f"ProtocolSpace is missing ranges for {sorted(missing)!r}")
+            raise InvalidValueError(f"ProtocolSpace is missing ranges for {sorted(missing)!r}")
         unknown = [s for s in self.schedules if s not in SCHEDULES]
         if unknown or not self.schedules:
-            raise ValueError(f"schedules must be a non-empty subset of {list(SCHEDULES)!r}, but got {self.schedules!r}")
+            raise InvalidValueError(
+                f"schedules must be a non-empty subset of {list(SCHEDULES)!r}, but got {self.schedules!r}"
+            )
 
     @property
     def searches_schedule(self) -> bool:

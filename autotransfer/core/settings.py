@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.core.protocol import SCHEDULES
 from autotransfer.core.validation import known_fields
 
@@ -44,7 +44,7 @@ def default_steps(n_train: int, batch_size: int) -> int:
     steps so a trial sees enough updates, at most 5,000.
     """
     if n_train <= 0 or batch_size <= 0:
-        raise ValueError(f"need n_train > 0 and batch_size > 0, but got {n_train!r}, {batch_size!r}")
+        raise InvalidValueError(f"need n_train > 0 and batch_size > 0, but got {n_train!r}, {batch_size!r}")
     epochs = 20 if n_train < 1000 else 12 if n_train < 5000 else 6 if n_train < 20000 else 3
     return int(min(5000, max(60, math.ceil(epochs * n_train / batch_size))))
 

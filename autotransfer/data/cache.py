@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from autotransfer.core.errors import InvalidValueError
 from autotransfer.core.paths import cache_dir
 from autotransfer.data.types import ImageDataset
 
@@ -105,7 +106,7 @@ def to_array(ds: ImageDataset, size: int, *, cache: bool = True) -> np.ndarray:
     decoding and resizing again.
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive integer but got {size!r}")
+        raise InvalidValueError(f"size must be a positive integer but got {size!r}")
     size = int(size)
     expected = (len(ds), size, size, 3)
     path = _cache_path(ds, size) if cache else None

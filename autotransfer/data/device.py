@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autotransfer.core.errors import InvalidValueError
+
 __all__ = ["DeviceBatches"]
 
 _ATTEMPTS = 10  # random-resized-crop tries per sample before the centre-crop fallback
@@ -69,21 +71,21 @@ class DeviceBatches:
     ) -> None:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
-            raise ValueError(
+            raise InvalidValueError(
                 f"images must be an (N, S, S, 3) uint8 array but got shape {images.shape} dtype {images.dtype}"
             )
         if len(images) == 0:
-            raise ValueError("images must hold at least one image but got an empty array")
+            raise InvalidValueError("images must hold at least one image but got an empty array")
         if labels is not None and len(labels) != len(images):
-            raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+            raise InvalidValueError(f"got {len(images)} images but {len(labels)} labels")
         if int(out_size) < 1:
-            raise ValueError(f"out_size must be a positive integer but got {out_size!r}")
+            raise InvalidValueError(f"out_size must be a positive integer but got {out_size!r}")
         if not (0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"scale must satisfy 0 < low <= high <= 1 but got {scale!r}")
+            raise InvalidValueError(f"scale must satisfy 0 < low <= high <= 1 but got {scale!r}")
         if not (0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"ratio must satisfy 0 < low <= high but got {ratio!r}")
+            raise InvalidValueError(f"ratio must satisfy 0 < low <= high but got {ratio!r}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std must be 3 numbers, std > 0, but got {mean!r}, {std!r}")
+            raise InvalidValueError(f"mean and std must be 3 numbers, std > 0, but got {mean!r}, {std!r}")
         self.device = torch.device(device)
         self.out_size = int(out_size)
         self.flip = bool(flip)
@@ -120,7 +122,7 @@ class DeviceBatches:
 
     def _check_generator(self, generator: torch.Generator) -> None:
         if not _same_device(generator.device, self.device):
-            raise ValueError(
+            raise InvalidValueError(
                 f"generator must live on the data's device {self.device} but is on "
                 f"{generator.device}; create it with torch.Generator(device={str(self.device)!r})"
             )
@@ -235,7 +237,7 @@ class DeviceBatches:
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """``(x, y)`` over all images in order, plain view; ``y`` is None when unlabelled."""
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer but got {batch_size!r}")
+            raise InvalidValueError(f"batch_size must be a positive integer but got {batch_size!r}")
         for start in range(0, len(self), int(batch_size)):
             idx = torch.arange(start, min(start + int(batch_size), len(self)), device=self.device)
             yield self.plain(idx), (None if self.labels is None else self.labels[idx])
@@ -257,7 +259,7 @@ class EpochSampler:
 
     def __init__(self, n: int, generator: torch.Generator, device: torch.device | str) -> None:
         if int(n) < 1:
-            raise ValueError(f"n must be a positive integer but got {n!r}")
+            raise InvalidValueError(f"n must be a positive integer but got {n!r}")
         self.n, self.generator, self.device = int(n), generator, torch.device(device)
         self.perm: torch.Tensor | None = None
         self.pos = 0
@@ -267,7 +269,7 @@ class EpochSampler:
         """``(indices (B,), [(epoch, count), ...])``: the int64 indices and the 0-based epoch(s)
         they belong to, in order (a batch straddles two epochs at an epoch boundary)."""
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer but got {batch_size!r}")
+            raise InvalidValueError(f"batch_size must be a positive integer but got {batch_size!r}")
         parts, epochs, need = [], [], int(batch_size)
         while need > 0:
             if self.perm is None or self.pos >= self.n:

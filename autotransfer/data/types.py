@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from autotransfer.core.errors import InvalidValueError
+
 __all__ = ["ImageDataset", "content_fingerprint"]
 
 #: ``content_fingerprint`` hashes whole-array datasets this many bytes at a time.
@@ -97,5 +99,5 @@ class ImageDataset:
     def class_counts(self) -> np.ndarray:
         """``(C,)`` number of images per class (requires labels)."""
         if self.labels is None:
-            raise ValueError(f"dataset {self.spec!r} has no labels")
+            raise InvalidValueError(f"dataset {self.spec!r} has no labels")
         return np.bincount(self.labels, minlength=len(self.classes))

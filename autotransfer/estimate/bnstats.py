@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.train.config import module_device
 
 __all__ = [
@@ -92,7 +92,9 @@ def _images(batch) -> torch.Tensor:
     if isinstance(batch, (tuple, list)):
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
-        raise ValueError(f"batches must yield tensors (B, 3, H, W) or (images, ...) tuples, but got {type(batch)!r}")
+        raise InvalidValueError(
+            f"batches must yield tensors (B, 3, H, W) or (images, ...) tuples, but got {type(batch)!r}"
+        )
     return batch
 
 
@@ -144,13 +146,15 @@ def _group_means(layers: list[str], values: np.ndarray, layer_groups: Sequence[S
         return any(name == p or name.startswith(p + ".") for p in prefixes)
 
     if isinstance(layer_groups, str) or any(isinstance(g, str) for g in layer_groups):
-        raise ValueError(f"layer_groups must be a list of lists of module-name prefixes, but got {layer_groups!r}")
+        raise InvalidValueError(
+            f"layer_groups must be a list of lists of module-name prefixes, but got {layer_groups!r}"
+        )
     membership = np.zeros((len(layer_groups), len(layers)), dtype=bool)
     for g, prefixes in enumerate(layer_groups):
         membership[g] = [in_group(name, prefixes) for name in layers]
     ambiguous = [layers[i] for i in np.flatnonzero(membership.sum(0) > 1)]
     if ambiguous:
-        raise ValueError(f"BatchNorm layers {ambiguous!r} match more than one group of layer_groups")
+        raise InvalidValueError(f"BatchNorm layers {ambiguous!r} match more than one group of layer_groups")
     return np.array([values[row].mean() if row.any() else np.nan for row in membership])
 
 
@@ -223,9 +227,9 @@ def bn_divergence(
             handle.remove()
         _restore_training_flags(flags)
     if n_images == 0:
-        raise ValueError("batches yielded no images: give at least one batch of target images")
+        raise InvalidValueError("batches yielded no images: give at least one batch of target images")
     if not order:
-        raise ValueError("no BatchNorm layer of the model ran on the batches")
+        raise InvalidValueError("no BatchNorm layer of the model ran on the batches")
 
     modules = dict(named)
     values = []
@@ -285,4 +289,6 @@ def reestimate_bn_stats(model: nn.Module, batches: Iterable) -> None:
             bn.momentum = momentum
         _restore_training_flags(flags)
     if not started:
-        raise ValueError("batches yielded no images: give at least one batch to re-estimate BatchNorm statistics")
+        raise InvalidValueError(
+            "batches yielded no images: give at least one batch to re-estimate BatchNorm statistics"
+        )

@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import ot
 
+from autotransfer.core.errors import AutotransferRuntimeError, InvalidValueError
+
 __all__ = [
     "MMDResult",
     "mmd2_unbiased",
@@ -45,24 +47,28 @@ def _as_array(X, name: str) -> np.ndarray:
         X = X.detach().cpu().numpy()
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-d (n, d) array, but got shape {X.shape}")
+        raise InvalidValueError(f"{name} must be a 2-d (n, d) array, but got shape {X.shape}")
     if not np.all(np.isfinite(X)):
-        raise ValueError(f"{name} contains NaN or infinite values (shape {X.shape})")
+        raise InvalidValueError(f"{name} contains NaN or infinite values (shape {X.shape})")
     return X
 
 
 def _check_pair(X, Y, min_points: int = 2) -> tuple[np.ndarray, np.ndarray]:
     X, Y = _as_array(X, "X"), _as_array(Y, "Y")
     if X.shape[1] != Y.shape[1]:
-        raise ValueError(f"X and Y must have the same number of features, but got shapes {X.shape} and {Y.shape}")
+        raise InvalidValueError(
+            f"X and Y must have the same number of features, but got shapes {X.shape} and {Y.shape}"
+        )
     if X.shape[0] < min_points or Y.shape[0] < min_points:
-        raise ValueError(f"X and Y need at least {min_points} points each, but got shapes {X.shape} and {Y.shape}")
+        raise InvalidValueError(
+            f"X and Y need at least {min_points} points each, but got shapes {X.shape} and {Y.shape}"
+        )
     return X, Y
 
 
 def _subsample(X: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:
     if max_points < 2:
-        raise ValueError(f"max_points must be >= 2, but got {max_points!r}")
+        raise InvalidValueError(f"max_points must be >= 2, but got {max_points!r}")
     if X.shape[0] <= max_points:
         return X
     return X[np.sort(rng.choice(X.shape[0], size=max_points, replace=False))]
@@ -107,7 +113,7 @@ def median_pairwise_distance(X, Y=None, *, max_points: int = _MEDIAN_MAX_POINTS,
     """
     Z = _as_array(X, "X") if Y is None else np.concatenate(_check_pair(X, Y, min_points=1))
     if Z.shape[0] < 2:
-        raise ValueError(f"need at least 2 points, but got shape {Z.shape}")
+        raise InvalidValueError(f"need at least 2 points, but got shape {Z.shape}")
     Z = _subsample(Z, max_points, np.random.default_rng(seed))
     Z = Z - Z.mean(0)
     return _median_of_sq_dists(_sq_dists(Z))
@@ -124,7 +130,7 @@ def _pooled_kernel(X: np.ndarray, Y: np.ndarray, bandwidth: float | None) -> tup
         else:
             bandwidth = median_pairwise_distance(Z, max_points=_MEDIAN_MAX_POINTS, seed=0)
     elif not (np.isfinite(bandwidth) and bandwidth > 0):
-        raise ValueError(f"bandwidth must be a positive finite float or None, but got {bandwidth!r}")
+        raise InvalidValueError(f"bandwidth must be a positive finite float or None, but got {bandwidth!r}")
     K = np.exp(D / (-2.0 * float(bandwidth) ** 2))
     return K, float(bandwidth)
 
@@ -191,7 +197,7 @@ def mmd_permutation_test(
         ``p = (1 + #{perm >= observed}) / (1 + n_permutations)``.
     """
     if int(n_permutations) < 1:
-        raise ValueError(f"n_permutations must be >= 1, but got {n_permutations!r}")
+        raise InvalidValueError(f"n_permutations must be >= 1, but got {n_permutations!r}")
     X, Y = _check_pair(X, Y)
     rng = np.random.default_rng(seed)
     X = _subsample(X, max_points, rng)
@@ -214,7 +220,7 @@ def _ot_scale(X: np.ndarray, Y: np.ndarray, scale: float | None, seed: int) -> f
     if scale is None:
         return median_pairwise_distance(X, Y, seed=seed)
     if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite float or None, but got {scale!r}")
+        raise InvalidValueError(f"scale must be a positive finite float or None, but got {scale!r}")
     return float(scale)
 
 
@@ -251,13 +257,13 @@ def _sinkhorn_cost_checked(a: np.ndarray, b: np.ndarray, reg: float, num_itermax
                 warn=True,
             )
         except UserWarning as err:
-            raise RuntimeError(
+            raise AutotransferRuntimeError(
                 f"Sinkhorn did not converge in num_itermax={num_itermax} iterations at reg={reg} "
                 f"({err}); raise num_itermax or reg"
             ) from err
     marginal_error = np.abs(P.sum(1) - w_a).sum() + np.abs(P.sum(0) - w_b).sum()
     if not np.isfinite(marginal_error) or marginal_error > 1e-5:
-        raise RuntimeError(
+        raise AutotransferRuntimeError(
             f"Sinkhorn plan misses its marginals by {marginal_error:.2g} at reg={reg}, "
             f"num_itermax={num_itermax}; raise num_itermax or reg"
         )
@@ -307,7 +313,7 @@ def sinkhorn_divergence(
         RuntimeError: if Sinkhorn does not reach its marginals within ``num_itermax``.
     """
     if not (np.isfinite(reg) and reg > 0):
-        raise ValueError(f"reg must be a positive float, but got {reg!r}")
+        raise InvalidValueError(f"reg must be a positive float, but got {reg!r}")
     X, Y = _check_pair(X, Y, min_points=4)
     rng = np.random.default_rng(seed)
     X = _subsample(X, max_points, rng)
@@ -330,12 +336,12 @@ def _emd2_checked(a: np.ndarray, b: np.ndarray, num_itermax: int) -> float:
         try:
             cost, log = ot.emd2(w_a, w_b, M, numItermax=int(num_itermax), log=True)
         except UserWarning as err:
-            raise RuntimeError(
+            raise AutotransferRuntimeError(
                 f"exact OT (ot.emd2) stopped early at num_itermax={num_itermax} ({err}); "
                 "raise num_itermax or lower max_points"
             ) from err
     if log.get("warning"):
-        raise RuntimeError(f"exact OT (ot.emd2) failed at num_itermax={num_itermax}: {log['warning']}")
+        raise AutotransferRuntimeError(f"exact OT (ot.emd2) failed at num_itermax={num_itermax}: {log['warning']}")
     return float(cost)
 
 
@@ -412,7 +418,7 @@ def sliced_wasserstein(
         ``SW₂² >= 0``.
     """
     if int(n_projections) < 1:
-        raise ValueError(f"n_projections must be >= 1, but got {n_projections!r}")
+        raise InvalidValueError(f"n_projections must be >= 1, but got {n_projections!r}")
     X, Y = _check_pair(X, Y)
     s = _ot_scale(X, Y, scale, seed)
     Xs, Ys = _centre_and_scale(X, Y, s)

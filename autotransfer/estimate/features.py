@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from autotransfer.backbones.types import Backbone
+from autotransfer.core.errors import AutotransferRuntimeError, InvalidValueError
 from autotransfer.data.types import ImageDataset
 from autotransfer.train.config import module_device
 
@@ -38,7 +39,7 @@ def pool(output: torch.Tensor) -> torch.Tensor:
         return output.mean(dim=1)
     if output.dim() == 2:
         return output
-    raise ValueError(f"cannot pool a group output of shape {tuple(output.shape)}; expected 2, 3 or 4 dims")
+    raise InvalidValueError(f"cannot pool a group output of shape {tuple(output.shape)}; expected 2, 3 or 4 dims")
 
 
 class GroupFeatureCollector:
@@ -54,7 +55,7 @@ class GroupFeatureCollector:
     def __init__(self, backbone: Backbone) -> None:
         for group in backbone.groups:
             if not group.modules:
-                raise ValueError(f"group {group.name!r} of {backbone.spec!r} has no module to hook")
+                raise InvalidValueError(f"group {group.name!r} of {backbone.spec!r} has no module to hook")
         self.backbone = backbone
         self._blocks: list[list[torch.Tensor]] = [[] for _ in backbone.groups]
         self._handles: list = []
@@ -83,7 +84,7 @@ class GroupFeatureCollector:
         counts = {sum(b.shape[0] for b in blocks) for blocks in self._blocks}
         if len(counts) != 1:
             missing = [g.name for g, blocks in zip(self.backbone.groups, self._blocks) if not blocks]
-            raise RuntimeError(
+            raise AutotransferRuntimeError(
                 f"groups of {self.backbone.spec!r} saw different numbers of images "
                 f"({sorted(counts)}); groups without output: {missing}"
             )
@@ -150,13 +151,13 @@ def _as_images(backbone: Backbone, data) -> np.ndarray | DeviceBatches:
         return native_array(backbone, data)
     if isinstance(data, np.ndarray):
         if data.ndim != 4 or data.shape[3] != 3 or data.dtype != np.uint8:
-            raise ValueError(
+            raise InvalidValueError(
                 f"images must be an (N, S, S, 3) uint8 array, but got shape {data.shape} dtype {data.dtype}"
             )
         return data
     if hasattr(data, "eval_batches"):  # DeviceBatches: its plain (evaluation) view
         return cast("DeviceBatches", data)
-    raise ValueError(
+    raise InvalidValueError(
         f"expected an ImageDataset, an (N, S, S, 3) uint8 array or DeviceBatches, but got {type(data).__name__}"
     )
 
@@ -190,7 +191,7 @@ def extract_group_features(
         (the input of the classifier for pooled CNN heads).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, but got {batch_size!r}")
+        raise InvalidValueError(f"batch_size must be a positive integer, but got {batch_size!r}")
     data = _as_images(backbone, batches_or_array)
     model = backbone.model
     device = module_device(model)

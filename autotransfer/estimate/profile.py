@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from autotransfer.core.errors import InvalidValueError
 from autotransfer.estimate.size import SizeStats
 from autotransfer.prior.placement import Placement
 from autotransfer.prior.quadrant import Prior
@@ -66,7 +67,9 @@ class DivergenceProfile:
         for name in ("raw", "excess", "reference"):
             values = getattr(self, name)
             if values is not None and len(values) != g:
-                raise ValueError(f"divergence {name} must have one value per depth group ({g}), but got {len(values)}")
+                raise InvalidValueError(
+                    f"divergence {name} must have one value per depth group ({g}), but got {len(values)}"
+                )
 
 
 @dataclass
@@ -132,10 +135,10 @@ class TaskProfile:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.similarity <= 1.0:
-            raise ValueError(f"similarity must lie in [0, 1], but got {self.similarity!r}")
+            raise InvalidValueError(f"similarity must lie in [0, 1], but got {self.similarity!r}")
         score = self.transferability_score
         if score is not None and not 0.0 <= score <= 1.0:
-            raise ValueError(f"transferability_score must lie in [0, 1], but got {score!r}")
+            raise InvalidValueError(f"transferability_score must lie in [0, 1], but got {score!r}")
 
     @property
     def metric(self) -> str:
@@ -183,7 +186,7 @@ class TaskProfile:
         """The inverse of ``to_dict`` (``null`` numbers in profiles come back as NaN)."""
         version = values.get("version", PROFILE_VERSION)
         if version != PROFILE_VERSION:
-            raise ValueError(f"TaskProfile version must be {PROFILE_VERSION}, but got {version!r}")
+            raise InvalidValueError(f"TaskProfile version must be {PROFILE_VERSION}, but got {version!r}")
         div = values.get("divergence")
         divergence = None
         if div is not None:

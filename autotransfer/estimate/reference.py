@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from autotransfer.backbones.types import Backbone
+from autotransfer.core.errors import InvalidValueError
 from autotransfer.core.paths import assets_dir
 
 __all__ = [
@@ -92,7 +93,7 @@ def reference_payload(
 
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (backbone.num_groups,):
-        raise ValueError(f"values must have shape ({backbone.num_groups},), but got {values.shape}")
+        raise InvalidValueError(f"values must have shape ({backbone.num_groups},), but got {values.shape}")
     payload: dict[str, Any] = {
         "version": REFERENCE_VERSION,
         "model": backbone.spec,
@@ -145,11 +146,11 @@ def load_reference(backbone: Backbone) -> np.ndarray | None:
     if int(payload.get("input_size", -1)) != backbone.preprocessing.input_size:
         problems.append(f"input size {payload.get('input_size')!r} is not {backbone.preprocessing.input_size}")
     if problems:
-        raise ValueError(
+        raise InvalidValueError(
             f"reference profile {str(path)!r} does not fit {backbone.spec!r}: {'; '.join(problems)}; "
             "rebuild it with python benchmarks/build_references.py"
         )
     values = np.asarray(payload["values"], dtype=np.float64)
     if values.shape != (len(groups),) or not np.all(np.isfinite(values)):
-        raise ValueError(f"reference profile {str(path)!r} holds bad values {payload['values']!r}")
+        raise InvalidValueError(f"reference profile {str(path)!r} holds bad values {payload['values']!r}")
     return values

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from autotransfer.core.errors import InvalidValueError
+
 __all__ = ["logme", "logme_evidence", "logme_chance", "logme_over_chance", "leep", "h_score", "TRANSFER_REF_IMAGES"]
 
 #: Images on which ``logme_over_chance`` is measured (a stratified, seeded subsample when the
@@ -21,9 +23,9 @@ def _as_features(F, name: str = "F") -> np.ndarray:
         F = F.detach().cpu().numpy()
     F = np.asarray(F, dtype=np.float64)
     if F.ndim != 2:
-        raise ValueError(f"{name} must be a 2-d (n, d) array, but got shape {F.shape}")
+        raise InvalidValueError(f"{name} must be a 2-d (n, d) array, but got shape {F.shape}")
     if not np.all(np.isfinite(F)):
-        raise ValueError(f"{name} contains NaN or infinite values (shape {F.shape})")
+        raise InvalidValueError(f"{name} contains NaN or infinite values (shape {F.shape})")
     return F
 
 
@@ -33,10 +35,10 @@ def _as_labels(y, n: int, name: str = "F") -> tuple[np.ndarray, int]:
         y = y.detach().cpu().numpy()
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},) to match {name}, but got shape {y.shape}")
+        raise InvalidValueError(f"y must have shape ({n},) to match {name}, but got shape {y.shape}")
     classes, codes = np.unique(y, return_inverse=True)
     if classes.size < 2:
-        raise ValueError(f"y needs at least 2 classes, but got {classes.size} ({classes.tolist()!r})")
+        raise InvalidValueError(f"y needs at least 2 classes, but got {classes.size} ({classes.tolist()!r})")
     return codes.reshape(-1), int(classes.size)
 
 
@@ -150,7 +152,7 @@ def logme_chance(y) -> float:
     """
     y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
     if y.ndim != 1:
-        raise ValueError(f"y must be a 1-d array of labels, but got shape {y.shape}")
+        raise InvalidValueError(f"y must be a 1-d array of labels, but got shape {y.shape}")
     codes, _ = _as_labels(y, y.shape[0], "y")
     p = np.bincount(codes) / codes.size
     return float(np.mean(-0.5 * (1.0 + np.log(2.0 * np.pi * p * (1.0 - p)))))
@@ -178,7 +180,9 @@ def logme_over_chance(F, y, *, max_images: int = TRANSFER_REF_IMAGES, seed: int 
     F = _as_features(F)
     codes, n_classes = _as_labels(y, F.shape[0])
     if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 2 * n_classes:
-        raise ValueError(f"max_images must be an integer >= 2 x classes ({2 * n_classes}), but got {max_images!r}")
+        raise InvalidValueError(
+            f"max_images must be an integer >= 2 x classes ({2 * n_classes}), but got {max_images!r}"
+        )
     if F.shape[0] > max_images:
         rng = np.random.default_rng(seed)
         counts = np.bincount(codes, minlength=n_classes)
@@ -212,7 +216,7 @@ def leep(source_probs, y) -> float:
     theta = _as_features(source_probs, "source_probs")
     codes, n_classes = _as_labels(y, theta.shape[0], "source_probs")
     if theta.min() < 0.0 or not np.allclose(theta.sum(1), 1.0, atol=1e-3):
-        raise ValueError(
+        raise InvalidValueError(
             "source_probs must be probabilities (non-negative rows summing to 1); "
             f"got row sums in [{theta.sum(1).min():.4g}, {theta.sum(1).max():.4g}] and minimum "
             f"{theta.min():.4g}: apply a softmax to the source logits"

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotransfer.core.budget import Deadline, Ledger, format_duration
+from autotransfer.core.errors import InvalidValueError
 
 __all__ = [
     "JobBudget",
@@ -104,7 +105,7 @@ def plan_job(
     full training, handing back ``members`` models. ``retrain`` forces the final stage's choice
     (``None``: retrain only when the budget leaves ``MIN_SEARCH_TRAININGS`` for the search)."""
     if training_s <= 0 or not math.isfinite(training_s):
-        raise ValueError(f"training_s must be a positive number of seconds, but got {training_s!r}")
+        raise InvalidValueError(f"training_s must be a positive number of seconds, but got {training_s!r}")
     retrain_s = members * RETRAIN_COST * training_s
     if budget_s is None or left_s is None:
         return JobPlan(None, None, training_s, members, True if retrain is None else retrain, retrain_s, None, None)

@@ -30,6 +30,7 @@ from autotransfer.core.paths import safe_name
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import ATTR, FREEZE_ATTR, REINIT_ATTR
 from autotransfer.core.settings import StudySettings
+from autotransfer.core.validation import check_timeout
 from autotransfer.pipeline.outcome import (
     SMALL_VALIDATION,
     TuneResult,
@@ -696,6 +697,7 @@ def tune(
         raise UserError(f"--workers must be >= 1, but got {workers!r}")
     auto = time_budget == "auto"
     budget = JobBudget.start(None if time_budget is None or auto else parse_duration(time_budget), auto=auto)
+    check_timeout(timeout)
     pool = unlabelled
     if pool is not None:
         settings = replace(settings, unlabelled=str(pool.spec))

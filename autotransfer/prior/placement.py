@@ -25,6 +25,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
+from autotransfer.core.errors import InvalidValueError
+
 __all__ = [
     "Placement",
     "place",
@@ -105,7 +107,7 @@ DECISION_TABLE = {
 def large_threshold(num_classes: int) -> int:
     """The image count at which a ``num_classes``-way target turns "large" (size_score = 0.5)."""
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, but got {num_classes!r}")
+        raise InvalidValueError(f"num_classes must be >= 1, but got {num_classes!r}")
     return max(LARGE_MIN_IMAGES, LARGE_MIN_PER_CLASS * num_classes)
 
 
@@ -116,7 +118,7 @@ def size_score(log10_n: float, num_classes: int) -> float:
     ``LARGE_MIN_IMAGES``); 0.5 exactly at the threshold, -> 1 for large, -> 0 for small targets.
     """
     if not math.isfinite(log10_n):
-        raise ValueError(f"log10_n must be finite, but got {log10_n!r}")
+        raise InvalidValueError(f"log10_n must be finite, but got {log10_n!r}")
     z = (log10_n - math.log10(large_threshold(num_classes))) / SIZE_SCORE_WIDTH
     return 1.0 / (1.0 + math.exp(-z))
 
@@ -145,11 +147,11 @@ def similarity_from_excess(excess: Sequence[float], scale: float = BN_W2_SIMILAR
     """
     values = [float(v) for v in excess]
     if not values:
-        raise ValueError("excess profile must have at least one group, but got an empty profile")
+        raise InvalidValueError("excess profile must have at least one group, but got an empty profile")
     if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"excess profile must be finite, but got {values!r}")
+        raise InvalidValueError(f"excess profile must be finite, but got {values!r}")
     if not scale > 0:
-        raise ValueError(f"scale must be > 0, but got {scale!r}")
+        raise InvalidValueError(f"scale must be > 0, but got {scale!r}")
     tail = [max(v, 0.0) for v in values[len(values) // 2 :]]
     return float(math.exp(-(sum(tail) / len(tail)) / scale))
 
@@ -159,9 +161,9 @@ def transferability_from_logme(over_chance: float, scale: float = LOGME_TRANSFER
     chance, ``1 - exp(-gain / scale)`` above; monotone, 0.5 at ``scale x ln 2`` = 0.41."""
     value = float(over_chance)
     if not math.isfinite(value):
-        raise ValueError(f"LogME over chance must be finite, but got {over_chance!r}")
+        raise InvalidValueError(f"LogME over chance must be finite, but got {over_chance!r}")
     if not scale > 0:
-        raise ValueError(f"scale must be > 0, but got {scale!r}")
+        raise InvalidValueError(f"scale must be > 0, but got {scale!r}")
     return float(1.0 - math.exp(-max(value, 0.0) / scale))
 
 
@@ -174,9 +176,9 @@ def effective_similarity(similarity: float, transferability: float | None, weigh
     """
     for name, value in (("similarity", similarity), ("transferability", transferability)):
         if value is not None and not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], but got {value!r}")
+            raise InvalidValueError(f"{name} must lie in [0, 1], but got {value!r}")
     if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must lie in [0, 1], but got {weight!r}")
+        raise InvalidValueError(f"weight must lie in [0, 1], but got {weight!r}")
     if transferability is None:
         return float(similarity)
     return float((1.0 - weight) * float(similarity) + weight * float(transferability))
@@ -225,9 +227,9 @@ def place(num_images: int, num_classes: int, similarity: float) -> Placement:
     axis); the continuous prior uses the graded ``size_score`` and ``dissimilarity``.
     """
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, but got {num_images!r}")
+        raise InvalidValueError(f"num_images must be >= 1, but got {num_images!r}")
     if not 0.0 <= similarity <= 1.0:
-        raise ValueError(f"similarity must lie in [0, 1], but got {similarity!r}")
+        raise InvalidValueError(f"similarity must lie in [0, 1], but got {similarity!r}")
     log10_n = math.log10(num_images)
     score = size_score(log10_n, num_classes)
     size = "large" if score >= 0.5 else "small"

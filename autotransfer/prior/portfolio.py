@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from autotransfer.core.errors import InvalidValueError
 from autotransfer.core.protocol import Protocol
 
 __all__ = ["portfolio_protocols", "grid_protocols", "GRID_ELRS"]
@@ -28,7 +29,7 @@ GRID_WEIGHT_DECAY = 1e-6
 def _grid_cell(num_groups: int, elr: float, freeze: int, reinit: int) -> Protocol:
     """One cell of the grid: integer depths ``freeze`` and ``reinit`` on a ``num_groups``-group model."""
     if num_groups < 1:
-        raise ValueError(f"num_groups must be >= 1, but got {num_groups!r}")
+        raise InvalidValueError(f"num_groups must be >= 1, but got {num_groups!r}")
     freeze = min(freeze, num_groups - 1)
     reinit = min(reinit, num_groups - freeze)
     return Protocol(

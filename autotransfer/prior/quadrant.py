@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+from autotransfer.core.errors import InvalidValueError
 from autotransfer.core.protocol import Protocol, ProtocolSpace
 from autotransfer.prior.placement import (
     BN_W2_SIMILARITY_SCALE,
@@ -245,7 +246,7 @@ def crossing_depth(excess: Sequence[float], threshold: float, width: float) -> f
         width: softness, in the divergence's units (> 0).
     """
     if not width > 0:
-        raise ValueError(f"width must be > 0, but got {width!r}")
+        raise InvalidValueError(f"width must be > 0, but got {width!r}")
     depth, passed = 0.0, 1.0
     for value in excess:
         z = (threshold - float(value)) / width
@@ -281,11 +282,11 @@ def quadrant_prior(
             the scalar rules read ``effective_similarity(similarity, transferability)``.
     """
     if num_groups < 1:
-        raise ValueError(f"num_groups must be >= 1, but got {num_groups!r}")
+        raise InvalidValueError(f"num_groups must be >= 1, but got {num_groups!r}")
     if not 0.0 <= similarity <= 1.0:
-        raise ValueError(f"similarity must lie in [0, 1], but got {similarity!r}")
+        raise InvalidValueError(f"similarity must lie in [0, 1], but got {similarity!r}")
     if excess_profile is not None and len(excess_profile) != num_groups:
-        raise ValueError(
+        raise InvalidValueError(
             f"excess_profile must have one value per depth group ({num_groups}), but got {len(excess_profile)} values"
         )
     bounds = bounds or ProtocolSpace()
@@ -482,7 +483,7 @@ def less_similar_protocol(num_groups: int) -> Protocol:
     """The survey's protocol for less similar targets: lr 0.025 at momentum 0.9 (ELR 0.25), all
     groups trainable, the last 2 depth groups re-initialised (1 if ``G`` is 1)."""
     if num_groups < 1:
-        raise ValueError(f"num_groups must be >= 1, but got {num_groups!r}")
+        raise InvalidValueError(f"num_groups must be >= 1, but got {num_groups!r}")
     return replace(
         recommended_protocol(),
         log10_elr=math.log10(0.25),

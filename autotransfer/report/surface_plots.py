@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
+from autotransfer.core.errors import InvalidValueError
 from autotransfer.core.protocol import describe_schedule
 from autotransfer.report.slices import NORMALISATION, SliceInfo, load_slice_info
 from autotransfer.report.style import TITLE_PREFIX
@@ -78,7 +79,7 @@ def surface_grid_info(
     model._check_fitted()
     if isinstance(grid, int):
         if grid < 2:
-            raise ValueError(f"grid must have at least 2 points per axis, but got {grid!r}")
+            raise InvalidValueError(f"grid must have at least 2 points per axis, but got {grid!r}")
         lo, hi = model.X_.min(axis=0), model.X_.max(axis=0)
         xs = np.linspace(lo[0] - _PAD[0], hi[0] + _PAD[0], grid)
         ys = np.linspace(max(0.0, lo[1] - _PAD[1]), min(1.0, hi[1] + _PAD[1]), grid)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotransfer.core.errors import InvalidValueError
+
 __all__ = ["NoiseAwarePruner", "RungDecision", "score_margin", "effective_images", "rung_steps"]
 
 #: Below this many effective validation images no rung decides (one image is 5 points or more).
@@ -108,9 +110,9 @@ class NoiseAwarePruner(optuna.pruners.BasePruner):
         min_trials: int = 3,
     ) -> None:
         if eta <= 1:
-            raise ValueError(f"eta must be > 1, but got {eta!r}")
+            raise InvalidValueError(f"eta must be > 1, but got {eta!r}")
         if z < 0:
-            raise ValueError(f"z must be >= 0, but got {z!r}")
+            raise InvalidValueError(f"z must be >= 0, but got {z!r}")
         self.rungs = sorted(int(r) for r in rungs)
         self.n_eff = int(n_eff)
         self.eta = float(eta)

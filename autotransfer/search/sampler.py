@@ -26,6 +26,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
+from autotransfer.core.errors import InvalidTypeError, InvalidValueError
+
 __all__ = ["PriorSampler", "is_sampled", "default_startup"]
 
 
@@ -58,7 +60,7 @@ class PriorSampler(optuna.samplers.BaseSampler):
         spread: dict[str, float] | None = None,
     ) -> None:
         if startup < 0:
-            raise ValueError(f"startup must be >= 0, but got {startup!r}")
+            raise InvalidValueError(f"startup must be >= 0, but got {startup!r}")
         self.startup = int(startup)
         self.centre = dict(centre or {})
         self.spread = dict(spread or {})
@@ -105,7 +107,7 @@ class PriorSampler(optuna.samplers.BaseSampler):
         if isinstance(distribution, CategoricalDistribution):
             return distribution.choices[self._rng.randint(len(distribution.choices))]
         if not isinstance(distribution, (FloatDistribution, IntDistribution)):
-            raise TypeError(f"unsupported distribution for {name!r}: {distribution!r}")
+            raise InvalidTypeError(f"unsupported distribution for {name!r}: {distribution!r}")
         low, high, log = float(distribution.low), float(distribution.high), bool(distribution.log)
         if low == high:
             return distribution.low

@@ -31,8 +31,9 @@ from typing import Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import AutotransferTimeoutError, UserError
 from autotransfer.core.schema import FAIL_REASON_ATTR, RETRY_ATTR, WORKER_ATTR
+from autotransfer.core.validation import check_timeout
 from autotransfer.search.retry import retried_trial_number
 from autotransfer.search.run import join_study
 
@@ -257,7 +258,7 @@ def wait_workers(
             if on_poll is not None:
                 on_poll()
             if end is not None and time.monotonic() > end:
-                raise TimeoutError(f"workers still running after {timeout} s")
+                raise AutotransferTimeoutError(f"workers still running after {timeout} s")
             time.sleep(poll)
         if on_poll is not None:
             on_poll()
@@ -433,6 +434,7 @@ def run_worker(
     from autotransfer.search.progress import NullUI
     from autotransfer.search.storage import open_storage, storage_location
 
+    check_timeout(timeout)
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be >= 1, but got {threads!r}")

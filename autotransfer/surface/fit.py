@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import AutotransferRuntimeError, InvalidValueError, UserError
 from autotransfer.core.protocol import SCHEDULES, Protocol, ProtocolSpace, describe_schedule
 from autotransfer.core.settings import PriorSpec
 from autotransfer.prior.quadrant import WIDTHS, Prior, exploring_space, quadrant_prior
@@ -113,7 +113,7 @@ def quadrant_values(
     function of the task's inputs across the points and the query.
     """
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, but got {num_classes!r}")
+        raise InvalidValueError(f"num_classes must be >= 1, but got {num_classes!r}")
     profile = [float(v) if math.isfinite(float(v)) else 0.0 for v in excess] if excess else None
     centre = quadrant_prior(
         float(log10_n),
@@ -296,9 +296,9 @@ class SurfaceModel:
         """Fit the GPs of each parameter to the records' best protocols; returns ``self``."""
         unknown = [p for p in self.params if p not in PARAMS]
         if unknown or not self.params:
-            raise ValueError(f"params must be a non-empty subset of {PARAMS!r}, but got {self.params!r}")
+            raise InvalidValueError(f"params must be a non-empty subset of {PARAMS!r}, but got {self.params!r}")
         if self.min_points < 1:
-            raise ValueError(f"min_points must be >= 1, but got {self.min_points!r}")
+            raise InvalidValueError(f"min_points must be >= 1, but got {self.min_points!r}")
         points = [r if isinstance(r, SurfacePoint) else SurfacePoint.from_dict(r) for r in records]
         if not points:
             raise UserError("the surface has no points yet: run `autotransfer surface` (a sweep) first")
@@ -348,7 +348,7 @@ class SurfaceModel:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "gps_"):
-            raise RuntimeError("this SurfaceModel is not fitted yet: call fit(records) first")
+            raise AutotransferRuntimeError("this SurfaceModel is not fitted yet: call fit(records) first")
 
     # -- predicting -------------------------------------------------------------------------
     def predict_param(
@@ -371,7 +371,7 @@ class SurfaceModel:
         """
         self._check_fitted()
         if param not in self.gps_:
-            raise ValueError(f"param must be one of {tuple(self.gps_)!r}, but got {param!r}")
+            raise InvalidValueError(f"param must be one of {tuple(self.gps_)!r}, but got {param!r}")
         X = np.column_stack([np.ravel(log10_n), np.ravel(similarity)]).astype(float)
         use_residual = baseline is not None and self.residual_
         gp = self.residual_gps_[param] if use_residual else self.gps_[param]
@@ -393,7 +393,7 @@ class SurfaceModel:
         target (its nearest point): the recorded tasks most like this one, each with its own optimum."""
         self._check_fitted()
         if k < 0:
-            raise ValueError(f"k must be >= 0, but got {k!r}")
+            raise InvalidValueError(f"k must be >= 0, but got {k!r}")
         d = np.linalg.norm(self._normalise(self.X_) - self._normalise(np.array([[log10_n, similarity]])), axis=1)
         chosen: list[SurfacePoint] = []
         seen: set[str] = set()
@@ -421,7 +421,7 @@ class SurfaceModel:
         """
         self._check_fitted()
         if k < 1:
-            raise ValueError(f"k must be >= 1, but got {k!r}")
+            raise InvalidValueError(f"k must be >= 1, but got {k!r}")
         d = np.linalg.norm(self._normalise(self.X_) - self._normalise(np.array([[log10_n, similarity]])), axis=1)
         nearest = [int(i) for i in np.argsort(d, kind="stable")[:k]]
         chosen = [(self.points_[i].best, 1.0 / (float(d[i]) + SCHEDULE_DISTANCE_FLOOR)) for i in nearest]
@@ -448,11 +448,11 @@ class SurfaceModel:
         """
         self._check_fitted()
         if not 0.0 <= similarity <= 1.0:
-            raise ValueError(f"similarity must lie in [0, 1], but got {similarity!r}")
+            raise InvalidValueError(f"similarity must lie in [0, 1], but got {similarity!r}")
         if baseline is not None:
             missing = [p for p in self.params if p not in baseline]
             if missing:
-                raise ValueError(f"baseline must give every fitted parameter, but lacks {missing!r}")
+                raise InvalidValueError(f"baseline must give every fitted parameter, but lacks {missing!r}")
         used = baseline if self.residual_ else None  # the baseline the residual fit adds to
         residual = used is not None
         near = self.nearest(log10_n, similarity)
@@ -540,7 +540,7 @@ def prior_from_prediction(
     ``WIDTHS``. The centre is clipped into ``bounds`` (default ``ProtocolSpace()``).
     """
     if num_groups < 1:
-        raise ValueError(f"num_groups must be >= 1, but got {num_groups!r}")
+        raise InvalidValueError(f"num_groups must be >= 1, but got {num_groups!r}")
     bounds = bounds or ProtocolSpace()
     widths = dict(WIDTHS)
     for param, s in prediction.std.items():

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, cast
 
 import optuna
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import FREEZE_ATTR, REINIT_ATTR
 from autotransfer.search.study import best_transfer_trial, read_attr, read_settings, search_trials
@@ -102,14 +102,14 @@ class SurfacePoint:
 
     def __post_init__(self) -> None:
         if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 (0 = unknown), but got {self.num_classes!r}")
+            raise InvalidValueError(f"num_classes must be >= 0 (0 = unknown), but got {self.num_classes!r}")
         t = self.transferability
         if t is not None and not 0.0 <= t <= 1.0:
-            raise ValueError(f"transferability must lie in [0, 1] or be None, but got {t!r}")
+            raise InvalidValueError(f"transferability must lie in [0, 1] or be None, but got {t!r}")
         if not math.isfinite(self.log10_n):
-            raise ValueError(f"log10_n must be finite, but got {self.log10_n!r}")
+            raise InvalidValueError(f"log10_n must be finite, but got {self.log10_n!r}")
         if not 0.0 <= self.similarity <= 1.0:
-            raise ValueError(f"similarity must lie in [0, 1], but got {self.similarity!r}")
+            raise InvalidValueError(f"similarity must lie in [0, 1], but got {self.similarity!r}")
         self.protocol = Protocol.from_dict(self.protocol).to_dict()  # validates and fills defaults
 
     @property
@@ -124,7 +124,7 @@ class SurfacePoint:
         known = set(cls.__dataclass_fields__)
         missing = {"study", "target", "model", "log10_n", "similarity", "protocol", "score"} - set(values)
         if missing:
-            raise ValueError(f"surface point is missing {sorted(missing)!r}, but got keys {sorted(values)!r}")
+            raise InvalidValueError(f"surface point is missing {sorted(missing)!r}, but got keys {sorted(values)!r}")
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
@@ -151,7 +151,7 @@ class SurfaceStore:
             payload = json.loads(self.path.read_text())
             version = payload.get("version")
             if version != STORE_VERSION:
-                raise ValueError(f"store version must be {STORE_VERSION}, but got {version!r}")
+                raise InvalidValueError(f"store version must be {STORE_VERSION}, but got {version!r}")
             points = [SurfacePoint.from_dict(p) for p in payload["points"]]
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise UserError(

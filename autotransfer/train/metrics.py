@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.train.config import default_amp
 
 __all__ = [
@@ -44,9 +44,9 @@ def score(y_true: np.ndarray | torch.Tensor, y_pred: np.ndarray | torch.Tensor, 
     y_true = _numpy(y_true)
     y_pred = _numpy(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true and y_pred must both be (N,), but got {y_true.shape} and {y_pred.shape}")
+        raise InvalidValueError(f"y_true and y_pred must both be (N,), but got {y_true.shape} and {y_pred.shape}")
     if len(y_true) == 0:
-        raise ValueError("cannot score an empty set of predictions")
+        raise InvalidValueError("cannot score an empty set of predictions")
     if metric == "accuracy":
         return float(accuracy_score(y_true, y_pred))
     with warnings.catch_warnings():  # predicting a class absent from y_true is legitimate here
@@ -62,9 +62,9 @@ def score_interval(value: float, n: int, z: float = 1.96) -> tuple[float, float]
     rather than taken from ``scipy.stats.binomtest``, which needs an integer count.
     """
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"score must lie in [0, 1], but got {value!r}")
+        raise InvalidValueError(f"score must lie in [0, 1], but got {value!r}")
     if n < 1:
-        raise ValueError(f"the number of images must be >= 1, but got {n!r}")
+        raise InvalidValueError(f"the number of images must be >= 1, but got {n!r}")
     denom = 1 + z * z / n
     centre = (value + z * z / (2 * n)) / denom
     half = z * np.sqrt(value * (1 - value) / n + z * z / (4 * n * n)) / denom
@@ -90,7 +90,7 @@ def predict_logits(
             logits.append(out.float())
             labels.append(y)
     if not logits:
-        raise ValueError("no batches to evaluate")
+        raise InvalidValueError("no batches to evaluate")
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -150,7 +150,7 @@ def predict_proba(
     ``amp`` ``None``: bf16 autocast where the device has native bf16 (``default_amp``)."""
     members = [models] if isinstance(models, torch.nn.Module) else list(models)
     if not members:
-        raise ValueError("predict_proba needs at least one model")
+        raise InvalidValueError("predict_proba needs at least one model")
     total, labels = None, None
     for model in members:
         model.eval()

@@ -69,6 +69,7 @@ from typing import Any, Iterator, cast
 import torch
 
 from autotransfer.backbones import run_groups
+from autotransfer.core.errors import InvalidValueError
 
 __all__ = [
     "PrefixCache",
@@ -169,7 +170,7 @@ class CachedPrefix:
     def val_batches(self, batch_size: int, dtype: torch.dtype) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(features (B, *shape), labels (B,))`` over the whole validation set, in order."""
         if self.val is None or self.val_labels is None:
-            raise ValueError("this cache entry has no validation features")
+            raise InvalidValueError("this cache entry has no validation features")
         for start in range(0, self.val.shape[0], batch_size):
             yield self._as(self.val[start : start + batch_size], dtype), self.val_labels[start : start + batch_size]
 
@@ -206,12 +207,12 @@ class PrefixCache:
         workers_per_device: int | None = None,
     ):
         if workers_per_device is not None and workers_per_device < 1:
-            raise ValueError(f"workers_per_device must be >= 1, but got {workers_per_device!r}")
+            raise InvalidValueError(f"workers_per_device must be >= 1, but got {workers_per_device!r}")
         self.workers_per_device = workers_per_device
         if max_bytes is not None and max_bytes <= 0:
-            raise ValueError(f"max_bytes must be > 0, but got {max_bytes!r}")
+            raise InvalidValueError(f"max_bytes must be > 0, but got {max_bytes!r}")
         if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, but got {chunk_size!r}")
+            raise InvalidValueError(f"chunk_size must be >= 1, but got {chunk_size!r}")
         self.max_bytes = max_bytes
         self.dtype = dtype
         self.chunk_size = chunk_size
@@ -302,9 +303,9 @@ class PrefixCache:
             seed: seeds the view bank (view ``v`` uses ``view_seed(seed, v)``).
         """
         if not getattr(backbone, "chain", False):
-            raise ValueError(f"backbone {backbone.spec!r} does not chain its groups; it cannot be cached")
+            raise InvalidValueError(f"backbone {backbone.spec!r} does not chain its groups; it cannot be cached")
         if not 1 <= freeze <= backbone.num_groups:
-            raise ValueError(f"freeze must be in [1, {backbone.num_groups}], but got {freeze!r}")
+            raise InvalidValueError(f"freeze must be in [1, {backbone.num_groups}], but got {freeze!r}")
         views = views if augment else 1
         device = train.images.device
         dtype = self.dtype or (torch.bfloat16 if amp else torch.float16)

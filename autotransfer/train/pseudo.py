@@ -9,6 +9,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from autotransfer.core.errors import InvalidValueError
+
 __all__ = ["PseudoLabels", "select_pseudo_labels", "check_threshold"]
 
 
@@ -29,9 +31,9 @@ class PseudoLabels(NamedTuple):
 def check_threshold(threshold: float) -> float:
     """``threshold`` as a float if it lies in the open interval (0, 1), else ``ValueError``."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
-        raise ValueError(f"the pseudo-label threshold must be a number in (0, 1), but got {threshold!r}")
+        raise InvalidValueError(f"the pseudo-label threshold must be a number in (0, 1), but got {threshold!r}")
     if not 0.0 < float(threshold) < 1.0:
-        raise ValueError(f"the pseudo-label threshold must lie in (0, 1), but got {threshold!r}")
+        raise InvalidValueError(f"the pseudo-label threshold must lie in (0, 1), but got {threshold!r}")
     return float(threshold)
 
 
@@ -53,9 +55,9 @@ def select_pseudo_labels(probs: np.ndarray | torch.Tensor, threshold: float) -> 
         probs = probs.detach().float().cpu().numpy()
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 2 or probs.shape[1] < 1:
-        raise ValueError(f"probs must be (N, C) with C >= 1, but got shape {probs.shape}")
+        raise InvalidValueError(f"probs must be (N, C) with C >= 1, but got shape {probs.shape}")
     if len(probs) and (not np.all(np.isfinite(probs)) or probs.min() < 0):
-        raise ValueError("probs must be finite and non-negative (softmax probabilities)")
+        raise InvalidValueError("probs must be finite and non-negative (softmax probabilities)")
     labels = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
     confidences = probs[np.arange(len(probs)), labels] if len(probs) else np.zeros(0, dtype=np.float32)
     keep = np.flatnonzero(confidences >= threshold)
