@@ -110,6 +110,17 @@ def _main(
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+#: The ``--out`` of the commands that read a study: where ``tune --out`` wrote it.
+_OUT_HELP = (
+    "the folder `tune --out` wrote into (or a model folder under its runs/): read the study's storage from there"
+    " (as tune chose it: $AUTOTRANSFER_STORAGE, else OUT/autotransfer.db)"
+)
+_READ_STORAGE_HELP = (
+    "Optuna storage URL, file, or the folder tune wrote (default: --out's, else $AUTOTRANSFER_STORAGE, else"
+    " sqlite:///studies/autotransfer.db); never created"
+)
+
+
 def _print_json(payload: object) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))
 
@@ -400,6 +411,7 @@ def worker_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars; only warnings and errors"),
+    out: Optional[str] = typer.Option(None, "--out", help=_OUT_HELP),
 ) -> None:
     """Join an existing study as one more worker; run its trials until its budget is met.
 
@@ -411,12 +423,16 @@ def worker_cmd(
     Examples:
       autotransfer worker --study elpv-efficientnet_lite0-n600-s0 --storage postgresql://at:secret@db.lan/autotransfer
       CUDA_VISIBLE_DEVICES=1 autotransfer worker --study my-study --storage postgresql://at:secret@db.lan/autotransfer
+      autotransfer worker --study j1 --out runs/j1          # the study `tune --out runs/j1` made
     """
     from autotransfer.search.progress import NullUI, RichUI
+    from autotransfer.search.storage import study_storage
     from autotransfer.search.workers import run_worker
 
     ui = NullUI() if quiet else RichUI()
-    done = run_worker(study, storage, device=device, threads=threads, timeout=timeout, ui=ui, quiet=quiet)
+    done = run_worker(
+        study, study_storage(storage, out), device=device, threads=threads, timeout=timeout, ui=ui, quiet=quiet
+    )
     err_console.print(f"worker done: study {study!r} has {done} finished search trials")
 
 
@@ -432,11 +448,8 @@ def export_cmd(
     output: Optional[str] = typer.Option(
         None, "-o", "--output", help="file to write (default: stdout; timm and script need a file)"
     ),
-    storage: Optional[str] = typer.Option(
-        None,
-        "--storage",
-        help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
-    ),
+    storage: Optional[str] = typer.Option(None, "--storage", help=_READ_STORAGE_HELP),
+    out: Optional[str] = typer.Option(None, "--out", help=_OUT_HELP),
 ) -> None:
     """Write a study's best protocol with its provenance, or as something that trains it outside autotransfer.
 
@@ -447,6 +460,7 @@ def export_cmd(
       autotransfer export animals-efficientnet_lite0-n600-s0 -o best.yaml
       autotransfer export my-study --format timm -o args.yaml     # python train.py --config args.yaml --data-dir DATA
       autotransfer export my-study --format script -o train_my_study.py   # python train_my_study.py DATA --out model/
+      autotransfer export j1 --out runs/j1 -o best.yaml      # the study `tune --out runs/j1` made
     """
     import tempfile
     from pathlib import Path
@@ -461,14 +475,14 @@ def export_cmd(
         weights_path,
         write_export,
     )
-    from autotransfer.search.storage import open_storage
+    from autotransfer.search.storage import open_existing_storage, study_storage
     from autotransfer.search.study import load_study
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, but got {fmt!r}")
     if fmt in FILE_FORMATS and not output:
         raise UserError(f"--format {fmt} writes a weights file beside its output: give the file to write with -o")
-    payload = export_payload(load_study(study, open_storage(storage, heartbeat=False)))
+    payload = export_payload(load_study(study, open_existing_storage(study_storage(storage, out))))
     if not output:
         with tempfile.TemporaryDirectory() as tmp:
             typer.echo(write_export(payload, Path(tmp) / "export", fmt).read_text(), nl=False)
@@ -723,12 +737,14 @@ def surface_cmd(
 
 @app.command("dashboard")
 def dashboard_cmd(
-    storage: Optional[str] = typer.Option(
-        None,
-        "--storage",
-        help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
+    storage: Optional[str] = typer.Option(None, "--storage", help=_READ_STORAGE_HELP),
+    out: Optional[str] = typer.Option(None, "--out", help=_OUT_HELP),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="address to listen on (default: this machine only; the dashboard has no login and can edit and delete"
+        " studies, so another address warns)",
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: this machine only)"),
     port: int = typer.Option(8080, "--port", help="port to serve on"),
     study: Optional[str] = typer.Option(None, "--study", help="attach views to this study only and print its page"),
 ) -> None:
@@ -743,15 +759,18 @@ def dashboard_cmd(
       autotransfer dashboard
       autotransfer dashboard --storage sqlite:///studies/autotransfer.db --port 8081
       autotransfer dashboard --study animals-efficientnet_lite0-n600-s0
+      autotransfer dashboard --out runs/j1                   # the studies `tune --out runs/j1` made
     """
     from autotransfer.report.dashboard import run_dashboard
+    from autotransfer.search.storage import study_storage
 
     run_dashboard(
-        storage,
+        study_storage(storage, out),
         study_name=study,
         host=host,
         port=port,
         announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
+        warn=lambda line: err_console.print(f"[bold red]WARNING:[/bold red] {line}", highlight=False, soft_wrap=True),
     )
 
 
@@ -759,11 +778,8 @@ def dashboard_cmd(
 def report_cmd(
     study: str = typer.Argument(..., help="study name"),
     output: str = typer.Option("report.html", "-o", "--output", help="HTML file to write"),
-    storage: Optional[str] = typer.Option(
-        None,
-        "--storage",
-        help="Optuna storage URL (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
-    ),
+    storage: Optional[str] = typer.Option(None, "--storage", help=_READ_STORAGE_HELP),
+    out: Optional[str] = typer.Option(None, "--out", help=_OUT_HELP),
 ) -> None:
     """Write one self-contained HTML page about a study (plotly inline: no network needed to view it).
 
@@ -771,11 +787,14 @@ def report_cmd(
     parameter importances, protocol against score, the controls, the held-out test score and
     the exported config.
 
-    Example: autotransfer report animals-efficientnet_lite0-n600-s0 -o report.html
+    Examples:
+      autotransfer report animals-efficientnet_lite0-n600-s0 -o report.html
+      autotransfer report j1 --out runs/j1 -o report.html    # the study `tune --out runs/j1` made
     """
     from autotransfer.report.html import write_study_report
+    from autotransfer.search.storage import study_storage
 
-    path = write_study_report(study, output, storage)
+    path = write_study_report(study, output, study_storage(storage, out))
     err_console.print(f"wrote {path}")
 
 

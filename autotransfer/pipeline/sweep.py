@@ -144,7 +144,13 @@ class SweepResult:
     storage: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"store": self.store, "storage": self.storage, "studies": [e.to_dict() for e in self.entries]}
+        from autotransfer.search.storage import masked_url
+
+        return {
+            "store": self.store,
+            "storage": masked_url(self.storage),
+            "studies": [e.to_dict() for e in self.entries],
+        }
 
 
 def plan_sweep(

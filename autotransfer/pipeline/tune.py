@@ -54,6 +54,7 @@ from autotransfer.search.run import (
 )
 from autotransfer.search.storage import masked_url, open_storage, storage_location
 from autotransfer.search.study import (
+    JOIN_WAIT,
     best_transfer_trial,
     check_compatible,
     create_study,
@@ -143,18 +144,24 @@ def open_study_for(
         notes.append(f"N was capped at {settings.n}: all the images {settings.target!r} holds")
     probe_backbone = create_backbone(settings.model, num_classes=len(prepared.dataset.classes))
 
-    if study_exists(store, name):
+    joined = study_exists(store, name)
+    if not joined:
+        try:
+            study, settings, profile_dict, prior_dict = _create(
+                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui
+            )
+            ui.note(f"created study {name!r} in {masked_url(url)}")
+        except optuna.exceptions.DuplicatedStudyError:  # another run created it while this one estimated
+            joined = True
+            ui.note(f"another run created study {name!r} meanwhile: joined study {name!r} as one more worker")
+    if joined:
         study, settings, profile_dict, prior_dict, overridden = _resume(name, store, settings, prepared, warm_start, ui)
         if overridden:
             notes.insert(0, overridden)
-    else:
-        study, settings, profile_dict, prior_dict = _create(
-            name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui
-        )
-        ui.note(f"created study {name!r} in {masked_url(url)}")
     ui.note(describe_prior(settings.prior_spec, prior_dict))
     return OpenStudy(
-        study=open_study(name, store, settings),
+        # a run that joins the study draws its own protocols (each process that runs trials explores)
+        study=open_study(name, store, settings, reseed=joined),
         name=name,
         url=url,
         settings=settings,
@@ -171,7 +178,7 @@ def _resume(name, store, settings: StudySettings, prepared: PreparedData, warm_s
     from autotransfer.search.objective import precision_refusal, trial_precision
     from autotransfer.search.study import resume_overrides
 
-    study = load_study(name, store)
+    study = load_study(name, store, wait=JOIN_WAIT)  # its creator may still be writing its settings
     stored = read_settings(study)
     settings = settings.resolved(
         fingerprint=prepared.fingerprint,

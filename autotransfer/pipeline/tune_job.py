@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from autotransfer.core.budget import parse_duration
+from autotransfer.core.errors import UserError
 from autotransfer.core.settings import StudySettings
 from autotransfer.pipeline.outcome import TuneResult
 
@@ -106,8 +107,6 @@ def tune_job(
     outputs = tune_outputs(out, storage)
     if isinstance(target, StudySettings):
         if options:
-            from autotransfer.core.errors import UserError
-
             raise UserError(
                 f"tune got StudySettings and options {sorted(options)}: give the options inside the settings,"
                 " or a target spec with the options"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
+import logging
 import math
 import socket
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -15,7 +16,7 @@ from optuna.storages import BaseStorage
 from autotransfer.core.errors import UserError
 from autotransfer.core.schema import ATTR
 from autotransfer.report import figures, plots
-from autotransfer.search.storage import masked_url, open_storage, storage_location
+from autotransfer.search.storage import open_existing_storage, storage_name
 from autotransfer.search.study import load_study, read_settings
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "study_note",
     "attach_views",
     "check_port",
+    "exposure_warning",
     "dashboard_url",
     "run_dashboard",
 ]
@@ -41,28 +43,10 @@ VIEW_IDS = {
 
 
 def open_dashboard_storage(url: str | None = None) -> BaseStorage:
-    """Open an existing storage to read (no heartbeats); a missing file is a one-line ``UserError``.
-
-    Unlike ``open_storage`` (which creates a new SQLite or journal file for ``tune``), the
-    dashboard only looks at studies, so a path that does not exist is a mistake.
-    """
-    location = storage_location(url)
-    path = None
-    if location.startswith("sqlite:///"):
-        path = location[len("sqlite:///") :]
-    elif "://" not in location:
-        path = location
-    if path is not None and path not in ("", ":memory:") and not Path(path).is_file():
-        raise UserError(
-            f"storage {path!r} does not exist: run `autotransfer tune` first, or pass the --storage of your studies"
-        )
-    store = open_storage(location, heartbeat=False)
-    try:
-        store.get_all_studies()
-    except Exception as err:  # noqa: BLE001 - any failure to read is the user's storage
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"cannot read studies from storage {masked_url(location)!r}: {first}") from err
-    return store
+    """Open an existing storage to read (no heartbeats); a missing file is a one-line ``UserError``
+    (``search.storage.open_existing_storage``: the dashboard, like every command that only looks at
+    studies, never creates a database)."""
+    return open_existing_storage(url)
 
 
 def autotransfer_studies(storage: BaseStorage) -> list[str]:
@@ -209,6 +193,26 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port} ({err.strerror}): pass another --host or --port") from err
 
 
+def exposure_warning(host: str, port: int | None = None) -> str | None:
+    """The warning to show when ``host`` makes the dashboard reachable from other machines (any
+    address but a loopback one), else ``None``. The dashboard has no login, and it can edit and
+    delete studies."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return None  # check_port refuses it
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+    if all(address.is_loopback for address in addresses):
+        return None
+    where = "every interface" if any(a.is_unspecified for a in addresses) else f"{host}, beyond this machine"
+    on_port = f" on port {port}" if port is not None else ""
+    return (
+        f"--host {host} binds {where}: the dashboard is unauthenticated, and anyone who can reach this machine"
+        f"{on_port} can read, edit and delete the studies in this storage; keep the default --host 127.0.0.1"
+        " (reach it through an SSH tunnel) unless every machine on this network is trusted"
+    )
+
+
 def dashboard_url(host: str, port: int, study: optuna.Study | None = None) -> str:
     """The dashboard's address, or one study's page in it."""
     shown = f"[{host}]" if ":" in host else host
@@ -223,14 +227,16 @@ def run_dashboard(
     host: str = "127.0.0.1",
     port: int = 8080,
     announce: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> None:
     """Attach autotransfer's views to the studies in ``storage``, then serve optuna-dashboard (blocks).
 
     Bad input, each a one-line ``UserError`` raised before anything is served: a storage that
     cannot be opened, a ``study_name`` that does not exist, a port already in use.
-    ``announce`` receives one line per step (what was attached, where to point a browser).
+    ``announce`` receives one line per step (what was attached, where to point a browser);
+    ``warn`` the warning of a ``host`` that other machines can reach (``exposure_warning``).
     """
-    from optuna_dashboard import run_server
+    import optuna_dashboard
 
     say = announce or (lambda line: None)
     store = open_dashboard_storage(storage)
@@ -240,6 +246,9 @@ def run_dashboard(
     for name, ids in attached.items():
         say(f"attached {len(ids)} autotransfer figures and a note to study {name!r}")
     if not attached:
-        say(f"no autotransfer study in {masked_url(storage_location(storage))}: serving the dashboard as it is")
+        say(f"no autotransfer study in {storage_name(store)}: serving the dashboard as it is")
+    exposed = exposure_warning(host, port)
+    if exposed is not None:
+        (warn or logging.getLogger(__name__).warning)(exposed)
     say(f"optuna-dashboard on {dashboard_url(host, port, study)} (Ctrl-C stops it)")
-    run_server(store, host=host, port=port)
+    optuna_dashboard.run_server(store, host=host, port=port)

@@ -20,6 +20,7 @@ from autotransfer.core.settings import StudySettings
 from autotransfer.search.prepared import PreparedData, prepare_data, split_batches
 from autotransfer.search.storage import open_storage, storage_location
 from autotransfer.search.study import (
+    JOIN_WAIT,
     control_trials,
     load_study,
     open_study,
@@ -239,8 +240,8 @@ def join_study(
 
     ui = ui or NullUI()
     url = storage_location(storage)
-    store = open_storage(url)
-    study = load_study(study_name, store)
+    store = open_storage(url, must_exist=True)  # a worker joins a study: it never creates a database
+    study = load_study(study_name, store, wait=JOIN_WAIT)  # its creator may still be writing its settings
     settings = read_settings(study)
     if device:
         settings = type(settings).from_dict({**settings.to_dict(), "device": device})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import AutotransferRuntimeError, UserError
 from autotransfer.core.schema import FIXED_PARAMS
 
 __all__ = [
@@ -22,8 +24,12 @@ __all__ = [
     "STORAGE_ENV",
     "default_storage",
     "open_storage",
+    "open_existing_storage",
     "storage_location",
+    "study_storage",
+    "storage_name",
     "masked_url",
+    "scrub",
     "HEARTBEAT_INTERVAL",
     "GRACE_PERIOD",
     "MAX_RETRY",
@@ -162,15 +168,108 @@ def _with_driver(url: str) -> str:
     )
 
 
-def masked_url(url: str) -> str:
-    """The URL with its password masked (``postgresql://user:***@host/db``): the one way to
-    show a storage URL in a message, a note or a summary."""
-    try:
-        from sqlalchemy.engine import make_url
+#: A query parameter whose name holds one of these carries a credential (libpq's ``password``,
+#: ``passfile``, ``sslpassword``; tokens, keys, secrets of any driver): its value is never shown.
+_CREDENTIAL_WORDS = ("pass", "pwd", "secret", "token", "key", "credential", "auth")
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a database URL: nothing to mask
-        return url
+
+def _credential_spans(url: str) -> list[tuple[int, int]]:
+    """Where ``url`` holds a secret: the password of its userinfo and every credential-bearing
+    query value, as ``(start, end)`` offsets."""
+    spans: list[tuple[int, int]] = []
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return spans
+    start = scheme_end + 3
+    query_at = min([i for i in (url.find("?", start), url.find("#", start)) if i >= 0], default=len(url))
+    at = url.rfind("@", start, query_at)
+    if at >= 0 and not url.startswith("sqlite"):  # an SQLite path may hold '@' and ':'
+        colon = url.find(":", start, at)
+        if colon >= 0:
+            spans.append((colon + 1, at))
+    if query_at < len(url) and url[query_at] == "?":
+        for match in _QUERY_PARAM.finditer(url, query_at):
+            name = match.group(2).strip().lower()
+            if any(word in name for word in _CREDENTIAL_WORDS) and match.group(3):
+                spans.append(match.span(3))
+    return spans
+
+
+def masked_url(url: str) -> str:
+    """The URL with every credential masked: the password of ``user:password@`` and each query
+    parameter that carries one (``?password=``, ``passfile``, ``sslpassword``, tokens, keys):
+    ``postgresql://user:***@host/db?password=***``. The one way to show a storage URL in a
+    message, a note, a summary or a file."""
+    shown = url
+    for begin, end in sorted(_credential_spans(url), reverse=True):
+        shown = shown[:begin] + "***" + shown[end:]
+    return shown
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) with ``url`` masked and each of its secrets,
+    as written and URL-decoded, replaced by ``***``."""
+    from urllib.parse import unquote
+
+    secrets = {url[a:b] for a, b in _credential_spans(url)}
+    secrets |= {unquote(v) for v in secrets}
+    text = text.replace(url, masked_url(url))
+    for secret in sorted((v for v in secrets if v), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def storage_name(storage: optuna.storages.BaseStorage | str) -> str:
+    """How a message names ``storage`` (an opened storage or a URL): its URL, credentials masked,
+    an SQLite or journal file by its absolute path, so that the user sees which one was opened."""
+    if isinstance(storage, str):
+        url = storage_location(storage)
+    else:
+        inner = getattr(storage, "_backend", storage)  # optuna's _CachedStorage wraps an RDBStorage
+        found = getattr(inner, "url", None)
+        if not isinstance(found, str):
+            journal = getattr(getattr(inner, "_backend", None), "_file_path", None)  # JournalStorage
+            return str(Path(journal).resolve()) if journal else type(storage).__name__
+        url = found
+    path = _sqlite_path(url)
+    if path is not None:
+        return f"sqlite:///{path.resolve()}"
+    if "://" not in url:
+        return str(Path(url).resolve())
+    return masked_url(url)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of an ``sqlite:///`` URL (``None``: not SQLite, or in memory)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    raw = url[len("sqlite:///") :].split("?", 1)[0]
+    return None if raw in ("", ":memory:") else Path(raw)
+
+
+def study_storage(storage: str | None = None, out: str | Path | None = None) -> str:
+    """The storage a command that reads a study opens: ``storage`` (``--storage``: a URL, a file,
+    or the folder ``tune --out`` wrote), else the storage of the folder ``out`` (``--out``: the
+    folder ``tune --out`` wrote, or a model folder in its ``runs/``), found as ``tune`` chose it
+    (``default_storage``), else the default storage."""
+    if storage:
+        if "://" not in storage and Path(storage).expanduser().is_dir():
+            return f"sqlite:///{_tune_folder(Path(storage)) / 'autotransfer.db'}"
+        return storage_location(storage)
+    if out is not None:
+        return default_storage(_tune_folder(Path(out)))
+    return storage_location(None)
+
+
+def _tune_folder(folder: Path) -> Path:
+    """The folder ``tune --out`` wrote: ``folder`` itself, or, for a model folder
+    ``OUT/runs/STUDY`` with no storage of its own, ``OUT``."""
+    folder = folder.expanduser().resolve()
+    if not (folder / "autotransfer.db").exists() and folder.parent.name == "runs":
+        if (folder.parent.parent / "autotransfer.db").exists():
+            return folder.parent.parent
+    return folder
 
 
 class _BeatingRDBStorage(RDBStorage):
@@ -233,20 +332,30 @@ def _check_sqlite_file(url: str, *, writable: bool = True) -> None:
             )
 
 
+#: Messages of a database whose tables another process created between the check and the create
+#: (two runs opening a new storage at once): opening again finds them.
+_CREATED_MEANWHILE = ("already exists", "unique constraint", "duplicate key")
+
+
 def open_storage(
-    url: str | None = None, *, heartbeat: bool = True, writable: bool | None = None
+    url: str | None = None, *, heartbeat: bool = True, writable: bool | None = None, must_exist: bool = False
 ) -> optuna.storages.BaseStorage:
     """Open the storage at ``url`` (default ``studies/autotransfer.db``).
 
     ``writable`` (default: ``heartbeat``, as running trials write) refuses an SQLite file
     that cannot be written with a one-line ``UserError``; pass ``False`` to only read.
+    ``must_exist`` refuses an SQLite or journal file that does not exist (commands that read
+    studies never create a database; ``open_existing_storage``).
 
     RDB storages (SQLite, PostgreSQL, MySQL) get heartbeats and ``RequeueStaleTrial``: a trial
     whose worker dies is marked FAIL and re-queued with its original parameters and queue
     attributes (``requeue_trial``). A path ending in ``.log``/``.jsonl`` opens a
-    journal file instead (no heartbeats). Any failure to open is a one-line ``UserError``.
+    journal file instead (no heartbeats). Any failure to open is a one-line ``UserError`` that
+    names the storage (``storage_name``), credentials masked.
     """
     location = storage_location(url)
+    if must_exist:
+        _refuse_missing(location)
     if "://" not in location:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -271,17 +380,46 @@ def open_storage(
     elif location.startswith("sqlite"):
         # several local workers write to one file: wait for its lock instead of failing at 5 s
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}}
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _BeatingRDBStorage(_with_driver(location), engine_kwargs=engine_kwargs, **kwargs)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors vary
+            if attempt < 2 and any(word in str(err).lower() for word in _CREATED_MEANWHILE):
+                time.sleep(0.2 * (attempt + 1))  # another process created the tables: open them
+                continue
+            raise UserError(
+                f"cannot open storage {masked_url(location)!r}: {scrub(_one_line(err), location)} — check the URL,"
+                " that the database is reachable, and that the file is an Optuna storage"
+            ) from None
+    raise AutotransferRuntimeError("unreachable")  # the loop returns or raises
+
+
+def open_existing_storage(url: str | None = None) -> optuna.storages.BaseStorage:
+    """Open an existing storage to read (no heartbeats), as ``export``, ``report``, ``dashboard``
+    and ``worker`` do: an SQLite or journal file that does not exist is a one-line ``UserError``
+    (nothing is created), and so is a storage whose studies cannot be read."""
+    location = storage_location(url)
+    store = open_storage(location, heartbeat=False, must_exist=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _BeatingRDBStorage(_with_driver(location), engine_kwargs=engine_kwargs, **kwargs)
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors vary
+        store.get_all_studies()
+    except Exception as err:  # noqa: BLE001 - any failure to read is the user's storage
         raise UserError(
-            f"cannot open storage {masked_url(location)!r}: {_one_line(err)} — check the URL, that the database"
-            " is reachable, and that the file is an Optuna storage"
-        ) from err
+            f"cannot read studies from storage {storage_name(location)!r}: {scrub(_one_line(err), location)}"
+        ) from None
+    return store
+
+
+def _refuse_missing(location: str) -> None:
+    path = _sqlite_path(location) if "://" in location else Path(location)
+    if path is not None and not path.is_file():
+        raise UserError(
+            f"storage {str(path.resolve())!r} does not exist: run `autotransfer tune` first, or pass --out (the"
+            " folder tune wrote into) or the --storage of your studies"
+        )
 
 
 def _one_line(err: BaseException) -> str:

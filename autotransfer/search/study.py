@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import os
 import platform
+import socket
+import time
 from dataclasses import replace
 from typing import Any, Iterable, cast
 
@@ -18,6 +21,7 @@ from autotransfer.core.schema import ATTR, CONTROL_ATTR, VAL_LOSS_ATTR
 from autotransfer.core.settings import StudySettings
 from autotransfer.search.pruning import NoiseAwarePruner, rung_steps
 from autotransfer.search.sampler import PriorSampler, default_startup
+from autotransfer.search.storage import storage_name
 
 __all__ = [
     "make_sampler",
@@ -26,6 +30,8 @@ __all__ = [
     "RUNG_FRACTIONS",
     "create_study",
     "load_study",
+    "JOIN_WAIT",
+    "READ_WAIT",
     "study_exists",
     "read_settings",
     "read_space",
@@ -94,13 +100,24 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     return NoiseAwarePruner(rung_steps(int(settings.steps), eval_every, RUNG_FRACTIONS), n_eff, z=PRUNE_Z)
 
 
+#: Seconds a process that joins a study (``tune`` resuming it or losing the race to create it, a
+#: worker) waits for the settings of a study that another process is still creating.
+JOIN_WAIT = float(os.environ.get("AUTOTRANSFER_JOIN_WAIT", "120"))
+#: Seconds a command that only reads a study waits for them.
+READ_WAIT = 10.0
+#: Seconds a bare study (no attribute, no trial: optuna made it a moment ago and its creator has
+#: not marked it yet) is given before it counts as a study autotransfer did not make.
+_BARE_GRACE = 1.0
+
+
 def open_study(
     name: str, storage: optuna.storages.BaseStorage, settings: StudySettings, *, reseed: bool = False
 ) -> optuna.Study:
     """Load a study with the sampler and pruner its stored attributes ask for.
 
-    ``reseed``: a parallel worker draws its own start-up protocols (with the study's seed in
-    every worker, all of them would propose the same parameters).
+    ``reseed``: a process that joins the study (a worker, a ``tune`` that resumes it) draws its
+    own start-up protocols (with the study's seed in every process, all of them would propose the
+    same parameters).
     """
     study = load_study(name, storage)
     sampler = make_sampler(settings.seed, read_attr(study, "sampler"))
@@ -113,16 +130,44 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     return name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
 
 
-def load_study(name: str, storage: optuna.storages.BaseStorage, *, sampler=None, pruner=None) -> optuna.Study:
-    """Load an existing study, or raise a one-line ``UserError`` listing the known names."""
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
-    if name not in names:
-        known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "") if names else "none"
-        raise UserError(f"no study named {name!r} in this storage (known studies: {known})")
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    if ATTR["settings"] not in study.user_attrs:
-        raise UserError(f"study {name!r} was not made by autotransfer (it has no settings attribute)")
-    return study
+def load_study(
+    name: str, storage: optuna.storages.BaseStorage, *, sampler=None, pruner=None, wait: float = READ_WAIT
+) -> optuna.Study:
+    """Load an existing study, or raise a one-line ``UserError`` that names the storage (listing
+    its studies when ``name`` is not among them).
+
+    A study whose settings are not written yet is being created by another process
+    (``create_study`` writes them last): wait up to ``wait`` seconds for them, then refuse in
+    one line saying who began creating it.
+    """
+    start = time.monotonic()
+    while True:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        if name not in names:
+            known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "") if names else "none"
+            raise UserError(f"no study named {name!r} in storage {storage_name(storage)} (known studies: {known})")
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        attrs = study.user_attrs
+        if ATTR["settings"] in attrs:
+            return study
+        waited = time.monotonic() - start
+        creating = attrs.get(ATTR["creating"])
+        if creating is None:
+            bare = not attrs and not study.get_trials(deepcopy=False)
+            if not (bare and waited < _BARE_GRACE):
+                raise UserError(
+                    f"study {name!r} in storage {storage_name(storage)} was not made by autotransfer (it has no"
+                    " settings attribute): pass the name of a study that `autotransfer tune` made"
+                )
+        elif waited >= wait:
+            who = creating.get("by", "another run") if isinstance(creating, dict) else "another run"
+            when = creating.get("at", "?") if isinstance(creating, dict) else "?"
+            raise UserError(
+                f"study {name!r} in storage {storage_name(storage)} is half-created: {who} began creating it at"
+                f" {when} and its settings were never written (waited {wait:.0f} s): wait for that run to finish"
+                f" estimating, or delete the study (optuna delete-study --study-name {name}) and run tune again"
+            )
+        time.sleep(0.25)
 
 
 def create_study(
@@ -142,6 +187,11 @@ def create_study(
     their number follows the search budget left after the enqueued non-control protocols.
     The study searches ``settings.schedules``, whatever ``space`` says; an enqueued protocol
     whose schedule is not among them runs the first of them (``Protocol.within_schedules``).
+
+    Another process may create ``name`` first: optuna's ``DuplicatedStudyError`` then says so
+    (``pipeline.tune`` joins that study). The settings are written last, after every other
+    attribute and the enqueued protocols, and the ``creating`` mark first: a study that has
+    settings is complete, and ``load_study`` waits for the settings of one being created.
     """
     space = replace(space, schedules=settings.schedules)
     enqueue = [(p.within_schedules(space.schedules), attrs) for p, attrs in enqueue]
@@ -159,8 +209,10 @@ def create_study(
         sampler=make_sampler(settings.seed, sampler_config),
         pruner=make_pruner(settings),
     )
+    study.set_user_attr(
+        ATTR["creating"], {"by": f"{socket.gethostname()}:{os.getpid()}", "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    )
     study.set_user_attr(ATTR["sampler"], json.loads(json.dumps(sampler_config, default=_jsonable)))
-    study.set_user_attr(ATTR["settings"], settings.to_dict())
     study.set_user_attr(ATTR["space"], space.to_dict())
     study.set_user_attr(ATTR["versions"], package_versions())
     if profile is not None:
@@ -169,6 +221,7 @@ def create_study(
         study.set_user_attr(ATTR["prior"], json.loads(json.dumps(prior, default=_jsonable)))
     for protocol, attrs in enqueue:
         study.enqueue_trial(protocol.to_dict(), user_attrs=attrs)
+    study.set_user_attr(ATTR["settings"], settings.to_dict())  # last: the study is complete
     return study
 
 

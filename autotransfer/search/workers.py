@@ -36,6 +36,7 @@ from autotransfer.core.schema import FAIL_REASON_ATTR, RETRY_ATTR, WORKER_ATTR
 from autotransfer.core.validation import check_timeout
 from autotransfer.search.retry import retried_trial_number
 from autotransfer.search.run import join_study
+from autotransfer.search.storage import STORAGE_ENV
 
 __all__ = [
     "WorkerPlan",
@@ -43,6 +44,7 @@ __all__ = [
     "visible_gpus",
     "plan_workers",
     "worker_command",
+    "worker_env",
     "launch_local_workers",
     "wait_workers",
     "terminate_workers",
@@ -115,10 +117,10 @@ def plan_workers(
     return [WorkerPlan(i, "cuda", gpus[i % len(gpus)], per_worker) for i in range(n)]
 
 
-def worker_command(
-    study_name: str, storage_url: str, plan: WorkerPlan, *, timeout: float | None = None, quiet: bool = True
-) -> list[str]:
-    """The command line of a local worker (``python -m autotransfer.cli worker ...``)."""
+def worker_command(study_name: str, plan: WorkerPlan, *, timeout: float | None = None, quiet: bool = True) -> list[str]:
+    """The command line of a local worker (``python -m autotransfer.cli worker ...``). It names no
+    storage: every local user sees a command line (``ps``), so the storage URL, which may hold a
+    password, reaches the worker through its environment (``worker_env``)."""
     cmd = [
         sys.executable,
         "-m",
@@ -126,8 +128,6 @@ def worker_command(
         "worker",
         "--study",
         study_name,
-        "--storage",
-        storage_url,
         "--device",
         plan.device,
         "--threads",
@@ -138,6 +138,25 @@ def worker_command(
     if quiet:
         cmd.append("--quiet")
     return cmd
+
+
+def worker_env(
+    storage_url: str, plan: WorkerPlan, plans: Sequence[WorkerPlan], env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of local worker ``plan``: this process's, ``env``, the storage URL as
+    ``$AUTOTRANSFER_STORAGE`` (``/proc/PID/environ`` is readable by its owner only, unlike the
+    command line), and its share of the machine (threads, GPU)."""
+    child_env = {**os.environ, **(env or {}), STORAGE_ENV: storage_url}
+    child_env["OMP_NUM_THREADS"] = child_env["MKL_NUM_THREADS"] = str(plan.threads)
+    if plan.device == "cpu":
+        # idle OpenMP threads sleep instead of spinning: on a machine shared with other
+        # work, spinning threads made a 2-thread trial 6x slower (benchmarks/RESULTS.md)
+        child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if plan.gpu is not None:
+        child_env["CUDA_VISIBLE_DEVICES"] = plan.gpu
+        # train.prefix_cache.WORKERS_PER_DEVICE_ENV: the cache cap is shared by these
+        child_env["AUTOTRANSFER_WORKERS_PER_DEVICE"] = str(sum(p.gpu == plan.gpu for p in plans))
+    return child_env
 
 
 def _check_shareable(storage_url: str) -> None:
@@ -164,7 +183,8 @@ def launch_local_workers(
 ) -> list[subprocess.Popen]:
     """Start ``n`` worker processes on this machine for an existing study; return them at once.
 
-    Each runs ``python -m autotransfer.cli worker --study NAME --storage URL`` with its device
+    Each runs ``python -m autotransfer.cli worker --study NAME`` with the storage URL in its
+    environment (``worker_env``: not on its command line, where ``ps`` shows it) and its device
     plan (``plan_workers``): ``CUDA_VISIBLE_DEVICES`` set to its GPU, or ``--threads`` and
     ``OMP_NUM_THREADS`` set to its share of the cores (and ``OMP_WAIT_POLICY=PASSIVE`` unless
     set). Each starts in a session of its own, so a
@@ -179,22 +199,13 @@ def launch_local_workers(
     procs: list[subprocess.Popen] = []
     try:
         for plan in plans:
-            child_env = {**os.environ, **(env or {})}
-            child_env["OMP_NUM_THREADS"] = child_env["MKL_NUM_THREADS"] = str(plan.threads)
-            if plan.device == "cpu":
-                # idle OpenMP threads sleep instead of spinning: on a machine shared with other
-                # work, spinning threads made a 2-thread trial 6x slower (benchmarks/RESULTS.md)
-                child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            if plan.gpu is not None:
-                child_env["CUDA_VISIBLE_DEVICES"] = plan.gpu
-                # train.prefix_cache.WORKERS_PER_DEVICE_ENV: the cache cap is shared by these
-                child_env["AUTOTRANSFER_WORKERS_PER_DEVICE"] = str(sum(p.gpu == plan.gpu for p in plans))
+            child_env = worker_env(storage_url, plan, plans, env)
             out = None
             if log_dir is not None:
                 out = open(Path(log_dir) / f"worker-{plan.index}.log", "wb")  # noqa: SIM115 - handed to the child
             try:
                 proc = subprocess.Popen(
-                    worker_command(study_name, storage_url, plan, timeout=timeout, quiet=quiet),
+                    worker_command(study_name, plan, timeout=timeout, quiet=quiet),
                     env=child_env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
@@ -398,10 +409,11 @@ def refuse_other_precision(study_name: str, storage: str | None, device: str | N
     native bf16), before the worker loads any data. ``device`` ``None`` means the study's."""
     from autotransfer.search.objective import precision_refusal, trial_precision
     from autotransfer.search.storage import open_storage, storage_location
-    from autotransfer.search.study import load_study, read_settings
+    from autotransfer.search.study import JOIN_WAIT, load_study, read_settings
     from autotransfer.train.config import resolve_device
 
-    study = load_study(study_name, open_storage(storage_location(storage), heartbeat=False))
+    store = open_storage(storage_location(storage), heartbeat=False, must_exist=True)
+    study = load_study(study_name, store, wait=JOIN_WAIT)  # its creator may still be writing its settings
     mine = resolve_device(device or read_settings(study).device)
     refusal = precision_refusal(study, trial_precision(mine), str(mine))
     if refusal is not None:
