@@ -270,13 +270,22 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
     ensemble = own.get("ensemble") or {}
     if ensemble:
         k = len(ensemble.get("members") or [])
+        kinds = set(ensemble.get("trained_on") or ["train+val"])
+        how = (
+            "each retrained on train+val"
+            if kinds == {"train+val"}
+            else "each the study's own trial model, trained on the train split (the time budget left no room"
+            " to retrain them on train+val)"
+            if kinds == {"train"}
+            else "each retrained on train+val where the time budget allowed, else the trial's own model (see the table)"
+        )
         lines += [
             "",
             "## Ensemble",
             "",
             f"This model is an ensemble of {k} fine-tuned networks: the study's {k} best distinct protocols by"
-            " settled validation score (the mean of each trial's last evaluations), each retrained on the same images; its prediction is the mean of their softmax"
-            " probabilities. The table above is the first member's protocol; each other member is a model folder"
+            f" settled validation score (the mean of each trial's last evaluations), {how}; its prediction is the"
+            " mean of their softmax probabilities. The table above is the first member's protocol; each other member is a model folder"
             " of its own, with its protocol in its config.json.",
             "",
             "| member | folder | trial | validation | test alone | trained on |",

@@ -68,8 +68,10 @@ def test_a_budget_without_room_for_the_retrain_hands_back_the_trials_own_models(
     assert result.plan is not None and not result.plan["retrain"]
     assert result.trained_on == "train"
     config = read_model_config(result.model_path)
-    members = config["autotransfer"].get("ensemble") or []
-    assert members and all(m.get("trained_on", "train") == "train" for m in members)
+    ensemble = config["autotransfer"]["ensemble"]
+    assert ensemble["trained_on"] == ["train"] * len(ensemble["members"]) and len(ensemble["members"]) >= 2
+    card = (result.model_path / "README.md").read_text()
+    assert "each the study's own trial model, trained on the train split" in card
     study = load_study("own-models", open_storage(storage_url))
     assert any(t.user_attrs.get(KEPT_MODEL_ATTR) for t in study.trials)
     # what the folder holds scores what tune recorded on the test split
