@@ -13,13 +13,14 @@ from autotransfer.core.budget import parse_duration
 from autotransfer.core.errors import UserError
 from autotransfer.core.settings import StudySettings
 from autotransfer.pipeline.outcome import TuneResult
+from autotransfer.search.progress import NullUI
 
 __all__ = ["tune_job", "LoggingUI"]
 
 log = logging.getLogger("autotransfer")
 
 
-class LoggingUI:
+class LoggingUI(NullUI):
     """Progress as ``logging`` records of the ``autotransfer`` logger (INFO): what a library
     reports when its caller asked for no progress display."""
 
@@ -29,22 +30,8 @@ class LoggingUI:
     def note(self, text: str) -> None:
         log.info("%s", text)
 
-    def search_start(self, total: int, done: int) -> None: ...
-
-    def search_advance(self, done: int) -> None: ...
-
-    def search_end(self) -> None: ...
-
-    def trial_start(self, trial: Any, protocol: Any) -> None: ...
-
-    def trial_progress(self, step: int, total: int) -> None: ...
-
-    def budget_start(self, clock: Any) -> None: ...
-
     def trial_end(self, trial: Any) -> None:
         log.info("trial %s: %s %s", trial.number, trial.state.name.lower(), trial.value)
-
-    def close(self) -> None: ...
 
 
 @contextlib.contextmanager

@@ -215,31 +215,19 @@ def train_ensemble(
     on_member: Callable[[int, int, int], None] | None = None,
 ) -> FinalEnsemble:
     """Retrain and check each of ``members`` (``train_final``), then score their mean softmax on
-    the test split. ``on_member(i, k, trial)`` is called before each retrain."""
-    import time
-
-    started = time.perf_counter()
-    finals = []
-    for i, member in enumerate(members):
-        if on_member:
-            on_member(i, len(members), member.trial)
-        finals.append(
-            train_final(
-                member.protocol,
-                settings,
-                prepared,
-                expected=member.expected,
-                expected_images=member.expected_images,
-                progress=progress,
-                micro_batch=micro_batch,
-            )
-        )
-    test_score = (
-        finals[0].test_score
-        if len(finals) == 1
-        else ensemble_test_score([f.backbone for f in finals], settings, prepared)
+    the test split. ``on_member(i, k, trial)`` is called before each retrain. (``hand_back`` with
+    every member retrained: the final stage without a time budget.)"""
+    return hand_back(
+        members,
+        settings,
+        prepared,
+        retrain=lambda i: True,
+        trial_model=lambda member: None,
+        reproduce=lambda i: True,
+        progress=progress,
+        micro_batch=micro_batch,
+        on_member=(lambda i, k, trial, again: on_member(i, k, trial)) if on_member else None,
     )
-    return FinalEnsemble(finals, test_score, time.perf_counter() - started)
 
 
 def trial_model_final(backbone: Any, settings: StudySettings, prepared: PreparedData, note: str) -> FinalModel:
