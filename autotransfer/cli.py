@@ -25,14 +25,22 @@ __all__ = ["app", "main"]
 class _App(typer.Typer):
     """The typer app, run as the console script (``main = app``). Typer's standalone mode prints
     usage errors (unknown option, missing argument, bad value) and exits 2; the package's own
-    ``UserError`` gets the same treatment here: one line on stderr, exit 2, no traceback. Ctrl-C
-    and SIGTERM stop with exit 130, keeping every recorded trial."""
+    ``UserError`` gets the same treatment here: one line on stderr, exit 2, no traceback, and so
+    does a full disk (``core.diskspace``: the path, the space free). Ctrl-C and SIGTERM stop with
+    exit 130, keeping every recorded trial."""
 
     def __call__(self, *args, **kwargs):
+        from autotransfer.core.diskspace import disk_full_cause, disk_full_error
+
         try:
             return super().__call__(*args, **kwargs)
         except UserError as err:
             err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except Exception as err:
+            if disk_full_cause(err) is None:
+                raise
+            err_console.print(f"[red]error:[/red] {disk_full_error(err)}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err_console.print("interrupted: everything already recorded is kept.")
@@ -341,40 +349,45 @@ def tune_cmd(
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
       autotransfer tune folder:~/data/leaves --unlabelled ~/data/leaves-unlabelled   # self-training
     """
+    from autotransfer.core.diskspace import disk_full_as_user_error
     from autotransfer.pipeline.options import on_surface, tune_outputs
     from autotransfer.pipeline.tune_job import tune_job
     from autotransfer.search.progress import make_ui
-    from autotransfer.search.storage import masked_url
+    from autotransfer.search.storage import masked_url, storage_location
 
     outputs = tune_outputs(out, storage)
     ui = make_ui(err_console)  # progress on stderr in either format: stdout carries only the result
-    result = tune_job(
-        target,
-        out=out,
-        storage=storage,
-        study=study,
-        trials=trials,
-        time_budget=time_budget,
-        timeout=timeout,
-        warm_start=warm_start,
-        workers=workers,
-        prune=prune,
-        progress=ui,
-        estimator_progress=True,
-        model=model,
-        n=n,
-        resolution=resolution,
-        batch_size=batch_size,
-        steps=steps,
-        optimizer=optimizer,
-        prior=prior,
-        device=device,
-        seed=seed,
-        pick=pick,
-        schedules=schedules,
-        unlabelled=unlabelled,
-        pseudo_threshold=pseudo_threshold,
-    )
+    # a full disk (SQLite only says "database or disk is full") is one line naming the database
+    location = storage_location(outputs.storage)
+    database = location[len("sqlite:///") :] if location.startswith("sqlite:///") else outputs.folder
+    with disk_full_as_user_error(database, then="run tune again: the study resumes with the trials it recorded"):
+        result = tune_job(
+            target,
+            out=out,
+            storage=storage,
+            study=study,
+            trials=trials,
+            time_budget=time_budget,
+            timeout=timeout,
+            warm_start=warm_start,
+            workers=workers,
+            prune=prune,
+            progress=ui,
+            estimator_progress=True,
+            model=model,
+            n=n,
+            resolution=resolution,
+            batch_size=batch_size,
+            steps=steps,
+            optimizer=optimizer,
+            prior=prior,
+            device=device,
+            seed=seed,
+            pick=pick,
+            schedules=schedules,
+            unlabelled=unlabelled,
+            pseudo_threshold=pseudo_threshold,
+        )
     if fmt is OutputFormat.json:
         payload = result.to_dict()
         payload["storage"] = masked_url(str(payload.get("storage") or ""))
