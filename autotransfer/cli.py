@@ -562,10 +562,15 @@ def predict_cmd(
     top_k: int = typer.Option(1, "--top-k", "-k", help="the K most probable classes per image"),
     fmt: PredictFormat = typer.Option(PredictFormat.table, "--format", help="table, csv or json"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    allow_outside: bool = typer.Option(
+        False, "--allow-outside", help="let CSV manifest rows name absolute paths or paths outside the CSV's folder"
+    ),
 ) -> None:
     """Classify images with a tuned model: results on stdout, progress and skipped files on stderr.
 
-    Files that are missing or not images are skipped and counted.
+    Files that are missing or not images are skipped and counted. Images are read and scored in
+    batches (memory does not grow with their number); CSV manifest rows must stay inside the
+    manifest's folder unless --allow-outside.
 
     Examples:
       autotransfer predict studies/runs/my-study photo.png more-photos/ --top-k 3
@@ -578,7 +583,7 @@ def predict_cmd(
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, but got {top_k!r}")
     predictor = load_model(model_dir, device=device)
-    files, missing = list_image_files(images)
+    files, missing = list_image_files(images, allow_outside=allow_outside)
     with _progress_bar("predicting", len(files)) as advance:
         found = predictor.predict_files(files, progress=advance)
     skipped = missing + found.skipped

@@ -16,8 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import autotransfer
 from autotransfer.core.errors import UserError
@@ -273,3 +275,139 @@ def test_model_folder_files_share_one_mode(tmp_path, backbones, settings):
         assert (folder.stat().st_mode & 0o777) == 0o755, folder
         for name in ("config.json", "model.safetensors"):
             assert ((folder / name).stat().st_mode & 0o777) == 0o644, folder / name  # safetensors alone: 0600
+
+
+# -- broken weights ------------------------------------------------------------------------------
+
+
+def test_nan_weights_are_refused_at_load_naming_the_file(tmp_path, backbones, settings):
+    from safetensors.torch import load_file, save_file
+
+    folder = save_ensemble(backbones[:2], tmp_path / "nan", settings)
+    broken = folder / "members" / "2" / "model.safetensors"
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in load_file(broken).items()}
+    save_file(state, str(broken))
+    with pytest.raises(UserError, match=r"members/2/model\.safetensors' is broken.*NaN"):
+        autotransfer.load_model(folder, device="cpu")
+
+
+def test_weights_whose_outputs_are_not_finite_are_refused_at_load(tmp_path, backbones, settings):
+    from safetensors.torch import load_file, save_file
+
+    folder = save_ensemble(backbones[:1], tmp_path / "negvar", settings)
+    weights = folder / "model.safetensors"
+    state = load_file(weights)
+    state["bn1.running_var"] = -torch.ones_like(state["bn1.running_var"])  # finite, but sqrt(-1) = NaN
+    save_file(state, str(weights))
+    with pytest.raises(UserError, match=r"negvar/model\.safetensors' is broken.*outputs"):
+        autotransfer.load_model(folder, device="cpu")
+
+
+@needs_entry
+def test_predict_with_nan_weights_is_one_line_exit_2(tmp_path, model_folder):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "copy"
+    shutil.copytree(model_folder, folder)
+    state = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in load_file(folder / "model.safetensors").items()
+    }
+    save_file(state, str(folder / "model.safetensors"))
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "x.png")
+    done = run_cli("predict", str(folder), str(tmp_path / "x.png"), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 2 and "model.safetensors' is broken" in one_error_line(done.stderr)
+
+
+# -- predict: the manifest rule, streaming, the bounded decode ------------------------------------
+
+
+def test_predict_manifest_rows_must_stay_inside_its_folder(tmp_path):
+    from autotransfer.predict import list_image_files
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "private.png").write_bytes(b"secret")
+    for row, needle in (("../private.png", "lies outside"), (str(tmp_path / "private.png"), "absolute path")):
+        manifest = tmp_path / "data" / "list.csv"
+        manifest.write_text(f"path\n{row}\n")
+        with pytest.raises(UserError, match=f"line 2 .*{needle}.*--allow-outside"):
+            list_image_files([manifest])
+        files, _ = list_image_files([manifest], allow_outside=True)
+        assert [f.resolve() for f in files] == [(tmp_path / "private.png").resolve()]
+    (tmp_path / "data" / "link.png").symlink_to(tmp_path / "private.png")
+    manifest.write_text("path\nlink.png\n")
+    with pytest.raises(UserError, match="lies outside"):
+        list_image_files([manifest])
+
+
+def write_pngs(folder: Path, count: int, size: int = 16) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_files_streams_batch_by_batch(tmp_path, monkeypatch, model_folder):
+    """The first batch is scored, and the progress moves, before the last file is read."""
+    import autotransfer.predict as predict_module
+
+    paths = write_pngs(tmp_path / "images", 10)
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    paths.insert(5, tmp_path / "images" / "broken.png")
+    events: list[tuple[str, object]] = []
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        events.append(("read", self.name))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(predict_module, "BATCH_SIZE", 4)
+    monkeypatch.setattr(predict_module, "CPU_BATCH_SIZE", 4, raising=False)
+    monkeypatch.setattr(predict_module, "DECODE_CHUNK", 2, raising=False)
+    predictor = autotransfer.load_model(model_folder, device="cpu")
+    events.clear()
+    found = predictor.predict_files(paths, progress=lambda done, total: events.append(("progress", done)))
+    reads = [i for i, (kind, _) in enumerate(events) if kind == "read"]
+    progress = [value for kind, value in events if kind == "progress"]
+    first = next(i for i, (kind, _) in enumerate(events) if kind == "progress")
+    assert first < reads[-1], events  # before: every file was read before the first batch
+    assert len(progress) >= 3 and progress == sorted(progress) and progress[-1] == len(paths)
+    assert found.skipped == [(str(paths[5]), "unreadable")] and len(found.paths) == 10
+    expected = predictor.proba_of_arrays([np.asarray(Image.open(p).convert("RGB")) for p in paths if p != paths[5]])
+    np.testing.assert_allclose(found.proba, expected, atol=1e-6)
+
+
+def test_predict_decodes_files_with_the_bounded_decoder(tmp_path, monkeypatch, model_folder):
+    """A large photo is decoded reduced (libjpeg's draft), as tune and evaluate read folders,
+    in predict_files and in predict_proba on paths alike."""
+    import autotransfer.data.decode as decode_module
+    import autotransfer.data.folder as folder_module
+    from autotransfer.data.folder import DECODE_SIDE
+
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8)).save(photo, quality=90)
+    sides: list[int | None] = []
+
+    def spy(real):
+        def decode_bytes(data, max_side=None):
+            sides.append(max_side)
+            return real(data, max_side=max_side)
+
+        return decode_bytes
+
+    monkeypatch.setattr(decode_module, "decode_bytes", spy(decode_module.decode_bytes))
+    monkeypatch.setattr(folder_module, "decode_bytes", spy(folder_module.decode_bytes))
+    predictor = autotransfer.load_model(model_folder, device="cpu")
+    found = predictor.predict_files([photo])
+    from_paths = predictor.predict_proba([photo])
+    assert sides == [DECODE_SIDE, DECODE_SIDE], sides  # before: None (full size, 9 MB of pixels)
+    reduced = decode_module.decode_bytes(photo.read_bytes(), max_side=DECODE_SIDE)
+    assert min(reduced.shape[:2]) == DECODE_SIDE
+    np.testing.assert_array_equal(found.proba, predictor.proba_of_arrays([reduced]))
+    np.testing.assert_array_equal(from_paths, found.proba)

@@ -343,7 +343,8 @@ def build_model(directory: str | Path, config: dict[str, Any] | None = None) -> 
     """The folder's model with its trained weights (head included), on the CPU, in eval mode.
 
     timm folders are built as ``timm.create_model(architecture, num_classes=..., **model_args)``,
-    torchvision ones as ``torchvision.models.get_model(...)``; the weights must fit exactly.
+    torchvision ones as ``torchvision.models.get_model(...)``; the weights must fit exactly and be
+    finite (a NaN or infinite tensor is a ``UserError`` naming the file).
     """
     directory = Path(directory).expanduser()
     config = config if config is not None else read_model_config(directory)
@@ -364,8 +365,24 @@ def build_model(directory: str | Path, config: dict[str, Any] | None = None) -> 
     except Exception as err:  # unknown name, bad model_args
         raise UserError(f"cannot build {name!r} from {str(directory)!r} ({type(err).__name__}: {err})") from None
     weights = directory / WEIGHTS_NAME
-    load_into(model, read_state_dict(weights), str(weights))
+    state = read_state_dict(weights)
+    _check_finite(state, weights)
+    load_into(model, state, str(weights))
     return model.eval()
+
+
+def _check_finite(state: dict[str, Any], weights: Path) -> None:
+    """Refuse weights holding NaN or infinite values (a run that diverged, a damaged copy): they
+    would predict ``nan`` for every image. The ``UserError`` names the file and the tensors."""
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise UserError(
+            f"{str(weights)!r} is broken: {len(bad)} of its {len(state)} tensors hold NaN or infinite values"
+            f" ({shown}); write the model again (autotransfer tune or train --config)"
+        )
 
 
 def ensemble_member_dirs(directory: str | Path, config: dict[str, Any] | None = None) -> list[Path]:

@@ -30,6 +30,7 @@ __all__ = [
     "class_sort_key",
     "SKIP_REASONS",
     "DECODE_SIDE",
+    "manifest_path",
 ]
 
 # Files that are never images and not worth reporting as skipped.
@@ -374,15 +375,24 @@ def class_sort_key(name: str) -> tuple[list[int | str], str]:
     return [int(p) if i % 2 else p for i, p in enumerate(parts)], name
 
 
-def _manifest_path(base: Path, rel: str, csv_path: Path, line: int, allow_outside: bool) -> Path:
+def manifest_path(
+    base: Path,
+    rel: str,
+    csv_path: Path,
+    line: int,
+    allow_outside: bool,
+    *,
+    opt_in: str = "add ?allow_outside=1 to the dataset spec",
+) -> Path:
     """The file a manifest row names: relative to the manifest's folder, and (unless
-    ``allow_outside``) inside it once ``..`` and symbolic links are resolved."""
+    ``allow_outside``) inside it once ``..`` and symbolic links are resolved; a row that leads
+    out is a ``UserError`` naming the line and ``opt_in`` (how to allow it). ``load_manifest`` and
+    ``predict`` apply this one rule."""
     path = Path(rel)
     if allow_outside:
         return path if path.is_absolute() else base / path
     hint = (
-        "manifest paths must be relative to the manifest's folder and stay inside it; "
-        "add ?allow_outside=1 to the dataset spec to read files elsewhere"
+        f"manifest paths must be relative to the manifest's folder and stay inside it; {opt_in} to read files elsewhere"
     )
     if path.is_absolute():
         raise UserError(f"CSV manifest {csv_path} line {line} names the absolute path {rel!r}; {hint}")
@@ -432,7 +442,7 @@ def load_manifest(
         rel = (row.get(lower["path"]) or "").strip()
         if not rel:
             raise UserError(f"CSV manifest {csv_path} line {line} has an empty path")
-        paths.append(_manifest_path(base, rel, csv_path, line, allow_outside))
+        paths.append(manifest_path(base, rel, csv_path, line, allow_outside))
         rels.append(rel)
         if has_labels:
             label = (row.get(lower["label"]) or "").strip()
