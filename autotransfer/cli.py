@@ -700,6 +700,43 @@ def _progress_bar(label: str, total: int):
         yield advance
 
 
+cache_app = typer.Typer(
+    help="Show or clear the cache of decoded images ($AUTOTRANSFER_CACHE, else ~/.cache/autotransfer).",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info_cmd(fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json")) -> None:
+    """Where the cache is, what it holds and its cap ($AUTOTRANSFER_CACHE_MAX, default 2G).
+
+    Example: autotransfer cache info
+    """
+    from autotransfer.core.diskspace import format_bytes
+    from autotransfer.data.cache import cache_info
+
+    info = cache_info()
+    if fmt is OutputFormat.json:
+        _print_json({"root": str(info.root), "files": info.files, "bytes": info.bytes, "limit": info.limit})
+        return
+    cap = "no cap" if info.limit is None else f"cap {format_bytes(info.limit)}"
+    console.print(f"{info.root}: {info.files} files, {format_bytes(info.bytes)} ({cap})", highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear_cmd() -> None:
+    """Remove every cached image and dataset array (they are rebuilt when needed).
+
+    Example: autotransfer cache clear
+    """
+    from autotransfer.core.diskspace import format_bytes
+    from autotransfer.data.cache import cache_info, clear_cache
+
+    files, freed = clear_cache()
+    console.print(f"removed {files} files ({format_bytes(freed)}) from {cache_info().root}", highlight=False)
+
+
 @app.command("surface")
 def surface_cmd(
     targets: Optional[str] = typer.Option(None, "--targets", help="comma-separated dataset specs"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -411,3 +412,66 @@ def test_predict_decodes_files_with_the_bounded_decoder(tmp_path, monkeypatch, m
     assert min(reduced.shape[:2]) == DECODE_SIDE
     np.testing.assert_array_equal(found.proba, predictor.proba_of_arrays([reduced]))
     np.testing.assert_array_equal(from_paths, found.proba)
+
+
+# -- the cache: capped, a hit is a use, `cache clear` -----------------------------------------------
+
+
+def _tree(root: Path, count: int, size: int = 40) -> list[Path]:
+    return write_pngs(root, count, size)
+
+
+def test_decode_cache_is_capped_least_recently_used_first(tmp_path, monkeypatch):
+    from autotransfer.data.cache import cache_info
+    from autotransfer.data.folder import decode_files
+
+    monkeypatch.setenv("AUTOTRANSFER_CACHE", str(tmp_path / "cache"))
+    files = _tree(tmp_path / "images", 6)
+    entry = 40 * 40 * 3 + 128  # one decoded image: its pixels and the .npy header
+    monkeypatch.setenv("AUTOTRANSFER_CACHE_MAX", str(4 * entry))
+    decode_files(files[:3])
+    folder = next((tmp_path / "cache" / "decoded").iterdir())
+    first = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+    os.utime(first[0], (1, 1))  # files[0]'s entry: the oldest ...
+    for p in first[1:]:
+        os.utime(p, (2, 2))
+    decode_files(files[:1])  # ... until a hit makes it the most recent
+    decode_files(files[3:])  # 3 more: 6 entries over a cap of 4
+    info = cache_info()
+    assert info.bytes <= 4 * entry and info.files == 4 and info.limit == 4 * entry
+    kept = {p.name for p in folder.iterdir()}
+    keys = [hashlib.blake2b(f.read_bytes(), digest_size=20).hexdigest() + ".npy" for f in files]
+    assert keys[0] in kept and keys[1] not in kept and keys[2] not in kept  # the two least recently used went
+
+
+def test_the_cap_reads_sizes_and_refuses_nonsense(monkeypatch):
+    from autotransfer.data.cache import DEFAULT_CACHE_MAX, cache_limit
+
+    for raw, expected in (("", DEFAULT_CACHE_MAX), ("500M", 500 * 1024**2), ("1.5GiB", int(1.5 * 1024**3)), ("0", 0)):
+        monkeypatch.setenv("AUTOTRANSFER_CACHE_MAX", raw)
+        assert cache_limit() == expected, raw
+    monkeypatch.setenv("AUTOTRANSFER_CACHE_MAX", "none")
+    assert cache_limit() is None
+    monkeypatch.setenv("AUTOTRANSFER_CACHE_MAX", "lots")
+    with pytest.raises(UserError, match=r"AUTOTRANSFER_CACHE_MAX must be a size .* but got 'lots'"):
+        cache_limit()
+    assert DEFAULT_CACHE_MAX == 2 * 1024**3
+
+
+@needs_entry
+def test_cache_info_and_clear_commands(tmp_path, monkeypatch):
+    from autotransfer.data.folder import decode_files
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUTOTRANSFER_CACHE", str(cache))
+    decode_files(_tree(tmp_path / "images", 3))
+    (cache / "mine.txt").write_text("not autotransfer's")
+    done = run_cli("cache", "info", "--format", "json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["root"] == str(cache) and info["files"] == 3 and info["bytes"] > 0 and info["limit"] == 2 * 1024**3
+    done = run_cli("cache", "clear", cwd=tmp_path)
+    assert done.returncode == 0 and "removed 3 files" in done.stdout, done.stdout + done.stderr
+    assert not (cache / "decoded").exists() and (cache / "mine.txt").read_text() == "not autotransfer's"
+    done = run_cli("cache", "info", cwd=tmp_path, env={"AUTOTRANSFER_CACHE_MAX": "lots"})
+    assert done.returncode == 2 and "AUTOTRANSFER_CACHE_MAX" in one_error_line(done.stderr)

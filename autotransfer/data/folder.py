@@ -19,7 +19,7 @@ import numpy as np
 
 from autotransfer.core.errors import UserError
 from autotransfer.core.paths import cache_dir
-from autotransfer.data.cache import atomic_save, worker_count
+from autotransfer.data.cache import atomic_save, mark_used, prune_cache, worker_count
 from autotransfer.data.decode import decode_bytes
 
 __all__ = [
@@ -180,11 +180,14 @@ class _DecodeCache:
 
     One ``.npy`` per image under ``cache_dir()/decoded/<side>-<version>/`` (an empty
     ``.bad`` file marks bytes that are not an image), so a folder of any size is cached and
-    only one image at a time is read back into memory.
+    only one image at a time is read back into memory. The cache is capped (``data.cache``,
+    ``prune_cache``): a hit marks the entry used, and each ``decode_files`` that wrote entries
+    prunes the least recently used ones above the cap.
     """
 
     def __init__(self, max_side: int | None) -> None:
         self.folder = cache_dir() / "decoded" / f"{max_side or 'full'}-{_DECODE_VERSION}"
+        self.written = False
 
     def get(self, key: str) -> np.ndarray | None | Literal[False]:
         """The array, ``None`` for known-bad bytes, ``False`` when not cached."""
@@ -195,12 +198,14 @@ class _DecodeCache:
             try:
                 array = np.load(path, allow_pickle=False)
                 if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+                    mark_used(path)
                     return array
             except (OSError, ValueError, EOFError):
                 pass  # damaged: decode again
         return False
 
     def put(self, key: str, array: np.ndarray | None) -> None:
+        self.written = True
         try:
             if array is None:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -259,8 +264,12 @@ def decode_files(
     workers = worker_count()
     if workers > 1 and len(files) > 1:
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, files))
-    return [one(path) for path in files]
+            decoded = list(pool.map(one, files))
+    else:
+        decoded = [one(path) for path in files]
+    if store is not None and store.written:
+        prune_cache()  # the cache's cap (data.cache): least recently used entries go first
+    return decoded
 
 
 def _relative(path: Path, where: Path) -> str:
