@@ -25,14 +25,22 @@ __all__ = ["app", "main"]
 class _App(typer.Typer):
     """The typer app, run as the console script (``main = app``). Typer's standalone mode prints
     usage errors (unknown option, missing argument, bad value) and exits 2; the package's own
-    ``UserError`` gets the same treatment here: one line on stderr, exit 2, no traceback. Ctrl-C
-    and SIGTERM stop with exit 130, keeping every recorded trial."""
+    ``UserError`` gets the same treatment here: one line on stderr, exit 2, no traceback, and so
+    does a full disk (``core.diskspace``: the path, the space free). Ctrl-C and SIGTERM stop with
+    exit 130, keeping every recorded trial."""
 
     def __call__(self, *args, **kwargs):
+        from autotransfer.core.diskspace import disk_full_cause, disk_full_error
+
         try:
             return super().__call__(*args, **kwargs)
         except UserError as err:
             err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except Exception as err:
+            if disk_full_cause(err) is None:
+                raise
+            err_console.print(f"[red]error:[/red] {disk_full_error(err)}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err_console.print("interrupted: everything already recorded is kept.")
@@ -341,40 +349,45 @@ def tune_cmd(
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
       autotransfer tune folder:~/data/leaves --unlabelled ~/data/leaves-unlabelled   # self-training
     """
+    from autotransfer.core.diskspace import disk_full_as_user_error
     from autotransfer.pipeline.options import on_surface, tune_outputs
     from autotransfer.pipeline.tune_job import tune_job
     from autotransfer.search.progress import make_ui
-    from autotransfer.search.storage import masked_url
+    from autotransfer.search.storage import masked_url, storage_location
 
     outputs = tune_outputs(out, storage)
     ui = make_ui(err_console)  # progress on stderr in either format: stdout carries only the result
-    result = tune_job(
-        target,
-        out=out,
-        storage=storage,
-        study=study,
-        trials=trials,
-        time_budget=time_budget,
-        timeout=timeout,
-        warm_start=warm_start,
-        workers=workers,
-        prune=prune,
-        progress=ui,
-        estimator_progress=True,
-        model=model,
-        n=n,
-        resolution=resolution,
-        batch_size=batch_size,
-        steps=steps,
-        optimizer=optimizer,
-        prior=prior,
-        device=device,
-        seed=seed,
-        pick=pick,
-        schedules=schedules,
-        unlabelled=unlabelled,
-        pseudo_threshold=pseudo_threshold,
-    )
+    # a full disk (SQLite only says "database or disk is full") is one line naming the database
+    location = storage_location(outputs.storage)
+    database = location[len("sqlite:///") :] if location.startswith("sqlite:///") else outputs.folder
+    with disk_full_as_user_error(database, then="run tune again: the study resumes with the trials it recorded"):
+        result = tune_job(
+            target,
+            out=out,
+            storage=storage,
+            study=study,
+            trials=trials,
+            time_budget=time_budget,
+            timeout=timeout,
+            warm_start=warm_start,
+            workers=workers,
+            prune=prune,
+            progress=ui,
+            estimator_progress=True,
+            model=model,
+            n=n,
+            resolution=resolution,
+            batch_size=batch_size,
+            steps=steps,
+            optimizer=optimizer,
+            prior=prior,
+            device=device,
+            seed=seed,
+            pick=pick,
+            schedules=schedules,
+            unlabelled=unlabelled,
+            pseudo_threshold=pseudo_threshold,
+        )
     if fmt is OutputFormat.json:
         payload = result.to_dict()
         payload["storage"] = masked_url(str(payload.get("storage") or ""))
@@ -549,10 +562,15 @@ def predict_cmd(
     top_k: int = typer.Option(1, "--top-k", "-k", help="the K most probable classes per image"),
     fmt: PredictFormat = typer.Option(PredictFormat.table, "--format", help="table, csv or json"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    allow_outside: bool = typer.Option(
+        False, "--allow-outside", help="let CSV manifest rows name absolute paths or paths outside the CSV's folder"
+    ),
 ) -> None:
     """Classify images with a tuned model: results on stdout, progress and skipped files on stderr.
 
-    Files that are missing or not images are skipped and counted.
+    Files that are missing or not images are skipped and counted. Images are read and scored in
+    batches (memory does not grow with their number); CSV manifest rows must stay inside the
+    manifest's folder unless --allow-outside.
 
     Examples:
       autotransfer predict studies/runs/my-study photo.png more-photos/ --top-k 3
@@ -565,7 +583,7 @@ def predict_cmd(
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, but got {top_k!r}")
     predictor = load_model(model_dir, device=device)
-    files, missing = list_image_files(images)
+    files, missing = list_image_files(images, allow_outside=allow_outside)
     with _progress_bar("predicting", len(files)) as advance:
         found = predictor.predict_files(files, progress=advance)
     skipped = missing + found.skipped
@@ -680,6 +698,43 @@ def _progress_bar(label: str, total: int):
             bar.update(task, completed=done, total=of)
 
         yield advance
+
+
+cache_app = typer.Typer(
+    help="Show or clear the cache of decoded images ($AUTOTRANSFER_CACHE, else ~/.cache/autotransfer).",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info_cmd(fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json")) -> None:
+    """Where the cache is, what it holds and its cap ($AUTOTRANSFER_CACHE_MAX, default 2G).
+
+    Example: autotransfer cache info
+    """
+    from autotransfer.core.diskspace import format_bytes
+    from autotransfer.data.cache import cache_info
+
+    info = cache_info()
+    if fmt is OutputFormat.json:
+        _print_json({"root": str(info.root), "files": info.files, "bytes": info.bytes, "limit": info.limit})
+        return
+    cap = "no cap" if info.limit is None else f"cap {format_bytes(info.limit)}"
+    console.print(f"{info.root}: {info.files} files, {format_bytes(info.bytes)} ({cap})", highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear_cmd() -> None:
+    """Remove every cached image and dataset array (they are rebuilt when needed).
+
+    Example: autotransfer cache clear
+    """
+    from autotransfer.core.diskspace import format_bytes
+    from autotransfer.data.cache import cache_info, clear_cache
+
+    files, freed = clear_cache()
+    console.print(f"removed {files} files ({format_bytes(freed)}) from {cache_info().root}", highlight=False)
 
 
 @app.command("surface")

@@ -24,6 +24,13 @@ __all__ = ["Predictor", "FilePredictions", "load_model", "list_image_files"]
 #: (``train.loop``), so that on CUDA, where bf16 results can depend on the batch, the study's test
 #: split is scored in the very same batches.
 BATCH_SIZE = 256
+#: Images per forward pass on the CPU when streaming files (``predict_files``, ``predict_proba``):
+#: a CPU holds the activations in host memory, which for lite0 at 224 px grow by about 14 MB per
+#: image (3.6 GB at 256; measured, ``benchmarks/bench_predict_memory.py``). CPU float32 results
+#: do not depend on the batch (checked: identical logits at 64 vs 4 x 16), so only the peak changes.
+CPU_BATCH_SIZE = 32
+#: Files ``predict_files`` decodes at a time (threads share them) before resizing them to the input size.
+DECODE_CHUNK = 32
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
 
@@ -51,8 +58,9 @@ class FilePredictions:
         ]
 
 
-def _as_rgb(image: Any, where: str) -> np.ndarray:
-    """``(H, W, 3)`` uint8 from a path, a PIL image or an array (grey, RGB, RGBA; uint8 or float)."""
+def _as_rgb(image: Any, where: str, max_side: int | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 from a path, a PIL image or an array (grey, RGB, RGBA; uint8 or float);
+    a path is decoded with its shorter side at most ``max_side`` (``data.decode.decode_bytes``)."""
     from PIL import Image
 
     from autotransfer.data.decode import decode_bytes, to_rgb
@@ -64,7 +72,7 @@ def _as_rgb(image: Any, where: str) -> np.ndarray:
         except OSError as err:
             raise UserError(f"cannot read image {str(path)!r}: {err.strerror or err}") from None
         try:
-            return decode_bytes(data)
+            return decode_bytes(data, max_side=max_side)
         except Exception:
             raise UserError(f"{str(path)!r} is not a readable image") from None
     if isinstance(image, Image.Image):
@@ -160,11 +168,38 @@ class Predictor:
         """The metric the study scored the model with (``accuracy`` when the folder does not say)."""
         return str((self.config.get("autotransfer") or {}).get("metric") or "accuracy")
 
+    @property
+    def stream_batch(self) -> int:
+        """Images per forward pass when reading files: ``BATCH_SIZE`` on a GPU (the study's own
+        batches, as bf16 results can depend on them), ``CPU_BATCH_SIZE`` on the CPU."""
+        return BATCH_SIZE if self.device.type != "cpu" else CPU_BATCH_SIZE
+
+    @property
+    def decode_side(self) -> int:
+        """Image files are decoded with their shorter side at most this many pixels (the bounded
+        decode ``tune`` and ``evaluate`` read folders with: ``data.folder.DECODE_SIDE``, or the
+        input size when larger), so a large photo's full-size pixels never exist."""
+        from autotransfer.data.folder import DECODE_SIDE
+
+        return max(DECODE_SIDE, int(self.preprocessing.input_size))
+
     def predict_proba(self, images: Any, *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """``(N, K)`` float32 class probabilities of ``images``."""
+        """``(N, K)`` float32 class probabilities of ``images``, read and scored ``BATCH_SIZE`` at a
+        time (paths are decoded batch by batch, so memory does not grow with their number)."""
+        from autotransfer.data.cache import resize_square
+
         items = _image_list(images)
-        arrays = [_as_rgb(image, f"image {i}") for i, image in enumerate(items)]
-        return self.proba_of_arrays(arrays, progress=progress)
+        size, total, side, batch = self.preprocessing.input_size, len(items), self.decode_side, self.stream_batch
+        out: list[np.ndarray] = []
+        for start in range(0, total, batch):
+            chunk = [
+                resize_square(_as_rgb(image, f"image {start + i}", side), size)
+                for i, image in enumerate(items[start : start + batch])
+            ]
+            out.append(self._proba_of_squares(np.stack(chunk)))
+            if progress is not None:
+                progress(min(start + batch, total), total)
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes_)), np.float32)
 
     def predict(self, images: Any) -> np.ndarray:
         """``(N,)`` predicted class names (``classes_[argmax]``)."""
@@ -173,72 +208,107 @@ class Predictor:
     def predict_files(
         self, paths: Sequence[str | Path], *, progress: Callable[[int, int], None] | None = None
     ) -> FilePredictions:
-        """Probabilities for the readable ``paths``; missing or undecodable files are skipped and listed."""
-        from autotransfer.data.decode import decode_bytes
+        """Probabilities for the readable ``paths``; missing or undecodable files are skipped and listed.
 
+        Streams: files are decoded ``DECODE_CHUNK`` at a time with the package's bounded decoder
+        (``data.folder.decode_files``, shorter side at most ``decode_side``, nothing cached) and
+        resized to the input size at once; each ``stream_batch`` readable images are scored, and
+        ``progress(files done, total)`` called, before the next are read. Host memory holds one
+        batch at the input size and one chunk of reduced images, whatever the number of files.
+        """
+        from autotransfer.data.cache import resize_square
+        from autotransfer.data.folder import decode_files
+
+        files = [Path(p) for p in paths]
+        size, total, side, batch = self.preprocessing.input_size, len(files), self.decode_side, self.stream_batch
         kept: list[str] = []
-        arrays: list[np.ndarray] = []
         skipped: list[tuple[str, str]] = []
-        for path in paths:
-            path = Path(path)
-            try:
-                data = path.read_bytes()
-            except OSError:
-                skipped.append((str(path), "missing" if not path.exists() else "unreadable"))
-                continue
-            try:
-                arrays.append(decode_bytes(data))
-            except Exception:  # any undecodable file is skipped and counted
-                skipped.append((str(path), "unreadable"))
-                continue
-            kept.append(str(path))
-        proba = (
-            self.proba_of_arrays(arrays, progress=progress) if arrays else np.zeros((0, len(self.classes_)), np.float32)
-        )
+        out: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        for start in range(0, total, DECODE_CHUNK):
+            group = files[start : start + DECODE_CHUNK]
+            for path, array in zip(group, decode_files(group, cache=False, max_side=side)):
+                if array is None:  # any unreadable or undecodable file is skipped and counted
+                    skipped.append((str(path), "unreadable" if path.exists() else "missing"))
+                    continue
+                kept.append(str(path))
+                pending.append(resize_square(array, size))
+            done = min(start + DECODE_CHUNK, total)
+            while len(pending) >= batch or (pending and done == total):
+                # on a GPU, the same batches as scoring all readable images at once (bf16 can depend on them)
+                out.append(self._proba_of_squares(np.stack(pending[:batch])))
+                del pending[:batch]
+                if progress is not None:
+                    progress(done, total)
+        if progress is not None and total:
+            progress(total, total)
+        proba = np.concatenate(out) if out else np.zeros((0, len(self.classes_)), np.float32)
         return FilePredictions(kept, proba, skipped)
 
     def proba_of_arrays(
         self, arrays: Sequence[np.ndarray], *, progress: Callable[[int, int], None] | None = None
     ) -> np.ndarray:
         """``(N, K)`` probabilities of ``(H, W, 3)`` uint8 arrays, ``BATCH_SIZE`` at a time."""
-
         from autotransfer.data.cache import resize_square
-        from autotransfer.data.device import DeviceBatches
-        from autotransfer.train.metrics import predict_proba
 
-        size, pre = self.preprocessing.input_size, self.preprocessing
+        size = self.preprocessing.input_size
         out: list[np.ndarray] = []
         total = len(arrays)
         for start in range(0, total, BATCH_SIZE):
             chunk = np.stack([resize_square(a, size) for a in arrays[start : start + BATCH_SIZE]])
-            # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, and bf16
-            # where the study's own evaluation uses it (native bf16 GPUs: train.default_amp)
-            batches = DeviceBatches(
-                chunk,
-                np.zeros(len(chunk), np.int64),
-                device=self.device,
-                out_size=size,
-                mean=pre.mean,
-                std=pre.std,
-                flip=False,
-            )
-            _, proba = predict_proba(self.members, batches, batch_size=BATCH_SIZE, channels_last=True)
-            out.append(proba.cpu().numpy().astype(np.float32))
+            out.append(self._proba_of_squares(chunk))
             if progress is not None:
                 progress(min(start + BATCH_SIZE, total), total)
         if not out:
             return np.zeros((0, len(self.classes_)), np.float32)
         return np.concatenate(out)
 
+    def _proba_of_squares(self, chunk: np.ndarray) -> np.ndarray:
+        """``(n, K)`` probabilities of ``(n, size, size, 3)`` uint8 images, ``n <= BATCH_SIZE``."""
+        from autotransfer.data.device import DeviceBatches
+        from autotransfer.train.metrics import predict_proba
+
+        size, pre = self.preprocessing.input_size, self.preprocessing
+        # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, and bf16
+        # where the study's own evaluation uses it (native bf16 GPUs: train.default_amp)
+        batches = DeviceBatches(
+            chunk,
+            np.zeros(len(chunk), np.int64),
+            device=self.device,
+            out_size=size,
+            mean=pre.mean,
+            std=pre.std,
+            flip=False,
+        )
+        _, proba = predict_proba(self.members, batches, batch_size=BATCH_SIZE, channels_last=True)
+        return proba.cpu().numpy().astype(np.float32)
+
+
+def _check_outputs(model, weights: Path, input_size: int) -> None:
+    """Refuse a network whose outputs on a plain image (the mean image) are not finite: its
+    weights file is broken (NaN or infinite values that ``build_model``'s check let through,
+    e.g. a negative BatchNorm variance)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, input_size, input_size))
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(
+            f"{str(weights)!r} is broken: the network it holds gives NaN or infinite outputs on a plain image;"
+            " write the model again (autotransfer tune or train --config)"
+        )
+
 
 def load_model(directory: str | Path, *, device: str = "auto") -> Predictor:
     """The model folder ``directory`` (``config.json`` + ``model.safetensors``) as a :class:`Predictor`.
 
     ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. A folder that is missing, lacks
-    a file or does not fit its architecture is a one-line ``UserError``. An ensemble folder (pick
+    a file or does not fit its architecture is a one-line ``UserError``, and so is a weights file
+    whose tensors or outputs (on a plain image) are not finite: it names the broken file. An ensemble folder (pick
     rule ``ensemble``) loads every member (``backbones.model_dir.ensemble_member_dirs``).
     """
     from autotransfer.backbones.model_dir import (
+        WEIGHTS_NAME,
         build_model,
         ensemble_member_dirs,
         model_dir_preprocessing,
@@ -249,6 +319,9 @@ def load_model(directory: str | Path, *, device: str = "auto") -> Predictor:
     first, *others = ensemble_member_dirs(directory, config)
     model = build_model(first, config)
     members = [build_model(path) for path in others]
+    size = model_dir_preprocessing(config).input_size
+    for path, network in zip([first, *others], [model, *members]):
+        _check_outputs(network, Path(path) / WEIGHTS_NAME, size)
     return Predictor(
         model,
         config["label_names"],
@@ -264,14 +337,20 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".") and path.name.lower() not in _IGNORED_NAMES and path.name != "__MACOSX"
 
 
-def list_image_files(sources: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+def list_image_files(
+    sources: Sequence[str | Path], *, allow_outside: bool = False
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """The files ``predict`` reads from ``sources``: files as given, folders walked (sorted, hidden
     files left out), CSV manifests (a ``path`` column, relative to the manifest's folder).
 
     Returns ``(files, skipped)``: ``skipped`` holds ``(source, "missing")`` for sources not found.
-    A CSV without a ``path`` column is a ``UserError``.
+    A CSV without a ``path`` column is a ``UserError``, and so is a row naming an absolute path or
+    one that leads out of the manifest's folder (``..``, a link): the manifest rule of ``tune``,
+    ``estimate`` and ``evaluate`` (``data.folder.manifest_path``), lifted by ``allow_outside``.
     """
     import csv
+
+    from autotransfer.data.folder import manifest_path
 
     files: list[Path] = []
     skipped: list[tuple[str, str]] = []
@@ -292,10 +371,12 @@ def list_image_files(sources: Sequence[str | Path]) -> tuple[list[Path], list[tu
                 raise UserError(
                     f"CSV manifest {str(path)!r} has no 'path' column; its first line must name one (path[,label])"
                 )
-            for row in rows:
+            for line, row in enumerate(rows, start=2):
                 rel = (row.get(column) or "").strip()
                 if rel:
-                    files.append(Path(rel) if Path(rel).is_absolute() else path.parent / rel)
+                    files.append(
+                        manifest_path(path.parent, rel, path, line, allow_outside, opt_in="pass --allow-outside")
+                    )
         elif path.is_file():
             files.append(path)
         else:

@@ -20,9 +20,14 @@ transform with ``crop_pct = 1``.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
+import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from torch import nn
 
@@ -37,6 +42,9 @@ __all__ = [
     "CARD_NAME",
     "is_model_dir",
     "write_model_dir",
+    "write_model_files",
+    "staged_model_dir",
+    "weights_bytes",
     "read_model_config",
     "model_dir_preprocessing",
     "build_model",
@@ -52,6 +60,9 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 #: Where an ensemble's other members live inside its folder (``members/2``, ``members/3``...).
 ENSEMBLE_DIR = "members"
+#: What a model folder holds (``train --config`` adds its metrics.json); ``staged_model_dir``
+#: replaces only folders that hold nothing else.
+_MODEL_ENTRIES = {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, ENSEMBLE_DIR, "metrics.json"}
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -83,6 +94,85 @@ def _architecture(backbone) -> tuple[str, str]:
     )
 
 
+def weights_bytes(*backbones) -> int:
+    """Bytes the ``model.safetensors`` of ``backbones`` take (their state dicts' tensors), for a
+    disk-full message that says how much room a model folder needs."""
+    return sum(t.numel() * t.element_size() for backbone in backbones for t in backbone.model.state_dict().values())
+
+
+def _replaceable(directory: Path) -> None:
+    """Refuse to replace ``directory`` unless it is a model folder (or empty, or a half-written one):
+    replacing moves the whole folder aside, so a folder holding anything else must not be given."""
+    if not directory.is_dir():
+        raise UserError(f"{str(directory)!r} exists and is not a folder; give a new folder for the model")
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in _MODEL_ENTRIES and not p.name.startswith("."))
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserError(
+            f"{str(directory)!r} holds files that are not part of a model folder ({shown}); writing the model"
+            " there replaces the whole folder: give a new folder, or one that only holds a model"
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale(directory: Path) -> None:
+    """Temporary siblings of ``directory`` left by a writer that died (its pid is gone)."""
+    for path in directory.parent.glob(f".{glob.escape(directory.name)}.*-*"):
+        kind, _, pid = path.name[len(directory.name) + 2 :].rpartition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def staged_model_dir(directory: str | Path, *, needed: int | None = None) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``directory`` (``.NAME.tmp-PID``) to write a model folder
+    into; when the block ends without an error, it is renamed to ``directory``. An earlier model
+    folder there is moved aside first and removed after, so ``directory`` is always the old folder,
+    the complete new one, or (for the instant between two renames) absent: never half a folder.
+
+    On any error the temporary folder is removed and ``directory`` is left as it was; a full disk
+    is a one-line ``UserError`` naming ``directory`` and the ``needed`` bytes. A ``directory`` that
+    holds anything but a model folder's files is refused (it would be replaced whole).
+    """
+    from autotransfer.core.diskspace import disk_full_cause, disk_full_error
+
+    directory = Path(directory).expanduser()
+    if directory.exists():
+        _replaceable(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(directory)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()  # os.mkdir's mode (0777 less the umask), not tempfile's 0700
+        yield tmp
+        if directory.exists():
+            os.replace(directory, old)
+            try:
+                os.replace(tmp, directory)
+            except BaseException:
+                os.replace(old, directory)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, UserError) and disk_full_cause(err) is not None:
+            raise disk_full_error(err, directory, needed) from None
+        raise
+
+
 def write_model_dir(
     backbone,
     directory: str | Path,
@@ -99,8 +189,41 @@ def write_model_dir(
     ``label_names`` name the outputs in order; ``input_size`` (px, square) and ``interpolation``
     are the preprocessing the model was trained and scored with (mean and std come from
     ``backbone.preprocessing``). ``extra`` goes under ``config["autotransfer"]`` beside the
-    source of the weights; ``card`` becomes the folder's ``README.md``. Files are written to
-    temporary names and renamed, so a reader never sees half a folder.
+    source of the weights; ``card`` becomes the folder's ``README.md``. The folder is written to a
+    temporary sibling and renamed into place (``staged_model_dir``), so a reader never sees half a
+    folder and a full disk leaves the old folder (or none) and one line.
+    """
+    directory = Path(directory)
+    with staged_model_dir(directory, needed=weights_bytes(backbone)) as staging:
+        write_model_files(
+            backbone,
+            staging,
+            label_names=label_names,
+            input_size=input_size,
+            interpolation=interpolation,
+            crop_pct=crop_pct,
+            extra=extra,
+        )
+        if card is not None:
+            (staging / CARD_NAME).write_text(card)
+    return directory
+
+
+def write_model_files(
+    backbone,
+    directory: Path,
+    *,
+    label_names: list[str],
+    input_size: int,
+    interpolation: str = "bicubic",
+    crop_pct: float = 1.0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``config.json`` and ``model.safetensors`` written into the existing folder ``directory`` (in
+    place: ``write_model_dir`` and the model card stage the folder around it); returns the config.
+
+    ``model.safetensors`` gets the mode ``config.json`` was created with (safetensors creates its
+    files 0600), so the whole folder is as readable as the umask lets ordinary files be.
     """
     from safetensors.torch import save_file
 
@@ -109,7 +232,6 @@ def write_model_dir(
     num_classes = int(getattr(head, "out_features", 0) or 0)
     if num_classes != len(label_names):
         raise InvalidValueError(f"the head has {num_classes} outputs but got {len(label_names)} label names")
-    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in (backbone.extra.get("kwargs") or {}).items() if k != "num_classes"}
@@ -145,23 +267,11 @@ def write_model_dir(
         "source_spec": backbone.spec,
         **_jsonable(extra or {}),
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
-    if card is not None:
-        _atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
-    return directory
-
-
-def _atomic_write(path: Path, write) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    weights = directory / WEIGHTS_NAME
+    save_file(state, str(weights), metadata={"format": "pt"})
+    os.chmod(weights, stat.S_IMODE((directory / CONFIG_NAME).stat().st_mode))
+    return config
 
 
 def read_model_config(directory: str | Path) -> dict[str, Any]:
@@ -233,7 +343,8 @@ def build_model(directory: str | Path, config: dict[str, Any] | None = None) -> 
     """The folder's model with its trained weights (head included), on the CPU, in eval mode.
 
     timm folders are built as ``timm.create_model(architecture, num_classes=..., **model_args)``,
-    torchvision ones as ``torchvision.models.get_model(...)``; the weights must fit exactly.
+    torchvision ones as ``torchvision.models.get_model(...)``; the weights must fit exactly and be
+    finite (a NaN or infinite tensor is a ``UserError`` naming the file).
     """
     directory = Path(directory).expanduser()
     config = config if config is not None else read_model_config(directory)
@@ -254,8 +365,24 @@ def build_model(directory: str | Path, config: dict[str, Any] | None = None) -> 
     except Exception as err:  # unknown name, bad model_args
         raise UserError(f"cannot build {name!r} from {str(directory)!r} ({type(err).__name__}: {err})") from None
     weights = directory / WEIGHTS_NAME
-    load_into(model, read_state_dict(weights), str(weights))
+    state = read_state_dict(weights)
+    _check_finite(state, weights)
+    load_into(model, state, str(weights))
     return model.eval()
+
+
+def _check_finite(state: dict[str, Any], weights: Path) -> None:
+    """Refuse weights holding NaN or infinite values (a run that diverged, a damaged copy): they
+    would predict ``nan`` for every image. The ``UserError`` names the file and the tensors."""
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise UserError(
+            f"{str(weights)!r} is broken: {len(bad)} of its {len(state)} tensors hold NaN or infinite values"
+            f" ({shown}); write the model again (autotransfer tune or train --config)"
+        )
 
 
 def ensemble_member_dirs(directory: str | Path, config: dict[str, Any] | None = None) -> list[Path]:

@@ -5,6 +5,7 @@
 - ``core.settings``: ``StudySettings``, everything a trial needs besides its protocol;
 - ``core.schema``: the names of the study and trial attributes a study records;
 - ``core.paths``: where autotransfer keeps its files, and safe names for them;
+- ``core.diskspace``: a full disk found in an error's chain, said in one line (path, space);
 - ``core.version``: the package version.
 
 docs/design.md, "Layers", draws the whole stack.

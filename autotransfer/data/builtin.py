@@ -21,7 +21,7 @@ import numpy as np
 
 from autotransfer.core.errors import UserError
 from autotransfer.core.paths import cache_dir
-from autotransfer.data.cache import atomic_save
+from autotransfer.data.cache import atomic_save, mark_used, prune_cache
 from autotransfer.data.decode import decode_bytes
 
 __all__ = ["BuiltinInfo", "list_builtins", "builtin_names", "load_builtin_arrays"]
@@ -144,11 +144,17 @@ def _disk_cached(key: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]):
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as stored:
-                return stored["images"], stored["labels"]
+                found = stored["images"], stored["labels"]
+            mark_used(path)
+            return found
         except (OSError, ValueError, KeyError, EOFError):
             pass
     images, labels = build()
-    atomic_save(path, lambda handle: np.savez(handle, images=images, labels=labels))
+    try:
+        atomic_save(path, lambda handle: np.savez(handle, images=images, labels=labels))
+    except OSError:
+        pass  # a read-only or full cache costs speed only
+    prune_cache()
     return images, labels
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from autotransfer.core.errors import UserError
 from autotransfer.core.paths import cache_dir
-from autotransfer.data.cache import atomic_save, worker_count
+from autotransfer.data.cache import atomic_save, mark_used, prune_cache, worker_count
 from autotransfer.data.decode import decode_bytes
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "class_sort_key",
     "SKIP_REASONS",
     "DECODE_SIDE",
+    "manifest_path",
 ]
 
 # Files that are never images and not worth reporting as skipped.
@@ -179,11 +180,14 @@ class _DecodeCache:
 
     One ``.npy`` per image under ``cache_dir()/decoded/<side>-<version>/`` (an empty
     ``.bad`` file marks bytes that are not an image), so a folder of any size is cached and
-    only one image at a time is read back into memory.
+    only one image at a time is read back into memory. The cache is capped (``data.cache``,
+    ``prune_cache``): a hit marks the entry used, and each ``decode_files`` that wrote entries
+    prunes the least recently used ones above the cap.
     """
 
     def __init__(self, max_side: int | None) -> None:
         self.folder = cache_dir() / "decoded" / f"{max_side or 'full'}-{_DECODE_VERSION}"
+        self.written = False
 
     def get(self, key: str) -> np.ndarray | None | Literal[False]:
         """The array, ``None`` for known-bad bytes, ``False`` when not cached."""
@@ -194,12 +198,14 @@ class _DecodeCache:
             try:
                 array = np.load(path, allow_pickle=False)
                 if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+                    mark_used(path)
                     return array
             except (OSError, ValueError, EOFError):
                 pass  # damaged: decode again
         return False
 
     def put(self, key: str, array: np.ndarray | None) -> None:
+        self.written = True
         try:
             if array is None:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -258,8 +264,12 @@ def decode_files(
     workers = worker_count()
     if workers > 1 and len(files) > 1:
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, files))
-    return [one(path) for path in files]
+            decoded = list(pool.map(one, files))
+    else:
+        decoded = [one(path) for path in files]
+    if store is not None and store.written:
+        prune_cache()  # the cache's cap (data.cache): least recently used entries go first
+    return decoded
 
 
 def _relative(path: Path, where: Path) -> str:
@@ -374,15 +384,24 @@ def class_sort_key(name: str) -> tuple[list[int | str], str]:
     return [int(p) if i % 2 else p for i, p in enumerate(parts)], name
 
 
-def _manifest_path(base: Path, rel: str, csv_path: Path, line: int, allow_outside: bool) -> Path:
+def manifest_path(
+    base: Path,
+    rel: str,
+    csv_path: Path,
+    line: int,
+    allow_outside: bool,
+    *,
+    opt_in: str = "add ?allow_outside=1 to the dataset spec",
+) -> Path:
     """The file a manifest row names: relative to the manifest's folder, and (unless
-    ``allow_outside``) inside it once ``..`` and symbolic links are resolved."""
+    ``allow_outside``) inside it once ``..`` and symbolic links are resolved; a row that leads
+    out is a ``UserError`` naming the line and ``opt_in`` (how to allow it). ``load_manifest`` and
+    ``predict`` apply this one rule."""
     path = Path(rel)
     if allow_outside:
         return path if path.is_absolute() else base / path
     hint = (
-        "manifest paths must be relative to the manifest's folder and stay inside it; "
-        "add ?allow_outside=1 to the dataset spec to read files elsewhere"
+        f"manifest paths must be relative to the manifest's folder and stay inside it; {opt_in} to read files elsewhere"
     )
     if path.is_absolute():
         raise UserError(f"CSV manifest {csv_path} line {line} names the absolute path {rel!r}; {hint}")
@@ -432,7 +451,7 @@ def load_manifest(
         rel = (row.get(lower["path"]) or "").strip()
         if not rel:
             raise UserError(f"CSV manifest {csv_path} line {line} has an empty path")
-        paths.append(_manifest_path(base, rel, csv_path, line, allow_outside))
+        paths.append(manifest_path(base, rel, csv_path, line, allow_outside))
         rels.append(rel)
         if has_labels:
             label = (row.get(lower["label"]) or "").strip()

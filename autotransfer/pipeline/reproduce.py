@@ -167,33 +167,7 @@ def train_from_config(
     test_score = (
         trained[0][1] if len(trained) == 1 else ensemble_test_score([t[0] for t in trained], settings, prepared)
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     test_labels = np.asarray(prepared.test.labels)
-    controls = {k: v for k, v in (payload.get("controls") or {}).items() if isinstance(v, (int, float)) or v is None}
-    val = (payload.get("scores") or {}).get("val")
-    save_tuned_ensemble(
-        [
-            (
-                b,
-                p,
-                {
-                    "trial": m.get("trial", payload.get("trial", 0)),
-                    "val_score": m.get("val", val) if isinstance(m.get("val", val), (int, float)) else None,
-                    "test_score": t,
-                    "trained_on": "train" if split == "train" else "train+val",
-                },
-            )
-            for (b, t, _), (p, split, m) in zip(trained, members)
-        ],
-        out,
-        settings,
-        classes=list(prepared.dataset.classes),
-        test_score=test_score,
-        test_images=len(test_labels),
-        controls=controls,
-        study=payload.get("study"),
-    )
     chance = chance_level(test_labels, len(prepared.dataset.classes), settings.metric)
     probe = (payload.get("controls") or {}).get("probe")
     probe = float(probe) if isinstance(probe, (int, float)) else None
@@ -225,5 +199,30 @@ def train_from_config(
         "dataset_fingerprint": prepared.fingerprint,
         "model": settings.model,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # the model folder and metrics.json are written together, renamed into place once complete
+    controls = {k: v for k, v in (payload.get("controls") or {}).items() if isinstance(v, (int, float)) or v is None}
+    val = (payload.get("scores") or {}).get("val")
+    save_tuned_ensemble(
+        [
+            (
+                b,
+                p,
+                {
+                    "trial": m.get("trial", payload.get("trial", 0)),
+                    "val_score": m.get("val", val) if isinstance(m.get("val", val), (int, float)) else None,
+                    "test_score": t,
+                    "trained_on": "train" if split == "train" else "train+val",
+                },
+            )
+            for (b, t, _), (p, split, m) in zip(trained, members)
+        ],
+        Path(out_dir),
+        settings,
+        classes=list(prepared.dataset.classes),
+        test_score=test_score,
+        test_images=len(test_labels),
+        controls=controls,
+        study=payload.get("study"),
+        files={"metrics.json": json.dumps(metrics, indent=2) + "\n"},
+    )
     return metrics

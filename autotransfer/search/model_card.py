@@ -8,7 +8,6 @@ card: the data, the protocol, the test score with its 95% interval, the controls
 from __future__ import annotations
 
 import functools
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -34,17 +33,58 @@ def save_tuned_model(
     trained_on: str = "train+val",
     freeze_reinit: tuple[int, int] | None = None,
     versions: dict[str, str] | None = None,
-    ensemble: dict[str, Any] | None = None,
     self_training: dict[str, Any] | None = None,
 ) -> Path:
     """Write the fine-tuned ``backbone`` as a model folder at ``directory``; returns the folder.
 
     The folder's ``pretrained_cfg`` holds the study's resolution (the model was trained and scored
     at ``settings.resolution`` px, not at the source model's native size) and the source model's
-    mean and std; ``label_names`` are the dataset's classes in label order. ``ensemble`` (written
-    by ``save_tuned_ensemble``) goes under ``config["autotransfer"]["ensemble"]``.
+    mean and std; ``label_names`` are the dataset's classes in label order. The folder is written
+    to a temporary sibling and renamed into place (``backbones.model_dir.staged_model_dir``).
     """
-    from autotransfer.backbones.model_dir import write_model_dir
+    return save_tuned_ensemble(
+        [
+            (
+                backbone,
+                protocol,
+                {"val_score": val_score, "trained_on": trained_on, "freeze_reinit": freeze_reinit, "trial": 0},
+            )
+        ],
+        directory,
+        settings,
+        classes=classes,
+        test_score=test_score,
+        test_images=test_images,
+        controls=controls,
+        study=study,
+        self_training=self_training,
+        versions=versions,
+    )
+
+
+def _write_tuned_model(
+    backbone,
+    folder: Path,
+    shown: Path,
+    settings: StudySettings,
+    protocol: Protocol,
+    *,
+    classes: list[str],
+    test_score: float,
+    test_images: int,
+    val_score: float | None = None,
+    controls: dict[str, float | None] | None = None,
+    study: str | None = None,
+    trained_on: str = "train+val",
+    freeze_reinit: tuple[int, int] | None = None,
+    versions: dict[str, str] | None = None,
+    ensemble: dict[str, Any] | None = None,
+    self_training: dict[str, Any] | None = None,
+) -> None:
+    """One model folder's files written into ``folder`` (in place: the caller stages it); its card
+    names the folder ``shown``, where it will be once renamed into place. ``ensemble`` (from
+    ``save_tuned_ensemble``) goes under ``config["autotransfer"]["ensemble"]``."""
+    from autotransfer.backbones.model_dir import CARD_NAME, write_model_files
     from autotransfer.train.metrics import score_interval
 
     if freeze_reinit is None:
@@ -82,20 +122,8 @@ def save_tuned_model(
         extra["ensemble"] = ensemble
     if self_training:
         extra["self_training"] = self_training
-    directory = Path(directory)
-    write_model_dir(
-        backbone,
-        directory,
-        label_names=list(classes),
-        input_size=settings.resolution,
-        extra=extra,
-        card=None,
-    )
-    config = json.loads((directory / "config.json").read_text())
-    from autotransfer.backbones.model_dir import CARD_NAME
-
-    (directory / CARD_NAME).write_text(model_card(config, directory))
-    return directory
+    config = write_model_files(backbone, folder, label_names=list(classes), input_size=settings.resolution, extra=extra)
+    (folder / CARD_NAME).write_text(model_card(config, shown))
 
 
 def save_tuned_ensemble(
@@ -109,6 +137,8 @@ def save_tuned_ensemble(
     controls: dict[str, float | None] | None = None,
     study: str | None = None,
     self_training: dict[str, Any] | None = None,
+    versions: dict[str, str] | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Write the handed-back model: its first member as the folder itself, the others as model
     folders under ``members/2``, ``members/3``... (``ENSEMBLE_DIR``), listed in the top
@@ -118,19 +148,24 @@ def save_tuned_ensemble(
     ``val_score``, ``test_score`` (the member alone), ``trained_on`` and ``freeze_reinit``.
     ``test_score`` is the whole model's (the mean softmax of the members). timm's
     ``local-dir:DIR`` reads the folder as the first member alone; ``autotransfer.load_model``
-    reads all members. With one member the folder is a plain model folder (an earlier
-    ``members/`` is removed).
-    """
-    import shutil
+    reads all members. With one member the folder is a plain model folder. ``files`` (name ->
+    text, e.g. ``metrics.json``) are written into the folder too.
 
-    from autotransfer.backbones.model_dir import ENSEMBLE_DIR
+    The whole folder, members and ``files`` included, is written to a temporary sibling and
+    renamed into place (``backbones.model_dir.staged_model_dir``): an earlier folder at
+    ``directory`` stays whole until the new one is complete, and a full disk is one line naming
+    ``directory`` and the space the weights need.
+    """
+    from autotransfer.backbones.model_dir import ENSEMBLE_DIR, staged_model_dir, weights_bytes
 
     directory = Path(directory)
-    extra_dir = directory / ENSEMBLE_DIR
-    if extra_dir.exists():
-        shutil.rmtree(extra_dir)
-    save = functools.partial(  # what every member's folder shares
-        save_tuned_model, classes=classes, test_images=test_images, controls=controls, study=study
+    write = functools.partial(  # what every member's folder shares
+        _write_tuned_model,
+        classes=classes,
+        test_images=test_images,
+        controls=controls,
+        study=study,
+        versions=versions,
     )
     ensemble = None
     if len(members) > 1:
@@ -142,10 +177,12 @@ def save_tuned_ensemble(
             "member_val_scores": [info.get("val_score") for _, _, info in members],
             "trained_on": [str(info.get("trained_on", "train+val")) for _, _, info in members],
         }
+    with staged_model_dir(directory, needed=weights_bytes(*(b for b, _, _ in members))) as staging:
         for i, (backbone, protocol, info) in enumerate(members[1:], start=2):
-            save(
+            write(
                 backbone,
-                extra_dir / str(i),
+                staging / ENSEMBLE_DIR / str(i),
+                directory / ENSEMBLE_DIR / str(i),
                 settings,
                 protocol,
                 test_score=float(info["test_score"]),
@@ -153,19 +190,23 @@ def save_tuned_ensemble(
                 trained_on=str(info.get("trained_on", "train+val")),
                 freeze_reinit=info.get("freeze_reinit"),
             )
-    backbone, protocol, info = members[0]
-    return save(
-        backbone,
-        directory,
-        settings,
-        protocol,
-        test_score=test_score,
-        val_score=info.get("val_score"),
-        trained_on=str(info.get("trained_on", "train+val")),
-        freeze_reinit=info.get("freeze_reinit"),
-        ensemble=ensemble,
-        self_training=self_training,
-    )
+        backbone, protocol, info = members[0]
+        write(
+            backbone,
+            staging,
+            directory,
+            settings,
+            protocol,
+            test_score=test_score,
+            val_score=info.get("val_score"),
+            trained_on=str(info.get("trained_on", "train+val")),
+            freeze_reinit=info.get("freeze_reinit"),
+            ensemble=ensemble,
+            self_training=self_training,
+        )
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text)
+    return directory
 
 
 def _score(value: Any) -> str:
