@@ -276,7 +276,7 @@ def tune_cmd(
     time_budget: Optional[str] = typer.Option(
         None,
         "--time-budget",
-        help="the whole job's time: 600, 90s, 10m, 1h (default without --trials: about 6 full trainings at this size)",
+        help="the whole job's time: 600, 90s, 10m, 1h (default without --trials: about 5 full trainings at this size)",
     ),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     study: Optional[str] = typer.Option(None, "--study", help="study name (default: from target, model, n, seed)"),
@@ -335,7 +335,7 @@ def tune_cmd(
 
     Runs: estimate → prior → controls + search → the final model (the top 3 retrained on train+val,
     or the trials' own models when the time budget cannot afford it) → test → export. The whole job
-    fits in --time-budget; without it and without --trials, in the default budget of about 6 full
+    fits in --time-budget; without it and without --trials, in the default budget of about 5 full
     trainings. The summary ends with the compute ledger. Re-running the same study resumes it. Everything lands under --out (default studies/): the model
     folder runs/STUDY, the export exports/STUDY.yaml, the surface, and the studies' database unless
     --storage or $AUTOTRANSFER_STORAGE names another. Progress goes to stderr, results to stdout.

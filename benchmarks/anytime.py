@@ -97,6 +97,21 @@ def grid_row(settings, judge, prepared) -> dict:
     }
 
 
+def fresh_study(url: str, study: str, runs: Path) -> None:
+    """Delete study ``study`` and its folder when a run cut short left them (no row was recorded)."""
+    import shutil
+
+    import optuna
+
+    from autotransfer.search.storage import open_storage
+    from autotransfer.search.study import study_exists
+
+    store = open_storage(url)
+    if study_exists(store, study):
+        optuna.delete_study(study_name=study, storage=store)
+    shutil.rmtree(runs, ignore_errors=True)
+
+
 def tuned_row(settings, study: str, url: str, runs: Path, judge, folder_members, budget, *, random=False) -> dict:
     """Methods q, r and z: one ``tune`` job, its folder judged; ``random`` runs a random search."""
     import autotransfer.pipeline.tune as tune_module
@@ -115,6 +130,7 @@ def tuned_row(settings, study: str, url: str, runs: Path, judge, folder_members,
             (tune_module, "fixed_protocols", lambda prior, groups: []),
         ]
         settings = replace(settings, prior="none", prune=False)
+    fresh_study(url, study, runs)  # a budget's compute counts from nothing: a cut-short run starts over
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patched]
     for obj, name, value in patched:
         setattr(obj, name, value)

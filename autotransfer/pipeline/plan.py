@@ -21,8 +21,11 @@ __all__ = [
 ]
 
 #: The default job's budget, in full trainings at the study's size, when neither ``--trials`` nor
-#: ``--time-budget`` is given: half the 12-cell grid that issue 27 measured the search against.
-DEFAULT_BUDGET_TRAININGS = 6.0
+#: ``--time-budget`` is given: under half the 12-cell grid that issue 27 measures the search
+#: against. The grid's cells cost 0.8-0.9 of the timed full training (half of them freeze 3/8),
+#: so the grid is about 10.5 of these units; 6 of them measured 0.54-0.57 of the grid's CPU
+#: seconds (``benchmarks/RESULTS.md``, "Accuracy per compute").
+DEFAULT_BUDGET_TRAININGS = 5.0
 #: A search trial's mean cost in full trainings: frozen prefixes are served from the cache, the
 #: probe controls train only the head, and pruned trials stop at a rung (measured on the judged
 #: benchmark's studies: see ``benchmarks/RESULTS.md``, "Compute").
