@@ -230,7 +230,7 @@ def anytime_summary(rows: list[dict]) -> str:
     by = {(r["cell"], r["method"]): r for r in rows}
     cells = sorted({r["cell"] for r in rows if r["method"] == "G"})
     lines = [
-        "| method | cells | judged (mean) | compute / grid (wall) | cpu / grid | − G (points) | 95% CI | worst cell − G (SE) |",
+        "| method | cells | judged (mean) | wall / grid wall | CPU s / grid CPU s (the compute) | − G (points) | 95% CI | worst cell − G (SE) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for m in ANYTIME:

@@ -504,7 +504,8 @@ def _hand_back_within(
     k = len(members)
 
     def retrain(i: int) -> bool:
-        return plan is None or (plan.retrain and budget.affords(RETRAIN_COST * (k - i)))
+        # the best members first: a budget that affords only some retrains keeps the later trials' own models
+        return plan is None or (plan.retrain and budget.affords(RETRAIN_COST))
 
     def make_backbone():
         return create_backbone(settings.model, num_classes=settings.num_classes)
