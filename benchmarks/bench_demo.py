@@ -50,8 +50,13 @@ def main() -> None:
         judge = Judge(settings_for("demo", 0, 0))
         handed = judge(folder_members(result["model"]), settings.metric)
         probes = [t for t in study.trials if t.user_attrs.get("control") == "probe" and t.value is not None]
-        best_probe = max(probes, key=lambda t: t.value)
-        probe = retrained(Protocol.from_dict(best_probe.params), settings, prepare_data(settings), judge)
+        if probes:
+            control = Protocol.from_dict(max(probes, key=lambda t: t.value).params)
+        else:  # the budget ran out before the controls: the wider of the two probes
+            from autotransfer.prior import probe_control_protocols
+
+            control = probe_control_protocols()[1]
+        probe = retrained(control, settings, prepare_data(settings), judge)
         del optuna
     row = {
         "cell": "demo",

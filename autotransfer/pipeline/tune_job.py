@@ -72,7 +72,8 @@ def tune_job(
             ``exports/STUDY.yaml``, the surface ``surface.json`` (``$AUTOTRANSFER_SURFACE`` wins)
             and, unless ``storage`` or ``$AUTOTRANSFER_STORAGE`` names another, ``autotransfer.db``.
         trials, time_budget: the limits; with both, the first reached wins. With neither, the
-            default job's budget (``pipeline.plan.DEFAULT_BUDGET_TRAININGS`` full trainings).
+            default job's budget (``pipeline.plan.DEFAULT_BUDGET_TRAININGS`` full trainings; the
+            embedded demo's is ``search.demo.DEFAULT_TIME_BUDGET``).
             A ``StudySettings`` target runs its own ``trials`` unless ``time_budget`` is given.
         progress: ``True`` draws progress on stderr (bars on a terminal, lines in a log), or a UI
             object (``search.progress``); ``False`` logs stages and trials to the
@@ -102,7 +103,9 @@ def tune_job(
     else:
         settings = tune_settings(target, {**options, "trials": trials}, prune=prune, surface=outputs.surface)
         if budget is None and trials is None:
-            budget = "auto"
+            from autotransfer.search.demo import DEFAULT_TIME_BUDGET
+
+            budget = DEFAULT_TIME_BUDGET if target is None else "auto"
     ui = make_ui() if progress is True else (progress or LoggingUI())
     try:
         with quiet_optuna():

@@ -52,10 +52,11 @@ def default_study_name(settings: StudySettings) -> str:
 def fixed_protocols(prior, num_groups: int) -> list[tuple[Protocol, dict[str, Any]]]:
     """The enqueued protocols in the order they run, the most useful first, so that a small time
     budget spends itself on them (docs/design.md, "The time budget"): with a prior (``None`` for
-    ``--prior none``) its centre, then the portfolio (``prior.portfolio``); the linear-probe
-    control (cheap: only the head trains); then the prior's candidates, the survey's two protocols
-    and a linear probe; the from-scratch control last (one full training of a re-initialised
-    network). Without a prior, the two controls alone."""
+    ``--prior none``) its centre; the linear-probe control (cheap: only the head trains, on cached
+    features, so even a small budget says whether fine-tuning beat it); the portfolio
+    (``prior.portfolio``); then the prior's candidates, the survey's two protocols and a linear
+    probe; the from-scratch control last (one full training of a re-initialised network). Without
+    a prior, the two controls alone."""
     from autotransfer.prior import (
         less_similar_protocol,
         linear_probe_protocol,
@@ -68,10 +69,10 @@ def fixed_protocols(prior, num_groups: int) -> list[tuple[Protocol, dict[str, An
     fixed: list[tuple[Protocol, dict[str, Any]]] = []
     if prior is not None:
         fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
-        fixed += [(p, {SOURCE_ATTR: source}) for source, p in portfolio_protocols(num_groups)]
     for i, p in enumerate(probe_control_protocols()):
         fixed.append((p, {CONTROL_ATTR: "probe", SOURCE_ATTR: f"control:probe#{i}"}))
     if prior is not None:
+        fixed += [(p, {SOURCE_ATTR: source}) for source, p in portfolio_protocols(num_groups)]
         fixed += [(p, {SOURCE_ATTR: source}) for source, p in prior.candidates]
         fixed.append((recommended_protocol(), {SOURCE_ATTR: "survey:recommended"}))
         fixed.append((less_similar_protocol(num_groups), {SOURCE_ATTR: "survey:less-similar"}))
