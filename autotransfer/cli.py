@@ -341,7 +341,7 @@ def tune_cmd(
     --storage or $AUTOTRANSFER_STORAGE names another. Progress goes to stderr, results to stdout.
 
     Examples:
-      autotransfer tune                       # the embedded demo (~2.5 min on 2 CPU cores)
+      autotransfer tune                       # the embedded demo (under 2 min on 2 CPU cores)
       autotransfer tune builtin:digits --out runs/digits --format json > digits.json
       autotransfer tune builtin:elpv --n 1000 --time-budget 10m   # the best it can in 10 minutes
       autotransfer tune builtin:elpv --n 600 --trials 20 --resolution 64

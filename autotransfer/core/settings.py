@@ -20,7 +20,7 @@ __all__ = [
     "PSEUDO_THRESHOLD",
 ]
 
-#: The embedded default job: built-in data and built-in weights, ~5 minutes on 2 CPU cores.
+#: The embedded default job: built-in data and built-in weights, under 2 minutes on 2 CPU cores.
 DEFAULT_TARGET = "builtin:animals"
 DEFAULT_MODEL = "efficientnet_lite0"
 #: How ``tune`` turns the study into the model it hands back (docs/design.md, "The pick"):

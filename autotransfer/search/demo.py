@@ -13,9 +13,9 @@ __all__ = ["DEFAULT_SETTINGS", "DEFAULT_TIME_BUDGET"]
 DEFAULT_TIME_BUDGET = 100.0
 
 #: Animal silhouettes (real, package-shipped) on the package-shipped EfficientNet-Lite0
-#: ImageNet weights: 64 px, 600 images, 7 search trials + 5 controls = 12 trials, each
-#: 60 optimizer steps of 32 images (~4.5 epochs of the 420 training images), a bank of 4
-#: augmented views for cached frozen prefixes.
+#: ImageNet weights: 64 px, 600 images, at most 7 search trials (``DEFAULT_TIME_BUDGET`` usually
+#: ends the search first), each 60 optimizer steps of 32 images (~4.5 epochs of the 420 training
+#: images), a bank of 4 augmented views for cached frozen prefixes.
 DEFAULT_SETTINGS = StudySettings(
     target="builtin:animals",
     model="efficientnet_lite0",
