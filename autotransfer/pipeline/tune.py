@@ -121,10 +121,12 @@ def open_study_for(
     warm_start: str | None = None,
     estimator_kwargs: dict[str, Any] | None = None,
     ui=None,
+    scratch_last: bool = False,
 ) -> OpenStudy:
     """Stage 1: load and split the data; create the study (estimate, prior, ranges, enqueued
     controls and candidates) or resume it (the data fingerprint, model and precision must fit;
-    the recorded settings win, only ``--trials`` may grow)."""
+    the recorded settings win, only ``--trials`` may grow). ``scratch_last``: a time-budgeted job
+    queues its from-scratch control after every other enqueued protocol (``fixed_protocols``)."""
     from autotransfer.backbones import create_backbone
     from autotransfer.search.progress import NullUI
 
@@ -148,7 +150,7 @@ def open_study_for(
     if not joined:
         try:
             study, settings, profile_dict, prior_dict = _create(
-                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui
+                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui, scratch_last
             )
             ui.note(f"created study {name!r} in {masked_url(url)}")
         except optuna.exceptions.DuplicatedStudyError:  # another run created it while this one estimated
@@ -210,7 +212,15 @@ def _resume(name, store, settings: StudySettings, prepared: PreparedData, warm_s
 
 
 def _create(
-    name, store, settings: StudySettings, prepared: PreparedData, probe_backbone, warm_start, estimator_kwargs, ui
+    name,
+    store,
+    settings: StudySettings,
+    prepared: PreparedData,
+    probe_backbone,
+    warm_start,
+    estimator_kwargs,
+    ui,
+    scratch_last: bool = False,
 ):
     """A new study ``name``: estimate the task, derive the prior, enqueue the fixed protocols."""
     from autotransfer.estimate import TaskEstimator
@@ -244,7 +254,7 @@ def _create(
 
         prior = with_schedules(prior, settings.schedules)  # the recorded prior says what runs
         space = prior.space
-    fixed = fixed_protocols(prior, probe_backbone.num_groups)
+    fixed = fixed_protocols(prior, probe_backbone.num_groups, scratch_last=scratch_last)
     if warm_start:
         fixed += warm_start_protocols(store, warm_start)
     profile_dict = profile.to_dict()
@@ -721,6 +731,7 @@ def tune(
         warm_start=warm_start,
         estimator_kwargs=estimator_kwargs,
         ui=ui,
+        scratch_last=budget.limited,
     )
     budget.ledger.add("data + estimate", time.monotonic() - t0)
     model_dir = Path(runs_dir) / safe_name(opened.name)

@@ -49,14 +49,16 @@ def default_study_name(settings: StudySettings) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw).strip("_")
 
 
-def fixed_protocols(prior, num_groups: int) -> list[tuple[Protocol, dict[str, Any]]]:
+def fixed_protocols(prior, num_groups: int, *, scratch_last: bool = True) -> list[tuple[Protocol, dict[str, Any]]]:
     """The enqueued protocols in the order they run, the most useful first, so that a small time
     budget spends itself on them (docs/design.md, "The time budget"): with a prior (``None`` for
     ``--prior none``) its centre; the linear-probe control (cheap: only the head trains, on cached
     features, so even a small budget says whether fine-tuning beat it); the portfolio
     (``prior.portfolio``); then the prior's candidates, the survey's two protocols and a linear
     probe; the from-scratch control last (one full training of a re-initialised network). Without
-    a prior, the two controls alone."""
+    a prior, the two controls alone. With ``scratch_last=False`` (a study bounded by ``--trials``
+    alone, whose search always waits for its controls) the from-scratch control follows the probe:
+    queued behind the other enqueued protocols, waiting for it would run them all past ``--trials``."""
     from autotransfer.prior import (
         less_similar_protocol,
         linear_probe_protocol,
@@ -71,14 +73,19 @@ def fixed_protocols(prior, num_groups: int) -> list[tuple[Protocol, dict[str, An
         fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
     for i, p in enumerate(probe_control_protocols()):
         fixed.append((p, {CONTROL_ATTR: "probe", SOURCE_ATTR: f"control:probe#{i}"}))
+    scratch = [
+        (p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}) for i, p in enumerate(scratch_protocols())
+    ]
+    if not scratch_last:
+        fixed += scratch
     if prior is not None:
         fixed += [(p, {SOURCE_ATTR: source}) for source, p in portfolio_protocols(num_groups)]
         fixed += [(p, {SOURCE_ATTR: source}) for source, p in prior.candidates]
         fixed.append((recommended_protocol(), {SOURCE_ATTR: "survey:recommended"}))
         fixed.append((less_similar_protocol(num_groups), {SOURCE_ATTR: "survey:less-similar"}))
         fixed.append((linear_probe_protocol(), {SOURCE_ATTR: "linear-probe"}))
-    for i, p in enumerate(scratch_protocols()):
-        fixed.append((p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}))
+    if scratch_last:
+        fixed += scratch
     return fixed
 
 
@@ -114,11 +121,23 @@ class SearchBudget:
         return max(0, self.trials - len(search_trials(study)))
 
     def pending(self, study: optuna.Study) -> int:
-        """WAITING trials that must still run: controls, and retries of trials whose worker died."""
+        """WAITING trials that must still run: retries of trials whose worker died, and controls
+        queued ahead of every other waiting protocol (a control queued behind them, the
+        from-scratch control of a time-budgeted study, would run them all past the budget)."""
         from autotransfer.search.retry import retried_trial_number
 
-        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        return sum(1 for t in waiting if CONTROL_ATTR in t.user_attrs or retried_trial_number(t) is not None)
+        waiting = sorted(
+            study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)), key=lambda t: t.number
+        )
+        count, ahead = 0, True
+        for t in waiting:
+            if retried_trial_number(t) is not None:
+                count += 1
+            elif CONTROL_ATTR in t.user_attrs:
+                count += ahead
+            else:
+                ahead = False
+        return count
 
     def done(self, study: optuna.Study, *, wait: bool = True) -> bool:
         """Budget met and nothing pending; first re-queues trials of dead workers (waiting, with

@@ -30,7 +30,7 @@ def test_report_is_self_contained(report):
     assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']?(https?:)?//", text, flags=re.I)
     # plotly.js is embedded exactly once, and every figure uses it
     assert len(re.findall(r"\* plotly\.js v\d", text)) == 1
-    assert text.count("Plotly.newPlot(") == text.count('class="plotly-graph-div"') == 6
+    assert text.count("Plotly.newPlot(") == text.count('class="plotly-graph-div"') == 7
 
 
 def test_report_shows_every_section(report, made_study):
