@@ -591,7 +591,10 @@ def read_export(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise UserError(f"cannot read config {str(path)!r} ({err.strerror or err}): check its permissions") from None
     try:
-        payload = yaml.safe_load(text)
+        # JSON through json: YAML 1.1 (PyYAML) reads a JSON number such as 1e-06 as a string
+        payload = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"config {str(path)!r} is not valid JSON: {err.msg} (line {err.lineno})") from None
     except yaml.YAMLError as err:
         raise UserError(f"config {str(path)!r} is not valid YAML/JSON: {str(err).splitlines()[0]}") from err
     if not isinstance(payload, dict) or payload.get("schema") != _SCHEMA:

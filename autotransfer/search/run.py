@@ -78,9 +78,9 @@ def fixed_protocols(prior, num_groups: int, *, scratch_last: bool = True) -> lis
     ]
     if not scratch_last:
         fixed += scratch
-    if prior is not None:
-        fixed += [(p, {SOURCE_ATTR: source}) for source, p in portfolio_protocols(num_groups)]
+    if prior is not None:  # a surface prior's candidates (measured optima of the nearest studies) first
         fixed += [(p, {SOURCE_ATTR: source}) for source, p in prior.candidates]
+        fixed += [(p, {SOURCE_ATTR: source}) for source, p in portfolio_protocols(num_groups)]
         fixed.append((recommended_protocol(), {SOURCE_ATTR: "survey:recommended"}))
         fixed.append((less_similar_protocol(num_groups), {SOURCE_ATTR: "survey:less-similar"}))
         fixed.append((linear_probe_protocol(), {SOURCE_ATTR: "linear-probe"}))

@@ -86,7 +86,7 @@ def test_resume_runs_only_the_remainder(finished_study, tiny_settings, storage_u
         if state_value[0] in (TrialState.COMPLETE, TrialState.PRUNED):
             assert after[number] == state_value  # every completed trial kept as it was
     assert len(search_trials(study)) == 3
-    assert len(control_trials(study)) == 5  # controls are not re-run
+    assert len(control_trials(study)) == 3  # controls are not re-run
 
 
 def test_resume_with_other_data_is_refused(finished_study, tiny_settings, storage_url, tmp_path):
