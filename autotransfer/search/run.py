@@ -69,14 +69,16 @@ def fixed_protocols(prior, num_groups: int, *, scratch_last: bool = True) -> lis
     )
 
     fixed: list[tuple[Protocol, dict[str, Any]]] = []
+    scratch = [
+        (p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}) for i, p in enumerate(scratch_protocols())
+    ]
+    if prior is None and not scratch_last:  # no prior and no time budget: the controls as before issue 27
+        fixed += scratch
     if prior is not None:
         fixed.append((prior.centre, {SOURCE_ATTR: "prior"}))
     for i, p in enumerate(probe_control_protocols()):
         fixed.append((p, {CONTROL_ATTR: "probe", SOURCE_ATTR: f"control:probe#{i}"}))
-    scratch = [
-        (p, {CONTROL_ATTR: "scratch", SOURCE_ATTR: f"control:scratch#{i}"}) for i, p in enumerate(scratch_protocols())
-    ]
-    if not scratch_last:
+    if prior is not None and not scratch_last:
         fixed += scratch
     if prior is not None:  # a surface prior's candidates (measured optima of the nearest studies) first
         fixed += [(p, {SOURCE_ATTR: source}) for source, p in prior.candidates]
