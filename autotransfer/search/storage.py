@@ -290,10 +290,44 @@ class _BeatingRDBStorage(RDBStorage):
         return frozen
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
-        updated = super().set_trial_state_values(trial_id, state, values)
-        if updated and state == TrialState.RUNNING:  # a WAITING trial popped by ask
+        if state == TrialState.RUNNING and values is None:  # ask popping a WAITING (enqueued) trial
+            updated = self._claim_waiting(trial_id)
+        else:
+            updated = super().set_trial_state_values(trial_id, state, values)
+        if updated and state == TrialState.RUNNING:
             self._first_beat(trial_id)
         return updated
+
+    def _claim_waiting(self, trial_id: int) -> bool:
+        """Move a trial from WAITING to RUNNING in one conditional UPDATE; ``False`` if another
+        worker claimed it first.
+
+        Optuna reads the state, then writes RUNNING; on SQLite that read takes no lock, so two
+        workers both popped one enqueued trial and the slower died on tell ("Cannot tell a
+        COMPLETE trial"; seen with two local workers). A single UPDATE ... WHERE state = WAITING
+        is atomic on SQLite and PostgreSQL alike.
+        """
+        from datetime import datetime
+
+        from optuna.storages._rdb import models
+
+        session = self.scoped_session()
+        try:
+            claimed = (
+                session.query(models.TrialModel)
+                .filter(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
+                .update({models.TrialModel.state: TrialState.RUNNING}, synchronize_session=False)
+            )
+            if claimed == 1:  # ours now (the UPDATE holds the write lock): stamp its start as Optuna does
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                trial.datetime_start = datetime.now()
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        return claimed == 1
 
     def _first_beat(self, trial_id: int) -> None:
         if self.heartbeat_interval is not None:

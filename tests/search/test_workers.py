@@ -206,10 +206,10 @@ def test_a_worker_whose_trial_was_taken_away_carries_on(make_study, storage_url)
 
 
 def test_local_workers_share_one_sqlite_study(make_study, storage_url, tmp_path):
-    make_study("local", trials=3, enqueue=1)
+    make_study("local", trials=4, enqueue=1)
     done = run_local_workers("local", storage_url, 2, device="cpu", log_dir=tmp_path / "logs")
     study = load_study("local", open_storage(storage_url))
-    assert done == len(search_trials(study)) >= 3
+    assert done == len(search_trials(study)) >= 4
     assert len({t.user_attrs[WORKER_ATTR] for t in study.trials}) == 2  # both workers ran trials
     keys = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(keys) == len(set(keys))  # workers draw their own parameters: no set ran twice
