@@ -43,8 +43,8 @@ __all__ = [
 _LAZY = {
     "tune": ("autotransfer.pipeline.tune_job", "tune_job"),
     "estimate_task": ("autotransfer.pipeline.estimate", "estimate_task"),
-    "load_model": ("autotransfer.predict", "load_model"),
-    "evaluate_model": ("autotransfer.evaluation", "evaluate_model"),
+    "load_model": ("autotransfer.handback.predict", "load_model"),
+    "evaluate_model": ("autotransfer.handback.evaluate", "evaluate_model"),
 }
 
 

@@ -478,7 +478,7 @@ def export_cmd(
     import tempfile
     from pathlib import Path
 
-    from autotransfer.export import (
+    from autotransfer.handback.export import (
         EXPORT_FORMATS,
         FILE_FORMATS,
         export_payload,
@@ -538,7 +538,7 @@ def train_cmd(
 
     Example: autotransfer train --config best.yaml -o runs/best
     """
-    from autotransfer.export import read_export
+    from autotransfer.handback.export import read_export
     from autotransfer.pipeline.reproduce import train_from_config
     from autotransfer.search.progress import make_ui
 
@@ -578,7 +578,7 @@ def predict_cmd(
     """
     import csv as csv_module
 
-    from autotransfer.predict import list_image_files, load_model
+    from autotransfer.handback.predict import list_image_files, load_model
 
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, but got {top_k!r}")
@@ -651,8 +651,8 @@ def evaluate_cmd(
       autotransfer evaluate studies/runs/my-study folder:~/data/new-labelled --format json
       autotransfer evaluate studies/runs/my-study builtin:digits --html evaluation.html
     """
-    from autotransfer.evaluation import evaluate_model
-    from autotransfer.predict import load_model
+    from autotransfer.handback.evaluate import evaluate_model
+    from autotransfer.handback.predict import load_model
 
     predictor = load_model(model_dir, device=device)
     with _progress_bar("evaluating", 0) as advance:

@@ -73,8 +73,8 @@ def anytime_settings(target: str, n: int, seed: int):
 def grid_row(settings, judge, prepared) -> dict:
     """Method G: the 12 cells retrained on train+val, scored on test and judged; top 3 by test."""
     from autotransfer.backbones import create_backbone
+    from autotransfer.handback.final import retrain_and_test
     from autotransfer.prior import grid_protocols
-    from autotransfer.search.final import retrain_and_test
 
     groups = create_backbone(settings.model, num_classes=settings.num_classes).num_groups
     cells, backbones, wall, cpu = [], [], 0.0, 0.0
@@ -161,7 +161,7 @@ def retrained_members(result, url: str, study: str, judge) -> float:
     """The judge score of the handed-back members' protocols retrained on train+val (the final
     stage a larger budget runs), paired with the trial models the job handed back."""
     from autotransfer.core.protocol import Protocol
-    from autotransfer.search.final import retrain_and_test
+    from autotransfer.handback.final import retrain_and_test
     from autotransfer.search.prepared import prepare_data
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import load_study, read_attr, read_settings

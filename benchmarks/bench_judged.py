@@ -31,7 +31,7 @@ Issue 18 adds two methods, run only when named in ``--methods``:
 
 Session 10 adds two more, run only when named in ``--methods``:
 
-- k: s's study re-picked by the settled score (``search.pick.pick_candidates`` as it is now: the
+- k: s's study re-picked by the settled score (``handback.pick.pick_candidates`` as it is now: the
   mean of each trial's last ``SETTLE_EVALS`` validation scores), its members retrained and judged
   as an ensemble; when the members are s's own, s's recorded score (the same retrains);
 - m: the same over h's study.
@@ -168,7 +168,7 @@ class Judge:
 
 
 def retrained(protocol, settings, prepared, judge) -> float:
-    from autotransfer.search.final import retrain_and_test
+    from autotransfer.handback.final import retrain_and_test
 
     backbone, _, _ = retrain_and_test(protocol, settings, prepared)
     return judge(backbone, settings.metric)
@@ -296,8 +296,8 @@ def run_cell(
         return
     for method, schedule in RESCHEDULED.items():
         if (cell, method) not in done and method in methods:
+            from autotransfer.handback.final import retrain_and_test
             from autotransfer.prior.quadrant import GRADUAL_STAGE, LPFT_STAGE
-            from autotransfer.search.final import retrain_and_test
 
             stage = LPFT_STAGE if schedule == "lp-ft" else GRADUAL_STAGE
             members = [int(m) for m in (read_attr(study, "pick") or {}).get("members") or []]
@@ -356,7 +356,7 @@ def repicked(cell: str, study, name: str, resolved, prepared, judge, results: st
     now; its members retrained on train+val and judged as an ensemble. When they are the members
     the study recorded, the recorded score of ``name`` is the same retrains: it is reused."""
     from autotransfer.core.protocol import Protocol
-    from autotransfer.search.pick import pick_candidates
+    from autotransfer.handback.pick import pick_candidates
     from autotransfer.search.study import read_attr
 
     members = [t.number for t in pick_candidates(study)]
@@ -367,7 +367,7 @@ def repicked(cell: str, study, name: str, resolved, prepared, judge, results: st
         rows = [r for r in load_rows(Path(results)) if r["cell"] == cell and r["method"] == name]
         score = [r["judge"] for r in rows if pick_rule(r) == pick["rule"]][-1]
         return {"score": score, "members": members, "same_members": True}
-    from autotransfer.search.final import retrain_and_test
+    from autotransfer.handback.final import retrain_and_test
 
     trials = {t.number: t for t in study.trials}
     backbones = [retrain_and_test(Protocol.from_dict(trials[m].params), resolved, prepared)[0] for m in members]
@@ -382,8 +382,8 @@ def self_trained(cell: str, settings, url: str, store, runs: Path, judge, metric
     import optuna
 
     from autotransfer.data import load_dataset, unlabelled_pool
+    from autotransfer.handback import self_training
     from autotransfer.pipeline.tune import tune
-    from autotransfer.search import self_training
     from autotransfer.search.study import study_exists
 
     # t's studies before DECISION_SEED_OFFSET are named "t": a resume would keep their outcome

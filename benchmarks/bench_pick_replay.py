@@ -4,7 +4,7 @@ For every cell of the judged benchmark with a judge score for each completed tra
 ``e`` over h's study and ``x`` over s's, in ``judged.jsonl``), rank the trials by each candidate
 rule, take the top ``PICK_TOP`` distinct protocols with the pick's own ``pick_candidates``, and report the mean judge
 score of those members (and of the first alone), paired by cell against the final validation
-score. It is the proxy that chose the settled score (``search.pick.settled_score``); the ensemble's
+score. It is the proxy that chose the settled score (``handback.pick.settled_score``); the ensemble's
 own judge score under the chosen rule is method k / m of ``bench_judged.py``.
 
     python benchmarks/bench_pick_replay.py
@@ -42,7 +42,7 @@ RULES: dict[str, Callable] = {
 def main() -> None:
     import optuna
 
-    from autotransfer.search.pick import PICK_TOP, pick_candidates
+    from autotransfer.handback.pick import PICK_TOP, pick_candidates
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rows = [json.loads(line) for line in (HERE / "judged.jsonl").read_text().splitlines() if line.strip()]

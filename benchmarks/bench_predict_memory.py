@@ -62,7 +62,7 @@ def child(model: str, images: str) -> None:
     import timm  # noqa: F401 - imported before the baseline, as predict imports them
     import torch  # noqa: F401
 
-    import autotransfer.predict as predict_module
+    import autotransfer.handback.predict as predict_module
     from autotransfer import cli
     from autotransfer.data import folder  # noqa: F401
 

@@ -42,9 +42,9 @@ def run_one(target: str, seed: int, method: str, args: argparse.Namespace, stora
     from autotransfer.core.protocol import Protocol
     from autotransfer.core.settings import StudySettings
     from autotransfer.estimate import TaskEstimator
+    from autotransfer.handback.final import retrain_and_test
     from autotransfer.pipeline.search_only import run_search_study
     from autotransfer.prior import recommended_protocol
-    from autotransfer.search.final import retrain_and_test
     from autotransfer.search.prepared import prepare_data
     from autotransfer.search.study import best_transfer_trial, search_trials
 

@@ -122,7 +122,7 @@ def main() -> None:
 
         from autotransfer.core.protocol import Protocol
         from autotransfer.core.schema import VAL_LOSS_ATTR
-        from autotransfer.search.final import retrain_and_test
+        from autotransfer.handback.final import retrain_and_test
         from autotransfer.search.prepared import prepare_data
         from autotransfer.search.storage import open_storage
         from autotransfer.search.study import read_settings

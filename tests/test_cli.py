@@ -377,14 +377,14 @@ def test_autotransfer_storage_is_the_default_of_every_command(tuned_out, tmp_pat
     env = {"AUTOTRANSFER_STORAGE": f"sqlite:///{work / 'out' / 'autotransfer.db'}", "AUTOTRANSFER_SURFACE": ""}
     done = run_cli("export", result["study"], "--format", "timm", "-o", "args.yaml", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    from autotransfer.export import TIMM_TRAIN_KEYS
+    from autotransfer.handback.export import TIMM_TRAIN_KEYS
 
     args = yaml.safe_load((tmp_path / "args.yaml").read_text())
     assert set(args) <= TIMM_TRAIN_KEYS and args["opt"] == "momentum" and args["warmup_epochs"] == 0
     assert Path(args["initial_checkpoint"]) == tmp_path / "args-init.safetensors"
     err = " ".join(done.stderr.split())
     assert "wrote args.yaml and args-init.safetensors" in err
-    from autotransfer.export import export_payload, not_expressed
+    from autotransfer.handback.export import export_payload, not_expressed
     from autotransfer.search.storage import open_storage
     from autotransfer.search.study import load_study
 

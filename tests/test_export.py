@@ -13,7 +13,7 @@ import yaml
 from autotransfer.core.errors import UserError
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.settings import StudySettings
-from autotransfer.export import (
+from autotransfer.handback.export import (
     TIMM_TRAIN_KEYS,
     not_expressed,
     source_backbone,
@@ -201,7 +201,7 @@ def test_a_linear_probe_lists_only_what_matters_for_it():
 def test_the_schedule_travels_in_every_export(tmp_path):
     """YAML: each member's protocol carries its schedule (``train --config`` reads it back); timm:
     a staged schedule is among what train.py cannot express, with the steps the groups join at."""
-    from autotransfer.export import export_payload, member_protocols, read_export
+    from autotransfer.handback.export import export_payload, member_protocols, read_export
     from autotransfer.pipeline.reproduce import _read_members, _read_payload
     from tests.report.test_schedule_report import schedule_study
 

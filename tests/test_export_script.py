@@ -24,7 +24,7 @@ from PIL import Image
 
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.settings import StudySettings
-from autotransfer.export import weights_path, write_export
+from autotransfer.handback.export import weights_path, write_export
 
 ENTRY = Path(sys.executable).with_name("autotransfer")
 
@@ -183,10 +183,10 @@ def test_the_scripts_stages_are_train_schedules():
 
 
 def _script_body() -> str:
-    """The functions of the exported script's fixed body, without its constants."""
-    from autotransfer.export_script import _BODY, _IMPORTS
+    """The exported script's template: its body, with placeholder constants (a fresh module per exec)."""
+    from autotransfer.handback.script import TEMPLATE
 
-    return _IMPORTS + _BODY
+    return TEMPLATE.read_text()
 
 
 @pytest.mark.parametrize(

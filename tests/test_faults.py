@@ -122,7 +122,7 @@ def test_a_config_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
     ``UserError`` naming the file, like one that is not UTF-8 (tests/test_cli.py)."""
     from pathlib import Path
 
-    from autotransfer.export import read_export
+    from autotransfer.handback.export import read_export
 
     config = tmp_path / "locked.yaml"
     config.write_text("schema: x\n")

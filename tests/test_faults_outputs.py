@@ -74,7 +74,7 @@ def settings():
 
 def save_ensemble(backbones, directory: Path, settings, **kwargs) -> Path:
     from autotransfer.core.protocol import Protocol
-    from autotransfer.search.model_card import save_tuned_ensemble
+    from autotransfer.handback.model_card import save_tuned_ensemble
 
     members = [
         (b, Protocol(), {"trial": i, "val_score": 0.5, "test_score": 0.5, "trained_on": "train+val"})
@@ -324,7 +324,7 @@ def test_predict_with_nan_weights_is_one_line_exit_2(tmp_path, model_folder):
 
 
 def test_predict_manifest_rows_must_stay_inside_its_folder(tmp_path):
-    from autotransfer.predict import list_image_files
+    from autotransfer.handback.predict import list_image_files
 
     (tmp_path / "data").mkdir()
     (tmp_path / "private.png").write_bytes(b"secret")
@@ -354,7 +354,7 @@ def write_pngs(folder: Path, count: int, size: int = 16) -> list[Path]:
 
 def test_predict_files_streams_batch_by_batch(tmp_path, monkeypatch, model_folder):
     """The first batch is scored, and the progress moves, before the last file is read."""
-    import autotransfer.predict as predict_module
+    import autotransfer.handback.predict as predict_module
 
     paths = write_pngs(tmp_path / "images", 10)
     (tmp_path / "images" / "broken.png").write_bytes(b"not a png")

@@ -55,7 +55,7 @@ def tuned(tmp_path_factory):
 @pytest.fixture(scope="module")
 def test_images(tuned):
     """The study's test split written as PNG files (``folder``, the files, their true class names)."""
-    from autotransfer.evaluation import study_test_split
+    from autotransfer.handback.evaluate import study_test_split
 
     result, work = tuned
     config = json.loads((result.model_path / "config.json").read_text())
@@ -165,7 +165,7 @@ def test_evaluate_reproduces_the_test_score_tune_printed(tuned):
 
 
 def test_evaluate_info_on_a_folder_subset_with_a_bad_file_and_html(tuned, test_images, tmp_path):
-    from autotransfer.evaluation import evaluate_model
+    from autotransfer.handback.evaluate import evaluate_model
     from autotransfer.report.evaluation import write_evaluation_html
 
     result, _ = tuned
@@ -325,7 +325,7 @@ def test_torchvision_backbones_write_a_folder_autotransfer_loads(tmp_path):
 def test_evaluate_without_target_refuses_changed_data(tuned, tmp_path):
     import shutil
 
-    from autotransfer.evaluation import evaluate_model
+    from autotransfer.handback.evaluate import evaluate_model
 
     result, _ = tuned
     copy = tmp_path / "copy"

@@ -9,7 +9,7 @@ from typing import Any
 
 from autotransfer.core.protocol import Protocol, describe_schedule
 from autotransfer.core.settings import PriorSpec, StudySettings
-from autotransfer.search.pick import Pick
+from autotransfer.handback.pick import Pick
 
 __all__ = [
     "TuneResult",

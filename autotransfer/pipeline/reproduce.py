@@ -130,7 +130,7 @@ def train_from_config(
     train split, as ``tune`` handed it back.
 
     Writes the model folder (``config.json`` + ``model.safetensors`` + ``README.md``, timm's
-    pretrained format: ``search.model_card``) and ``metrics.json`` into ``out_dir`` and returns
+    pretrained format: ``handback.model_card``) and ``metrics.json`` into ``out_dir`` and returns
     the metrics.
     The data is re-loaded from its spec and must have the recorded fingerprint. A model at
     chance level, or clearly below the study's linear-probe control (when the export records
@@ -138,8 +138,8 @@ def train_from_config(
     without settings or protocol, a learning rate out of range and a diverging run are each a
     one-line ``UserError``.
     """
-    from autotransfer.search.final import ensemble_test_score, retrain_and_test
-    from autotransfer.search.model_card import save_tuned_ensemble
+    from autotransfer.handback.final import ensemble_test_score, retrain_and_test
+    from autotransfer.handback.model_card import save_tuned_ensemble
     from autotransfer.search.prepared import prepare_data
     from autotransfer.train import DivergedError
 

@@ -31,6 +31,8 @@ from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import ATTR, FREEZE_ATTR, REINIT_ATTR
 from autotransfer.core.settings import StudySettings
 from autotransfer.core.validation import check_timeout
+from autotransfer.handback.final import FinalEnsemble, Member, final_is_current, handed_back_members, train_ensemble
+from autotransfer.handback.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.pipeline.outcome import (
     SMALL_VALIDATION,
     TuneResult,
@@ -40,8 +42,6 @@ from autotransfer.pipeline.outcome import (
     surface_evidence_shortfall,
 )
 from autotransfer.pipeline.plan import RETRAIN_COST, JobBudget
-from autotransfer.search.final import FinalEnsemble, Member, final_is_current, handed_back_members, train_ensemble
-from autotransfer.search.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.search.prepared import PreparedData, prepare_data
 from autotransfer.search.run import (
     build_runner,
@@ -426,7 +426,7 @@ def finalise(
     train+val and score the handed-back model on the test split. ``None`` when no transfer trial
     completed. A resumed study whose recorded final model is still in ``model_dir`` keeps it, if
     it was made with this run's self-training request ``self_training``
-    (``search.self_training.self_training_key``: ``None`` without ``--unlabelled``)."""
+    (``handback.self_training.self_training_key``: ``None`` without ``--unlabelled``)."""
     from autotransfer.backbones import create_backbone
     from autotransfer.search.progress import NullUI
 
@@ -505,9 +505,9 @@ def _hand_back_within(
     opened: OpenStudy, members: list[Member], budget: JobBudget, keep: TrialModels | None, micro_batch, ui
 ) -> FinalEnsemble:
     """The final stage under a time budget: each member retrained on train+val while the plan
-    says so and the time left affords it; else the trial's own kept model (``search.final.hand_back``)."""
+    says so and the time left affords it; else the trial's own kept model (``handback.final.hand_back``)."""
     from autotransfer.backbones import create_backbone
-    from autotransfer.search.final import hand_back
+    from autotransfer.handback.final import hand_back
 
     settings = opened.settings
     plan = budget.plan
@@ -550,11 +550,11 @@ def self_train_stage(
 ) -> Finalised:
     """Stage 3b (``--unlabelled``): self-training on the unlabelled images ``pool`` (an
     ``ImageDataset``; ``None``: loaded from ``settings.unlabelled``) for the handed-back model's
-    members (``search.self_training.self_train``). Returns ``final`` with the students when they
+    members (``handback.self_training.self_train``). Returns ``final`` with the students when they
     won, else the teacher, and the outcome in its notes either way. A ``final`` kept from an
     earlier run (nothing retrained) is returned as is: its self-training was recorded with it."""
+    from autotransfer.handback.self_training import load_unlabelled, self_train
     from autotransfer.search.progress import NullUI
-    from autotransfer.search.self_training import load_unlabelled, self_train
 
     ui = ui or NullUI()
     settings = opened.settings
@@ -601,7 +601,7 @@ def publish(
     """Stage 4: save the model folder (when ``final`` retrained one) and record it on the study,
     write the export, and record the study on the surface when it has enough evidence.
     Returns the export's path and the notes for the summary."""
-    from autotransfer.export import export_payload, write_export
+    from autotransfer.handback.export import export_payload, write_export
 
     study, settings, notes = opened.study, opened.settings, []
     if final.trained is not None:
@@ -620,8 +620,8 @@ def publish(
 
 def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
     """Write the handed-back model folder and record the final model on the study."""
-    from autotransfer.search.model_card import save_tuned_ensemble
-    from autotransfer.search.self_training import self_training_key
+    from autotransfer.handback.model_card import save_tuned_ensemble
+    from autotransfer.handback.self_training import self_training_key
 
     study, trained = opened.study, final.trained
     assert trained is not None
@@ -709,7 +709,7 @@ def tune(
     trainings); ``None``: no time limit, ``settings.trials`` alone decides. Either way the result
     carries a compute ledger (seconds per stage, and in full trainings).
     """
-    from autotransfer.search.self_training import load_unlabelled, self_training_key
+    from autotransfer.handback.self_training import load_unlabelled, self_training_key
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, but got {workers!r}")

@@ -69,7 +69,7 @@ class _Figures:
 
 
 def _export_yaml(study: optuna.Study) -> str | None:
-    from autotransfer.export import export_payload
+    from autotransfer.handback.export import export_payload
 
     try:
         payload = export_payload(study)

@@ -42,7 +42,7 @@ class StudySlice(NamedTuple):
             is a search trial, else of the best completed search trial by score.
         best_score: the highest completed search score (the normalisation's reference). The
             handed-back trial can sit below it: the pick ranks by the settled score
-            (``search.pick.settled_score``), not the final one.
+            (``handback.pick.settled_score``), not the final one.
     """
 
     study: str

@@ -7,7 +7,7 @@ weights are otherwise dropped at the end of the trial. ``TrialModels`` keeps tho
 ``keep`` best trials this process ran (by settled validation score), one ``safetensors`` file per
 trial under ``folder``, and deletes a file once its trial falls out of the top. A trial run by
 another worker, or by an earlier process, has no file here: ``load`` returns ``None`` for it and
-the caller re-creates that model (``search.final``).
+the caller re-creates that model (``handback.final``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from autotransfer.core.errors import UserError
-from autotransfer.export import export_payload
+from autotransfer.handback.export import export_payload
 from autotransfer.report.html import report_html, write_report, write_study_report
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study

@@ -144,7 +144,7 @@ def test_prior_table_shows_the_schedule():
 
 
 def test_model_card_lists_the_schedule():
-    from autotransfer.search.model_card import model_card
+    from autotransfer.handback.model_card import model_card
 
     config = {"autotransfer": {"protocol": LPFT.to_dict(), "settings": {"target": "builtin:digits"}}}
     assert "| schedule | lp-ft (first stage 40% of the budget) |" in model_card(config, "m")

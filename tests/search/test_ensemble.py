@@ -14,12 +14,12 @@ import pytest
 import autotransfer
 from autotransfer.core.errors import UserError
 from autotransfer.core.schema import ATTR
-from autotransfer.evaluation import evaluate_model
-from autotransfer.export import export_payload, not_expressed, read_export, write_export
+from autotransfer.handback.evaluate import evaluate_model
+from autotransfer.handback.export import export_payload, not_expressed, read_export, write_export
+from autotransfer.handback.pick import PICK_TOP, pick_candidates
 from autotransfer.pipeline import tune as tune_module
 from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.pipeline.tune import tune
-from autotransfer.search.pick import PICK_TOP, pick_candidates
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study
 
@@ -62,7 +62,7 @@ def test_load_model_and_evaluate_reproduce_the_ensembles_test_score(ensemble_stu
     # the ensemble's probabilities are the mean of its members' own
     images = np.random.default_rng(0).integers(0, 255, size=(5, 24, 24, 3), dtype=np.uint8)
     alone = [autotransfer.load_model(result.model_path / sub, device="cpu") for sub in ("members/2", "members/3")]
-    from autotransfer.predict import Predictor
+    from autotransfer.handback.predict import Predictor
 
     member1 = Predictor(model.model, model.classes_, model.preprocessing, device="cpu")  # the folder alone: member 1
     expected = (member1.predict_proba(images) + sum(m.predict_proba(images) for m in alone)) / 3

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from autotransfer.core.errors import UserError
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import ATTR, CONTROL_ATTR
-from autotransfer.export import export_payload, read_export, write_export
+from autotransfer.handback.export import export_payload, read_export, write_export
 from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.pipeline.tune import tune
 from autotransfer.search.prepared import prepare_data

@@ -11,13 +11,13 @@ import pytest
 
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import ATTR
-from autotransfer.export import export_payload, read_export, write_export
+from autotransfer.handback import pick as pick_module
+from autotransfer.handback.export import export_payload, read_export, write_export
+from autotransfer.handback.final import is_broken, train_final
+from autotransfer.handback.pick import PICK_FOLDS, PICK_TOP, read_pick
 from autotransfer.pipeline.outcome import surface_evidence_shortfall
 from autotransfer.pipeline.reproduce import train_from_config
 from autotransfer.pipeline.tune import tune
-from autotransfer.search import pick as pick_module
-from autotransfer.search.final import is_broken, train_final
-from autotransfer.search.pick import PICK_FOLDS, PICK_TOP, read_pick
 from autotransfer.search.prepared import split_batches
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import best_by_validation, best_transfer_trial, load_study
@@ -150,7 +150,7 @@ def test_tune_says_which_prior_it_used(tiny_settings, storage_url, tmp_path):
 
 
 def test_instability_is_measured_against_the_other_candidates_on_the_same_folds():
-    from autotransfer.search.pick import paired_instability
+    from autotransfer.handback.pick import paired_instability
 
     # the embedded demo's three candidates (benchmarks/RESULTS.md): the third fold is hard for all
     folds = [[0.835294, 0.852941, 0.735294], [0.8, 0.847059, 0.758824], [0.829412, 0.805882, 0.652941]]
@@ -179,7 +179,7 @@ def test_the_members_rank_by_their_settled_score_not_a_last_evaluation_spike():
     evaluation (0.717) joined the ensemble over steady ones, and scored 62.8 alone on unseen images."""
     import optuna
 
-    from autotransfer.search.pick import SETTLE_EVALS, pick_candidates, settled_score
+    from autotransfer.handback.pick import SETTLE_EVALS, pick_candidates, settled_score
 
     study = optuna.create_study(direction="maximize")
     spiking = _recorded_trial(-0.6, 0.717, [0.665, 0.702, 0.697, 0.694, 0.674, 0.717])
@@ -198,7 +198,7 @@ def test_the_members_rank_by_their_settled_score_not_a_last_evaluation_spike():
 def test_equal_settled_scores_fall_back_to_the_final_score_then_the_loss():
     import optuna
 
-    from autotransfer.search.pick import pick_candidates
+    from autotransfer.handback.pick import pick_candidates
 
     study = optuna.create_study(direction="maximize")
     study.add_trial(_recorded_trial(-1.0, 0.70, [0.8, 0.7, 0.7, 0.7]))

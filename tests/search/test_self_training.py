@@ -23,10 +23,10 @@ import autotransfer
 from autotransfer.core.errors import UserError
 from autotransfer.core.schema import ATTR
 from autotransfer.data import load_dataset, unlabelled_pool
-from autotransfer.evaluation import evaluate_model
+from autotransfer.handback import self_training as st
+from autotransfer.handback.evaluate import evaluate_model
 from autotransfer.pipeline import tune as tune_module
 from autotransfer.pipeline.tune import tune
-from autotransfer.search import self_training as st
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import load_study
 from autotransfer.train import pseudo as pseudo_module
@@ -126,7 +126,7 @@ def test_kept_students_are_handed_back_in_the_model_folder_format(kept_study):
 
 
 def test_train_config_says_it_does_not_reproduce_self_training(kept_study, tmp_path):
-    from autotransfer.export import export_payload
+    from autotransfer.handback.export import export_payload
     from autotransfer.pipeline.reproduce import train_from_config
 
     result, url, _, _ = kept_study

@@ -15,10 +15,10 @@ from autotransfer.backbones.model_dir import read_model_config
 from autotransfer.core.budget import BUDGET_SLACK
 from autotransfer.core.protocol import ProtocolSpace
 from autotransfer.core.schema import BUDGET_STOP_ATTR, KEPT_MODEL_ATTR, SOURCE_ATTR
+from autotransfer.handback.pick import pick_candidates
 from autotransfer.pipeline.tune import tune
 from autotransfer.prior import recommended_protocol
 from autotransfer.search.objective import TrialRunner
-from autotransfer.search.pick import pick_candidates
 from autotransfer.search.prepared import split_batches
 from autotransfer.search.storage import open_storage
 from autotransfer.search.study import create_study, load_study

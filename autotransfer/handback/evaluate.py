@@ -128,7 +128,7 @@ def evaluate_model(
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from autotransfer.data import load_dataset
-    from autotransfer.predict import Predictor, load_model
+    from autotransfer.handback.predict import Predictor, load_model
     from autotransfer.train.metrics import check_metric, score, score_interval
 
     predictor = model if isinstance(model, Predictor) else load_model(model)

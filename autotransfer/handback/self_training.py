@@ -37,7 +37,7 @@ import numpy as np
 from autotransfer.core.errors import UserError
 from autotransfer.core.schema import ATTR
 from autotransfer.core.settings import StudySettings
-from autotransfer.search.final import FinalEnsemble, FinalModel, Member, ensemble_test_score, is_broken
+from autotransfer.handback.final import FinalEnsemble, FinalModel, Member, ensemble_test_score, is_broken
 from autotransfer.search.prepared import PreparedData, array_batches, split_batches
 
 __all__ = [

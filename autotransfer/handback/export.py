@@ -542,7 +542,7 @@ def write_export(payload: dict[str, Any], path: str | Path, fmt: str = "yaml", *
             args = timm_args(payload, source, weights)
             path.write_text(timm_header(payload, source, args) + yaml.safe_dump(_plain(args), sort_keys=False))
         else:
-            from autotransfer.export_script import script_text
+            from autotransfer.handback.script import script_text
 
             weights = write_source_weights(backbone, weights_path(path))
             members = member_protocols(payload, source.num_groups)

@@ -7,7 +7,7 @@ Rule ``ensemble`` (the default) does not choose among the top protocols: it keep
 ``PICK_TOP`` distinct ones by settled validation score (``pick_candidates``, ``settled_score``: the
 mean of a trial's last ``SETTLE_EVALS`` validation evaluations, so a protocol whose curve swings
 loses to a steady one of similar score) as the members of an ensemble;
-``search.final`` retrains each on train+val and the handed-back model averages their softmax
+``handback.final`` retrains each on train+val and the handed-back model averages their softmax
 probabilities. Measured on the judged benchmark (docs/design.md, "The pick"): the validation
 and cross-validation scores on a few hundred images cannot tell the top protocols apart, while
 averaging them scores above the single picked model and close to the best protocol the study
@@ -122,7 +122,7 @@ class Pick:
     ``members`` are the trials whose retrained models form the handed-back model, in order (one
     for ``cv`` and ``val``). ``trainings`` models of ``steps`` optimizer steps each were trained
     in ``seconds`` for the pick itself, beyond the one retrain every rule makes (for
-    ``ensemble``: the ``len(members) - 1`` extra retrains, made by ``search.final``).
+    ``ensemble``: the ``len(members) - 1`` extra retrains, made by ``handback.final``).
     """
 
     rule: str
