@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autotransfer.train.config import TrainConfig, resolve_device
+from autotransfer.train.distill import SoftTargets
 from autotransfer.train.loop import DivergedError, TrainResult, lr_lambda, train_protocol
 from autotransfer.train.memory import OOM_ERRORS, OutOfMemory, release_memory, with_oom_retry
 from autotransfer.train.metrics import METRICS, evaluate, predict_labels, predict_proba, score, score_interval
@@ -10,6 +11,7 @@ from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 
 __all__ = [
     "TrainConfig",
+    "SoftTargets",
     "TrainResult",
     "DivergedError",
     "train_protocol",

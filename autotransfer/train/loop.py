@@ -22,6 +22,7 @@ from autotransfer.backbones.types import Backbone
 from autotransfer.core.errors import AutotransferError, UserError
 from autotransfer.data.device import EpochSampler
 from autotransfer.train.config import TrainConfig, default_amp, resolve_device
+from autotransfer.train.distill import SoftTargets
 from autotransfer.train.metrics import check_metric, predict_logits, score
 from autotransfer.train.prefix_cache import CachedPrefix, PrefixCache
 from autotransfer.train.schedule import frozen_depth, unfreeze_steps
@@ -162,6 +163,7 @@ def train_protocol(
     progress: Callable[[int, int], None] | None = None,
     cache: PrefixCache | None = None,
     stop: Callable[[], bool] | None = None,
+    teachers: SoftTargets | None = None,
 ) -> TrainResult:
     """Fine-tune ``backbone`` on ``train`` for ``config.steps`` optimizer steps; validate on ``val``.
 
@@ -193,6 +195,9 @@ def train_protocol(
         cache: a ``PrefixCache`` kept alive across trials to reuse frozen-prefix features.
         stop: called after every optimizer step; returning True ends the run there (the job's
             time budget ran out), validating the model as it stands first (``budget_stopped``).
+        teachers: distil: the loss mixes the labels with these teachers' soft targets on each
+            step's own augmented view (``SoftTargets``); the frozen-prefix cache is off (the
+            teachers need the images).
 
     Raises:
         DivergedError: the loss became NaN or infinite (``.step``, ``.loss``).
@@ -264,7 +269,7 @@ def train_protocol(
     cache_hit = False
     cache_build_s = 0.0
     views_built_before = 0
-    if f > 0 and config.cache_prefix:
+    if f > 0 and config.cache_prefix and teachers is None:
         if not backbone.chain:
             notes.append(f"frozen-prefix cache off: {backbone.spec!r} does not chain its groups")
         else:
@@ -357,7 +362,11 @@ def train_protocol(
             y = labels[idx]
             forward = model
         optimizer.zero_grad(set_to_none=True)
-        loss = _accumulate(forward, x, y, micro, autocast)
+        soft = None
+        if teachers is not None:
+            with autocast():
+                soft = teachers.targets(x)
+        loss = _accumulate(forward, x, y, micro, autocast, teachers, soft)
         if sp_params:
             _add_l2sp_grad(sp_params, sp_start, config.l2sp)
         optimizer.step()
@@ -429,14 +438,29 @@ def train_protocol(
     )
 
 
-def _accumulate(forward, x: torch.Tensor, y: torch.Tensor, micro: int, autocast) -> torch.Tensor:
+def _accumulate(
+    forward,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    micro: int,
+    autocast,
+    teachers: SoftTargets | None = None,
+    soft: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Forward and backward ``x`` ``(B, ...)`` in micro-batches of at most ``micro`` images,
     weighting each part's mean loss by its share of ``B`` so that the summed gradients are the
-    full batch's. Returns the batch's mean loss (detached when split)."""
+    full batch's. Returns the batch's mean loss (detached when split). With ``teachers``, the loss
+    is theirs (``SoftTargets.loss``) against ``soft`` ``(B, C)``, the batch's soft targets."""
+
+    def loss_of(logits: torch.Tensor, part: slice) -> torch.Tensor:
+        if teachers is None or soft is None:
+            return F.cross_entropy(logits, y[part])
+        return teachers.loss(logits, y[part], soft[part])
+
     if micro >= len(y):
         with autocast():
             logits = forward(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = loss_of(logits.float(), slice(None))
         loss.backward()
         return loss
     total = torch.zeros((), device=y.device)
@@ -444,7 +468,7 @@ def _accumulate(forward, x: torch.Tensor, y: torch.Tensor, micro: int, autocast)
         part = slice(start, start + micro)
         with autocast():
             logits = forward(x[part])
-        loss = F.cross_entropy(logits.float(), y[part]) * (len(y[part]) / len(y))
+        loss = loss_of(logits.float(), part) * (len(y[part]) / len(y))
         loss.backward()
         total = total + loss.detach()
     return total

@@ -1,0 +1,202 @@
+"""The deliverable: one network derived from the handed-back ensemble's members.
+
+What a timm or Hugging Face user loads from a folder is its root network alone, and every
+prediction of an ensemble costs one network per member. So by default the members are folded
+into one network that carries their accuracy (issue 28), in one of two ways:
+
+- ``distilled``: a student trained on train+val with the first member's protocol (the pick's
+  best), its loss mixing the labels with the members' mean softmax on each step's own augmented
+  view (``train.distill.SoftTargets``). It costs one training, plus the members' forward passes.
+- ``soup``: the uniform average of the members' weights that share the first member's
+  re-initialised groups (those from the pretrained weights share a basin; a re-initialised group
+  does not), with BatchNorm statistics recomputed on train+val (``update_bn``). Nearly free.
+
+``ensemble`` keeps the members as they are (``--deliver ensemble``). ``benchmarks/bench_deliver.py``
+judges each on images no trial saw.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from autotransfer.core.errors import UserError
+from autotransfer.core.protocol import Protocol
+from autotransfer.core.settings import StudySettings
+from autotransfer.handback.final import FinalEnsemble, FinalModel, Member
+from autotransfer.search.prepared import PreparedData, split_batches
+
+__all__ = [
+    "DELIVERABLES",
+    "DEFAULT_DELIVERABLE",
+    "DISTILL_WEIGHT",
+    "DISTILL_TEMPERATURE",
+    "Delivered",
+    "check_deliverable",
+    "deliver",
+    "distill",
+    "soup",
+]
+
+DELIVERABLES = ("distilled", "soup", "ensemble")
+DEFAULT_DELIVERABLE = "distilled"
+#: The soft targets' share of the student's loss, and their temperature (``SoftTargets``).
+DISTILL_WEIGHT = 0.8
+DISTILL_TEMPERATURE = 2.0
+
+
+@dataclass
+class Delivered:
+    """What the folder's root network is.
+
+    Attributes:
+        kind: one of ``DELIVERABLES``.
+        model: the single network (``None`` for ``ensemble``: the members are the model).
+        test_score: the deliverable's score on the test split (the ensemble's for ``ensemble``).
+        member_scores: each member's test score, in the pick's order (trial, score).
+        how: one sentence for the card: how it was made.
+        seconds: wall time spent deriving it.
+    """
+
+    kind: str
+    model: FinalModel | None
+    test_score: float
+    member_scores: list[tuple[int | None, float]]
+    how: str
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready: what the folder's config and the study record."""
+        return {
+            "kind": self.kind,
+            "how": self.how,
+            "test": self.test_score,
+            "members": [{"trial": t, "test": s} for t, s in self.member_scores],
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def check_deliverable(kind: str) -> str:
+    """``kind`` if it is one of ``DELIVERABLES``; else a one-line ``UserError``."""
+    if kind not in DELIVERABLES:
+        raise UserError(f"--deliver must be one of {', '.join(DELIVERABLES)}, but got {kind!r}")
+    return kind
+
+
+def deliver(
+    kind: str,
+    ensemble: FinalEnsemble,
+    members: list[Member],
+    settings: StudySettings,
+    prepared: PreparedData,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    micro_batch: int | None = None,
+) -> Delivered:
+    """The deliverable ``kind`` of ``ensemble`` (whose ``members`` the pick chose). With one member
+    there is nothing to fold: that member is the deliverable whatever ``kind`` asks."""
+    check_deliverable(kind)
+    scores = [(m.trial, m.test_score) for m in ensemble.members]
+    if len(ensemble.members) == 1:
+        only = ensemble.members[0]
+        return Delivered("single", only, only.test_score, scores, "the pick's one network, as trained")
+    if kind == "ensemble":
+        k = len(ensemble.members)
+        return Delivered("ensemble", None, ensemble.test_score, scores, f"the mean softmax of {k} networks")
+    started = time.perf_counter()
+    if kind == "soup":
+        model, how = soup(ensemble, members, settings, prepared)
+    else:
+        model, how = distill(
+            ensemble, members[0].protocol, settings, prepared, progress=progress, micro_batch=micro_batch
+        )
+    return Delivered(kind, model, model.test_score, scores, how, time.perf_counter() - started, list(model.notes))
+
+
+def distill(
+    ensemble: FinalEnsemble,
+    protocol: Protocol,
+    settings: StudySettings,
+    prepared: PreparedData,
+    *,
+    weight: float = DISTILL_WEIGHT,
+    temperature: float = DISTILL_TEMPERATURE,
+    progress: Callable[[int, int], None] | None = None,
+    micro_batch: int | None = None,
+) -> tuple[FinalModel, str]:
+    """One student trained on train+val with ``protocol`` for the study's budget, its loss mixing
+    the labels with ``ensemble``'s soft targets; scored on the test split."""
+    from autotransfer.backbones import create_backbone
+    from autotransfer.search.objective import train_config_for
+    from autotransfer.train import SoftTargets, evaluate, train_protocol, with_oom_retry
+
+    def run(micro: int | None):
+        backbone = create_backbone(settings.model, num_classes=settings.num_classes)
+        config = train_config_for(protocol, settings, backbone.num_groups, micro_batch=micro)
+        data = split_batches(prepared, "trainval", settings, backbone.preprocessing)
+        teachers = SoftTargets([m.backbone.model.to(data.images.device) for m in ensemble.members], weight, temperature)
+        result = train_protocol(
+            backbone, data, None, config, metric=settings.metric, progress=progress, teachers=teachers
+        )
+        test = split_batches(prepared, "test", settings, backbone.preprocessing)
+        return backbone, float(evaluate(backbone, test, settings.metric)), result
+
+    (backbone, test_score, result), _ = with_oom_retry(run, micro_batch, settings.batch_size)
+    k = len(ensemble.members)
+    how = (
+        f"distilled: one network trained on train+val with the best member's protocol, its loss"
+        f" {weight:g} x the mean softmax of {k} members (temperature {temperature:g}) + {1 - weight:g} x the labels"
+    )
+    return FinalModel(backbone, test_score, None, "train+val", float(result.images_per_s)), how
+
+
+def soup(
+    ensemble: FinalEnsemble, members: list[Member], settings: StudySettings, prepared: PreparedData
+) -> tuple[FinalModel, str]:
+    """The uniform average of the members that re-initialised as many groups as the first did,
+    BatchNorm statistics recomputed on train+val; scored on the test split."""
+    import copy
+
+    import torch
+
+    from autotransfer.train import evaluate
+
+    first = members[0].freeze_reinit[1] if members[0].freeze_reinit else None
+    kept = [
+        final
+        for final, member in zip(ensemble.members, members)
+        if (member.freeze_reinit[1] if member.freeze_reinit else None) == first
+    ]
+    backbone = copy.deepcopy(kept[0].backbone)
+    states = [k.backbone.model.state_dict() for k in kept]
+    averaged = {
+        name: (
+            torch.stack([s[name].float() for s in states]).mean(0).to(value.dtype)
+            if value.is_floating_point()
+            else value
+        )
+        for name, value in states[0].items()
+    }
+    backbone.model.load_state_dict(averaged)
+    data = split_batches(prepared, "trainval", settings, backbone.preprocessing)
+    _recompute_bn(backbone.model, data)
+    test = split_batches(prepared, "test", settings, backbone.preprocessing)
+    score = float(evaluate(backbone, test, settings.metric))
+    left = len(ensemble.members) - len(kept)
+    how = f"soup: the uniform weight average of {len(kept)} members, BatchNorm statistics recomputed on train+val" + (
+        f" ({left} member(s) with other re-initialised groups left out)" if left else ""
+    )
+    return FinalModel(backbone, score, None, "train+val", float("nan")), how
+
+
+def _recompute_bn(model: Any, data: Any, batch_size: int = 64) -> None:
+    """BatchNorm running statistics of ``model`` re-estimated on ``data``'s plain views (a
+    cumulative average over one pass, as ``torch.optim.swa_utils.update_bn`` does)."""
+    import torch
+    from torch.optim.swa_utils import update_bn
+
+    with torch.no_grad():
+        update_bn((x for x, _ in data.eval_batches(batch_size)), model)
+    model.eval()
