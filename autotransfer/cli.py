@@ -309,6 +309,13 @@ def tune_cmd(
         "--pick",
         help="ensemble (default: the top 3 protocols retrained on train+val, probabilities averaged), cv (cross-validate the top 3 on train+val, keep the best) or val (the best validation trial)",
     ),
+    deliver: Optional[str] = typer.Option(
+        None,
+        "--deliver",
+        help="what the model folder holds: distilled (default: one network trained on the ensemble's soft"
+        " targets, what every loader reads), soup (the members' weight average) or ensemble (the members;"
+        " autotransfer, the card's timm snippet and ONNX average them)",
+    ),
     schedules: Optional[str] = typer.Option(
         None,
         "--schedules",
@@ -384,6 +391,7 @@ def tune_cmd(
             device=device,
             seed=seed,
             pick=pick,
+            deliver=deliver,
             schedules=schedules,
             unlabelled=unlabelled,
             pseudo_threshold=pseudo_threshold,

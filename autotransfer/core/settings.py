@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_MODEL",
     "PICK_RULES",
+    "DELIVERABLES",
     "PSEUDO_THRESHOLD",
 ]
 
@@ -28,6 +29,10 @@ DEFAULT_MODEL = "efficientnet_lite0"
 #: ``cv`` re-scores the top trials by cross-validation on train+val and retrains the winner;
 #: ``val`` retrains the best validation trial (the cheap rule, noisy on small validation splits).
 PICK_RULES = ("ensemble", "cv", "val")
+#: What the model folder's root network is (docs/design.md, "The deliverable"): ``distilled``
+#: (default) one network trained on the members' soft targets; ``soup`` their weight average;
+#: ``ensemble`` the members themselves (every loader averages them).
+DELIVERABLES = ("distilled", "soup", "ensemble")
 #: Self-training's default pseudo-label threshold: the teachers' mean softmax must give an
 #: unlabelled image at least this probability (docs/design.md, "Self-training": below FixMatch's
 #: 0.95, which its model re-applies every step; ours labels once, with an averaged ensemble).
@@ -124,6 +129,8 @@ class StudySettings:
     val_images: int = 0
     val_effective: int = 0
     pick: str = "ensemble"
+    #: What the folder's root network is (``--deliver``; ``DELIVERABLES``).
+    deliver: str = "distilled"
     #: Self-training (docs/design.md, "Self-training"): a dataset spec or folder of unlabelled
     #: images of the target domain (``tune --unlabelled``), and the teacher's least confidence
     #: for a pseudo-label (``--pseudo-threshold``).
@@ -150,6 +157,8 @@ class StudySettings:
             raise UserError(f"eval_every must be >= 1, but got {self.eval_every!r}")
         if self.pick not in PICK_RULES:
             raise UserError(f"--pick must be one of {', '.join(PICK_RULES)}, but got {self.pick!r}")
+        if self.deliver not in DELIVERABLES:
+            raise UserError(f"--deliver must be one of {', '.join(DELIVERABLES)}, but got {self.deliver!r}")
         PriorSpec.parse(self.prior)
         self.schedules = _schedules(self.schedules)
         if not _open_unit(self.pseudo_threshold):

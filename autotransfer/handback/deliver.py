@@ -21,26 +21,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from autotransfer.core.errors import UserError
 from autotransfer.core.protocol import Protocol
-from autotransfer.core.settings import StudySettings
+from autotransfer.core.settings import DELIVERABLES, StudySettings
 from autotransfer.handback.final import FinalEnsemble, FinalModel, Member
 from autotransfer.search.prepared import PreparedData, split_batches
 
 __all__ = [
     "DELIVERABLES",
-    "DEFAULT_DELIVERABLE",
     "DISTILL_WEIGHT",
     "DISTILL_TEMPERATURE",
     "Delivered",
-    "check_deliverable",
     "deliver",
     "distill",
     "soup",
 ]
 
-DELIVERABLES = ("distilled", "soup", "ensemble")
-DEFAULT_DELIVERABLE = "distilled"
 #: The soft targets' share of the student's loss, and their temperature (``SoftTargets``).
 DISTILL_WEIGHT = 0.8
 DISTILL_TEMPERATURE = 2.0
@@ -57,6 +52,7 @@ class Delivered:
         member_scores: each member's test score, in the pick's order (trial, score).
         how: one sentence for the card: how it was made.
         seconds: wall time spent deriving it.
+        ensemble_test: the members' ensemble's test score (``None``: one member).
     """
 
     kind: str
@@ -65,6 +61,7 @@ class Delivered:
     member_scores: list[tuple[int | None, float]]
     how: str
     seconds: float = 0.0
+    ensemble_test: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
@@ -73,16 +70,10 @@ class Delivered:
             "kind": self.kind,
             "how": self.how,
             "test": self.test_score,
+            "ensemble_test": self.ensemble_test,
             "members": [{"trial": t, "test": s} for t, s in self.member_scores],
             "seconds": round(self.seconds, 1),
         }
-
-
-def check_deliverable(kind: str) -> str:
-    """``kind`` if it is one of ``DELIVERABLES``; else a one-line ``UserError``."""
-    if kind not in DELIVERABLES:
-        raise UserError(f"--deliver must be one of {', '.join(DELIVERABLES)}, but got {kind!r}")
-    return kind
 
 
 def deliver(
@@ -95,16 +86,18 @@ def deliver(
     progress: Callable[[int, int], None] | None = None,
     micro_batch: int | None = None,
 ) -> Delivered:
-    """The deliverable ``kind`` of ``ensemble`` (whose ``members`` the pick chose). With one member
-    there is nothing to fold: that member is the deliverable whatever ``kind`` asks."""
-    check_deliverable(kind)
+    """The deliverable ``kind`` (one of ``DELIVERABLES``, as ``settings.deliver`` holds it) of
+    ``ensemble``, whose ``members`` the pick chose. With one member there is nothing to fold: that
+    member is the deliverable (kind ``single``) whatever ``kind`` asks."""
     scores = [(m.trial, m.test_score) for m in ensemble.members]
     if len(ensemble.members) == 1:
         only = ensemble.members[0]
         return Delivered("single", only, only.test_score, scores, "the pick's one network, as trained")
     if kind == "ensemble":
         k = len(ensemble.members)
-        return Delivered("ensemble", None, ensemble.test_score, scores, f"the mean softmax of {k} networks")
+        return Delivered(
+            "ensemble", None, ensemble.test_score, scores, f"the mean softmax of {k} networks", 0.0, ensemble.test_score
+        )
     started = time.perf_counter()
     if kind == "soup":
         model, how = soup(ensemble, members, settings, prepared)
@@ -112,7 +105,8 @@ def deliver(
         model, how = distill(
             ensemble, members[0].protocol, settings, prepared, progress=progress, micro_batch=micro_batch
         )
-    return Delivered(kind, model, model.test_score, scores, how, time.perf_counter() - started, list(model.notes))
+    seconds = time.perf_counter() - started
+    return Delivered(kind, model, model.test_score, scores, how, seconds, ensemble.test_score, list(model.notes))
 
 
 def distill(

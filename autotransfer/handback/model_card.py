@@ -80,6 +80,7 @@ def _write_tuned_model(
     versions: dict[str, str] | None = None,
     ensemble: dict[str, Any] | None = None,
     self_training: dict[str, Any] | None = None,
+    deliverable: dict[str, Any] | None = None,
 ) -> None:
     """One model folder's files written into ``folder`` (in place: the caller stages it); its card
     names the folder ``shown``, where it will be once renamed into place. ``ensemble`` (from
@@ -122,6 +123,8 @@ def _write_tuned_model(
         extra["ensemble"] = ensemble
     if self_training:
         extra["self_training"] = self_training
+    if deliverable:
+        extra["deliverable"] = deliverable
     config = write_model_files(backbone, folder, label_names=list(classes), input_size=settings.resolution, extra=extra)
     (folder / CARD_NAME).write_text(model_card(config, shown))
 
@@ -139,6 +142,7 @@ def save_tuned_ensemble(
     self_training: dict[str, Any] | None = None,
     versions: dict[str, str] | None = None,
     files: dict[str, str] | None = None,
+    deliverable: dict[str, Any] | None = None,
 ) -> Path:
     """Write the handed-back model: its first member as the folder itself, the others as model
     folders under ``members/2``, ``members/3``... (``ENSEMBLE_DIR``), listed in the top
@@ -203,6 +207,7 @@ def save_tuned_ensemble(
             freeze_reinit=info.get("freeze_reinit"),
             ensemble=ensemble,
             self_training=self_training,
+            deliverable=deliverable,
         )
         for name, text in (files or {}).items():
             (staging / name).write_text(text)
@@ -211,6 +216,29 @@ def save_tuned_ensemble(
 
 def _score(value: Any) -> str:
     return "—" if value is None else f"{float(value):.4f}"
+
+
+def _deliverable_lines(record: dict[str, Any]) -> list[str]:
+    """The card's "One network" section (``handback.deliver``: distilled or souped), or nothing."""
+    if record.get("kind") not in ("distilled", "soup"):
+        return []
+    members = record.get("members") or []
+    lines = [
+        "",
+        "## One network",
+        "",
+        f"This folder holds one network, made from the study's {len(members)}-member ensemble: {record.get('how')}."
+        " Every loader (timm, Hugging Face, `autotransfer.load_model`) reads this same network. The table above is"
+        " its protocol (the ensemble's best member's).",
+        "",
+        "| model | trial | test alone |",
+        "|---|---|---|",
+        f"| this network ({record.get('kind')}) | — | {_score(record.get('test'))} |",
+    ]
+    if record.get("ensemble_test") is not None:
+        lines.append(f"| the ensemble it came from | — | {_score(record.get('ensemble_test'))} |")
+    lines += [f"| member {i + 1} | {m.get('trial')} | {_score(m.get('test'))} |" for i, m in enumerate(members)]
+    return lines
 
 
 def _self_training_lines(record: dict[str, Any]) -> list[str]:
@@ -338,6 +366,7 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
                 for key in ("trials", "member_val_scores", "member_test_scores", "trained_on")
             ]
             lines.append(f"| {i + 1} | `{folder}` | {row[0]} | {_score(row[1])} | {_score(row[2])} | {row[3]} |")
+    lines += _deliverable_lines(own.get("deliverable") or {})
     lines += _self_training_lines(own.get("self_training") or {})
     lines += [
         "",

@@ -152,6 +152,8 @@ class TuneResult:
     pick: dict[str, Any] | None = None
     trained_on: str | None = None
     self_training: dict[str, Any] | None = None
+    #: what the folder's root network is (``handback.deliver.Delivered.record``)
+    deliverable: dict[str, Any] | None = None
     #: seconds per stage, and as multiples of one full training (``core.budget.Ledger.to_dict``)
     ledger: dict[str, Any] | None = None
     #: the time budget's plan (``pipeline.plan.JobPlan``), when the job had one
@@ -173,6 +175,7 @@ class TuneResult:
             "skipped": (self.profile or {}).get("skipped"),
             "trained_on": self.trained_on,
             "self_training": self.self_training,
+            "deliverable": self.deliverable,
             "controls": self.controls,
             "negative_transfer": self.negative_transfer,
             "export": str(self.export_path) if self.export_path else None,

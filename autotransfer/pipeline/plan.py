@@ -18,6 +18,7 @@ __all__ = [
     "TRIAL_COST",
     "RETRAIN_COST",
     "MIN_SEARCH_TRAININGS",
+    "DISTILL_COST",
 ]
 
 #: The default job's budget, in full trainings at the study's size, when neither ``--trials`` nor
@@ -32,6 +33,11 @@ DEFAULT_BUDGET_TRAININGS = 5.0
 TRIAL_COST = 0.75
 #: A final retrain on train+val in full trainings (no validation passes, a test pass).
 RETRAIN_COST = 1.0
+#: Distilling the ensemble into one network (``handback.deliver``), in full trainings: one training
+#: on train+val without the frozen-prefix cache, with every member's forward pass at each step
+#: (measured 1.6-2.3 on the judged benchmark's cells: ``benchmarks/RESULTS.md``, "One network").
+#: The default job's budget grows by it, so that its search is the one issue 27 measured.
+DISTILL_COST = 2.0
 #: The search the final retrain must leave room for: below it the trials' own models are handed
 #: back (a retrain of k members costs k trainings that a small budget cannot spare).
 MIN_SEARCH_TRAININGS = 6.0
@@ -56,6 +62,8 @@ class JobPlan:
         search_s: seconds for controls + trials (``None``: no limit).
         trials: about how many search trials that buys (``None``: ``--trials`` decides).
         self_training_s: seconds held for self-training (0: not asked, or not affordable).
+        distill_s: seconds held for distilling the members into one network (0: not asked, one
+            member, or not affordable: the ensemble is handed back).
         notes: what the plan had to give up.
     """
 
@@ -68,6 +76,7 @@ class JobPlan:
     search_s: float | None
     trials: int | None
     self_training_s: float = 0.0
+    distill_s: float = 0.0
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +101,8 @@ class JobPlan:
         ]
         if self.self_training_s:
             parts.append(f"self-training {format_duration(self.self_training_s)}")
+        if self.distill_s:
+            parts.append(f"then one network distilled from them ({format_duration(self.distill_s)})")
         return "; ".join(parts)
 
 
@@ -103,16 +114,38 @@ def plan_job(
     members: int,
     self_training: bool = False,
     retrain: bool | None = None,
+    distill: bool = False,
 ) -> JobPlan:
     """The plan for ``left_s`` seconds (of a ``budget_s`` budget) at ``training_s`` seconds per
     full training, handing back ``members`` models. ``retrain`` forces the final stage's choice
-    (``None``: retrain only when the budget leaves ``MIN_SEARCH_TRAININGS`` for the search)."""
+    (``None``: retrain only when the budget leaves ``MIN_SEARCH_TRAININGS`` for the search).
+    ``distill``: the members are to be distilled into one network (``DISTILL_COST``), held before
+    the retrains; without room for it beside ``MIN_SEARCH_TRAININGS``, the ensemble is handed back."""
     if training_s <= 0 or not math.isfinite(training_s):
         raise InvalidValueError(f"training_s must be a positive number of seconds, but got {training_s!r}")
     retrain_s = members * RETRAIN_COST * training_s
+    distill = distill and members > 1
+    distill_s = DISTILL_COST * training_s if distill else 0.0
     if budget_s is None or left_s is None:
-        return JobPlan(None, None, training_s, members, True if retrain is None else retrain, retrain_s, None, None)
+        return JobPlan(
+            None,
+            None,
+            training_s,
+            members,
+            True if retrain is None else retrain,
+            retrain_s,
+            None,
+            None,
+            distill_s=distill_s,
+        )
     notes: list[str] = []
+    if distill and left_s - PUBLISH_S - distill_s < MIN_SEARCH_TRAININGS * training_s:
+        notes.append(
+            f"distillation skipped: it needs about {format_duration(distill_s)} the budget cannot spare beside"
+            " the search; the ensemble is handed back (give a larger --time-budget for one network)"
+        )
+        distill_s = 0.0
+    left_s -= distill_s
     if retrain is None:
         retrain = left_s - PUBLISH_S - retrain_s >= MIN_SEARCH_TRAININGS * training_s
     final_s = PUBLISH_S + (retrain_s if retrain else 0.0)
@@ -140,7 +173,19 @@ def plan_job(
             f"the budget buys about {trials} trial(s) at {format_duration(training_s)} each: fewer than the"
             f" {members} models of the ensemble; give a larger --time-budget for a search"
         )
-    return JobPlan(budget_s, left_s, training_s, members, retrain, final_s, search_s, trials, st_s, tuple(notes))
+    return JobPlan(
+        budget_s,
+        left_s + distill_s,
+        training_s,
+        members,
+        retrain,
+        final_s,
+        search_s,
+        trials,
+        st_s,
+        distill_s,
+        tuple(notes),
+    )
 
 
 @dataclass
@@ -166,11 +211,17 @@ class JobBudget:
         """Whether the job has a time budget (given, or the default job's)."""
         return self.auto or self.clock.budget is not None
 
-    def make_plan(self, training_s: float, *, members: int, self_training: bool = False) -> JobPlan:
-        """Fix the plan once one full training was timed (``training_s``); for ``auto``, the budget too."""
+    def make_plan(
+        self, training_s: float, *, members: int, self_training: bool = False, distill: bool = False
+    ) -> JobPlan:
+        """Fix the plan once one full training was timed (``training_s``); for ``auto``, the budget
+        too (grown by ``DISTILL_COST`` when ``distill``)."""
         self.ledger.training_s = training_s
         if self.auto:
-            seconds = max(DEFAULT_BUDGET_TRAININGS * training_s, self.clock.elapsed() + MIN_AUTO_TRAININGS * training_s)
+            extra = DISTILL_COST * training_s if distill and members > 1 else 0.0
+            seconds = extra + max(
+                DEFAULT_BUDGET_TRAININGS * training_s, self.clock.elapsed() + MIN_AUTO_TRAININGS * training_s
+            )
             self.clock = Deadline(self.clock.started + seconds, seconds, self.clock.started)
         self.plan = plan_job(
             budget_s=self.clock.budget,
@@ -178,6 +229,7 @@ class JobBudget:
             training_s=training_s,
             members=members,
             self_training=self_training,
+            distill=distill,
         )
         return self.plan
 
@@ -185,7 +237,7 @@ class JobBudget:
         """Whether the search's share of the budget is spent (what the final stages hold is kept)."""
         if self.plan is None or self.clock.at is None:
             return False
-        return self.clock.earlier(self.plan.final_s + self.plan.self_training_s).expired()
+        return self.clock.earlier(self.plan.final_s + self.plan.self_training_s + self.plan.distill_s).expired()
 
     def affords(self, trainings: float) -> bool:
         """Whether ``trainings`` more full trainings (and publishing) fit in the time left."""

@@ -31,6 +31,7 @@ from autotransfer.core.protocol import Protocol
 from autotransfer.core.schema import ATTR, FREEZE_ATTR, REINIT_ATTR
 from autotransfer.core.settings import StudySettings
 from autotransfer.core.validation import check_timeout
+from autotransfer.handback.deliver import Delivered
 from autotransfer.handback.final import FinalEnsemble, Member, final_is_current, handed_back_members, train_ensemble
 from autotransfer.handback.pick import PICK_TOP, Pick, pick_protocol
 from autotransfer.pipeline.outcome import (
@@ -198,7 +199,7 @@ def _resume(name, store, settings: StudySettings, prepared: PreparedData, warm_s
     # resume with the stored budget and options; only --trials may grow. Self-training follows
     # the search (it does not change it): a run's --unlabelled (with its threshold) wins, and
     # without it the study's recorded request stands
-    this_run: dict[str, Any] = {"trials": settings.trials}
+    this_run: dict[str, Any] = {"trials": settings.trials, "deliver": settings.deliver}
     if settings.unlabelled:
         this_run.update(unlabelled=settings.unlabelled, pseudo_threshold=settings.pseudo_threshold)
     settings = type(settings).from_dict({**stored.to_dict(), **this_run, "device": settings.device})
@@ -370,6 +371,7 @@ def _plan(opened: OpenStudy, runner, budget: JobBudget, ui) -> None:
         training_s,
         members=PICK_TOP if opened.settings.pick == "ensemble" else 1,
         self_training=bool(opened.settings.unlabelled),
+        distill=opened.settings.deliver == "distilled",
     )
     ui.note(plan.describe())
     for note in plan.notes:
@@ -410,6 +412,8 @@ class Finalised:
     trained: FinalEnsemble | None
     notes: tuple[str, ...] = ()
     self_training: dict[str, Any] | None = None
+    #: the folder's root network, when ``deliver_stage`` made it (``None``: kept, or not yet run)
+    delivered: Delivered | None = None
 
 
 def finalise(
@@ -454,7 +458,11 @@ def finalise(
     members = handed_back_members(study, pick, best, len(opened.prepared.val) or 1)
     wanted = [m.trial for m in members]
     final = study.user_attrs.get(ATTR["final"]) or {}
-    if final_is_current(final, wanted, model_dir) and final.get("self_training") == self_training:
+    if (
+        final_is_current(final, wanted, model_dir)
+        and final.get("self_training") == self_training
+        and (final.get("deliverable") or {}).get("kind") in (settings.deliver, "single")
+    ):
         notes.append("the handed-back model was already retrained and tested: kept that result")
         recorded = study.user_attrs.get(ATTR["self_training"]) if self_training else None
         if recorded:
@@ -590,6 +598,59 @@ def self_train_stage(
     )
 
 
+def deliver_stage(
+    opened: OpenStudy,
+    final: Finalised,
+    *,
+    micro_batch: int | None = None,
+    ui=None,
+    budget: JobBudget | None = None,
+) -> Finalised:
+    """Stage 3c: the folder's root network from the handed-back members (``settings.deliver``;
+    ``handback.deliver``). A ``final`` kept from an earlier run is returned as is. Under a time
+    budget whose plan held no time for distillation, or that has not the time left, the ensemble
+    is handed back and the notes say so."""
+    from autotransfer.handback.deliver import deliver
+    from autotransfer.pipeline.plan import DISTILL_COST
+    from autotransfer.search.progress import NullUI
+
+    ui = ui or NullUI()
+    if final.trained is None:
+        return final
+    settings, trained = opened.settings, final.trained
+    kind, notes = settings.deliver, list(final.notes)
+    k = len(trained.members)
+    if kind == "distilled" and k > 1 and budget is not None and budget.limited:
+        plan = budget.plan
+        if (plan is not None and not plan.distill_s) or not budget.affords(DISTILL_COST):
+            kind = "ensemble"
+            notes.append(
+                "not distilled: the time budget has no room for it; the ensemble is handed back (every loader"
+                " averages its members; give a larger --time-budget for one network)"
+            )
+    if kind == "distilled" and k > 1:
+        ui.stage(f"distilling the {k} members into one network on train+val")
+    t0 = time.monotonic()
+    delivered = deliver(
+        kind,
+        trained,
+        list(final.members),
+        settings,
+        opened.prepared,
+        progress=ui.trial_progress,
+        micro_batch=micro_batch,
+    )
+    if budget is not None and delivered.kind in ("distilled", "soup"):
+        budget.ledger.add("deliverable", time.monotonic() - t0, trainings=1.0 if kind == "distilled" else None)
+    if delivered.kind in ("distilled", "soup"):
+        alone = ", ".join(f"{score:.3f}" for _, score in delivered.member_scores)
+        notes.append(
+            f"delivered one network, {delivered.how}: test {delivered.test_score:.3f} (the ensemble"
+            f" {trained.test_score:.3f}; its members {alone}); {delivered.seconds:.0f} s"
+        )
+    return replace(final, test_score=delivered.test_score, delivered=delivered, notes=tuple(notes))
+
+
 def publish(
     opened: OpenStudy,
     final: Finalised,
@@ -625,36 +686,47 @@ def _save_final(opened: OpenStudy, final: Finalised, model_dir: Path) -> None:
 
     study, trained = opened.study, final.trained
     assert trained is not None
+    delivered = final.delivered
+    members = [
+        (
+            f.backbone,
+            m.protocol,
+            {
+                "trial": m.trial,
+                "val_score": m.val_score,
+                "test_score": f.test_score,
+                "trained_on": f.trained_on,
+                "freeze_reinit": m.freeze_reinit,
+            },
+        )
+        for m, f in zip(final.members, trained.members)
+    ]
+    test_score = trained.test_score
+    if delivered is not None and delivered.model is not None and len(members) > 1:
+        # one network: the first member's protocol, trained on train+val; the members stay on record only
+        backbone, protocol, info = members[0]
+        members = [(delivered.model.backbone, protocol, {**info, "test_score": delivered.test_score, "trial": None})]
+        test_score = delivered.test_score
     save_tuned_ensemble(
-        [
-            (
-                f.backbone,
-                m.protocol,
-                {
-                    "trial": m.trial,
-                    "val_score": m.val_score,
-                    "test_score": f.test_score,
-                    "trained_on": f.trained_on,
-                    "freeze_reinit": m.freeze_reinit,
-                },
-            )
-            for m, f in zip(final.members, trained.members)
-        ],
+        members,
         model_dir,
         opened.settings,
         classes=list(opened.prepared.dataset.classes),
-        test_score=trained.test_score,
+        test_score=test_score,
         test_images=len(opened.prepared.test),
         controls=control_scores(study),
         study=opened.name,
         self_training=final.self_training,
+        deliverable=delivered.record() if delivered is not None else None,
     )
     study.set_user_attr(
         ATTR["final"],
         {
             "trial": final.best.number,
             "members": [m.trial for m in final.members],
-            "test_score": trained.test_score,
+            "test_score": test_score,
+            "ensemble_test_score": trained.test_score,
+            "deliverable": delivered.record() if delivered is not None else {"kind": "ensemble"},
             "member_test_scores": [f.test_score for f in trained.members],
             "model": str(model_dir),
             "trained_on": trained.trained_on,
@@ -749,6 +821,8 @@ def tune(
             t0 = time.monotonic()
             final = self_train_stage(opened, final, pool=pool, micro_batch=micro_batch, ui=ui)
             budget.ledger.add("self-training", time.monotonic() - t0)
+    if final is not None:
+        final = deliver_stage(opened, final, micro_batch=micro_batch, ui=ui, budget=budget)
     study, settings, prepared = opened.study, opened.settings, opened.prepared
     notes = list(opened.notes)
     val_images = len(prepared.val)
@@ -809,6 +883,7 @@ def tune(
         pick=final.pick.to_dict() if final.pick is not None else None,
         trained_on=(study.user_attrs.get(ATTR["final"]) or {}).get("trained_on", "train+val"),
         self_training=final.self_training,
+        deliverable=(study.user_attrs.get(ATTR["final"]) or {}).get("deliverable"),
         ledger=ledger,
         plan=budget.plan.to_dict() if budget.plan else None,
     )
