@@ -161,7 +161,8 @@ def test_a_new_model_folder_replaces_the_old_one_whole(tmp_path, backbones, sett
     save_ensemble(backbones[:1], target, settings, files={"metrics.json": "{}\n"})
     assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.json", "metrics.json", "model.safetensors"]
     card = (target / "README.md").read_text()
-    assert f"local-dir:{target}" in card and ".tmp-" not in card  # the card names the final folder
+    # the card names the final folder (by its name: no path of this machine), not the staging one
+    assert 'local-dir:study"' in card and str(tmp_path) not in card and ".tmp-" not in card
     predictor = autotransfer.load_model(target, device="cpu")
     assert len(predictor.members) == 1
 

@@ -94,7 +94,7 @@ def test_the_model_folder_is_timms_format_with_a_card(tuned):
         f"{result.test_score:.4f}",
         "95% interval",
         "from scratch",
-        f'timm.create_model("local-dir:{folder}", pretrained=True)',
+        f'timm.create_model("local-dir:{folder.name}", pretrained=True)',  # named relative to its parent
         "autotransfer.load_model",
     ):
         assert needle in card, needle

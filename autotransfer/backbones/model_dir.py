@@ -26,7 +26,7 @@ import os
 import shutil
 import stat
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
 from torch import nn
@@ -52,6 +52,8 @@ __all__ = [
     "model_args",
     "ENSEMBLE_DIR",
     "ensemble_member_dirs",
+    "portable_model_spec",
+    "file_name",
 ]
 
 MODEL_DIR_FORMAT = "autotransfer/model-dir/v1"
@@ -77,6 +79,20 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return value
+
+
+def file_name(path: str) -> str:
+    """The last component of ``path`` (``/a/b/data/`` -> ``data``; ``""`` and ``"."`` stay as given)."""
+    return PurePath(path.rstrip("/\\")).name or path
+
+
+def portable_model_spec(spec: Any) -> Any:
+    """A backbone spec with a local weights file cut to its name, as a model folder records it (no
+    path of the training machine): ``timm:NAME@/a/w.safetensors`` -> ``timm:NAME@w.safetensors``."""
+    if not isinstance(spec, str) or "@" not in spec:
+        return spec
+    name, _, weights = spec.partition("@")
+    return f"{name}@{file_name(weights)}"
 
 
 def _architecture(backbone) -> tuple[str, str]:
@@ -264,7 +280,7 @@ def write_model_files(
         "format": MODEL_DIR_FORMAT,
         "library": family,
         "arch": f"{'timm' if family == 'timm' else 'tv'}:{name}",
-        "source_spec": backbone.spec,
+        "source_spec": portable_model_spec(backbone.spec),
         **_jsonable(extra or {}),
     }
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")

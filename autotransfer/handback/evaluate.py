@@ -80,11 +80,35 @@ def match_classes(target_classes: list[str], model_classes: list[str], target: s
     return np.asarray([index[str(c)] for c in target_classes], dtype=np.int64)
 
 
-def study_test_split(config: dict[str, Any]):
+def _find_target(target: str, directory: str | Path | None) -> str:
+    """The recorded dataset spec made loadable here. A model folder names a dataset folder by its
+    name alone (``handback.portable``): it is looked for in the current folder, then beside the
+    model folder ``directory``; found nowhere, a one-line ``UserError`` asks for a TARGET."""
+    from autotransfer.data.sources import split_spec
+
+    if target.startswith("builtin:"):
+        return target
+    base, _ = split_spec(target)
+    prefix = "folder:" if base.startswith("folder:") else ""
+    path = Path(base[len(prefix) :]).expanduser()
+    if path.is_absolute() or path.exists():
+        return target
+    beside = None if directory is None else Path(directory).expanduser().absolute().parent / path
+    if beside is not None and beside.exists():
+        return prefix + str(beside) + target[len(base) :]
+    where = "here" if beside is None else f"here nor beside the model folder ({str(beside.parent)!r})"
+    raise UserError(
+        f"the study's dataset {target!r} is recorded by its name only and is neither {where}: give a TARGET"
+        " to evaluate on (e.g. `autotransfer evaluate MODEL folder:PATH`)"
+    )
+
+
+def study_test_split(config: dict[str, Any], directory: str | Path | None = None):
     """The held-out test split of the study that wrote a model folder's ``config``.
 
     Re-created as ``tune`` made it (load the target, stratified subsample of N with the seed,
-    stratified split) and checked against the recorded dataset fingerprint.
+    stratified split) and checked against the recorded dataset fingerprint. ``directory`` (the
+    model folder) is where a dataset recorded by its folder name alone may lie beside.
     """
     from autotransfer.data import load_dataset, stratified_split, stratified_subsample
 
@@ -93,7 +117,7 @@ def study_test_split(config: dict[str, Any]):
     target = settings.get("target")
     if not target:
         raise UserError("this model folder records no study settings: give a TARGET to evaluate on")
-    dataset = load_dataset(target, require_labels=True)
+    dataset = load_dataset(_find_target(str(target), directory), require_labels=True)
     if settings.get("n"):
         dataset = stratified_subsample(dataset, int(settings["n"]), seed=int(settings.get("seed", 0)))
     expected = own.get("dataset_fingerprint") or settings.get("fingerprint")
@@ -134,7 +158,7 @@ def evaluate_model(
     predictor = model if isinstance(model, Predictor) else load_model(model)
     metric = check_metric(metric or predictor.metric)
     if target is None:
-        dataset = study_test_split(predictor.config)
+        dataset = study_test_split(predictor.config, predictor.directory)
         name = f"{dataset.spec} (the study's test split)"
     elif isinstance(target, (str, Path)):
         dataset = load_dataset(str(target), require_labels=True)

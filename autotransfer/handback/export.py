@@ -203,13 +203,14 @@ def source_model(backbone) -> SourceModel:
 def write_source_weights(backbone, path: str | Path) -> Path:
     """Save ``backbone``'s weights (the source's, with the new zero-initialised head) in timm's key
     names as safetensors: the file ``timm.create_model(NAME, num_classes=C, checkpoint_path=path)``
-    loads strictly, every key matched."""
-    from safetensors.torch import save_file
+    loads strictly, every key matched. The file gets the mode the umask gives a new file
+    (safetensors alone writes 0600), like the export beside it."""
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
+    path.write_bytes(save(state, metadata={"format": "pt"}))  # a plain file write: the umask's mode
     return path
 
 

@@ -3,6 +3,9 @@
 ``save_tuned_model`` writes ``config.json`` + ``model.safetensors`` (``backbones.model_dir``: the
 layout ``timm.create_model("local-dir:DIR", pretrained=True)`` reads) and a ``README.md`` model
 card: the data, the protocol, the test score with its 95% interval, the controls, how to load it.
+The folder is portable: its files name no path of the machine that wrote them
+(``handback.portable``), and the card opens with the Hugging Face front matter
+(``handback.hub_card``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 from autotransfer.core.protocol import Protocol, describe_schedule
 from autotransfer.core.settings import StudySettings
+from autotransfer.handback.hub_card import front_matter, licence_lines, load_lines
+from autotransfer.handback.portable import portable_dataset_spec, portable_settings
 
 __all__ = ["save_tuned_model", "save_tuned_ensemble", "model_card"]
 
@@ -83,7 +88,8 @@ def _write_tuned_model(
     deliverable: dict[str, Any] | None = None,
 ) -> None:
     """One model folder's files written into ``folder`` (in place: the caller stages it); its card
-    names the folder ``shown``, where it will be once renamed into place. ``ensemble`` (from
+    names the folder ``shown``, its path relative to the folder that will hold it once renamed
+    into place (``NAME``, ``NAME/members/2``). ``ensemble`` (from
     ``save_tuned_ensemble``) goes under ``config["autotransfer"]["ensemble"]``."""
     from autotransfer.backbones.model_dir import CARD_NAME, write_model_files
     from autotransfer.train.metrics import score_interval
@@ -114,7 +120,7 @@ def _write_tuned_model(
             "num_groups": backbone.num_groups,
         },
         "trained_on": trained_on,
-        "settings": settings.to_dict(),
+        "settings": portable_settings(settings.to_dict()),
         "dataset_fingerprint": settings.fingerprint,
         "versions": versions,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -122,7 +128,7 @@ def _write_tuned_model(
     if ensemble:
         extra["ensemble"] = ensemble
     if self_training:
-        extra["self_training"] = self_training
+        extra["self_training"] = {**self_training, "unlabelled": portable_dataset_spec(self_training.get("unlabelled"))}
     if deliverable:
         extra["deliverable"] = deliverable
     config = write_model_files(backbone, folder, label_names=list(classes), input_size=settings.resolution, extra=extra)
@@ -163,6 +169,7 @@ def save_tuned_ensemble(
     from autotransfer.backbones.model_dir import ENSEMBLE_DIR, staged_model_dir, weights_bytes
 
     directory = Path(directory)
+    shown = directory.expanduser().absolute().name  # the cards name the folder relative to its parent
     write = functools.partial(  # what every member's folder shares
         _write_tuned_model,
         classes=classes,
@@ -186,7 +193,7 @@ def save_tuned_ensemble(
             write(
                 backbone,
                 staging / ENSEMBLE_DIR / str(i),
-                directory / ENSEMBLE_DIR / str(i),
+                Path(shown) / ENSEMBLE_DIR / str(i),
                 settings,
                 protocol,
                 test_score=float(info["test_score"]),
@@ -198,7 +205,7 @@ def save_tuned_ensemble(
         write(
             backbone,
             staging,
-            directory,
+            Path(shown),
             settings,
             protocol,
             test_score=test_score,
@@ -269,8 +276,18 @@ def _self_training_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _relative(directory: str | Path) -> str:
+    """How the card names its folder: a relative path as given (``model``, ``model/members/2``),
+    an absolute one by its name alone (no path of the training machine in the card)."""
+    path = Path(directory)
+    return path.as_posix() if not path.is_absolute() else path.name
+
+
 def model_card(config: dict[str, Any], directory: str | Path) -> str:
-    """The folder's ``README.md``: what the model is, the data, the protocol, its scores, how to load it."""
+    """The folder's ``README.md``: the Hugging Face front matter (``handback.hub_card``), what the
+    model is, the data, the protocol, its scores, how to load it (with autotransfer and with timm)
+    and the licences. ``directory`` names the folder in the card: pass it relative to the folder
+    holding the model (an absolute path is cut to the folder's name)."""
     own = config.get("autotransfer") or {}
     settings = own.get("settings") or {}
     scores = own.get("scores") or {}
@@ -282,11 +299,11 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
     metric = own.get("metric") or "score"
     size = (pre.get("input_size") or [3, 0, 0])[-1]
     low, high = (scores.get("test_interval_95") or [None, None])[:2]
-    timm_ok = own.get("library", "timm") == "timm"
+    shown_dir = _relative(directory)
     shown = ", ".join(map(str, labels[:12])) + (", ..." if len(labels) > 12 else "")
     n = settings.get("n")
     lines = [
-        f"# {own.get('study') or Path(directory).name}",
+        f"# {own.get('study') or Path(shown_dir).name}",
         "",
         f"An image classifier fine-tuned by autotransfer from `{own.get('source_spec')}`"
         f" (architecture `{config.get('architecture')}`, {own.get('library', 'timm')}) on"
@@ -393,30 +410,11 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
         'model.classes_, model.predict(["image.png"]), model.predict_proba(["image.png"])',
         "```",
     ]
-    if timm_ok:
-        if ensemble:
-            lines += [
-                "",
-                "timm reads one network: `local-dir:@@DIR@@` is the first member alone (its test score is"
-                f" {_score((ensemble.get('member_test_scores') or [None])[0])}); average the softmax of every member"
-                " folder to get the ensemble, as `autotransfer.load_model` does.",
-            ]
-        lines += [
-            "",
-            "```python",
-            "import timm, torch",
-            "from PIL import Image",
-            'model = timm.create_model("local-dir:@@DIR@@", pretrained=True).eval()',
-            "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
-            'logits = model(transform(Image.open("image.png").convert("RGB"))[None])',
-            'label = model.pretrained_cfg["label_names"][logits.argmax(1).item()]',
-            "```",
-        ]
-    else:
-        lines += ["", "This architecture comes from torchvision: timm cannot build it; `autotransfer.load_model` can."]
+    lines += load_lines(config, shown_dir)
+    lines += licence_lines(config)
     lines += [
         "",
         f"Written by autotransfer {(own.get('versions') or {}).get('autotransfer', '')} at {own.get('written_at')}.",
         "",
     ]
-    return "\n".join(lines).replace("@@DIR@@", str(directory))
+    return "\n".join(front_matter(config) + lines).replace("@@DIR@@", shown_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -342,7 +343,8 @@ def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
 
 
 def save(model: torch.nn.Module, out: Path, classes: list[str]) -> None:
-    """A model folder in timm's pretrained format: config.json + model.safetensors."""
+    """A model folder in timm's pretrained format: config.json + model.safetensors, both with the
+    mode the umask gives a new file (safetensors alone would write 0600)."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -362,6 +364,7 @@ def save(model: torch.nn.Module, out: Path, classes: list[str]) -> None:
         },
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    os.chmod(out / "model.safetensors", (out / "config.json").stat().st_mode & 0o777)
 
 
 def main() -> None:

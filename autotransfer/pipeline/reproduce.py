@@ -138,6 +138,7 @@ def train_from_config(
     without settings or protocol, a learning rate out of range and a diverging run are each a
     one-line ``UserError``.
     """
+    from autotransfer.backbones.model_dir import portable_model_spec
     from autotransfer.handback.final import ensemble_test_score, retrain_and_test
     from autotransfer.handback.model_card import save_tuned_ensemble
     from autotransfer.search.prepared import prepare_data
@@ -197,7 +198,7 @@ def train_from_config(
         "train_images_per_s": float(result.images_per_s),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "dataset_fingerprint": prepared.fingerprint,
-        "model": settings.model,
+        "model": portable_model_spec(settings.model),  # no path of this machine in the model folder
     }
     # the model folder and metrics.json are written together, renamed into place once complete
     controls = {k: v for k, v in (payload.get("controls") or {}).items() if isinstance(v, (int, float)) or v is None}
