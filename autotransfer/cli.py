@@ -30,17 +30,19 @@ class _App(typer.Typer):
     exit 130, keeping every recorded trial."""
 
     def __call__(self, *args, **kwargs):
+        from rich.markup import escape
+
         from autotransfer.core.diskspace import disk_full_cause, disk_full_error
 
         try:
             return super().__call__(*args, **kwargs)
         except UserError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except Exception as err:
             if disk_full_cause(err) is None:
                 raise
-            err_console.print(f"[red]error:[/red] {disk_full_error(err)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(disk_full_error(err)))}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err_console.print("interrupted: everything already recorded is kept.")
