@@ -9,8 +9,9 @@ The handful of names a Python user needs:
 - ``estimate_task(target, model)``: measure a task and show the priors ``tune`` would start from
   (not ``estimate``: that name is the ``autotransfer.estimate`` package, and importing it would
   replace a function of the same name here);
-- ``load_model(folder)``: a handed-back model folder as a predictor (``predict``,
-  ``predict_proba``, ``classes_``); ``evaluate_model(folder, target)`` scores it;
+- ``load_model(folder)``: a handed-back model folder (or the ``.onnx`` file ``export-model``
+  wrote from one) as a predictor (``predict``, ``predict_proba``, ``classes_``);
+  ``evaluate_model(folder, target)`` scores it;
 - ``StudySettings`` and ``Protocol``: the job's settings and one fine-tuning recipe;
 - ``AutotransferError``: the root of every error the package raises (``UserError``: bad input).
 

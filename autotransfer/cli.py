@@ -30,17 +30,19 @@ class _App(typer.Typer):
     exit 130, keeping every recorded trial."""
 
     def __call__(self, *args, **kwargs):
+        from rich.markup import escape
+
         from autotransfer.core.diskspace import disk_full_cause, disk_full_error
 
         try:
             return super().__call__(*args, **kwargs)
         except UserError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except Exception as err:
             if disk_full_cause(err) is None:
                 raise
-            err_console.print(f"[red]error:[/red] {disk_full_error(err)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(disk_full_error(err)))}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err_console.print("interrupted: everything already recorded is kept.")
@@ -56,7 +58,9 @@ app = _App(
         "Automated transfer-learning protocol search for image classification.\n\n"
         "Measures how big a target dataset is and how far it lies from a pretrained model's source,"
         " derives a prior fine-tuning protocol, searches around it with Optuna on real trials,"
-        " and exports the best protocol and a fine-tuned model."
+        " and exports the best protocol and a fine-tuned model.\n\n"
+        "The model runs outside autotransfer too: `export-model DIR --format onnx -o model.onnx` writes one"
+        " ONNX graph (an ensemble averaged inside it), which predict and evaluate also take."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -565,7 +569,9 @@ def train_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    model_dir: str = typer.Argument(..., help="a model folder written by tune or train --config"),
+    model_dir: str = typer.Argument(
+        ..., help="a model folder written by tune or train --config, or an .onnx file from export-model"
+    ),
     images: list[str] = typer.Argument(..., help="image files, folders (walked) or CSV manifests (a path column)"),
     top_k: int = typer.Option(1, "--top-k", "-k", help="the K most probable classes per image"),
     fmt: PredictFormat = typer.Option(PredictFormat.table, "--format", help="table, csv or json"),
@@ -637,7 +643,9 @@ def predict_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model_dir: str = typer.Argument(..., help="a model folder written by tune or train --config"),
+    model_dir: str = typer.Argument(
+        ..., help="a model folder written by tune or train --config, or an .onnx file from export-model"
+    ),
     target: Optional[str] = typer.Argument(
         None, help="labelled images: folder:PATH, a CSV manifest or builtin:NAME; omitted: the study's own test split"
     ),
@@ -692,6 +700,41 @@ def evaluate_cmd(
     for c, row in zip(info.classes, info.confusion):
         confusion.add_row(c, *[str(v) for v in row])
     console.print(confusion)
+
+
+class ModelFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command("export-model")
+def export_model_cmd(
+    model_dir: str = typer.Argument(..., help="a model folder written by tune or train --config (an ensemble too)"),
+    fmt: ModelFormat = typer.Option(
+        ModelFormat.onnx, "--format", help="onnx (needs pip install 'autotransfer\\[onnx]')"
+    ),
+    output: str = typer.Option(..., "-o", "--output", help="the .onnx file to write (its folder must exist)"),
+) -> None:
+    """Write a model folder as one ONNX graph to run without autotransfer (onnxruntime, any ONNX runtime).
+
+    Input `pixel_values` (batch, 3, S, S) float32, preprocessed as the folder says (shorter side
+    resized to S, centre crop, (x / 255 - mean) / std); output `probabilities` (batch, K), the
+    softmax (an ensemble's: the mean of its members'). Class names and preprocessing are in the
+    file's metadata; `autotransfer predict` and `evaluate` take the .onnx file like a folder.
+
+    Examples:
+      autotransfer export-model studies/runs/my-study --format onnx -o my-study.onnx
+      autotransfer predict my-study.onnx photos/ --top-k 3
+    """
+    from autotransfer.core.diskspace import format_bytes
+    from autotransfer.handback.onnx_export import export_onnx
+
+    info = export_onnx(model_dir, output)
+    console.print(
+        f"wrote {info.path} ({format_bytes(info.bytes)}, {info.kind}, opset {info.opset}) in {info.seconds:.1f} s;"
+        f" onnxruntime agrees with the model to {info.max_abs_diff:.1e}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @contextmanager

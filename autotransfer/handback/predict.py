@@ -5,6 +5,8 @@ pretrained format, ``config.json`` + ``model.safetensors``. The predictor reads 
 PIL images or arrays), applies the folder's preprocessing (shorter side resized bicubic to the
 input size, centre crop, ``(x / 255 - mean) / std``: exactly the view the study scored the model
 on) and returns class probabilities in the order of ``classes_`` (the folder's ``label_names``).
+``load_model(FILE.onnx)`` gives the same predictor over the file ``export-model`` wrote, run by
+onnxruntime (``OnnxPredictor``): the preprocessing is read from the file and applied by the same code.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from autotransfer.core.errors import UserError
 
-__all__ = ["Predictor", "FilePredictions", "load_model", "list_image_files"]
+__all__ = ["Predictor", "OnnxPredictor", "FilePredictions", "load_model", "list_image_files"]
 
 #: Images per forward pass (and per resize chunk): the batch the study validates and tests with
 #: (``train.loop``), so that on CUDA, where bf16 results can depend on the batch, the study's test
@@ -263,25 +265,78 @@ class Predictor:
             return np.zeros((0, len(self.classes_)), np.float32)
         return np.concatenate(out)
 
-    def _proba_of_squares(self, chunk: np.ndarray) -> np.ndarray:
-        """``(n, K)`` probabilities of ``(n, size, size, 3)`` uint8 images, ``n <= BATCH_SIZE``."""
+    def _batches(self, chunk: np.ndarray):
+        """``(n, size, size, 3)`` uint8 images as ``DeviceBatches`` on ``self.device``: their
+        ``plain`` view is the one preprocessing path (``(x / 255 - mean) / std``, NCHW), for the
+        networks here and for an ONNX graph (``OnnxPredictor``) alike."""
         from autotransfer.data.device import DeviceBatches
-        from autotransfer.train.metrics import predict_proba
 
-        size, pre = self.preprocessing.input_size, self.preprocessing
-        # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, and bf16
-        # where the study's own evaluation uses it (native bf16 GPUs: train.default_amp)
-        batches = DeviceBatches(
+        pre = self.preprocessing
+        return DeviceBatches(
             chunk,
             np.zeros(len(chunk), np.int64),
             device=self.device,
-            out_size=size,
+            out_size=pre.input_size,
             mean=pre.mean,
             std=pre.std,
             flip=False,
         )
-        _, proba = predict_proba(self.members, batches, batch_size=BATCH_SIZE, channels_last=True)
+
+    def _proba_of_squares(self, chunk: np.ndarray) -> np.ndarray:
+        """``(n, K)`` probabilities of ``(n, size, size, 3)`` uint8 images, ``n <= BATCH_SIZE``."""
+        from autotransfer.train.metrics import predict_proba
+
+        # the study's evaluation view: DeviceBatches.plain (normalised), channels_last, and bf16
+        # where the study's own evaluation uses it (native bf16 GPUs: train.default_amp)
+        _, proba = predict_proba(self.members, self._batches(chunk), batch_size=BATCH_SIZE, channels_last=True)
         return proba.cpu().numpy().astype(np.float32)
+
+
+class OnnxPredictor(Predictor):
+    """A :class:`Predictor` whose network is an ONNX file ``export-model`` wrote, run by onnxruntime.
+
+    Same interface and the same preprocessing (``Predictor._batches``), read from the file's
+    metadata (``handback.onnx_file``); the graph's output already is the (mean) softmax. Build one
+    with ``load_model("model.onnx")``.
+
+    Attributes:
+        session: the ``onnxruntime.InferenceSession``; ``model`` is the same object.
+        members: ``[]``: the graph holds every member (``kind`` says how many: ``onnx_model``).
+        onnx_model: the file's ``model`` metadata (``kind``, ``members``, ``architecture``).
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "auto") -> None:
+        import torch
+
+        from autotransfer.backbones.model_dir import model_dir_preprocessing
+        from autotransfer.handback.onnx_file import open_onnx
+
+        self.session, meta = open_onnx(path, device=device, threads=torch.get_num_threads())
+        self.device = torch.device("cpu")  # where the images are preprocessed; the session has its own
+        self.model = self.session
+        self.members = []
+        self.classes_ = np.asarray(meta.classes, dtype=object)
+        self.preprocessing = model_dir_preprocessing(meta.config)
+        self.config = meta.config
+        self.directory = Path(path)
+        self.onnx_model = meta.model
+
+    def __repr__(self) -> str:
+        members = int(self.onnx_model.get("members") or 1)
+        ensemble = f", ensemble of {members}" if members > 1 else ""
+        return (
+            f"OnnxPredictor({self.onnx_model.get('architecture', '')!r}, {len(self.classes_)} classes,"
+            f" {self.preprocessing.input_size}px{ensemble}, {self.session.get_providers()[0]})"
+        )
+
+    def _proba_of_squares(self, chunk: np.ndarray) -> np.ndarray:
+        from autotransfer.handback.onnx_file import INPUT_NAME, OUTPUT_NAME
+
+        out = [
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
+            for x, _ in self._batches(chunk).eval_batches(BATCH_SIZE)
+        ]
+        return np.concatenate(out).astype(np.float32)
 
 
 def _check_outputs(model, weights: Path, input_size: int) -> None:
@@ -305,7 +360,9 @@ def load_model(directory: str | Path, *, device: str = "auto") -> Predictor:
     ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. A folder that is missing, lacks
     a file or does not fit its architecture is a one-line ``UserError``, and so is a weights file
     whose tensors or outputs (on a plain image) are not finite: it names the broken file. An ensemble folder (pick
-    rule ``ensemble``) loads every member (``backbones.model_dir.ensemble_member_dirs``).
+    rule ``ensemble``) loads every member (``backbones.model_dir.ensemble_member_dirs``). A path
+    ending in ``.onnx`` is a file ``export-model`` wrote, run with onnxruntime (:class:`OnnxPredictor`,
+    the ``[onnx]`` extra): same interface, same preprocessing (read from its metadata).
     """
     from autotransfer.backbones.model_dir import (
         WEIGHTS_NAME,
@@ -315,6 +372,8 @@ def load_model(directory: str | Path, *, device: str = "auto") -> Predictor:
         read_model_config,
     )
 
+    if Path(directory).suffix.lower() == ".onnx" and not Path(directory).expanduser().is_dir():
+        return OnnxPredictor(directory, device=device)
     config = read_model_config(directory)
     first, *others = ensemble_member_dirs(directory, config)
     model = build_model(first, config)
