@@ -316,9 +316,9 @@ def tune_cmd(
     deliver: Optional[str] = typer.Option(
         None,
         "--deliver",
-        help="what the model folder holds: distilled (default: one network trained on the ensemble's soft"
-        " targets, what every loader reads), soup (the members' weight average) or ensemble (the members;"
-        " autotransfer, the card's timm snippet and ONNX average them)",
+        help="what the model folder holds: ensemble (default: the members; autotransfer, the card's timm"
+        " snippet and ONNX average them), distilled (one network trained on the ensemble's soft targets, what"
+        " every loader reads; about 2 trainings more) or soup (the members' weight average)",
     ),
     schedules: Optional[str] = typer.Option(
         None,

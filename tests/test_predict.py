@@ -121,19 +121,21 @@ def test_timm_local_dir_predicts_as_autotransfer_predict(tuned, test_images):
         ]
     )
 
-    # the default deliverable is one network distilled from the ensemble (issue 28): timm's
-    # local-dir load is the very model autotransfer predicts with, not one member of several
+    # the handed-back model is an ensemble (the default pick): timm reads each member folder, and
+    # the mean of their softmax is what autotransfer predicts
     config = json.loads((result.model_path / "config.json").read_text())
-    assert config["autotransfer"]["deliverable"]["kind"] == "distilled"
-    assert "ensemble" not in config["autotransfer"] and not (result.model_path / "members").exists()
-    model = timm.create_model(f"local-dir:{result.model_path.resolve()}", pretrained=True).eval()
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-    with torch.no_grad():
-        logits = model(torch.stack([transform(Image.open(f).convert("RGB")) for f in files]))
-    theirs = torch.softmax(logits, 1).numpy()
-    assert model.pretrained_cfg["label_names"] == [str(i) for i in range(10)]
-    np.testing.assert_array_equal(ours.argmax(1), theirs.argmax(1))  # argmax: 100% agreement
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # issue 28 asks for max |dp| <= 1e-4
+    members = config["autotransfer"]["ensemble"]["members"]
+    assert len(members) == 3 and members[0] == "."
+    theirs = 0
+    for member in members:
+        model = timm.create_model(f"local-dir:{(result.model_path / member).resolve()}", pretrained=True).eval()
+        transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+        with torch.no_grad():
+            logits = model(torch.stack([transform(Image.open(f).convert("RGB")) for f in files]))
+        theirs = theirs + torch.softmax(logits, 1).numpy() / len(members)
+        assert model.pretrained_cfg["label_names"] == [str(i) for i in range(10)]
+    np.testing.assert_array_equal(ours.argmax(1), theirs.argmax(1))
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
     # and the library gives the same from paths, PIL images and arrays
     predictor = autotransfer.load_model(result.model_path, device="cpu")
     arrays = [np.asarray(Image.open(f)) for f in files]

@@ -1,8 +1,8 @@
 """The deliverable: one network derived from the handed-back ensemble's members.
 
 What a timm or Hugging Face user loads from a folder is its root network alone, and every
-prediction of an ensemble costs one network per member. So by default the members are folded
-into one network that carries their accuracy (issue 28), in one of two ways:
+prediction of an ensemble costs one network per member. ``--deliver`` folds the members into one
+network (issue 28) in one of two ways:
 
 - ``distilled``: a student trained on train+val with the first member's protocol (the pick's
   best), its loss mixing the labels with the members' mean softmax on each step's own augmented
@@ -11,8 +11,8 @@ into one network that carries their accuracy (issue 28), in one of two ways:
   re-initialised groups (those from the pretrained weights share a basin; a re-initialised group
   does not), with BatchNorm statistics recomputed on train+val (``update_bn``). Nearly free.
 
-``ensemble`` keeps the members as they are (``--deliver ensemble``). ``benchmarks/bench_deliver.py``
-judges each on images no trial saw.
+``ensemble`` (the default) keeps the members as they are: judged on images no trial saw
+(``benchmarks/bench_deliver.py``), neither single network yet holds the ensemble's accuracy.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from autotransfer.core.protocol import Protocol
 from autotransfer.core.settings import DELIVERABLES, StudySettings
-from autotransfer.handback.final import FinalEnsemble, FinalModel, Member
+from autotransfer.handback.final import FinalEnsemble, FinalModel, Member, is_broken
 from autotransfer.search.prepared import PreparedData, split_batches
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "DISTILL_TEMPERATURE",
     "Delivered",
     "deliver",
+    "broken_deliverable",
     "distill",
     "soup",
 ]
@@ -106,7 +107,40 @@ def deliver(
             ensemble, members[0].protocol, settings, prepared, progress=progress, micro_batch=micro_batch
         )
     seconds = time.perf_counter() - started
+    why = broken_deliverable(model, ensemble, settings, prepared)
+    k = len(ensemble.members)
+    if why:  # the check reads train+val only, never the test split
+        note = f"the {kind} network broke ({why}): the ensemble is handed back instead"
+        return Delivered(
+            "ensemble",
+            None,
+            ensemble.test_score,
+            scores,
+            f"the mean softmax of {k} networks",
+            seconds,
+            ensemble.test_score,
+            [note],
+        )
     return Delivered(kind, model, model.test_score, scores, how, seconds, ensemble.test_score, list(model.notes))
+
+
+def broken_deliverable(
+    model: FinalModel, ensemble: FinalEnsemble, settings: StudySettings, prepared: PreparedData
+) -> str:
+    """Why the single network broke, or ``""``: it must fit the train+val images about as well as
+    the first member does, which trained its protocol on the labels alone (``final.is_broken``:
+    short by more than max(0.10, 2 SE); the ensemble itself fits them better than any one network).
+    Seen without the check: a student of a random search's members fell 11 points below all of
+    them on unseen images, where its protocol trained unstably."""
+    from autotransfer.train import evaluate
+
+    data = split_batches(prepared, "trainval", settings, model.backbone.preprocessing)
+    fit = float(evaluate(model.backbone, data, settings.metric))
+    expected = float(evaluate(ensemble.members[0].backbone, data, settings.metric))
+    model.fit_score = fit
+    if is_broken(fit, expected, len(prepared.trainval)):
+        return f"it fits train+val at {fit:.3f}, the first member, with the same protocol, at {expected:.3f}"
+    return ""
 
 
 def distill(

@@ -461,7 +461,7 @@ def finalise(
     if (
         final_is_current(final, wanted, model_dir)
         and final.get("self_training") == self_training
-        and (final.get("deliverable") or {}).get("kind") in (settings.deliver, "single")
+        and (final.get("deliverable") or {}).get("kind", "ensemble") in (settings.deliver, "single")
     ):
         notes.append("the handed-back model was already retrained and tested: kept that result")
         recorded = study.user_attrs.get(ATTR["self_training"]) if self_training else None
@@ -640,8 +640,9 @@ def deliver_stage(
         progress=ui.trial_progress,
         micro_batch=micro_batch,
     )
-    if budget is not None and delivered.kind in ("distilled", "soup"):
+    if budget is not None and kind in ("distilled", "soup") and k > 1:
         budget.ledger.add("deliverable", time.monotonic() - t0, trainings=1.0 if kind == "distilled" else None)
+    notes.extend(delivered.notes)
     if delivered.kind in ("distilled", "soup"):
         alone = ", ".join(f"{score:.3f}" for _, score in delivered.member_scores)
         notes.append(

@@ -25,6 +25,10 @@ from autotransfer.search.study import load_study
 from autotransfer.train import SoftTargets
 from tests.search.conftest import prepared_tiny, tiny
 
+#: The tiny study's budget here: at its usual 12 steps the tiny lab model's members are too unsure
+#: for a student to learn from (it fits train+val 0.11 below its first member, and is refused).
+STEPS = 60
+
 # --- the soft-target loss ---------------------------------------------------------------------------
 
 
@@ -50,7 +54,7 @@ def test_soft_targets_refuse_bad_values(kwargs):
 
 
 def test_deliver_must_be_known():
-    with pytest.raises(UserError, match="--deliver must be one of distilled, soup, ensemble"):
+    with pytest.raises(UserError, match="--deliver must be one of ensemble, distilled, soup"):
         StudySettings(deliver="average")
 
 
@@ -63,7 +67,7 @@ def members():
     from autotransfer.core.protocol import Protocol
     from autotransfer.handback.final import retrain_and_test
 
-    settings, prepared = prepared_tiny(tiny())
+    settings, prepared = prepared_tiny(replace(tiny(), steps=STEPS))
     protocols = [
         Protocol(log10_elr=-1.0, reinit_frac=0.0),
         Protocol(log10_elr=-1.3, reinit_frac=0.0, head_lr_mult=5.0),
@@ -120,18 +124,24 @@ def test_the_ensemble_and_a_single_member_are_handed_back_as_they_are(members):
     assert single.kind == "single" and single.model is ensemble.members[0]
 
 
-# --- the default job's folder -------------------------------------------------------------------
+# --- a distilled job's folder -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def delivered_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("deliver")
     url = f"sqlite:///{tmp / 'd.db'}"
-    result = tune(replace(tiny(), trials=3), study_name="one", storage=url, export_dir=tmp / "x", runs_dir=tmp / "runs")
+    result = tune(
+        replace(tiny(), trials=3, steps=STEPS, deliver="distilled"),
+        study_name="one",
+        storage=url,
+        export_dir=tmp / "x",
+        runs_dir=tmp / "runs",
+    )
     return result, url, tmp
 
 
-def test_the_default_folder_is_one_network_with_its_members_on_record(delivered_study):
+def test_a_distilled_folder_is_one_network_with_its_members_on_record(delivered_study):
     result, url, _ = delivered_study
     folder = result.model_path
     config = json.loads((folder / "config.json").read_text())
@@ -163,6 +173,7 @@ def test_a_resumed_study_keeps_its_deliverable_unless_another_is_asked(delivered
     again = tune(result.settings, study_name="one", storage=url, export_dir=tmp / "x", runs_dir=tmp / "runs")
     assert again.test_score == result.test_score and again.deliverable["kind"] == "distilled"
     monkeypatch.undo()
+    assert StudySettings().deliver == "ensemble"  # the default: the members, as before issue 28
     other = tune(
         replace(result.settings, deliver="ensemble"),
         study_name="one",
@@ -187,3 +198,18 @@ def test_the_plan_holds_time_for_distillation_and_the_default_budget_grows_by_it
     budget.make_plan(10.0, members=3, distill=True)
     plain.make_plan(10.0, members=3)
     assert budget.clock.budget == pytest.approx(plain.clock.budget + DISTILL_COST * 10.0, abs=0.5)
+
+
+def test_a_broken_single_network_hands_back_the_ensemble(members, monkeypatch):
+    """A student that does not fit train+val the way its ensemble does is not handed back (the
+    check reads train+val only): here a fresh network, whose zero head predicts one class."""
+    from autotransfer.backbones import create_backbone
+    from autotransfer.handback import deliver as deliver_module
+
+    settings, prepared, chosen, ensemble = members
+    fresh = FinalModel(create_backbone(settings.model, num_classes=settings.num_classes), 0.1, None, "train+val", 1.0)
+    monkeypatch.setattr(deliver_module, "distill", lambda *a, **k: (fresh, "distilled: a stand-in"))
+    delivered = deliver("distilled", ensemble, chosen, settings, prepared)
+    assert delivered.kind == "ensemble" and delivered.model is None
+    assert delivered.test_score == ensemble.test_score
+    assert delivered.notes and delivered.notes[0].startswith("the distilled network broke (it fits train+val at")

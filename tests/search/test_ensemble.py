@@ -1,5 +1,5 @@
 """The default pick is an ensemble (issue 14): the top distinct protocols retrained on train+val,
-probabilities averaged; ``--deliver ensemble`` hands it back as it is (issue 28). On a real tiny study: the folder holds every member and timm's
+probabilities averaged; by default (``--deliver ensemble``) it is handed back as it is (issue 28). On a real tiny study: the folder holds every member and timm's
 layout, ``load_model`` and ``evaluate`` reproduce tune's test score, ``export`` -> ``train
 --config`` reproduces the ensemble, a resume keeps it, and a member path cannot leave its folder."""
 
@@ -29,7 +29,7 @@ def ensemble_study(tmp_path_factory):
     from tests.search.conftest import tiny
 
     tmp = tmp_path_factory.mktemp("ensemble")
-    settings = replace(tiny(), trials=3, deliver="ensemble")  # the members as the model (issue 28's opt-in)
+    settings = replace(tiny(), trials=3)  # the default deliverable: the members themselves
     url = f"sqlite:///{tmp / 'e.db'}"
     result = tune(settings, study_name="ens", storage=url, export_dir=tmp / "exports", runs_dir=tmp / "runs")
     return result, url, tmp
