@@ -17,7 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-CLASSES = ["a", "b", "c"]
+from tests.test_faults_outputs import CLASSES
+from tests.test_faults_outputs import save_ensemble as save  # one helper writes the test folders
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +40,6 @@ def settings_for(target: str = "builtin:digits", **kwargs):
     from autotransfer.core.settings import StudySettings
 
     return StudySettings(target=target, model="fashion-source", resolution=16, device="cpu", **kwargs)
-
-
-def save(backbones, directory: Path, settings, **kwargs) -> Path:
-    from autotransfer.core.protocol import Protocol
-    from autotransfer.handback.model_card import save_tuned_ensemble
-
-    members = [
-        (b, Protocol(), {"trial": i, "val_score": 0.5, "test_score": 0.5, "trained_on": "train+val"})
-        for i, b in enumerate(backbones)
-    ]
-    return save_tuned_ensemble(
-        members, directory, settings, classes=CLASSES, test_score=0.5, test_images=10, versions={}, **kwargs
-    )
 
 
 def front_matter(card: str) -> tuple[dict, str]:
