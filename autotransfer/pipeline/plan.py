@@ -35,8 +35,10 @@ TRIAL_COST = 0.75
 RETRAIN_COST = 1.0
 #: Distilling the ensemble into one network (``handback.deliver``), in full trainings: one training
 #: on train+val without the frozen-prefix cache, with every member's forward pass at each step
-#: (measured 1.6-2.3 on the judged benchmark's cells: ``benchmarks/RESULTS.md``, "One network").
-#: The default job's budget grows by it, so that its search is the one issue 27 measured.
+#: (an estimate: one training, plus three forward passes per step at about a third of a step's cost
+#: each; ``benchmarks/RESULTS.md``, "One network", lists the seconds each distillation took). The
+#: default job's budget grows by it when distillation is asked, so that its search stays the one
+#: issue 27 measured.
 DISTILL_COST = 2.0
 #: The search the final retrain must leave room for: below it the trials' own models are handed
 #: back (a retrain of k members costs k trainings that a small budget cannot spare).
