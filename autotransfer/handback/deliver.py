@@ -64,11 +64,14 @@ class Delivered:
     seconds: float = 0.0
     ensemble_test: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: the kind asked for (``settings.deliver``): differs from ``kind`` when the check refused it
+    asked: str | None = None
 
     def record(self) -> dict[str, Any]:
         """JSON-ready: what the folder's config and the study record."""
         return {
             "kind": self.kind,
+            "asked": self.asked or self.kind,
             "how": self.how,
             "test": self.test_score,
             "ensemble_test": self.ensemble_test,
@@ -120,6 +123,7 @@ def deliver(
             seconds,
             ensemble.test_score,
             [note],
+            asked=kind,
         )
     return Delivered(kind, model, model.test_score, scores, how, seconds, ensemble.test_score, list(model.notes))
 

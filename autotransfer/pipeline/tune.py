@@ -461,7 +461,7 @@ def finalise(
     if (
         final_is_current(final, wanted, model_dir)
         and final.get("self_training") == self_training
-        and (final.get("deliverable") or {}).get("kind", "ensemble") in (settings.deliver, "single")
+        and _delivered_as_asked(final.get("deliverable") or {}, settings.deliver)
     ):
         notes.append("the handed-back model was already retrained and tested: kept that result")
         recorded = study.user_attrs.get(ATTR["self_training"]) if self_training else None
@@ -501,6 +501,12 @@ def finalise(
         )
     members = [m for m in members if m.trial in _kept_trials(members, trained)]
     return Finalised(pick, best, tuple(members), trained.test_score, trained, tuple(notes))
+
+
+def _delivered_as_asked(record: dict[str, Any], asked: str) -> bool:
+    """Whether a recorded deliverable answers ``--deliver asked``: the kind asked then (a refused
+    network's ensemble answers it too; a study recorded before issue 28 handed back its ensemble)."""
+    return record.get("kind") == "single" or record.get("asked", record.get("kind", "ensemble")) == asked
 
 
 def _kept_trials(members: list[Member], trained: FinalEnsemble) -> set[int]:
@@ -640,6 +646,7 @@ def deliver_stage(
         progress=ui.trial_progress,
         micro_batch=micro_batch,
     )
+    delivered.asked = settings.deliver  # what this run asked for, whatever the budget or the check made of it
     if budget is not None and kind in ("distilled", "soup") and k > 1:
         budget.ledger.add("deliverable", time.monotonic() - t0, trainings=1.0 if kind == "distilled" else None)
     notes.extend(delivered.notes)

@@ -129,15 +129,22 @@ def test_the_ensemble_and_a_single_member_are_handed_back_as_they_are(members):
 
 @pytest.fixture(scope="module")
 def delivered_study(tmp_path_factory):
+    """A tiny ``--deliver distilled`` study. Its members are too unsure to teach a student that fits
+    train+val as well as the first member (the check refuses such a network: tested above), so the
+    check is lifted here: this is the folder's layout and record when a network is handed back."""
+    from autotransfer.handback import deliver as deliver_module
+
     tmp = tmp_path_factory.mktemp("deliver")
     url = f"sqlite:///{tmp / 'd.db'}"
-    result = tune(
-        replace(tiny(), trials=3, steps=STEPS, deliver="distilled"),
-        study_name="one",
-        storage=url,
-        export_dir=tmp / "x",
-        runs_dir=tmp / "runs",
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(deliver_module, "broken_deliverable", lambda *a, **k: "")
+        result = tune(
+            replace(tiny(), trials=3, deliver="distilled"),
+            study_name="one",
+            storage=url,
+            export_dir=tmp / "x",
+            runs_dir=tmp / "runs",
+        )
     return result, url, tmp
 
 
