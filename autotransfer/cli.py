@@ -340,6 +340,12 @@ def tune_cmd(
     workers: int = typer.Option(
         1, "--workers", help="local worker processes for the search: one per GPU; on CPU each gets cores // N threads"
     ),
+    data_curve: Optional[bool] = typer.Option(
+        None,
+        "--data-curve/--no-data-curve",
+        help="after the study, train the picked protocol on 25/50/100% of the train split and forecast what"
+        " more labelled images buy (default: when the time budget holds room for it)",
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
 ) -> None:
     """Search the best fine-tuning protocol for TARGET with real trials; export it and the model.
@@ -399,6 +405,7 @@ def tune_cmd(
             schedules=schedules,
             unlabelled=unlabelled,
             pseudo_threshold=pseudo_threshold,
+            data_curve=data_curve,
         )
     if fmt is OutputFormat.json:
         payload = result.to_dict()

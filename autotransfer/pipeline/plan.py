@@ -66,6 +66,8 @@ class JobPlan:
         self_training_s: seconds held for self-training (0: not asked, or not affordable).
         distill_s: seconds held for distilling the members into one network (0: not asked, one
             member, or not affordable: the ensemble is handed back).
+        data_curve_s: seconds held for the data-requirement curve after the study (0: not asked,
+            or not affordable beside the search: ``handback.curve_runs``).
         notes: what the plan had to give up.
     """
 
@@ -80,6 +82,7 @@ class JobPlan:
     self_training_s: float = 0.0
     distill_s: float = 0.0
     notes: tuple[str, ...] = ()
+    data_curve_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -105,6 +108,8 @@ class JobPlan:
             parts.append(f"self-training {format_duration(self.self_training_s)}")
         if self.distill_s:
             parts.append(f"then one network distilled from them ({format_duration(self.distill_s)})")
+        if self.data_curve_s:
+            parts.append(f"then the data curve ({format_duration(self.data_curve_s)})")
         return "; ".join(parts)
 
 
@@ -117,12 +122,17 @@ def plan_job(
     self_training: bool = False,
     retrain: bool | None = None,
     distill: bool = False,
+    data_curve: float = 0.0,
+    data_curve_held: bool = False,
 ) -> JobPlan:
     """The plan for ``left_s`` seconds (of a ``budget_s`` budget) at ``training_s`` seconds per
     full training, handing back ``members`` models. ``retrain`` forces the final stage's choice
     (``None``: retrain only when the budget leaves ``MIN_SEARCH_TRAININGS`` for the search).
     ``distill``: the members are to be distilled into one network (``DISTILL_COST``), held before
-    the retrains; without room for it beside ``MIN_SEARCH_TRAININGS``, the ensemble is handed back."""
+    the retrains; without room for it beside ``MIN_SEARCH_TRAININGS``, the ensemble is handed back.
+    ``data_curve``: the data-requirement curve's cost in full trainings (0: not asked), held last,
+    only when it leaves ``MIN_SEARCH_TRAININGS`` for the search, else skipped with a note; or
+    always with ``data_curve_held`` (the default job's budget grew by it, or ``--data-curve`` asked)."""
     if training_s <= 0 or not math.isfinite(training_s):
         raise InvalidValueError(f"training_s must be a positive number of seconds, but got {training_s!r}")
     retrain_s = members * RETRAIN_COST * training_s
@@ -139,6 +149,7 @@ def plan_job(
             None,
             None,
             distill_s=distill_s,
+            data_curve_s=data_curve * training_s,
         )
     notes: list[str] = []
     if distill and left_s - PUBLISH_S - distill_s < MIN_SEARCH_TRAININGS * training_s:
@@ -161,7 +172,14 @@ def plan_job(
                 f"self-training skipped: it needs about {format_duration(wanted)} the budget cannot spare"
                 " beside the search"
             )
-    search_s = max(0.0, left_s - final_s - st_s)
+    curve_s = data_curve * training_s
+    if curve_s and not data_curve_held and left_s - final_s - st_s - curve_s < MIN_SEARCH_TRAININGS * training_s:
+        notes.append(
+            f"data curve skipped: it needs about {format_duration(curve_s)} the budget cannot spare beside the"
+            " search (give a larger --time-budget, or --data-curve to hold it anyway)"
+        )
+        curve_s = 0.0
+    search_s = max(0.0, left_s - final_s - st_s - curve_s)
     trials = int(search_s // (TRIAL_COST * training_s))
     if trials < 1:
         notes.append(
@@ -187,6 +205,7 @@ def plan_job(
         st_s,
         distill_s,
         tuple(notes),
+        curve_s,
     )
 
 
@@ -203,6 +222,10 @@ class JobBudget:
     ledger: Ledger = field(default_factory=Ledger)
     auto: bool = False
     plan: JobPlan | None = None
+    #: the data curve's cost in full trainings when the job asks for it (0: not asked), and
+    #: whether it was asked explicitly (``--data-curve``: held whatever the search keeps)
+    data_curve: float = 0.0
+    data_curve_asked: bool = False
 
     @classmethod
     def start(cls, seconds: float | None, *, auto: bool = False) -> "JobBudget":
@@ -221,6 +244,7 @@ class JobBudget:
         self.ledger.training_s = training_s
         if self.auto:
             extra = DISTILL_COST * training_s if distill and members > 1 else 0.0
+            extra += self.data_curve * training_s  # the curve adds to the default job, as distillation does
             seconds = extra + max(
                 DEFAULT_BUDGET_TRAININGS * training_s, self.clock.elapsed() + MIN_AUTO_TRAININGS * training_s
             )
@@ -232,6 +256,8 @@ class JobBudget:
             members=members,
             self_training=self_training,
             distill=distill,
+            data_curve=self.data_curve,
+            data_curve_held=self.auto or self.data_curve_asked,
         )
         return self.plan
 
@@ -239,7 +265,8 @@ class JobBudget:
         """Whether the search's share of the budget is spent (what the final stages hold is kept)."""
         if self.plan is None or self.clock.at is None:
             return False
-        return self.clock.earlier(self.plan.final_s + self.plan.self_training_s + self.plan.distill_s).expired()
+        held = self.plan.final_s + self.plan.self_training_s + self.plan.distill_s + self.plan.data_curve_s
+        return self.clock.earlier(held).expired()
 
     def affords(self, trainings: float) -> bool:
         """Whether ``trainings`` more full trainings (and publishing) fit in the time left."""

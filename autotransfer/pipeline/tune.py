@@ -767,6 +767,7 @@ def tune(
     workers: int = 1,
     unlabelled=None,
     time_budget: float | str | None = None,
+    data_curve: bool | None = None,
 ) -> TuneResult:
     """Run (or resume) a protocol search for ``settings`` and return its summary.
 
@@ -788,6 +789,11 @@ def tune(
     ``"auto"`` is the default job's budget (``pipeline.plan.DEFAULT_BUDGET_TRAININGS`` full
     trainings); ``None``: no time limit, ``settings.trials`` alone decides. Either way the result
     carries a compute ledger (seconds per stage, and in full trainings).
+
+    ``data_curve`` (issue 30; ``pipeline.curve``): after the study, the handed-back protocol is
+    trained on fractions of the train split and a corrected power law forecasts what more labelled
+    images buy. ``None``: when the time budget holds room for it (the default job's grows by it);
+    ``True``: held even at the search's expense; ``False``: not run. A resume keeps a recorded curve.
     """
     from autotransfer.handback.self_training import load_unlabelled, self_training_key
 
@@ -816,6 +822,11 @@ def tune(
     budget.ledger.add("data + estimate", time.monotonic() - t0)
     model_dir = Path(runs_dir) / safe_name(opened.name)
     keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials") if workers == 1 else None
+    if data_curve is not False and not (opened.study.user_attrs.get(ATTR["data_curve"]) or {}).get("curve"):
+        from autotransfer.handback.curve_runs import curve_cost  # the plan holds the curve's cost
+
+        budget.data_curve = curve_cost(opened.settings, reuse_full=keep is not None)
+        budget.data_curve_asked = bool(data_curve)
     micro_batch = run_trials(opened, workers=workers, timeout=timeout, ui=ui, budget=budget, keep=keep)
     asked = self_training_key(opened.settings)
     final = finalise(
@@ -871,6 +882,12 @@ def tune(
         opened, final, model_dir=model_dir, export_dir=export_dir, surface_store=surface_store
     )
     budget.ledger.add("publish", time.monotonic() - t0)
+    from autotransfer.pipeline.curve import data_curve_stage
+
+    curve, curve_notes = data_curve_stage(
+        opened, final.best, asked=data_curve, budget=budget, micro_batch=micro_batch, ui=ui, keep=keep
+    )
+    published += curve_notes
     if keep is not None:
         keep.clear()  # the members are in the model folder now
     ledger = budget.ledger.to_dict()
@@ -894,4 +911,5 @@ def tune(
         deliverable=(study.user_attrs.get(ATTR["final"]) or {}).get("deliverable"),
         ledger=ledger,
         plan=budget.plan.to_dict() if budget.plan else None,
+        data_curve=curve,
     )

@@ -61,6 +61,7 @@ def tune_job(
     prune: bool = True,
     progress: bool | Any = False,
     estimator_progress: bool = False,
+    data_curve: bool | None = None,
     **options: Any,
 ) -> TuneResult:
     """Run (or resume) the protocol search for ``target`` as ``autotransfer tune`` does.
@@ -78,6 +79,8 @@ def tune_job(
         progress: ``True`` draws progress on stderr (bars on a terminal, lines in a log), or a UI
             object (``search.progress``); ``False`` logs stages and trials to the
             ``autotransfer`` logger at INFO and prints nothing.
+        data_curve: the data-requirement curve after the study (``pipeline.tune.tune``): ``None``
+            when the time budget holds room for it, ``True`` always, ``False`` never.
         **options: the other ``tune`` options by their ``StudySettings`` names (``model``, ``n``,
             ``resolution``, ``seed``, ``pick``, ``schedules``, ``unlabelled``, ...).
 
@@ -122,6 +125,7 @@ def tune_job(
                 ui=ui,
                 workers=workers,
                 time_budget=budget,
+                data_curve=data_curve,
             )
     finally:
         ui.close()

@@ -39,6 +39,7 @@ VIEW_IDS = {
     "controls": "autotransfer-controls",
     "prior": "autotransfer-prior-vs-found",
     "surface": "autotransfer-surface",
+    "data_curve": "autotransfer-data-curve",
 }
 
 
@@ -76,6 +77,11 @@ def study_views(study: optuna.Study) -> dict[str, object]:
     surface = plots.surface_figure(study)
     if surface is not None:
         views[VIEW_IDS["surface"]] = surface
+    from autotransfer.report.curve import data_curve_info
+
+    curve = data_curve_info(study)
+    if curve is not None:
+        views[VIEW_IDS["data_curve"]] = plots.data_curve_figure(curve)
     return views
 
 

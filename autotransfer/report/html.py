@@ -14,6 +14,7 @@ import yaml
 from autotransfer.core.errors import UserError
 from autotransfer.report import figures, plots
 from autotransfer.report.anytime import anytime_info, ledger_table
+from autotransfer.report.curve import data_curve_info
 from autotransfer.search.study import read_attr, read_settings
 
 __all__ = ["report_html", "write_report", "write_study_report"]
@@ -183,6 +184,16 @@ def report_html(study: optuna.Study) -> str:
             f" validation {_num(ov.val_score)}) retrained on train+val with the study's budget, scored once on the"
             " held-out test split.</p>"
         )
+
+    curve = data_curve_info(study)
+    if curve is not None:
+        parts.append("<h2>Data requirement</h2>")
+        parts.append(
+            f"<p>{_esc(curve.line)}. The handed-back protocol trained on fractions of the train split, scored on"
+            " the validation and test images; a power law fitted to them, its exponent corrected by past"
+            " studies (<code>autotransfer/assets/data-curve-prior.json</code>).</p>"
+        )
+        parts.append(fig(plots.data_curve_figure(curve)))
 
     surface = plots.surface_figure(study)
     if surface is not None:

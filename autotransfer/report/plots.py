@@ -8,6 +8,7 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from autotransfer.handback.data_curve import CurveSeries
 from autotransfer.report.anytime import AnytimeInfo
 from autotransfer.report.figures import (
     ControlsInfo,
@@ -28,6 +29,7 @@ __all__ = [
     "importance_figure",
     "prior_found_figure",
     "surface_figure",
+    "data_curve_figure",
 ]
 
 #: Every autotransfer figure's title starts with this (the browser test looks for it).
@@ -306,6 +308,46 @@ def anytime_figure(info: AnytimeInfo) -> go.Figure:
     fig.update_xaxes(title="compute spent (full trainings)" if info.trainings is not None else "trial seconds")
     fig.update_yaxes(title=f"best settled validation {metric}")
     return _layout(fig, "anytime: best found for the compute spent")
+
+
+def data_curve_figure(info: CurveSeries) -> go.Figure:
+    """The data-requirement curve: the measured points (80% binomial bars) and the corrected
+    power law's forecast with its 80% band, against labelled images (log scale)."""
+    metric = info.metric.replace("_", " ")
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=info.labelled + info.labelled[::-1],
+            y=info.high + info.low[::-1],
+            fill="toself",
+            fillcolor="rgba(31, 119, 180, 0.15)",
+            line={"width": 0},
+            hoverinfo="skip",
+            name="80% interval",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(x=info.labelled, y=info.centre, mode="lines", name="forecast", line={"color": _COLOURS[0]})
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=info.measured_labelled,
+            y=info.measured,
+            mode="markers",
+            name="measured (val + test)",
+            marker={"size": 10, "color": _COLOURS[1]},
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [h - v for h, v in zip(info.measured_high, info.measured)],
+                "arrayminus": [v - lo for v, lo in zip(info.measured, info.measured_low)],
+            },
+        )
+    )
+    fig.add_vline(x=info.study_labelled, line_dash="dot", line_color="grey")
+    fig.update_xaxes(title="labelled images (log scale)", type="log")
+    fig.update_yaxes(title=metric)
+    return _layout(fig, info.line.removeprefix("data curve: "), height=440)
 
 
 def importance_figure(info: ImportanceInfo) -> go.Figure | None:
