@@ -344,7 +344,7 @@ def tune_cmd(
         None,
         "--data-curve/--no-data-curve",
         help="after the study, train the picked protocol on 25/50/100% of the train split and forecast what"
-        " more labelled images buy (default: when the time budget holds room for it)",
+        " more labelled images buy (default: when the time budget holds room for it; not with --trials alone)",
     ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
 ) -> None:

@@ -30,8 +30,8 @@ def data_curve_stage(
     keep: Any = None,
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """Measure and fit the data curve of ``best``'s protocol for the study ``opened``
-    (``pipeline.tune.OpenStudy``), unless ``asked`` is False or the time budget (``JobBudget``)
-    holds no room for it. Returns ``(record, notes)``: the record (``data_curve.curve_record``)
+    (``pipeline.tune.OpenStudy``): always when ``asked``; by default (``None``) only under a time
+    budget (``JobBudget``) whose plan holds room for it; never when ``asked`` is False. Returns ``(record, notes)``: the record (``data_curve.curve_record``)
     or ``None``, and what the summary must say. A curve the study recorded for the same trial is
     kept, not measured again. ``keep`` (``search.trial_models.TrialModels``): the trial's own model,
     when kept and trained to the end, is the 100% point (``handback.curve_runs``)."""
@@ -45,8 +45,8 @@ def data_curve_stage(
     if recorded.get("trial") == best.number and recorded.get("curve"):
         curve = recorded["curve"]
         return curve, [curve["line"], f"data curve: kept the one measured for trial {best.number} earlier"]
-    if asked is False:
-        return None, []
+    if asked is False or (asked is None and (budget is None or not budget.limited)):
+        return None, []  # off, or by default without a time budget (``--trials`` alone)
     trained_full = None
     if keep is not None and BUDGET_STOP_ATTR not in best.user_attrs:
         from autotransfer.backbones import create_backbone

@@ -792,8 +792,8 @@ def tune(
 
     ``data_curve`` (issue 30; ``pipeline.curve``): after the study, the handed-back protocol is
     trained on fractions of the train split and a corrected power law forecasts what more labelled
-    images buy. ``None``: when the time budget holds room for it (the default job's grows by it);
-    ``True``: held even at the search's expense; ``False``: not run. A resume keeps a recorded curve.
+    images buy. ``None``: under a time budget that holds room for it (the default job's grows by
+    it; ``--trials`` alone runs none); ``True``: held even at the search's expense; ``False``: not run. A resume keeps a recorded curve.
     """
     from autotransfer.handback.self_training import load_unlabelled, self_training_key
 
@@ -822,7 +822,8 @@ def tune(
     budget.ledger.add("data + estimate", time.monotonic() - t0)
     model_dir = Path(runs_dir) / safe_name(opened.name)
     keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials") if workers == 1 else None
-    if data_curve is not False and not (opened.study.user_attrs.get(ATTR["data_curve"]) or {}).get("curve"):
+    wants_curve = data_curve or (data_curve is None and budget.limited)
+    if wants_curve and not (opened.study.user_attrs.get(ATTR["data_curve"]) or {}).get("curve"):
         from autotransfer.handback.curve_runs import curve_cost  # the plan holds the curve's cost
 
         budget.data_curve = curve_cost(opened.settings, reuse_full=keep is not None)

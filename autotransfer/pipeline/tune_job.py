@@ -80,7 +80,7 @@ def tune_job(
             object (``search.progress``); ``False`` logs stages and trials to the
             ``autotransfer`` logger at INFO and prints nothing.
         data_curve: the data-requirement curve after the study (``pipeline.tune.tune``): ``None``
-            when the time budget holds room for it, ``True`` always, ``False`` never.
+            under a time budget that holds room for it, ``True`` always, ``False`` never.
         **options: the other ``tune`` options by their ``StudySettings`` names (``model``, ``n``,
             ``resolution``, ``seed``, ``pick``, ``schedules``, ``unlabelled``, ...).
 

@@ -19,7 +19,8 @@ def test_the_curve_runs_through_the_stage_and_a_resume_keeps_it(tmp_path):
     from autotransfer.search.study import load_study
 
     out = tmp_path / "o"
-    off = autotransfer.tune("builtin:digits", out=out, trials=2, study="dc", data_curve=False, **TINY)
+    # --trials alone: no time budget, so by default no curve
+    off = autotransfer.tune("builtin:digits", out=out, trials=2, study="dc", **TINY)
     assert off.data_curve is None and "data curve" not in off.ledger["stages"]
 
     on = autotransfer.tune("builtin:digits", out=out, trials=2, study="dc", data_curve=True, **TINY)
@@ -36,13 +37,13 @@ def test_the_curve_runs_through_the_stage_and_a_resume_keeps_it(tmp_path):
     assert study.user_attrs[ATTR["data_curve"]]["curve"]["line"] == curve["line"]
     assert VIEW_IDS["data_curve"] in study_views(study)
 
-    again = autotransfer.tune("builtin:digits", out=out, trials=2, study="dc", **TINY)
+    again = autotransfer.tune("builtin:digits", out=out, trials=2, study="dc", data_curve=False, **TINY)
     assert again.data_curve == curve and "data curve" not in again.ledger["stages"]
     assert any("kept the one measured for trial" in n for n in again.notes)
 
 
-def test_by_default_without_a_budget_the_curve_reuses_the_trials_own_model(tmp_path):
-    result = autotransfer.tune("builtin:digits", out=tmp_path, trials=2, study="dc", **TINY)
+def test_the_curve_reuses_the_trials_own_model(tmp_path):
+    result = autotransfer.tune("builtin:digits", out=tmp_path, trials=2, study="dc", data_curve=True, **TINY)
     curve = result.data_curve
     assert curve is not None
     # 25% and 50% trained and scored on validation + test; 100% is the trial's kept model, on test alone
