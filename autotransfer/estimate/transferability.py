@@ -12,6 +12,7 @@ __all__ = [
     "logme_evidence",
     "logme_chance",
     "logme_over_chance",
+    "reference_rows",
     "leep",
     "nleep",
     "gmm_posteriors",
@@ -187,8 +188,6 @@ def logme_over_chance(F, y, *, max_images: int = TRANSFER_REF_IMAGES, seed: int 
     Returns:
         ``(LogME - chance, images used)``.
     """
-    from autotransfer.data.sampling import allocate
-
     F = _as_features(F)
     codes, n_classes = _as_labels(y, F.shape[0])
     if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 2 * n_classes:
@@ -196,16 +195,32 @@ def logme_over_chance(F, y, *, max_images: int = TRANSFER_REF_IMAGES, seed: int 
             f"max_images must be an integer >= 2 x classes ({2 * n_classes}), but got {max_images!r}"
         )
     if F.shape[0] > max_images:
-        rng = np.random.default_rng(seed)
-        counts = np.bincount(codes, minlength=n_classes)
-        take = allocate(counts, int(max_images), seed)
-        rows = np.sort(
-            np.concatenate(
-                [rng.choice(np.flatnonzero(codes == c), size=int(k), replace=False) for c, k in enumerate(take) if k]
-            )
-        )
+        rows = reference_rows(codes, int(max_images), seed)
         F, codes = F[rows], codes[rows]
     return logme(F, codes) - logme_chance(codes), int(F.shape[0])
+
+
+def reference_rows(y, max_images: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices ``(min(n, max_images),)`` of a stratified, seeded subsample of ``(n,)``
+    labels (``autotransfer.data.sampling.allocate`` per class): the images ``logme_over_chance``
+    (and the estimator's NLEEP) are measured on."""
+    from autotransfer.data.sampling import allocate
+
+    y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+    if y.ndim != 1:
+        raise InvalidValueError(f"y must be a 1-d array of labels, but got shape {y.shape}")
+    _, codes = np.unique(y, return_inverse=True)
+    codes = codes.reshape(-1)
+    if codes.size <= max_images:
+        return np.arange(codes.size)
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(codes)
+    take = allocate(counts, int(max_images), seed)
+    return np.sort(
+        np.concatenate(
+            [rng.choice(np.flatnonzero(codes == c), size=int(k), replace=False) for c, k in enumerate(take) if k]
+        )
+    )
 
 
 def leep(source_probs, y) -> float:
@@ -302,7 +317,8 @@ def nleep(
     (``leep``): ``NLEEP = 1/n Σ_i log Σ_z P(y_i | z) P(z | x_i)``. It needs no source head, so
     it scores any model, and ranks checkpoints better than LEEP and LogME (SFDA, ECCV 2022:
     mean weighted Kendall τ 0.61 against 0.41 and 0.51 over 11 models x 11 datasets). Higher is
-    better; NLEEP <= 0, and 0 when every component holds one class.
+    better; NLEEP <= 0, and 0 when every component holds one class. Features without variance
+    (identical rows) get the mean log class frequency, the level of uninformative features.
 
     Args:
         F: ``(n, d)`` features (numpy or torch).
@@ -322,6 +338,10 @@ def nleep(
         or components_per_class < 1
     ):
         raise InvalidValueError(f"components_per_class must be an integer >= 1, but got {components_per_class!r}")
+    if float(np.ptp(F, axis=0).max(initial=0.0)) == 0.0:
+        # identical rows: every mixture gives every image the same posteriors, so LEEP reduces
+        # to the mean log class frequency, its level for features without label information
+        return leep(np.ones((F.shape[0], 1)), y)
     k = min(int(components_per_class) * n_classes, F.shape[0])
     return leep(gmm_posteriors(F, k, pca_variance=pca_variance, seed=seed), y)
 

@@ -272,7 +272,10 @@ def test_nleep_bad_input_raises_one_clear_error():
     with pytest.raises(ValueError, match=r"shape \(1797,\)"):
         nleep(X, y[:10])
     with pytest.raises(ValueError, match="no variance"):
-        nleep(np.ones((40, 5)), y[:40])
+        gmm_posteriors(np.ones((40, 5)), 3)
+    # identical rows carry no label information: the mean log class frequency
+    frequency = np.bincount(y[:40])[y[:40]] / 40
+    assert nleep(np.ones((40, 5)), y[:40]) == pytest.approx(np.mean(np.log(frequency)), abs=1e-12)
     with pytest.raises(ValueError, match="pca_variance"):
         nleep(X[:100], y[:100], pca_variance=1.5)
     with pytest.raises(ValueError, match="components_per_class"):
