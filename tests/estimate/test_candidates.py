@@ -49,8 +49,12 @@ def test_parse_models_expands_auto_and_names_a_bad_model():
     zoo = offline_zoo()
     assert {"efficientnet_lite0", "fashion-source"} <= set(zoo)
     assert parse_models("auto") == zoo
-    assert parse_models(" fashion-source , efficientnet_lite0,fashion-source") == ["fashion-source", "efficientnet_lite0"]
-    assert parse_models("fashion-source,auto")[0] == "fashion-source" and len(parse_models("fashion-source,auto")) == len(zoo)
+    assert parse_models(" fashion-source , efficientnet_lite0,fashion-source") == [
+        "fashion-source",
+        "efficientnet_lite0",
+    ]
+    both = parse_models("fashion-source,auto")
+    assert both[0] == "fashion-source" and sorted(both) == sorted(zoo)
     with pytest.raises(UserError, match="'nosuch'"):
         parse_models("fashion-source,nosuch")
     with pytest.raises(UserError, match="comma-separated"):
@@ -83,6 +87,7 @@ def test_two_models_on_digits_get_sane_evidence_best_nleep_first():
         assert 0.0 <= c.similarity <= 1.0 and c.divergence == "bn-w2" and c.divergence_excess >= 0.0
         assert c.images_per_s > 0.0 and c.throughput_images == 8 * (THROUGHPUT_STEPS - 1)
         assert 0.0 < c.estimate_s <= result.seconds
+        assert {"features", "speed probe", "total"} <= set(c.timings)
         # dominated exactly when the other one is better on NLEEP and faster
         other = next(o for o in result.candidates if o is not c)
         beaten = other.nleep > c.nleep and other.images_per_s > c.images_per_s
@@ -131,6 +136,7 @@ def test_cli_models_json_lists_the_candidates(monkeypatch, capsys):
     assert code == 0, err
     payload = json.loads(out)
     assert payload["resolution"] == 64 and payload["batch_size"] == 32  # the study's CPU defaults
+    assert payload["feature_size"] is None  # features at each model's native size
     [row] = payload["candidates"]
     assert row["model"] == "fashion-source" and row["kept"] is True
     assert row["nleep"] <= 0.0 and row["images_per_s"] > 0 and row["params"] > 0

@@ -106,6 +106,19 @@ def test_transferability_score_is_label_aware_and_feeds_the_prior(lab):
     assert real.prior.centre.reinit_frac < noise.prior.centre.reinit_frac
 
 
+def test_input_size_resizes_the_target_for_the_model_and_notes_it(lab):
+    target = _subset("builtin:digits", 40)
+    native = TaskEstimator(max_images=40).fit(target, lab)
+    small = TaskEstimator(max_images=40, input_size=16).fit(target, lab)
+    assert any("features at 16 px, not the model's native 32 px" in note for note in small.notes)
+    assert not any("not the model's native" in note for note in native.notes)
+    assert small.transferability.logme != pytest.approx(native.transferability.logme, abs=1e-6)
+    same = TaskEstimator(max_images=40, input_size=32).fit(target, lab)  # the native size itself
+    assert same.to_dict()["transferability"] == native.to_dict()["transferability"]
+    with pytest.raises(UserError, match="input_size"):
+        TaskEstimator(input_size=4).fit(target, lab)
+
+
 def test_automatic_batch_size_keeps_the_numbers():
     assert auto_batch_size("cpu", 224) == 4 and auto_batch_size("cpu", 32) == 32
     assert auto_batch_size("cpu", 600) == 1 and auto_batch_size("cuda", 224) == 32
