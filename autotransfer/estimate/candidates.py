@@ -195,7 +195,8 @@ def score_candidates(
 ) -> CandidateSet:
     """Estimate ``target`` against each of ``models`` and rank them.
 
-    For each model: ``TaskEstimator.fit`` (features at the model's native size on at most
+    For each model: ``TaskEstimator.fit`` (features at the model's native size, or at
+    ``feature_size``, on at most
     ``max_images`` images: divergence, LogME, LEEP, NLEEP, H-score), its parameter count, and its
     training speed at the study's ``resolution`` and ``batch_size`` on ``device``
     (``THROUGHPUT_STEPS`` optimizer steps of the model on real target images, the first one a
