@@ -21,6 +21,7 @@ study's resolution) instead of each model's native 224-260 px (``TaskEstimator(i
 
     OMP_NUM_THREADS=1 python benchmarks/bench_candidates.py [--threads 1] [--json /tmp/candidates.json]
     OMP_NUM_THREADS=1 python benchmarks/bench_candidates.py --feature-size 64
+    OMP_NUM_THREADS=1 python benchmarks/bench_candidates.py --targets builtin:mnist5k --feature-size native,64
 """
 
 from __future__ import annotations
@@ -86,12 +87,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--feature-size", default="native", help="native, or the px of the estimator's features")
+    parser.add_argument(
+        "--feature-size", default="native", help="native, or the px of the estimator's features; a comma list runs each"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     zoo = offline_zoo()
-    feature_size = None if args.feature_size == "native" else int(args.feature_size)
+    sizes = [None if s.strip() == "native" else int(s) for s in args.feature_size.split(",")]
     print(
         f"# candidates: {', '.join(zoo)}; N = {args.n}, {args.resolution} px, batch {args.batch_size}, "
         f"features at {args.feature_size} px, {args.threads} thread(s), {platform.processor() or platform.machine()}, torch {torch.__version__}\n"
@@ -99,43 +102,50 @@ def main() -> None:
     records = []
     for spec in args.targets.split(","):
         dataset = stratified_subsample(load_dataset(spec), args.n, seed=args.seed)
-        scored = score_candidates(
-            dataset,
-            zoo,
-            resolution=args.resolution,
-            batch_size=args.batch_size,
-            max_images=args.n,
-            seed=args.seed,
-            feature_size=feature_size,
-        )
-        cheapest = max(scored.candidates, key=lambda c: c.images_per_s)
-        training = one_training(dataset, cheapest.model, args.resolution, args.batch_size, args.seed)
-        records.append({"target": spec, "candidates": scored.to_dict(), "training": training})
-        print(
-            f"## {spec} (N = {scored.images}, {scored.classes} classes): estimate all {len(zoo)} candidates "
-            f"{scored.seconds:.1f} s vs one training of the cheapest ({cheapest.model}, {training['steps']} steps "
-            f"on {training['n_train']} images) {training['seconds']:.1f} s: ratio {scored.seconds / training['seconds']:.2f}\n"
-        )
-        print(
-            "| model | NLEEP | LogME over chance | LEEP | H-score | similarity | params | train img/s "
-            "| estimate s | features + resize s | speed probe s | kept |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for c in scored.candidates:
-            leep = "-" if c.leep is None else f"{c.leep:.3f}"
-            kept = "yes" if c.kept else f"no ({c.reason})"
-            print(
-                f"| {c.model} | {c.nleep:.3f} | {c.logme_over_chance:.3f} | {leep} | {c.hscore:.2f} | "
-                f"{c.similarity:.3f} | {c.params / 1e6:.2f}M | {c.images_per_s:.0f} | {c.estimate_s:.1f} | "
-                f"{c.timings.get('features', 0.0) + c.timings.get('resize', 0.0):.1f} | "
-                f"{c.timings.get('speed probe', 0.0):.1f} | {kept} |"
+        runs = []
+        for feature_size in sizes:
+            runs.append(
+                score_candidates(
+                    dataset,
+                    zoo,
+                    resolution=args.resolution,
+                    batch_size=args.batch_size,
+                    max_images=args.n,
+                    seed=args.seed,
+                    feature_size=feature_size,
+                )
             )
-        print()
-    print("| target | estimate all (s) | one training of the cheapest (s) | ratio | cheapest |")
-    print("|---|---|---|---|---|")
+        cheapest = max(runs[0].candidates, key=lambda c: c.images_per_s)
+        training = one_training(dataset, cheapest.model, args.resolution, args.batch_size, args.seed)
+        for scored in runs:
+            size = "native" if scored.feature_size is None else f"{scored.feature_size} px"
+            records.append({"target": spec, "features": size, "candidates": scored.to_dict(), "training": training})
+            print(
+                f"## {spec} (N = {scored.images}, {scored.classes} classes), features at {size}: estimate all "
+                f"{len(zoo)} candidates {scored.seconds:.1f} s vs one training of the cheapest ({cheapest.model}, "
+                f"{training['steps']} steps on {training['n_train']} images) {training['seconds']:.1f} s: "
+                f"ratio {scored.seconds / training['seconds']:.2f}\n"
+            )
+            print(
+                "| model | NLEEP | LogME over chance | LEEP | H-score | similarity | params | train img/s "
+                "| estimate s | features + resize s | speed probe s | kept |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+            for c in scored.candidates:
+                leep = "-" if c.leep is None else f"{c.leep:.3f}"
+                kept = "yes" if c.kept else f"no ({c.reason})"
+                print(
+                    f"| {c.model} | {c.nleep:.3f} | {c.logme_over_chance:.3f} | {leep} | {c.hscore:.2f} | "
+                    f"{c.similarity:.3f} | {c.params / 1e6:.2f}M | {c.images_per_s:.0f} | {c.estimate_s:.1f} | "
+                    f"{c.timings.get('features', 0.0) + c.timings.get('resize', 0.0):.1f} | "
+                    f"{c.timings.get('speed probe', 0.0):.1f} | {kept} |"
+                )
+            print()
+    print("| target | features | estimate all (s) | one training of the cheapest (s) | ratio | cheapest |")
+    print("|---|---|---|---|---|---|")
     for r in records:
         est, tr = r["candidates"]["seconds"], r["training"]["seconds"]
-        print(f"| {r['target']} | {est:.1f} | {tr:.1f} | {est / tr:.2f} | {r['training']['model']} |")
+        print(f"| {r['target']} | {r['features']} | {est:.1f} | {tr:.1f} | {est / tr:.2f} | {r['training']['model']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=2)
