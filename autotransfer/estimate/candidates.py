@@ -308,7 +308,7 @@ def score_candidates(
             a.dominated_by = b.model
             a.reason = (
                 f"dominated by {b.model}: {RANKER.upper()} {_fmt(scores[j])} > {_fmt(scores[i])} and "
-                f"{b.images_per_s:.0f} > {a.images_per_s:.0f} training img/s"
+                f"{b.images_per_s:.1f} > {a.images_per_s:.1f} training img/s"
             )
     ordered = [rows[i] for i in rank_order(scores, costs)]
     return CandidateSet(
