@@ -16,6 +16,7 @@ from typing import Any, cast
 import yaml
 
 from autotransfer.core.errors import InvalidValueError, UserError
+from autotransfer.core.knobs import TRIAL_KNOBS
 from autotransfer.core.schema import FREEZE_ATTR, NUM_GROUPS_ATTR, REINIT_ATTR
 
 __all__ = [
@@ -253,22 +254,11 @@ def member_protocols(payload: dict[str, Any], num_groups: int) -> list[dict[str,
     out = []
     for member in listed:
         protocol = Protocol.from_dict(member["protocol"])
-        freeze, reinit = protocol.integers(num_groups)
         out.append(
             {
                 "trial": member.get("trial"),
                 "trained_on": member.get("trained_on") or "train+val",
-                "lr": protocol.lr,
-                "momentum": protocol.momentum,
-                "head_lr_mult": protocol.head_lr_mult,
-                "freeze": freeze,
-                "reinit": reinit,
-                "layer_decay": protocol.layer_decay,
-                "weight_decay": protocol.weight_decay,
-                "bn_mode": protocol.bn_mode,
-                "l2sp": protocol.l2sp,
-                "schedule": protocol.schedule,
-                "stage_frac": protocol.stage_frac,
+                **protocol.trial_values(num_groups),
             }
         )
     return out
@@ -357,14 +347,14 @@ def timm_args(payload: dict[str, Any], source: SourceModel, weights: str | Path)
             "batch_size": int(settings["batch_size"]),
         }
     )
+    mapped = {k.timm: member[k.name] for k in TRIAL_KNOBS if k.timm}  # as core.knobs maps them
     if settings["optimizer"] == "sgd":
-        args.update({"opt": "momentum", "momentum": member["momentum"]})
+        args.update({"opt": "momentum", "momentum": mapped.pop("momentum")})
     else:
-        args.update({"opt": "adamw", "opt_betas": [member["momentum"], 0.999]})
+        args.update({"opt": "adamw", "opt_betas": [mapped.pop("momentum"), 0.999]})
+    args.update(mapped)
     args.update(
         {
-            "lr": member["lr"],
-            "weight_decay": member["weight_decay"],
             "sched": "cosine",
             "sched_on_updates": True,
             "epochs": timm_updates(payload, member)[0],
