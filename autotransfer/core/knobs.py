@@ -70,7 +70,8 @@ def check_number(name: str, value: Any, low: float, high: float, low_open: bool 
     excluded); otherwise a one-line ``KnobValueError`` naming ``name`` and the value."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise KnobValueError(f"{name} must be a finite number, but got {value!r}")
-    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+    v = float(value)
+    if v < low or v > high or (low_open and v == low) or (high_open and v == high):
         if math.isinf(high) and not math.isinf(low):
             rule = f"> {_bound(low)}" if low_open else f">= {_bound(low)}"
         else:
@@ -127,7 +128,7 @@ class Knob:
                 raise KnobValueError(f"{label} must be one of {list(self.choices)!r}, but got {value!r}")
             return value
         if self.kind == "int":
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.low:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < self.low:
                 raise KnobValueError(f"{label} must be an integer >= {_bound(self.low)}, but got {value!r}")
             return value
         return check_number(label, value, self.low, self.high, self.low_open, self.high_open)
