@@ -335,7 +335,7 @@ def tune_cmd(
     pseudo_threshold: Optional[float] = typer.Option(
         None, "--pseudo-threshold", help="least teacher probability for a pseudo-label (default 0.9)"
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     workers: int = typer.Option(
         1, "--workers", help="local worker processes for the search: one per GPU; on CPU each gets cores // N threads"
@@ -432,7 +432,7 @@ def worker_cmd(
         "--storage",
         help="the study's storage URL, e.g. postgresql://user:pass@host/db (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
     ),
-    device: str = typer.Option("auto", "--device", help="this machine's device: auto (default), cpu or cuda"),
+    device: str = typer.Option("auto", "--device", help="this machine's device: auto (default), cpu, cuda or cuda:N"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars; only warnings and errors"),
@@ -541,7 +541,7 @@ def train_cmd(
         "--output",
         help="the model folder to write (config.json + model.safetensors + README.md) and metrics.json",
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
 ) -> None:
     """Reproduce the final model from an exported protocol: train on train+val, test, save.
 
@@ -575,7 +575,7 @@ def predict_cmd(
     images: list[str] = typer.Argument(..., help="image files, folders (walked) or CSV manifests (a path column)"),
     top_k: int = typer.Option(1, "--top-k", "-k", help="the K most probable classes per image"),
     fmt: PredictFormat = typer.Option(PredictFormat.table, "--format", help="table, csv or json"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     allow_outside: bool = typer.Option(
         False, "--allow-outside", help="let CSV manifest rows name absolute paths or paths outside the CSV's folder"
     ),
@@ -654,7 +654,7 @@ def evaluate_cmd(
     html: Optional[str] = typer.Option(
         None, "--html", help="also write a page with the confusion matrix and per-class bars"
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
 ) -> None:
     """Score a tuned model on labelled images: the metric with its 95% interval, per-class
     precision and recall, the confusion matrix.

@@ -32,8 +32,10 @@ __all__ = [
     "TRIAL_KNOBS",
     "KNOBS",
     "OPTIMIZER",
+    "SCHEDULE_KNOBS",
     "check_device",
     "check_number",
+    "knob_table",
 ]
 
 #: BatchNorm of the trainable pretrained groups: ``adapt`` runs it in train mode (its statistics
@@ -216,6 +218,8 @@ PROTOCOL_KNOBS: tuple[Knob, ...] = (
 )
 
 _BY_NAME = {k.name: k for k in PROTOCOL_KNOBS}
+#: The knobs a study suggests only when it searches schedules (``ProtocolSpace.searches_schedule``).
+SCHEDULE_KNOBS = ("schedule", "stage_frac")
 
 #: What one protocol becomes for a backbone of G groups (``Protocol.trial_values``), in the order the
 #: exports list them: the ``TrainConfig`` fields of a trial, an export's members, the script's ``MEMBERS``.
@@ -247,3 +251,33 @@ OPTIMIZER = Knob("optimizer", "choice", "sgd", "the optimizer: " + ", ".join(OPT
 #: Every knob by name; a trial knob of the same name as a protocol knob (``weight_decay``) differs
 #: only in its default, so the name gives its valid values either way.
 KNOBS: dict[str, Knob] = {k.name: k for k in (*TRIAL_KNOBS, *PROTOCOL_KNOBS, OPTIMIZER)}
+
+
+def _valid(knob: Knob) -> str:
+    """A knob's valid values in words: the choices, or its interval."""
+    if knob.kind == "choice":
+        return " / ".join(f"`{c}`" for c in knob.choices)
+    if knob.kind == "int":
+        return f"integer >= {_bound(knob.low)}"
+    if math.isinf(knob.low) and math.isinf(knob.high):
+        return "any finite"
+    if math.isinf(knob.high):
+        return f"> {_bound(knob.low)}" if knob.low_open else f">= {_bound(knob.low)}"
+    return f"{'(' if knob.low_open else '['}{_bound(knob.low)}, {_bound(knob.high)}{')' if knob.high_open else ']'}"
+
+
+def knob_table() -> str:
+    """The Markdown table of every protocol and trial knob that docs/design.md ("Knobs") shows:
+    generated here, so the docs cannot drift from the declaration (``tests/core/test_knobs.py``)."""
+    rows = ["| knob | in | valid | default | searched | timm train.py |", "|---|---|---|---|---|---|"]
+    shared = [k for k in PROTOCOL_KNOBS if k in TRIAL_KNOBS]
+    for knob in (*PROTOCOL_KNOBS, *(k for k in TRIAL_KNOBS if k not in shared)):
+        where = "Protocol, TrainConfig" if knob in shared else "Protocol" if knob in PROTOCOL_KNOBS else "TrainConfig"
+        if knob.search is not None:
+            low, high, log = knob.search
+            searched = f"[{_bound(low)}, {_bound(high)}]" + (" log" if log else "")
+        else:
+            searched = "its choices" if knob in PROTOCOL_KNOBS else "from the protocol"
+        timm = f"`{knob.timm}`" if knob.timm else "-"
+        rows.append(f"| `{knob.name}` | {where} | {_valid(knob)} | `{knob.default}` | {searched} | {timm} |")
+    return "\n".join(rows) + "\n"

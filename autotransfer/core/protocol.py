@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 from typing import Protocol as TypingProtocol
 
 from autotransfer.core.errors import InvalidValueError
-from autotransfer.core.knobs import BN_MODES, KNOBS, PROTOCOL_KNOBS, SCHEDULES, TRIAL_KNOBS
+from autotransfer.core.knobs import BN_MODES, KNOBS, PROTOCOL_KNOBS, SCHEDULE_KNOBS, SCHEDULES, TRIAL_KNOBS
 from autotransfer.core.validation import known_fields
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "SEARCHED",
     "SCHEDULES",
     "describe_schedule",
+    "schedule_words",
     "freeze_depth",
     "reinit_count",
 ]
@@ -33,6 +34,16 @@ def describe_schedule(schedule: str, stage_frac: float) -> str:
     if schedule == "gradual":
         return f"gradual (last group unfrozen at {stage_frac:.0%} of the budget)"
     return str(schedule)
+
+
+def schedule_words(values: "Protocol | Mapping[str, Any]") -> str:
+    """``describe_schedule`` of a protocol, or of a mapping of its values (a record, an export's
+    member); a missing ``schedule`` or ``stage_frac`` takes the declared default (``core.knobs``:
+    a record written before schedules existed reads as one-stage)."""
+    if isinstance(values, Protocol):
+        return describe_schedule(values.schedule, values.stage_frac)
+    schedule = values.get("schedule", KNOBS["schedule"].default)
+    return describe_schedule(schedule, float(values.get("stage_frac", KNOBS["stage_frac"].default)))
 
 
 def freeze_depth(freeze_frac: float, num_groups: int) -> int:
@@ -171,17 +182,21 @@ class ProtocolSpace:
         """Whether trials suggest ``schedule`` and ``stage_frac`` (not for one-stage only)."""
         return tuple(self.schedules) != ("one-stage",)
 
+    def suggested(self) -> tuple[str, ...]:
+        """The parameters a trial suggests, in ``SEARCHED`` order: the schedule's
+        (``core.knobs.SCHEDULE_KNOBS``) only when the study searches schedules."""
+        return tuple(n for n in SEARCHED if self.searches_schedule or n not in SCHEDULE_KNOBS)
+
+    def choices(self, name: str) -> tuple[str, ...]:
+        """The choices this space searches for the categorical parameter ``name``."""
+        return {"bn_mode": self.bn_modes, "schedule": self.schedules}[name]
+
     def suggest(self, trial: _Suggester) -> Protocol:
         """Draw one protocol through an optuna-style ``trial`` (``suggest_float`` ...)."""
         values: dict[str, Any] = {}
-        for name in SEARCHED:
-            if name in ("schedule", "stage_frac") and not self.searches_schedule:
-                continue
-            if name == "bn_mode":
-                values[name] = trial.suggest_categorical(name, list(self.bn_modes))
-                continue
-            if name == "schedule":
-                values[name] = trial.suggest_categorical(name, list(self.schedules))
+        for name in self.suggested():
+            if KNOBS[name].kind == "choice":
+                values[name] = trial.suggest_categorical(name, list(self.choices(name)))
                 continue
             rng = self.ranges[name]
             values[name] = trial.suggest_float(name, rng.low, rng.high, log=rng.log)

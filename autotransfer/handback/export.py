@@ -454,7 +454,7 @@ def _schedule_line(payload: dict[str, Any], member: dict[str, Any], G: int, name
     """What timm cannot express of ``member``'s schedule (timm's train.py trains every unfrozen
     group from the first update: it has no stage-wise unfreezing), or ``None`` when every
     trainable group trains from the first step (``one-stage``, or no pretrained group trains)."""
-    from autotransfer.core.protocol import describe_schedule
+    from autotransfer.core.protocol import schedule_words
     from autotransfer.train.schedule import unfreeze_steps
 
     steps = int(payload["settings"]["steps"])
@@ -463,7 +463,7 @@ def _schedule_line(payload: dict[str, Any], member: dict[str, Any], G: int, name
         return None
     when = ", ".join(f"{names[g]} at step {s}" for s, g in joins)
     return (
-        f"schedule {describe_schedule(member['schedule'], member['stage_frac'])}: only the head and the"
+        f"schedule {schedule_words(member)}: only the head and the"
         f" re-initialised groups train at first; the pretrained groups join ({when}, of the {steps}-step"
         " budget), each in"
         " eval mode with no gradient until then, under the one cosine lr schedule (timm's train.py has no"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from autotransfer.core.protocol import describe_schedule
+from autotransfer.core.protocol import schedule_words
 from autotransfer.search.storage import masked_url
 from autotransfer.train.metrics import score_interval
 
@@ -48,7 +48,7 @@ def summary_table(result) -> Table:
         table.add_row("  freeze / reinit", f"f={f} (frac {p.freeze_frac:.2f}), r={r} (frac {p.reinit_frac:.2f})")
         table.add_row("  head lr ×, layer decay", f"{p.head_lr_mult:.3g}, {p.layer_decay:.3g}")
         table.add_row("  weight decay, L2-SP, BN", f"{p.weight_decay:.2g}, {p.l2sp:.3g}, {p.bn_mode}")
-        table.add_row("  schedule", describe_schedule(p.schedule, p.stage_frac))
+        table.add_row("  schedule", schedule_words(p))
     table.add_row(f"validation {metric}", _fmt(result.val_score, result.val_images))
     trained_on = getattr(result, "trained_on", None) or "train+val"
     table.add_row(f"test {metric} (trained on {trained_on})", _fmt(result.test_score, result.test_images))

@@ -22,6 +22,7 @@ from autotransfer.core.knobs import (
     TRIAL_KNOBS,
     KnobValueError,
     check_device,
+    knob_table,
 )
 from autotransfer.core.protocol import SEARCHED, Protocol, ProtocolSpace
 from autotransfer.core.settings import StudySettings
@@ -167,3 +168,8 @@ def test_fractions_and_trial_integers_use_the_declared_checks():
         TrainConfig(optimizer="adam")
     with pytest.raises(KnobValueError, match=re.escape("--optimizer must be one of ['sgd', 'adamw'], but got 'adam'")):
         StudySettings(optimizer="adam")
+
+
+def test_the_docs_table_is_the_declaration():
+    design = Path(__file__).resolve().parents[2] / "docs" / "design.md"
+    assert knob_table() in design.read_text()
