@@ -42,7 +42,7 @@ from autotransfer.pipeline.outcome import (
     describe_self_training,
     surface_evidence_shortfall,
 )
-from autotransfer.pipeline.plan import RETRAIN_COST, JobBudget
+from autotransfer.pipeline.plan import DEFAULT_BUDGET_TRAININGS, RETRAIN_COST, JobBudget
 from autotransfer.search.prepared import PreparedData, prepare_data
 from autotransfer.search.run import (
     build_runner,
@@ -767,6 +767,8 @@ def tune(
     workers: int = 1,
     unlabelled=None,
     time_budget: float | str | None = None,
+    auto_trainings: float = DEFAULT_BUDGET_TRAININGS,
+    keep: TrialModels | None = None,
 ) -> TuneResult:
     """Run (or resume) a protocol search for ``settings`` and return its summary.
 
@@ -785,16 +787,20 @@ def tune(
     ``time_budget`` (seconds, or a duration such as ``"10m"``; docs/design.md, "The time budget")
     bounds the whole job: the search stops when its share is spent, and the final stage retrains
     on train+val only when the budget affords it, else hands back the best trials' own models.
-    ``"auto"`` is the default job's budget (``pipeline.plan.DEFAULT_BUDGET_TRAININGS`` full
-    trainings); ``None``: no time limit, ``settings.trials`` alone decides. Either way the result
-    carries a compute ledger (seconds per stage, and in full trainings).
+    ``"auto"`` is the default job's budget: ``auto_trainings`` full trainings (default
+    ``pipeline.plan.DEFAULT_BUDGET_TRAININGS``); ``None``: no time limit, ``settings.trials``
+    alone decides. Either way the result carries a compute ledger (seconds per stage, and in full
+    trainings). ``keep``: the trial models an earlier stage of this process kept for this study
+    (``pipeline.model_choice``'s race), instead of a fresh ``TrialModels``.
     """
     from autotransfer.handback.self_training import load_unlabelled, self_training_key
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, but got {workers!r}")
     auto = time_budget == "auto"
-    budget = JobBudget.start(None if time_budget is None or auto else parse_duration(time_budget), auto=auto)
+    budget = JobBudget.start(
+        None if time_budget is None or auto else parse_duration(time_budget), auto=auto, trainings=auto_trainings
+    )
     check_timeout(timeout)
     pool = unlabelled
     if pool is not None:
@@ -815,7 +821,8 @@ def tune(
     )
     budget.ledger.add("data + estimate", time.monotonic() - t0)
     model_dir = Path(runs_dir) / safe_name(opened.name)
-    keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials") if workers == 1 else None
+    if keep is None and workers == 1:
+        keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials")
     micro_batch = run_trials(opened, workers=workers, timeout=timeout, ui=ui, budget=budget, keep=keep)
     asked = self_training_key(opened.settings)
     final = finalise(

@@ -1,0 +1,85 @@
+"""``pipeline.model_choice``: the winner of a race of candidate models (pure), and a real race of
+two lab-sized candidates on digits whose winner's study is continued and handed back."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import optuna
+import pytest
+
+from autotransfer.backbones.model_dir import read_model_config
+from autotransfer.core.schema import ATTR
+from autotransfer.pipeline.model_choice import Contender, choose_winner, race_and_tune
+from autotransfer.search.storage import open_storage
+
+from ..search.conftest import tiny
+
+
+def _raced(*scores: float | None, images: int = 30) -> list[Contender]:
+    return [Contender(f"m{i}", i, score=s, val_images=images) for i, s in enumerate(scores)]
+
+
+def test_a_clearly_better_race_score_wins():
+    winner, reason = choose_winner(_raced(0.60, 0.90))
+    assert winner.model == "m1" and "best race score" in reason
+
+
+def test_within_the_noise_of_the_validation_split_the_estimators_first_wins():
+    # 0.70 vs 0.733 on 30 images: one image apart, far inside one SE (~0.12)
+    winner, reason = choose_winner(_raced(0.70, 0.7333))
+    assert winner.model == "m0" and "within noise" in reason
+    # the same gap on 3,000 images is outside the noise
+    assert choose_winner(_raced(0.70, 0.7333, images=3000))[0].model == "m1"
+
+
+def test_a_race_without_a_completed_trial_falls_back_to_the_order():
+    assert choose_winner(_raced(None, None))[0].model == "m0"
+    assert choose_winner(_raced(None, 0.5))[0].model == "m1"
+    with pytest.raises(ValueError):
+        choose_winner([])
+
+
+def test_two_candidates_race_and_the_winners_study_is_continued(tmp_path):
+    settings = replace(tiny(), resolution=32, trials=200)  # the budget, not --trials, ends each stage
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    ranked = [
+        Contender("fashion-source", 0, evidence={"logme": 1.0}),
+        Contender("efficientnet_lite0", 1, evidence={"logme": 0.5}),
+        Contender("efficientnet_lite1", 2, dropped="dominated by efficientnet_lite0"),
+    ]
+    result = race_and_tune(
+        ranked,
+        settings,
+        study_name="choice",
+        storage=storage,
+        ranking_s=1.0,
+        runs_dir=tmp_path / "runs",
+        export_dir=tmp_path / "exports",
+    )
+    choice = result.model_choice
+    assert choice is not None
+    by_model = {c["model"]: c for c in choice["candidates"]}
+    assert by_model["efficientnet_lite1"]["study"] is None  # dropped: never raced
+    raced = [by_model["fashion-source"], by_model["efficientnet_lite0"]]
+    assert all(c["study"] and c["trials"] >= 1 and c["training_s"] > 0 for c in raced)
+    assert [c["chosen"] for c in raced].count(True) == 1
+    chosen = next(c for c in raced if c["chosen"])
+    assert choice["chosen"] == chosen["model"] == result.settings.model
+    # the winner's race study was continued (more trials than the race ran), and handed back
+    assert result.study_name == chosen["study"]
+    store = open_storage(storage)
+    study = optuna.load_study(study_name=chosen["study"], storage=store)
+    assert study.user_attrs[ATTR["model_choice"]]["chosen"] == chosen["model"]
+    assert len(optuna.load_study(study_name=chosen["study"], storage=store).trials) > chosen["trials"]
+    config = read_model_config(result.model_path)
+    assert config["autotransfer"]["source_spec"] == chosen["model"]  # the folder names the chosen model
+    # the whole job's ledger: the ranking, each race, then the continuation's stages
+    ledger = result.ledger
+    assert ledger is not None
+    assert {"ranking candidates", "race fashion-source", "race efficientnet_lite0", "publish"} <= set(ledger["stages"])
+    # the auto budget: 1.5x a default study of the first raced model, within the slack of the plan
+    unit = by_model["fashion-source"]["training_s"]
+    first_race = by_model["fashion-source"]["seconds"]
+    assert choice["budget_s"] >= 1.0 + 7.5 * unit - 1e-6
+    assert choice["budget_s"] <= max(1.0 + 7.5 * unit, 1.0 + first_race + 6 * unit) + 1.0
