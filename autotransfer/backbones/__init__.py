@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from autotransfer.backbones.catalog import KNOWN_MODELS, ModelInfo, describe_groups, list_models, weights_offline
+from autotransfer.backbones.catalog import (
+    AUTO_MODELS,
+    KNOWN_MODELS,
+    ModelInfo,
+    describe_groups,
+    list_models,
+    offline_zoo,
+    parse_models,
+    weights_offline,
+)
 from autotransfer.backbones.checkpoint import read_state_dict, save_backbone
 from autotransfer.backbones.create import ACCEPTED_SPECS, BUILTIN_MODELS, create_backbone, wrap_model
 from autotransfer.backbones.run import group_outputs, run_groups
@@ -11,6 +20,7 @@ from autotransfer.backbones.types import Backbone, DepthGroup, Preprocessing
 
 __all__ = [
     "ACCEPTED_SPECS",
+    "AUTO_MODELS",
     "BN_MODES",
     "BUILTIN_MODELS",
     "KNOWN_MODELS",
@@ -24,7 +34,9 @@ __all__ = [
     "group_outputs",
     "head_params",
     "list_models",
+    "offline_zoo",
     "param_groups",
+    "parse_models",
     "read_state_dict",
     "reinit",
     "run_groups",

