@@ -310,7 +310,15 @@ def estimate_cmd(
 @app.command("tune")
 def tune_cmd(
     target: Optional[str] = typer.Argument(None, help="dataset spec; omitted: the embedded default demo"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec (default efficientnet_lite0)"),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="model spec (default efficientnet_lite0); auto: choose from the offline zoo"
+    ),
+    models: Optional[str] = typer.Option(
+        None,
+        "--models",
+        help="candidate models, comma-separated (or auto): the estimator ranks them, the first 2 race on short"
+        " studies and the winner's study is continued (default budget 1.5x one model's)",
+    ),
     trials: Optional[int] = typer.Option(
         None, "--trials", help="finished search trials, controls excluded (default 20, within the default budget)"
     ),
@@ -396,6 +404,7 @@ def tune_cmd(
       autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
       autotransfer tune folder:~/data/leaves --unlabelled ~/data/leaves-unlabelled   # self-training
+      autotransfer tune builtin:animals --n 200 --model auto   # which model, and how to fine-tune it
     """
     from autotransfer.core.diskspace import disk_full_as_user_error
     from autotransfer.pipeline.options import on_surface, tune_outputs
@@ -422,6 +431,7 @@ def tune_cmd(
             prune=prune,
             progress=ui,
             estimator_progress=True,
+            models=models,
             model=model,
             n=n,
             resolution=resolution,

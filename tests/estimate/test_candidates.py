@@ -49,8 +49,13 @@ def test_parse_models_expands_auto_and_names_a_bad_model():
     zoo = offline_zoo()
     assert {"efficientnet_lite0", "fashion-source"} <= set(zoo)
     assert parse_models("auto") == zoo
-    assert parse_models(" fashion-source , efficientnet_lite0,fashion-source") == ["fashion-source", "efficientnet_lite0"]
-    assert parse_models("fashion-source,auto")[0] == "fashion-source" and len(parse_models("fashion-source,auto")) == len(zoo)
+    assert parse_models(" fashion-source , efficientnet_lite0,fashion-source") == [
+        "fashion-source",
+        "efficientnet_lite0",
+    ]
+    assert parse_models("fashion-source,auto")[0] == "fashion-source" and len(
+        parse_models("fashion-source,auto")
+    ) == len(zoo)
     with pytest.raises(UserError, match="'nosuch'"):
         parse_models("fashion-source,nosuch")
     with pytest.raises(UserError, match="comma-separated"):

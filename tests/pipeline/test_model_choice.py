@@ -83,3 +83,45 @@ def test_two_candidates_race_and_the_winners_study_is_continued(tmp_path):
     first_race = by_model["fashion-source"]["seconds"]
     assert choice["budget_s"] >= 1.0 + 7.5 * unit - 1e-6
     assert choice["budget_s"] <= max(1.0 + 7.5 * unit, 1.0 + first_race + 6 * unit) + 1.0
+
+
+def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path):
+    import autotransfer
+
+    result = autotransfer.tune(
+        "builtin:digits",
+        out=tmp_path,
+        models="fashion-source,efficientnet_lite0",
+        n=160,
+        resolution=32,
+        batch_size=16,
+        steps=12,
+        eval_every=4,
+        views=2,
+        device="cpu",
+    )
+    choice = result.model_choice
+    assert choice is not None and choice["chosen"] == result.settings.model
+    evidence = {c["model"]: c["evidence"] for c in choice["candidates"]}
+    assert set(evidence) == {"fashion-source", "efficientnet_lite0"}
+    assert all(e["images_per_s"] > 0 and e["nleep"] is not None for e in evidence.values())
+    assert result.ledger is not None and result.ledger["stages"]["ranking candidates"] > 0
+    payload = result.to_dict()
+    assert payload["model_choice"]["chosen"] == choice["chosen"]
+    from autotransfer.report.summary import model_choice_rows
+
+    rows = dict(model_choice_rows(choice))
+    assert rows["model"].startswith(choice["chosen"])
+    assert any("chosen" in what for what in rows)
+
+
+def test_bad_candidate_lists_are_one_clear_line(tmp_path):
+    import autotransfer
+    from autotransfer.core.errors import UserError
+
+    with pytest.raises(UserError, match="unknown model 'no-such-net'"):
+        autotransfer.tune("builtin:digits", out=tmp_path, models="fashion-source,no-such-net")
+    with pytest.raises(UserError, match="not both"):
+        autotransfer.tune("builtin:digits", out=tmp_path, model="fashion-source", models="auto")
+    with pytest.raises(UserError, match="drop --workers"):
+        autotransfer.tune("builtin:digits", out=tmp_path, models="auto", workers=2)
