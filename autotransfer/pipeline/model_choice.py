@@ -296,6 +296,7 @@ def _with_choice(result: TuneResult, choice: ModelChoice, raced: Sequence[Conten
     record = choice.to_dict()
     study = optuna.load_study(study_name=result.study_name, storage=open_storage(result.storage))
     study.set_user_attr(ATTR["model_choice"], record)
+    study.set_user_attr(ATTR["ledger"], {**ledger.to_dict(), "plan": result.plan})  # the whole job's
     return replace(
         result,
         model_choice=record,

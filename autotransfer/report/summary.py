@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from autotransfer.core.protocol import describe_schedule
+from autotransfer.report.model_choice import MODEL_CHOICE_HEADERS, model_choice_table
 from autotransfer.search.storage import masked_url
 from autotransfer.train.metrics import score_interval
 
@@ -75,26 +76,21 @@ def summary_table(result) -> Table:
 
 
 def model_choice_rows(choice: dict | None) -> list[tuple[str, str]]:
-    """One row per candidate model of a ``--models`` job: the estimator's evidence, what its race
-    scored and spent, or why it was not raced (``pipeline.model_choice.ModelChoice.to_dict``)."""
+    """The chosen model and one row per candidate of a ``--models`` job
+    (``report.model_choice.model_choice_table``)."""
     if not choice:
         return []
     rows = [("model", f"{choice['chosen']} ({choice['reason']})")]
-    for c in choice.get("candidates") or []:
-        ev = c.get("evidence") or {}
-        scores = ", ".join(
-            f"{label} {float(ev[key]):.3f}"
-            for key, label in (("nleep", "NLEEP"), ("logme_over_chance", "LogME/chance"), ("similarity", "similarity"))
-            if ev.get(key) is not None
+    for row in model_choice_table(choice):
+        cells = dict(zip(MODEL_CHOICE_HEADERS, row))
+        what = f"  {cells['rank']}. {cells['model']}"
+        race = (
+            f"race {cells['race: best settled val']} val, {cells['race trials']} trial(s), {cells['race s']} s"
+            if cells["race trials"] != "—"
+            else ""
         )
-        if ev.get("images_per_s"):
-            scores += f", {float(ev['images_per_s']):.0f} img/s"
-        if c.get("study"):
-            race = f"race: {_fmt(c.get('score'), c.get('val_images'))} val over {c.get('trials')} trial(s), {float(c.get('seconds') or 0):.0f} s"
-        else:
-            race = c.get("dropped") or "not raced"
-        mark = " [bold]← chosen[/bold]" if c.get("chosen") else ""
-        rows.append((f"  {c.get('rank', 0) + 1}. {c['model']}{mark}", f"{scores or '—'}; {race}"))
+        evidence = f"NLEEP {cells['NLEEP']}, similarity {cells['similarity']}, {cells['train img/s']} img/s"
+        rows.append((what, "; ".join(part for part in (evidence, race, cells["outcome"]) if part)))
     return rows
 
 

@@ -112,7 +112,17 @@ def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path):
 
     rows = dict(model_choice_rows(choice))
     assert rows["model"].startswith(choice["chosen"])
-    assert any("chosen" in what for what in rows)
+    assert sum(value.endswith("chosen") for value in rows.values()) == 1
+    # the report and the dashboard's note show every candidate, and the whole job's ledger
+    from autotransfer.report.dashboard import study_note
+    from autotransfer.report.html import report_html
+    from autotransfer.search.storage import open_storage as open_store
+
+    study = optuna.load_study(study_name=result.study_name, storage=open_store(result.storage))
+    html, note = report_html(study), study_note(study)
+    assert "Which model" in html and "Which model" in note
+    assert all(model in html and model in note for model in evidence)
+    assert "ranking candidates" in html
 
 
 def test_bad_candidate_lists_are_one_clear_line(tmp_path):
