@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, cast
 
 from autotransfer.core.budget import Ledger, format_duration
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.core.settings import StudySettings
 from autotransfer.pipeline.outcome import TuneResult
 from autotransfer.pipeline.plan import DEFAULT_BUDGET_TRAININGS, JobBudget
@@ -117,7 +117,7 @@ def choose_winner(raced: Sequence[Contender]) -> tuple[Contender, str]:
     one binomial standard error of the validation split, the estimator's first (its order is the
     better evidence within that noise). ``raced`` in the estimator's order, at least one."""
     if not raced:
-        raise ValueError("choose_winner needs at least one raced contender")
+        raise InvalidValueError("choose_winner needs at least one raced contender")
     scored = [c for c in raced if c.score is not None and math.isfinite(c.score)]
     first = raced[0]
     if not scored:

@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from autotransfer.backbones.model_dir import read_model_config
+from autotransfer.core.errors import InvalidValueError
 from autotransfer.core.schema import ATTR
 from autotransfer.pipeline.model_choice import Contender, choose_winner, race_and_tune
 from autotransfer.search.storage import open_storage
@@ -36,7 +37,7 @@ def test_within_the_noise_of_the_validation_split_the_estimators_first_wins():
 def test_a_race_without_a_completed_trial_falls_back_to_the_order():
     assert choose_winner(_raced(None, None))[0].model == "m0"
     assert choose_winner(_raced(None, 0.5))[0].model == "m1"
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidValueError):
         choose_winner([])
 
 
