@@ -185,14 +185,15 @@ def _choose_and_tune(
     ui: Any,
     estimator_progress: bool,
 ) -> TuneResult:
-    """Rank ``candidates`` on the study's subsample (``estimate.candidates``), then race the first
-    ones and continue the winner's study (``pipeline.model_choice``)."""
+    """Rank ``candidates`` on the study's train+val split (``estimate.candidates``; the test split
+    stays unseen, as in each study's own estimate), then race the first ones and continue the
+    winner's study (``pipeline.model_choice``)."""
     import time
 
-    from autotransfer.data import load_dataset, stratified_subsample
     from autotransfer.estimate.candidates import score_candidates
     from autotransfer.pipeline.model_choice import Contender, race_and_tune
     from autotransfer.pipeline.options import tune_settings
+    from autotransfer.search.prepared import prepare_data
 
     def settings_for(model: str) -> StudySettings:
         return tune_settings(target, {**options, "model": model}, prune=prune, surface=outputs.surface)
@@ -200,11 +201,10 @@ def _choose_and_tune(
     first = settings_for(candidates[0])
     t0 = time.monotonic()
     ui.stage(f"ranking {len(candidates)} candidate models: {', '.join(candidates)}")
-    dataset = load_dataset(first.target, require_labels=True)
-    if first.n is not None and first.n < len(dataset):
-        dataset = stratified_subsample(dataset, first.n, seed=first.seed)
+    # the study's own train+val split, as each study's estimate reads it: the test split stays unseen
+    prepared = prepare_data(first)
     ranked = score_candidates(
-        dataset,
+        prepared.trainval,
         candidates,
         resolution=first.resolution,
         batch_size=first.batch_size,
