@@ -7,7 +7,9 @@ Per cell (``TARGET:N:SEED``; the target's ``builtin:`` name, options allowed, e.
 the CPU, the folder it wrote judged as a user loads it on up to 1,000 images outside the study's
 subsample (``bench_judged.Judge``: the same judge sets):
 
-- ``M``: ``tune --model auto`` (the offline zoo: rank, race 2, continue the winner);
+- ``M``: ``tune --models ZOO``: the offline zoo of ``--model auto`` less any laboratory source
+  pretrained on images of the target's pool (``backbones.catalog.trained_images_in``: such a
+  source is never judged there); rank, race 2, continue the winner;
 - ``z@MODEL``: ``tune --model MODEL``, one per candidate of M's ranking (``--models`` narrows them).
 
 Every row records wall and CPU seconds (this process's) and, for M, its candidates' evidence and
@@ -58,8 +60,8 @@ def run_job(cell: str, method: str, out: Path) -> dict:
     target, n, seed = cell_parts(cell)
     folder = out / "models-runs" / cell.replace(":", "-").replace("?", "_").replace("=", "_") / method
     options = dict(n=n, seed=seed, resolution=RESOLUTION, prior="quadrant", device="cpu")
-    if method == "M":
-        options["models"] = "auto"
+    if method == "M":  # the zoo, less any lab source pretrained on this target's images (never judged on them)
+        options["models"] = ",".join(fair_zoo(target))
     else:
         options["model"] = method.split("@", 1)[1]
     with Timer() as t:
@@ -78,6 +80,13 @@ def run_job(cell: str, method: str, out: Path) -> dict:
     if result.model_choice is not None:
         row["model_choice"] = result.model_choice
     return row
+
+
+def fair_zoo(target: str) -> list[str]:
+    """``--model auto``'s candidates less the lab sources trained on images of ``target``'s pool."""
+    from autotransfer.backbones.catalog import offline_zoo, trained_images_in
+
+    return [spec for spec in offline_zoo() if trained_images_in(spec, f"builtin:{target}") == 0]
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -161,9 +170,7 @@ def main() -> None:
             m = next(r for r in load_rows(path) if (r["cell"], r["method"]) == (cell, "M"))
             candidates = [c["model"] for c in m["model_choice"]["candidates"]]
         else:
-            from autotransfer.backbones.catalog import offline_zoo
-
-            candidates = offline_zoo()
+            candidates = fair_zoo(cell_parts(cell)[0])
         wanted = args.models.split(",") if args.models else candidates
         methods += [f"z@{model}" for model in wanted]
         for method in methods:
