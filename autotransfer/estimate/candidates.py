@@ -103,6 +103,9 @@ class CandidateSet:
     ranker: str
     candidates: list[Candidate] = field(default_factory=list)
     seconds: float = 0.0
+    #: each candidate's ``TaskProfile`` by model spec (not in ``to_dict``): a study of that model
+    #: on the same images can start from it instead of estimating again
+    profiles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kept(self) -> list[Candidate]:
@@ -241,6 +244,7 @@ def score_candidates(
         cache_prefix=False,
     )
     rows: list[Candidate] = []
+    profiles: dict[str, Any] = {}
     images = classes = 0
     for spec in specs:
         tick = time.perf_counter()
@@ -281,6 +285,7 @@ def score_candidates(
             estimate_s=time.perf_counter() - tick,
         )
         rows.append(row)
+        profiles[spec] = profile
         if log is not None:
             log(
                 f"{row.model}: NLEEP {_fmt(row.nleep)}, LogME over chance {_fmt(row.logme_over_chance)}, "
@@ -307,6 +312,7 @@ def score_candidates(
         ranker=RANKER,
         candidates=ordered,
         seconds=time.perf_counter() - start,
+        profiles=profiles,
     )
 
 

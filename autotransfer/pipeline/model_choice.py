@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, cast
 
@@ -77,9 +77,13 @@ class Contender:
     val_images: int | None = None
     trials: int = 0
     chosen: bool = False
+    #: its ``TaskProfile`` on the study's train+val split, when the ranking measured it (its race's
+    #: study starts from it); not recorded
+    profile: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "profile"}
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in values.items()}
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ def _race(
         estimator_kwargs={"max_images": BUDGET_ESTIMATE_IMAGES, **(estimator_kwargs or {})},
         ui=ui,
         scratch_last=True,
+        profile=contender.profile,
     )
     keep = TrialModels(runs_dir / f".{safe_name(opened.name)}.trials")
     run_trials(opened, ui=ui, budget=budget, keep=keep)

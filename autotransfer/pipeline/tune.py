@@ -123,11 +123,14 @@ def open_study_for(
     estimator_kwargs: dict[str, Any] | None = None,
     ui=None,
     scratch_last: bool = False,
+    profile=None,
 ) -> OpenStudy:
     """Stage 1: load and split the data; create the study (estimate, prior, ranges, enqueued
     controls and candidates) or resume it (the data fingerprint, model and precision must fit;
     the recorded settings win, only ``--trials`` may grow). ``scratch_last``: a time-budgeted job
-    queues its from-scratch control after every other enqueued protocol (``fixed_protocols``)."""
+    queues its from-scratch control after every other enqueued protocol (``fixed_protocols``).
+    ``profile``: the ``TaskProfile`` of this model on this study's train+val split, already
+    measured (``estimate.candidates``): a new study starts from it instead of estimating again."""
     from autotransfer.backbones import create_backbone
     from autotransfer.search.progress import NullUI
 
@@ -151,7 +154,7 @@ def open_study_for(
     if not joined:
         try:
             study, settings, profile_dict, prior_dict = _create(
-                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui, scratch_last
+                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui, scratch_last, profile
             )
             ui.note(f"created study {name!r} in {masked_url(url)}")
         except optuna.exceptions.DuplicatedStudyError:  # another run created it while this one estimated
@@ -222,15 +225,18 @@ def _create(
     estimator_kwargs,
     ui,
     scratch_last: bool = False,
+    profile=None,
 ):
-    """A new study ``name``: estimate the task, derive the prior, enqueue the fixed protocols."""
+    """A new study ``name``: estimate the task (unless its ``profile`` is given), derive the
+    prior, enqueue the fixed protocols."""
     from autotransfer.estimate import TaskEstimator
 
-    ui.stage("estimating the task")
-    # the estimator runs where the trials run (--device), unless told otherwise
-    estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
-    # the held-out test split stays unseen: LogME, LEEP and H-score read labels
-    profile = estimator.fit(prepared.trainval, probe_backbone)
+    if profile is None or profile.model != settings.model:
+        ui.stage("estimating the task")
+        # the estimator runs where the trials run (--device), unless told otherwise
+        estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
+        # the held-out test split stays unseen: LogME, LEEP and H-score read labels
+        profile = estimator.fit(prepared.trainval, probe_backbone)
     metric = profile.size.metric
     settings = settings.resolved(
         fingerprint=prepared.fingerprint,

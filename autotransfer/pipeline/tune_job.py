@@ -193,6 +193,7 @@ def _choose_and_tune(
     from autotransfer.estimate.candidates import score_candidates
     from autotransfer.pipeline.model_choice import Contender, race_and_tune
     from autotransfer.pipeline.options import tune_settings
+    from autotransfer.pipeline.tune import BUDGET_ESTIMATE_IMAGES
     from autotransfer.search.prepared import prepare_data
 
     def settings_for(model: str) -> StudySettings:
@@ -203,18 +204,20 @@ def _choose_and_tune(
     ui.stage(f"ranking {len(candidates)} candidate models: {', '.join(candidates)}")
     # the study's own train+val split, as each study's estimate reads it: the test split stays unseen
     prepared = prepare_data(first)
+    # as each study's own estimate reads them (``pipeline.tune``), so that a race starts from its profile
     ranked = score_candidates(
         prepared.trainval,
         candidates,
         resolution=first.resolution,
         batch_size=first.batch_size,
-        seed=first.seed,
-        device=first.device,
+        max_images=BUDGET_ESTIMATE_IMAGES if budget is not None else 1000,
+        device=str(prepared.device),
         progress=estimator_progress,
         log=ui.note,
     )
     contenders = [
-        Contender(c.model, rank, evidence=c.to_dict(), dropped=c.reason) for rank, c in enumerate(ranked.candidates)
+        Contender(c.model, rank, evidence=c.to_dict(), dropped=c.reason, profile=ranked.profiles.get(c.model))
+        for rank, c in enumerate(ranked.candidates)
     ]
     return race_and_tune(
         contenders,

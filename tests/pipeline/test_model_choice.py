@@ -86,9 +86,18 @@ def test_two_candidates_race_and_the_winners_study_is_continued(tmp_path):
     assert choice["budget_s"] <= max(1.0 + 7.5 * unit, 1.0 + first_race + 6 * unit) + 1.0
 
 
-def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path):
+def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path, monkeypatch):
     import autotransfer
+    from autotransfer.estimate.estimator import TaskEstimator
 
+    fits: list[str] = []
+    original = TaskEstimator.fit
+
+    def counted(self, dataset, model, **kwargs):
+        fits.append(str(getattr(model, "spec", model)))
+        return original(self, dataset, model, **kwargs)
+
+    monkeypatch.setattr(TaskEstimator, "fit", counted)
     result = autotransfer.tune(
         "builtin:digits",
         out=tmp_path,
@@ -103,6 +112,7 @@ def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path):
     )
     choice = result.model_choice
     assert choice is not None and choice["chosen"] == result.settings.model
+    assert len(fits) == 2  # one estimate per candidate: each race's study starts from the ranking's profile
     evidence = {c["model"]: c["evidence"] for c in choice["candidates"]}
     assert set(evidence) == {"fashion-source", "efficientnet_lite0"}
     assert all(e["images_per_s"] > 0 and e["nleep"] is not None for e in evidence.values())
