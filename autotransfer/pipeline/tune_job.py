@@ -188,6 +188,7 @@ def _choose_and_tune(
     """Rank ``candidates`` on the study's train+val split (``estimate.candidates``; the test split
     stays unseen, as in each study's own estimate), then race the first ones and continue the
     winner's study (``pipeline.model_choice``)."""
+    import math
     import time
 
     from autotransfer.estimate.candidates import score_candidates
@@ -195,6 +196,7 @@ def _choose_and_tune(
     from autotransfer.pipeline.options import tune_settings
     from autotransfer.pipeline.tune import BUDGET_ESTIMATE_IMAGES
     from autotransfer.search.prepared import prepare_data
+    from autotransfer.surface import expected_scores
 
     def settings_for(model: str) -> StudySettings:
         return tune_settings(target, {**options, "model": model}, prune=prune, surface=outputs.surface)
@@ -215,8 +217,17 @@ def _choose_and_tune(
         progress=estimator_progress,
         log=ui.note,
     )
+    # what the surface's past studies reached with each model near this target (the learned prior's answer)
+    log10_n = math.log10(max(1, len(prepared.trainval)))
+    expected = expected_scores(outputs.surface, {c.model: (log10_n, c.similarity) for c in ranked.candidates})
     contenders = [
-        Contender(c.model, rank, evidence=c.to_dict(), dropped=c.reason, profile=ranked.profiles.get(c.model))
+        Contender(
+            c.model,
+            rank,
+            evidence={**c.to_dict(), "surface": expected[c.model].to_dict()},
+            dropped=c.reason,
+            profile=ranked.profiles.get(c.model),
+        )
         for rank, c in enumerate(ranked.candidates)
     ]
     return race_and_tune(

@@ -18,6 +18,7 @@ MODEL_CHOICE_HEADERS = [
     "LogME over chance",
     "similarity",
     "train img/s",
+    "surface expects",
     "race: best settled val",
     "race trials",
     "race s",
@@ -27,6 +28,17 @@ MODEL_CHOICE_HEADERS = [
 
 def _num(value: Any, spec: str) -> str:
     return "—" if value is None else format(float(value), spec)
+
+
+def _surface(expectation: dict[str, Any] | None) -> str:
+    """``0.874 (3 studies, support 1.2)``: what the surface's past studies of the model reached near
+    the target, or ``—`` without one."""
+    if not expectation or expectation.get("score") is None:
+        return "—"
+    return (
+        f"{float(expectation['score']):.3f} ({expectation.get('studies', 0)} studies,"
+        f" support {float(expectation.get('support') or 0.0):.1f})"
+    )
 
 
 def model_choice_table(choice: dict[str, Any] | None) -> list[list[str]]:
@@ -45,6 +57,7 @@ def model_choice_table(choice: dict[str, Any] | None) -> list[list[str]]:
                 _num(ev.get("logme_over_chance"), ".3f"),
                 _num(ev.get("similarity"), ".3f"),
                 _num(ev.get("images_per_s"), ".0f"),
+                _surface(ev.get("surface")),
                 _num(c.get("score"), ".3f") if raced else "—",
                 str(c.get("trials", 0)) if raced else "—",
                 _num(c.get("seconds"), ".0f") if raced else "—",
