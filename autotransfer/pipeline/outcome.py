@@ -158,6 +158,8 @@ class TuneResult:
     ledger: dict[str, Any] | None = None
     #: the time budget's plan (``pipeline.plan.JobPlan``), when the job had one
     plan: dict[str, Any] | None = None
+    #: which candidate model was chosen and why (``pipeline.model_choice.ModelChoice``), when several were
+    model_choice: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -185,4 +187,5 @@ class TuneResult:
             "notes": self.notes,
             "ledger": self.ledger,
             "plan": self.plan,
+            "model_choice": self.model_choice,
         }

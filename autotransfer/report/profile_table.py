@@ -97,6 +97,7 @@ def _scores_table(profile: TaskProfile) -> Table:
     if tr is not None:
         table.add_row("LogME", _num(tr.logme, ".4f"))
         table.add_row("LEEP", _num(tr.leep, ".4f"))
+        table.add_row("NLEEP", f"{_num(tr.nleep, '.4f')}  (n = {tr.n_ref})")
         table.add_row("H-score", _num(tr.hscore, ".4f"))
         table.add_row("LogME over chance", f"{_num(tr.logme_over_chance, '.4f')}  (n = {tr.n_ref})")
     if profile.transferability_score is not None:
