@@ -107,6 +107,9 @@ class CandidateSet:
     feature_size: int | None = None
     candidates: list[Candidate] = field(default_factory=list)
     seconds: float = 0.0
+    #: each candidate's ``TaskProfile`` by model spec (not in ``to_dict``): a study of that model
+    #: on the same images can start from it instead of estimating again
+    profiles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kept(self) -> list[Candidate]:
@@ -196,8 +199,7 @@ def score_candidates(
     """Estimate ``target`` against each of ``models`` and rank them.
 
     For each model: ``TaskEstimator.fit`` (features at the model's native size, or at
-    ``feature_size``, on at most
-    ``max_images`` images: divergence, LogME, LEEP, NLEEP, H-score), its parameter count, and its
+    ``feature_size``, on at most ``max_images`` images: divergence, LogME, LEEP, NLEEP, H-score), its parameter count, and its
     training speed at the study's ``resolution`` and ``batch_size`` on ``device``
     (``THROUGHPUT_STEPS`` optimizer steps of the model on real target images, the first one a
     warm-up). The candidates come back best first by ``RANKER``; one that another beats on the
@@ -250,6 +252,7 @@ def score_candidates(
         cache_prefix=False,
     )
     rows: list[Candidate] = []
+    profiles: dict[str, Any] = {}
     images = classes = 0
     for spec in specs:
         tick = time.perf_counter()
@@ -295,6 +298,7 @@ def score_candidates(
             timings=timings,
         )
         rows.append(row)
+        profiles[spec] = profile
         if log is not None:
             log(
                 f"{row.model}: NLEEP {_fmt(row.nleep)}, LogME over chance {_fmt(row.logme_over_chance)}, "
@@ -322,6 +326,7 @@ def score_candidates(
         feature_size=feature_size,
         candidates=ordered,
         seconds=time.perf_counter() - start,
+        profiles=profiles,
     )
 
 
