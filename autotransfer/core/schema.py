@@ -46,6 +46,7 @@ ATTR = {
     "ledger": "autotransfer.ledger",
     # the data-requirement curve after the study (issue 30): the trial it measured and its record
     "data_curve": "autotransfer.data_curve",
+    "model_choice": "autotransfer.model_choice",
     # who began creating the study, and when: written first, while ``settings`` is written last,
     # so a study that has it without settings is still being created (``search.study.load_study``)
     "creating": "autotransfer.creating",

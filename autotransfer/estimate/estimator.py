@@ -19,7 +19,8 @@ classification: a survey", arXiv 2205.09904):
 4. ``excess = max(raw - reference, 0)``, ``similarity = similarity_from_excess(excess, scale)``
    with the method's calibrated scale;
 5. LogME, LEEP (with the pretrained source head) and H-score of the final features, and LogME
-   over its chance level on at most 300 of them, mapped to ``transferability_score``;
+   over its chance level and NLEEP on at most 300 of them (LogME over chance mapped to
+   ``transferability_score``);
 6. ``place`` on the size × similarity map and ``quadrant_prior``, whose scalar rules read the
    similarity combined with the transferability score (``effective_similarity``).
 
@@ -38,7 +39,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from autotransfer.backbones.types import Backbone
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.data.sampling import stratified_subsample
 from autotransfer.data.types import ImageDataset
 from autotransfer.estimate.bnstats import batchnorm_layers, bn_divergence
@@ -68,6 +69,8 @@ from autotransfer.estimate.transferability import (
     logme,
     logme_chance,
     logme_over_chance,
+    nleep,
+    reference_rows,
 )
 from autotransfer.prior.placement import (
     BN_W2_SIMILARITY_SCALE,
@@ -144,6 +147,11 @@ class TaskEstimator:
             on CUDA 32. The numbers do not depend on it beyond float rounding (BN moments are
             summed per image).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        input_size: side in px the images are resized to for the model; ``None`` (default): the
+            model's native input size, at which the shipped same-domain references and the
+            similarity scales were measured. Another size (e.g. the study's training resolution,
+            much cheaper than 224-260 px) is noted in the profile: its divergence reads against
+            a native-size reference.
 
     Attributes:
         profile_: the ``TaskProfile`` of the last ``fit``.
@@ -158,6 +166,7 @@ class TaskEstimator:
         progress: bool = False,
         batch_size: int | None = None,
         device: str = "auto",
+        input_size: int | None = None,
     ) -> None:
         self.max_images = max_images
         self.max_source_images = max_source_images
@@ -165,13 +174,20 @@ class TaskEstimator:
         self.progress = progress
         self.batch_size = batch_size
         self.device = device
+        self.input_size = input_size
 
     # -- validation ---------------------------------------------------------------------------
 
     def _validate(self) -> torch.device:
-        for name, low in (("max_images", 4), ("max_source_images", 4), ("batch_size", 1), ("seed", 0)):
+        for name, low in (
+            ("max_images", 4),
+            ("max_source_images", 4),
+            ("batch_size", 1),
+            ("seed", 0),
+            ("input_size", 8),
+        ):
             value = getattr(self, name)
-            if name == "batch_size" and value is None:
+            if name in ("batch_size", "input_size") and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise UserError(f"TaskEstimator {name} must be an integer >= {low}, but got {value!r}")
@@ -257,7 +273,7 @@ class TaskEstimator:
                 f"features on a stratified subsample of {len(capped):,} of {len(dataset):,} target "
                 f"images (seed {self.seed})"
             )
-        images = native_array(backbone, capped)
+        images = self._model_array(backbone, capped, notes)
         timings["resize"] = time.perf_counter() - tick
 
         # numpy's BLAS follows torch's thread setting: on a shared CPU an oversubscribed OpenBLAS
@@ -313,6 +329,19 @@ class TaskEstimator:
         self.backbone_ = backbone
         self.profile_ = profile
         return profile
+
+    def _model_array(self, backbone: Backbone, dataset: ImageDataset, notes: list[str]) -> np.ndarray:
+        """``dataset`` as ``(N, S, S, 3)`` uint8 at the native size, or at ``input_size`` (noted)."""
+        native = int(backbone.preprocessing.input_size)
+        if self.input_size is None or int(self.input_size) == native:
+            return native_array(backbone, dataset)
+        from autotransfer.data.cache import to_array
+
+        notes.append(
+            f"features at {int(self.input_size)} px, not the model's native {native} px: the divergence "
+            "reads against references measured at the native size"
+        )
+        return to_array(dataset, int(self.input_size), cache=False)
 
     # -- divergence ---------------------------------------------------------------------------
 
@@ -378,7 +407,7 @@ class TaskEstimator:
         source_capped = stratified_subsample(source, int(self.max_source_images), seed=int(self.seed))
         if len(source_capped) < len(source):
             notes.append(f"source sample: a seeded subsample of {len(source_capped):,} of {len(source):,} images")
-        source_images = native_array(backbone, source_capped)
+        source_images = self._model_array(backbone, source_capped, [])
         timings["resize"] = timings.get("resize", 0.0) + time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -471,12 +500,19 @@ class TaskEstimator:
             notes.append(
                 f"LogME over chance on a stratified subsample of {n_ref} of {len(final)} images (its calibration size)"
             )
+        rows = reference_rows(labels, cap, seed)  # the images of LogME over chance
+        try:
+            nleep_ref: float | None = nleep(final[rows], labels[rows], seed=seed)
+        except InvalidValueError as err:  # e.g. constant features: no mixture to fit
+            nleep_ref = None
+            notes.append(f"NLEEP not computed: {err}")
         return Transferability(
             logme=logme_all,
             leep=None if probs is None else leep(probs, labels),
             hscore=h_score(final, labels),
             logme_over_chance=over_chance,
             n_ref=n_ref,
+            nleep=nleep_ref,
         )
 
 

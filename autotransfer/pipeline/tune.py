@@ -42,7 +42,7 @@ from autotransfer.pipeline.outcome import (
     describe_self_training,
     surface_evidence_shortfall,
 )
-from autotransfer.pipeline.plan import RETRAIN_COST, JobBudget
+from autotransfer.pipeline.plan import DEFAULT_BUDGET_TRAININGS, RETRAIN_COST, JobBudget
 from autotransfer.search.prepared import PreparedData, prepare_data
 from autotransfer.search.run import (
     build_runner,
@@ -123,11 +123,14 @@ def open_study_for(
     estimator_kwargs: dict[str, Any] | None = None,
     ui=None,
     scratch_last: bool = False,
+    profile=None,
 ) -> OpenStudy:
     """Stage 1: load and split the data; create the study (estimate, prior, ranges, enqueued
     controls and candidates) or resume it (the data fingerprint, model and precision must fit;
     the recorded settings win, only ``--trials`` may grow). ``scratch_last``: a time-budgeted job
-    queues its from-scratch control after every other enqueued protocol (``fixed_protocols``)."""
+    queues its from-scratch control after every other enqueued protocol (``fixed_protocols``).
+    ``profile``: the ``TaskProfile`` of this model on this study's train+val split, already
+    measured (``estimate.candidates``): a new study starts from it instead of estimating again."""
     from autotransfer.backbones import create_backbone
     from autotransfer.search.progress import NullUI
 
@@ -151,7 +154,7 @@ def open_study_for(
     if not joined:
         try:
             study, settings, profile_dict, prior_dict = _create(
-                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui, scratch_last
+                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui, scratch_last, profile
             )
             ui.note(f"created study {name!r} in {masked_url(url)}")
         except optuna.exceptions.DuplicatedStudyError:  # another run created it while this one estimated
@@ -222,15 +225,18 @@ def _create(
     estimator_kwargs,
     ui,
     scratch_last: bool = False,
+    profile=None,
 ):
-    """A new study ``name``: estimate the task, derive the prior, enqueue the fixed protocols."""
+    """A new study ``name``: estimate the task (unless its ``profile`` is given), derive the
+    prior, enqueue the fixed protocols."""
     from autotransfer.estimate import TaskEstimator
 
-    ui.stage("estimating the task")
-    # the estimator runs where the trials run (--device), unless told otherwise
-    estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
-    # the held-out test split stays unseen: LogME, LEEP and H-score read labels
-    profile = estimator.fit(prepared.trainval, probe_backbone)
+    if profile is None or profile.model != settings.model:
+        ui.stage("estimating the task")
+        # the estimator runs where the trials run (--device), unless told otherwise
+        estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
+        # the held-out test split stays unseen: LogME, LEEP and H-score read labels
+        profile = estimator.fit(prepared.trainval, probe_backbone)
     metric = profile.size.metric
     settings = settings.resolved(
         fingerprint=prepared.fingerprint,
@@ -768,6 +774,8 @@ def tune(
     unlabelled=None,
     time_budget: float | str | None = None,
     data_curve: bool | None = None,
+    auto_trainings: float = DEFAULT_BUDGET_TRAININGS,
+    keep: TrialModels | None = None,
 ) -> TuneResult:
     """Run (or resume) a protocol search for ``settings`` and return its summary.
 
@@ -786,21 +794,26 @@ def tune(
     ``time_budget`` (seconds, or a duration such as ``"10m"``; docs/design.md, "The time budget")
     bounds the whole job: the search stops when its share is spent, and the final stage retrains
     on train+val only when the budget affords it, else hands back the best trials' own models.
-    ``"auto"`` is the default job's budget (``pipeline.plan.DEFAULT_BUDGET_TRAININGS`` full
-    trainings); ``None``: no time limit, ``settings.trials`` alone decides. Either way the result
-    carries a compute ledger (seconds per stage, and in full trainings).
+    ``"auto"`` is the default job's budget: ``auto_trainings`` full trainings (default
+    ``pipeline.plan.DEFAULT_BUDGET_TRAININGS``); ``None``: no time limit, ``settings.trials``
+    alone decides. Either way the result carries a compute ledger (seconds per stage, and in full
+    trainings). ``keep``: the trial models an earlier stage of this process kept for this study
+    (``pipeline.model_choice``'s race), instead of a fresh ``TrialModels``.
 
     ``data_curve`` (issue 30; ``pipeline.curve``): after the study, the handed-back protocol is
     trained on fractions of the train split and a corrected power law forecasts what more labelled
     images buy. ``None``: under a time budget that holds room for it (the default job's grows by
-    it; ``--trials`` alone runs none); ``True``: held even at the search's expense; ``False``: not run. A resume keeps a recorded curve.
+    it; ``--trials`` alone runs none); ``True``: held even at the search's expense; ``False``: not run.
+    A resume keeps a recorded curve.
     """
     from autotransfer.handback.self_training import load_unlabelled, self_training_key
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, but got {workers!r}")
     auto = time_budget == "auto"
-    budget = JobBudget.start(None if time_budget is None or auto else parse_duration(time_budget), auto=auto)
+    budget = JobBudget.start(
+        None if time_budget is None or auto else parse_duration(time_budget), auto=auto, trainings=auto_trainings
+    )
     check_timeout(timeout)
     pool = unlabelled
     if pool is not None:
@@ -821,7 +834,8 @@ def tune(
     )
     budget.ledger.add("data + estimate", time.monotonic() - t0)
     model_dir = Path(runs_dir) / safe_name(opened.name)
-    keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials") if workers == 1 else None
+    if keep is None and workers == 1:
+        keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials")
     wants_curve = data_curve or (data_curve is None and budget.limited)
     if wants_curve and not (opened.study.user_attrs.get(ATTR["data_curve"]) or {}).get("curve"):
         from autotransfer.handback.curve_runs import curve_cost  # the plan holds the curve's cost

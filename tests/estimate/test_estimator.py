@@ -99,9 +99,24 @@ def test_transferability_score_is_label_aware_and_feeds_the_prior(lab):
     # the same images: the same (label-blind) similarity, but shuffled labels carry nothing
     assert noise.similarity == pytest.approx(real.similarity, abs=1e-9)
     assert real.transferability.logme_over_chance > 0.1 > abs(noise.transferability.logme_over_chance)
+    # NLEEP (any model, no source head needed) is label-aware too
+    assert real.transferability.nleep > noise.transferability.nleep + 0.2
     assert real.transferability_score > noise.transferability_score
     assert real.prior.centre.log10_elr < noise.prior.centre.log10_elr
     assert real.prior.centre.reinit_frac < noise.prior.centre.reinit_frac
+
+
+def test_input_size_resizes_the_target_for_the_model_and_notes_it(lab):
+    target = _subset("builtin:digits", 40)
+    native = TaskEstimator(max_images=40).fit(target, lab)
+    small = TaskEstimator(max_images=40, input_size=16).fit(target, lab)
+    assert any("features at 16 px, not the model's native 32 px" in note for note in small.notes)
+    assert not any("not the model's native" in note for note in native.notes)
+    assert small.transferability.logme != pytest.approx(native.transferability.logme, abs=1e-6)
+    same = TaskEstimator(max_images=40, input_size=32).fit(target, lab)  # the native size itself
+    assert same.to_dict()["transferability"] == native.to_dict()["transferability"]
+    with pytest.raises(UserError, match="input_size"):
+        TaskEstimator(input_size=4).fit(target, lab)
 
 
 def test_automatic_batch_size_keeps_the_numbers():
