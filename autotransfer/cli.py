@@ -234,15 +234,25 @@ def estimate_cmd(
         "--prior",
         help="quadrant, or surface:PATH to show that surface's prior too (default: the surface tune would use, if any)",
     ),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution", help="the tune job to forecast: training input size in px (default 64; 224 on a GPU)"
+    ),
+    trials: Optional[int] = typer.Option(None, "--trials", help="the tune job to forecast: search trials (default 20)"),
+    time_budget: Optional[str] = typer.Option(
+        None, "--time-budget", help="the tune job to forecast: the whole job's time (600, 90s, 10m, 1h)"
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
 ) -> None:
     """Measure a target task: size, divergence by depth, transferability, placement and prior.
 
     Shows the quadrant prior and, when a surface has points for the model, the surface prior that
-    `tune` would start from.
+    `tune` would start from; and the forecast of the score of what `tune` would hand back for the
+    job (--n, --model, --resolution, --trials / --time-budget), with an 80% interval and the past
+    studies it stands on.
 
     Examples:
       autotransfer estimate builtin:animals --n 500
+      autotransfer estimate builtin:elpv --n 1000 --time-budget 10m
       autotransfer estimate builtin:fashion-mnist?classes=5-9 --model fashion-source --source builtin:fashion-mnist?classes=0-4
       autotransfer estimate builtin:digits --model fashion-source --prior surface:benchmarks/surface-lab.json
     """
@@ -257,6 +267,9 @@ def estimate_cmd(
         seed=seed,
         prior=prior,
         progress=fmt is OutputFormat.table,
+        resolution=resolution,
+        trials=trials,
+        time_budget=time_budget,
     )
     profile, surface = measured.profile, measured.surface_prior
     if fmt is OutputFormat.json:
@@ -268,6 +281,10 @@ def estimate_cmd(
         console.print(table)
     if surface is not None:
         console.print(prior_table(surface))
+    if measured.forecast is not None:
+        console.print(measured.forecast.describe(), markup=False)
+        for note in measured.forecast.notes:
+            console.print(f"  {note}", markup=False)
 
 
 @app.command("tune")

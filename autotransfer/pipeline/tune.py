@@ -225,6 +225,7 @@ def _create(
 ):
     """A new study ``name``: estimate the task, derive the prior, enqueue the fixed protocols."""
     from autotransfer.estimate import TaskEstimator
+    from autotransfer.forecast import forecast_line
 
     ui.stage("estimating the task")
     # the estimator runs where the trials run (--device), unless told otherwise
@@ -239,6 +240,7 @@ def _create(
         n_train=len(prepared.train),
         **validation_counts(prepared, metric),
     )
+    ui.note(forecast_line(estimator, len(prepared.dataset), resolution=settings.resolution, trials=settings.trials))
     spec = settings.prior_spec
     if spec.kind == "surface":
         from autotransfer.surface import prior_for_task
