@@ -36,12 +36,14 @@ class Forecast:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def describe(self) -> str:
-        """One line: ``forecast: accuracy 0.87 (80%: 0.83-0.91) on 27 past studies ...``."""
+        """One line: ``forecast before any trial: accuracy 0.76 (80%: 0.69-0.84) ... on 27 past studies
+        (13 like this job, ...)``."""
         metric = self.metric.replace("_", " ")
         stands = (
-            f"on {self.like} past studies like this job ({self.targets} targets; nearest {self.nearest}, {self.near})"
+            f"on {self.studies} past studies ({self.like} like this job, {self.targets} targets;"
+            f" nearest {self.nearest}, {self.near})"
             if self.like
-            else f"on 0 past studies like this job ({self.studies} of another model or resolution)"
+            else f"on {self.studies} past studies, 0 like this job (another model or resolution; nearest {self.nearest})"
         )
         return (
             f"forecast before any trial: {metric} {self.score:.2f} ({self.level:.0%}: {self.low:.2f}-{self.high:.2f})"

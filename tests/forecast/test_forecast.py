@@ -102,10 +102,10 @@ def test_the_job_widens_the_interval_and_says_so(evidence):
     probes = row.features["probe"]
     base = forecast_task(profile, probes, row.n)
     assert base.low < base.score < base.high and base.like > 0 and not base.notes
-    assert "past studies like this job" in base.describe()
+    assert f"({base.like} like this job" in base.describe()
     other = forecast_task(replace_model(profile, "timm:resnet18"), probes, row.n)
     assert other.like == 0 and other.high - other.low > base.high - base.low
-    assert "0 past studies like this job" in other.describe() and "timm:resnet18" in other.notes[0]
+    assert "0 like this job" in other.describe() and "timm:resnet18" in other.notes[0]
     big = forecast_task(profile, probes, row.n, resolution=224)
     assert big.like == 0 and "224 px" in big.notes[0] and big.sd > base.sd
     short = forecast_task(profile, probes, row.n, trials=5, time_budget_s=120)

@@ -13,7 +13,7 @@ def test_estimate_prints_the_forecast_line(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = " ".join(done.stdout.split())
     assert "forecast before any trial: accuracy" in text and "(80%:" in text
-    assert "past studies like this job" in text
+    assert "past studies (13 like this job, 3 targets" in text
 
 
 def test_estimate_json_has_the_forecast_field(tmp_path):
