@@ -224,7 +224,17 @@ def models_cmd(
 @app.command("estimate")
 def estimate_cmd(
     target: str = typer.Argument(..., help="dataset spec: builtin:NAME[?classes=..], folder:PATH or a path"),
-    model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="model spec"),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="model spec (default efficientnet_lite0); auto scores every model with offline weights, like --models auto",
+    ),
+    models: Optional[str] = typer.Option(
+        None,
+        "--models",
+        help="score several models, comma-separated (auto: the offline zoo): transferability, divergence, training speed",
+    ),
     source: Optional[str] = typer.Option(None, "--source", help="a source-domain sample (any dataset spec)"),
     n: Optional[int] = typer.Option(None, "--n", help="estimate on a stratified subsample of N images"),
     max_images: int = typer.Option(1000, "--max-images", help="cap on images per side for features"),
@@ -248,19 +258,46 @@ def estimate_cmd(
     Shows the quadrant prior and, when a surface has points for the model, the surface prior that
     `tune` would start from; and the forecast of the score of what `tune` would hand back for the
     job (--n, --model, --resolution, --trials / --time-budget), with an 80% interval and the past
-    studies it stands on.
+    studies it stands on. With --models (or --model auto) it scores each candidate instead:
+    LogME, LEEP, NLEEP, similarity, parameters and training images/s at the study's resolution,
+    best NLEEP first, dropping those another beats while training faster.
 
     Examples:
       autotransfer estimate builtin:animals --n 500
       autotransfer estimate builtin:elpv --n 1000 --time-budget 10m
+      autotransfer estimate builtin:elpv --n 200 --model auto
+      autotransfer estimate builtin:digits --models fashion-source,efficientnet_lite0 --format json
       autotransfer estimate builtin:fashion-mnist?classes=5-9 --model fashion-source --source builtin:fashion-mnist?classes=0-4
       autotransfer estimate builtin:digits --model fashion-source --prior surface:benchmarks/surface-lab.json
     """
-    from autotransfer.pipeline.estimate import estimate_task
+    from autotransfer.backbones import AUTO_MODELS
+    from autotransfer.pipeline.estimate import estimate_candidates, estimate_task
 
+    if models is not None or model == AUTO_MODELS:
+        if models is not None and model is not None:
+            raise UserError(f"give --model or --models, not both (got --model {model!r} and --models {models!r})")
+        for flag, value in (("--source", source), ("--prior", prior)):
+            if value is not None:
+                raise UserError(f"{flag} applies to one model: leave it out with --models or --model auto")
+        result = estimate_candidates(
+            target,
+            models if models is not None else AUTO_MODELS,
+            n=n,
+            max_images=max_images,
+            seed=seed,
+            progress=fmt is OutputFormat.table,
+            log=lambda line: err_console.print(line, highlight=False, markup=False),
+        )
+        if fmt is OutputFormat.json:
+            _print_json(result.to_dict())
+            return
+        from autotransfer.report.candidate_table import candidate_table
+
+        console.print(candidate_table(result))
+        return
     measured = estimate_task(
         target,
-        model,
+        model or "efficientnet_lite0",
         source=source,
         n=n,
         max_images=max_images,
@@ -290,7 +327,15 @@ def estimate_cmd(
 @app.command("tune")
 def tune_cmd(
     target: Optional[str] = typer.Argument(None, help="dataset spec; omitted: the embedded default demo"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec (default efficientnet_lite0)"),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="model spec (default efficientnet_lite0); auto: choose from the offline zoo"
+    ),
+    models: Optional[str] = typer.Option(
+        None,
+        "--models",
+        help="candidate models, comma-separated (or auto): the estimator ranks them, the first 2 race on short"
+        " studies and the winner's study is continued (default budget 1.5x one model's)",
+    ),
     trials: Optional[int] = typer.Option(
         None, "--trials", help="finished search trials, controls excluded (default 20, within the default budget)"
     ),
@@ -352,7 +397,7 @@ def tune_cmd(
     pseudo_threshold: Optional[float] = typer.Option(
         None, "--pseudo-threshold", help="least teacher probability for a pseudo-label (default 0.9)"
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     workers: int = typer.Option(
         1, "--workers", help="local worker processes for the search: one per GPU; on CPU each gets cores // N threads"
@@ -376,6 +421,7 @@ def tune_cmd(
       autotransfer tune folder:~/data/leaves --model timm:resnet50 --device cuda --trials 40
       autotransfer tune builtin:elpv --n 600 --trials 40 --workers 4   # 4 local workers (one per GPU)
       autotransfer tune folder:~/data/leaves --unlabelled ~/data/leaves-unlabelled   # self-training
+      autotransfer tune builtin:animals --n 200 --model auto   # which model, and how to fine-tune it
     """
     from autotransfer.core.diskspace import disk_full_as_user_error
     from autotransfer.pipeline.options import on_surface, tune_outputs
@@ -402,6 +448,7 @@ def tune_cmd(
             prune=prune,
             progress=ui,
             estimator_progress=True,
+            models=models,
             model=model,
             n=n,
             resolution=resolution,
@@ -449,7 +496,7 @@ def worker_cmd(
         "--storage",
         help="the study's storage URL, e.g. postgresql://user:pass@host/db (default $AUTOTRANSFER_STORAGE, else sqlite:///studies/autotransfer.db)",
     ),
-    device: str = typer.Option("auto", "--device", help="this machine's device: auto (default), cpu or cuda"),
+    device: str = typer.Option("auto", "--device", help="this machine's device: auto (default), cpu, cuda or cuda:N"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars; only warnings and errors"),
@@ -558,7 +605,7 @@ def train_cmd(
         "--output",
         help="the model folder to write (config.json + model.safetensors + README.md) and metrics.json",
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
 ) -> None:
     """Reproduce the final model from an exported protocol: train on train+val, test, save.
 
@@ -592,7 +639,7 @@ def predict_cmd(
     images: list[str] = typer.Argument(..., help="image files, folders (walked) or CSV manifests (a path column)"),
     top_k: int = typer.Option(1, "--top-k", "-k", help="the K most probable classes per image"),
     fmt: PredictFormat = typer.Option(PredictFormat.table, "--format", help="table, csv or json"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     allow_outside: bool = typer.Option(
         False, "--allow-outside", help="let CSV manifest rows name absolute paths or paths outside the CSV's folder"
     ),
@@ -671,7 +718,7 @@ def evaluate_cmd(
     html: Optional[str] = typer.Option(
         None, "--html", help="also write a page with the confusion matrix and per-class bars"
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
 ) -> None:
     """Score a tuned model on labelled images: the metric with its 95% interval, per-class
     precision and recall, the confusion matrix.

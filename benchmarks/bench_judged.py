@@ -147,8 +147,11 @@ class Judge:
     """Scores trained backbones on the cell's judge set (built once)."""
 
     def __init__(self, settings) -> None:
+        from autotransfer.backbones.catalog import check_not_trained_on
         from autotransfer.data import load_dataset, unseen_subset
 
+        # a lab source must not be judged on (or tuned on) the images it was pretrained on
+        check_not_trained_on(settings.model, settings.target)
         full = load_dataset(settings.target, require_labels=True)
         self.dataset = unseen_subset(full, settings.n, settings.seed, limit=1000, judge_seed=JUDGE_SEED)
         self.settings = settings

@@ -212,6 +212,23 @@ def main(argv: list[str] | None = None) -> dict:
         "source_test_split": f"Fashion-MNIST test (t10k) images of classes 0-4 ({len(y_test)} images, file order)",
         "source_test_accuracy": round(test_acc, 4),
         "source_test_size": int(len(y_test)),
+        # what the guard (autotransfer.backbones.catalog.lab_training_images) reads
+        "trained_on": {
+            "dataset": "builtin:fashion-mnist",
+            "split": "train",
+            "classes": CLASSES,
+            "count": int(len(y_train)),
+            "per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
+            "selection": "builtin:fashion-mnist?split=train&classes=0-4",
+        },
+        "tested_on": {
+            "dataset": "builtin:fashion-mnist",
+            "split": "test",
+            "classes": CLASSES,
+            "count": int(len(y_test)),
+            "per_class": {c: int((y_test == i).sum()) for i, c in enumerate(CLASSES)},
+            "selection": "builtin:fashion-mnist?split=test&classes=0-4",
+        },
         "preprocess_note": "28 px grey replicated to RGB, bicubic upscale to 32 px (no antialias), "
         "clamped to [0, 255], then (x/255 - mean)/std",
         "recipe": {

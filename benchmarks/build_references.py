@@ -6,6 +6,8 @@ source domain, at the model's native input size (see ``autotransfer.estimate.ref
 - efficientnet_lite0/1/2: the 20 real ImageNet photos foolbox ships (``builtin:imagenet-photos``);
 - fashion-source: 500 held-out Fashion-MNIST test images of its training classes 0-4
   (``builtin:fashion-mnist?split=test&classes=0-4``, stratified, seed 0).
+- digit-source / silhouette-source: their held-out source test sets (``benchmarks/build_lab_sources.py``):
+  the 500 MNIST 0-4 test digits, 500 of the 1,000 animal 0-4 test silhouettes (stratified, seed 0).
 
 Each file also records how noisy such a profile is: the profiles of two disjoint random halves
 of the images (``halves``), i.e. what a same-domain sample of half the size measures.

@@ -193,6 +193,9 @@ def _export(tmp_path: Path, name: str, *, drop: str | None = None, **protocol) -
         ("no-protocol", {"drop": "protocol"}, ("'protocol'",)),
         ("overflow", {"log10_elr": 400}, ("log10_elr", "400")),
         ("diverges", {"log10_elr": 30}, ("diverged", "log10_elr")),
+        # the knob's own line (core.knobs), as Protocol and TrainConfig give it
+        ("bad-bn-mode", {"bn_mode": "sometimes"}, ("bn_mode must be one of ['adapt', 'frozen'], but got 'sometimes'",)),
+        ("bad-stage-frac", {"stage_frac": 1.0}, ("stage_frac must be in [0, 1), but got 1.0",)),
     ],
 )
 def test_train_config_faults_are_one_line(tmp_path, name, change, needles):

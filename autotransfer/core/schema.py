@@ -44,6 +44,7 @@ ATTR = {
     "pick": "autotransfer.pick",
     "self_training": "autotransfer.self_training",
     "ledger": "autotransfer.ledger",
+    "model_choice": "autotransfer.model_choice",
     # who began creating the study, and when: written first, while ``settings`` is written last,
     # so a study that has it without settings is still being created (``search.study.load_study``)
     "creating": "autotransfer.creating",

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from autotransfer.core.errors import InvalidValueError, UserError
-from autotransfer.core.protocol import SCHEDULES
+from autotransfer.core.knobs import OPTIMIZER, SCHEDULES, check_device
 from autotransfer.core.validation import known_fields
 
 __all__ = [
@@ -115,7 +115,7 @@ class StudySettings:
     batch_size: int = 32
     steps: int | None = None
     eval_every: int | None = None
-    optimizer: str = "sgd"
+    optimizer: str = OPTIMIZER.default
     augment: bool = True
     views: int = 8
     val_frac: float = 0.15
@@ -151,8 +151,8 @@ class StudySettings:
             raise UserError(f"--batch-size must be >= 1, but got {self.batch_size!r}")
         if self.trials < 1:
             raise UserError(f"--trials must be >= 1, but got {self.trials!r}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise UserError(f"--optimizer must be sgd or adamw, but got {self.optimizer!r}")
+        OPTIMIZER.check(self.optimizer, "--optimizer")
+        check_device(self.device, "--device")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps must be >= 1 (leave it out for the size-based default), but got {self.steps!r}")
         if self.eval_every is not None and self.eval_every < 1:

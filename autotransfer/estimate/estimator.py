@@ -19,7 +19,8 @@ classification: a survey", arXiv 2205.09904):
 4. ``excess = max(raw - reference, 0)``, ``similarity = similarity_from_excess(excess, scale)``
    with the method's calibrated scale;
 5. LogME, LEEP (with the pretrained source head) and H-score of the final features, and LogME
-   over its chance level on at most 300 of them, mapped to ``transferability_score``;
+   over its chance level and NLEEP on at most 300 of them (LogME over chance mapped to
+   ``transferability_score``);
 6. ``place`` on the size × similarity map and ``quadrant_prior``, whose scalar rules read the
    similarity combined with the transferability score (``effective_similarity``).
 
@@ -38,7 +39,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from autotransfer.backbones.types import Backbone
-from autotransfer.core.errors import UserError
+from autotransfer.core.errors import InvalidValueError, UserError
 from autotransfer.data.sampling import stratified_subsample
 from autotransfer.data.types import ImageDataset
 from autotransfer.estimate.bnstats import batchnorm_layers, bn_divergence
@@ -68,6 +69,8 @@ from autotransfer.estimate.transferability import (
     logme,
     logme_chance,
     logme_over_chance,
+    nleep,
+    reference_rows,
 )
 from autotransfer.prior.placement import (
     BN_W2_SIMILARITY_SCALE,
@@ -476,12 +479,19 @@ class TaskEstimator:
             notes.append(
                 f"LogME over chance on a stratified subsample of {n_ref} of {len(final)} images (its calibration size)"
             )
+        rows = reference_rows(labels, cap, seed)  # the images of LogME over chance
+        try:
+            nleep_ref: float | None = nleep(final[rows], labels[rows], seed=seed)
+        except InvalidValueError as err:  # e.g. constant features: no mixture to fit
+            nleep_ref = None
+            notes.append(f"NLEEP not computed: {err}")
         return Transferability(
             logme=logme_all,
             leep=None if probs is None else leep(probs, labels),
             hscore=h_score(final, labels),
             logme_over_chance=over_chance,
             n_ref=n_ref,
+            nleep=nleep_ref,
         )
 
 

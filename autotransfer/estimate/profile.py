@@ -79,6 +79,9 @@ class Transferability:
     Attributes:
         logme: LogME evidence per sample (You et al., 2021), on every capped target image.
         leep: LEEP with the source head (Nguyen et al., 2020).
+        nleep: NLEEP (Li et al., 2021): LEEP with a Gaussian mixture of the PCA-reduced
+            features in place of the source head, on the same ``n_ref`` images as
+            ``logme_over_chance``; any model has it.
         hscore: H-score (Bao et al., 2019).
         logme_over_chance: LogME minus its closed-form chance level (``logme_chance``) on
             ``n_ref`` images (``logme_over_chance``): nats per image the features explain
@@ -91,6 +94,7 @@ class Transferability:
     hscore: float | None = None
     logme_over_chance: float | None = None
     n_ref: int | None = None
+    nleep: float | None = None
 
 
 @dataclass

@@ -39,12 +39,16 @@ REFERENCE_VERSION = 1
 #: Where each built-in model's reference comes from: real images of its source domain.
 #: ImageNet models: the 20 ImageNet validation photos foolbox ships (the only real ImageNet
 #: images offline). The laboratory: held-out Fashion-MNIST *test* images of its own training
-#: classes 0-4 (500 of 5,000, stratified, seed 0), never seen in its training.
+#: classes 0-4 (500 of 5,000, stratified, seed 0), never seen in its training. The digit and
+#: silhouette sources: their own held-out test sets (``benchmarks/build_lab_sources.py``), all
+#: 500 MNIST 0-4 digits, and 500 (stratified, seed 0) of the 1,000 animal 0-4 silhouettes.
 REFERENCE_SOURCES: dict[str, tuple[str, int | None]] = {
     "efficientnet_lite0": ("builtin:imagenet-photos", None),
     "efficientnet_lite1": ("builtin:imagenet-photos", None),
     "efficientnet_lite2": ("builtin:imagenet-photos", None),
     "fashion-source": ("builtin:fashion-mnist?split=test&classes=0-4", 500),
+    "digit-source": ("builtin:mnist5k?classes=0-4&n=500&seed=0", None),
+    "silhouette-source": ("builtin:animals?classes=0-4&n=1000&seed=0", 500),
 }
 
 

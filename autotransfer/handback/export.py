@@ -16,6 +16,7 @@ from typing import Any, cast
 import yaml
 
 from autotransfer.core.errors import InvalidValueError, UserError
+from autotransfer.core.knobs import TRIAL_KNOBS
 from autotransfer.core.schema import FREEZE_ATTR, NUM_GROUPS_ATTR, REINIT_ATTR
 
 __all__ = [
@@ -253,22 +254,11 @@ def member_protocols(payload: dict[str, Any], num_groups: int) -> list[dict[str,
     out = []
     for member in listed:
         protocol = Protocol.from_dict(member["protocol"])
-        freeze, reinit = protocol.integers(num_groups)
         out.append(
             {
                 "trial": member.get("trial"),
                 "trained_on": member.get("trained_on") or "train+val",
-                "lr": protocol.lr,
-                "momentum": protocol.momentum,
-                "head_lr_mult": protocol.head_lr_mult,
-                "freeze": freeze,
-                "reinit": reinit,
-                "layer_decay": protocol.layer_decay,
-                "weight_decay": protocol.weight_decay,
-                "bn_mode": protocol.bn_mode,
-                "l2sp": protocol.l2sp,
-                "schedule": protocol.schedule,
-                "stage_frac": protocol.stage_frac,
+                **protocol.trial_values(num_groups),
             }
         )
     return out
@@ -357,14 +347,14 @@ def timm_args(payload: dict[str, Any], source: SourceModel, weights: str | Path)
             "batch_size": int(settings["batch_size"]),
         }
     )
+    mapped = {k.timm: member[k.name] for k in TRIAL_KNOBS if k.timm}  # as core.knobs maps them
     if settings["optimizer"] == "sgd":
-        args.update({"opt": "momentum", "momentum": member["momentum"]})
+        args.update({"opt": "momentum", "momentum": mapped.pop("momentum")})
     else:
-        args.update({"opt": "adamw", "opt_betas": [member["momentum"], 0.999]})
+        args.update({"opt": "adamw", "opt_betas": [mapped.pop("momentum"), 0.999]})
+    args.update(mapped)
     args.update(
         {
-            "lr": member["lr"],
-            "weight_decay": member["weight_decay"],
             "sched": "cosine",
             "sched_on_updates": True,
             "epochs": timm_updates(payload, member)[0],
@@ -464,7 +454,7 @@ def _schedule_line(payload: dict[str, Any], member: dict[str, Any], G: int, name
     """What timm cannot express of ``member``'s schedule (timm's train.py trains every unfrozen
     group from the first update: it has no stage-wise unfreezing), or ``None`` when every
     trainable group trains from the first step (``one-stage``, or no pretrained group trains)."""
-    from autotransfer.core.protocol import describe_schedule
+    from autotransfer.core.protocol import schedule_words
     from autotransfer.train.schedule import unfreeze_steps
 
     steps = int(payload["settings"]["steps"])
@@ -473,7 +463,7 @@ def _schedule_line(payload: dict[str, Any], member: dict[str, Any], G: int, name
         return None
     when = ", ".join(f"{names[g]} at step {s}" for s, g in joins)
     return (
-        f"schedule {describe_schedule(member['schedule'], member['stage_frac'])}: only the head and the"
+        f"schedule {schedule_words(member)}: only the head and the"
         f" re-initialised groups train at first; the pretrained groups join ({when}, of the {steps}-step"
         " budget), each in"
         " eval mode with no gradient until then, under the one cosine lr schedule (timm's train.py has no"

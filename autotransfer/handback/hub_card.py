@@ -59,6 +59,8 @@ def _pretraining(spec: str) -> list[str]:
         return ["imagenet-1k"]
     if spec == "fashion-source":
         return [HUB_DATASETS["fashion-mnist"]]
+    if spec == "digit-source":
+        return [HUB_DATASETS["mnist5k"]]
     if spec.startswith("timm:"):
         tag = str(getattr(_timm_cfg(spec[len("timm:") :]), "tag", "") or "")
         return [_TAG_DATASETS[t] for t in tag.split("_") if t in _TAG_DATASETS]

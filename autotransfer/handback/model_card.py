@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autotransfer.core.protocol import Protocol, describe_schedule
+from autotransfer.core.knobs import PROTOCOL_KNOBS, SCHEDULE_KNOBS
+from autotransfer.core.protocol import Protocol, schedule_words
 from autotransfer.core.settings import StudySettings
 from autotransfer.handback.hub_card import front_matter, licence_lines, load_lines
 from autotransfer.handback.portable import portable_dataset_spec, portable_settings
@@ -330,22 +331,10 @@ def model_card(config: dict[str, Any], directory: str | Path) -> str:
         "| parameter | value |",
         "|---|---|",
     ]
-    for key in (
-        "log10_elr",
-        "momentum",
-        "freeze_frac",
-        "reinit_frac",
-        "head_lr_mult",
-        "layer_decay",
-        "weight_decay",
-        "l2sp",
-        "bn_mode",
-    ):
+    for key in (k.name for k in PROTOCOL_KNOBS if k.name not in SCHEDULE_KNOBS):
         if key in protocol:
             lines.append(f"| {key} | {protocol[key]} |")
-    schedule = protocol.get("schedule", "one-stage")  # a folder written before schedules existed: one-stage
-    stage_frac = float(protocol.get("stage_frac", Protocol().stage_frac))
-    lines.append(f"| schedule | {describe_schedule(schedule, stage_frac)} |")
+    lines.append(f"| schedule | {schedule_words(protocol)} |")  # written before schedules existed: one-stage
     if derived:
         lines.append(f"| lr (derived) | {float(derived.get('lr', 0)):.4g} |")
         lines.append(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autotransfer.core.errors import UserError
+from autotransfer.core.knobs import check_device
 
 __all__ = [
     "ONNX_FORMAT",
@@ -140,8 +141,8 @@ def _parse(meta: dict[str, str], where: str) -> OnnxMetadata:
 def open_onnx(path: str | Path, *, device: str = "cpu", threads: int | None = None) -> tuple[Any, OnnxMetadata]:
     """``(onnxruntime.InferenceSession, its metadata)`` of the file ``path``.
 
-    ``device``: ``cpu``, ``cuda`` (a ``UserError`` when onnxruntime has no CUDA provider) or
-    ``auto`` (CUDA when onnxruntime has it). ``threads``: intra-op threads (default onnxruntime's).
+    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (a ``UserError`` when onnxruntime has no CUDA
+    provider) or ``auto`` (CUDA when onnxruntime has it): ``core.knobs.check_device``'s forms. ``threads``: intra-op threads (default onnxruntime's).
     A missing or unreadable file, or one autotransfer did not write, is a one-line ``UserError``.
     """
     require_onnx("onnxruntime", what="an .onnx model")
@@ -150,13 +151,16 @@ def open_onnx(path: str | Path, *, device: str = "cpu", threads: int | None = No
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"ONNX model not found: {str(path)!r}; give a file `autotransfer export-model` wrote")
+    check_device(device, "--device")
     available = ort.get_available_providers()
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
         raise UserError(
-            "--device cuda: this onnxruntime has no CUDA provider; install onnxruntime-gpu or use --device cpu"
+            f"--device {device}: this onnxruntime has no CUDA provider; install onnxruntime-gpu or use --device cpu"
         )
-    use_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in available
-    providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+    use_cuda = device != "cpu" and "CUDAExecutionProvider" in available
+    gpu = {"device_id": int(device.partition(":")[2])} if ":" in device else {}
+    cuda: Any = ("CUDAExecutionProvider", gpu) if gpu else "CUDAExecutionProvider"  # cuda:N: GPU N
+    providers: list[Any] = ([cuda] if use_cuda else []) + ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)

@@ -19,6 +19,8 @@ import pprint
 from pathlib import Path
 from typing import Any
 
+from autotransfer.core.knobs import TRIAL_KNOBS
+
 __all__ = ["script_text", "TEMPLATE"]
 
 #: The script's code: a real module (ruff and mypy read it) whose protocol block the export fills in.
@@ -155,20 +157,7 @@ MEMBERS = [
 
 
 def _member_repr(member: dict[str, Any]) -> str:
-    keys = (
-        "trial",
-        "lr",
-        "momentum",
-        "head_lr_mult",
-        "freeze",
-        "reinit",
-        "layer_decay",
-        "weight_decay",
-        "bn_mode",
-        "l2sp",
-        "schedule",
-        "stage_frac",
-    )
+    keys = ("trial", *(k.name for k in TRIAL_KNOBS))
     values = ", ".join(f"{k}={member[k]!r}" for k in keys)
     note = "" if member["trained_on"] != "train" else "  # tune handed back this member trained on the train split only"
     return f"dict({values}){note}"

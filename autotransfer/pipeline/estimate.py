@@ -1,15 +1,16 @@
 """``estimate_task``: measure a target task (size, divergence by depth, transferability), derive the
-priors ``tune`` would start from, and forecast what it would hand back, without running a study."""
+priors ``tune`` would start from and forecast what it would hand back, without running a study;
+``estimate_candidates``: score several models."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from autotransfer.core.errors import UserError
 from autotransfer.core.settings import PriorSpec
 
-__all__ = ["TaskEstimate", "estimate_task"]
+__all__ = ["TaskEstimate", "estimate_task", "estimate_candidates"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,48 @@ def estimate_task(
             time_budget_s=budget_s,
         )
     return TaskEstimate(profile, surface, expected)
+
+
+def estimate_candidates(
+    target: str,
+    models: str,
+    *,
+    n: int | None = None,
+    max_images: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Any:
+    """Score the models of ``models`` (``--models A,B,C`` or ``auto``: ``backbones.parse_models``)
+    on ``target`` (``estimate.candidates.score_candidates``), their training speed measured at
+    the resolution and batch a ``tune`` of this target would use on this device (64 px and 32
+    on CPU, ``GPU_RESOLUTION`` and ``GPU_BATCH_SIZE`` on a GPU). Returns the ``CandidateSet``.
+    An unknown model name is a one-line ``UserError`` before anything is measured."""
+    from autotransfer.backbones import parse_models
+    from autotransfer.core.settings import StudySettings
+    from autotransfer.data import load_dataset, stratified_subsample
+    from autotransfer.estimate.candidates import score_candidates
+    from autotransfer.pipeline.options import GPU_BATCH_SIZE, GPU_RESOLUTION
+    from autotransfer.train.config import resolve_device
+
+    specs = parse_models(models)
+    run_device = resolve_device(device, what="--device")
+    defaults = StudySettings()
+    on_gpu = run_device.type == "cuda"
+    resolution = GPU_RESOLUTION if on_gpu else defaults.resolution
+    batch_size = GPU_BATCH_SIZE if on_gpu else defaults.batch_size
+    dataset = load_dataset(target, require_labels=True)
+    if n is not None:
+        dataset = stratified_subsample(dataset, n, seed=seed)
+    return score_candidates(
+        dataset,
+        specs,
+        resolution=resolution,
+        batch_size=batch_size,
+        max_images=max_images,
+        seed=seed,
+        device=str(run_device),
+        progress=progress,
+        log=log,
+    )

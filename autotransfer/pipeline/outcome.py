@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotransfer.core.protocol import Protocol, describe_schedule
+from autotransfer.core.protocol import Protocol, schedule_words
 from autotransfer.core.settings import PriorSpec, StudySettings
 from autotransfer.handback.pick import Pick
 
@@ -63,7 +63,7 @@ def _centre_schedule(prior: dict[str, Any]) -> str:
     searched = list((prior.get("space") or {}).get("schedules") or ["one-stage"]) != ["one-stage"]
     if schedule == "one-stage" and not searched:
         return ""
-    return f"; centre schedule {describe_schedule(schedule, float(centre.get('stage_frac', Protocol().stage_frac)))}"
+    return f"; centre schedule {schedule_words(centre)}"
 
 
 def describe_pick(pick: Pick | None, settings: StudySettings) -> str:
@@ -158,6 +158,8 @@ class TuneResult:
     ledger: dict[str, Any] | None = None
     #: the time budget's plan (``pipeline.plan.JobPlan``), when the job had one
     plan: dict[str, Any] | None = None
+    #: which candidate model was chosen and why (``pipeline.model_choice.ModelChoice``), when several were
+    model_choice: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -185,4 +187,5 @@ class TuneResult:
             "notes": self.notes,
             "ledger": self.ledger,
             "plan": self.plan,
+            "model_choice": self.model_choice,
         }

@@ -195,18 +195,24 @@ class JobBudget:
     """One job's clock, ledger and plan, handed from stage to stage by ``pipeline.tune``.
 
     ``clock`` runs from the job's start; with ``auto`` (the default job) its budget is fixed once
-    one full training has been timed: ``DEFAULT_BUDGET_TRAININGS`` of them, and never less than
-    what loading and estimating took plus ``MIN_AUTO_TRAININGS`` (tiny studies train faster than
-    they load)."""
+    one full training has been timed: ``trainings`` of them (``DEFAULT_BUDGET_TRAININGS`` unless
+    told), and never less than what loading and estimating took plus ``MIN_AUTO_TRAININGS`` (or
+    ``trainings``, when fewer: tiny studies train faster than they load)."""
 
     clock: Deadline = field(default_factory=Deadline)
     ledger: Ledger = field(default_factory=Ledger)
     auto: bool = False
     plan: JobPlan | None = None
+    #: with ``auto``: the budget in full trainings (a race of candidate models asks for fewer)
+    trainings: float = DEFAULT_BUDGET_TRAININGS
 
     @classmethod
-    def start(cls, seconds: float | None, *, auto: bool = False) -> "JobBudget":
-        return cls(Deadline.after(seconds), Ledger(), auto)
+    def start(
+        cls, seconds: float | None, *, auto: bool = False, trainings: float = DEFAULT_BUDGET_TRAININGS
+    ) -> "JobBudget":
+        if auto and not (math.isfinite(trainings) and trainings > 0):
+            raise InvalidValueError(f"an auto budget needs a positive number of trainings, but got {trainings!r}")
+        return cls(Deadline.after(seconds), Ledger(), auto, trainings=trainings)
 
     @property
     def limited(self) -> bool:
@@ -221,9 +227,8 @@ class JobBudget:
         self.ledger.training_s = training_s
         if self.auto:
             extra = DISTILL_COST * training_s if distill and members > 1 else 0.0
-            seconds = extra + max(
-                DEFAULT_BUDGET_TRAININGS * training_s, self.clock.elapsed() + MIN_AUTO_TRAININGS * training_s
-            )
+            least = self.clock.elapsed() + min(MIN_AUTO_TRAININGS, self.trainings) * training_s
+            seconds = extra + max(self.trainings * training_s, least)
             self.clock = Deadline(self.clock.started + seconds, seconds, self.clock.started)
         self.plan = plan_job(
             budget_s=self.clock.budget,

@@ -42,7 +42,7 @@ from autotransfer.pipeline.outcome import (
     describe_self_training,
     surface_evidence_shortfall,
 )
-from autotransfer.pipeline.plan import RETRAIN_COST, JobBudget
+from autotransfer.pipeline.plan import DEFAULT_BUDGET_TRAININGS, RETRAIN_COST, JobBudget
 from autotransfer.search.prepared import PreparedData, prepare_data
 from autotransfer.search.run import (
     build_runner,
@@ -123,11 +123,14 @@ def open_study_for(
     estimator_kwargs: dict[str, Any] | None = None,
     ui=None,
     scratch_last: bool = False,
+    profile=None,
 ) -> OpenStudy:
     """Stage 1: load and split the data; create the study (estimate, prior, ranges, enqueued
     controls and candidates) or resume it (the data fingerprint, model and precision must fit;
     the recorded settings win, only ``--trials`` may grow). ``scratch_last``: a time-budgeted job
-    queues its from-scratch control after every other enqueued protocol (``fixed_protocols``)."""
+    queues its from-scratch control after every other enqueued protocol (``fixed_protocols``).
+    ``profile``: the ``TaskProfile`` of this model on this study's train+val split, already
+    measured (``estimate.candidates``): a new study starts from it instead of estimating again."""
     from autotransfer.backbones import create_backbone
     from autotransfer.search.progress import NullUI
 
@@ -151,7 +154,7 @@ def open_study_for(
     if not joined:
         try:
             study, settings, profile_dict, prior_dict = _create(
-                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui, scratch_last
+                name, store, settings, prepared, probe_backbone, warm_start, estimator_kwargs, ui, scratch_last, profile
             )
             ui.note(f"created study {name!r} in {masked_url(url)}")
         except optuna.exceptions.DuplicatedStudyError:  # another run created it while this one estimated
@@ -222,16 +225,20 @@ def _create(
     estimator_kwargs,
     ui,
     scratch_last: bool = False,
+    profile=None,
 ):
-    """A new study ``name``: estimate the task, derive the prior, enqueue the fixed protocols."""
+    """A new study ``name``: estimate the task (unless its ``profile`` is given), derive the
+    prior, enqueue the fixed protocols."""
     from autotransfer.estimate import TaskEstimator
     from autotransfer.forecast import forecast_line
 
-    ui.stage("estimating the task")
-    # the estimator runs where the trials run (--device), unless told otherwise
-    estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
-    # the held-out test split stays unseen: LogME, LEEP and H-score read labels
-    profile = estimator.fit(prepared.trainval, probe_backbone)
+    if profile is None or profile.model != settings.model:
+        ui.stage("estimating the task")
+        # the estimator runs where the trials run (--device), unless told otherwise
+        estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
+        # the held-out test split stays unseen: LogME, LEEP and H-score read labels
+        profile = estimator.fit(prepared.trainval, probe_backbone)
+        ui.note(forecast_line(estimator, len(prepared.dataset), resolution=settings.resolution, trials=settings.trials))
     metric = profile.size.metric
     settings = settings.resolved(
         fingerprint=prepared.fingerprint,
@@ -240,7 +247,6 @@ def _create(
         n_train=len(prepared.train),
         **validation_counts(prepared, metric),
     )
-    ui.note(forecast_line(estimator, len(prepared.dataset), resolution=settings.resolution, trials=settings.trials))
     spec = settings.prior_spec
     if spec.kind == "surface":
         from autotransfer.surface import prior_for_task
@@ -769,6 +775,8 @@ def tune(
     workers: int = 1,
     unlabelled=None,
     time_budget: float | str | None = None,
+    auto_trainings: float = DEFAULT_BUDGET_TRAININGS,
+    keep: TrialModels | None = None,
 ) -> TuneResult:
     """Run (or resume) a protocol search for ``settings`` and return its summary.
 
@@ -787,16 +795,20 @@ def tune(
     ``time_budget`` (seconds, or a duration such as ``"10m"``; docs/design.md, "The time budget")
     bounds the whole job: the search stops when its share is spent, and the final stage retrains
     on train+val only when the budget affords it, else hands back the best trials' own models.
-    ``"auto"`` is the default job's budget (``pipeline.plan.DEFAULT_BUDGET_TRAININGS`` full
-    trainings); ``None``: no time limit, ``settings.trials`` alone decides. Either way the result
-    carries a compute ledger (seconds per stage, and in full trainings).
+    ``"auto"`` is the default job's budget: ``auto_trainings`` full trainings (default
+    ``pipeline.plan.DEFAULT_BUDGET_TRAININGS``); ``None``: no time limit, ``settings.trials``
+    alone decides. Either way the result carries a compute ledger (seconds per stage, and in full
+    trainings). ``keep``: the trial models an earlier stage of this process kept for this study
+    (``pipeline.model_choice``'s race), instead of a fresh ``TrialModels``.
     """
     from autotransfer.handback.self_training import load_unlabelled, self_training_key
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, but got {workers!r}")
     auto = time_budget == "auto"
-    budget = JobBudget.start(None if time_budget is None or auto else parse_duration(time_budget), auto=auto)
+    budget = JobBudget.start(
+        None if time_budget is None or auto else parse_duration(time_budget), auto=auto, trainings=auto_trainings
+    )
     check_timeout(timeout)
     pool = unlabelled
     if pool is not None:
@@ -817,7 +829,8 @@ def tune(
     )
     budget.ledger.add("data + estimate", time.monotonic() - t0)
     model_dir = Path(runs_dir) / safe_name(opened.name)
-    keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials") if workers == 1 else None
+    if keep is None and workers == 1:
+        keep = TrialModels(Path(runs_dir) / f".{safe_name(opened.name)}.trials")
     micro_batch = run_trials(opened, workers=workers, timeout=timeout, ui=ui, budget=budget, keep=keep)
     asked = self_training_key(opened.settings)
     final = finalise(

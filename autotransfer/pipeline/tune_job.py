@@ -15,7 +15,7 @@ from autotransfer.core.settings import StudySettings
 from autotransfer.pipeline.outcome import TuneResult
 from autotransfer.search.progress import NullUI
 
-__all__ = ["tune_job", "LoggingUI"]
+__all__ = ["tune_job", "LoggingUI", "candidate_models"]
 
 log = logging.getLogger("autotransfer")
 
@@ -61,6 +61,7 @@ def tune_job(
     prune: bool = True,
     progress: bool | Any = False,
     estimator_progress: bool = False,
+    models: str | None = None,
     **options: Any,
 ) -> TuneResult:
     """Run (or resume) the protocol search for ``target`` as ``autotransfer tune`` does.
@@ -78,6 +79,10 @@ def tune_job(
         progress: ``True`` draws progress on stderr (bars on a terminal, lines in a log), or a UI
             object (``search.progress``); ``False`` logs stages and trials to the
             ``autotransfer`` logger at INFO and prints nothing.
+        models: candidate models, comma-separated (``--models A,B,C``; ``auto``, also as ``model``,
+            is the offline zoo): the estimator ranks them, the first ones race on short studies and
+            the winner's study is continued (``pipeline.model_choice``; the default budget is
+            ``model_choice.AUTO_TRAININGS`` trainings of the first raced model).
         **options: the other ``tune`` options by their ``StudySettings`` names (``model``, ``n``,
             ``resolution``, ``seed``, ``pick``, ``schedules``, ``unlabelled``, ...).
 
@@ -93,6 +98,12 @@ def tune_job(
         safe_name(study)  # refused before any work: the name becomes a folder and a file
     budget: float | str | None = parse_duration(time_budget) if time_budget is not None else None
     outputs = tune_outputs(out, storage)
+    if isinstance(target, StudySettings) and models is not None:
+        raise UserError("--models takes a target spec, not StudySettings: give the candidates' target as a spec")
+    candidates = None if isinstance(target, StudySettings) else candidate_models(options.get("model"), models)
+    if candidates is not None:  # the settings are checked on the first candidate; one candidate is a plain study
+        options = {**options, "model": candidates[0]}
+        candidates = candidates if len(candidates) > 1 else None
     if isinstance(target, StudySettings):
         if options:
             raise UserError(
@@ -107,6 +118,26 @@ def tune_job(
 
             budget = DEFAULT_TIME_BUDGET if target is None else "auto"
     ui = make_ui() if progress is True else (progress or LoggingUI())
+    if candidates is not None and not isinstance(target, StudySettings):
+        if workers > 1:
+            raise UserError("--models (or --model auto) runs on one local worker: drop --workers")
+        try:
+            with quiet_optuna():
+                return _choose_and_tune(
+                    candidates,
+                    target,
+                    options={**options, "trials": trials},
+                    prune=prune,
+                    outputs=outputs,
+                    study=study,
+                    budget=budget,
+                    warm_start=warm_start,
+                    timeout=timeout,
+                    ui=ui,
+                    estimator_progress=estimator_progress,
+                )
+        finally:
+            ui.close()
     try:
         with quiet_optuna():
             return tune(
@@ -125,3 +156,90 @@ def tune_job(
             )
     finally:
         ui.close()
+
+
+def candidate_models(model: str | None, models: str | None) -> list[str] | None:
+    """The candidate model specs of ``--models A,B`` or ``--model auto`` / ``--model A,B``
+    (``backbones.parse_models``: checked, ``auto`` expanded), or ``None`` for one model."""
+    from autotransfer.backbones.catalog import AUTO_MODELS, parse_models
+
+    if models is not None and model is not None:
+        raise UserError(f"give --model or --models, not both (got --model {model!r} and --models {models!r})")
+    text = models if models is not None else model
+    if text is None or ("," not in text and text.strip() != AUTO_MODELS):
+        return None
+    return parse_models(text)
+
+
+def _choose_and_tune(
+    candidates: list[str],
+    target: str | None,
+    *,
+    options: dict[str, Any],
+    prune: bool,
+    outputs: Any,
+    study: str | None,
+    budget: float | str | None,
+    warm_start: str | None,
+    timeout: float | None,
+    ui: Any,
+    estimator_progress: bool,
+) -> TuneResult:
+    """Rank ``candidates`` on the study's train+val split (``estimate.candidates``; the test split
+    stays unseen, as in each study's own estimate), then race the first ones and continue the
+    winner's study (``pipeline.model_choice``)."""
+    import math
+    import time
+
+    from autotransfer.estimate.candidates import score_candidates
+    from autotransfer.pipeline.model_choice import Contender, race_and_tune
+    from autotransfer.pipeline.options import tune_settings
+    from autotransfer.pipeline.tune import BUDGET_ESTIMATE_IMAGES
+    from autotransfer.search.prepared import prepare_data
+    from autotransfer.surface import expected_scores
+
+    def settings_for(model: str) -> StudySettings:
+        return tune_settings(target, {**options, "model": model}, prune=prune, surface=outputs.surface)
+
+    first = settings_for(candidates[0])
+    t0 = time.monotonic()
+    ui.stage(f"ranking {len(candidates)} candidate models: {', '.join(candidates)}")
+    # the study's own train+val split, as each study's estimate reads it: the test split stays unseen
+    prepared = prepare_data(first)
+    # as each study's own estimate reads them (``pipeline.tune``), so that a race starts from its profile
+    ranked = score_candidates(
+        prepared.trainval,
+        candidates,
+        resolution=first.resolution,
+        batch_size=first.batch_size,
+        max_images=BUDGET_ESTIMATE_IMAGES if budget is not None else 1000,
+        device=str(prepared.device),
+        progress=estimator_progress,
+        log=ui.note,
+    )
+    # what the surface's past studies reached with each model near this target (the learned prior's answer)
+    log10_n = math.log10(max(1, len(prepared.trainval)))
+    expected = expected_scores(outputs.surface, {c.model: (log10_n, c.similarity) for c in ranked.candidates})
+    contenders = [
+        Contender(
+            c.model,
+            rank,
+            evidence={**c.to_dict(), "surface": expected[c.model].to_dict()},
+            dropped=c.reason,
+            profile=ranked.profiles.get(c.model),
+        )
+        for rank, c in enumerate(ranked.candidates)
+    ]
+    return race_and_tune(
+        contenders,
+        settings_for,
+        study_name=study,
+        storage=outputs.storage,
+        time_budget="auto" if budget == "auto" else (float(budget) if isinstance(budget, (int, float)) else None),
+        ranking_s=time.monotonic() - t0,
+        runs_dir=outputs.runs_dir,
+        export_dir=outputs.export_dir,
+        surface_store=outputs.surface,
+        warm_start=warm_start,
+        timeout=timeout,
+    )

@@ -16,6 +16,7 @@ from optuna.storages import BaseStorage
 from autotransfer.core.errors import UserError
 from autotransfer.core.schema import ATTR
 from autotransfer.report import figures, plots
+from autotransfer.report.model_choice import MODEL_CHOICE_HEADERS, model_choice_table, study_model_choice
 from autotransfer.search.storage import open_existing_storage, storage_name
 from autotransfer.search.study import load_study, read_settings
 
@@ -119,6 +120,10 @@ def study_note(study: optuna.Study) -> str:
         f"- search trials: {overview.n_search} finished ({overview.n_complete} complete, {overview.n_pruned} pruned),"
         f" {overview.n_failed} failed"
     )
+    choice = study_model_choice(study)
+    if choice:
+        lines += ["", f"### Which model: {choice['chosen']} ({choice['reason']})", ""]
+        lines += _table(MODEL_CHOICE_HEADERS, model_choice_table(choice))
     lines += ["", "### Task profile", ""]
     lines += _table(["", ""], [[label, value] for label, value in figures.profile_rows(study)])
     div = figures.divergence_info(study)

@@ -13,7 +13,8 @@ from typing import Any, NamedTuple, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotransfer.core.protocol import SEARCHED, Protocol, describe_schedule
+from autotransfer.core.knobs import KNOBS
+from autotransfer.core.protocol import SEARCHED, Protocol, schedule_words
 from autotransfer.core.schema import CONTROL_ATTR, FREEZE_ATTR, NUM_GROUPS_ATTR, REINIT_ATTR, SOURCE_ATTR
 from autotransfer.search.study import (
     best_transfer_trial,
@@ -238,7 +239,7 @@ def overview_info(study: optuna.Study) -> StudyOverview:
         best_trial=None if best is None else best.number,
         val_score=None if best is None else _finite(best.value),
         test_score=_finite(test),
-        schedule=None if found is None else describe_schedule(found.schedule, found.stage_frac),
+        schedule=None if found is None else schedule_words(found),
     )
 
 
@@ -451,11 +452,9 @@ def prior_found_info(study: optuna.Study) -> PriorFoundInfo:
     found = Protocol.from_dict(best.params).to_dict() if best is not None and best.params else {}
     space = read_space(study)
     rows = []
-    for name in SEARCHED:
-        if name in ("schedule", "stage_frac") and not space.searches_schedule:
-            continue
+    for name in space.suggested():
         p, f = centre.get(name), found.get(name)
-        if name in ("bn_mode", "schedule"):  # categorical: no position in a range
+        if KNOBS[name].kind == "choice":  # categorical: no position in a range
             rows.append(PriorFoundRow(name, p, f, None, None, False, None, None))
             continue
         rng = space.ranges[name]

@@ -14,6 +14,7 @@ import yaml
 from autotransfer.core.errors import UserError
 from autotransfer.report import figures, plots
 from autotransfer.report.anytime import anytime_info, ledger_table
+from autotransfer.report.model_choice import MODEL_CHOICE_HEADERS, model_choice_table, study_model_choice
 from autotransfer.search.study import read_attr, read_settings
 
 __all__ = ["report_html", "write_report", "write_study_report"]
@@ -147,6 +148,16 @@ def report_html(study: optuna.Study) -> str:
     score = figures.protocol_score_info(study)
     if score.points:
         parts.append(fig(plots.protocol_score_figure(score)))
+
+    choice = study_model_choice(study)
+    if choice:
+        parts.append("<h2>Which model</h2>")
+        parts.append(
+            f"<p>Chosen: <b>{_esc(choice['chosen'])}</b> ({_esc(choice['reason'])}). The estimator ranked the"
+            " candidates; the first ones raced on short studies of their own, and the winner's study was"
+            " continued.</p>"
+        )
+        parts.append(_table(MODEL_CHOICE_HEADERS, model_choice_table(choice)))
 
     parts.append("<h2>Compute</h2>")
     anytime = anytime_info(study)

@@ -6,7 +6,7 @@ import math
 
 from rich.table import Table
 
-from autotransfer.core.protocol import describe_schedule, freeze_depth, reinit_count
+from autotransfer.core.protocol import freeze_depth, reinit_count, schedule_words
 from autotransfer.estimate.profile import TaskProfile
 from autotransfer.prior.quadrant import Prior
 
@@ -97,6 +97,7 @@ def _scores_table(profile: TaskProfile) -> Table:
     if tr is not None:
         table.add_row("LogME", _num(tr.logme, ".4f"))
         table.add_row("LEEP", _num(tr.leep, ".4f"))
+        table.add_row("NLEEP", f"{_num(tr.nleep, '.4f')}  (n = {tr.n_ref})")
         table.add_row("H-score", _num(tr.hscore, ".4f"))
         table.add_row("LogME over chance", f"{_num(tr.logme_over_chance, '.4f')}  (n = {tr.n_ref})")
     if profile.transferability_score is not None:
@@ -128,8 +129,8 @@ def prior_table(prior: Prior) -> Table:
     table.add_column("range", justify="right")
     table.add_column(f"integers (G = {g})")
     for name, rng in prior.space.ranges.items():
-        if name == "stage_frac" and not prior.space.searches_schedule:
-            continue  # one-stage only: no stage to size
+        if name not in prior.space.suggested():
+            continue  # stage_frac of a one-stage-only study: no stage to size
         value = float(getattr(centre, name))
         span = f"[{rng.low:.3g}, {rng.high:.3g}]" + (" log" if rng.log else "")
         ints = ""
@@ -141,9 +142,7 @@ def prior_table(prior: Prior) -> Table:
             ints = f"ELR {centre.elr:.3g}, lr {centre.lr:.3g}"
         table.add_row(name, f"{value:.3g}", span, ints)
     table.add_row("bn_mode", centre.bn_mode, ", ".join(prior.space.bn_modes), "")
-    table.add_row(
-        "schedule", describe_schedule(centre.schedule, centre.stage_frac), ", ".join(prior.space.schedules), ""
-    )
+    table.add_row("schedule", schedule_words(centre), ", ".join(prior.space.schedules), "")
     if prior.rationale:
         table.caption = "\n".join(f"- {line}" for line in prior.rationale)
         table.caption_justify = "left"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from autotransfer.core.protocol import describe_schedule
+from autotransfer.core.protocol import schedule_words
+from autotransfer.report.model_choice import MODEL_CHOICE_HEADERS, model_choice_table
 from autotransfer.search.storage import masked_url
 from autotransfer.train.metrics import score_interval
 
-__all__ = ["summary_table", "skipped_text", "ledger_rows"]
+__all__ = ["summary_table", "skipped_text", "ledger_rows", "model_choice_rows"]
 
 
 def _fmt(value: float | None, n: int | None = None) -> str:
@@ -38,6 +39,8 @@ def summary_table(result) -> Table:
     table = Table(title=f"autotransfer: study {result.study_name}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
+    for what, value in model_choice_rows(getattr(result, "model_choice", None)):
+        table.add_row(what, value)
     if result.best_protocol is None:
         table.add_row("best protocol", "none completed")
     else:
@@ -48,7 +51,7 @@ def summary_table(result) -> Table:
         table.add_row("  freeze / reinit", f"f={f} (frac {p.freeze_frac:.2f}), r={r} (frac {p.reinit_frac:.2f})")
         table.add_row("  head lr ×, layer decay", f"{p.head_lr_mult:.3g}, {p.layer_decay:.3g}")
         table.add_row("  weight decay, L2-SP, BN", f"{p.weight_decay:.2g}, {p.l2sp:.3g}, {p.bn_mode}")
-        table.add_row("  schedule", describe_schedule(p.schedule, p.stage_frac))
+        table.add_row("  schedule", schedule_words(p))
     table.add_row(f"validation {metric}", _fmt(result.val_score, result.val_images))
     trained_on = getattr(result, "trained_on", None) or "train+val"
     table.add_row(f"test {metric} (trained on {trained_on})", _fmt(result.test_score, result.test_images))
@@ -70,6 +73,25 @@ def summary_table(result) -> Table:
     for what, value in ledger_rows(getattr(result, "ledger", None)):
         table.add_row(what, value)
     return table
+
+
+def model_choice_rows(choice: dict | None) -> list[tuple[str, str]]:
+    """The chosen model and one row per candidate of a ``--models`` job
+    (``report.model_choice.model_choice_table``)."""
+    if not choice:
+        return []
+    rows = [("model", f"{choice['chosen']} ({choice['reason']})")]
+    for row in model_choice_table(choice):
+        cells = dict(zip(MODEL_CHOICE_HEADERS, row))
+        what = f"  {cells['rank']}. {cells['model']}"
+        race = (
+            f"race {cells['race: best settled val']} val, {cells['race trials']} trial(s), {cells['race s']} s"
+            if cells["race trials"] != "—"
+            else ""
+        )
+        evidence = f"NLEEP {cells['NLEEP']}, similarity {cells['similarity']}, {cells['train img/s']} img/s"
+        rows.append((what, "; ".join(part for part in (evidence, race, cells["outcome"]) if part)))
+    return rows
 
 
 def ledger_rows(ledger: dict | None) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from autotransfer.core.errors import InvalidValueError
-from autotransfer.core.protocol import describe_schedule
+from autotransfer.core.protocol import schedule_words
 from autotransfer.report.slices import NORMALISATION, SliceInfo, load_slice_info
 from autotransfer.report.style import TITLE_PREFIX
 from autotransfer.surface.fit import PARAMS, SurfaceModel
@@ -416,7 +416,7 @@ def write_surface_html(model: SurfaceModel, path: str | Path, *, grid: int = 25,
     rows = "".join(
         f"<tr><td>{p.study}</td><td>{p.n}</td><td>{p.similarity:.3f}</td><td>{p.protocol['log10_elr']:.2f}</td>"
         f"<td>{p.protocol['freeze_frac']:.2f}</td><td>{p.protocol['reinit_frac']:.2f}</td>"
-        f"<td>{p.protocol['head_lr_mult']:.3g}</td><td>{describe_schedule(p.best.schedule, p.best.stage_frac)}</td>"
+        f"<td>{p.protocol['head_lr_mult']:.3g}</td><td>{schedule_words(p.best)}</td>"
         f"<td>{p.score:.3f} ({p.metric})</td></tr>"
         for p in model.points_
     )

@@ -63,19 +63,8 @@ def train_config_for(protocol: Protocol, settings: StudySettings, num_groups: in
     (``micro_batch``: accumulate gradients over passes of that many images, after an OOM)."""
     from autotransfer.train import TrainConfig
 
-    freeze, reinit = protocol.integers(num_groups)
     return TrainConfig(
-        lr=protocol.lr,
-        momentum=protocol.momentum,
-        head_lr_mult=protocol.head_lr_mult,
-        freeze=freeze,
-        reinit=reinit,
-        layer_decay=protocol.layer_decay,
-        weight_decay=protocol.weight_decay,
-        bn_mode=protocol.bn_mode,
-        l2sp=protocol.l2sp,
-        schedule=protocol.schedule,
-        stage_frac=protocol.stage_frac,
+        **protocol.trial_values(num_groups),
         optimizer=settings.optimizer,
         batch_size=settings.batch_size,
         micro_batch=micro_batch,

@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autotransfer.core.errors import AutotransferTimeoutError, UserError
+from autotransfer.core.knobs import check_device
 from autotransfer.core.schema import FAIL_REASON_ATTR, RETRY_ATTR, WORKER_ATTR
 from autotransfer.core.validation import check_timeout
 from autotransfer.search.retry import retried_trial_number
@@ -103,8 +104,7 @@ def plan_workers(
     """
     if n < 1:
         raise UserError(f"--workers must be >= 1, but got {n!r}")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, but got {device!r}")
+    check_device(device, "--device")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, but got {threads!r}")
     cores = cores or available_cores()

@@ -15,6 +15,7 @@ from autotransfer.surface.fit import (
     store_named_by,
     surface_points,
 )
+from autotransfer.surface.models import ModelExpectation, expected_score, expected_scores
 from autotransfer.surface.store import (
     DEFAULT_STORE,
     POINT_ATTR,
@@ -42,4 +43,7 @@ __all__ = [
     "store_named_by",
     "active_store",
     "default_surface",
+    "ModelExpectation",
+    "expected_score",
+    "expected_scores",
 ]

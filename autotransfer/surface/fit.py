@@ -19,7 +19,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from autotransfer.core.errors import AutotransferRuntimeError, InvalidValueError, UserError
-from autotransfer.core.protocol import SCHEDULES, Protocol, ProtocolSpace, describe_schedule
+from autotransfer.core.protocol import SCHEDULES, Protocol, ProtocolSpace, schedule_words
 from autotransfer.core.settings import PriorSpec
 from autotransfer.prior.quadrant import WIDTHS, Prior, exploring_space, quadrant_prior
 from autotransfer.surface.store import SurfacePoint, SurfaceStore, default_surface
@@ -499,7 +499,7 @@ class SurfaceModel:
         voters = min(SCHEDULE_VOTERS, self.n_points_)
         shares = ", ".join(f"{s} {v:.2f}" for s, v in sorted(votes.items(), key=lambda kv: -kv[1]) if v > 0)
         notes.append(
-            f"schedule {describe_schedule(values['schedule'], values['stage_frac'])}: a distance-weighted vote"
+            f"schedule {schedule_words(values)}: a distance-weighted vote"
             f" of the {voters} nearest point(s) ({shares})"
             + ("; stage_frac their weighted mean for it" if values["schedule"] != "one-stage" else "")
         )
@@ -574,7 +574,7 @@ def prior_from_prediction(
     if centre.schedule != prediction.protocol.schedule:
         rationale.append(
             f"the study does not search the schedule {prediction.protocol.schedule!r}: the centre runs"
-            f" {describe_schedule(centre.schedule, centre.stage_frac)}"
+            f" {schedule_words(centre)}"
         )
     if neighbours:
         rationale.append(

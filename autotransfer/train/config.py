@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
 
 from autotransfer.core.errors import UserError
-from autotransfer.core.protocol import SCHEDULES
+from autotransfer.core.knobs import OPTIMIZER, TRIAL_KNOBS, check_device, check_number
 
 __all__ = ["TrainConfig", "resolve_device", "module_device", "default_amp"]
 
@@ -28,11 +27,6 @@ def native_bf16() -> bool:
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     except TypeError:  # torch < 2.3: no such argument, and no emulation counted
         return bool(torch.cuda.is_bf16_supported())
-
-
-_OPTIMIZERS = ("sgd", "adamw")
-_BN_MODES = ("adapt", "frozen")
-_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -66,7 +60,7 @@ class TrainConfig:
         views: ``V``, the size of the augmentation bank for cached frozen prefixes.
         augment: random-resized-crop + flip (False: the plain resized image).
         seed: seeds re-initialisation, batch sampling, augmentation and the view bank.
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N`` (``core.knobs.check_device``).
         channels_last: memory format; ``None`` = auto (on; faster on CPU and GPU here).
         amp: mixed precision; ``None`` = auto (bf16 autocast on CUDA only).
         cache_prefix: cache the frozen prefix's outputs when ``freeze > 0``.
@@ -107,24 +101,16 @@ class TrainConfig:
         Raises:
             UserError: naming the first bad value.
         """
-        _positive("lr", self.lr)
-        _in_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _positive("head_lr_mult", self.head_lr_mult)
-        _in_range("layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
-        _in_range("weight_decay", self.weight_decay, 0.0, math.inf)
-        _in_range("l2sp", self.l2sp, 0.0, math.inf)
-        _in_range("warmup_frac", self.warmup_frac, 0.0, 1.0, high_open=True)
-        _in_range("stage_frac", self.stage_frac, 0.0, 1.0, high_open=True)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("bn_mode", self.bn_mode, _BN_MODES)
-        _choice("optimizer", self.optimizer, _OPTIMIZERS)
-        _choice("device", self.device, _DEVICES)
+        for knob in TRIAL_KNOBS:  # the protocol's values: checked as core.knobs declares them
+            knob.check(getattr(self, knob.name))
+        OPTIMIZER.check(self.optimizer)
+        check_device(self.device)
+        check_number("warmup_frac", self.warmup_frac, 0.0, 1.0, high_open=True)
         for name in ("batch_size", "resolution", "steps", "eval_every", "views"):
             _int_at_least(name, getattr(self, name), 1)
         if self.micro_batch is not None:
             _int_at_least("micro_batch", self.micro_batch, 1)
-        for name in ("freeze", "reinit", "seed"):
-            _int_at_least(name, getattr(self, name), 0)
+        _int_at_least("seed", self.seed, 0)
         for name in ("augment", "cache_prefix"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"TrainConfig.{name} must be true or false, but got {getattr(self, name)!r}")
@@ -170,20 +156,16 @@ class TrainConfig:
 
 def resolve_device(device: str | torch.device, *, what: str = "device") -> torch.device:
     """The one device resolver: ``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda`` or
-    ``cuda:N`` (or a ``torch.device``) as given. Anything else, or CUDA without a GPU, is a one-line
-    ``UserError`` (``what`` names the setting in it)."""
-    if isinstance(device, str) and device == "auto":
+    ``cuda:N`` (or a ``torch.device`` of those) as given. A device outside ``core.knobs.check_device``'s
+    forms (the rule ``TrainConfig`` checks too), or CUDA without a GPU, is a one-line ``UserError``
+    (``what`` names the setting in it)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if check_device(device, what) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(device, (str, torch.device)):
-        raise UserError(f"{what} must be auto, cpu or cuda, but got {device!r}")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"{what} must be auto, cpu or cuda, but got {device!r}") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise UserError(f"{what} must be auto, cpu or cuda, but got {device!r}")
+    resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {str(device)!r} was requested but no CUDA GPU is available; use --device cpu")
+        raise UserError(f"device {device!r} was requested but no CUDA GPU is available; use --device cpu")
     return resolved
 
 
@@ -194,32 +176,6 @@ def module_device(model: torch.nn.Module) -> torch.device:
     for buffer in model.buffers():
         return buffer.device
     return torch.device("cpu")
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"TrainConfig.{name} must be a finite number, but got {value!r}")
-    return float(value)
-
-
-def _positive(name: str, value: Any) -> None:
-    if _number(name, value) <= 0:
-        raise UserError(f"TrainConfig.{name} must be > 0, but got {value!r}")
-
-
-def _in_range(
-    name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
-) -> None:
-    v = _number(name, value)
-    bad = v < low or v > high or (low_open and v == low) or (high_open and v == high)
-    if bad:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise UserError(f"TrainConfig.{name} must be in {lo}{low}, {high}{hi}, but got {value!r}")
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"TrainConfig.{name} must be one of {list(choices)!r}, but got {value!r}")
 
 
 def _int_at_least(name: str, value: Any, low: int) -> None:

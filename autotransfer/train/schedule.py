@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autotransfer.core.errors import InvalidValueError
-from autotransfer.core.protocol import SCHEDULES
+from autotransfer.core.knobs import KNOBS
 
 __all__ = ["join_steps", "unfreeze_steps", "frozen_depth"]
 
@@ -15,12 +15,12 @@ def join_steps(
     ``f..G-r-1`` trains, top group first. ``one-stage``: every group at step 1; ``lp-ft``: every
     group at ``round(stage_frac * steps) + 1``; ``gradual``: the ``k``-th group from the top
     (``k = 1..K``, ``K = G - r - f``) at ``round(k / K * stage_frac * steps) + 1``."""
-    if schedule not in SCHEDULES:
-        raise InvalidValueError(f"schedule must be one of {list(SCHEDULES)!r}, but got {schedule!r}")
+    KNOBS["schedule"].check(schedule)
+    KNOBS["stage_frac"].check(stage_frac)
     if not 0 <= freeze <= num_groups or not 0 <= reinit <= num_groups - freeze:
         raise InvalidValueError(f"freeze {freeze!r} and reinit {reinit!r} do not fit {num_groups!r} groups")
-    if not 0.0 <= stage_frac < 1.0 or steps < 0:
-        raise InvalidValueError(f"need steps >= 0 and stage_frac in [0, 1), but got {steps!r}, {stage_frac!r}")
+    if steps < 0:
+        raise InvalidValueError(f"need steps >= 0, but got {steps!r}")
     top = num_groups - reinit  # groups freeze..top-1 are pretrained and trainable
     count = top - freeze
     out = []

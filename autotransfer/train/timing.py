@@ -9,7 +9,7 @@ import time
 from autotransfer.train.config import TrainConfig
 from autotransfer.train.loop import train_protocol
 
-__all__ = ["time_training", "PROBE_STEPS", "EVAL_COST"]
+__all__ = ["time_training", "step_seconds", "PROBE_STEPS", "EVAL_COST"]
 
 #: Optimizer steps run; the first is a warm-up, the others are timed.
 PROBE_STEPS = 4
@@ -26,17 +26,26 @@ def time_training(make_backbone, train, val, config: TrainConfig, *, metric: str
     validation pass (its cost is scaled from the training steps' images per second). Trials that
     freeze a prefix or train only the head run faster than this."""
     steps = max(1, int(config.steps))
+    step_s = step_seconds(make_backbone(), train, config, metric=metric)
+    evals = steps // max(1, int(config.eval_every or steps)) if val is not None else 0
+    eval_s = evals * len(val) * EVAL_COST * step_s / config.batch_size if evals else 0.0
+    return step_s * steps + eval_s
+
+
+def step_seconds(backbone, train, config: TrainConfig, *, steps: int = PROBE_STEPS, metric: str = "accuracy") -> float:
+    """Seconds of one optimizer step (forward + backward + update of ``config.batch_size`` images,
+    every group trainable) of ``backbone`` on the ``train`` ``DeviceBatches``: ``steps`` steps are
+    run (the model is trained in place), the first is a warm-up, the mean of the others returned."""
     stamps: list[float] = []
-    probe = config.replace(freeze=0, reinit=0, schedule="one-stage", steps=PROBE_STEPS, eval_every=PROBE_STEPS)
+    probe = config.replace(
+        freeze=0, reinit=0, schedule="one-stage", steps=max(2, int(steps)), eval_every=max(2, int(steps))
+    )
     train_protocol(
-        make_backbone(),
+        backbone,
         train,
         None,
         probe,
         metric=metric,
         progress=lambda step, total: stamps.append(time.perf_counter()),
     )
-    step_s = max(1e-6, (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1))
-    evals = steps // max(1, int(config.eval_every or steps)) if val is not None else 0
-    eval_s = evals * len(val) * EVAL_COST * step_s / config.batch_size if evals else 0.0
-    return step_s * steps + eval_s
+    return max(1e-6, (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1))

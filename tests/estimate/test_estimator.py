@@ -99,6 +99,8 @@ def test_transferability_score_is_label_aware_and_feeds_the_prior(lab):
     # the same images: the same (label-blind) similarity, but shuffled labels carry nothing
     assert noise.similarity == pytest.approx(real.similarity, abs=1e-9)
     assert real.transferability.logme_over_chance > 0.1 > abs(noise.transferability.logme_over_chance)
+    # NLEEP (any model, no source head needed) is label-aware too
+    assert real.transferability.nleep > noise.transferability.nleep + 0.2
     assert real.transferability_score > noise.transferability_score
     assert real.prior.centre.log10_elr < noise.prior.centre.log10_elr
     assert real.prior.centre.reinit_frac < noise.prior.centre.reinit_frac

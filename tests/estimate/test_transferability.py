@@ -1,4 +1,4 @@
-"""LogME, LEEP and H-score on real data (digits, MNIST -> Fashion-MNIST) and against references."""
+"""LogME, LEEP, NLEEP and H-score on real data (digits, MNIST -> Fashion-MNIST) and against references."""
 
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ import torch
 from scipy.optimize import minimize
 from sklearn.covariance import LedoitWolf
 from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
+from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from autotransfer.estimate.transferability import (
     _spectrum,
+    gmm_posteriors,
     h_score,
     leep,
     logme,
     logme_chance,
     logme_over_chance,
+    nleep,
 )
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -193,6 +197,95 @@ def test_leep_drops_source_classes_without_mass_and_rejects_logits():
         leep(logits, labels)
     with pytest.raises(ValueError, match=r"shape \(600,\)"):
         leep(probs, labels[:-1])
+
+
+# ---- NLEEP ----------------------------------------------------------------------------
+
+
+def _clusters(centres: np.ndarray, per: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``per`` Gaussian points (std ``spread``) around each of ``centres`` ``(K, d)``: points, cluster ids."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(len(centres)), per)
+    return centres[ids] + spread * rng.standard_normal((len(ids), centres.shape[1])), ids
+
+
+def test_nleep_is_leep_of_the_pca_gmm_posteriors_of_the_paper():
+    """Li et al. 2021: PCA to 80% of the variance, a mixture of 5 x C Gaussians, its posteriors as LEEP's θ."""
+    X, y = digits()
+    F, labels = X[:240], y[:240] % 3
+    Z = PCA(n_components=0.8, svd_solver="full").fit_transform(F)
+    assert 5 < Z.shape[1] < 64  # the PCA really reduces
+    theta = GaussianMixture(n_components=15, random_state=0).fit(Z).predict_proba(Z)
+    assert nleep(F, labels) == pytest.approx(_leep_loops(theta, labels), abs=1e-10)
+    np.testing.assert_allclose(gmm_posteriors(F, 15), theta, atol=1e-12)
+
+
+def test_nleep_with_a_degenerate_mixture_equals_leep_of_its_hard_posteriors():
+    """Four far-apart, tight clusters and K = 4 components: the posteriors are the clusters'
+    one-hot matrix, and NLEEP is LEEP with that matrix as the source head (classes mixed per cluster)."""
+    centres = 50.0 * np.eye(4, 6)
+    F, ids = _clusters(centres, per=20, spread=0.1)
+    rng = np.random.default_rng(3)
+    p_class1 = np.array([0.1, 0.4, 0.6, 0.9])[ids]  # each cluster holds both classes, in its own mix
+    labels = (rng.random(len(ids)) < p_class1).astype(int)
+    theta = gmm_posteriors(F, 4, pca_variance=1.0)
+    assert theta.max(1).min() > 1 - 1e-9  # hard assignments
+    assert len(np.unique(theta.argmax(1))) == 4 and np.all(
+        [len(np.unique(theta.argmax(1)[ids == c])) == 1 for c in range(4)]
+    )
+    onehot = np.eye(4)[ids]
+    value = nleep(F, labels, components_per_class=2, pca_variance=1.0)
+    assert value == pytest.approx(leep(onehot, labels), abs=1e-9)
+    assert value == pytest.approx(_leep_loops(onehot, labels), abs=1e-9)
+    # one class per cluster: every component predicts its class, the maximum 0
+    assert nleep(F, ids % 2, components_per_class=2, pca_variance=1.0) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_nleep_is_higher_for_better_separated_classes():
+    X, y = digits()
+    true = nleep(X[:400], y[:400])
+    assert true <= 0.0
+    assert true > nleep(X[:400], _shuffled(y[:400])) + 0.5
+    # three Gaussian classes in 10-d: further apart, higher NLEEP
+    scores = []
+    for distance in (0.5, 2.0, 8.0):
+        F, ids = _clusters(distance * np.eye(3, 10), per=60, spread=1.0, seed=1)
+        scores.append(nleep(F, ids, pca_variance=1.0))
+    assert scores[0] < scores[1] < scores[2]
+
+
+def test_nleep_is_deterministic_by_seed():
+    X, y = digits()
+    F, labels = X[:300], y[:300]
+    assert nleep(F, labels, seed=4) == nleep(F, labels, seed=4)
+    assert nleep(torch.from_numpy(F), torch.from_numpy(labels), seed=4) == pytest.approx(
+        nleep(F, labels, seed=4), abs=1e-12
+    )
+    # the label values do not matter, only the partition
+    assert nleep(F, labels + 10, seed=4) == pytest.approx(nleep(F, labels, seed=4), abs=1e-12)
+
+
+def test_nleep_bad_input_raises_one_clear_error():
+    X, y = digits()
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        nleep(X, np.zeros(len(X), dtype=int))
+    with pytest.raises(ValueError, match=r"shape \(1797,\)"):
+        nleep(X, y[:10])
+    with pytest.raises(ValueError, match="no variance"):
+        gmm_posteriors(np.ones((40, 5)), 3)
+    # identical rows carry no label information: the mean log class frequency
+    frequency = np.bincount(y[:40])[y[:40]] / 40
+    assert nleep(np.ones((40, 5)), y[:40]) == pytest.approx(np.mean(np.log(frequency)), abs=1e-12)
+    with pytest.raises(ValueError, match="pca_variance"):
+        nleep(X[:100], y[:100], pca_variance=1.5)
+    with pytest.raises(ValueError, match="components_per_class"):
+        nleep(X[:100], y[:100], components_per_class=0)
+    with pytest.raises(ValueError, match="NaN"):
+        nleep(np.full((30, 4), np.nan), y[:30])
+    with pytest.raises(ValueError, match="n_components"):
+        gmm_posteriors(X[:10], 11)
+    # fewer images than 5 x C components: one component per image at most
+    assert np.isfinite(nleep(X[:30], y[:30]))
 
 
 # ---- H-score --------------------------------------------------------------------------
