@@ -244,17 +244,27 @@ def estimate_cmd(
         "--prior",
         help="quadrant, or surface:PATH to show that surface's prior too (default: the surface tune would use, if any)",
     ),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution", help="the tune job to forecast: training input size in px (default 64; 224 on a GPU)"
+    ),
+    trials: Optional[int] = typer.Option(None, "--trials", help="the tune job to forecast: search trials (default 20)"),
+    time_budget: Optional[str] = typer.Option(
+        None, "--time-budget", help="the tune job to forecast: the whole job's time (600, 90s, 10m, 1h)"
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
 ) -> None:
     """Measure a target task: size, divergence by depth, transferability, placement and prior.
 
     Shows the quadrant prior and, when a surface has points for the model, the surface prior that
-    `tune` would start from. With --models (or --model auto) it scores each candidate instead:
+    `tune` would start from; and the forecast of the score of what `tune` would hand back for the
+    job (--n, --model, --resolution, --trials / --time-budget), with an 80% interval and the past
+    studies it stands on. With --models (or --model auto) it scores each candidate instead:
     LogME, LEEP, NLEEP, similarity, parameters and training images/s at the study's resolution,
     best NLEEP first, dropping those another beats while training faster.
 
     Examples:
       autotransfer estimate builtin:animals --n 500
+      autotransfer estimate builtin:elpv --n 1000 --time-budget 10m
       autotransfer estimate builtin:elpv --n 200 --model auto
       autotransfer estimate builtin:digits --models fashion-source,efficientnet_lite0 --format json
       autotransfer estimate builtin:fashion-mnist?classes=5-9 --model fashion-source --source builtin:fashion-mnist?classes=0-4
@@ -294,6 +304,9 @@ def estimate_cmd(
         seed=seed,
         prior=prior,
         progress=fmt is OutputFormat.table,
+        resolution=resolution,
+        trials=trials,
+        time_budget=time_budget,
     )
     profile, surface = measured.profile, measured.surface_prior
     if fmt is OutputFormat.json:
@@ -305,6 +318,10 @@ def estimate_cmd(
         console.print(table)
     if surface is not None:
         console.print(prior_table(surface))
+    if measured.forecast is not None:
+        console.print(measured.forecast.describe(), markup=False)
+        for note in measured.forecast.notes:
+            console.print(f"  {note}", markup=False)
 
 
 @app.command("tune")

@@ -14,12 +14,14 @@ efficientnet_lite0 (ImageNet) at 32 and 64 px. Prints a table (stderr: progress)
 JSON line per row to ``--out``.
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_lab_sources.py [--seeds 0] [--out benchmarks/out/lab_sources.jsonl]
+    python benchmarks/bench_lab_sources.py --summary benchmarks/out/lab_sources*.jsonl   # mean over seeds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -86,12 +88,54 @@ def run_row(target: str, model: str, resolution: int, seed: int) -> dict:
     }
 
 
+def summary(paths: list[Path]) -> list[dict]:
+    """Mean judge accuracy per (target, model, resolution) over the seeds in JSONL ``paths``, with
+    the per-seed scores and the binomial standard error of one seed's judge set."""
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            groups.setdefault((row["target"], row["model"], row["resolution"]), []).append(row)
+    out = []
+    for (target, model, resolution), rows in groups.items():
+        rows = sorted({r["seed"]: r for r in rows}.values(), key=lambda r: r["seed"])  # last run per seed
+        scores = np.array([r["judge"] for r in rows])
+        mean = float(scores.mean())
+        out.append(
+            {
+                "target": target,
+                "model": model,
+                "resolution": resolution,
+                "near": rows[0]["near"],
+                "seeds": [r["seed"] for r in rows],
+                "judge": [r["judge"] for r in rows],
+                "mean": round(mean, 4),
+                "se_one_seed": round(math.sqrt(mean * (1 - mean) / rows[0]["judge_images"]), 4),
+                "cpu_s": round(float(np.mean([r["cpu_s"] for r in rows])), 1),
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0", help="comma-separated subsample seeds")
     parser.add_argument("--sources", default=",".join(TARGETS), help="near sources whose targets to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "lab_sources.jsonl")
+    parser.add_argument("--summary", type=Path, nargs="+", help="print the mean over seeds of these JSONL files")
     args = parser.parse_args(argv)
+    if args.summary:
+        print("| target | source | px | judge acc, mean over seeds | per seed | SE (1 seed) | CPU s |")
+        print("|---|---|---|---|---|---|---|")
+        for r in summary(args.summary):
+            name = f"**{r['model']}** (near)" if r["near"] else r["model"]
+            print(
+                f"| {r['target']} | {name} | {r['resolution']} | {r['mean']:.4f} | "
+                f"{', '.join(f'{v:.3f}' for v in r['judge'])} | {r['se_one_seed']:.4f} | {r['cpu_s']:.0f} |"
+            )
+        return
     import torch
 
     torch.set_num_threads(1)

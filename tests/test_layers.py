@@ -22,6 +22,7 @@ LAYERS = [
     ["estimate"],
     ["search"],
     ["surface"],
+    ["forecast"],
     ["handback"],
     ["report"],
     ["pipeline"],

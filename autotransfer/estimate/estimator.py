@@ -156,6 +156,9 @@ class TaskEstimator:
     Attributes:
         profile_: the ``TaskProfile`` of the last ``fit``.
         backbone_: the ``Backbone`` it was measured on.
+        group_features_, labels_: the capped target's pooled features per depth group (each
+            ``(n, d_g)``, the last the final features) and labels ``(n,)``: the forecast's linear
+            probe reads them (no second forward pass).
     """
 
     def __init__(
@@ -328,6 +331,8 @@ class TaskEstimator:
         )
         self.backbone_ = backbone
         self.profile_ = profile
+        self.group_features_ = [np.asarray(f) for f in features]  # per depth group (n, d_g): the probe reads them
+        self.labels_ = labels  # (n,), the capped images' labels
         return profile
 
     def _model_array(self, backbone: Backbone, dataset: ImageDataset, notes: list[str]) -> np.ndarray:

@@ -230,6 +230,7 @@ def _create(
     """A new study ``name``: estimate the task (unless its ``profile`` is given), derive the
     prior, enqueue the fixed protocols."""
     from autotransfer.estimate import TaskEstimator
+    from autotransfer.forecast import forecast_line
 
     if profile is None or profile.model != settings.model:
         ui.stage("estimating the task")
@@ -237,6 +238,7 @@ def _create(
         estimator = TaskEstimator(**{"device": str(prepared.device), **(estimator_kwargs or {})})
         # the held-out test split stays unseen: LogME, LEEP and H-score read labels
         profile = estimator.fit(prepared.trainval, probe_backbone)
+        ui.note(forecast_line(estimator, len(prepared.dataset), resolution=settings.resolution, trials=settings.trials))
     metric = profile.size.metric
     settings = settings.resolved(
         fingerprint=prepared.fingerprint,

@@ -28,6 +28,7 @@ def test_a_tiny_job_writes_under_out_prints_nothing_and_logs(tmp_path, capfd, ca
     messages = [r.getMessage() for r in caplog.records if r.name == "autotransfer"]
     assert any(m.startswith("controls + search") for m in messages)
     assert any(m.startswith("trial ") for m in messages)
+    assert any(m.startswith("forecast before any trial: accuracy") for m in messages)  # issue 30
     assert result.ledger is not None and result.plan is None  # --trials alone: no time limit
     # the surface is where the CLI keeps it, and the note says why a tiny study is not on it
     assert any("not recorded on the surface" in n and "surface.json" in n for n in result.notes)
