@@ -132,7 +132,7 @@ def plan_job(
     the retrains; without room for it beside ``MIN_SEARCH_TRAININGS``, the ensemble is handed back.
     ``data_curve``: the data-requirement curve's cost in full trainings (0: not asked), held last,
     only when it leaves ``MIN_SEARCH_TRAININGS`` for the search, else skipped with a note; or
-    always with ``data_curve_held`` (the default job's budget grew by it, or ``--data-curve`` asked)."""
+    always with ``data_curve_held`` (``--data-curve`` asked for it; the default job's budget grew by it)."""
     if training_s <= 0 or not math.isfinite(training_s):
         raise InvalidValueError(f"training_s must be a positive number of seconds, but got {training_s!r}")
     retrain_s = members * RETRAIN_COST * training_s
@@ -246,11 +246,14 @@ class JobBudget:
         self, training_s: float, *, members: int, self_training: bool = False, distill: bool = False
     ) -> JobPlan:
         """Fix the plan once one full training was timed (``training_s``); for ``auto``, the budget
-        too (grown by ``DISTILL_COST`` when ``distill``)."""
+        too (grown by ``DISTILL_COST`` when ``distill``, and by the data curve when ``--data-curve``
+        asked for it: unasked, the curve runs only where it fits beside the search, so the default
+        job costs what issue 27 measured)."""
         self.ledger.training_s = training_s
         if self.auto:
             extra = DISTILL_COST * training_s if distill and members > 1 else 0.0
-            extra += self.data_curve * training_s  # the curve adds to the default job, as distillation does
+            if self.data_curve_asked:  # --data-curve adds it to the default job, as --deliver distilled does;
+                extra += self.data_curve * training_s  # unasked, it runs only where it fits beside the search
             least = self.clock.elapsed() + min(MIN_AUTO_TRAININGS, self.trainings) * training_s
             seconds = extra + max(self.trainings * training_s, least)
             self.clock = Deadline(self.clock.started + seconds, seconds, self.clock.started)
@@ -262,7 +265,7 @@ class JobBudget:
             self_training=self_training,
             distill=distill,
             data_curve=self.data_curve,
-            data_curve_held=self.auto or self.data_curve_asked,
+            data_curve_held=self.data_curve_asked,
         )
         return self.plan
 

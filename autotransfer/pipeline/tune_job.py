@@ -138,6 +138,7 @@ def tune_job(
                     timeout=timeout,
                     ui=ui,
                     estimator_progress=estimator_progress,
+                    data_curve=data_curve,
                 )
         finally:
             ui.close()
@@ -188,6 +189,7 @@ def _choose_and_tune(
     timeout: float | None,
     ui: Any,
     estimator_progress: bool,
+    data_curve: bool | None = None,
 ) -> TuneResult:
     """Rank ``candidates`` on the study's train+val split (``estimate.candidates``; the test split
     stays unseen, as in each study's own estimate), then race the first ones and continue the
@@ -246,4 +248,5 @@ def _choose_and_tune(
         surface_store=outputs.surface,
         warm_start=warm_start,
         timeout=timeout,
+        data_curve=data_curve,
     )
