@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-__all__ = ["ARCH", "KWARGS", "CLASSES", "load_fashion", "to_input", "main"]
+__all__ = ["ARCH", "KWARGS", "CLASSES", "load_fashion", "to_input", "store_float16", "main"]
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 ARCH = "timm:resnet18"
@@ -108,6 +108,18 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return correct / len(y)
 
 
+def store_float16(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as the asset stores it (floats in float16, no ``num_batches_tracked``),
+    loaded back into ``model`` so that what is measured next is exactly what is stored."""
+    state = {
+        k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    return state
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
@@ -179,12 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_time = time.perf_counter() - start
 
     # store float16 and measure the accuracy of exactly what is stored
-    state = {
-        k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.detach().contiguous()
-        for k, v in model.state_dict().items()
-        if not k.endswith("num_batches_tracked")
-    }
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    state = store_float16(model)
     model = model.to(memory_format=torch.contiguous_format)
     test_acc = evaluate(model, x_test, y_test)
     train_acc = evaluate(model, x_train[:5000], y_train[:5000])

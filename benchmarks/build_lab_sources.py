@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_fashion_source import ARCH, INPUT_SIZE, INTERPOLATION, KWARGS, evaluate, to_input  # noqa: E402
+from build_fashion_source import ARCH, INPUT_SIZE, INTERPOLATION, KWARGS, evaluate, store_float16, to_input  # noqa: E402
 
 #: name -> (pool, source classes selector, held-out test images, epochs, horizontal flips)
 SOURCES: dict[str, tuple[str, str, int, int, bool]] = {
@@ -133,12 +133,7 @@ def build(name: str, args: argparse.Namespace) -> dict:
             )
     train_time = time.perf_counter() - start
 
-    state = {
-        k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.detach().contiguous()
-        for k, v in model.state_dict().items()
-        if not k.endswith("num_batches_tracked")
-    }
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    state = store_float16(model)
     model = model.to(memory_format=torch.contiguous_format)
     test_acc, train_acc = evaluate(model, x_test, y_test), evaluate(model, x_train, y_train)
     print(f"  stored float16: test {test_acc:.4f} on {len(y_test)}, train {train_acc:.4f}; {train_time:.0f}s training")
