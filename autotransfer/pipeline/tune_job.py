@@ -249,4 +249,6 @@ def _choose_and_tune(
         warm_start=warm_start,
         timeout=timeout,
         data_curve=data_curve,
+        ui=ui,
+        estimator_kwargs={"progress": bool(estimator_progress)},
     )

@@ -98,6 +98,19 @@ def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path, monk
         return original(self, dataset, model, **kwargs)
 
     monkeypatch.setattr(TaskEstimator, "fit", counted)
+    from autotransfer.search.progress import NullUI
+
+    class Recorder(NullUI):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def stage(self, text: str) -> None:
+            self.lines.append(text)
+
+        def note(self, text: str) -> None:
+            self.lines.append(text)
+
+    seen = Recorder()
     result = autotransfer.tune(
         "builtin:digits",
         out=tmp_path,
@@ -109,7 +122,12 @@ def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path, monk
         eval_every=4,
         views=2,
         device="cpu",
+        progress=seen,
     )
+    # the job reports as it goes: the ranking, each race, the choice, then the winner's stages
+    assert any(line.startswith("ranking 2 candidate models") for line in seen.lines)
+    assert sum(line.startswith("race: ") and "trainings)" in line for line in seen.lines) == 2
+    assert any(line.startswith("model: ") for line in seen.lines) and "controls + search" in seen.lines
     choice = result.model_choice
     assert choice is not None and choice["chosen"] == result.settings.model
     assert len(fits) == 2  # one estimate per candidate: each race's study starts from the ranking's profile
