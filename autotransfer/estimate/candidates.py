@@ -110,6 +110,9 @@ class CandidateSet:
     #: each candidate's ``TaskProfile`` by model spec (not in ``to_dict``): a study of that model
     #: on the same images can start from it instead of estimating again
     profiles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: each candidate's fitted ``TaskEstimator`` by model spec (not in ``to_dict``): its kept
+    #: features serve the forecast (``forecast.forecast_from_estimator``) without another pass
+    estimators: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kept(self) -> list[Candidate]:
@@ -253,6 +256,7 @@ def score_candidates(
     )
     rows: list[Candidate] = []
     profiles: dict[str, Any] = {}
+    estimators: dict[str, Any] = {}
     images = classes = 0
     for spec in specs:
         tick = time.perf_counter()
@@ -299,6 +303,7 @@ def score_candidates(
         )
         rows.append(row)
         profiles[spec] = profile
+        estimators[spec] = estimator
         if log is not None:
             log(
                 f"{row.model}: NLEEP {_fmt(row.nleep)}, LogME over chance {_fmt(row.logme_over_chance)}, "
@@ -327,6 +332,7 @@ def score_candidates(
         candidates=ordered,
         seconds=time.perf_counter() - start,
         profiles=profiles,
+        estimators=estimators,
     )
 
 

@@ -226,11 +226,19 @@ def _choose_and_tune(
     # what the surface's past studies reached with each model near this target (the learned prior's answer)
     log10_n = math.log10(max(1, len(prepared.trainval)))
     expected = expected_scores(outputs.surface, {c.model: (log10_n, c.similarity) for c in ranked.candidates})
+    forecasts = _forecasts(ranked, len(prepared.dataset), first)
+    kept = [c.model for c in ranked.candidates if c.reason is None]
+    if kept and kept[0] in forecasts:
+        ui.note(f"{kept[0]}: {forecasts[kept[0]].describe()}")
     contenders = [
         Contender(
             c.model,
             rank,
-            evidence={**c.to_dict(), "surface": expected[c.model].to_dict()},
+            evidence={
+                **c.to_dict(),
+                "surface": expected[c.model].to_dict(),
+                "forecast": forecasts[c.model].to_dict() if c.model in forecasts else None,
+            },
             dropped=c.reason,
             profile=ranked.profiles.get(c.model),
         )
@@ -252,3 +260,18 @@ def _choose_and_tune(
         ui=ui,
         estimator_kwargs={"progress": bool(estimator_progress)},
     )
+
+
+def _forecasts(ranked: Any, n: int, settings: StudySettings) -> dict[str, Any]:
+    """The forecast before any trial of each candidate whose estimator the ranking kept
+    (``forecast.forecast_from_estimator``); none where the shipped evidence cannot be read."""
+    from autotransfer.forecast.evidence import EvidenceError
+    from autotransfer.forecast.predict import forecast_from_estimator
+
+    out: dict[str, Any] = {}
+    for model, estimator in ranked.estimators.items():
+        try:
+            out[model] = forecast_from_estimator(estimator, n, resolution=settings.resolution, trials=settings.trials)
+        except EvidenceError:
+            return {}
+    return out

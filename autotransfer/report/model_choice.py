@@ -19,6 +19,7 @@ MODEL_CHOICE_HEADERS = [
     "similarity",
     "train img/s",
     "surface expects",
+    "forecast (80%)",
     "race: best settled val",
     "race trials",
     "race s",
@@ -41,6 +42,15 @@ def _surface(expectation: dict[str, Any] | None) -> str:
     )
 
 
+def _forecast(forecast: dict[str, Any] | None) -> str:
+    """``0.912 (0.85-0.96)``: the forecast before any trial, or ``—``."""
+    if not forecast or forecast.get("score") is None:
+        return "—"
+    low, high = forecast.get("interval") or (None, None)
+    band = f" ({float(low):.2f}-{float(high):.2f})" if low is not None and high is not None else ""
+    return f"{float(forecast['score']):.3f}{band}"
+
+
 def model_choice_table(choice: dict[str, Any] | None) -> list[list[str]]:
     """One row per candidate (``MODEL_CHOICE_HEADERS``) of a ``ModelChoice.to_dict`` record, in the
     estimator's order; empty without one."""
@@ -58,6 +68,7 @@ def model_choice_table(choice: dict[str, Any] | None) -> list[list[str]]:
                 _num(ev.get("similarity"), ".3f"),
                 _num(ev.get("images_per_s"), ".0f"),
                 _surface(ev.get("surface")),
+                _forecast(ev.get("forecast")),
                 _num(c.get("score"), ".3f") if raced else "—",
                 str(c.get("trials", 0)) if raced else "—",
                 _num(c.get("seconds"), ".0f") if raced else "—",

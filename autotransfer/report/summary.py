@@ -89,7 +89,10 @@ def model_choice_rows(choice: dict | None) -> list[tuple[str, str]]:
             if cells["race trials"] != "—"
             else ""
         )
-        evidence = f"NLEEP {cells['NLEEP']}, similarity {cells['similarity']}, {cells['train img/s']} img/s"
+        evidence = (
+            f"NLEEP {cells['NLEEP']}, similarity {cells['similarity']}, {cells['train img/s']} img/s,"
+            f" forecast {cells['forecast (80%)']}"
+        )
         rows.append((what, "; ".join(part for part in (evidence, race, cells["outcome"]) if part)))
     return rows
 

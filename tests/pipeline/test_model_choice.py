@@ -134,6 +134,8 @@ def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path, monk
     evidence = {c["model"]: c["evidence"] for c in choice["candidates"]}
     assert set(evidence) == {"fashion-source", "efficientnet_lite0"}
     assert all(e["images_per_s"] > 0 and e["nleep"] is not None for e in evidence.values())
+    assert all(0.0 <= e["forecast"]["interval"][0] <= e["forecast"]["interval"][1] <= 1.0 for e in evidence.values())
+    assert any("forecast before any trial" in line for line in seen.lines)
     assert result.ledger is not None and result.ledger["stages"]["ranking candidates"] > 0
     payload = result.to_dict()
     assert payload["model_choice"]["chosen"] == choice["chosen"]
