@@ -127,7 +127,7 @@ def tuned_row(settings, study: str, url: str, runs: Path, judge, folder_members,
 
         patched = [
             (study_module, "make_sampler", random_sampler),
-            (tune_module, "fixed_protocols", lambda prior, groups: []),
+            (tune_module, "fixed_protocols", lambda prior, groups, **_: []),
         ]
         settings = replace(settings, prior="none", prune=False)
     fresh_study(url, study, runs)  # a budget's compute counts from nothing: a cut-short run starts over
