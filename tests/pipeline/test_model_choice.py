@@ -115,14 +115,9 @@ def test_tune_with_models_ranks_races_and_reports_every_candidate(tmp_path, monk
         "builtin:digits",
         out=tmp_path,
         models="fashion-source,efficientnet_lite0",
-        n=160,
         resolution=32,
-        batch_size=16,
-        steps=12,
-        eval_every=4,
-        views=2,
-        device="cpu",
         progress=seen,
+        **{k: getattr(tiny(), k) for k in ("n", "batch_size", "steps", "eval_every", "views", "device")},
     )
     # the job reports as it goes: the ranking, each race, the choice, then the winner's stages
     assert any(line.startswith("ranking 2 candidate models") for line in seen.lines)
